@@ -1,0 +1,188 @@
+"""Hardware generator configuration: one frozen dataclass, validated in one place.
+
+Variants are made with ``dataclasses.replace``; derived values are properties.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+__all__ = ["HwConfig", "ConfigError", "load_hw_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration value breaks a rule; the message names field, value and rule."""
+
+
+def _is_pow2(v: int) -> bool:
+    return isinstance(v, int) and v > 0 and (v & (v - 1)) == 0
+
+
+def _log2(v: int) -> int:
+    return v.bit_length() - 1
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    """A parametrised NPU: ``tc`` PEs of ``tp`` lanes, tiles of ``tr`` rows.
+
+    Buffer sizes are in elements per slot (each buffer is double-buffered).
+    """
+
+    tc: int = 8                 #: processing elements (T_C)
+    tp: int = 8                 #: lanes per PE (T_P)
+    tr: int = 16                #: rows per input tile (T_R)
+    data_width: int = 8         #: signed operand width, bits
+    acc_width: int = 32         #: accumulator width, bits (wraps modulo 2**acc_width)
+    x_buf_elems: int = 16384    #: input buffer, elements per slot
+    w_buf_elems: int = 8192     #: weight buffer, elements per slot
+    mem_bytes: int = 8          #: memory port width, bytes per beat
+    rd_outstanding: int = 32    #: read requests in flight at most
+    mult_width: int = 16        #: signed requantisation multiplier width, bits
+    addr_width: int = 32        #: byte address width
+    dim_width: int = 16         #: width of the R, P, C fields of a layer descriptor
+    clock_mhz: float = 100.0    #: clock used to turn cycles into time
+
+    def __post_init__(self):
+        def bad(name, rule):
+            raise ConfigError(f"hardware config: {name} = {getattr(self, name)!r}: {rule}")
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "clock_mhz":
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                    bad(f.name, "must be a positive number of MHz")
+            elif not isinstance(v, int) or isinstance(v, bool):
+                bad(f.name, "must be an integer")
+        for name, hi in (("tc", 64), ("tp", 64), ("tr", 256)):
+            if not _is_pow2(getattr(self, name)) or getattr(self, name) > hi:
+                bad(name, f"must be a power of two from 1 to {hi}")
+        if not 4 <= self.data_width <= 16:
+            bad("data_width", "must be from 4 to 16 bits")
+        if not 2 * self.data_width <= self.acc_width <= 32:
+            bad("acc_width", f"must be from 2*data_width = {2 * self.data_width} to 32 bits")
+        if not _is_pow2(self.mem_bytes) or not 4 <= self.mem_bytes <= 64:
+            bad("mem_bytes", "must be a power of two from 4 to 64")
+        if self.elems_per_beat > min(self.tc, self.tp):
+            bad("mem_bytes", f"holds {self.elems_per_beat} elements per beat; the buffer banking "
+                f"needs at most min(tc, tp) = {min(self.tc, self.tp)}")
+        for name in ("x_buf_elems", "w_buf_elems"):
+            v = getattr(self, name)
+            if not _is_pow2(v) or v < self.tc * self.tp:
+                bad(name, f"must be a power of two of at least tc*tp = {self.tc * self.tp}")
+        if self.x_buf_elems < self.tr * self.lanes:
+            bad("x_buf_elems", f"must hold tc*tp elements of every tile row, tr*tc*tp = {self.tr * self.lanes}")
+        if not 2 <= self.rd_outstanding <= 256:
+            bad("rd_outstanding", "must be from 2 to 256")
+        if not 4 <= self.mult_width <= 32:
+            bad("mult_width", "must be from 4 to 32 bits")
+        if not 16 <= self.addr_width <= 48:
+            bad("addr_width", "must be from 16 to 48 bits")
+        if not 8 <= self.dim_width <= 24:
+            bad("dim_width", "must be from 8 to 24 bits")
+
+    # -- derived values ---------------------------------------------------------------
+    @property
+    def elem_bytes(self) -> int:
+        """Bytes one operand element takes in memory (sign-extended)."""
+        return 1 if self.data_width <= 8 else 2
+
+    @property
+    def elems_per_beat(self) -> int:
+        return self.mem_bytes // self.elem_bytes
+
+    @property
+    def lanes(self) -> int:
+        return self.tc * self.tp
+
+    @property
+    def x_depth(self) -> int:
+        """Lines per byte-wide X bank per slot."""
+        return self.x_buf_elems // self.lanes
+
+    @property
+    def w_depth(self) -> int:
+        return self.w_buf_elems // self.lanes
+
+    @property
+    def bp_choices(self) -> tuple[int, ...]:
+        return tuple(1 << i for i in range(_log2(self.tp) + 1))
+
+    @property
+    def k_choices(self) -> tuple[int, ...]:
+        return tuple(1 << i for i in range(_log2(self.tc) + 1))
+
+    @property
+    def policies(self) -> tuple[tuple[int, int], ...]:
+        """Every legal run-time datapath policy (B_P, k)."""
+        return tuple((bp, k) for bp in self.bp_choices for k in self.k_choices)
+
+    @property
+    def data_min(self) -> int:
+        return -(1 << (self.data_width - 1))
+
+    @property
+    def data_max(self) -> int:
+        return (1 << (self.data_width - 1)) - 1
+
+    def chunk_max(self, k: int) -> int:
+        """Longest reduction chunk (elements of P) the buffers hold at stacking ``k``."""
+        return min(self.x_buf_elems // self.tr, (self.w_buf_elems // self.tc) * k)
+
+    def ns_per_cycle(self) -> float:
+        return 1e3 / self.clock_mhz
+
+    def key(self) -> str:
+        """A short stable string identifying the elaborated hardware (for build caches)."""
+        vals = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name != "clock_mhz"]
+        return ",".join(vals)
+
+    def replace(self, **changes) -> "HwConfig":
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, items: list[str]) -> "HwConfig":
+        """Apply ``name=value`` strings (from ``--set``)."""
+        names = {f.name: f for f in fields(self)}
+        changes = {}
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected name=value")
+            name, _, text = item.partition("=")
+            name = name.strip()
+            if name not in names:
+                raise ConfigError(f"--set {name}: unknown field; allowed: {', '.join(names)}")
+            try:
+                changes[name] = float(text) if name == "clock_mhz" else int(text, 0)
+            except ValueError:
+                raise ConfigError(f"--set {name}={text!r}: not a number") from None
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "HwConfig":
+        hw = d.get("hw", d)
+        if not isinstance(hw, dict):
+            raise ConfigError(f"{source}: [hw] must be a table")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(hw) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        return cls(**hw)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def load_hw_config(path: str | Path | None) -> HwConfig:
+    """Load a TOML file (fields at top level or under ``[hw]``); ``None`` gives the default."""
+    if path is None:
+        return HwConfig()
+    p = Path(path)
+    try:
+        d = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return HwConfig.from_dict(d, str(p))

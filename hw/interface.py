@@ -1,0 +1,63 @@
+"""Layouts and signatures shared by the NPU core, its blocks and its testbenches."""
+from __future__ import annotations
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import HwConfig
+
+__all__ = ["OUT_RAW", "OUT_REQUANT", "layer_desc_layout", "wr_req_layout",
+           "mem_port_signature", "log2"]
+
+OUT_RAW = 0       #: output the accumulator (acc_width bits, stored as 4 bytes)
+OUT_REQUANT = 1   #: output requantised, saturated elements (elem_bytes each)
+
+SHIFT_WIDTH = 6
+
+
+def log2(v: int) -> int:
+    return v.bit_length() - 1
+
+
+def layer_desc_layout(cfg: HwConfig) -> data.StructLayout:
+    """One GEMM layer O[R x C] = X[R x P] . W[P x C] as the core's command."""
+    return data.StructLayout({
+        "r": unsigned(cfg.dim_width),
+        "p": unsigned(cfg.dim_width),
+        "c": unsigned(cfg.dim_width),
+        "x_addr": unsigned(cfg.addr_width),
+        "w_addr": unsigned(cfg.addr_width),
+        "b_addr": unsigned(cfg.addr_width),
+        "o_addr": unsigned(cfg.addr_width),
+        "log2_bp": unsigned(max(1, log2(cfg.tp).bit_length())),
+        "log2_k": unsigned(max(1, log2(cfg.tc).bit_length())),
+        "bias_en": unsigned(1),
+        "out_mode": unsigned(1),
+        "relu": unsigned(1),
+        "mult": signed(cfg.mult_width),
+        "shift": unsigned(SHIFT_WIDTH),
+    })
+
+
+def wr_req_layout(cfg: HwConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "addr": unsigned(cfg.addr_width),
+        "data": unsigned(8 * cfg.mem_bytes),
+        "strb": unsigned(cfg.mem_bytes),
+    })
+
+
+def mem_port_signature(cfg: HwConfig) -> wiring.Signature:
+    """The core's side of the memory port: beat reads and strobed beat writes.
+
+    Reads: ``rd_req`` carries a beat-aligned byte address; ``rd_resp`` returns that beat,
+    in request order. Writes: ``wr_req`` carries address, data and byte strobes;
+    ``wr_resp`` acknowledges each write, in order.
+    """
+    return wiring.Signature({
+        "rd_req": Out(stream.Signature(unsigned(cfg.addr_width))),
+        "rd_resp": In(stream.Signature(unsigned(8 * cfg.mem_bytes))),
+        "wr_req": Out(stream.Signature(wr_req_layout(cfg))),
+        "wr_resp": In(stream.Signature(unsigned(1))),
+    })
