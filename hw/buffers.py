@@ -1,0 +1,120 @@
+"""Double-buffered operand buffers: element-wide X and W banks, write crossbar, operand fetch.
+
+The loader writes up to one beat (``E`` elements) per cycle, each element already mapped
+to its bank and line (docs/architecture.md, "Buffers"); no two elements of a beat share
+a bank. The compute reads every bank at one address per cycle and the fetch stage
+selects, per PE and lane, the element the policy puts there, zeroing lanes past the
+end of the reduction.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import HwConfig
+from .interface import log2
+
+__all__ = ["OperandBuffers", "elem_write_layout"]
+
+
+def elem_write_layout(cfg: HwConfig) -> data.StructLayout:
+    depth = 2 * max(cfg.x_depth, cfg.w_depth)
+    return data.StructLayout({
+        "en": 1,
+        "bank": range(cfg.lanes),
+        "addr": range(depth),        # slot * depth + line
+        "data": signed(cfg.data_width),
+    })
+
+
+class OperandBuffers(wiring.Component):
+    """X and W banks with their write crossbar and the two-stage operand fetch.
+
+    Fetch: addresses and selects presented with ``rd_valid`` at cycle t give operands at
+    ``x``/``w`` with ``op_valid`` at cycle t + ``latency``.
+    """
+
+    latency = 2
+
+    def __init__(self, cfg: HwConfig, *, tag_width: int = 1):
+        self.cfg = cfg
+        e = cfg.elems_per_beat
+        op = data.ArrayLayout(signed(cfg.data_width), cfg.lanes)
+        super().__init__({
+            # layer policy, stable while a layer runs
+            "lbp": In(range(log2(cfg.tp) + 1)),
+            "lk": In(range(log2(cfg.tc) + 1)),
+            "lseg": In(range(log2(cfg.tp) + 1)),
+            # write side (loader)
+            "wr_x": In(1),                      # the beat goes to X (else W)
+            "wr": In(data.ArrayLayout(elem_write_layout(cfg), e)),
+            # read side (compute)
+            "rd_valid": In(1),
+            "rd_tag": In(tag_width),
+            "rd_xaddr": In(range(2 * cfg.x_depth)),
+            "rd_xgrp": In(range(cfg.tc)),       # a mod F
+            "rd_waddr": In(range(2 * cfg.w_depth)),
+            "rd_wgrp": In(range(cfg.tp)),       # s mod B_P
+            "rd_rem": In(unsigned(cfg.dim_width + 1)),  # elements of the chunk left at this step
+            "op_valid": Out(1),
+            "op_tag": Out(tag_width),
+            "x": Out(op),
+            "w": Out(op),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        tc, tp, n = cfg.tc, cfg.tp, cfg.lanes
+        ltp = log2(tp)
+
+        xdata, wdata = [], []
+        for which, depth, out in (("x", cfg.x_depth, xdata), ("w", cfg.w_depth, wdata)):
+            is_x = which == "x"
+            for bank in range(n):
+                mem = memory.Memory(shape=signed(cfg.data_width), depth=2 * depth, init=[])
+                m.submodules[f"{which}bank{bank}"] = mem
+                wp = mem.write_port()
+                rp = mem.read_port()
+                sel = [(el.en & (el.bank == bank) & (self.wr_x if is_x else ~self.wr_x))
+                       for el in self.wr]
+                for el, hit in zip(self.wr, sel):
+                    with m.If(hit):
+                        m.d.comb += [wp.en.eq(1), wp.addr.eq(el.addr), wp.data.eq(el.data)]
+                m.d.comb += rp.addr.eq(self.rd_xaddr if is_x else self.rd_waddr)
+                out.append(rp.data)
+
+        # Stage 1 (bank data valid): carry the selects.
+        s1 = Signal(data.StructLayout({
+            "valid": 1, "tag": len(self.rd_tag), "xgrp": range(tc), "wgrp": range(tp),
+            "rem": unsigned(cfg.dim_width + 1)}), name="f1_ctl")
+        m.d.sync += [s1.valid.eq(self.rd_valid), s1.tag.eq(self.rd_tag), s1.xgrp.eq(self.rd_xgrp),
+                     s1.wgrp.eq(self.rd_wgrp), s1.rem.eq(self.rd_rem)]
+
+        # Stage 2: per-PE group select for X, per-lane replication select for W, masking.
+        kmask = Signal(range(tc), name="f1_kmask")
+        segmask = Signal(range(tp), name="f1_segmask")
+        m.d.comb += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
+        for pe in range(tc):
+            grp = Signal(range(tc), name=f"f1_xgrp_{pe}")
+            m.d.comb += grp.eq((s1.xgrp << self.lk) | (pe & kmask))
+            for l in range(tp):
+                q = Signal(range(n), name=f"f1_q_{pe}_{l}")
+                m.d.comb += q.eq(((pe & kmask) << self.lseg) | (l & segmask))
+                xv = Signal(signed(cfg.data_width), name=f"f1_x_{pe}_{l}")
+                with m.Switch(grp):
+                    for g in range(tc):
+                        with m.Case(g):
+                            m.d.comb += xv.eq(xdata[g * tp + l])
+                wv = Signal(signed(cfg.data_width), name=f"f1_w_{pe}_{l}")
+                wl = Signal(range(tp), name=f"f1_wl_{pe}_{l}")
+                m.d.comb += wl.eq((s1.wgrp << self.lseg) | (l & segmask))
+                with m.Switch(wl):
+                    for c in range(tp):
+                        with m.Case(c):
+                            m.d.comb += wv.eq(wdata[pe * tp + c])
+                m.d.sync += [self.x[pe * tp + l].eq(Mux(q < s1.rem, xv, 0)),
+                             self.w[pe * tp + l].eq(wv)]
+        m.d.sync += [self.op_valid.eq(s1.valid), self.op_tag.eq(s1.tag)]
+        return m

@@ -1,0 +1,217 @@
+"""The NPU core: one GEMM layer per command, with the run-time policy (B_P, k).
+
+Blocks: a :class:`~.loader.Loader` running ahead of the compute into double-buffered
+:class:`~.buffers.OperandBuffers`; the compute issue below walking groups and steps;
+the :class:`~.pe_array.PEArray`; a two-entry stage FIFO; the :class:`~.drain.Drain`
+writing results. See docs/architecture.md.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out, flipped
+
+from .buffers import OperandBuffers
+from .config import HwConfig
+from .drain import Drain, stage_layout
+from .interface import layer_desc_layout, log2, mem_port_signature
+from .loader import Loader
+from .pe_array import PEArray
+from .steps import StepIter, derive_layer_params, layer_params_layout
+
+__all__ = ["NPUCore"]
+
+
+def _group_tag_layout(cfg: HwConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "first": 1, "last": 1,                 # first / last cycle of the group
+        "row0": unsigned(cfg.dim_width),
+        "trow0": unsigned(log2(cfg.tr) + 1),
+        "nrows": unsigned(log2(cfg.tp) + 1),
+        "c0": unsigned(cfg.dim_width),
+        "ncols": unsigned(log2(cfg.tc) + 1),
+        "first_ch": 1, "last_ch": 1,
+        "wslot": 1,
+        "x_free": 1, "w_free": 1,              # the step's last group frees its slots
+    })
+
+
+class NPUCore(wiring.Component):
+    """A GEMM engine of ``tc`` stackable PEs with ``tp`` segmentable lanes each.
+
+    ``cmd`` takes one layer descriptor (``layer_desc_layout``) while idle; ``busy`` is high
+    from then until every result write is acknowledged. ``mem`` is the memory port.
+    """
+
+    #: cycles from accepting a command to the first step setup
+    START_CYCLES = 2
+
+    def __init__(self, cfg: HwConfig):
+        if not isinstance(cfg, HwConfig):
+            raise TypeError(f"cfg = {cfg!r}: must be a HwConfig")
+        self.cfg = cfg
+        super().__init__({
+            "cmd": In(stream.Signature(layer_desc_layout(cfg))),
+            "busy": Out(1),
+            "mem": Out(mem_port_signature(cfg)),
+        })
+
+    @property
+    def pipe_latency(self) -> int:
+        """Cycles from issuing a group's last cycle to its entry in the stage FIFO."""
+        return OperandBuffers.latency + 4
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        ltp = log2(cfg.tp)
+
+        lay = Signal(layer_desc_layout(cfg), name="lay")
+        lp_c = Signal(layer_params_layout(cfg), name="lp_comb")
+        lp = Signal(layer_params_layout(cfg), name="lp")
+        derive_layer_params(m, cfg, lay, lp_c)
+
+        m.submodules.loader = loader = Loader(cfg)
+        m.submodules.bufs = bufs = OperandBuffers(cfg, tag_width=_group_tag_layout(cfg).size)
+        m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size)
+        stl = stage_layout(cfg)
+        m.submodules.stage = stage = fifo.SyncFIFO(width=stl.size, depth=2)
+        m.submodules.drain = drain = Drain(cfg)
+        m.submodules.it = it = StepIter(cfg, lay, lp)
+
+        # Loader <-> memory read port, loader -> buffers.
+        m.d.comb += [
+            loader.desc.eq(lay), loader.lp.eq(lp),
+            self.mem.rd_req.payload.eq(loader.rd_addr),
+            self.mem.rd_req.valid.eq(loader.rd_valid),
+            loader.rd_ready.eq(self.mem.rd_req.ready),
+            loader.resp_data.eq(self.mem.rd_resp.payload),
+            loader.resp_valid.eq(self.mem.rd_resp.valid),
+            self.mem.rd_resp.ready.eq(loader.resp_ready),
+            bufs.wr_x.eq(loader.wr_x), bufs.wr.eq(loader.wr),
+            bufs.lbp.eq(lp.lbp), bufs.lk.eq(lp.lk), bufs.lseg.eq(lp.lseg),
+            pe.lbp.eq(lp.lbp), pe.lk.eq(lp.lk),
+        ]
+
+        # Buffers -> PE array.
+        optag = Signal(_group_tag_layout(cfg), name="f2_tag")
+        m.d.comb += [
+            optag.eq(bufs.op_tag),
+            pe.valid.eq(bufs.op_valid), pe.first.eq(optag.first), pe.last.eq(optag.last),
+            pe.tag.eq(bufs.op_tag), pe.x.eq(bufs.x), pe.w.eq(bufs.w),
+        ]
+
+        # PE array -> stage FIFO -> drain.
+        otag = Signal(_group_tag_layout(cfg), name="acc_tag")
+        entry = Signal(stl, name="acc_entry")
+        m.d.comb += [
+            otag.eq(pe.out_tag),
+            entry.vals.eq(pe.out_vals),
+            entry.bias.eq(loader.bias[otag.wslot]),
+            entry.row0.eq(otag.row0), entry.trow0.eq(otag.trow0), entry.nrows.eq(otag.nrows),
+            entry.c0.eq(otag.c0), entry.ncols.eq(otag.ncols),
+            entry.first.eq(otag.first_ch), entry.last.eq(otag.last_ch),
+            stage.w_data.eq(entry), stage.w_en.eq(pe.out_valid),
+            loader.x_free.eq(pe.out_valid & otag.x_free),
+            loader.w_free.eq(pe.out_valid & otag.w_free),
+            drain.layer.eq(lay),
+            drain.stage.payload.eq(stage.r_data),
+            drain.stage.valid.eq(stage.r_rdy),
+            stage.r_en.eq(drain.stage.ready),
+        ]
+        wiring.connect(m, drain.wr_req, flipped(self.mem.wr_req))
+
+        # Writes outstanding.
+        wr_pending = Signal(range(1 << 16), name="wr_pending")
+        wr_fire = self.mem.wr_req.valid & self.mem.wr_req.ready
+        wr_ack = self.mem.wr_resp.valid
+        m.d.comb += self.mem.wr_resp.ready.eq(1)
+        m.d.sync += wr_pending.eq(wr_pending + wr_fire - wr_ack)
+
+        # ---- compute issue -------------------------------------------------------------
+        issued = Signal(16, name="ci_groups_issued")
+        popped = Signal(16, name="ci_groups_popped")
+        m.d.sync += popped.eq(popped + (stage.r_en & stage.r_rdy))
+        credit = (issued - popped)[:16] < 2
+
+        x_cnt = Signal.like(loader.x_done, name="ci_x_cnt")
+        w_cnt = Signal.like(loader.w_done, name="ci_w_cnt")
+        x_use = Signal.like(loader.x_done, name="ci_x_use")
+        w_use = Signal.like(loader.w_done, name="ci_w_use")
+        m.d.comb += [x_use.eq(Mux(it.x_new, x_cnt, x_cnt - 1)),
+                     w_use.eq(Mux(it.w_new, w_cnt, w_cnt - 1))]
+        xslot = Signal(name="ci_xslot")
+        wslot = Signal(name="ci_wslot")
+        g = Signal(range(cfg.tr + 1), name="ci_g")
+        s = Signal(cfg.dim_width + 1, name="ci_s")
+        a = Signal(cfg.dim_width + log2(cfg.tr) + 1, name="ci_a")
+        rem = Signal(cfg.dim_width + 1, name="ci_rem")
+        trow0 = Signal(log2(cfg.tr) + 2, name="ci_trow0")
+
+        tag = Signal(_group_tag_layout(cfg), name="ci_tag")
+        rows_left = it.rows - trow0
+        bp = Signal(range(cfg.tp + 1), name="ci_bp")
+        m.d.comb += bp.eq(1 << lp.lbp)
+        last_s = s == it.n_s - 1
+        last_g = g == it.n_g - 1
+        m.d.comb += [
+            tag.first.eq(s == 0), tag.last.eq(last_s),
+            tag.row0.eq(it.r0 + trow0), tag.trow0.eq(trow0),
+            tag.nrows.eq(Mux(rows_left < bp, rows_left, bp)),
+            tag.c0.eq(it.c0), tag.ncols.eq(it.ncols),
+            tag.first_ch.eq(it.first_ch), tag.last_ch.eq(it.last_ch),
+            tag.wslot.eq(wslot),
+            tag.x_free.eq(last_g & it.x_last_use), tag.w_free.eq(last_g & it.w_last_use),
+            bufs.rd_tag.eq(tag),
+            bufs.rd_xaddr.eq((xslot << log2(cfg.x_depth)) | (a >> lp.lf)),
+            bufs.rd_xgrp.eq(a & ((1 << lp.lf) - 1)),
+            bufs.rd_waddr.eq((wslot << log2(cfg.w_depth)) | (s >> lp.lbp)),
+            bufs.rd_wgrp.eq(s & ((1 << lp.lbp) - 1)),
+            bufs.rd_rem.eq(rem),
+        ]
+
+        m.d.comb += self.cmd.ready.eq(0)
+        with m.FSM(name="ci_fsm"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += lay.eq(self.cmd.payload)
+                    m.next = "PREP"
+            with m.State("PREP"):
+                m.d.sync += lp.eq(lp_c)
+                m.next = "START"
+            with m.State("START"):
+                m.d.comb += [loader.start.eq(1), it.restart.eq(1)]
+                m.d.sync += [x_cnt.eq(0), w_cnt.eq(0), issued.eq(0), popped.eq(0)]
+                m.next = "SETUP"
+            with m.State("SETUP"):
+                with m.If((loader.x_done > x_use) & (loader.w_done > w_use) & credit):
+                    m.d.sync += [xslot.eq(x_use[0]), wslot.eq(w_use[0]),
+                                 x_cnt.eq(x_cnt + it.x_new), w_cnt.eq(w_cnt + it.w_new),
+                                 g.eq(0), s.eq(0), a.eq(0), rem.eq(it.len), trow0.eq(0)]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                go = (s != 0) | credit
+                m.d.comb += bufs.rd_valid.eq(go)
+                with m.If(go):
+                    m.d.sync += a.eq(a + 1)
+                    with m.If(s == 0):
+                        m.d.sync += issued.eq(issued + 1)
+                    with m.If(last_s):
+                        m.d.sync += [s.eq(0), rem.eq(it.len), g.eq(g + 1), trow0.eq(trow0 + bp)]
+                        with m.If(last_g):
+                            m.next = "NEXT"
+                    with m.Else():
+                        m.d.sync += [s.eq(s + 1), rem.eq(rem - (1 << lp.ls))]
+            with m.State("NEXT"):
+                with m.If(it.last_step):
+                    m.next = "FINISH"
+                with m.Else():
+                    m.d.comb += it.advance.eq(1)
+                    m.next = "SETUP"
+            with m.State("FINISH"):
+                with m.If((issued == popped) & ~stage.r_rdy & drain.idle & (wr_pending == 0)
+                          & ~pe.out_valid):
+                    m.next = "IDLE"
+        m.d.comb += self.busy.eq(~self.cmd.ready)
+        return m

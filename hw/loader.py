@@ -1,0 +1,255 @@
+"""The loader: walks the layer's steps ahead of the compute, reads X, W and bias beats
+from memory into the free buffer slots, and maps every element to its bank and line.
+
+Requests and responses are decoupled by a tag FIFO (``rd_outstanding`` deep) that
+records where each beat goes, so up to ``rd_outstanding`` reads are in flight.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from .buffers import elem_write_layout
+from .config import HwConfig
+from .interface import layer_desc_layout, log2
+from .steps import StepIter, layer_params_layout
+
+__all__ = ["Loader", "KIND_X", "KIND_W", "KIND_B"]
+
+KIND_X, KIND_W, KIND_B = 0, 1, 2
+
+
+def _signed(v):
+    """Zero-extend then reinterpret as signed, so a subtraction goes negative properly."""
+    return Cat(v, Const(0, 1)).as_signed()
+
+
+def _tag_layout(cfg: HwConfig) -> data.StructLayout:
+    dim = cfg.dim_width
+    return data.StructLayout({
+        "kind": 2,
+        "slot": 1,
+        "last": 1,                                   # last beat of this load
+        "idx": range(max(cfg.tr, cfg.tc)),           # X: row in tile; W: unit
+        "pl0": unsigned(dim + 1),                    # chunk element of the beat's first element
+        "nvalid": range(cfg.elems_per_beat + 1),     # elements of the beat inside the chunk
+        "abase": unsigned(dim + log2(cfg.tr) + 1),   # X: g * n_s
+        "bcol0": signed(dim + 2),                    # B: unit of the beat's first word
+    })
+
+
+class Loader(wiring.Component):
+    """Load engine; ``x_done``/``w_done`` count completed loads, ``x_free``/``w_free``
+    pulses (from the compute) return slots."""
+
+    def __init__(self, cfg: HwConfig):
+        self.cfg = cfg
+        e = cfg.elems_per_beat
+        dim = cfg.dim_width
+        super().__init__({
+            "desc": In(layer_desc_layout(cfg)),
+            "lp": In(layer_params_layout(cfg)),
+            "start": In(1),
+            "x_free": In(1),
+            "w_free": In(1),
+            "x_done": Out(dim + log2(cfg.tr) + 2),
+            "w_done": Out(2 * dim + 2),
+            "rd_addr": Out(cfg.addr_width),
+            "rd_valid": Out(1),
+            "rd_ready": In(1),
+            "resp_data": In(8 * cfg.mem_bytes),
+            "resp_valid": In(1),
+            "resp_ready": Out(1),
+            "wr_x": Out(1),
+            "wr": Out(data.ArrayLayout(elem_write_layout(cfg), e)),
+            "bias": Out(data.ArrayLayout(data.ArrayLayout(signed(32), cfg.tc), 2)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        d, lp = self.desc, self.lp
+        E, M = cfg.elems_per_beat, cfg.mem_bytes
+        lm = log2(M)
+        eb = cfg.elem_bytes
+        ltp = log2(cfg.tp)
+
+        m.submodules.it = it = StepIter(cfg, d, lp)
+        tagl = _tag_layout(cfg)
+        m.submodules.tags = tags = fifo.SyncFIFO(width=tagl.size, depth=cfg.rd_outstanding)
+
+        x_issued = Signal.like(self.x_done, name="ld_x_issued")
+        w_issued = Signal.like(self.w_done, name="ld_w_issued")
+        x_freed = Signal.like(self.x_done, name="ld_x_freed")
+        w_freed = Signal.like(self.w_done, name="ld_w_freed")
+        with m.If(self.start):
+            m.d.sync += [x_freed.eq(0), w_freed.eq(0)]
+        with m.Else():
+            m.d.sync += [x_freed.eq(x_freed + self.x_free), w_freed.eq(w_freed + self.w_free)]
+
+        # ---- request generator -------------------------------------------------------
+        nb = Signal(cfg.dim_width + 1, name="rq_nb")           # beats per row of the chunk
+        m.d.comb += nb.eq((it.len * eb + M - 1) >> lm)
+        idx = Signal(range(max(cfg.tr, cfg.tc) + 1), name="rq_idx")
+        beat = Signal(cfg.dim_width + 1, name="rq_beat")
+        pl0 = Signal(cfg.dim_width + 1, name="rq_pl0")
+        abase = Signal(tagl["abase"].shape, name="rq_abase")
+        addr = Signal(cfg.addr_width, name="rq_addr")
+        row_addr = Signal(cfg.addr_width, name="rq_row_addr")
+        boff = Signal(range(M), name="rq_boff")                # bias byte offset of c0 in its beat
+        m.d.comb += boff.eq((it.c0 << 2) & (M - 1))
+        nbb = Signal(cfg.dim_width + 1, name="rq_nbb")
+        m.d.comb += nbb.eq((boff + (it.ncols << 2) + M - 1) >> lm)
+        need_bias = d.bias_en & it.last_ch
+
+        tag = Signal(tagl, name="rq_tag")
+        m.d.comb += tags.w_data.eq(tag)
+        m.d.comb += self.rd_addr.eq(addr)
+        fire = Signal(name="rq_fire")
+        m.d.comb += fire.eq(self.rd_valid & self.rd_ready)
+        m.d.comb += tags.w_en.eq(fire)
+        nvalid = Signal(range(E + 1), name="rq_nvalid")
+        left = it.len - pl0
+        m.d.comb += nvalid.eq(Mux(left < E, left, E))
+
+        with m.FSM(name="rq_fsm"):
+            with m.State("IDLE"):
+                m.d.comb += it.restart.eq(self.start)
+                with m.If(self.start):
+                    m.d.sync += [x_issued.eq(0), w_issued.eq(0)]
+                    m.next = "STEP"
+            with m.State("STEP"):
+                with m.If(it.x_new):
+                    m.next = "XWAIT"
+                with m.Elif(it.w_new):
+                    m.next = "WWAIT"
+                with m.Else():
+                    m.next = "NEXT"
+            with m.State("XWAIT"):
+                start_addr = d.x_addr + it.row_off + it.p_off
+                m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0), abase.eq(0),
+                             addr.eq(start_addr), row_addr.eq(start_addr)]
+                with m.If(x_issued - x_freed < 2):
+                    m.next = "XISS"
+            with m.State("XISS"):
+                last_beat = beat == nb - 1
+                last_row = idx == it.rows - 1
+                m.d.comb += [self.rd_valid.eq(tags.w_rdy),
+                             tag.kind.eq(KIND_X), tag.slot.eq(x_issued[0]),
+                             tag.last.eq(last_beat & last_row), tag.idx.eq(idx),
+                             tag.pl0.eq(pl0), tag.nvalid.eq(nvalid), tag.abase.eq(abase)]
+                with m.If(fire):
+                    with m.If(~last_beat):
+                        m.d.sync += [beat.eq(beat + 1), pl0.eq(pl0 + E), addr.eq(addr + M)]
+                    with m.Else():
+                        m.d.sync += [beat.eq(0), pl0.eq(0), idx.eq(idx + 1),
+                                     addr.eq(row_addr + lp.stride), row_addr.eq(row_addr + lp.stride)]
+                        with m.If(((idx + 1) & ((1 << lp.lbp) - 1)) == 0):
+                            m.d.sync += abase.eq(abase + it.n_s)
+                        with m.If(last_row):
+                            m.d.sync += x_issued.eq(x_issued + 1)
+                            with m.If(it.w_new):
+                                m.next = "WWAIT"
+                            with m.Else():
+                                m.next = "NEXT"
+            with m.State("WWAIT"):
+                start_addr = d.w_addr + it.col_off + it.p_off
+                m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0),
+                             addr.eq(start_addr), row_addr.eq(start_addr)]
+                with m.If(w_issued - w_freed < 2):
+                    m.next = "WISS"
+            with m.State("WISS"):
+                last_beat = beat == nb - 1
+                last_col = idx == it.ncols - 1
+                m.d.comb += [self.rd_valid.eq(tags.w_rdy),
+                             tag.kind.eq(KIND_W), tag.slot.eq(w_issued[0]),
+                             tag.last.eq(last_beat & last_col & ~need_bias), tag.idx.eq(idx),
+                             tag.pl0.eq(pl0), tag.nvalid.eq(nvalid)]
+                with m.If(fire):
+                    with m.If(~last_beat):
+                        m.d.sync += [beat.eq(beat + 1), pl0.eq(pl0 + E), addr.eq(addr + M)]
+                    with m.Else():
+                        m.d.sync += [beat.eq(0), pl0.eq(0), idx.eq(idx + 1),
+                                     addr.eq(row_addr + lp.stride), row_addr.eq(row_addr + lp.stride)]
+                        with m.If(last_col):
+                            with m.If(need_bias):
+                                m.d.sync += [beat.eq(0),
+                                             addr.eq(d.b_addr + (((it.c0 << 2) >> lm) << lm))]
+                                m.next = "BISS"
+                            with m.Else():
+                                m.d.sync += w_issued.eq(w_issued + 1)
+                                m.next = "NEXT"
+            with m.State("BISS"):
+                last_beat = beat == nbb - 1
+                m.d.comb += [self.rd_valid.eq(tags.w_rdy),
+                             tag.kind.eq(KIND_B), tag.slot.eq(w_issued[0]), tag.last.eq(last_beat),
+                             tag.bcol0.eq(_signed(beat << (lm - 2)) - _signed(boff >> 2))]
+                with m.If(fire):
+                    m.d.sync += [beat.eq(beat + 1), addr.eq(addr + M)]
+                    with m.If(last_beat):
+                        m.d.sync += w_issued.eq(w_issued + 1)
+                        m.next = "NEXT"
+            with m.State("NEXT"):
+                with m.If(it.last_step):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += it.advance.eq(1)
+                    m.next = "STEP"
+
+        # ---- response decode ---------------------------------------------------------
+        m.d.comb += self.resp_ready.eq(1)
+        rtag = Signal(tagl, name="rs_tag")
+        m.d.comb += [rtag.eq(tags.r_data), tags.r_en.eq(self.resp_valid)]
+        r1 = Signal(data.StructLayout({"valid": 1, "tag": tagl, "beat": 8 * M}), name="r1")
+        m.d.sync += [r1.valid.eq(self.resp_valid), r1.tag.eq(rtag), r1.beat.eq(self.resp_data)]
+
+        t = r1.tag
+        is_x = t.kind == KIND_X
+        is_w = t.kind == KIND_W
+        smask = (1 << lp.ls) - 1
+        segmask = (1 << lp.lseg) - 1
+        bpmask = (1 << lp.lbp) - 1
+        fmask = (1 << lp.lf) - 1
+        for e in range(E):
+            pl = Signal(cfg.dim_width + 2, name=f"r1_pl{e}")
+            q = Signal(cfg.dim_width + 2, name=f"r1_q{e}")
+            s = Signal(cfg.dim_width + 2, name=f"r1_s{e}")
+            j = Signal(range(cfg.tc), name=f"r1_j{e}")
+            lo = Signal(range(cfg.tp), name=f"r1_l{e}")
+            a = Signal(tagl["abase"].shape.width + 1, name=f"r1_a{e}")
+            m.d.comb += [pl.eq(t.pl0 + e), q.eq(pl & smask), s.eq(pl >> lp.ls),
+                         j.eq(q >> lp.lseg), lo.eq(q & segmask), a.eq(t.abase + s)]
+            xbank = (((a & fmask) << (lp.lk + ltp)) | (j << ltp)
+                     | ((t.idx & bpmask) << lp.lseg) | lo)
+            xaddr = (t.slot << log2(cfg.x_depth)) | (a >> lp.lf)
+            wbank = (((t.idx << lp.lk) | j) << ltp) | ((s & bpmask) << lp.lseg) | lo
+            waddr = (t.slot << log2(cfg.w_depth)) | (s >> lp.lbp)
+            el = self.wr[e]
+            raw = r1.beat[8 * eb * e: 8 * eb * (e + 1)]
+            m.d.sync += [
+                el.en.eq(r1.valid & (is_x | is_w) & (e < t.nvalid)),
+                el.bank.eq(Mux(is_x, xbank, wbank)),
+                el.addr.eq(Mux(is_x, xaddr, waddr)),
+                el.data.eq(raw[:cfg.data_width].as_signed()),
+            ]
+        m.d.sync += self.wr_x.eq(is_x)
+
+        for wd in range(M // 4):
+            col = Signal(signed(cfg.dim_width + 3), name=f"r1_bcol{wd}")
+            m.d.comb += col.eq(t.bcol0 + wd)
+            word = r1.beat[32 * wd: 32 * (wd + 1)].as_signed()
+            for slot in range(2):
+                for u in range(cfg.tc):
+                    with m.If(r1.valid & (t.kind == KIND_B) & (t.slot == slot) & (col == u)):
+                        m.d.sync += self.bias[slot][u].eq(word)
+
+        # Load completion counts, visible the cycle after the last beat is written.
+        done_x = Signal(name="r2_done_x")
+        done_w = Signal(name="r2_done_w")
+        m.d.sync += [done_x.eq(r1.valid & t.last & is_x), done_w.eq(r1.valid & t.last & ~is_x)]
+        with m.If(self.start):
+            m.d.sync += [self.x_done.eq(0), self.w_done.eq(0)]
+        with m.Else():
+            m.d.sync += [self.x_done.eq(self.x_done + done_x), self.w_done.eq(self.w_done + done_w)]
+        return m

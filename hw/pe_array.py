@@ -1,0 +1,129 @@
+"""The stackable PE array: multipliers, segmented adder trees, stacking tree, accumulators.
+
+Every cycle the array takes one operand pair per lane (``tc`` PEs of ``tp`` lanes) and,
+for the run-time policy ``(B_P, k)``, produces ``B_P x F`` partial dot products
+(``F = tc/k`` units of ``k`` stacked PEs, ``B_P`` segments per adder tree). Partial
+sums accumulate over the cycles of a group (``first`` .. ``last``); on ``last`` the
+group's sums leave the array, compacted so that segment ``i`` of unit ``u`` is at
+index ``i*tc + u``.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import HwConfig
+from .interface import log2
+
+__all__ = ["PEArray"]
+
+
+class PEArray(wiring.Component):
+    """Pipelined PE array; see the module docstring.
+
+    ``x``/``w`` are indexed ``pe*tp + lane``. ``lbp``/``lk`` (log2 of B_P and k) must be
+    stable while a layer runs. ``tag`` travels with ``valid`` and comes out with ``out_vals``.
+    """
+
+    def __init__(self, cfg: HwConfig, *, tag_width: int = 1):
+        if not isinstance(tag_width, int) or tag_width < 1:
+            raise ValueError(f"tag_width = {tag_width!r}: must be a positive integer")
+        self.cfg = cfg
+        self.tag_width = tag_width
+        n = cfg.lanes
+        op = data.ArrayLayout(signed(cfg.data_width), n)
+        super().__init__({
+            "lbp": In(range(log2(cfg.tp) + 1)),
+            "lk": In(range(log2(cfg.tc) + 1)),
+            "valid": In(1),
+            "first": In(1),
+            "last": In(1),
+            "tag": In(tag_width),
+            "x": In(op),
+            "w": In(op),
+            "out_valid": Out(1),
+            "out_tag": Out(tag_width),
+            "out_vals": Out(data.ArrayLayout(signed(cfg.acc_width), n)),
+        })
+
+    @property
+    def latency(self) -> int:
+        """Cycles from an operand pair at the inputs to its group's sums at the outputs."""
+        # multiply, adder tree + segment select, stacking tree + compact select, accumulate
+        return 4
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        tc, tp = cfg.tc, cfg.tp
+        ltp, ltc = log2(tp), log2(tc)
+        dw, aw = cfg.data_width, cfg.acc_width
+
+        # Control tags travel beside the data, one register per stage.
+        ctl_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "tag": self.tag_width})
+
+        def ctl_stage(prev, name):
+            nxt = Signal(ctl_layout, name=name)
+            m.d.sync += nxt.eq(prev)
+            return nxt
+
+        ctl = Signal(ctl_layout, name="s0_ctl")
+        m.d.comb += [ctl.valid.eq(self.valid), ctl.first.eq(self.first),
+                     ctl.last.eq(self.last), ctl.tag.eq(self.tag)]
+
+        # Stage 1: multiply.
+        prod = [[Signal(signed(2 * dw), name=f"s1_prod_{pe}_{l}") for l in range(tp)] for pe in range(tc)]
+        for pe in range(tc):
+            for l in range(tp):
+                m.d.sync += prod[pe][l].eq(self.x[pe * tp + l] * self.w[pe * tp + l])
+        ctl = ctl_stage(ctl, "s1_ctl")
+
+        # Segmented adder tree (combinational levels, one register after the select):
+        # B_P = 2**lbp segments live at level ltp - lbp.
+        segw = 2 * dw + ltp
+        seg = [[Signal(signed(segw), name=f"s2_seg_{pe}_{i}") for i in range(tp)] for pe in range(tc)]
+        for pe in range(tc):
+            levels = [prod[pe]]
+            for lvl in range(1, ltp + 1):
+                prev = levels[-1]
+                levels.append([prev[2 * n] + prev[2 * n + 1] for n in range(tp >> lvl)])
+            for i in range(tp):
+                with m.Switch(self.lbp):
+                    for lbp in range(ltp + 1):
+                        if i < (1 << lbp):
+                            with m.Case(lbp):
+                                m.d.sync += seg[pe][i].eq(levels[ltp - lbp][i])
+                    with m.Default():
+                        m.d.sync += seg[pe][i].eq(0)
+        ctl = ctl_stage(ctl, "s2_ctl")
+
+        # Stacking tree across PEs (combinational), then the compacting select:
+        # unit u (head PE u*k), segment i -> index i*tc + u.
+        stack = [seg]
+        for lvl in range(1, ltc + 1):
+            prev = stack[-1]
+            stack.append([[prev[pe][i] + prev[pe + (1 << (lvl - 1))][i] for i in range(tp)]
+                          if pe % (1 << lvl) == 0 else None for pe in range(tc)])
+        comp = [Signal(signed(aw), name=f"s3_unit_{idx}") for idx in range(tc * tp)]
+        for i in range(tp):
+            for u in range(tc):
+                sig = comp[i * tc + u]
+                with m.Switch(self.lk):
+                    for lk in range(ltc + 1):
+                        if (u << lk) < tc:
+                            with m.Case(lk):
+                                m.d.sync += sig.eq(stack[lk][u << lk][i])
+                    with m.Default():
+                        m.d.sync += sig.eq(0)
+        ctl = ctl_stage(ctl, "s3_ctl")
+
+        # Accumulate over the cycles of a group; emit on the group's last cycle.
+        acc = [Signal(signed(aw), name=f"acc_{idx}") for idx in range(tc * tp)]
+        with m.If(ctl.valid):
+            for a, v in zip(acc, comp):
+                m.d.sync += a.eq(Mux(ctl.first, v, a + v))
+        m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
+        for idx, (a, v) in enumerate(zip(acc, comp)):
+            m.d.sync += self.out_vals[idx].eq(Mux(ctl.first, v, a + v))
+        return m

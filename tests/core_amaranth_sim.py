@@ -1,0 +1,70 @@
+"""Run the NPU core in the Amaranth simulator with a Python memory model (small configs)."""
+from collections import deque
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from fluidnpu.hw.core import NPUCore
+from fluidnpu.hw.layout import gemm_image
+
+
+def run_core(cfg, x, w, bias=None, *, out_mode=0, mult=1, shift=0, relu=False, bp=1, k=1,
+             latency=3, max_cycles=200000, vcd=None):
+    img = gemm_image(cfg, x, w, bias, out_mode=out_mode)
+    mem = img.mem.copy()
+    dut = NPUCore(cfg)
+    M = cfg.mem_bytes
+    res = {}
+
+    async def tb(ctx):
+        ctx.set(dut.cmd.payload, img.desc_dict(mult=mult, shift=shift, relu=relu, bp=bp, k=k))
+        ctx.set(dut.cmd.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.cmd.valid, 0)
+        rq = deque()   # (ready_cycle, data)
+        wq = deque()
+        ctx.set(dut.mem.rd_req.ready, 1)
+        ctx.set(dut.mem.wr_req.ready, 1)
+        cyc = 0
+        for cyc in range(max_cycles):
+            # present responses
+            if rq and rq[0][0] <= cyc:
+                ctx.set(dut.mem.rd_resp.valid, 1)
+                ctx.set(dut.mem.rd_resp.payload, rq[0][1])
+            else:
+                ctx.set(dut.mem.rd_resp.valid, 0)
+            ctx.set(dut.mem.wr_resp.valid, 1 if (wq and wq[0] <= cyc) else 0)
+            rv, ra = ctx.get(dut.mem.rd_req.valid), ctx.get(dut.mem.rd_req.payload)
+            wv = ctx.get(dut.mem.wr_req.valid)
+            rr = ctx.get(dut.mem.rd_resp.ready) and ctx.get(dut.mem.rd_resp.valid)
+            wa = ctx.get(dut.mem.wr_resp.valid)
+            if wv:
+                p = ctx.get(dut.mem.wr_req.payload)
+                addr, data, strb = int(p.addr), int(p.data), int(p.strb)
+            busy = ctx.get(dut.busy)
+            await ctx.tick()
+            if rv:
+                assert ra % M == 0 and ra + M <= len(mem), hex(ra)
+                rq.append((cyc + latency, int.from_bytes(mem[ra:ra + M].tobytes(), "little")))
+            if rr:
+                rq.popleft()
+            if wa:
+                wq.popleft()
+            if wv:
+                assert addr % M == 0 and addr + M <= len(mem), hex(addr)
+                for b in range(M):
+                    if strb >> b & 1:
+                        mem[addr + b] = (data >> (8 * b)) & 0xFF
+                wq.append(cyc + latency)
+            if cyc > 2 and not busy:
+                break
+        res["cycles"] = cyc
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    return img.read_out(mem), res["cycles"], img, mem
