@@ -1,4 +1,18 @@
-"""Early-exit workloads: model descriptions, topology files, the model zoo."""
-from .model import GemmLayer, ExitHead, EEModel
+"""Early-exit workloads: model descriptions, topology files, the model zoo.
 
-__all__ = ["GemmLayer", "ExitHead", "EEModel"]
+Formats and the zoo are documented in docs/models.md.
+"""
+from .model import GemmLayer, ExitHead, EEModel
+from .errors import WorkloadError
+from .topology import (ConvSpec, GemmSpec, conv_output_size, parse_topology, parse_topology_text,
+                       read_topology, format_topology, write_topology)
+from .exitrates import geometric, from_conditional, to_conditional, from_counts, read_counts
+from .loader import load_model, model_from_dict, model_to_toml, save_model
+from . import zoo
+from .zoo import resolve_model
+
+__all__ = ["GemmLayer", "ExitHead", "EEModel", "WorkloadError",
+           "ConvSpec", "GemmSpec", "conv_output_size", "parse_topology", "parse_topology_text",
+           "read_topology", "format_topology", "write_topology",
+           "geometric", "from_conditional", "to_conditional", "from_counts", "read_counts",
+           "load_model", "model_from_dict", "model_to_toml", "save_model", "zoo", "resolve_model"]

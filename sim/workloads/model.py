@@ -18,15 +18,33 @@ class GemmLayer:
     p: int          #: reduction length (Fh * Fw * Cin for a convolution)
     c: int          #: output channels
     kind: str = "gemm"   #: "conv" or "gemm" (where it came from)
+    # Optional fields below are used by the hardware network runner only; the
+    # serving simulator and the cycle model ignore them.
+    relu: bool = False          #: apply ReLU to the layer's output
+    mult: int | None = None     #: requantisation multiplier (None: raw 32-bit output)
+    shift: int | None = None    #: requantisation right shift (needs ``mult``)
+    groups: int = 1             #: grouped convolution (depthwise: groups = channels); see docs/models.md
 
     def __post_init__(self):
-        for f in ("r", "p", "c"):
+        for f in ("r", "p", "c", "groups"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"layer {self.name!r}: {f} = {v!r}: must be a positive integer")
+        if not isinstance(self.relu, bool):
+            raise ValueError(f"layer {self.name!r}: relu = {self.relu!r}: must be true or false")
+        if self.mult is not None and (not isinstance(self.mult, int) or isinstance(self.mult, bool)):
+            raise ValueError(f"layer {self.name!r}: mult = {self.mult!r}: must be an integer")
+        if self.shift is not None:
+            if not isinstance(self.shift, int) or isinstance(self.shift, bool) or self.shift < 0:
+                raise ValueError(f"layer {self.name!r}: shift = {self.shift!r}: must be a non-negative integer")
+            if self.mult is None:
+                raise ValueError(f"layer {self.name!r}: shift = {self.shift!r} given without mult")
+        if self.c % self.groups:
+            raise ValueError(f"layer {self.name!r}: groups = {self.groups}: must divide c = {self.c}")
 
     @property
     def macs(self) -> int:
+        """Multiply-accumulates per sample (exact also for grouped layers: p is per group)."""
         return self.r * self.p * self.c
 
 
@@ -35,6 +53,11 @@ class ExitHead:
     """A classifier head that runs after backbone layer ``after`` (0-based index)."""
     after: int
     layers: tuple[GemmLayer, ...]
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per sample of the head's own layers."""
+        return sum(l.macs for l in self.layers)
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,29 @@ class EEModel:
         """Probability that a sample which reached exit ``i`` leaves there."""
         rest = sum(self.exit_probs[i:])
         return 1.0 if rest <= 0 else self.exit_probs[i] / rest
+
+    @property
+    def backbone_macs(self) -> int:
+        """Multiply-accumulates per sample of the whole backbone (incl. the final classifier)."""
+        return sum(l.macs for l in self.layers)
+
+    def macs_to_exit(self, i: int) -> int:
+        """MACs a sample spends if it leaves at exit ``i``: the backbone up to the exit
+        plus every head it passes through (heads before ``i`` and head ``i`` itself)."""
+        last = self.exit_layer(i)
+        heads = sum(e.macs for e in self.exits[:min(i + 1, len(self.exits))])
+        return sum(l.macs for l in self.layers[:last + 1]) + heads
+
+    def expected_macs(self) -> float:
+        """Mean MACs per sample under ``exit_probs``."""
+        return sum(q * self.macs_to_exit(i) for i, q in enumerate(self.exit_probs))
+
+    def layer_index(self, name: str) -> int:
+        """0-based index of the backbone layer called ``name`` (KeyError if none)."""
+        for i, l in enumerate(self.layers):
+            if l.name == name:
+                return i
+        raise KeyError(name)
 
     def exit_layer(self, i: int) -> int:
         """Backbone layer index after which exit ``i`` is taken."""

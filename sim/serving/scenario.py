@@ -1,0 +1,254 @@
+"""Serving scenarios: devices (model, arrivals, SLO), horizon, warm-up; TOML loader; request draws."""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..workloads.model import EEModel
+from .arrivals import MMPP2, ArrivalError, ArrivalProcess, GammaRenewal, Poisson, TraceReplay
+
+__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "load_scenario",
+           "scenario_from_dict"]
+
+DEFAULT_SLO_MULTS = (2.0, 5.0, 10.0, 20.0, 50.0)
+
+
+class ScenarioError(ValueError):
+    """A scenario value breaks a rule; the message names field, value and rule."""
+
+
+def _num(where, name, v, lo=0.0, strict=True, integer=False):
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and \
+        (v > lo if strict else v >= lo) and (not integer or float(v).is_integer())
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        raise ScenarioError(f"{where}: {name} = {v!r}: must be {kind} {'>' if strict else '>='} {lo:g}")
+    return int(v) if integer else float(v)
+
+
+@dataclass(frozen=True)
+class Device:
+    """One request source: its model, arrival process and SLO.
+
+    Give exactly one of ``slo_ms`` (absolute) or ``slo_mult`` (times the model's
+    isolated batch-1 latency of the full network, from the SLO reference table).
+    """
+    name: str
+    model: EEModel
+    arrivals: ArrivalProcess
+    slo_ms: float | None = None
+    slo_mult: float | None = None
+
+    def __post_init__(self):
+        w = f"device {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ScenarioError(f"device: name = {self.name!r}: must be a non-empty string")
+        if not isinstance(self.model, EEModel):
+            raise ScenarioError(f"{w}: model = {type(self.model).__name__}: must be an EEModel")
+        if not isinstance(self.arrivals, ArrivalProcess):
+            raise ScenarioError(f"{w}: arrivals = {self.arrivals!r}: must be an arrival process "
+                                f"(Poisson, GammaRenewal, MMPP2, TraceReplay)")
+        if (self.slo_ms is None) == (self.slo_mult is None):
+            raise ScenarioError(f"{w}: slo_ms = {self.slo_ms!r}, slo_mult = {self.slo_mult!r}: give exactly one")
+        if self.slo_ms is not None:
+            _num(w, "slo_ms", self.slo_ms)
+        else:
+            _num(w, "slo_mult", self.slo_mult)
+
+    def slo_s(self, base_s: float) -> float:
+        return self.slo_ms / 1e3 if self.slo_ms is not None else self.slo_mult * base_s
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Devices streaming to one NPU for ``duration_s`` seconds of arrivals.
+
+    Statistics leave out the first ``warmup_requests`` requests and those arriving
+    before ``warmup_s``. ``queue_capacity`` (None: unbounded) drops arrivals that find
+    the request FIFO full (reason ``queue_full``).
+    """
+    devices: tuple[Device, ...]
+    duration_s: float
+    warmup_requests: int = 0
+    warmup_s: float = 0.0
+    slo_mults: tuple[float, ...] = DEFAULT_SLO_MULTS
+    queue_capacity: int | None = None
+    name: str = "scenario"
+
+    def __post_init__(self):
+        w = f"scenario {self.name!r}"
+        devs = tuple(self.devices)
+        if not devs:
+            raise ScenarioError(f"{w}: devices is empty: needs at least one device")
+        names = [d.name for d in devs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ScenarioError(f"{w}: device names {dup} repeat: must be unique")
+        models = {}
+        for d in devs:
+            if not isinstance(d, Device):
+                raise ScenarioError(f"{w}: devices holds {type(d).__name__}: must hold Device objects")
+            if models.setdefault(d.model.name, d.model) != d.model:
+                raise ScenarioError(f"{w}: two different models are named {d.model.name!r}")
+        object.__setattr__(self, "devices", devs)
+        _num(w, "duration_s", self.duration_s)
+        _num(w, "warmup_requests", self.warmup_requests, strict=False, integer=True)
+        _num(w, "warmup_s", self.warmup_s, strict=False)
+        if self.warmup_s >= self.duration_s:
+            raise ScenarioError(f"{w}: warmup_s = {self.warmup_s!r}: must be below duration_s = {self.duration_s!r}")
+        mults = tuple(self.slo_mults)
+        for i, m in enumerate(mults):
+            _num(w, f"slo_mults[{i}]", m)
+        object.__setattr__(self, "slo_mults", tuple(float(m) for m in mults))
+        if self.queue_capacity is not None:
+            _num(w, "queue_capacity", self.queue_capacity, integer=True)
+
+    @property
+    def models(self) -> tuple[EEModel, ...]:
+        """Distinct models in first-use order."""
+        seen = {}
+        for d in self.devices:
+            seen.setdefault(d.model.name, d.model)
+        return tuple(seen.values())
+
+    @property
+    def mean_rate(self) -> float:
+        return sum(d.arrivals.mean_rate for d in self.devices)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """All requests of one run, sorted by arrival: the draws every scheduler shares."""
+    arrival: np.ndarray     #: seconds
+    device: np.ndarray      #: device index
+    model: np.ndarray       #: model index (into Scenario.models)
+    exit: np.ndarray        #: drawn exit index (n_heads = final classifier)
+    slo_s: np.ndarray       #: SLO budget in seconds
+    deadline: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "deadline", self.arrival + self.slo_s)
+
+    def __len__(self):
+        return int(self.arrival.size)
+
+
+def generate_requests(scenario: Scenario, seed: int, slo_base_s: Mapping[str, float]) -> Requests:
+    """Draw arrivals and exits for every device, independent of any scheduler.
+
+    Device ``i`` uses generators seeded by ``(seed, i, 0)`` (arrivals) and
+    ``(seed, i, 1)`` (exits), so a seed fixes the same requests for every scheduler.
+    ``slo_base_s`` maps model name to the SLO base (isolated batch-1 latency).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ScenarioError(f"seed = {seed!r}: must be a non-negative integer")
+    midx = {m.name: i for i, m in enumerate(scenario.models)}
+    parts = []
+    for i, d in enumerate(scenario.devices):
+        rng_a = np.random.default_rng(np.random.SeedSequence([int(seed), i, 0]))
+        rng_e = np.random.default_rng(np.random.SeedSequence([int(seed), i, 1]))
+        t = np.asarray(d.arrivals.generate(rng_a, scenario.duration_s), dtype=float)
+        ex = rng_e.choice(d.model.n_exits, size=t.size, p=np.asarray(d.model.exit_probs, float) /
+                          sum(d.model.exit_probs))
+        if d.model.name not in slo_base_s:
+            raise ScenarioError(f"device {d.name!r}: no SLO base latency for model {d.model.name!r}")
+        parts.append((t, np.full(t.size, i), np.full(t.size, midx[d.model.name]), ex,
+                      np.full(t.size, d.slo_s(slo_base_s[d.model.name]))))
+    t, dev, mod, ex, slo = (np.concatenate(x) for x in zip(*parts))
+    order = np.lexsort((dev, t))
+    return Requests(arrival=t[order], device=dev[order].astype(np.int64), model=mod[order].astype(np.int64),
+                    exit=ex[order].astype(np.int64), slo_s=slo[order])
+
+
+# -- TOML ------------------------------------------------------------------------------
+
+def _arrivals_from(w: str, a, base: Path, dev_name: str) -> ArrivalProcess:
+    if not isinstance(a, dict):
+        raise ScenarioError(f"{w}: arrivals = {a!r}: must be a table with 'kind'")
+    kind = a.get("kind")
+    allowed = {"poisson": {"rate"}, "gamma": {"rate", "cv"}, "mmpp": {"rates", "dwell_s"},
+               "trace": {"path", "device"}}
+    if kind not in allowed:
+        raise ScenarioError(f"{w}: arrivals.kind = {kind!r}: must be one of {sorted(allowed)}")
+    extra = set(a) - allowed[kind] - {"kind"}
+    if extra:
+        raise ScenarioError(f"{w}: arrivals has unknown fields {sorted(extra)} for kind {kind!r}: "
+                            f"allowed {sorted(allowed[kind])}")
+    try:
+        if kind == "poisson":
+            return Poisson(a["rate"])
+        if kind == "gamma":
+            return GammaRenewal(a["rate"], a["cv"])
+        if kind == "mmpp":
+            return MMPP2(tuple(a["rates"]), tuple(a["dwell_s"]))
+        p = Path(a["path"])
+        return TraceReplay(path=str(p if p.is_absolute() else base / p), device=str(a.get("device", dev_name)))
+    except KeyError as e:
+        raise ScenarioError(f"{w}: arrivals.{e.args[0]} is missing for kind {kind!r}") from None
+    except ArrivalError as e:
+        raise ScenarioError(f"{w}: {e}") from None
+
+
+def scenario_from_dict(d: dict, models: Mapping[str, EEModel] | Callable[[str], EEModel] | None = None,
+                       base: Path | str = ".", where: str = "scenario") -> Scenario:
+    """Build a :class:`Scenario` from a parsed TOML dict (see docs/serving.md)."""
+    top = {"name", "duration_s", "warmup_requests", "warmup_s", "slo_mults", "queue_capacity", "device"}
+    extra = set(d) - top
+    if extra:
+        raise ScenarioError(f"{where}: unknown fields {sorted(extra)}: allowed {sorted(top)}")
+    devs_in = d.get("device")
+    if not isinstance(devs_in, list) or not devs_in:
+        raise ScenarioError(f"{where}: [[device]] entries are missing: need at least one")
+    if models is None:
+        def models(name):  # noqa: E306 - resolved lazily so tests never need the zoo
+            from ..workloads import zoo  # type: ignore[attr-defined]
+            return zoo.load(name)
+    look = models.__getitem__ if isinstance(models, Mapping) else models
+    devices = []
+    dev_fields = {"name", "model", "arrivals", "slo_ms", "slo_mult", "count"}
+    for k, e in enumerate(devs_in):
+        w = f"{where}: device[{k}]"
+        if not isinstance(e, dict):
+            raise ScenarioError(f"{w}: must be a table")
+        extra = set(e) - dev_fields
+        if extra:
+            raise ScenarioError(f"{w}: unknown fields {sorted(extra)}: allowed {sorted(dev_fields)}")
+        for req in ("name", "model", "arrivals"):
+            if req not in e:
+                raise ScenarioError(f"{w}: field {req!r} is missing")
+        try:
+            model = look(e["model"])
+        except (KeyError, LookupError, FileNotFoundError, ValueError) as x:
+            raise ScenarioError(f"{w}: model = {e['model']!r}: unknown model ({x})") from None
+        count = _num(w, "count", e.get("count", 1), integer=True)
+        for c in range(count):
+            name = e["name"] if count == 1 else f"{e['name']}{c}"
+            arr = _arrivals_from(f"{w} ({name})", e["arrivals"], Path(base), name)
+            try:
+                devices.append(Device(name, model, arr, slo_ms=e.get("slo_ms"), slo_mult=e.get("slo_mult")))
+            except ScenarioError as x:
+                raise ScenarioError(f"{where}: {x}") from None
+    kw = {k: d[k] for k in ("name", "duration_s", "warmup_requests", "warmup_s", "queue_capacity") if k in d}
+    if "slo_mults" in d:
+        kw["slo_mults"] = tuple(d["slo_mults"])
+    if "duration_s" not in kw:
+        raise ScenarioError(f"{where}: field 'duration_s' is missing")
+    return Scenario(devices=tuple(devices), **kw)
+
+
+def load_scenario(path, models=None) -> Scenario:
+    """Load a scenario TOML file; ``models`` maps model names to EEModels (default: the zoo)."""
+    p = Path(path)
+    try:
+        d = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise ScenarioError(f"{p}: cannot read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{p}: not valid TOML ({e})") from None
+    d.setdefault("name", p.stem)
+    return scenario_from_dict(d, models=models, base=p.parent, where=str(p))

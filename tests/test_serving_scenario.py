@@ -1,0 +1,146 @@
+"""Scenarios (validation, TOML), request draws, warm-up and metrics, per-request CSV."""
+import csv
+
+import numpy as np
+import pytest
+
+from fluidnpu.sim.latency import LatencyTable
+from fluidnpu.sim.serving import (MMPP2, Device, GammaRenewal, Poisson, Scenario, ScenarioError, TraceReplay,
+                                  generate_requests, load_scenario, run, slo_bases)
+from fluidnpu.sim.workloads.model import EEModel, ExitHead, GemmLayer
+
+
+def mk_model(name="m", probs=(0.4, 0.3, 0.3)):
+    layers = tuple(GemmLayer(f"l{i}", r=4, p=16, c=8) for i in range(5))
+    return EEModel(name, layers, (ExitHead(1, ()), ExitHead(3, ())), probs)
+
+
+def mk_table(model, b_max=8):
+    b = np.arange(b_max + 1)[:, None]
+    return LatencyTable.for_model(model, "rbatch", 1.0, (100 + 20 * b) * np.ones((1, 5), dtype=np.int64),
+                                  (10 + 2 * b) * np.ones((1, 2), dtype=np.int64))
+
+
+def test_device_and_scenario_validation():
+    m = mk_model()
+    with pytest.raises(ScenarioError, match="give exactly one"):
+        Device("d", m, Poisson(1.0))
+    with pytest.raises(ScenarioError, match="slo_mult = -2"):
+        Device("d", m, Poisson(1.0), slo_mult=-2)
+    d = Device("d", m, Poisson(1.0), slo_ms=3)
+    with pytest.raises(ScenarioError, match="repeat"):
+        Scenario((d, d), duration_s=1)
+    with pytest.raises(ScenarioError, match="duration_s = 0"):
+        Scenario((d,), duration_s=0)
+    with pytest.raises(ScenarioError, match="warmup_s = 2"):
+        Scenario((d,), duration_s=1, warmup_s=2)
+    other = mk_model(probs=(0.2, 0.2, 0.6))
+    with pytest.raises(ScenarioError, match="two different models"):
+        Scenario((d, Device("e", other, Poisson(1.0), slo_ms=3)), duration_s=1)
+
+
+def test_exit_draws_follow_probabilities_and_slo_resolves():
+    m = mk_model()
+    sc = Scenario((Device("a", m, Poisson(20000.0), slo_mult=4), Device("b", m, Poisson(5000.0), slo_ms=2)),
+                  duration_s=2.0)
+    tab = mk_table(m)
+    reqs = generate_requests(sc, 9, slo_bases(sc, tab))
+    freq = np.bincount(reqs.exit, minlength=3) / len(reqs)
+    assert np.allclose(freq, m.exit_probs, atol=0.01)
+    base = tab.batch1_latency_s()
+    assert np.allclose(reqs.slo_s[reqs.device == 0], 4 * base) and np.allclose(reqs.slo_s[reqs.device == 1], 2e-3)
+    assert (np.diff(reqs.arrival) >= 0).all()
+    # adding a device does not change the other devices' draws
+    sc2 = Scenario(sc.devices + (Device("c", m, Poisson(100.0), slo_ms=1),), duration_s=2.0)
+    r2 = generate_requests(sc2, 9, slo_bases(sc2, tab))
+    assert np.array_equal(r2.arrival[r2.device == 0], reqs.arrival[reqs.device == 0])
+    assert np.array_equal(r2.exit[r2.device == 1], reqs.exit[reqs.device == 1])
+
+
+def test_warmup_metrics_and_csv(tmp_path):
+    m = mk_model()
+    tab = mk_table(m)
+    sc = Scenario((Device("a", m, Poisson(2000.0), slo_mult=3), Device("b", m, GammaRenewal(1000.0, 2.0), slo_mult=10)),
+                  duration_s=0.5, warmup_requests=100, warmup_s=0.05, slo_mults=(1.0, 3.0, 100.0))
+    res = run(sc, "dynamic", tab, seed=1)
+    assert not res.measured[:100].any() and not res.measured[res.arrival < 0.05].any()
+    assert res.measured.sum() == ((np.arange(res.arrival.size) >= 100) & (res.arrival >= 0.05)).sum()
+    s = res.summary()
+    assert s["requests"] == res.measured.sum()
+    lat = res.latency_s[res.measured] * 1e3
+    assert s["mean_ms"] == pytest.approx(lat.mean()) and s["p99_ms"] == pytest.approx(np.percentile(lat, 99))
+    at = s["slo_attainment_at"]
+    assert at[1.0] <= at[3.0] <= at[100.0] == 1.0
+    pd = res.per_device()
+    assert sum(v["requests"] for v in pd.values()) == s["requests"]
+    assert pd["a"]["slo_attainment"] == pytest.approx(at[3.0], abs=0.05)
+    assert 0 < s["utilisation"] < 1 and s["mac_utilisation"] is None
+    assert sum(s["exits_per_head"]["m"]) == s["served"]
+    assert sum(s["batch_size_hist"]) > 0 and s["batch_size_hist"][0] == 0
+    p = tmp_path / "req.csv"
+    res.to_csv(p)
+    rows = list(csv.DictReader(p.open()))
+    assert len(rows) == res.arrival.size
+    r = rows[150]
+    assert float(r["finish_s"]) - float(r["arrival_s"]) == pytest.approx(float(r["latency_ms"]) / 1e3, abs=1e-9)
+    assert r["dropped_reason"] == "" and r["measured"] in ("0", "1") and r["slo_met"] in ("0", "1")
+
+
+def test_mac_utilisation_from_synthetic_table():
+    m = EEModel("c", tuple(GemmLayer(f"l{i}", r=64, p=64, c=64) for i in range(3)), (), (1.0,))
+    tab = LatencyTable.synthetic(m, "fluid", b_max=4)
+    sc = Scenario((Device("a", m, Poisson(3000.0), slo_mult=5),), duration_s=0.3)
+    s = run(sc, "dynamic", tab, seed=2).summary()
+    assert 0 < s["mac_utilisation"] <= s["utilisation"] <= 1
+
+
+TOML = """
+name = "two-cams"
+duration_s = 0.2
+warmup_s = 0.01
+slo_mults = [2, 5]
+queue_capacity = 64
+
+[[device]]
+name = "cam"
+model = "m"
+count = 2
+slo_mult = 5
+arrivals = { kind = "mmpp", rates = [100.0, 2000.0], dwell_s = [0.05, 0.01] }
+
+[[device]]
+name = "door"
+model = "m"
+slo_ms = 3.0
+arrivals = { kind = "trace", path = "t.csv" }
+"""
+
+
+def test_toml_scenario(tmp_path):
+    (tmp_path / "t.csv").write_text("timestamp,device\n0.001,door\n0.002,cam0\n0.003,door\n")
+    p = tmp_path / "s.toml"
+    p.write_text(TOML)
+    m = mk_model()
+    sc = load_scenario(p, models={"m": m})
+    assert [d.name for d in sc.devices] == ["cam0", "cam1", "door"]
+    assert isinstance(sc.devices[0].arrivals, MMPP2) and sc.queue_capacity == 64 and sc.slo_mults == (2.0, 5.0)
+    assert isinstance(sc.devices[2].arrivals, TraceReplay)
+    res = run(p, "fluid", mk_table(m), seed=1, models={"m": m}, check=True)
+    assert res.done.all() and (res.device == 2).sum() == 2
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: t.replace('kind = "mmpp"', 'kind = "weird"'), "arrivals.kind = 'weird'"),
+    (lambda t: t.replace('model = "m"\ncount', 'model = "zz"\ncount'), "model = 'zz': unknown"),
+    (lambda t: t.replace("duration_s = 0.2", "duration_s = -1"), "duration_s = -1"),
+    (lambda t: t.replace("queue_capacity = 64", "queue_capacity = 64\nspeed = 3"), r"unknown fields \['speed'\]"),
+    (lambda t: t.replace("slo_ms = 3.0", ""), "give exactly one"),
+    (lambda t: t.replace("rates = [100.0, 2000.0], ", ""), "arrivals.rates is missing"),
+    (lambda t: t.replace("dwell_s = [0.05, 0.01]", "dwell_s = [0.05, 0.01], rate = 3"), "unknown fields"),
+])
+def test_toml_errors(tmp_path, edit, match):
+    (tmp_path / "t.csv").write_text("0.001,door\n")
+    p = tmp_path / "s.toml"
+    p.write_text(edit(TOML))
+    with pytest.raises(ScenarioError, match=match):
+        load_scenario(p, models={"m": mk_model()})
