@@ -200,15 +200,13 @@ class NPUCore(wiring.Component):
                     with m.If(last_s):
                         m.d.sync += [s.eq(0), rem.eq(it.len), g.eq(g + 1), trow0.eq(trow0 + bp)]
                         with m.If(last_g):
-                            m.next = "NEXT"
+                            with m.If(it.last_step):
+                                m.next = "FINISH"
+                            with m.Else():
+                                m.d.comb += it.advance.eq(1)
+                                m.next = "SETUP"
                     with m.Else():
                         m.d.sync += [s.eq(s + 1), rem.eq(rem - (1 << lp.ls))]
-            with m.State("NEXT"):
-                with m.If(it.last_step):
-                    m.next = "FINISH"
-                with m.Else():
-                    m.d.comb += it.advance.eq(1)
-                    m.next = "SETUP"
             with m.State("FINISH"):
                 with m.If((issued == popped) & ~stage.r_rdy & drain.idle & (wr_pending == 0)
                           & ~pe.out_valid):
