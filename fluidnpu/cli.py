@@ -1,2 +1,379 @@
+"""The ``fluidnpu`` command line: generate the NPU, run a GEMM on its RTL, show a config."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import click
+import numpy as np
+
+from fluidnpu import __version__
+from fluidnpu.hw.config import ConfigError, HwConfig, load_hw_config
+from fluidnpu.metrics import gemm_metrics
+
+__all__ = ["main"]
+
+SIMULATORS = ("icarus", "verilator")
+DEMO_SHAPE = (37, 300, 23)
+
+
+class _Group(click.Group):
+    """A click group that reports a :class:`ConfigError` as ``error: ...`` with exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fluidnpu")
 def main():
-    raise SystemExit("not yet")
+    """fluidnpu: Fluid Batching NPU generator and co-simulator."""
+
+
+# -- shared helpers -------------------------------------------------------------------
+
+def _config_options(f):
+    f = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                     help="Override one hardware parameter (repeatable).")(f)
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Hardware config TOML (fields at top level or under [hw]).")(f)
+    return f
+
+
+def _load_config(config_path: Path | None, sets: tuple[str, ...]) -> HwConfig:
+    return load_hw_config(config_path).with_overrides(list(sets))
+
+
+def _derived(cfg: HwConfig) -> dict:
+    return {
+        "lanes": cfg.lanes,
+        "elem_bytes": cfg.elem_bytes,
+        "elems_per_beat": cfg.elems_per_beat,
+        "x_depth": cfg.x_depth,
+        "w_depth": cfg.w_depth,
+        "data_range": [cfg.data_min, cfg.data_max],
+        "bp_choices": list(cfg.bp_choices),
+        "k_choices": list(cfg.k_choices),
+        "policies": len(cfg.policies),
+    }
+
+
+def _print_config(cfg: HwConfig, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    for name, value in cfg.to_dict().items():
+        table.add_row(name, str(value))
+    table.add_section()
+    for name, value in _derived(cfg).items():
+        text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        table.add_row(f"[dim]{name}[/dim]", text)
+    Console().print(table)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> int:
+    """Write ``path`` through a temporary file renamed into place; return its size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+def _write_hdl(cfg: HwConfig, path: Path, rtlil: bool) -> int:
+    from amaranth.back import rtlil as rtlil_back, verilog
+
+    from fluidnpu.hw.core import NPUCore
+
+    core = NPUCore(cfg)
+    back = rtlil_back if rtlil else verilog
+    text = back.convert(core, name="fluidnpu_core")
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _compare(out: np.ndarray, ref: np.ndarray) -> tuple[bool, str]:
+    """Whether ``out`` equals ``ref``, and a one-line description of the first difference."""
+    out = np.asarray(out)
+    if out.shape != ref.shape:
+        return False, f"output shape {out.shape}, expected {ref.shape}"
+    bad = np.argwhere(out != ref)
+    if not len(bad):
+        return True, "bit-exact"
+    r, c = bad[0]
+    return False, (f"{len(bad)} of {ref.size} elements differ; first at [{r}, {c}]: "
+                   f"got {int(out[r, c])}, expected {int(ref[r, c])}")
+
+
+def _fail(e: Exception) -> None:
+    """Report a simulation failure as ``error: ...`` and exit with status 1."""
+    click.echo(f"error: {e}", err=True)
+    click.get_current_context().exit(1)
+
+
+def _out_dtype(cfg: HwConfig, requant: bool):
+    if not requant:
+        return np.int32
+    return np.int8 if cfg.elem_bytes == 1 else np.int16
+
+
+# -- generate ---------------------------------------------------------------------------
+
+@main.command()
+@_config_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (Verilog, or RTLIL with --rtlil).")
+@click.option("--rtlil", is_flag=True, help="Write RTLIL instead of Verilog.")
+def generate(config_path, sets, output, rtlil):
+    """Generate the NPU core as Verilog or RTLIL (module fluidnpu_core)."""
+    cfg = _load_config(config_path, sets)
+    _print_config(cfg, "fluidnpu_core parameters")
+    size = _write_hdl(cfg, output, rtlil)
+    click.echo(f"wrote {output} ({'RTLIL' if rtlil else 'Verilog'}, {size:,} bytes)")
+
+
+@main.command()
+@_config_options
+def lint(config_path, sets):
+    """Lint the generated Verilog with Verilator -Wall; exit 1 on errors or unexplained warnings."""
+    import tempfile
+
+    from fluidnpu.hw.lint import lint_verilog
+
+    cfg = _load_config(config_path, sets)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "npu.v"
+        _write_hdl(cfg, path, rtlil=False)
+        rep = lint_verilog(path)
+    click.echo(rep.format())
+    click.echo("explained in docs/lint.md" if rep.ok else "FINDINGS: errors or warning categories not explained")
+    if not rep.ok:
+        click.get_current_context().exit(1)
+
+
+# -- config -----------------------------------------------------------------------------
+
+@main.command()
+@_config_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {\"hw\": fields, \"derived\": values}.")
+def config(config_path, sets, as_json):
+    """Validate a hardware configuration and print it."""
+    cfg = _load_config(config_path, sets)
+    if as_json:
+        click.echo(json.dumps({"hw": cfg.to_dict(), "derived": _derived(cfg)}, indent=2))
+    else:
+        _print_config(cfg, "hardware configuration")
+
+
+# -- gemm -------------------------------------------------------------------------------
+
+def _bad(option: str, message: str) -> click.BadParameter:
+    return click.BadParameter(message, ctx=click.get_current_context(), param_hint=f"'{option}'")
+
+
+def _load_int_array(option: str, path: Path) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise _bad(option, f"{path}: not a readable .npy file ({e})") from None
+    if not isinstance(a, np.ndarray):
+        raise _bad(option, f"{path}: holds several arrays (.npz); give one .npy array")
+    if a.dtype.kind not in "iu":
+        raise _bad(option, f"{path}: dtype {a.dtype}; must be an integer array")
+    return a
+
+
+def _check_range(option: str, path: Path, a: np.ndarray, lo: int, hi: int, what: str) -> None:
+    for pick in (np.argmin, np.argmax):
+        idx = np.unravel_index(pick(a), a.shape)
+        v = int(a[idx])
+        if not lo <= v <= hi:
+            where = ", ".join(map(str, idx))
+            raise _bad(option, f"{path}: element [{where}] = {v} is outside {what} [{lo}, {hi}]")
+
+
+def _parse_requant(ctx, param, value):
+    if value is None:
+        return None
+    parts = value.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return int(parts[0], 0), int(parts[1], 0)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected MULT,SHIFT as two integers, e.g. 8000,24") from None
+
+
+def _validate_gemm(cfg, x_path, w_path, b_path, requant, k, bp):
+    """Load and check every gemm input against ``cfg``; raise BadParameter naming the option."""
+    x = _load_int_array("--x", x_path)
+    w = _load_int_array("--w", w_path)
+    if x.ndim != 2:
+        raise _bad("--x", f"{x_path}: shape {x.shape}; X must be 2-D (R, P)")
+    if w.ndim != 2:
+        raise _bad("--w", f"{w_path}: shape {w.shape}; W must be 2-D (P, C)")
+    (r, p), c = x.shape, w.shape[1]
+    if w.shape[0] != p:
+        raise _bad("--w", f"{w_path}: shape {w.shape}; its P = {w.shape[0]} does not match "
+                          f"P = {p} of X {x.shape}")
+    limit = 1 << cfg.dim_width
+    for option, name, v in (("--x", "R", r), ("--x", "P", p), ("--w", "C", c)):
+        if not 1 <= v < limit:
+            raise _bad(option, f"{name} = {v}; must be from 1 to {limit - 1} "
+                               f"(dim_width = {cfg.dim_width})")
+    what = f"the {cfg.data_width}-bit operand range"
+    _check_range("--x", x_path, x, cfg.data_min, cfg.data_max, what)
+    _check_range("--w", w_path, w, cfg.data_min, cfg.data_max, what)
+    bias = None
+    if b_path is not None:
+        bias = _load_int_array("--bias", b_path)
+        if bias.shape != (c,):
+            raise _bad("--bias", f"{b_path}: shape {bias.shape}; bias must be 1-D of length C = {c}")
+        _check_range("--bias", b_path, bias, -(1 << 31), (1 << 31) - 1, "the int32 range")
+    if requant is not None:
+        mult, shift = requant
+        lo, hi = -(1 << (cfg.mult_width - 1)), (1 << (cfg.mult_width - 1)) - 1
+        if not lo <= mult <= hi:
+            raise _bad("--requant", f"MULT = {mult}; must be from {lo} to {hi} "
+                                    f"(signed mult_width = {cfg.mult_width} bits)")
+        if not 0 <= shift <= 63:
+            raise _bad("--requant", f"SHIFT = {shift}; must be from 0 to 63")
+    if k not in cfg.k_choices:
+        raise _bad("--stack", f"K = {k}; must be one of {', '.join(map(str, cfg.k_choices))} "
+                              f"(powers of two up to tc = {cfg.tc})")
+    if bp not in cfg.bp_choices:
+        raise _bad("--split", f"BP = {bp}; must be one of {', '.join(map(str, cfg.bp_choices))} "
+                              f"(powers of two up to tp = {cfg.tp})")
+    return x.astype(np.int64), w.astype(np.int64), None if bias is None else bias.astype(np.int64)
+
+
+_npy = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@main.command()
+@click.option("--x", "x_path", required=True, type=_npy, help="X[R x P], integer .npy.")
+@click.option("--w", "w_path", required=True, type=_npy, help="W[P x C], integer .npy.")
+@click.option("--bias", "b_path", type=_npy, help="bias[C], int32-range .npy.")
+@click.option("--requant", callback=_parse_requant, metavar="MULT,SHIFT",
+              help="Requantise: clamp(round(y*MULT / 2**SHIFT)) to the data range.")
+@click.option("--relu", is_flag=True, help="Apply ReLU to the output.")
+@click.option("--stack", "k", type=int, default=1, show_default=True,
+              help="Stacking factor k (PEs joined into one unit).")
+@click.option("--split", "bp", type=int, default=1, show_default=True,
+              help="B_P: rows sharing one PE's lanes.")
+@click.option("--sim", type=click.Choice(SIMULATORS), default="icarus", show_default=True)
+@_config_options
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output O[R x C] .npy (int8/int16 when requantised, else int32).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object of results.")
+@click.option("--wave", type=click.Path(dir_okay=False, path_type=Path), help="Write a waveform file.")
+@click.option("--mem-latency", type=click.IntRange(min=0), help="Cycles from a memory read request to its response.")
+@click.option("--mem-interval", type=click.IntRange(min=1), help="At most one memory request per N cycles.")
+def gemm(x_path, w_path, b_path, requant, relu, k, bp, sim, config_path, sets, out_path,
+         as_json, wave, mem_latency, mem_interval):
+    """Run one GEMM layer on the RTL and check it against numpy.
+
+    Computes O[R x C] = X[R x P] * W[P x C] (+ bias, requantisation, ReLU) in an HDL
+    simulator with the run-time policy (B_P = --split, k = --stack).
+    """
+    cfg = _load_config(config_path, sets)
+    x, w, bias = _validate_gemm(cfg, x_path, w_path, b_path, requant, k, bp)
+
+    from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
+    from fluidnpu.hw.reference import gemm_reference
+    from fluidnpu.hw.runner import MemTiming, SimError, run_gemm
+
+    mult, shift = requant if requant is not None else (1, 0)
+    out_mode = OUT_REQUANT if requant is not None else OUT_RAW
+    timing = {name: v for name, v in (("latency", mem_latency), ("interval", mem_interval))
+              if v is not None}
+    try:
+        res = run_gemm(cfg, x, w, bias, out_mode=out_mode, mult=mult, shift=shift, relu=relu,
+                       bp=bp, k=k, sim=sim, wave=wave, mem=MemTiming(**timing))
+    except SimError as e:
+        _fail(e)
+    ref = gemm_reference(cfg, x, w, bias, out_mode=out_mode, mult=mult, shift=shift, relu=relu)
+    ok, detail = _compare(res.out, ref)
+    out = np.asarray(res.out).astype(_out_dtype(cfg, requant is not None))
+    _atomic_write(out_path, lambda f: np.save(f, out))
+
+    (r, p), c = x.shape, w.shape[1]
+    m = gemm_metrics(cfg, r, p, c, res.cycles, bias=bias is not None, requant=requant is not None)
+    extra = {"out": str(out_path)}
+    if wave is not None:
+        extra["wave"] = str(res.wave)
+    if as_json:
+        click.echo(json.dumps({"cycles": res.cycles, **m, "sim": res.sim, "shape": [r, p, c],
+                               "policy": {"bp": bp, "k": k}, "check": ok, **extra}))
+    else:
+        click.echo(f"GEMM R={r} P={p} C={c}, policy B_P={bp} k={k}, {res.sim}")
+        click.echo(f"cycles {res.cycles}, utilisation {m['utilisation']:.1%}, roofline "
+                   f"{m['roofline_cycles']} cycles (efficiency {m['roofline_efficiency']:.1%})")
+        click.echo(f"check: {'PASS' if ok else 'FAIL'} {detail}")
+        click.echo("wrote " + ", ".join(extra.values()))
+    if not ok:
+        if as_json:
+            click.echo(f"error: {detail}", err=True)
+        click.get_current_context().exit(1)
+
+
+# -- demo -------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--sim", type=click.Choice(SIMULATORS), default="icarus", show_default=True)
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
+              show_default=True, help="Where npu.v is written.")
+@click.option("--seed", type=int, default=2022, show_default=True, help="Random seed of the GEMM.")
+def demo(sim, out_dir, seed):
+    """Generate the default NPU and run a random GEMM on it.
+
+    The int8 GEMM (R, P, C) = (37, 300, 23) with bias and requantisation must match the
+    numpy reference bit for bit; exit status 1 if it does not.
+    """
+    from fluidnpu.hw.interface import OUT_REQUANT
+    from fluidnpu.hw.reference import gemm_reference
+    from fluidnpu.hw.runner import MemTiming, SimError, run_gemm
+
+    cfg = HwConfig()
+    path = out_dir / "npu.v"
+    size = _write_hdl(cfg, path, rtlil=False)
+    click.echo(f"generated {path} ({size:,} bytes): {cfg.tc} PEs x {cfg.tp} lanes, "
+               f"{cfg.data_width}-bit data, {cfg.acc_width}-bit accumulators")
+
+    r, p, c = DEMO_SHAPE
+    rng = np.random.default_rng(seed)
+    x = rng.integers(cfg.data_min, cfg.data_max + 1, size=(r, p), dtype=np.int64)
+    w = rng.integers(cfg.data_min, cfg.data_max + 1, size=(p, c), dtype=np.int64)
+    bias = rng.integers(-(1 << 16), 1 << 16, size=c, dtype=np.int64)
+    # y has a standard deviation near 1e5; y * 8000 / 2**24 brings it to about 45,
+    # so most outputs land inside int8 and a few saturate.
+    mult, shift = 8000, 24
+    click.echo(f"GEMM R={r} P={p} C={c} with bias, requant ({mult}, {shift}) on {sim} ...")
+    try:
+        res = run_gemm(cfg, x, w, bias, out_mode=OUT_REQUANT, mult=mult, shift=shift,
+                       relu=False, bp=1, k=1, sim=sim, wave=None, mem=MemTiming())
+    except SimError as e:
+        _fail(e)
+    ref = gemm_reference(cfg, x, w, bias, out_mode=OUT_REQUANT, mult=mult, shift=shift)
+    ok, detail = _compare(res.out, ref)
+    m = gemm_metrics(cfg, r, p, c, res.cycles, bias=True, requant=True)
+    click.echo(f"{'PASS' if ok else 'FAIL'} {detail}")
+    click.echo(f"cycles {res.cycles}, utilisation {m['utilisation']:.1%}, "
+               f"roofline efficiency {m['roofline_efficiency']:.1%} "
+               f"(roofline {m['roofline_cycles']} cycles)")
+    if not ok:
+        click.get_current_context().exit(1)

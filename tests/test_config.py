@@ -1,0 +1,218 @@
+"""HwConfig: validation rules, TOML loading, --set overrides and derived values."""
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fluidnpu.hw.config import ConfigError, HwConfig, load_hw_config
+
+# (changes to the default, the field the error must name, its value)
+BAD = [
+    ({"tc": "8"}, "tc", "8"),
+    ({"tp": 8.0}, "tp", 8.0),
+    ({"tr": True}, "tr", True),
+    ({"clock_mhz": 0}, "clock_mhz", 0),
+    ({"clock_mhz": -5.0}, "clock_mhz", -5.0),
+    ({"clock_mhz": "100"}, "clock_mhz", "100"),
+    ({"clock_mhz": True}, "clock_mhz", True),
+    ({"tc": 3}, "tc", 3),
+    ({"tc": 0}, "tc", 0),
+    ({"tc": 128, "x_buf_elems": 1 << 16, "w_buf_elems": 1 << 14}, "tc", 128),
+    ({"tp": 6}, "tp", 6),
+    ({"tp": 128}, "tp", 128),
+    ({"tr": 12}, "tr", 12),
+    ({"tr": 512}, "tr", 512),
+    ({"data_width": 3}, "data_width", 3),
+    ({"data_width": 17}, "data_width", 17),
+    ({"acc_width": 15}, "acc_width", 15),
+    ({"data_width": 12, "acc_width": 23}, "acc_width", 23),
+    ({"acc_width": 33}, "acc_width", 33),
+    ({"mem_bytes": 6}, "mem_bytes", 6),
+    ({"mem_bytes": 2}, "mem_bytes", 2),
+    ({"mem_bytes": 128}, "mem_bytes", 128),
+    ({"tc": 4, "mem_bytes": 8}, "mem_bytes", 8),
+    ({"tp": 2, "mem_bytes": 4}, "mem_bytes", 4),
+    ({"x_buf_elems": 10000}, "x_buf_elems", 10000),
+    ({"x_buf_elems": 32}, "x_buf_elems", 32),
+    ({"w_buf_elems": 5000}, "w_buf_elems", 5000),
+    ({"w_buf_elems": 32}, "w_buf_elems", 32),
+    ({"tr": 256, "x_buf_elems": 8192}, "x_buf_elems", 8192),
+    ({"rd_outstanding": 1}, "rd_outstanding", 1),
+    ({"rd_outstanding": 257}, "rd_outstanding", 257),
+    ({"mult_width": 3}, "mult_width", 3),
+    ({"mult_width": 33}, "mult_width", 33),
+    ({"addr_width": 15}, "addr_width", 15),
+    ({"addr_width": 49}, "addr_width", 49),
+    ({"dim_width": 7}, "dim_width", 7),
+    ({"dim_width": 25}, "dim_width", 25),
+]
+
+
+@pytest.mark.parametrize("changes,field,value", BAD, ids=[str(c) for c, _, _ in BAD])
+def test_rule_rejects_bad_value_naming_field_and_value(changes, field, value):
+    with pytest.raises(ConfigError) as e:
+        HwConfig(**changes)
+    assert f"{field} = {value!r}" in str(e.value)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_defaults_are_valid_and_as_documented():
+    cfg = HwConfig()
+    assert (cfg.tc, cfg.tp, cfg.tr) == (8, 8, 16)
+    assert (cfg.data_width, cfg.acc_width, cfg.mem_bytes) == (8, 32, 8)
+
+
+@pytest.mark.parametrize("changes", [
+    {"tc": 2, "tp": 2, "tr": 1, "mem_bytes": 4, "data_width": 16, "acc_width": 32,
+     "x_buf_elems": 4, "w_buf_elems": 4},
+    {"tc": 64, "tp": 64, "tr": 256, "x_buf_elems": 1 << 20, "w_buf_elems": 1 << 12,
+     "mem_bytes": 64},
+    {"data_width": 4, "acc_width": 8, "mult_width": 4, "addr_width": 16, "dim_width": 8,
+     "rd_outstanding": 2, "clock_mhz": 1},
+    {"rd_outstanding": 256, "mult_width": 32, "addr_width": 48, "dim_width": 24,
+     "clock_mhz": 250.5},
+])
+def test_limits_are_accepted(changes):
+    cfg = HwConfig(**changes)
+    assert all(getattr(cfg, k) == v for k, v in changes.items())
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        HwConfig().tc = 4
+
+
+def test_derived_values_of_default():
+    cfg = HwConfig()
+    assert cfg.lanes == 64
+    assert cfg.elem_bytes == 1
+    assert cfg.elems_per_beat == 8
+    assert cfg.x_depth == 256 and cfg.w_depth == 128
+    assert cfg.bp_choices == (1, 2, 4, 8) and cfg.k_choices == (1, 2, 4, 8)
+    assert len(cfg.policies) == 16 and len(set(cfg.policies)) == 16
+    assert (cfg.data_min, cfg.data_max) == (-128, 127)
+    assert cfg.chunk_max(1) == 1024 and cfg.chunk_max(8) == 1024
+    assert cfg.ns_per_cycle() == pytest.approx(10.0)
+
+
+def test_derived_values_of_wide_data():
+    cfg = HwConfig(data_width=12, acc_width=32, tc=4, tp=16, mem_bytes=8)
+    assert cfg.elem_bytes == 2 and cfg.elems_per_beat == 4
+    assert (cfg.data_min, cfg.data_max) == (-2048, 2047)
+    assert cfg.policies == tuple((bp, k) for bp in (1, 2, 4, 8, 16) for k in (1, 2, 4))
+    assert cfg.chunk_max(1) == min(16384 // 16, 8192 // 4)
+
+
+def test_key_ignores_clock_only():
+    cfg = HwConfig()
+    assert cfg.key() == cfg.replace(clock_mhz=200.0).key()
+    assert cfg.key() != cfg.replace(tr=32).key()
+
+
+def test_replace_validates():
+    with pytest.raises(ConfigError, match="tp = 5"):
+        HwConfig().replace(tp=5)
+
+
+# -- TOML ------------------------------------------------------------------------------
+
+def test_load_none_is_default():
+    assert load_hw_config(None) == HwConfig()
+
+
+def test_load_hw_table(tmp_path):
+    p = tmp_path / "hw.toml"
+    p.write_text("[hw]\ntc = 4\ntp = 4\nmem_bytes = 4\nclock_mhz = 250.0\n")
+    assert load_hw_config(p) == HwConfig(tc=4, tp=4, mem_bytes=4, clock_mhz=250.0)
+
+
+def test_load_top_level_fields(tmp_path):
+    p = tmp_path / "hw.toml"
+    p.write_text("tr = 32\n")
+    assert load_hw_config(str(p)) == HwConfig(tr=32)
+
+
+def test_load_unknown_field_names_it(tmp_path):
+    p = tmp_path / "hw.toml"
+    p.write_text("[hw]\ntc = 4\npes = 8\n")
+    with pytest.raises(ConfigError, match="unknown field.*pes") as e:
+        load_hw_config(p)
+    assert str(p) in str(e.value)
+
+
+def test_load_bad_toml(tmp_path):
+    p = tmp_path / "hw.toml"
+    p.write_text("[hw\ntc = 4\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_hw_config(p)
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_hw_config(tmp_path / "nope.toml")
+
+
+def test_load_hw_not_a_table(tmp_path):
+    p = tmp_path / "hw.toml"
+    p.write_text("hw = 3\n")
+    with pytest.raises(ConfigError, match=r"\[hw\] must be a table"):
+        load_hw_config(p)
+
+
+def test_load_validates_values(tmp_path):
+    p = tmp_path / "hw.toml"
+    p.write_text('[hw]\ntc = "eight"\n')
+    with pytest.raises(ConfigError, match="tc = 'eight': must be an integer"):
+        load_hw_config(p)
+
+
+def test_example_files(repo_root):
+    assert load_hw_config(repo_root / "examples" / "hw_default.toml") == HwConfig()
+    small = load_hw_config(repo_root / "examples" / "hw_small.toml")
+    assert small == HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
+
+
+# -- --set overrides -------------------------------------------------------------------
+
+def test_with_overrides():
+    cfg = HwConfig().with_overrides(["tc=4", " tp = 0x4 ", "mem_bytes=4", "clock_mhz=133.3"])
+    assert (cfg.tc, cfg.tp, cfg.mem_bytes, cfg.clock_mhz) == (4, 4, 4, 133.3)
+    assert HwConfig().with_overrides([]) == HwConfig()
+
+
+@pytest.mark.parametrize("item,pattern", [
+    ("tc", "'tc': expected name=value"),
+    ("pes=4", "pes: unknown field"),
+    ("tc=four", "tc='four': not a number"),
+    ("tc=3", "tc = 3: must be a power of two"),
+])
+def test_with_overrides_errors(item, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        HwConfig().with_overrides([item])
+
+
+# -- property: validation either accepts or raises ConfigError, and accepted configs
+#    round-trip through to_dict/from_dict ---------------------------------------------
+
+_small_ints = st.integers(min_value=-2, max_value=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tc=st.sampled_from([0, 1, 2, 3, 4, 8, 16, 64, 128]), tp=st.sampled_from([0, 1, 2, 4, 5, 8, 64]),
+       tr=st.sampled_from([1, 7, 8, 16, 256, 512]), data_width=_small_ints, acc_width=_small_ints,
+       x_buf=st.sampled_from([16, 1000, 1024, 16384, 1 << 20]),
+       w_buf=st.sampled_from([16, 512, 8192]), mem_bytes=st.sampled_from([0, 2, 4, 6, 8, 16, 64]))
+def test_validation_is_total(tc, tp, tr, data_width, acc_width, x_buf, w_buf, mem_bytes):
+    try:
+        cfg = HwConfig(tc=tc, tp=tp, tr=tr, data_width=data_width, acc_width=acc_width,
+                       x_buf_elems=x_buf, w_buf_elems=w_buf, mem_bytes=mem_bytes)
+    except ConfigError:
+        return
+    assert HwConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.elems_per_beat <= min(cfg.tc, cfg.tp)
+    assert cfg.x_depth >= cfg.tr and cfg.w_depth >= 1
+    assert len(cfg.policies) == len(cfg.bp_choices) * len(cfg.k_choices)
