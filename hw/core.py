@@ -36,6 +36,12 @@ def _group_tag_layout(cfg: HwConfig) -> data.StructLayout:
     })
 
 
+def _ahead(done, use):
+    """``done > use`` for free-running counters: their modular difference is in 1 .. 2**(n-1)-1."""
+    d = (done - use)[:len(done)]
+    return (d != 0) & ~d[-1]
+
+
 class NPUCore(wiring.Component):
     """A GEMM engine of ``tc`` stackable PEs with ``tp`` segmentable lanes each.
 
@@ -185,7 +191,7 @@ class NPUCore(wiring.Component):
                 m.d.sync += [x_cnt.eq(0), w_cnt.eq(0), issued.eq(0), popped.eq(0)]
                 m.next = "SETUP"
             with m.State("SETUP"):
-                with m.If((loader.x_done > x_use) & (loader.w_done > w_use) & credit):
+                with m.If(_ahead(loader.x_done, x_use) & _ahead(loader.w_done, w_use) & credit):
                     m.d.sync += [xslot.eq(x_use[0]), wslot.eq(w_use[0]),
                                  x_cnt.eq(x_cnt + it.x_new), w_cnt.eq(w_cnt + it.w_new),
                                  g.eq(0), s.eq(0), a.eq(0), rem.eq(it.len), trow0.eq(0)]

@@ -1,0 +1,552 @@
+"""Cycle model of the NPU core, equal to the RTL (``hw/core.py``) cycle for cycle.
+
+``layer_cycles(cfg, R, P, C, bp=.., k=.., bias=.., out_mode=.., mem=MemTiming())`` is
+the number of cycles the cocotb bench measures for one layer (from the cycle the command
+is accepted to the first cycle ``busy`` is 0) under the deterministic memory model of
+``hw/tb/memory.py`` (``backpressure`` must be 0). ``layer_timing`` returns the same
+count with a breakdown (:class:`LayerTiming`).
+
+The model is an event simulation at the granularity of loads (runs of read requests),
+steps and groups (one PE-array group each), with closed forms for runs of requests, and
+a steady-state extrapolation: at every step boundary the relative timing state of all
+engines is recorded, and when it repeats at a distance ``d`` steps over which the step
+sequence is periodic, the remaining whole periods are skipped exactly. The structure,
+every constant and its origin in the RTL are in ``docs/cycle_model.md``.
+"""
+from __future__ import annotations
+
+import operator
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+
+from fluidnpu.hw.config import HwConfig
+from fluidnpu.hw.interface import OUT_RAW
+from fluidnpu.hw.runner import MemTiming
+
+__all__ = ["LayerTiming", "layer_cycles", "layer_timing", "CycleModelError",
+           "START_CYCLES", "PIPE_LATENCY", "DRAIN_LATENCY"]
+
+# ---- constants taken from the RTL (see docs/cycle_model.md) --------------------------
+#: accept (IDLE) -> PREP -> START -> first SETUP: the first SETUP is 3 cycles after the
+#: accept cycle (``NPUCore.START_CYCLES = 2`` counts PREP and START)
+START_CYCLES = 3
+#: last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
+#: ``OperandBuffers.latency`` (2) + ``PEArray.latency`` (4)
+PIPE_LATENCY = 6
+#: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
+STAGE_DELAY = 1
+#: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
+DRAIN_LATENCY = 6
+#: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 3
+DONE_DELAY = 3
+#: free pulse in f -> loader's ``x_freed``/``w_freed`` visible in f + 1
+FREE_DELAY = 1
+#: last write transferred in n -> ack in n + Lw -> ``wr_pending`` 0 in n + Lw + 1 ->
+#: FINISH passes, IDLE (busy 0) in n + Lw + 2
+END_DELAY = 2
+
+_NEG = -(1 << 62)          # "long ago"
+_OLD = "old"               # snapshot marker for a time too far back to matter
+
+
+class CycleModelError(ValueError):
+    """Arguments the cycle model (or the hardware) does not accept."""
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """Cycles of one layer and where they go.
+
+    ``cycles = startup + setup_cycles + issue_cycles + load_stall + credit_stall + tail``:
+    ``startup`` the 3 cycles before the first step setup; ``setup_cycles`` one SETUP cycle
+    per step; ``issue_cycles`` cycles in which the compute issues a PE-array cycle
+    (``sum groups x n_s``); ``load_stall`` cycles the compute waits in SETUP for a load
+    (X, W or bias) to complete; ``credit_stall`` cycles it waits for a stage credit
+    (groups issued - popped by the drain < 2); ``tail`` from the end of the last issue to
+    ``busy`` falling (pipeline, drain, last write acknowledgement).
+    """
+    cycles: int
+    issue_cycles: int
+    setup_cycles: int
+    load_stall: int
+    credit_stall: int
+    startup: int
+    tail: int
+    macs: int
+    utilisation: float          #: macs / (cycles * tc * tp)
+    steps: int
+    groups: int
+    simulated_steps: int        #: steps simulated event by event (the rest extrapolated)
+
+    @property
+    def stall_cycles(self) -> int:
+        return self.load_stall + self.credit_stall
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---- a request channel of the memory model (reads, or writes) -----------------------
+
+class _Chan:
+    """Request times of one stream of ``hw/tb/memory.py``: a request transfers at the
+    earliest cycle >= its availability with (a) >= the previous transfer + ``I`` and
+    (b) fewer than ``cap`` outstanding, i.e. >= the transfer ``cap`` requests back +
+    ``lat`` + 1 (its response is transferred ``lat`` cycles after the request). (b) only
+    binds when ``cap < lat + 1``."""
+
+    __slots__ = ("I", "cap", "P", "windowed", "last", "hist")
+
+    def __init__(self, interval: int, cap: int, lat: int):
+        self.I = interval
+        self.cap = cap
+        self.P = lat + 1
+        self.windowed = cap < lat + 1
+        self.last = _NEG
+        self.hist: deque = deque(maxlen=cap)
+
+    def one(self, avail: int) -> int:
+        t = self.last + self.I
+        if avail > t:
+            t = avail
+        if self.windowed:
+            h = self.hist
+            if len(h) == self.cap and h[0] + self.P > t:
+                t = h[0] + self.P
+            h.append(t)
+        self.last = t
+        return t
+
+    def run(self, start: int, n: int) -> int:
+        """``n >= 1`` requests available from ``start``, each the cycle after the previous
+        transfer (an FSM state issuing a beat per cycle); returns the last transfer."""
+        I = self.I
+        if not self.windowed:
+            t = self.last + I
+            if start > t:
+                t = start
+            t += (n - 1) * I
+            self.last = t
+            return t
+        # Explicitly the first min(n, 2 cap) (the transient), then closed forms for
+        # t[i] = max(t[i-1] + I, t[i-cap] + P) (i >= 1 inside the run):
+        # * cap*I >= P: for i >= cap all cap gaps of the window lie in the run and are
+        #   >= I, so t[i-1] + I >= t[i-cap] + cap*I >= t[i-cap] + P: spacing I.
+        # * cap*I < P: suppose t[i] = t[i-1] + I > t[i-cap] + P. Follow the chain of
+        #   I-spacings back to the first j with t[j] != t[j-1] + I, i.e. t[j] =
+        #   t[j-cap] + P or j = 0. If j >= cap, t[i-cap] >= t[j-cap] + (i-j)I gives
+        #   t[i-cap] + P >= t[i-1] + I, a contradiction; if j <= i - cap, then t[i-cap] =
+        #   t[j] + (i-cap-j)I and P > cap*I give one too. So j > i - cap and j < cap:
+        #   i < 2 cap - 1. Hence t[i] = t[i-cap] + P for every i >= 2 cap - 1.
+        cap, P = self.cap, self.P
+        m = min(n, 2 * cap)
+        seq = []
+        t = self.one(start)
+        seq.append(t)
+        for _ in range(m - 1):
+            t = self.one(t + 1)
+            seq.append(t)
+        if n == m:
+            return t
+        if cap * I >= P:
+            last = t + (n - m) * I
+            self.hist.clear()
+            self.hist.extend(last - (cap - 1 - i) * I for i in range(cap))
+        else:
+            def at(i):
+                q = (i - cap) // cap
+                return seq[i - q * cap] + q * P
+            last = at(n - 1)
+            self.hist.clear()
+            self.hist.extend(at(i) for i in range(n - cap, n))
+        self.last = last
+        return last
+
+    def shift(self, dt: int) -> None:
+        if self.last != _NEG:
+            self.last += dt
+        if self.windowed:
+            h = [x + dt for x in self.hist]
+            self.hist.clear()
+            self.hist.extend(h)
+
+    def snap(self, ref: int, low: int) -> tuple:
+        s = (_rel(self.last, ref, low),)
+        if self.windowed:
+            s += tuple(_rel(x, ref, low) for x in self.hist)
+        return s
+
+
+def _rel(t, ref: int, low: int):
+    if t is None:
+        return None
+    return t - ref if t >= low else _OLD
+
+
+# ---- the drain ------------------------------------------------------------------------
+
+class _FastDrain:
+    """Drain when writes never stall (``interval == 1`` and ``wr_depth >= wr_latency + 1``):
+    an entry available in ``a`` is accepted in ``p = max(a, free)``, its ``n`` beats issue
+    in ``p+1 .. p+n`` (the next entry can be accepted in ``p+n``), writes transfer
+    ``DRAIN_LATENCY`` cycles after their beat."""
+
+    __slots__ = ("free", "last_w")
+
+    def __init__(self):
+        self.free = _NEG
+        self.last_w = _NEG
+
+    def accept(self, avail: int, n: int, write: bool) -> int:
+        p = self.free if self.free > avail else avail
+        self.free = p + n
+        if write:
+            self.last_w = p + n + DRAIN_LATENCY
+        return p
+
+    def finish(self) -> int:
+        return self.last_w
+
+    def shift(self, dt: int) -> None:
+        self.free += dt
+        self.last_w += dt
+
+    def snap(self, ref: int, low: int) -> tuple:
+        return (_rel(self.free, ref, low),)
+
+
+class _TickDrain:
+    """Drain with write stalls, tick by tick (a tick is a cycle without stall). The drain's
+    pipeline moves rigidly: a beat issued in tick T is on ``wr_req`` in tick T + 6; a cycle
+    in which a write is on ``wr_req`` but ``wr_req.ready`` is 0 freezes all of it."""
+
+    __slots__ = ("now", "pipe", "left", "wbeat", "wr")
+
+    def __init__(self, wr: _Chan):
+        self.now = -1                    # real cycle of the last processed tick
+        self.pipe = deque([False] * DRAIN_LATENCY)   # beats of the last 6 ticks (write?)
+        self.left = 0                    # beats of the held entry still to issue
+        self.wbeat = False               # ... and whether they write
+        self.wr = wr
+
+    def _tick(self) -> None:
+        out = self.pipe.popleft()
+        t = self.now + 1
+        if out:
+            t = self.wr.one(t)
+        self.now = t
+        if self.left:
+            self.pipe.append(self.wbeat)
+            self.left -= 1
+        else:
+            self.pipe.append(False)
+
+    def accept(self, avail: int, n: int, write: bool) -> int:
+        while True:
+            if not self.left and self.now + 1 < avail and not any(self.pipe):
+                self.now = avail - 1             # idle ticks, nothing to stall on
+            self._tick()
+            if not self.left and self.now >= avail:
+                self.left, self.wbeat = n, write
+                return self.now
+
+    def finish(self) -> int:
+        while self.left or any(self.pipe):
+            self._tick()
+        return self.wr.last
+
+    def shift(self, dt: int) -> None:
+        self.now += dt
+        self.wr.shift(dt)
+
+    def snap(self, ref: int, low: int) -> tuple:
+        return (_rel(self.now, ref, low), tuple(self.pipe), self.left, self.wbeat) + \
+            self.wr.snap(ref, low)
+
+
+# ---- the layer ------------------------------------------------------------------------
+
+def _check(cfg: HwConfig, R, P, C, bp, k, out_mode, mem: MemTiming) -> None:
+    if not isinstance(cfg, HwConfig):
+        raise CycleModelError(f"cfg = {cfg!r}: must be a HwConfig")
+    for name, v in (("R", R), ("P", P), ("C", C)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise CycleModelError(f"{name} = {v!r}: must be a positive integer")
+    if bp not in cfg.bp_choices:
+        raise CycleModelError(f"bp = {bp!r}: must be one of {cfg.bp_choices}")
+    if k not in cfg.k_choices:
+        raise CycleModelError(f"k = {k!r}: must be one of {cfg.k_choices}")
+    if out_mode not in (0, 1):
+        raise CycleModelError(f"out_mode = {out_mode!r}: must be 0 (raw) or 1 (requant)")
+    if not isinstance(mem, MemTiming):
+        raise CycleModelError(f"mem = {mem!r}: must be a MemTiming")
+    if mem.backpressure:
+        raise CycleModelError(f"mem.backpressure = {mem.backpressure}: the cycle model assumes "
+                              f"deterministic memory timing (backpressure 0)")
+
+
+class _Layer:
+    """Static description of a layer's steps (docs/architecture.md, "Tiling")."""
+
+    def __init__(self, cfg: HwConfig, R, P, C, bp, k, bias, out_mode):
+        tc, tp, tr, M = cfg.tc, cfg.tp, cfg.tr, cfg.mem_bytes
+        eb = cfg.elem_bytes
+        self.R, self.P, self.C, self.bp = R, P, C, bp
+        seg = tp // bp
+        self.S = S = k * seg
+        self.F = F = tc // k
+        self.cm = cm = cfg.chunk_max(k)
+        self.n_rt = _ceil(R, tr)
+        self.n_ct = _ceil(C, F)
+        self.n_ch = _ceil(P, cm)
+        self.rt_len = self.n_ct * self.n_ch
+        self.n_steps = self.n_rt * self.rt_len
+        self.single = self.n_ct == 1 and self.n_ch == 1
+        dw = M // 4 if out_mode == OUT_RAW else cfg.elems_per_beat
+        self.bias = bool(bias)
+        self.tr, self.M, self.eb, self.dw = tr, M, eb, dw
+        self._cache = {}
+
+    def step(self, j: int):
+        """Per-step values, cached by the step's class (rt first/last, ct first/last,
+        last chunk, and the bias beat count, which can depend on the column offset)."""
+        rt, rem = divmod(j, self.rt_len)
+        ct, ch = divmod(rem, self.n_ch)
+        last_rt = rt == self.n_rt - 1
+        last_ct = ct == self.n_ct - 1
+        last_ch = ch == self.n_ch - 1
+        need_bias = self.bias and last_ch
+        nbb = 0
+        if need_bias:
+            M = self.M
+            c0 = ct * self.F
+            ncols = min(self.F, self.C - c0)
+            boff = (c0 * 4) & (M - 1)
+            nbb = (boff + ncols * 4 + M - 1) // M
+        key = (rt == 0, last_rt, ct == 0, last_ct, last_ch, nbb)
+        v = self._cache.get(key)
+        if v is None:
+            v = self._cache[key] = self._make(rt, ct, ch, nbb)
+        return v
+
+    def _make(self, rt, ct, ch, nbb):
+        tr, M, eb, bp = self.tr, self.M, self.eb, self.bp
+        rows = min(tr, self.R - rt * tr)
+        ncols = min(self.F, self.C - ct * self.F)
+        ln = min(self.cm, self.P - ch * self.cm)
+        n_s = _ceil(ln, self.S)
+        n_g = _ceil(rows, bp)
+        nb = _ceil(ln * eb, M)
+        x_new = self.n_ch > 1 or ct == 0
+        w_new = not self.single or rt == 0
+        x_last = self.n_ch > 1 or ct == self.n_ct - 1
+        w_last = not self.single or rt == self.n_rt - 1
+        last_ch = ch == self.n_ch - 1
+        cb = _ceil(ncols, self.dw)
+        fb = bp * cb                                   # drain beats of a full group
+        lb = (rows - (n_g - 1) * bp) * cb              # ... of the last group
+        return (n_s, n_g, fb, lb, last_ch,
+                rows * nb if x_new else 0, ncols * nb + nbb if w_new else 0,
+                x_last, w_last)
+
+    def periodic_end(self, j: int, d: int) -> int:
+        """The largest ``e`` such that steps ``m`` and ``m - d`` behave the same (same step
+        class) for every ``m`` in ``[j, e)``; ``j`` if there is none. Never past the last
+        step but one (the last step ends the layer).
+
+        A step's class depends on its chunk only through "last chunk", on its column tile
+        only through "first" (X loaded only when ``n_ch == 1``) and "last" (X freed when
+        ``n_ch == 1``, fewer columns when ``F`` does not divide ``C``), and on its row tile
+        only through "first" (W loaded once per layer when ``n_ct == n_ch == 1``) and
+        "last" (fewer rows when ``tr`` does not divide ``R``; W freed in the single case).
+        """
+        n_ch, n_ct, n_rt = self.n_ch, self.n_ct, self.n_rt
+        rt, rem = divmod(j, self.rt_len)
+        ct, ch = divmod(rem, n_ch)
+        if d <= ch <= n_ch - 2:                       # inside one tile, full chunks
+            return j - ch + n_ch - 1
+        if d % n_ch:
+            return j
+        kk = d // n_ch                                # whole tiles: work on tile indices
+        u = j // n_ch                                 # tile index rt * n_ct + ct
+        ct0 = n_ct > 1 and n_ch == 1
+        ctl = n_ct > 1 and (n_ch == 1 or self.C % self.F != 0)
+        rt0 = n_rt > 1 and self.single
+        rtl = n_rt > 1 and (self.single or self.R % self.tr != 0)
+        if (ct0 or ctl) and kk % n_ct:
+            # the tiles m and m - d have different column tiles: stay inside one row tile,
+            # away from the column tiles that differ
+            if ct - kk < (1 if ct0 else 0):
+                return j
+            vend = rt * n_ct + (n_ct - 1 if ctl else n_ct)
+        else:
+            # same column tile class: only the row tile classes can differ
+            last0 = (n_rt - 1) * n_ct                 # first tile of the last row tile
+            if rt0 and u - kk < n_ct:
+                return j
+            if not rtl or u - kk >= last0:
+                vend = n_rt * n_ct
+            elif u < last0:
+                vend = last0
+            else:
+                return j
+        return max(j, min(vend * n_ch, self.n_steps - 1))
+
+
+def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
+    L = mem.latency
+    Lw = mem.wr_latency if mem.wr_latency is not None else L
+    I = mem.interval
+    depth = mem.depth if mem.depth is not None else L + 1
+    wdepth = mem.wr_depth if mem.wr_depth is not None else Lw + 1
+    rd = _Chan(I, min(depth, cfg.rd_outstanding), L)
+    wr = _Chan(I, wdepth, Lw)
+    drain = _FastDrain() if (I == 1 and not wr.windowed) else _TickDrain(wr)
+    H = max(L, Lw) + 2 * I + 16          # a time older than ref - H cannot matter
+    done_lat = L + DONE_DELAY
+    fdel = PIPE_LATENCY + FREE_DELAY      # last issue -> free visible to the loader
+    avl = PIPE_LATENCY + STAGE_DELAY      # last issue -> entry readable by the drain
+
+    sigma = START_CYCLES                  # compute: first SETUP cycle of the next step
+    ld = START_CYCLES                     # loader: cycle it is in STEP for the next step
+    xf = [None, None]                     # free-visible times of X loads q-2, q-1
+    wf = [None, None]
+    p2 = p1 = _NEG                        # drain accept times of groups i-2, i-1
+    n_groups = 0
+    load_stall = credit_stall = 0
+    seen: dict = {}
+    simulated = 0
+    n_steps = lay.n_steps
+    j = 0
+    while j < n_steps:
+        if extrapolate:
+            low = min(sigma, ld) - H
+            key = (ld - sigma, _rel(xf[0], sigma, low), _rel(xf[1], sigma, low),
+                   _rel(wf[0], sigma, low), _rel(wf[1], sigma, low),
+                   _rel(p2, sigma, low), _rel(p1, sigma, low)) + \
+                rd.snap(sigma, low) + drain.snap(sigma, low)
+            cur = (j, sigma, n_groups, load_stall, credit_stall)
+            hits = seen.get(key)
+            if hits is None:
+                seen[key] = [cur]
+            else:
+                best = None
+                for old in hits:
+                    d = j - old[0]
+                    N = (lay.periodic_end(j, d) - j) // d
+                    if N and (best is None or N * d >= best[0] * best[1]):
+                        best = (N, d, old)
+                if best is not None:
+                    N, d, old = best
+                    # the state repeats after d steps of a periodic stretch: skip N periods
+                    dt = N * (sigma - old[1])
+                    j += N * d
+                    sigma += dt
+                    ld += dt
+                    xf = [None if v is None else v + dt for v in xf]
+                    wf = [None if v is None else v + dt for v in wf]
+                    p2 += dt
+                    p1 += dt
+                    rd.shift(dt)
+                    drain.shift(dt)
+                    n_groups += N * (n_groups - old[2])
+                    load_stall += N * (load_stall - old[3])
+                    credit_stall += N * (credit_stall - old[4])
+                    continue
+                hits.append(cur)
+                if len(hits) > 32:
+                    del hits[0]
+        simulated += 1
+        (n_s, n_g, fb, lb, last_ch, xb, wb, x_last, w_last) = lay.step(j)
+        # -- loader: STEP (ld) -> [XWAIT -> XISS] -> [WWAIT -> WISS (-> BISS)] -> NEXT
+        t = ld + 1                       # entry of the state after STEP
+        ready = sigma
+        if xb:
+            c = t if xf[0] is None or xf[0] <= t else xf[0]
+            z = rd.run(c + 1, xb)
+            x_done = z + done_lat
+            if x_done > ready:
+                ready = x_done
+            xf = [xf[1], None]
+            t = z + 1
+        if wb:
+            c = t if wf[0] is None or wf[0] <= t else wf[0]
+            z = rd.run(c + 1, wb)
+            w_done = z + done_lat
+            if w_done > ready:
+                ready = w_done
+            wf = [wf[1], None]
+            t = z + 1
+        ld = t + 1                       # NEXT in t, STEP of the next step in t + 1
+        # -- compute: SETUP (until loads done and a credit) -> RUN, groups of n_s cycles
+        cred = p2 + 1
+        c = ready if ready > cred else cred
+        load_stall += ready - sigma
+        credit_stall += c - ready if c > ready else 0
+        tstart = c + 1
+        accept = drain.accept
+        last_g = n_g - 1
+        for g in range(n_g):
+            if g:
+                cred = p2 + 1
+                if cred > tstart:
+                    credit_stall += cred - tstart
+                    tstart = cred
+            e = tstart + n_s - 1
+            p2, p1 = p1, accept(e + avl, fb if g < last_g else lb, last_ch)
+            tstart = e + 1
+        n_groups += n_g
+        sigma = tstart
+        if x_last:
+            xf[1] = e + fdel
+        if w_last:
+            wf[1] = e + fdel
+        j += 1
+    last_w = drain.finish()
+    end = last_w + Lw + END_DELAY
+    return end, sigma, n_groups, load_stall, credit_stall, simulated
+
+
+def layer_timing(cfg: HwConfig, R: int, P: int, C: int, *, bp: int, k: int, bias: bool,
+                 out_mode: int, mem: MemTiming = MemTiming(),
+                 extrapolate: bool = True) -> LayerTiming:
+    """Cycles of one layer on the core with policy ``(bp, k)`` and their breakdown.
+
+    ``extrapolate=False`` simulates every step (for checking the extrapolation).
+    """
+    try:
+        R, P, C, bp, k, out_mode = (operator.index(v) for v in (R, P, C, bp, k, out_mode))
+    except TypeError as e:
+        raise CycleModelError(f"R, P, C, bp, k and out_mode must be integers ({e})") from None
+    return _layer_timing(cfg, R, P, C, bp, k, bool(bias), out_mode, mem, bool(extrapolate))
+
+
+@lru_cache(maxsize=1 << 16)
+def _layer_timing(cfg, R, P, C, bp, k, bias, out_mode, mem, extrapolate) -> LayerTiming:
+    _check(cfg, R, P, C, bp, k, out_mode, mem)
+    lay = _Layer(cfg, R, P, C, bp, k, bias, out_mode)
+    end, sigma, n_groups, ls, cs, simulated = _simulate(cfg, lay, mem, extrapolate)
+    # sum over steps of n_g * n_s, in closed form over the tiling
+    tr, S, cm = cfg.tr, lay.S, lay.cm
+    chunks_ns = (lay.n_ch - 1) * _ceil(cm, S) + _ceil(P - (lay.n_ch - 1) * cm, S)
+    full_g = _ceil(tr, bp)
+    last_rows = R - (lay.n_rt - 1) * tr
+    g_total = (lay.n_rt - 1) * full_g + _ceil(last_rows, bp)
+    issue = g_total * lay.n_ct * chunks_ns
+    assert n_groups == g_total * lay.n_ct * lay.n_ch, "group count does not add up"
+    setup = lay.n_steps
+    tail = end - sigma
+    assert START_CYCLES + setup + issue + ls + cs + tail == end, "breakdown does not add up"
+    macs = R * P * C
+    return LayerTiming(cycles=end, issue_cycles=issue, setup_cycles=setup, load_stall=ls,
+                       credit_stall=cs, startup=START_CYCLES, tail=tail, macs=macs,
+                       utilisation=macs / (end * cfg.tc * cfg.tp), steps=lay.n_steps,
+                       groups=g_total * lay.n_ct * lay.n_ch, simulated_steps=simulated)
+
+
+def layer_cycles(cfg: HwConfig, R: int, P: int, C: int, *, bp: int, k: int, bias: bool,
+                 out_mode: int, mem: MemTiming = MemTiming()) -> int:
+    """Cycles the RTL takes for one layer (command accepted -> first cycle busy is 0)."""
+    return layer_timing(cfg, R, P, C, bp=bp, k=k, bias=bias, out_mode=out_mode, mem=mem).cycles

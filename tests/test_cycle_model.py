@@ -1,0 +1,255 @@
+"""The cycle model (fluidnpu.sim.cycle_model) against the RTL, and its own properties.
+
+RTL tests (``@pytest.mark.rtl``) run random layers through ``run_gemms`` (one simulator
+launch per configuration and memory set; Verilator when it builds, else Icarus: both
+give the same cycles) and require the model's cycle count to equal the bench's exactly.
+Case sets are kept under a cycle budget (predicted by the model itself) so that the file
+runs in a few minutes with warm simulator builds.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from fluidnpu.hw.config import HwConfig
+from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
+from fluidnpu.hw.runner import GemmCase, MemTiming, SimError, build_core, run_gemms
+from fluidnpu.sim.cycle_model import (CycleModelError, LayerTiming, layer_cycles,
+                                      layer_timing)
+
+DEFAULT = HwConfig()
+SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
+CFGS = {"default": DEFAULT, "small": SMALL}
+
+BASIC_MEMS = (MemTiming(latency=1), MemTiming(latency=20), MemTiming(latency=50),
+              MemTiming(latency=1, interval=2), MemTiming(latency=20, interval=2))
+ODD_MEMS = (MemTiming(latency=3, interval=3, wr_latency=7),
+            MemTiming(latency=9, depth=3, wr_depth=2),
+            MemTiming(latency=40, interval=2, depth=5, wr_latency=2, wr_depth=1),
+            MemTiming(latency=2, wr_latency=30),
+            MemTiming(latency=60, wr_latency=50, wr_depth=10))
+
+
+def _model(cfg, s) -> int:
+    return layer_cycles(cfg, s["R"], s["P"], s["C"], bp=s["bp"], k=s["k"], bias=s["bias"],
+                        out_mode=s["out_mode"], mem=s["mem"])
+
+
+def _shape(cfg, rng, kind, k):
+    tr, tp, tc = cfg.tr, cfg.tp, cfg.tc
+    F = tc // k
+    cm = cfg.chunk_max(k)
+    r = lambda a, b: int(rng.integers(a, b + 1))  # noqa: E731
+    if kind == "tiny":          # everything below one tile: R < tr, P < tp, C < tc
+        return r(1, tr), r(1, tp), r(1, tc)
+    if kind == "r1":            # a dense layer for one sample
+        return 1, r(1, 4 * tp * tc), r(1, 3 * F)
+    if kind == "ragged":        # non-multiples of every tile
+        return r(1, 3 * tr), r(1, 3 * tp * tc), r(1, 3 * F)
+    if kind == "chunks":        # several reduction chunks
+        return r(1, tr + 3), r(cm + 1, 2 * cm + tp), r(1, F + 2)
+    if kind == "wreuse":        # one column tile, one chunk, several row tiles
+        return r(2 * tr + 1, 5 * tr), r(1, min(cm, 3 * tp * k)), r(1, F)
+    if kind == "wide":          # many column tiles
+        return r(1, tr), r(1, 2 * tp), r(4 * F, 8 * F)
+    if kind == "many":          # many row and column tiles: the extrapolation at work
+        return r(8 * tr, 14 * tr), r(1, 2 * tp), r(3 * F, 5 * F)
+    raise ValueError(kind)
+
+
+def _cases(cfg, seed, mems, kinds, budget, max_cases, max_cycles):
+    """Random cases whose predicted cycles stay under ``max_cycles`` each and ``budget``
+    in total."""
+    rng = np.random.default_rng(seed)
+    out, total, tries = [], 0, 0
+    while len(out) < max_cases and tries < 20 * max_cases:
+        tries += 1
+        kind = kinds[len(out) % len(kinds)]
+        bp = int(rng.choice(cfg.bp_choices))
+        k = int(rng.choice(cfg.k_choices))
+        R, P, C = _shape(cfg, rng, kind, k)
+        s = dict(R=R, P=P, C=C, bp=bp, k=k, bias=bool(rng.random() < 0.5),
+                 out_mode=OUT_REQUANT if rng.random() < 0.5 else OUT_RAW,
+                 mem=mems[len(out) % len(mems)], kind=kind, seed=int(rng.integers(1 << 30)))
+        cyc = _model(cfg, s)
+        if cyc > max_cycles or total + cyc > budget:
+            continue
+        total += cyc
+        out.append(s)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _simulator(cfg: HwConfig) -> str:
+    """Verilator if its build works, else Icarus (both give the same cycle counts)."""
+    try:
+        build_core(cfg, "verilator")
+        return "verilator"
+    except SimError:
+        build_core(cfg, "icarus")
+        return "icarus"
+
+
+def _rtl_cycles(cfg, specs, run_dir):
+    cases = []
+    for s in specs:
+        rng = np.random.default_rng(s["seed"])
+        x = rng.integers(-3, 4, (s["R"], s["P"]))
+        w = rng.integers(-3, 4, (s["P"], s["C"]))
+        b = rng.integers(-100, 100, s["C"]) if s["bias"] else None
+        cases.append(GemmCase(x=x, w=w, bias=b, out_mode=s["out_mode"], mult=3, shift=2,
+                              bp=s["bp"], k=s["k"], mem=s["mem"],
+                              name=f"{s['kind']} R,P,C={s['R']},{s['P']},{s['C']}"))
+    return run_gemms(cfg, cases, sim=_simulator(cfg), check=False, run_dir=run_dir)
+
+
+def _compare(cfg, specs, run_dir):
+    assert specs, "no cases generated"
+    runs = _rtl_cycles(cfg, specs, run_dir)
+    bad = []
+    for s, run in zip(specs, runs):
+        want = _model(cfg, s)
+        if run.error is not None or run.cycles != want:
+            bad.append(f"{s['kind']} R,P,C={s['R']},{s['P']},{s['C']} bp={s['bp']} k={s['k']} "
+                       f"bias={s['bias']} out_mode={s['out_mode']} {s['mem']}: RTL "
+                       f"{run.cycles} model {want}" + (f" ({run.error[:200]})" if run.error else ""))
+    assert not bad, f"{len(bad)} of {len(specs)} cases differ:\n" + "\n".join(bad)
+
+
+ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("cfg_name, seed, mems, kinds, budget, n, max_cyc", [
+    ("small", 1, BASIC_MEMS, ALL_KINDS, 110_000, 60, 6_000),
+    ("small", 2, ODD_MEMS, ALL_KINDS, 60_000, 30, 6_000),
+    ("small", 3, BASIC_MEMS[:3], ("many",), 60_000, 4, 20_000),
+    ("default", 4, BASIC_MEMS, ALL_KINDS, 110_000, 40, 8_000),
+    ("default", 5, ODD_MEMS, ("tiny", "r1", "ragged", "wide"), 40_000, 15, 8_000),
+    ("default", 6, BASIC_MEMS[1:2], ("many",), 40_000, 2, 25_000),
+], ids=["small-basic", "small-odd", "small-many", "default-basic", "default-odd",
+        "default-many"])
+def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
+    cfg = CFGS[cfg_name]
+    _compare(cfg, _cases(cfg, seed, mems, kinds, budget, n, max_cyc), tmp_path)
+
+
+# -- pure Python ---------------------------------------------------------------------------
+
+def test_constants_match_rtl():
+    from fluidnpu.hw.buffers import OperandBuffers
+    from fluidnpu.hw.core import NPUCore
+    from fluidnpu.hw.drain import Drain
+    from fluidnpu.hw.pe_array import PEArray
+    from fluidnpu.sim import cycle_model as cm
+    for cfg in CFGS.values():
+        assert cm.START_CYCLES == NPUCore.START_CYCLES + 1
+        assert cm.PIPE_LATENCY == NPUCore(cfg).pipe_latency
+        assert cm.PIPE_LATENCY == OperandBuffers.latency + PEArray(cfg).latency
+        assert cm.DRAIN_LATENCY == Drain.LATENCY
+        for mode in (OUT_RAW, OUT_REQUANT):
+            for nrows in (1, cfg.tp):
+                for ncols in (1, cfg.tc - 1, cfg.tc):
+                    dw = cfg.mem_bytes // (4 if mode == OUT_RAW else cfg.elem_bytes)
+                    assert Drain.beats(cfg, mode, nrows, ncols) == nrows * -(-ncols // dw)
+
+
+def test_worked_example():
+    # docs/cycle_model.md, "Worked example" (the RTL measures 56)
+    assert layer_cycles(SMALL, 3, 5, 2, bp=1, k=1, bias=False, out_mode=OUT_RAW,
+                        mem=MemTiming(latency=5)) == 56
+
+
+def _random_layers(seed, n, big=False):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        cfg = (DEFAULT, SMALL)[i % 2]
+        bp = int(rng.choice(cfg.bp_choices))
+        k = int(rng.choice(cfg.k_choices))
+        f = 30 if big else 4
+        R = int(rng.integers(1, f * cfg.tr))
+        P = int(rng.integers(1, 3 * cfg.chunk_max(k)) if rng.random() < 0.6 else rng.integers(1, 60))
+        C = int(rng.integers(1, f * cfg.tc // k + 2))
+        mem = (BASIC_MEMS + ODD_MEMS)[int(rng.integers(len(BASIC_MEMS) + len(ODD_MEMS)))]
+        yield cfg, R, P, C, dict(bp=bp, k=k, bias=bool(rng.random() < 0.5),
+                                 out_mode=int(rng.random() < 0.5), mem=mem)
+
+
+def test_extrapolation_equals_full_simulation():
+    n_skipped = 0
+    for cfg, R, P, C, kw in _random_layers(7, 120, big=True):
+        a = layer_timing(cfg, R, P, C, **kw)
+        b = layer_timing(cfg, R, P, C, extrapolate=False, **kw)
+        assert b.simulated_steps == b.steps
+        assert (a.cycles, a.load_stall, a.credit_stall, a.tail) == \
+            (b.cycles, b.load_stall, b.credit_stall, b.tail), (R, P, C, kw)
+        n_skipped += a.steps - a.simulated_steps
+    assert n_skipped > 0
+
+
+@pytest.mark.parametrize("R, P, C, bp, k", [
+    (16 * 200 + 5, 147, 64, 1, 1),      # many row tiles, several column tiles
+    (16 * 90, 64, 8, 2, 1),             # one column tile: W loaded once
+    (16 * 40 + 3, 2500, 24, 1, 8),      # chunks x column tiles x row tiles
+])
+def test_extrapolation_on_long_layers(R, P, C, bp, k):
+    for mem in (MemTiming(), MemTiming(latency=1), MemTiming(latency=20, interval=2),
+                MemTiming(latency=40, wr_depth=4)):
+        kw = dict(bp=bp, k=k, bias=True, out_mode=OUT_REQUANT, mem=mem)
+        a = layer_timing(DEFAULT, R, P, C, **kw)
+        b = layer_timing(DEFAULT, R, P, C, extrapolate=False, **kw)
+        assert a.cycles == b.cycles
+        assert a.simulated_steps < a.steps
+
+
+def test_breakdown_and_bounds():
+    for cfg, R, P, C, kw in _random_layers(8, 150):
+        t = layer_timing(cfg, R, P, C, **kw)
+        assert isinstance(t, LayerTiming)
+        assert t.cycles == (t.startup + t.setup_cycles + t.issue_cycles + t.load_stall
+                            + t.credit_stall + t.tail)
+        assert min(t.load_stall, t.credit_stall, t.tail) >= 0
+        assert 0 < t.utilisation <= 1
+        assert t.macs == R * P * C
+        assert t.cycles == layer_cycles(cfg, R, P, C, **kw)
+        # the loads of the first step alone: at least one read per beat, plus latency
+        assert t.cycles > kw["mem"].latency + t.issue_cycles
+
+
+def test_monotonic_in_memory_timing():
+    for cfg, R, P, C, kw in _random_layers(9, 60):
+        kw = dict(kw)
+        base = kw.pop("mem")
+        prev = None
+        for lat in (1, 2, 5, 20, 31, 32, 40, 64):
+            c = layer_cycles(cfg, R, P, C, mem=MemTiming(latency=lat), **kw)
+            assert prev is None or c >= prev, (R, P, C, kw, lat)
+            prev = c
+        prev = None
+        for iv in (1, 2, 3):
+            c = layer_cycles(cfg, R, P, C, mem=MemTiming(latency=base.latency, interval=iv), **kw)
+            assert prev is None or c >= prev
+            prev = c
+
+
+def test_compute_bound_layer_is_efficient():
+    # long reduction, full tiles: stalls are a small share, utilisation near 1
+    t = layer_timing(DEFAULT, 16 * 64, 1024, 64, bp=1, k=1, bias=False, out_mode=OUT_RAW)
+    assert t.utilisation > 0.9
+    assert t.issue_cycles / t.cycles > 0.9
+
+
+def test_rejects_bad_arguments():
+    kw = dict(bp=1, k=1, bias=False, out_mode=OUT_RAW)
+    with pytest.raises(CycleModelError, match="backpressure"):
+        layer_cycles(SMALL, 4, 4, 4, mem=MemTiming(backpressure=0.1), **kw)
+    with pytest.raises(CycleModelError, match="bp"):
+        layer_cycles(SMALL, 4, 4, 4, **{**kw, "bp": 3})
+    with pytest.raises(CycleModelError, match="k"):
+        layer_cycles(SMALL, 4, 4, 4, **{**kw, "k": 8})
+    with pytest.raises(CycleModelError, match="R"):
+        layer_cycles(SMALL, 0, 4, 4, **kw)
+    with pytest.raises(CycleModelError, match="out_mode"):
+        layer_cycles(SMALL, 4, 4, 4, **{**kw, "out_mode": 2})
