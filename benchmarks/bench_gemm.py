@@ -5,10 +5,11 @@ Run on demand (minutes; not part of ``make test``)::
 
     .venv/bin/python benchmarks/bench_gemm.py [--sim verilator] [--rows N] [--markdown]
 
-Every run is checked bit-exact against the numpy reference. ``--rows`` crops each
-layer's R (batch x output pixels) to at most N rows so a sweep over all 16 policies
-fits in minutes: the row tiles of a layer are identical, so a crop of many tiles has
-the same steady-state utilisation; the cropped R is printed next to the full one.
+Full-size figures come from the cycle model (sim/cycle_model.py), which equals the
+RTL cycle for cycle; the benchmark re-proves that on the way: every policy of every
+shape also runs on the RTL on a crop of the layer (R <= ``--rows``), bit-exact against
+numpy and with exactly the model's cycle count. (RTL simulation runs a few thousand
+cycles per second with the cocotb memory model, too slow for the full layers.)
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from fluidnpu.hw.interface import OUT_REQUANT
 from fluidnpu.hw.layout import compulsory_bytes
 from fluidnpu.hw.reference import gemm_reference
 from fluidnpu.hw.runner import GemmCase, run_gemm, run_gemms
+from fluidnpu.sim.cycle_model import layer_cycles
 
 #: (name, R, P, C, bias+requant) — R is batch x output pixels of the layer at batch 1
 SHAPES = [
@@ -40,11 +42,11 @@ def roofline_cycles(cfg: HwConfig, R: int, P: int, C: int, bias: bool, out_mode:
                math.ceil(compulsory_bytes(cfg, R, P, C, bias, out_mode) / cfg.mem_bytes))
 
 
-def sim_speed(cfg: HwConfig, sim: str) -> tuple[int, float]:
+def sim_speed(cfg: HwConfig, sim: str, rows: int) -> tuple[int, float]:
     """Cycles per wall second of one layer run (build cached beforehand)."""
     rng = np.random.default_rng(0)
-    R, P, C = 128, 576, 64
-    x = rng.integers(-128, 128, (R, P))
+    P, C = 576, 64
+    x = rng.integers(-128, 128, (rows, P))
     w = rng.integers(-128, 128, (P, C))
     run_gemm(cfg, x[:1], w, sim=sim)          # build (cached) and warm up
     t = time.perf_counter()
@@ -57,14 +59,16 @@ def sim_speed(cfg: HwConfig, sim: str) -> tuple[int, float]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sim", default="verilator", choices=["icarus", "verilator"])
-    ap.add_argument("--rows", type=int, default=512, help="crop R to at most this many rows")
+    ap.add_argument("--budget", type=int, default=16384,
+                    help="RTL crops: rows so that the ideal compute is about this many cycles")
+    ap.add_argument("--cols", type=int, default=128, help="RTL crops: at most this many columns")
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     cfg = HwConfig()
 
-    for sim in ("icarus", "verilator"):
-        cyc, dt = sim_speed(cfg, sim)
+    for sim, rows in (("icarus", 16), ("verilator", 128)):
+        cyc, dt = sim_speed(cfg, sim, rows)
         print(f"simulation speed, {sim}: {cyc} cycles in {dt:.1f} s = {cyc / dt:,.0f} cycles/s "
               f"(default config, cocotb memory model included)")
     if args.speed_only:
@@ -73,39 +77,47 @@ def main():
     rng = np.random.default_rng(1)
     rows = []
     for name, R_full, P, C, bq in SHAPES:
-        R = min(R_full, args.rows)
-        x = rng.integers(-128, 128, (R, P))
-        w = rng.integers(-128, 128, (P, C))
-        bias = rng.integers(-20000, 20000, C) if bq else None
         out_mode = OUT_REQUANT if bq else 0
-        cases = [GemmCase(x=x, w=w, bias=bias, out_mode=out_mode, mult=181, shift=15 if bq else 0,
-                          relu=bq, bp=bp, k=k, name=f"bp{bp}k{k}") for bp, k in cfg.policies]
+        # Full layer, every policy, from the cycle model (proven equal to the RTL).
+        per = sorted((layer_cycles(cfg, R_full, P, C, bp=bp, k=k, bias=bq, out_mode=out_mode), bp, k)
+                     for bp, k in cfg.policies)
+        best_cyc, bp, k = per[0]
+        macs = R_full * P * C
+        roof = roofline_cycles(cfg, R_full, P, C, bq, out_mode)
+        # RTL: every policy on a crop of the layer, bit-exact and cycle-equal to the model.
+        R = min(R_full, max(cfg.tr, args.budget * cfg.lanes // (P * C)))
+        Cc = min(C, args.cols)
+        x = rng.integers(-128, 128, (R, P))
+        w = rng.integers(-128, 128, (P, Cc))
+        bias = rng.integers(-20000, 20000, Cc) if bq else None
+        shift = 15 if bq else 0
+        cases = [GemmCase(x=x, w=w, bias=bias, out_mode=out_mode, mult=181, shift=shift, relu=bq,
+                          bp=b, k=kk, name=f"bp{b}k{kk}") for b, kk in cfg.policies]
         t = time.perf_counter()
         runs = run_gemms(cfg, cases, sim=args.sim)
         dt = time.perf_counter() - t
-        ref = gemm_reference(cfg, x, w, bias, out_mode=out_mode, mult=181, shift=15 if bq else 0,
-                             relu=bq)
-        roof = roofline_cycles(cfg, R, P, C, bias is not None, out_mode)
-        macs = R * P * C
-        per = []
-        for (bp, k), r in zip(cfg.policies, runs):
-            assert np.array_equal(r.out, ref), f"{name} bp={bp} k={k}: result differs from numpy"
-            per.append((r.cycles, bp, k))
-        per.sort()
-        best_cyc, bp, k = per[0]
-        worst_cyc = per[-1][0]
-        rows.append((name, R_full, R, P, C, bp, k, best_cyc, macs / (best_cyc * cfg.lanes),
-                     roof / best_cyc, worst_cyc, roof <= math.ceil(macs / cfg.lanes)))
-        print(f"{name}: R={R} (of {R_full}) P={P} C={C}: best (B_P,k)=({bp},{k}) {best_cyc} cycles, "
-              f"utilisation {macs / (best_cyc * cfg.lanes):.3f}, roofline efficiency {roof / best_cyc:.3f}; "
-              f"worst policy {worst_cyc} cycles; {len(per)} policies in {dt:.0f} s, all bit-exact")
+        ref = gemm_reference(cfg, x, w, bias, out_mode=out_mode, mult=181, shift=shift, relu=bq)
+        crop_best = None
+        for (b, kk), r in zip(cfg.policies, runs):
+            assert np.array_equal(r.out, ref), f"{name} bp={b} k={kk}: result differs from numpy"
+            model = layer_cycles(cfg, R, P, Cc, bp=b, k=kk, bias=bq, out_mode=out_mode)
+            assert model == r.cycles, f"{name} bp={b} k={kk}: RTL {r.cycles} cycles, model {model}"
+            if (b, kk) == (bp, k):
+                crop_best = r.cycles
+        crop_roof = roofline_cycles(cfg, R, P, Cc, bq, out_mode)
+        rows.append((name, R_full, P, C, bp, k, best_cyc, macs / (best_cyc * cfg.lanes), roof / best_cyc,
+                     per[-1][0], roof <= math.ceil(macs / cfg.lanes), f"{R}x{P}x{Cc}", crop_best, crop_roof / crop_best))
+        print(f"{name}: R={R_full} P={P} C={C}: best (B_P,k)=({bp},{k}) {best_cyc} cycles, "
+              f"utilisation {macs / (best_cyc * cfg.lanes):.3f}, roofline efficiency {roof / best_cyc:.3f}, "
+              f"worst policy {per[-1][0]} cycles; RTL on {R}x{P}x{Cc}: 16 policies bit-exact and equal to the "
+              f"model ({dt:.0f} s), best policy {crop_best} cycles, roofline eff. {crop_roof / crop_best:.3f}")
 
     if args.markdown:
-        print("\n| layer | R (run / full) | P | C | best (B_P, k) | cycles | utilisation | roofline eff. | worst policy cycles | bound |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for name, Rf, R, P, C, bp, k, cyc, util, eff, worst, cb in rows:
-            print(f"| {name} | {R} / {Rf} | {P} | {C} | ({bp}, {k}) | {cyc} | {util:.3f} | {eff:.3f} | "
-                  f"{worst} | {'compute' if cb else 'memory'} |")
+        print("\n| layer | R | P | C | best (B_P, k) | cycles | utilisation | roofline eff. | worst policy | bound | RTL crop RxPxC | RTL cycles | RTL roofline eff. |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, Rf, P, C, bp, k, cyc, util, eff, worst, cb, R, rc, reff in rows:
+            print(f"| {name} | {Rf} | {P} | {C} | ({bp}, {k}) | {cyc} | {util:.3f} | {eff:.3f} | "
+                  f"{worst} | {'compute' if cb else 'memory'} | {R} | {rc} | {reff:.3f} |")
 
 
 if __name__ == "__main__":

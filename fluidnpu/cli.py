@@ -165,6 +165,31 @@ def lint(config_path, sets):
         click.get_current_context().exit(1)
 
 
+@main.command()
+@_config_options
+@click.option("--target", type=click.Choice(["ulx3s-85f", "icebreaker", "generic"]), default="ulx3s-85f",
+              show_default=True, help="Board (device flow to a bitstream) or a technology-independent count.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for logs and results (default: a cache folder).")
+@click.option("--seed", type=int, default=1, show_default=True, help="nextpnr placement seed.")
+@click.option("--pack-only", is_flag=True, help="Stop nextpnr after packing: resources and fit, no Fmax.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def synth(config_path, sets, target, out_dir, seed, pack_only, as_json):
+    """Synthesise the NPU (yosys, nextpnr): LUTs, FFs, DSPs, BRAMs, Fmax, fit."""
+    from fluidnpu.synth import SynthError, synthesize
+
+    cfg = _load_config(config_path, sets)
+
+    def progress(stage, message):
+        if not as_json:
+            click.echo(f"[{stage}] {message}", err=True)
+    try:
+        r = synthesize(cfg, target, out_dir, seed=seed, pack_only=pack_only, progress=progress)
+    except SynthError as e:
+        _fail(e)
+    click.echo(r.to_json() if as_json else r.summary())
+
+
 # -- config -----------------------------------------------------------------------------
 
 @main.command()

@@ -33,10 +33,10 @@ class HwConfig:
 
     tc: int = 8                 #: processing elements (T_C)
     tp: int = 8                 #: lanes per PE (T_P)
-    tr: int = 16                #: rows per input tile (T_R)
+    tr: int = 32                #: rows per input tile (T_R)
     data_width: int = 8         #: signed operand width, bits
     acc_width: int = 32         #: accumulator width, bits (wraps modulo 2**acc_width)
-    x_buf_elems: int = 16384    #: input buffer, elements per slot
+    x_buf_elems: int = 32768    #: input buffer, elements per slot
     w_buf_elems: int = 8192     #: weight buffer, elements per slot
     mem_bytes: int = 8          #: memory port width, bytes per beat
     rd_outstanding: int = 32    #: read requests in flight at most

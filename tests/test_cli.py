@@ -71,7 +71,7 @@ def test_config_table():
         if len(cells) == 2:
             rows[cells[0]] = cells[1]
     assert rows["tr"] == "32" and rows["tc"] == "8"
-    assert rows["policies"] == "16" and rows["x_depth"] == "256"
+    assert rows["policies"] == "16" and rows["x_depth"] == "512"
 
 
 @pytest.mark.parametrize("args,message", [

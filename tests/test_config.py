@@ -62,7 +62,7 @@ def test_config_error_is_a_value_error():
 
 def test_defaults_are_valid_and_as_documented():
     cfg = HwConfig()
-    assert (cfg.tc, cfg.tp, cfg.tr) == (8, 8, 16)
+    assert (cfg.tc, cfg.tp, cfg.tr) == (8, 8, 32)
     assert (cfg.data_width, cfg.acc_width, cfg.mem_bytes) == (8, 32, 8)
 
 
@@ -91,7 +91,7 @@ def test_derived_values_of_default():
     assert cfg.lanes == 64
     assert cfg.elem_bytes == 1
     assert cfg.elems_per_beat == 8
-    assert cfg.x_depth == 256 and cfg.w_depth == 128
+    assert cfg.x_depth == 512 and cfg.w_depth == 128
     assert cfg.bp_choices == (1, 2, 4, 8) and cfg.k_choices == (1, 2, 4, 8)
     assert len(cfg.policies) == 16 and len(set(cfg.policies)) == 16
     assert (cfg.data_min, cfg.data_max) == (-128, 127)
@@ -104,13 +104,13 @@ def test_derived_values_of_wide_data():
     assert cfg.elem_bytes == 2 and cfg.elems_per_beat == 4
     assert (cfg.data_min, cfg.data_max) == (-2048, 2047)
     assert cfg.policies == tuple((bp, k) for bp in (1, 2, 4, 8, 16) for k in (1, 2, 4))
-    assert cfg.chunk_max(1) == min(16384 // 16, 8192 // 4)
+    assert cfg.chunk_max(1) == min(32768 // 32, 8192 // 4)
 
 
 def test_key_ignores_clock_only():
     cfg = HwConfig()
     assert cfg.key() == cfg.replace(clock_mhz=200.0).key()
-    assert cfg.key() != cfg.replace(tr=32).key()
+    assert cfg.key() != cfg.replace(tr=16).key()
 
 
 def test_replace_validates():

