@@ -310,6 +310,9 @@ def build_design(sim: str, top: str, key: str, make_verilog: Callable[[], str], 
             patched = _patch_constant_always(vfile, log)
             if patched:
                 build()
+        else:
+            for gch in bdir.glob("*.gch"):      # precompiled headers: ~100 MB each, unused now
+                gch.unlink()
         stamp.write_text(json.dumps({"sim": sim, "top": top, "key": key,
                                      "icarus_constant_always_patched": patched}, indent=1))
     _prune(root, bdir)
@@ -465,7 +468,12 @@ def run_cocotb(sim: str, build_dir: Path, top: str, test_module: str, run_dir: P
         else:
             test_args += ["--trace-file", str(wave_file)]
     err = None
-    with _environ(_sim_environ(sim), remove=["PYTEST_CURRENT_TEST", *extra_env]):
+    # A shared lock on the build keeps _prune (exclusive, non-blocking) from deleting it
+    # while this simulation runs from it.
+    lock_path = Path(build_dir).parent / f"{Path(build_dir).name}.lock"
+    with open(lock_path, "a") as lock, \
+            _environ(_sim_environ(sim), remove=["PYTEST_CURRENT_TEST", *extra_env]):
+        fcntl.flock(lock, fcntl.LOCK_SH)
         runner = get_runner(sim)
         try:
             runner.test(hdl_toplevel=top, hdl_toplevel_lang="verilog", test_module=test_module,
