@@ -190,6 +190,121 @@ def synth(config_path, sets, target, out_dir, seed, pack_only, as_json):
     click.echo(r.to_json() if as_json else r.summary())
 
 
+def _parse_policy(ctx, param, value):
+    if value in ("auto", "rbatch", "stack"):
+        return value
+    if value.startswith("fixed:"):
+        try:
+            br, bp, k = (int(v) for v in value[6:].split(","))
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: expected fixed:BR,BP,K with three integers") from None
+        return (br, bp, k)
+    raise click.BadParameter(f"{value!r}: expected auto, rbatch, stack or fixed:BR,BP,K")
+
+
+@main.command()
+@_config_options
+@click.option("--model", "model_ref", help="Zoo model name or model TOML file.")
+@click.option("--topology", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="SCALE-Sim topology CSV (a network without exits).")
+@click.option("--batch", type=click.IntRange(min=1, max=255), default=1, show_default=True)
+@click.option("--policy", callback=_parse_policy, default="auto", show_default=True,
+              help="auto (fluid hardware: best <B_R,B_P,k>), rbatch (B_P=k=1), stack (B_P=1), fixed:BR,BP,K.")
+@click.option("--b-max", type=click.IntRange(min=1, max=255), default=16, show_default=True,
+              help="Largest batch of the tables written by --table-out.")
+@click.option("--table-out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the FBE table (binary, CSV) and the latency table (JSON, CSV) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out, as_json):
+    """Per-layer policy, cycles, utilisation and roofline efficiency from the cycle model."""
+    from fluidnpu.sched.mapper import MapperError, map_model
+    from fluidnpu.sim.workloads import EEModel
+    from fluidnpu.sim.workloads.errors import WorkloadError
+    from fluidnpu.sim.workloads import resolve_model
+    from fluidnpu.sim.workloads.topology import parse_topology
+
+    cfg = _load_config(config_path, sets)
+    if (model_ref is None) == (topology is None):
+        raise click.UsageError("give exactly one of --model NAME|FILE and --topology FILE")
+    try:
+        if topology is not None:
+            model = EEModel(name=topology.stem, layers=tuple(parse_topology(topology)), exits=(),
+                            exit_probs=(1.0,))
+        else:
+            model = resolve_model(model_ref)
+    except (WorkloadError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    hardware = "fluid" if policy == "auto" or isinstance(policy, tuple) else policy
+    fixed = policy if isinstance(policy, tuple) else None
+    try:
+        plan = map_model(cfg, model, hardware, b_max=max(batch, b_max if table_out else batch),
+                         fixed=fixed)
+    except MapperError as e:
+        raise click.UsageError(str(e)) from None
+    layers = plan.layers[batch - 1]
+    heads = plan.heads[batch - 1]
+    paths = plan.exit_path_cycles(batch)
+    total = sum(p.cycles for p in layers) + sum(p.cycles for h in heads for p in h)
+    out = {
+        "model": model.name, "batch": batch, "hardware": hardware, "config": cfg.to_dict(),
+        "layers": [p.to_dict() for p in layers],
+        "heads": [[p.to_dict() for p in h] for h in heads],
+        "exit_paths": [{"exit": i, "after_layer": model.exit_layer(i), "cycles": c,
+                        "seconds": c * cfg.ns_per_cycle() * 1e-9} for i, c in enumerate(paths)],
+        "total_cycles": total,
+        "utilisation": sum(p.macs for p in layers) / (sum(p.cycles for p in layers) * cfg.lanes),
+    }
+    if table_out is not None:
+        out["tables"] = [str(p) for p in plan.write_tables(table_out)]
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"{model.name}, batch {batch}, {hardware} hardware")
+    for col in ("layer", "<B_R,B_P,k>", "cycles", "utilisation", "roofline eff."):
+        t.add_column(col, justify="right" if col != "layer" else "left")
+    for p in layers + [p for h in heads for p in h]:
+        t.add_row(p.name, ",".join(map(str, p.policy)), f"{p.cycles:,}", f"{p.utilisation:.3f}",
+                  f"{p.roofline_efficiency:.3f}")
+    Console().print(t)
+    for e in out["exit_paths"]:
+        click.echo(f"exit {e['exit']} (after layer {e['after_layer']}): {e['cycles']:,} cycles "
+                   f"= {e['seconds'] * 1e3:.3f} ms")
+    click.echo(f"total {total:,} cycles, backbone utilisation {out['utilisation']:.3f}")
+    for f in out.get("tables", []):
+        click.echo(f"wrote {f}")
+
+
+@main.command()
+@_config_options
+@click.option("--batches", default="1,2,4,8,16", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--models", default=None, help="Comma-separated zoo names (default: the whole zoo).")
+def ablation(config_path, sets, batches, models):
+    """Backbone utilisation of zoo models with rbatch, stack and fluid hardware (markdown)."""
+    from fluidnpu.sched.mapper import HARDWARE, ablation as run_ablation
+    from fluidnpu.sim.workloads import zoo
+
+    cfg = _load_config(config_path, sets)
+    try:
+        bs = [int(b) for b in batches.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{batches!r}: expected comma-separated integers", param_hint="--batches")
+    if any(b < 1 for b in bs):
+        raise click.BadParameter(f"{batches!r}: batch sizes must be at least 1", param_hint="--batches")
+    names = models.split(",") if models else zoo.names()
+    unknown = [n for n in names if n not in zoo.names()]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: not in the zoo ({', '.join(zoo.names())})",
+                                 param_hint="--models")
+    click.echo("| model | hardware | " + " | ".join(f"b={b}" for b in bs) + " |")
+    click.echo("|---|---|" + "---|" * len(bs))
+    for n in names:
+        res = run_ablation(cfg, zoo.load(n), bs)
+        for hw in HARDWARE:
+            click.echo(f"| {n} | {hw} | " + " | ".join(f"{u:.3f}" for u in res[hw]) + " |")
+
+
 # -- config -----------------------------------------------------------------------------
 
 @main.command()

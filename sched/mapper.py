@@ -1,0 +1,234 @@
+"""The policy mapper: for every (batch size, layer) the policy <B_R, B_P, k> with the fewest
+cycles, from the cycle model (which equals the RTL cycle for cycle).
+
+* ``B_R``: samples stacked along R in one GEMM command (the batch runs as
+  ``ceil(b / B_R)`` commands of ``B_R`` samples); ``B_P`` and ``k`` as in the hardware.
+* Hardware variants restrict the search: ``rbatch`` (R-batching only: B_P = k = 1),
+  ``stack`` (B_P = 1, any k), ``fluid`` (every legal policy).
+* A grouped convolution (``groups = G``) runs as G GEMMs of ``c / G`` columns; a command
+  whose R exceeds the descriptor's ``dim_width`` is split into several.
+
+Layers run with bias and requantised int8 output (a folded batch-norm and the next
+layer's input format), as a deployed network would.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fluidnpu.hw.config import HwConfig
+from fluidnpu.hw.interface import OUT_REQUANT
+from fluidnpu.hw.runner import MemTiming
+from fluidnpu.sim.cycle_model import layer_cycles
+from fluidnpu.sim.latency import LatencyTable
+from fluidnpu.sim.workloads.model import EEModel, GemmLayer
+
+__all__ = ["HARDWARE", "MapperError", "LayerPlan", "ModelPlan", "plan_layer", "map_model",
+           "policies_for", "FBE_ENTRY_BYTES"]
+
+HARDWARE = ("rbatch", "stack", "fluid")
+FBE_ENTRY_BYTES = 2
+
+
+class MapperError(ValueError):
+    """A bad mapper argument; the message names the field, the value and what is allowed."""
+
+
+def policies_for(cfg: HwConfig, hardware: str) -> list[tuple[int, int]]:
+    """The (B_P, k) choices a hardware variant offers."""
+    if hardware == "rbatch":
+        return [(1, 1)]
+    if hardware == "stack":
+        return [(1, k) for k in cfg.k_choices]
+    if hardware == "fluid":
+        return list(cfg.policies)
+    raise MapperError(f"hardware = {hardware!r}: must be one of {', '.join(HARDWARE)}")
+
+
+def _br_choices(b: int) -> list[int]:
+    return sorted({b} | {1 << i for i in range(b.bit_length()) if (1 << i) < b})
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The chosen policy of one layer at one batch size, and what it costs."""
+    name: str
+    batch: int
+    policy: tuple[int, int, int]      #: (B_R, B_P, k)
+    cycles: int
+    macs: int
+    commands: int                     #: GEMM commands issued for the layer
+    roofline_cycles: int
+    utilisation: float
+    roofline_efficiency: float
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "batch": self.batch, "policy": list(self.policy),
+                "cycles": self.cycles, "macs": self.macs, "commands": self.commands,
+                "utilisation": self.utilisation, "roofline_cycles": self.roofline_cycles,
+                "roofline_efficiency": self.roofline_efficiency}
+
+
+def _command_cycles(cfg, R, p, c, bp, k, mem) -> tuple[int, int]:
+    """Cycles and command count of one GEMM of R rows, split at the descriptor's limit."""
+    rmax = ((1 << cfg.dim_width) - 1) // cfg.tr * cfg.tr
+    full, rest = divmod(R, rmax)
+    cyc = full * layer_cycles(cfg, rmax, p, c, bp=bp, k=k, bias=True, out_mode=OUT_REQUANT, mem=mem) if full else 0
+    if rest:
+        cyc += layer_cycles(cfg, rest, p, c, bp=bp, k=k, bias=True, out_mode=OUT_REQUANT, mem=mem)
+    return cyc, full + (1 if rest else 0)
+
+
+def _roofline(cfg: HwConfig, R: int, p: int, c: int, groups: int) -> int:
+    M, eb = cfg.mem_bytes, cfg.elem_bytes
+    cg = c // groups
+    stride_p = math.ceil(p * eb / M) * M
+    byts = groups * (R * stride_p + cg * stride_p + math.ceil(4 * cg / M) * M + R * math.ceil(cg * eb / M) * M)
+    return max(math.ceil(R * p * c / cfg.lanes), math.ceil(byts / M))
+
+
+def plan_layer(cfg: HwConfig, layer: GemmLayer, batch: int, hardware: str = "fluid", *,
+               mem: MemTiming = MemTiming(), fixed: tuple[int, int, int] | None = None) -> LayerPlan:
+    """Best (or the ``fixed``) policy for ``layer`` at ``batch`` samples."""
+    if not isinstance(batch, int) or batch < 1:
+        raise MapperError(f"batch = {batch!r}: must be a positive integer")
+    g = layer.groups
+    cg = layer.c // g
+    if fixed is not None:
+        br, bp, k = fixed
+        if (bp, k) not in cfg.policies:
+            raise MapperError(f"policy (B_P, k) = ({bp}, {k}): legal pairs are {list(cfg.policies)}")
+        if not 1 <= br:
+            raise MapperError(f"policy B_R = {br}: must be at least 1")
+        cands = [(min(br, batch), bp, k)]
+    else:
+        cands = [(br, bp, k) for br in _br_choices(batch) for bp, k in policies_for(cfg, hardware)]
+    best = None
+    for br, bp, k in cands:
+        n_full, rest = divmod(batch, br)
+        cyc, cmds = 0, 0
+        for nb, count in ((br, n_full), (rest, 1 if rest else 0)):
+            if count:
+                c1, n1 = _command_cycles(cfg, nb * layer.r, layer.p, cg, bp, k, mem)
+                cyc += count * g * c1
+                cmds += count * g * n1
+        if best is None or cyc < best[0]:
+            best = (cyc, cmds, (br, bp, k))
+    cyc, cmds, pol = best
+    R = batch * layer.r
+    macs = R * layer.p * cg * g
+    roof = _roofline(cfg, R, layer.p, layer.c, g)
+    return LayerPlan(name=layer.name, batch=batch, policy=pol, cycles=cyc, macs=macs, commands=cmds,
+                     roofline_cycles=roof, utilisation=macs / (cyc * cfg.lanes),
+                     roofline_efficiency=roof / cyc)
+
+
+@dataclass
+class ModelPlan:
+    """Plans for every (batch 1..b_max, layer) of a model, and every head."""
+    cfg: HwConfig
+    model: EEModel
+    hardware: str
+    b_max: int
+    layers: list[list[LayerPlan]]     #: [b-1][layer]
+    heads: list[list[list[LayerPlan]]]  #: [b-1][exit][head layer]
+
+    def head_cycles(self, b: int, i: int) -> int:
+        return sum(p.cycles for p in self.heads[b - 1][i])
+
+    def exit_path_cycles(self, b: int) -> list[int]:
+        """Cycles for a batch of ``b`` that all leave at exit i (heads on the way included)."""
+        out = []
+        for i in range(self.model.n_exits):
+            last = self.model.exit_layer(i)
+            cyc = sum(p.cycles for p in self.layers[b - 1][:last + 1])
+            cyc += sum(self.head_cycles(b, j) for j in range(min(i + 1, len(self.model.exits))))
+            out.append(cyc)
+        return out
+
+    def latency_table(self) -> LatencyTable:
+        lc = np.zeros((self.b_max + 1, len(self.model.layers)), dtype=np.int64)
+        hc = np.zeros((self.b_max + 1, len(self.model.exits)), dtype=np.int64)
+        for b in range(1, self.b_max + 1):
+            lc[b] = [p.cycles for p in self.layers[b - 1]]
+            hc[b] = [self.head_cycles(b, i) for i in range(len(self.model.exits))]
+        return LatencyTable.for_model(self.model, hardware=self.hardware, clock_mhz=self.cfg.clock_mhz,
+                                      layer_cycles=lc, head_cycles=hc, peak_macs_per_cycle=self.cfg.lanes,
+                                      source=f"cycle model, mapper ({self.hardware}), {self.cfg.key()}")
+
+    def table_rows(self):
+        """(batch, layer index, name, B_R, B_P, k, cycles) for the backbone, then the heads."""
+        for b in range(1, self.b_max + 1):
+            for li, p in enumerate(self.layers[b - 1]):
+                yield (b, li, p.name) + p.policy + (p.cycles,)
+            n = len(self.model.layers)
+            for i, head in enumerate(self.heads[b - 1]):
+                for p in head:
+                    n_ = n
+                    n += 1
+                    yield (b, n_, p.name) + p.policy + (p.cycles,)
+
+    def fbe_image(self) -> bytes:
+        """The FBE control table: one 16-bit little-endian word per (batch, layer id),
+        row-major from batch 1; bits 7:0 B_R, 11:8 log2 B_P, 15:12 log2 k (docs/mapper.md)."""
+        out = bytearray()
+        for _, _, _, br, bp, k, _ in self.table_rows():
+            if br > 255:
+                raise MapperError(f"B_R = {br}: the FBE table holds at most 255")
+            out += struct.pack("<H", br | (bp.bit_length() - 1) << 8 | (k.bit_length() - 1) << 12)
+        return bytes(out)
+
+    def write_tables(self, out_dir: str | Path) -> list[Path]:
+        """fbe_table.bin, fbe_table.csv, latency_table.json and latency_table.csv."""
+        d = Path(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        files = {
+            "fbe_table.bin": self.fbe_image(),
+            "fbe_table.csv": ("batch,layer_id,name,B_R,B_P,k,cycles\n" + "".join(
+                ",".join(map(str, r)) + "\n" for r in self.table_rows())).encode(),
+        }
+        tab = self.latency_table()
+        names = [L.name for L in self.model.layers] + [f"head{i}" for i in range(len(self.model.exits))]
+        rows = ["batch," + ",".join(names)]
+        for b in range(1, self.b_max + 1):
+            rows.append(f"{b}," + ",".join(str(int(v)) for v in list(tab.layer_cycles[b]) + list(tab.head_cycles[b])))
+        files["latency_table.csv"] = ("\n".join(rows) + "\n").encode()
+        written = []
+        for name, data in files.items():
+            tmp = d / f".{name}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(d / name)
+            written.append(d / name)
+        tab.save(d / "latency_table.json")
+        written.append(d / "latency_table.json")
+        return written
+
+
+def map_model(cfg: HwConfig, model: EEModel, hardware: str = "fluid", *, b_max: int = 16,
+              mem: MemTiming = MemTiming(), batches=None,
+              fixed: tuple[int, int, int] | None = None) -> ModelPlan:
+    """Plan every backbone layer and head layer for batch sizes 1..``b_max``."""
+    if not isinstance(b_max, int) or not 1 <= b_max <= 255:
+        raise MapperError(f"b_max = {b_max!r}: must be an integer from 1 to 255")
+    policies_for(cfg, hardware)
+    bs = range(1, b_max + 1)
+    layers = [[plan_layer(cfg, L, b, hardware, mem=mem, fixed=fixed) for L in model.layers] for b in bs]
+    heads = [[[plan_layer(cfg, L, b, hardware, mem=mem, fixed=fixed) for L in e.layers] for e in model.exits]
+             for b in bs]
+    return ModelPlan(cfg=cfg, model=model, hardware=hardware, b_max=b_max, layers=layers, heads=heads)
+
+
+def ablation(cfg: HwConfig, model: EEModel, batches, *, mem: MemTiming = MemTiming()) -> dict:
+    """Backbone MAC utilisation at each batch for rbatch, stack and fluid hardware."""
+    res = {}
+    for hw in HARDWARE:
+        res[hw] = []
+        for b in batches:
+            plans = [plan_layer(cfg, L, b, hw, mem=mem) for L in model.layers]
+            macs = sum(p.macs for p in plans)
+            res[hw].append(macs / (sum(p.cycles for p in plans) * cfg.lanes))
+    return res
