@@ -92,7 +92,7 @@ def _simulator(cfg: HwConfig) -> str:
         return "icarus"
 
 
-def _rtl_cycles(cfg, specs, run_dir):
+def _rtl_cycles(cfg, specs, run_dir, sim=None):
     cases = []
     for s in specs:
         rng = np.random.default_rng(s["seed"])
@@ -102,12 +102,12 @@ def _rtl_cycles(cfg, specs, run_dir):
         cases.append(GemmCase(x=x, w=w, bias=b, out_mode=s["out_mode"], mult=3, shift=2,
                               bp=s["bp"], k=s["k"], mem=s["mem"],
                               name=f"{s['kind']} R,P,C={s['R']},{s['P']},{s['C']}"))
-    return run_gemms(cfg, cases, sim=_simulator(cfg), check=False, run_dir=run_dir)
+    return run_gemms(cfg, cases, sim=sim or _simulator(cfg), check=False, run_dir=run_dir)
 
 
-def _compare(cfg, specs, run_dir):
+def _compare(cfg, specs, run_dir, sim=None):
     assert specs, "no cases generated"
-    runs = _rtl_cycles(cfg, specs, run_dir)
+    runs = _rtl_cycles(cfg, specs, run_dir, sim)
     bad = []
     for s, run in zip(specs, runs):
         want = _model(cfg, s)
@@ -134,6 +134,14 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
 def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
     cfg = CFGS[cfg_name]
     _compare(cfg, _cases(cfg, seed, mems, kinds, budget, n, max_cyc), tmp_path)
+
+
+@pytest.mark.rtl
+def test_model_equals_rtl_on_icarus(tmp_path):
+    """The same proof on the other simulator (fewer, shorter cases: Icarus is slower)."""
+    cfg = CFGS["small"]
+    _compare(cfg, _cases(cfg, 7, BASIC_MEMS[:2], ("tiny", "r1", "ragged", "chunks"), 40_000, 30, 4_000),
+             tmp_path, sim="icarus")
 
 
 # -- pure Python ---------------------------------------------------------------------------
