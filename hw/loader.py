@@ -113,6 +113,18 @@ class Loader(wiring.Component):
         left = it.len - pl0
         m.d.comb += nvalid.eq(Mux(left < E, left, E))
 
+        def advance(last_beat, last_item, on_row_end, on_last):
+            """After a request transfers: next beat, or next row (X) / column (W) of the load."""
+            with m.If(fire):
+                with m.If(~last_beat):
+                    m.d.sync += [beat.eq(beat + 1), pl0.eq(pl0 + E), addr.eq(addr + M)]
+                with m.Else():
+                    m.d.sync += [beat.eq(0), pl0.eq(0), idx.eq(idx + 1),
+                                 addr.eq(row_addr + lp.stride), row_addr.eq(row_addr + lp.stride)]
+                    on_row_end()
+                    with m.If(last_item):
+                        on_last()
+
         with m.FSM(name="rq_fsm"):
             with m.State("IDLE"):
                 m.d.comb += it.restart.eq(self.start)
@@ -130,7 +142,7 @@ class Loader(wiring.Component):
                 start_addr = d.x_addr + it.row_off + it.p_off
                 m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0), abase.eq(0),
                              addr.eq(start_addr), row_addr.eq(start_addr)]
-                with m.If(x_issued - x_freed < 2):
+                with m.If((x_issued - x_freed)[:len(x_issued)] < 2):
                     m.next = "XISS"
             with m.State("XISS"):
                 last_beat = beat == nb - 1
@@ -139,25 +151,23 @@ class Loader(wiring.Component):
                              tag.kind.eq(KIND_X), tag.slot.eq(x_issued[0]),
                              tag.last.eq(last_beat & last_row), tag.idx.eq(idx),
                              tag.pl0.eq(pl0), tag.nvalid.eq(nvalid), tag.abase.eq(abase)]
-                with m.If(fire):
-                    with m.If(~last_beat):
-                        m.d.sync += [beat.eq(beat + 1), pl0.eq(pl0 + E), addr.eq(addr + M)]
+
+                def x_row_end():
+                    with m.If(((idx + 1) & ((1 << lp.lbp) - 1)) == 0):
+                        m.d.sync += abase.eq(abase + it.n_s)
+
+                def x_last():
+                    m.d.sync += x_issued.eq(x_issued + 1)
+                    with m.If(it.w_new):
+                        m.next = "WWAIT"
                     with m.Else():
-                        m.d.sync += [beat.eq(0), pl0.eq(0), idx.eq(idx + 1),
-                                     addr.eq(row_addr + lp.stride), row_addr.eq(row_addr + lp.stride)]
-                        with m.If(((idx + 1) & ((1 << lp.lbp) - 1)) == 0):
-                            m.d.sync += abase.eq(abase + it.n_s)
-                        with m.If(last_row):
-                            m.d.sync += x_issued.eq(x_issued + 1)
-                            with m.If(it.w_new):
-                                m.next = "WWAIT"
-                            with m.Else():
-                                m.next = "NEXT"
+                        m.next = "NEXT"
+                advance(last_beat, last_row, x_row_end, x_last)
             with m.State("WWAIT"):
                 start_addr = d.w_addr + it.col_off + it.p_off
                 m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0),
                              addr.eq(start_addr), row_addr.eq(start_addr)]
-                with m.If(w_issued - w_freed < 2):
+                with m.If((w_issued - w_freed)[:len(w_issued)] < 2):
                     m.next = "WISS"
             with m.State("WISS"):
                 last_beat = beat == nb - 1
@@ -166,20 +176,15 @@ class Loader(wiring.Component):
                              tag.kind.eq(KIND_W), tag.slot.eq(w_issued[0]),
                              tag.last.eq(last_beat & last_col & ~need_bias), tag.idx.eq(idx),
                              tag.pl0.eq(pl0), tag.nvalid.eq(nvalid)]
-                with m.If(fire):
-                    with m.If(~last_beat):
-                        m.d.sync += [beat.eq(beat + 1), pl0.eq(pl0 + E), addr.eq(addr + M)]
+
+                def w_last():
+                    with m.If(need_bias):
+                        m.d.sync += [beat.eq(0), addr.eq(d.b_addr + (((it.c0 << 2) >> lm) << lm))]
+                        m.next = "BISS"
                     with m.Else():
-                        m.d.sync += [beat.eq(0), pl0.eq(0), idx.eq(idx + 1),
-                                     addr.eq(row_addr + lp.stride), row_addr.eq(row_addr + lp.stride)]
-                        with m.If(last_col):
-                            with m.If(need_bias):
-                                m.d.sync += [beat.eq(0),
-                                             addr.eq(d.b_addr + (((it.c0 << 2) >> lm) << lm))]
-                                m.next = "BISS"
-                            with m.Else():
-                                m.d.sync += w_issued.eq(w_issued + 1)
-                                m.next = "NEXT"
+                        m.d.sync += w_issued.eq(w_issued + 1)
+                        m.next = "NEXT"
+                advance(last_beat, last_col, lambda: None, w_last)
             with m.State("BISS"):
                 last_beat = beat == nbb - 1
                 m.d.comb += [self.rd_valid.eq(tags.w_rdy),
