@@ -395,6 +395,15 @@ class _Layer:
         return max(j, min(vend * n_ch, self.n_steps - 1))
 
 
+
+def _load(rd, t, free, beats, done_lat):
+    """One X or W load: its WAIT state waits for the slot freed two loads ago, then the
+    request state issues ``beats`` reads. Returns the state after it, the cycle the load
+    counts as done for the compute, and the slot history shifted by one load."""
+    c = t if free[0] is None or free[0] <= t else free[0]
+    z = rd.run(c + 1, beats)
+    return z + 1, z + done_lat, [free[1], None]
+
 def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
     L = mem.latency
     Lw = mem.wr_latency if mem.wr_latency is not None else L
@@ -464,21 +473,13 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
         t = ld + 1                       # entry of the state after STEP
         ready = sigma
         if xb:
-            c = t if xf[0] is None or xf[0] <= t else xf[0]
-            z = rd.run(c + 1, xb)
-            x_done = z + done_lat
-            if x_done > ready:
-                ready = x_done
-            xf = [xf[1], None]
-            t = z + 1
+            t, done, xf = _load(rd, t, xf, xb, done_lat)
+            if done > ready:
+                ready = done
         if wb:
-            c = t if wf[0] is None or wf[0] <= t else wf[0]
-            z = rd.run(c + 1, wb)
-            w_done = z + done_lat
-            if w_done > ready:
-                ready = w_done
-            wf = [wf[1], None]
-            t = z + 1
+            t, done, wf = _load(rd, t, wf, wb, done_lat)
+            if done > ready:
+                ready = done
         ld = t + 1                       # NEXT in t, STEP of the next step in t + 1
         # -- compute: SETUP (until loads done and a credit) -> RUN, groups of n_s cycles
         cred = p2 + 1
