@@ -28,7 +28,7 @@ EXITS = {
     "vgg16": [("conv2_2", 128), ("conv3_3", 256), ("conv4_3", 512)],
     "b-alexnet": [("conv2", 64), ("conv3", 96)],
     "msdnet": [(f"block{i}.conv4", 256) for i in range(1, 5)],
-    "digits": [("fc1", 128), ("fc2", 128)],
+    "digits": [("conv1", 8), ("conv2", 16)],
     "tiny": [("l1", 32)],
 }
 
@@ -75,8 +75,7 @@ def test_exits_are_placed_as_documented(models, name):
     assert m.exit_layer(len(m.exits)) == len(m.layers) - 1
 
 
-@pytest.mark.parametrize("name, classes", [("resnet18", 1000), ("resnet50", 1000), ("mobilenetv2", 1000),
-                                           ("digits", 10)])
+@pytest.mark.parametrize("name, classes", [("resnet18", 1000), ("resnet50", 1000), ("mobilenetv2", 1000)])
 def test_pool_fc_heads(models, name, classes):
     for e, (_, ch) in zip(models[name].exits, EXITS[name]):
         (fc,) = e.layers

@@ -13,15 +13,19 @@ from pathlib import Path
 
 from . import exitrates
 from .errors import WorkloadError
-from .model import EEModel, ExitHead, GemmLayer
+from .model import EXIT_CRITERIA, EEModel, ExitHead, GemmLayer
 from .topology import parse_topology
 
-__all__ = ["load_model", "model_from_dict", "model_to_toml", "save_model", "HEAD_SHORTHANDS"]
+__all__ = ["load_model", "model_from_dict", "model_to_toml", "save_model", "HEAD_SHORTHANDS",
+           "THRESHOLD_RANGE"]
 
 HEAD_SHORTHANDS = ("pool-fc",)
 _TOP = {"model", "layer_params", "exits", "exit_rates", "meta"}
-_MODEL = {"name", "description", "topology", "layers", "num_classes", "dataset", "input"}
-_EXIT = {"name", "after", "head", "topology", "layers", "num_classes", "layer_params"}
+_MODEL = {"name", "description", "topology", "layers", "num_classes", "dataset", "input", "weights"}
+_EXIT = {"name", "after", "head", "topology", "layers", "num_classes", "layer_params", "threshold",
+         "criterion"}
+#: exit thresholds are compared with 32-bit logits
+THRESHOLD_RANGE = (-(1 << 31), (1 << 31) - 1)
 _RATES = ("probs", "conditional", "geometric", "measured")
 _LAYER = {"name", "r", "p", "c", "m", "n", "k", "kind", "relu", "mult", "shift", "groups"}
 _PARAMS = {"relu", "mult", "shift"}
@@ -182,7 +186,29 @@ def _exit(ctx: _Ctx, i, d, backbone, model_classes):
     else:
         layers = _layers(ctx, d, key)
     layers = _apply_params(ctx, layers, d.get("layer_params"), f"{key}.layer_params")
-    return name, ExitHead(after=idx, layers=layers)
+    threshold, criterion = _exit_test(ctx, d, key)
+    return name, ExitHead(after=idx, layers=layers, threshold=threshold, criterion=criterion)
+
+
+def _exit_test(ctx: _Ctx, d, key):
+    """``threshold`` and ``criterion`` of an exit (both None when not given)."""
+    if "criterion" in d:
+        c = d["criterion"]
+        if c not in EXIT_CRITERIA:
+            raise ctx.err(f"{key}.criterion", c, f"unknown exit criterion; allowed: {', '.join(EXIT_CRITERIA)}")
+        if "threshold" not in d:
+            raise ctx.err(f"{key}.criterion", c, "needs threshold as well")
+    if "threshold" not in d:
+        return None, None
+    t, crit = d["threshold"], d.get("criterion", "margin")
+    lo, hi = THRESHOLD_RANGE
+    if not _is_int(t) or not lo <= t <= hi:
+        raise ctx.err(f"{key}.threshold", t, f"must be an integer from {lo} to {hi} (in the head's "
+                      f"integer logit units)")
+    if crit == "margin" and t < 0:
+        raise ctx.err(f"{key}.threshold", t, "must be >= 0 for criterion 'margin' (top1 - top2 is never "
+                      "negative); allowed: 0 to " f"{hi}")
+    return t, crit
 
 
 def _rates(ctx: _Ctx, d, n_exits):
@@ -236,6 +262,11 @@ def model_from_dict(data: dict, *, base_dir=".", source="<dict>") -> EEModel:
     if len(backbone) < 1:
         raise ctx.err("model.layers", [], "needs at least one layer")
     backbone = _apply_params(ctx, backbone, data.get("layer_params"), "layer_params")
+    weights = None
+    if "weights" in m:
+        weights = ctx.path("model.weights", m["weights"])
+        if weights.suffix.lower() != ".npz":
+            raise ctx.err("model.weights", m["weights"], "must be a numpy .npz file (allowed suffix: .npz)")
     exits_raw = data.get("exits", [])
     if not isinstance(exits_raw, list):
         raise ctx.err("exits", exits_raw, "must be an array of tables ([[exits]])")
@@ -249,6 +280,8 @@ def model_from_dict(data: dict, *, base_dir=".", source="<dict>") -> EEModel:
     meta = {"path": None if source == "<dict>" else str(source), "exit_names": [n for n, _ in named],
             "exit_rates": spec, "num_classes": classes,
             **{k: m[k] for k in ("description", "dataset", "input") if k in m}}
+    if weights is not None:
+        meta["weights"] = str(weights)
     if "meta" in data:
         if not isinstance(data["meta"], dict):
             raise ctx.err("meta", data["meta"], "must be a table")
@@ -304,12 +337,16 @@ def model_to_toml(model: EEModel) -> str:
             out.append(f"{k} = {_s(meta[k])}")
     if _is_int(meta.get("num_classes")):
         out.append(f"num_classes = {meta['num_classes']}")
+    if isinstance(meta.get("weights"), str):     # absolute, so that the text loads from anywhere
+        out.append(f"weights = {_s(str(Path(meta['weights']).resolve()))}")
     out += ["layers = ["] + [_layer_toml(l) for l in model.layers] + ["]"]
     names = meta.get("exit_names") or []
     for i, e in enumerate(model.exits):
         nm = names[i] if i < len(names) and isinstance(names[i], str) else f"exit{i}"
         out += ["", "[[exits]]", f"name = {_s(nm)}", f"after = {_s(model.layers[e.after].name)}",
                 "layers = ["] + [_layer_toml(l) for l in e.layers] + ["]"]
+        if e.threshold is not None:
+            out += [f"threshold = {e.threshold}", f"criterion = {_s(e.criterion or 'margin')}"]
     out += ["", "[exit_rates]", "probs = [" + ", ".join(repr(float(q)) for q in model.exit_probs) + "]"]
     if model.source:
         out.append(f"source = {_s(model.source)}")

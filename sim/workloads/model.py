@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["GemmLayer", "ExitHead", "EEModel"]
+__all__ = ["GemmLayer", "ExitHead", "EEModel", "EXIT_CRITERIA"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,29 @@ class GemmLayer:
         return self.r * self.p * self.c
 
 
+EXIT_CRITERIA = ("margin", "max")
+
+
 @dataclass(frozen=True)
 class ExitHead:
-    """A classifier head that runs after backbone layer ``after`` (0-based index)."""
+    """A classifier head that runs after backbone layer ``after`` (0-based index).
+
+    ``threshold`` and ``criterion`` are the exit test of a network with real weights
+    (the serving simulator ignores them): a sample leaves when its integer logits pass
+    ``top1 - top2 >= threshold`` ("margin") or ``top1 >= threshold`` ("max").
+    """
     after: int
     layers: tuple[GemmLayer, ...]
+    threshold: int | None = None    #: exit test threshold, in the head's integer logit units
+    criterion: str | None = None    #: "margin" or "max" (set when threshold is)
+
+    def __post_init__(self):
+        t = self.threshold
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool)):
+            raise ValueError(f"exit after layer {self.after}: threshold = {t!r}: must be an integer")
+        if self.criterion is not None and self.criterion not in EXIT_CRITERIA:
+            raise ValueError(f"exit after layer {self.after}: criterion = {self.criterion!r}: "
+                             f"must be one of {', '.join(EXIT_CRITERIA)}")
 
     @property
     def macs(self) -> int:
