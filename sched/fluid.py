@@ -44,15 +44,94 @@ class Fluid(Scheduler):
 
     def reset(self, view):
         self.pred = [predictor(pl) for pl in view.plans]
+        self._at_risk = False
 
     def decide(self, view):
+        self._at_risk = False
         run, par = view.running, view.paused
-        if run is None and par is None:
-            m = view.oldest_model()
-            return CONTINUE if m < 0 else start(min(len(view.queues[m]), self.batch_cap(view, m)), m)
         if run is not None and par is not None:
-            return HOLD
+            return HOLD                          # the hardware holds one paused batch
         X = run if run is not None else par
+        # fresh batches of the other models (of every model when nothing is running or paused)
+        cands = []
+        for m, q in enumerate(view.queues):
+            if q and (X is None or m != X.model):
+                cands.append(self._fresh(view, m))
+        best = None
+        if cands:                                # the fresh batch that should run first among them
+            best = cands[0]
+            for c in cands[1:]:
+                if self._swap_gain(view, best, c, 0.0) > 0:
+                    best = c
+        if X is None:
+            return CONTINUE if best is None else start(best[3], best[0])
+        pre = view.plans[X.model].preempt_s if run is not None else 0.0
+        if best is not None and self._swap_gain(view, self._job(view, X), best, pre) > 0:
+            return preempt(best[3], best[0], merge=False)
+        d = self._catchup(view, X, run)
+        if d is HOLD and cands and self._at_risk:
+            return CONTINUE                      # slack shrinks as time passes: ask again next boundary
+        return d
+
+    # -- cross-model preemption: exit-aware index and SLO slack ---------------------------
+    def _fresh(self, view, m):
+        q = view.queues[m]
+        n = min(len(q), self.batch_cap(view, m))
+        return (m, self.pred[m], 0, n, list(islice(q, n)))
+
+    def _job(self, view, X):
+        return (X.model, self.pred[X.model], X.pos, X.size, X.rids())
+
+    def _misses(self, view, job, delay):
+        """Expected SLO misses of a job's members (weighted by SLO budget, s) if delayed by ``delay``."""
+        m, P, p, s, rids = job
+        Mc = P.M[p][s]
+        K = len(Mc) - 1
+        a = P.alive
+        ap = a[p]
+        if ap <= 0:
+            return 0.0
+        now = view.now
+        dl, slo = view.deadline, view.slo
+        horizon = now + delay + Mc[-1]
+        out = 0.0
+        for r in rids:
+            d = dl[r]
+            if d >= horizon:
+                continue
+            rem = d - now
+            if rem < 0:
+                continue                         # missed whatever we do
+            self._at_risk = True
+            k = bisect_right(Mc, rem - delay) or 1
+            if k <= K:
+                w = slo[r] / ap
+                out += a[p + k - 1] * w
+                k0 = bisect_right(Mc, rem) or 1
+                if k0 <= K:
+                    out -= a[p + k0 - 1] * w
+        return out
+
+    def _swap_gain(self, view, A, B, pre):
+        """Expected cost saved by running B's index block before A's (> 0: B first).
+
+        Each job runs its index horizon: ``T`` seconds with ``e`` expected completions
+        (``Predictor.gi``). Latency: A-first delays B's completions by T_A, B-first
+        delays A's by T_B (+ the preemption cost). SLO: ``miss_weight`` times the
+        expected misses (weighted by SLO budget) that each order adds to the other job.
+        """
+        _, PA, pa, sa, _ = A
+        _, PB, pb, sb, _ = B
+        _, _, TA, eA = PA.gi[pa][sa]
+        _, _, TB, eB = PB.gi[pb][sb]
+        TB += pre
+        gain = eB * TA - eA * TB
+        if self.miss_weight:
+            gain += self.miss_weight * (self._misses(view, B, TA) - self._misses(view, A, TB))
+        return gain
+
+    # -- same-model catch-up into the slots that exits freed --------------------------------
+    def _catchup(self, view, X, run):
         m, s, p = X.model, X.size, X.pos
         q = view.queues[m]
         nq = len(q)

@@ -11,6 +11,10 @@ is Binomial. Tables (Python lists, for fast lookups in decisions):
 * ``el[p][s]``: expected remaining latency of a member alive at ``p``.
 * ``elpre[n][p]``: for a fresh batch of ``n`` starting at op 0, the sum over ops
   ``i < p`` of P(exit right after ``i``) times that op's expected end time.
+* ``gi[p][s] = (index, k, T, e)``: the exit-aware priority index of a batch of ``s``
+  at ``p`` (a Gittins/Sevcik index): the largest ratio of expected completions
+  ``e = s * (1 - alive[p+k]/alive[p])`` to expected NPU time ``T = U[p][s][k]`` over
+  the horizons ``k`` (ops ``p .. p+k-1``), with the best ``k``.
 
 ``exit_blind=True`` predicts as if no sample exits (LazyBatching, PREMA).
 """
@@ -57,6 +61,23 @@ class Predictor:
             cond = exit_at[p:n] / ap if ap > 0 else np.zeros(k)
             el.append((cm[:, 1:] * cond).sum(1).tolist() if k else [0.0] * (B + 1))
         self.U, self.M, self.el = U, M, el
+        gi = []
+        for p in range(n + 1):
+            k = n - p
+            row = [(0.0, 0, 0.0, 0.0)]
+            if k == 0 or alive[p] <= 0:
+                gi.append(row * (B + 1))
+                continue
+            frac = 1.0 - alive[p + 1:n + 1] / alive[p]          # P(gone by the end of op p+j), j = 0..k-1
+            cu = np.asarray(U[p])[:, 1:]                        # [B+1, k]
+            for s_ in range(1, B + 1):
+                e = s_ * frac
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    r = np.where(cu[s_] > 0, e / cu[s_], 0.0)
+                j = int(np.argmax(r))
+                row.append((float(r[j]), j + 1, float(cu[s_, j]), float(e[j])))
+            gi.append(row)
+        self.gi = gi
         self.erem = [[U[p][s][-1] for s in range(B + 1)] for p in range(n + 1)]
         cm0 = np.asarray(M[0])                                # [B+1, n+1]
         contrib = cm0[:, 1:] * exit_at[None, :]               # exit right after op i at end time of op i

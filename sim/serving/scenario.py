@@ -197,7 +197,8 @@ def _arrivals_from(w: str, a, base: Path, dev_name: str) -> ArrivalProcess:
 def scenario_from_dict(d: dict, models: Mapping[str, EEModel] | Callable[[str], EEModel] | None = None,
                        base: Path | str = ".", where: str = "scenario") -> Scenario:
     """Build a :class:`Scenario` from a parsed TOML dict (see docs/serving.md)."""
-    top = {"name", "duration_s", "warmup_requests", "warmup_s", "slo_mults", "queue_capacity", "device"}
+    top = {"name", "duration_s", "warmup_requests", "warmup_s", "slo_mults", "queue_capacity", "device",
+           "compare"}   # [compare]: the sweep of fluidnpu compare, read by sim.serving.compare
     extra = set(d) - top
     if extra:
         raise ScenarioError(f"{where}: unknown fields {sorted(extra)}: allowed {sorted(top)}")
