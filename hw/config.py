@@ -43,6 +43,10 @@ class HwConfig:
     mult_width: int = 16        #: signed requantisation multiplier width, bits
     addr_width: int = 32        #: byte address width
     dim_width: int = 16         #: width of the R, P, C fields of a layer descriptor
+    b_max: int = 16             #: FBE: samples in flight at most (batch slots)
+    net_entries: int = 32       #: FBE: descriptor memory depth (layers of one network program)
+    max_classes: int = 32       #: FBE exit unit: logits per exit head at most
+    tag_width: int = 16         #: FBE: width of a sample's tag (the host's id for it)
     clock_mhz: float = 100.0    #: clock used to turn cycles into time
 
     def __post_init__(self):
@@ -82,6 +86,14 @@ class HwConfig:
             bad("addr_width", "must be from 16 to 48 bits")
         if not 8 <= self.dim_width <= 24:
             bad("dim_width", "must be from 8 to 24 bits")
+        if not 1 <= self.b_max <= 64:
+            bad("b_max", "must be from 1 to 64 samples")
+        if not _is_pow2(self.net_entries) or not 2 <= self.net_entries <= 256:
+            bad("net_entries", "must be a power of two from 2 to 256")
+        if not 1 <= self.max_classes <= 1024:
+            bad("max_classes", "must be from 1 to 1024")
+        if not 4 <= self.tag_width <= 32:
+            bad("tag_width", "must be from 4 to 32 bits")
 
     # -- derived values ---------------------------------------------------------------
     @property
@@ -126,6 +138,11 @@ class HwConfig:
     @property
     def data_max(self) -> int:
         return (1 << (self.data_width - 1)) - 1
+
+    @property
+    def logit_beats(self) -> int:
+        """Memory beats of the largest exit head's int32 logits."""
+        return -(-4 * self.max_classes // self.mem_bytes)
 
     def chunk_max(self, k: int) -> int:
         """Longest reduction chunk (elements of P) the buffers hold at stacking ``k``."""

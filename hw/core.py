@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out, flipped
 from .buffers import OperandBuffers
 from .config import HwConfig
 from .drain import Drain, stage_layout
-from .interface import layer_desc_layout, log2, mem_port_signature
+from .interface import gather_signature, layer_desc_layout, log2, mem_port_signature
 from .loader import Loader
 from .pe_array import PEArray
 from .steps import StepIter, derive_layer_params, layer_params_layout
@@ -47,6 +47,8 @@ class NPUCore(wiring.Component):
 
     ``cmd`` takes one layer descriptor (``layer_desc_layout``) while idle; ``busy`` is high
     from then until every result write is acknowledged. ``mem`` is the memory port.
+    ``gather`` looks up the X base address of sample ``idx`` for descriptors with ``rs > 0``
+    (combinational: ``addr`` must follow ``idx`` in the same cycle); unused otherwise.
     """
 
     #: cycles from accepting a command to the first step setup
@@ -60,6 +62,7 @@ class NPUCore(wiring.Component):
             "cmd": In(stream.Signature(layer_desc_layout(cfg))),
             "busy": Out(1),
             "mem": Out(mem_port_signature(cfg)),
+            "gather": Out(gather_signature(cfg)),
         })
 
     @property
@@ -94,6 +97,7 @@ class NPUCore(wiring.Component):
             loader.resp_data.eq(self.mem.rd_resp.payload),
             loader.resp_valid.eq(self.mem.rd_resp.valid),
             self.mem.rd_resp.ready.eq(loader.resp_ready),
+            self.gather.idx.eq(loader.g_idx), loader.g_addr.eq(self.gather.addr),
             bufs.wr_x.eq(loader.wr_x), bufs.wr.eq(loader.wr),
             bufs.lbp.eq(lp.lbp), bufs.lk.eq(lp.lk), bufs.lseg.eq(lp.lseg),
             pe.lbp.eq(lp.lbp), pe.lk.eq(lp.lk),

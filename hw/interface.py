@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from .config import HwConfig
 
 __all__ = ["OUT_RAW", "OUT_REQUANT", "layer_desc_layout", "wr_req_layout",
-           "mem_port_signature", "log2"]
+           "mem_port_signature", "gather_signature", "log2"]
 
 OUT_RAW = 0       #: output the accumulator (acc_width bits, stored as 4 bytes)
 OUT_REQUANT = 1   #: output requantised, saturated elements (elem_bytes each)
@@ -21,7 +21,12 @@ def log2(v: int) -> int:
 
 
 def layer_desc_layout(cfg: HwConfig) -> data.StructLayout:
-    """One GEMM layer O[R x C] = X[R x P] . W[P x C] as the core's command."""
+    """One GEMM layer O[R x C] = X[R x P] . W[P x C] as the core's command.
+
+    ``rs`` (rows per sample) turns on the X row gather: with ``rs > 0`` the X rows come in
+    groups of ``rs``, group ``j`` starting at the address the core's ``gather`` port returns
+    for index ``j`` (``x_addr`` is then unused). O is always dense from ``o_addr``.
+    """
     return data.StructLayout({
         "r": unsigned(cfg.dim_width),
         "p": unsigned(cfg.dim_width),
@@ -37,6 +42,7 @@ def layer_desc_layout(cfg: HwConfig) -> data.StructLayout:
         "relu": unsigned(1),
         "mult": signed(cfg.mult_width),
         "shift": unsigned(SHIFT_WIDTH),
+        "rs": unsigned(cfg.dim_width),
     })
 
 
@@ -60,4 +66,12 @@ def mem_port_signature(cfg: HwConfig) -> wiring.Signature:
         "rd_resp": In(stream.Signature(unsigned(8 * cfg.mem_bytes))),
         "wr_req": Out(stream.Signature(wr_req_layout(cfg))),
         "wr_resp": In(stream.Signature(unsigned(1))),
+    })
+
+
+def gather_signature(cfg: HwConfig) -> wiring.Signature:
+    """The core's X row-gather lookup: it drives ``idx``, the table answers ``addr``."""
+    return wiring.Signature({
+        "idx": Out(unsigned(cfg.dim_width)),
+        "addr": In(unsigned(cfg.addr_width)),
     })

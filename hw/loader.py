@@ -64,6 +64,8 @@ class Loader(wiring.Component):
             "wr_x": Out(1),
             "wr": Out(data.ArrayLayout(elem_write_layout(cfg), e)),
             "bias": Out(data.ArrayLayout(data.ArrayLayout(signed(32), cfg.tc), 2)),
+            "g_idx": Out(dim),
+            "g_addr": In(cfg.addr_width),
         })
 
     def elaborate(self, platform):
@@ -125,11 +127,27 @@ class Loader(wiring.Component):
                     with m.If(last_item):
                         on_last()
 
+        # X row gather (``rs > 0``): the walk's sample index, row within the sample and that
+        # row's byte offset; where the current row tile starts; where the next one starts
+        # (every X load of a tile walks the same rows, so any of them may record it).
+        gather = d.rs != 0
+        g_j = Signal(cfg.dim_width, name="rq_g_j")
+        g_rr = Signal(cfg.dim_width, name="rq_g_rr")
+        g_off = Signal(cfg.addr_width, name="rq_g_off")
+        t_j, t_rr, t_off = (Signal.like(v, name=f"rq_t{v.name[4:]}") for v in (g_j, g_rr, g_off))
+        n_j, n_rr, n_off = (Signal.like(v, name=f"rq_n{v.name[4:]}") for v in (g_j, g_rr, g_off))
+        tile_first = (it.ct == 0) & (it.ch == 0)
+        s_j = Mux(tile_first, n_j, t_j)
+        s_rr = Mux(tile_first, n_rr, t_rr)
+        s_off = Mux(tile_first, n_off, t_off)
+        g_wrap = Signal(name="rq_g_wrap")
+        m.d.comb += g_wrap.eq(g_rr + 1 == d.rs)
+
         with m.FSM(name="rq_fsm"):
             with m.State("IDLE"):
                 m.d.comb += it.restart.eq(self.start)
                 with m.If(self.start):
-                    m.d.sync += [x_issued.eq(0), w_issued.eq(0)]
+                    m.d.sync += [x_issued.eq(0), w_issued.eq(0), n_j.eq(0), n_rr.eq(0), n_off.eq(0)]
                     m.next = "STEP"
             with m.State("STEP"):
                 with m.If(it.x_new):
@@ -139,9 +157,12 @@ class Loader(wiring.Component):
                 with m.Else():
                     m.next = "NEXT"
             with m.State("XWAIT"):
-                start_addr = d.x_addr + it.row_off + it.p_off
+                m.d.comb += self.g_idx.eq(s_j)
+                start_addr = Mux(gather, self.g_addr + s_off, d.x_addr + it.row_off) + it.p_off
                 m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0), abase.eq(0),
-                             addr.eq(start_addr), row_addr.eq(start_addr)]
+                             addr.eq(start_addr), row_addr.eq(start_addr),
+                             g_j.eq(s_j), g_rr.eq(s_rr), g_off.eq(s_off),
+                             t_j.eq(s_j), t_rr.eq(s_rr), t_off.eq(s_off)]
                 with m.If((x_issued - x_freed)[:len(x_issued)] < 2):
                     m.next = "XISS"
             with m.State("XISS"):
@@ -152,12 +173,20 @@ class Loader(wiring.Component):
                              tag.last.eq(last_beat & last_row), tag.idx.eq(idx),
                              tag.pl0.eq(pl0), tag.nvalid.eq(nvalid), tag.abase.eq(abase)]
 
+                m.d.comb += self.g_idx.eq(g_j + 1)
+                nx_j = Mux(g_wrap, g_j + 1, g_j)
+                nx_rr = Mux(g_wrap, 0, g_rr + 1)
+                nx_off = Mux(g_wrap, 0, g_off + lp.stride)
+
                 def x_row_end():
                     with m.If(((idx + 1) & ((1 << lp.lbp) - 1)) == 0):
                         m.d.sync += abase.eq(abase + it.n_s)
+                    m.d.sync += [g_j.eq(nx_j), g_rr.eq(nx_rr), g_off.eq(nx_off)]
+                    with m.If(gather & g_wrap):
+                        m.d.sync += [addr.eq(self.g_addr + it.p_off), row_addr.eq(self.g_addr + it.p_off)]
 
                 def x_last():
-                    m.d.sync += x_issued.eq(x_issued + 1)
+                    m.d.sync += [x_issued.eq(x_issued + 1), n_j.eq(nx_j), n_rr.eq(nx_rr), n_off.eq(nx_off)]
                     with m.If(it.w_new):
                         m.next = "WWAIT"
                     with m.Else():

@@ -2,22 +2,41 @@
 from collections import deque
 
 import numpy as np
+from amaranth.hdl import Array, Const, Elaboratable, Module
 from amaranth.sim import Simulator
 
 from fluidnpu.hw.core import NPUCore
 from fluidnpu.hw.layout import gemm_image
 
 
+class _GatherTable(Elaboratable):
+    """The core with a constant X gather table answering its ``gather`` port."""
+
+    def __init__(self, cfg, table):
+        self.core = NPUCore(cfg)
+        self.table = table
+        self.cmd, self.mem, self.busy = self.core.cmd, self.core.mem, self.core.busy
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = self.core
+        arr = Array(Const(a, 32) for a in self.table)
+        m.d.comb += self.core.gather.addr.eq(arr[self.core.gather.idx[:max(1, (len(self.table) - 1).bit_length())]])
+        return m
+
+
 def run_core(cfg, x, w, bias=None, *, out_mode=0, mult=1, shift=0, relu=False, bp=1, k=1,
-             latency=3, max_cycles=200000, vcd=None):
-    img = gemm_image(cfg, x, w, bias, out_mode=out_mode)
+             latency=3, max_cycles=200000, vcd=None, img=None, gather=None, rs=0):
+    """``img``: a prepared image (default: ``gemm_image``); ``gather``: X base address per
+    sample for a descriptor with ``rs`` rows per sample."""
+    img = img or gemm_image(cfg, x, w, bias, out_mode=out_mode)
     mem = img.mem.copy()
-    dut = NPUCore(cfg)
+    dut = NPUCore(cfg) if gather is None else _GatherTable(cfg, gather)
     M = cfg.mem_bytes
     res = {}
 
     async def tb(ctx):
-        ctx.set(dut.cmd.payload, img.desc_dict(mult=mult, shift=shift, relu=relu, bp=bp, k=k))
+        ctx.set(dut.cmd.payload, {**img.desc_dict(mult=mult, shift=shift, relu=relu, bp=bp, k=k), "rs": rs})
         ctx.set(dut.cmd.valid, 1)
         await ctx.tick()
         ctx.set(dut.cmd.valid, 0)

@@ -9,6 +9,7 @@ from amaranth.sim import Simulator
 
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.core import _ahead
+from fluidnpu.hw.layout import gemm_image
 from fluidnpu.hw.reference import gemm_reference
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -60,3 +61,39 @@ def test_core_in_amaranth_simulator(shape, bp, k, bias, requant):
     assert np.array_equal(out, ref)
     assert img.untouched_violations(mem) == []
     assert cycles >= -(-R * P * C // SMALL.lanes)
+
+
+@pytest.mark.parametrize("rs, n, P, bp, k", [
+    (3, 5, 13, 1, 1),      # samples straddle the 8-row tiles
+    (1, 11, 20, 2, 1),     # one row per sample (dense layers)
+    (8, 2, 9, 1, 2),       # a sample is exactly a row tile
+    (5, 4, 300, 1, 4),     # several reduction chunks: every X load re-walks its tile
+])
+def test_core_x_row_gather(rs, n, P, bp, k):
+    """With ``rs > 0`` sample j's rows come from the gather table's address j: scatter the
+    samples in shuffled order, wipe the dense X, and the result must still match, in the
+    same number of cycles as the dense layer."""
+    import dataclasses
+    rng = np.random.default_rng(rs * 100 + n)
+    R, C = rs * n, 6
+    x = rng.integers(-128, 128, (R, P))
+    w = rng.integers(-128, 128, (P, C))
+    img = gemm_image(SMALL, x, w, None)
+    ref = gemm_reference(SMALL, x, w)
+    dense, dense_cycles, _, _ = run_core(SMALL, x, w, bp=bp, k=k, img=img)
+    assert np.array_equal(dense, ref)
+    blk = rs * img.x_stride
+    base = -(-img.size // 64) * 64
+    order = rng.permutation(n)
+    mem = np.concatenate([img.mem, np.zeros(base - img.size + n * blk + 64, np.uint8)])
+    table = []
+    for j in range(n):
+        a = base + int(order[j]) * blk
+        src = img.x_addr + j * blk
+        mem[a:a + blk] = img.mem[src:src + blk]
+        table.append(a)
+    mem[img.x_addr:img.x_addr + R * img.x_stride] = 0
+    out, cycles, _, _ = run_core(SMALL, x, w, bp=bp, k=k, img=dataclasses.replace(img, mem=mem),
+                                 gather=table, rs=rs)
+    assert np.array_equal(out, ref)
+    assert cycles == dense_cycles

@@ -121,6 +121,7 @@ async def run_case(dut, idx: int) -> None:
     dut.rst.value = 1
     dut.cmd__valid.value = 0
     dut.cmd__payload.value = 0
+    dut.gather__addr.value = 0
     MemoryModel.drive_idle(dut)
     for _ in range(RESET_CYCLES):
         await RisingEdge(dut.clk)
