@@ -35,7 +35,10 @@ class FluidNPU(wiring.Component):
     table (while idle); ``res_addr``/``res_shift`` place the result areas (sample tag
     ``t``'s logits go to ``res_addr + (t << res_shift)``); ``admit`` stages samples (tag,
     input address); ``preempt`` carries B_incr; ``results`` and ``events`` report back;
-    ``status`` shows the registers; ``cycle`` counts clock cycles since reset.
+    ``status`` shows the registers; ``cycle`` counts clock cycles since reset. With
+    ``step`` high the FBE stops at every boundary where the batch could be paused until
+    the scheduler answers on ``preempt`` (B_incr = 0: continue); ``status.decide`` is high
+    while it waits (and while idle).
     """
 
     #: deliberate bugs for testing the tests: ``"merge"`` copies the first catch-up
@@ -56,6 +59,7 @@ class FluidNPU(wiring.Component):
             "table": In(stream.Signature(table_write_layout(cfg))),
             "res_addr": In(cfg.addr_width),
             "res_shift": In(6),
+            "step": In(1),
             "admit": In(stream.Signature(admit_layout(cfg))),
             "preempt": In(stream.Signature(unsigned(cw))),
             "results": Out(stream.Signature(result_layout(cfg))),
@@ -187,14 +191,17 @@ class FluidNPU(wiring.Component):
                      eu.final.eq(e.final), eu.res_addr.eq(self.res_addr + (tag[jslot] << self.res_shift))]
 
         rq = self.preempt.payload
+        m.d.comb += d_rd.addr.eq(lyr)     # the current entry, valid from the cycle after BOUND
         ent = el(d_rd.data)
 
+        decide = Signal(name="fb_decide")
+        m.d.comb += st.decide.eq(decide)
         with m.FSM(name="fb_fsm"):
             with m.State("IDLE"):
+                m.d.comb += decide.eq(1)
                 with m.If(self.preempt.valid):
                     m.next = "REQ"
             with m.State("BOUND"):
-                m.d.comb += [d_rd.addr.eq(lyr)]
                 with m.If((mode == MODE_CATCHUP) & (bcnt[1] == 0)):
                     with m.If(emit(EV_RESUME, count=bcnt[0])):
                         m.d.sync += [cur.eq(0), lyr.eq(l_old), mode.eq(MODE_MAIN)]
@@ -204,12 +211,24 @@ class FluidNPU(wiring.Component):
                 with m.Else():
                     m.next = "DEC"
             with m.State("DEC"):
-                with m.If((mode == MODE_MAIN) & self.preempt.valid & ~hold & (ent.src != SRC_PREV)):
-                    m.next = "REQ"
-                with m.Else():
+                def proceed():
                     m.d.sync += e.eq(ent)
                     m.d.comb += t_rd.addr.eq(Cat(ent.lid, b))
                     m.next = "POL"
+                # a boundary where the running batch may be paused
+                ok = (mode == MODE_MAIN) & ~hold & (ent.src != SRC_PREV)
+                with m.If(ok & self.step):
+                    # step mode: wait for the scheduler's decision; B_incr = 0 is "continue"
+                    m.d.comb += decide.eq(1)
+                    with m.If(self.preempt.valid & (rq == 0)):
+                        m.d.comb += self.preempt.ready.eq(1)
+                        proceed()
+                    with m.Elif(self.preempt.valid):
+                        m.next = "REQ"
+                with m.Elif(ok & self.preempt.valid):
+                    m.next = "REQ"
+                with m.Else():
+                    proceed()
             with m.State("POL"):
                 with m.If(emit(EV_LAYER_START, count=b)):
                     m.d.sync += [word.eq(t_rd.data), j.eq(0),

@@ -127,6 +127,7 @@ def status_layout(cfg: HwConfig) -> data.StructLayout:
         "free": _count(cfg),
         "staged": _count(cfg),
         "hold": unsigned(1),           # a merge's catch-up data is still live: no new catch-up
+        "decide": unsigned(1),         # waiting for the scheduler (idle, or a boundary in step mode)
     })
 
 

@@ -31,6 +31,7 @@ class NetworkJob:
     sched: dict = field(default_factory=lambda: {"mode": "greedy", "seed": 0, "odd": 0.0, "gap": 0})
     reset_at: int | None = None
     max_cycles: int = 2_000_000
+    step: bool = False                          #: run the FBE in step mode
 
 
 @dataclass
@@ -72,7 +73,7 @@ def run_network_job(job: NetworkJob, *, sim: str = "icarus", mem: MemTiming = Me
               "table": [list(t) for t in job.table], "res_addr": job.res_addr, "res_shift": job.res_shift,
               "mem_file": "mem.npy", "out_file": "out.npy", "timing": mem.to_dict(),
               "arrivals": [list(a) for a in job.arrivals], "sched": job.sched,
-              "reset_at": job.reset_at, "max_cycles": job.max_cycles}
+              "reset_at": job.reset_at, "max_cycles": job.max_cycles, "step": int(job.step)}
     (rdir / "params.json").write_text(json.dumps(params))
     bdir = build_fbe(job.cfg, sim, fault=fault, waves=wave)
     res = run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.hw.tb.fbe_tb", rdir,

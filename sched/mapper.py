@@ -24,6 +24,7 @@ from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_REQUANT
 from fluidnpu.hw.runner import MemTiming
 from fluidnpu.sim.cycle_model import layer_cycles
+from fluidnpu.sim.fbe_model import ENTRY_POST, ENTRY_PRE, EXIT_POST, exit_test_cycles
 from fluidnpu.sim.latency import LatencyTable
 from fluidnpu.sim.workloads.model import EEModel, GemmLayer
 
@@ -59,16 +60,23 @@ class LayerPlan:
     name: str
     batch: int
     policy: tuple[int, int, int]      #: (B_R, B_P, k)
-    cycles: int
+    cycles: int                       #: the core's cycles (sum over the layer's GEMM commands)
     macs: int
     commands: int                     #: GEMM commands issued for the layer
     roofline_cycles: int
     utilisation: float
     roofline_efficiency: float
+    fbe_cycles: int = 0               #: the FBE's own cycles around the commands (sim.fbe_model)
+
+    @property
+    def total_cycles(self) -> int:
+        """The entry on the NPU with its FBE: core cycles plus the FBE's."""
+        return self.cycles + self.fbe_cycles
 
     def to_dict(self) -> dict:
         return {"name": self.name, "batch": self.batch, "policy": list(self.policy),
-                "cycles": self.cycles, "macs": self.macs, "commands": self.commands,
+                "cycles": self.total_cycles, "core_cycles": self.cycles, "fbe_cycles": self.fbe_cycles,
+                "macs": self.macs, "commands": self.commands,
                 "utilisation": self.utilisation, "roofline_cycles": self.roofline_cycles,
                 "roofline_efficiency": self.roofline_efficiency}
 
@@ -92,8 +100,12 @@ def _roofline(cfg: HwConfig, R: int, p: int, c: int, groups: int) -> int:
 
 
 def plan_layer(cfg: HwConfig, layer: GemmLayer, batch: int, hardware: str = "fluid", *,
-               mem: MemTiming = MemTiming(), fixed: tuple[int, int, int] | None = None) -> LayerPlan:
-    """Best (or the ``fixed``) policy for ``layer`` at ``batch`` samples."""
+               mem: MemTiming = MemTiming(), fixed: tuple[int, int, int] | None = None,
+               exit_classes: int = 0, final: bool = False) -> LayerPlan:
+    """Best (or the ``fixed``) policy for ``layer`` at ``batch`` samples. ``exit_classes``:
+    an exit test on that many logits follows (every sample leaves if ``final``, none
+    otherwise: the table's exit-test cost is for samples that stay; each sample that leaves
+    adds ``sim.fbe_model.exit_leave_extra`` cycles)."""
     if not isinstance(batch, int) or batch < 1:
         raise MapperError(f"batch = {batch!r}: must be a positive integer")
     g = layer.groups
@@ -116,15 +128,19 @@ def plan_layer(cfg: HwConfig, layer: GemmLayer, batch: int, hardware: str = "flu
                 c1, n1 = _command_cycles(cfg, nb * layer.r, layer.p, cg, bp, k, mem)
                 cyc += count * g * c1
                 cmds += count * g * n1
-        if best is None or cyc < best[0]:
+        # the FBE spends one cycle issuing each command
+        if best is None or cyc + cmds < best[0] + best[1]:
             best = (cyc, cmds, (br, bp, k))
     cyc, cmds, pol = best
     R = batch * layer.r
     macs = R * layer.p * cg * g
     roof = _roofline(cfg, R, layer.p, layer.c, g)
+    fbe = ENTRY_PRE + batch + cmds + ENTRY_POST
+    if exit_classes:
+        fbe += EXIT_POST - ENTRY_POST + exit_test_cycles(cfg, exit_classes, batch, batch if final else 0, mem)
     return LayerPlan(name=layer.name, batch=batch, policy=pol, cycles=cyc, macs=macs, commands=cmds,
-                     roofline_cycles=roof, utilisation=macs / (cyc * cfg.lanes),
-                     roofline_efficiency=roof / cyc)
+                     roofline_cycles=roof, utilisation=macs / ((cyc + fbe) * cfg.lanes),
+                     roofline_efficiency=roof / (cyc + fbe), fbe_cycles=fbe)
 
 
 @dataclass
@@ -138,14 +154,15 @@ class ModelPlan:
     heads: list[list[list[LayerPlan]]]  #: [b-1][exit][head layer]
 
     def head_cycles(self, b: int, i: int) -> int:
-        return sum(p.cycles for p in self.heads[b - 1][i])
+        """Head ``i`` at batch ``b`` with its exit test (nobody leaving), FBE included."""
+        return sum(p.total_cycles for p in self.heads[b - 1][i])
 
     def exit_path_cycles(self, b: int) -> list[int]:
         """Cycles for a batch of ``b`` that all leave at exit i (heads on the way included)."""
         out = []
         for i in range(self.model.n_exits):
             last = self.model.exit_layer(i)
-            cyc = sum(p.cycles for p in self.layers[b - 1][:last + 1])
+            cyc = sum(p.total_cycles for p in self.layers[b - 1][:last + 1])
             cyc += sum(self.head_cycles(b, j) for j in range(min(i + 1, len(self.model.exits))))
             out.append(cyc)
         return out
@@ -154,7 +171,7 @@ class ModelPlan:
         lc = np.zeros((self.b_max + 1, len(self.model.layers)), dtype=np.int64)
         hc = np.zeros((self.b_max + 1, len(self.model.exits)), dtype=np.int64)
         for b in range(1, self.b_max + 1):
-            lc[b] = [p.cycles for p in self.layers[b - 1]]
+            lc[b] = [p.total_cycles for p in self.layers[b - 1]]
             hc[b] = [self.head_cycles(b, i) for i in range(len(self.model.exits))]
         return LatencyTable.for_model(self.model, hardware=self.hardware, clock_mhz=self.cfg.clock_mhz,
                                       layer_cycles=lc, head_cycles=hc, peak_macs_per_cycle=self.cfg.lanes,
@@ -164,13 +181,13 @@ class ModelPlan:
         """(batch, layer index, name, B_R, B_P, k, cycles) for the backbone, then the heads."""
         for b in range(1, self.b_max + 1):
             for li, p in enumerate(self.layers[b - 1]):
-                yield (b, li, p.name) + p.policy + (p.cycles,)
+                yield (b, li, p.name) + p.policy + (p.total_cycles,)
             n = len(self.model.layers)
             for i, head in enumerate(self.heads[b - 1]):
                 for p in head:
                     n_ = n
                     n += 1
-                    yield (b, n_, p.name) + p.policy + (p.cycles,)
+                    yield (b, n_, p.name) + p.policy + (p.total_cycles,)
 
     def fbe_image(self) -> bytes:
         """The FBE control table: one 16-bit little-endian word per (batch, layer id),
@@ -216,8 +233,13 @@ def map_model(cfg: HwConfig, model: EEModel, hardware: str = "fluid", *, b_max: 
         raise MapperError(f"b_max = {b_max!r}: must be an integer from 1 to 255")
     policies_for(cfg, hardware)
     bs = range(1, b_max + 1)
-    layers = [[plan_layer(cfg, L, b, hardware, mem=mem, fixed=fixed) for L in model.layers] for b in bs]
-    heads = [[[plan_layer(cfg, L, b, hardware, mem=mem, fixed=fixed) for L in e.layers] for e in model.exits]
+    last = len(model.layers) - 1
+    layers = [[plan_layer(cfg, L, b, hardware, mem=mem, fixed=fixed,
+                          exit_classes=L.c if i == last else 0, final=i == last)
+               for i, L in enumerate(model.layers)] for b in bs]
+    heads = [[[plan_layer(cfg, L, b, hardware, mem=mem, fixed=fixed,
+                          exit_classes=L.c if j == len(e.layers) - 1 else 0)
+               for j, L in enumerate(e.layers)] for e in model.exits]
              for b in bs]
     return ModelPlan(cfg=cfg, model=model, hardware=hardware, b_max=b_max, layers=layers, heads=heads)
 
@@ -230,5 +252,5 @@ def ablation(cfg: HwConfig, model: EEModel, batches, *, mem: MemTiming = MemTimi
         for b in batches:
             plans = [plan_layer(cfg, L, b, hw, mem=mem) for L in model.layers]
             macs = sum(p.macs for p in plans)
-            res[hw].append(macs / (sum(p.cycles for p in plans) * cfg.lanes))
+            res[hw].append(macs / (sum(p.total_cycles for p in plans) * cfg.lanes))
     return res

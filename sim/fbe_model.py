@@ -18,7 +18,7 @@ from fluidnpu.hw.runner import MemTiming
 from .cycle_model import layer_cycles
 
 __all__ = ["ENTRY_PRE", "ENTRY_POST", "EXIT_POST", "commands", "entry_compute_cycles",
-           "exit_sample_cycles", "exit_test_cycles", "entry_cycles", "REQ_CYCLES", "alloc_cycles",
+           "exit_sample_cycles", "exit_leave_extra", "exit_test_cycles", "entry_cycles", "REQ_CYCLES", "alloc_cycles",
            "merge_cycles", "RESUME_CYCLES", "logit_beats"]
 
 #: BOUND, DEC, POL before the gather loop.
@@ -69,6 +69,11 @@ def exit_sample_cycles(cfg: HwConfig, classes: int, exits: bool, mem: MemTiming)
         w_last = r_last + L + 2 + (nb - 1) * I
         done = w_last + Lw + 2
     return done + 3
+
+
+def exit_leave_extra(cfg: HwConfig, classes: int, mem: MemTiming) -> int:
+    """Extra cycles of a sample that leaves at an exit test over one that stays."""
+    return exit_sample_cycles(cfg, classes, True, mem) - exit_sample_cycles(cfg, classes, False, mem)
 
 
 def exit_test_cycles(cfg: HwConfig, classes: int, b: int, n_exit: int, mem: MemTiming) -> int:

@@ -24,7 +24,7 @@ class SampleOutcome:
 
 
 def make_job(prog: NetworkProgram, xs, arrivals=None, *, policies=None, sched=None,
-             reset_at=None, max_cycles=None) -> NetworkJob:
+             reset_at=None, max_cycles=None, step=False) -> NetworkJob:
     """Sample ``i`` gets tag ``i`` and input area ``i``; ``arrivals[i]`` its arrival cycle
     (default: all at cycle 0)."""
     n = len(xs)
@@ -44,7 +44,7 @@ def make_job(prog: NetworkProgram, xs, arrivals=None, *, policies=None, sched=No
                       res_addr=prog.res_addr, res_shift=prog.res_shift, mem=mem,
                       arrivals=[(arrivals[i], i, prog.input_area(i)) for i in order],
                       sched=sched or {"mode": "greedy", "seed": 0, "odd": 0.0, "gap": 0},
-                      reset_at=reset_at,
+                      reset_at=reset_at, step=step,
                       max_cycles=max_cycles or (max(arrivals) + 200 * n + 50 * n * (lat // prog.cfg.lanes + 500)))
 
 
@@ -89,18 +89,19 @@ def check_run(prog: NetworkProgram, refs: list[dict], run: NetworkRun, *, reset:
 
 
 def run_samples(prog: NetworkProgram, xs, arrivals=None, *, sim="icarus", mem=MemTiming(latency=5),
-                policies=None, sched=None, reset_at=None, fault=None, check=True, keep=False):
+                policies=None, sched=None, reset_at=None, fault=None, check=True, keep=False, step=False):
     """Run ``xs`` through the RTL, compare with the reference; returns (outcomes, run, refs)."""
     m = prog.model
     crit = [("max" if c == 1 else "margin") for c in prog.criteria]
     refs = [reference_sample(prog.cfg, m, prog.weights, prog.thresholds, crit, x) for x in xs]
-    job = make_job(prog, xs, arrivals, policies=policies, sched=sched, reset_at=reset_at)
+    job = make_job(prog, xs, arrivals, policies=policies, sched=sched, reset_at=reset_at, step=step)
     run = run_network_job(job, sim=sim, mem=mem, fault=fault, keep=keep)
     outs = check_run(prog, refs, run, reset=reset_at is not None) if check else None
     return outs, run, refs
 
 
-def check_timing(prog: NetworkProgram, run: NetworkRun, policies=None, mem: MemTiming = MemTiming(latency=5)):
+def check_timing(prog: NetworkProgram, run: NetworkRun, policies=None, mem: MemTiming = MemTiming(latency=5),
+                 step: bool = False):
     """Compare the run's event stamps with :mod:`fluidnpu.sim.fbe_model`: every layer
     (layer_start -> layer_done), every exit test (layer_done -> exit) and every step from
     one layer_start to the next of the same batch with no request in between.
@@ -120,7 +121,14 @@ def check_timing(prog: NetworkProgram, run: NetworkRun, policies=None, mem: MemT
                                     out_mode=e.out_mode, mem=mem)
 
     ev = run.events
+    hold = False          # after a merge, until the main batch finished a backbone entry
     for i, a in enumerate(ev):
+        if a["kind"] == "merge":
+            hold = True
+        if a["kind"] == "layer_done" and a["ctx"] == 0 and prog.entries[a["layer"]].backbone:
+            hold = False
+        if a["kind"] == "idle":
+            hold = False
         if a["kind"] != "layer_start":
             continue
         e = prog.entries[a["layer"]]
@@ -150,6 +158,10 @@ def check_timing(prog: NetworkProgram, run: NetworkRun, policies=None, mem: MemT
             L = e.layer
             want = entry_cycles(cfg, L.r, L.p, L.c, b, pol(b, e), bias=e.b_addr != 0, out_mode=e.out_mode,
                                 mem=mem, exit_test=e.exit_id is not None, n_exit=n_exit)
+            nxt_e = prog.entries[a["layer"] + 1]
+            hold_after = hold and not (a["ctx"] == 0 and e.backbone)
+            if step and a["ctx"] == 0 and nxt_e.src != 2 and not hold_after:
+                want += 1          # the decision cycle at the boundary
             checked += 1
             if ev[j]["cycle"] - a["cycle"] != want:
                 bad.append(f"layer {a['layer']} -> {a['layer'] + 1} B={b}: {ev[j]['cycle'] - a['cycle']}, "

@@ -58,6 +58,9 @@ def test_random_network_random_arrivals(sim, cfg, seed, mem):
                                   sched={"mode": "greedy", "seed": seed, "odd": 0.15, "gap": 40})
     checked, bad = check_timing(prog, run, pol, mem)
     assert checked >= 150 and bad == [], bad[:5]
+    _, wrong = check_timing(prog, run, pol, MemTiming(latency=mem.latency + 1, interval=mem.interval,
+                                                       wr_latency=mem.wr_latency))
+    assert len(wrong) >= checked // 2          # the check would catch a wrong model
     assert len(outs) == len(xs)
     assert run.max_b <= cfg.b_max
     kinds = Counter(e["kind"] for e in run.events)
@@ -66,7 +69,7 @@ def test_random_network_random_arrivals(sim, cfg, seed, mem):
     assert run.final_status["free"] == cfg.b_max and run.final_status["mode"] == 0
 
 
-@pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.parametrize("sim", ["icarus"])     # one simulator: the faulty design is a build of its own
 def test_merge_fault_is_caught(sim):
     """A deliberately corrupted merge (every merged sample reads the first catch-up
     sample's activations) must fail the check."""
@@ -147,3 +150,19 @@ def test_compile_errors_name_the_problem():
         compile_network(SMALL, model, w2, thr, crit)
     with pytest.raises(NetworkError, match="net_entries"):
         compile_network(SMALL.replace(net_entries=2), model, weights, thr, crit)
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_step_mode(sim):
+    """Step mode: the FBE waits at every boundary for the scheduler's answer (continue or
+    a preempt); results stay exact and every boundary costs exactly one decision cycle."""
+    rng, prog, xs, arrivals = setup(WIDE, 21, 24, 12000)
+    mem = MemTiming(latency=7)
+    outs, run, refs = run_samples(prog, xs, arrivals, sim=sim, mem=mem, step=True,
+                                  sched={"mode": "greedy", "seed": 21, "odd": 0.0, "gap": 0})
+    assert len(outs) == len(xs)
+    assert sum(e["kind"] == "merge" for e in run.events) >= 1
+    checked, bad = check_timing(prog, run, None, mem, step=True)
+    assert checked >= 50 and bad == [], bad[:5]
+    _, off = check_timing(prog, run, None, mem, step=False)
+    assert off, "step mode must cost a cycle per boundary"

@@ -20,7 +20,9 @@ free), waiting a random 0..``gap`` cycles between requests; ``schedule`` offers 
 ``[cycle, n]`` requests in order instead, then goes on greedily (without odd requests)
 until every sample is done. With ``reset_at`` the bench pulses reset at that
 cycle, checks the NPU came back idle with every slot free, restarts the memory model and
-resubmits the samples that had no result.
+resubmits the samples that had no result. With ``"step": 1`` the FBE runs in step mode
+and the greedy scheduler answers every boundary (``status.decide``): a random B_incr or
+0 (continue).
 
 Results (``result.json``): every result and event with its cycle, the samples lost to a
 reset, the invariant violations seen by the bench, ``max_b`` and the memory after the
@@ -103,6 +105,7 @@ async def _configure(dut, cfg, p):
     dut.table__valid.value = 0
     dut.res_addr.value = p["res_addr"]
     dut.res_shift.value = p["res_shift"]
+    dut.step.value = int(p.get("step", 0))
 
 
 @cocotb.test()
@@ -171,26 +174,14 @@ async def network(dut):
             dut.admit__payload.value = host[0][0] | (host[0][1] << cfg.tag_width)
         else:
             dut.admit__valid.value = 0
-        st = unpack(stl, _int(dut.status, "status"))
-        if pre_n is None:
-            if sched["mode"] == "schedule" and preempts:
-                if preempts[0][0] <= cyc:
-                    pre_n = preempts.popleft()[1]
-            elif cyc >= next_pre and (st["staged"] > 0 or rng.random() < 0.01):
-                room = min(st["staged"], st["free"])
-                if sched["mode"] == "greedy" and rng.random() < sched.get("odd", 0.0):
-                    pre_n = rng.choice([0, st["staged"] + 1, st["free"] + 1])
-                elif room > 0:
-                    pre_n = rng.randint(1, room)
-            if pre_n is not None:
-                pre_n = min(pre_n, (1 << len(dut.preempt__payload)) - 1)
         dut.preempt__valid.value = int(pre_n is not None)
         dut.preempt__payload.value = pre_n or 0
         await ReadOnly()
         if _int(dut.admit__valid, "admit.valid") and _int(dut.admit__ready, "admit.ready"):
             tg, xa = host.popleft()
             in_flight[tg] = xa
-        if pre_n is not None and _int(dut.preempt__ready, "preempt.ready"):
+        taken = pre_n is not None and _int(dut.preempt__ready, "preempt.ready")
+        if taken:
             pre_n = None
             next_pre = cyc + 1 + rng.randint(0, sched.get("gap", 0))
         if _int(dut.results__valid, "results.valid"):
@@ -211,6 +202,24 @@ async def network(dut):
             violations.append(f"cycle {cyc}: {tot} samples in flight > b_max = {cfg.b_max}")
         if len(done_tags) >= n_samples and s2["mode"] == MODE_IDLE and not host:
             break
+        # what to offer on preempt from the next cycle on, from this cycle's settled status
+        st = s2
+        if pre_n is None and not taken:
+            if sched["mode"] == "schedule" and preempts:
+                if preempts[0][0] <= cyc:
+                    pre_n = preempts.popleft()[1]
+            elif P.get("step") and st["decide"] and st["mode"] != MODE_IDLE:
+                room = min(st["staged"], st["free"])         # step mode: answer every boundary
+                pre_n = rng.randint(1, room) if room and rng.random() < 0.5 else 0
+            elif cyc >= next_pre and (st["staged"] > 0 or rng.random() < 0.01):
+                room = min(st["staged"], st["free"])
+                if sched["mode"] == "greedy" and rng.random() < sched.get("odd", 0.0):
+                    pre_n = rng.choice([0, st["staged"] + 1, st["free"] + 1])
+                elif room > 0:
+                    pre_n = rng.randint(1, room)
+            if pre_n is not None:
+                pre_n = min(pre_n, (1 << len(dut.preempt__payload)) - 1)
+
         if cyc > max_cycles:
             raise BenchError(f"timeout: {len(done_tags)} of {n_samples} samples done after {max_cycles} "
                              f"cycles; status {s2}; host queue {len(host)}")
