@@ -76,7 +76,8 @@ def test_tables_round_trip(tmp_path):
         assert (w & 0xFF, 1 << (w >> 8 & 0xF), 1 << (w >> 12)) == (int(br), int(bp), int(k))
     tab = plan.latency_table()
     assert tab.layer_cycles.shape == (5, len(m.layers))
-    assert tab.layer_cycles[3, 0] == plan.layers[2][0].cycles
+    assert tab.layer_cycles[3, 0] == plan.layers[2][0].total_cycles == plan.layers[2][0].cycles + plan.layers[2][0].fbe_cycles
+    assert plan.layers[2][0].fbe_cycles == 5 + 3 + plan.layers[2][0].commands    # entry overhead at B = 3
     assert plan.exit_path_cycles(1)[-1] == sum(tab.layer_cycles[1]) + sum(tab.head_cycles[1])
 
 
