@@ -32,10 +32,8 @@ against the reference is the caller's job (:func:`fluidnpu.hw.fbe_runner.check_n
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +44,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.fbe_layout import (EVENT_NAMES, MODE_IDLE, event_layout, prog_write_layout,
                                     result_layout, status_layout, table_write_layout, unpack)
+from fluidnpu.hw.tb.common import load_params
 from fluidnpu.hw.tb.memory import MemoryModel
 
 RESET_CYCLES = 5
@@ -56,15 +55,7 @@ class BenchError(AssertionError):
     """The NPU misbehaved (timeout, X on an output, a protocol rule)."""
 
 
-def _load():
-    d = os.environ.get("FLUIDNPU_RUN_DIR")
-    if not d:
-        return None, None
-    rd = Path(d)
-    return rd, json.loads((rd / "params.json").read_text())
-
-
-RUN_DIR, P = _load()
+RUN_DIR, P = load_params()
 
 
 def _int(sig, what):

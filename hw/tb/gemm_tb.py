@@ -25,8 +25,6 @@ after every case.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +32,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from fluidnpu.hw.tb.common import load_params
 from fluidnpu.hw.tb.memory import MemoryModel
 
 RESET_CYCLES = 5
@@ -44,15 +43,7 @@ class BenchError(AssertionError):
     """The core misbehaved (timeout, busy protocol, X on a control output)."""
 
 
-def _load_params() -> tuple[Path | None, dict | None]:
-    d = os.environ.get("FLUIDNPU_RUN_DIR")
-    if not d:
-        return None, None
-    run_dir = Path(d)
-    return run_dir, json.loads((run_dir / "params.json").read_text())
-
-
-RUN_DIR, PARAMS = _load_params()
+RUN_DIR, PARAMS = load_params()
 _RESULTS: dict = {"cases": {}}
 
 
