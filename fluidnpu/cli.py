@@ -95,14 +95,21 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> int:
     return path.stat().st_size
 
 
-def _write_hdl(cfg: HwConfig, path: Path, rtlil: bool) -> int:
+#: what ``generate --top`` can emit: the GEMM core alone, or the NPU with its FBE
+TOPS = {"core": "fluidnpu_core", "npu": "fluidnpu_npu"}
+
+
+def _write_hdl(cfg: HwConfig, path: Path, rtlil: bool, top: str = "core") -> int:
     from amaranth.back import rtlil as rtlil_back, verilog
 
-    from fluidnpu.hw.core import NPUCore
-
-    core = NPUCore(cfg)
+    if top == "core":
+        from fluidnpu.hw.core import NPUCore
+        design = NPUCore(cfg)
+    else:
+        from fluidnpu.hw.fbe import FluidNPU
+        design = FluidNPU(cfg)
     back = rtlil_back if rtlil else verilog
-    text = back.convert(core, name="fluidnpu_core")
+    text = back.convert(design, name=TOPS[top])
     return _atomic_write(path, lambda f: f.write(text.encode()))
 
 
@@ -138,17 +145,22 @@ def _out_dtype(cfg: HwConfig, requant: bool):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output file (Verilog, or RTLIL with --rtlil).")
 @click.option("--rtlil", is_flag=True, help="Write RTLIL instead of Verilog.")
-def generate(config_path, sets, output, rtlil):
-    """Generate the NPU core as Verilog or RTLIL (module fluidnpu_core)."""
+@click.option("--top", type=click.Choice(sorted(TOPS)), default="core", show_default=True,
+              help="core: the GEMM core (module fluidnpu_core); npu: the NPU with its Fluid Batching "
+                   "Engine, descriptor memory, control table and exit unit (module fluidnpu_npu, docs/fbe.md).")
+def generate(config_path, sets, output, rtlil, top):
+    """Generate the NPU core, or the whole NPU with its FBE, as Verilog or RTLIL."""
     cfg = _load_config(config_path, sets)
-    _print_config(cfg, "fluidnpu_core parameters")
-    size = _write_hdl(cfg, output, rtlil)
+    _print_config(cfg, f"{TOPS[top]} parameters")
+    size = _write_hdl(cfg, output, rtlil, top)
     click.echo(f"wrote {output} ({'RTLIL' if rtlil else 'Verilog'}, {size:,} bytes)")
 
 
 @main.command()
 @_config_options
-def lint(config_path, sets):
+@click.option("--top", type=click.Choice(sorted(TOPS)), default="core", show_default=True,
+              help="Lint the core alone or the NPU with its FBE.")
+def lint(config_path, sets, top):
     """Lint the generated Verilog with Verilator -Wall; exit 1 on errors or unexplained warnings."""
     import tempfile
 
@@ -157,8 +169,8 @@ def lint(config_path, sets):
     cfg = _load_config(config_path, sets)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "npu.v"
-        _write_hdl(cfg, path, rtlil=False)
-        rep = lint_verilog(path)
+        _write_hdl(cfg, path, rtlil=False, top=top)
+        rep = lint_verilog(path, top=TOPS[top])
     click.echo(rep.format())
     click.echo("explained in docs/lint.md" if rep.ok else "FINDINGS: errors or warning categories not explained")
     if not rep.ok:
@@ -244,7 +256,7 @@ def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out
     layers = plan.layers[batch - 1]
     heads = plan.heads[batch - 1]
     paths = plan.exit_path_cycles(batch)
-    total = sum(p.cycles for p in layers) + sum(p.cycles for h in heads for p in h)
+    total = sum(p.total_cycles for p in layers) + sum(p.total_cycles for h in heads for p in h)
     out = {
         "model": model.name, "batch": batch, "hardware": hardware, "config": cfg.to_dict(),
         "layers": [p.to_dict() for p in layers],
@@ -252,7 +264,7 @@ def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out
         "exit_paths": [{"exit": i, "after_layer": model.exit_layer(i), "cycles": c,
                         "seconds": c * cfg.ns_per_cycle() * 1e-9} for i, c in enumerate(paths)],
         "total_cycles": total,
-        "utilisation": sum(p.macs for p in layers) / (sum(p.cycles for p in layers) * cfg.lanes),
+        "utilisation": sum(p.macs for p in layers) / (sum(p.total_cycles for p in layers) * cfg.lanes),
     }
     if table_out is not None:
         out["tables"] = [str(p) for p in plan.write_tables(table_out)]
@@ -265,7 +277,7 @@ def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out
     for col in ("layer", "<B_R,B_P,k>", "cycles", "utilisation", "roofline eff."):
         t.add_column(col, justify="right" if col != "layer" else "left")
     for p in layers + [p for h in heads for p in h]:
-        t.add_row(p.name, ",".join(map(str, p.policy)), f"{p.cycles:,}", f"{p.utilisation:.3f}",
+        t.add_row(p.name, ",".join(map(str, p.policy)), f"{p.total_cycles:,}", f"{p.utilisation:.3f}",
                   f"{p.roofline_efficiency:.3f}")
     Console().print(t)
     for e in out["exit_paths"]:
@@ -517,3 +529,15 @@ def demo(sim, out_dir, seed):
                f"(roofline {m['roofline_cycles']} cycles)")
     if not ok:
         click.get_current_context().exit(1)
+
+# `fluidnpu sweep` lives in fluidnpu/cli_sweep.py and registers itself on `main`.
+from fluidnpu import cli_sweep as _cli_sweep  # noqa: E402,F401
+
+# `fluidnpu train-digits` registers itself on `main` (fluidnpu/cli_digits.py)
+from fluidnpu import cli_digits as _cli_digits  # noqa: E402,F401
+
+# serving commands (serve, compare) live in their own module and register on `main`
+from fluidnpu import cli_serving as _cli_serving  # noqa: E402,F401
+
+# `fluidnpu network` (the RTL NPU with its FBE) lives in fluidnpu/cli_network.py
+from fluidnpu import cli_network as _cli_network  # noqa: E402,F401

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 __all__ = ["SynthError", "ToolMissing", "ToolFailed", "Tool", "TOOLS", "find_tool",
-           "tool_version", "run_tool", "check_yosys_log", "check_nextpnr_log", "log_tail"]
+           "tool_version", "run_tool", "check_yosys_log", "check_nextpnr_log", "log_tail",
+           "tools_report"]
 
 
 class SynthError(RuntimeError):
@@ -200,3 +201,22 @@ def run_tool(key: str, args: Sequence[str], *, cwd: Path, log: Path,
         if not Path(o).is_file() or Path(o).stat().st_size == 0:
             raise ToolFailed(f"{key} exited normally but did not write {Path(o).name} (log: {log})", log)
     return dt
+
+
+def tools_report() -> tuple[str, bool]:
+    """One line per tool (version and path, or what to install); and whether all are there."""
+    lines, ok = [], True
+    for key in TOOLS:
+        try:
+            exe = find_tool(key)[0]
+            lines.append(f"{key + ':':14} {tool_version(key)} ({exe})")
+        except ToolMissing as e:
+            ok = False
+            lines.append(f"{key + ':':14} MISSING: {e}")
+    return "\n".join(lines), ok
+
+
+if __name__ == "__main__":      # python -m fluidnpu.synth.tools (make doctor)
+    text, all_there = tools_report()
+    print(text)
+    sys.exit(0 if all_there else 1)

@@ -20,6 +20,18 @@ def test_generated_verilog_lints_clean(cfg, tmp_path):
     assert sum(rep.warnings.values()) > 0      # the lint really ran with -Wall
 
 
+@pytest.mark.rtl
+def test_npu_with_fbe_lints_clean(tmp_path):
+    """The whole NPU (core, FBE, exit unit) adds no error and no new warning category."""
+    from click.testing import CliRunner
+    from fluidnpu.cli import main
+    r = CliRunner().invoke(main, ["lint", "--top", "npu", "--set", "tc=4", "--set", "tp=4", "--set", "tr=8",
+                                  "--set", "x_buf_elems=1024", "--set", "w_buf_elems=512", "--set", "mem_bytes=4",
+                                  "--set", "b_max=4", "--set", "net_entries=8", "--set", "max_classes=8"])
+    assert r.exit_code == 0, r.output
+    assert "explained in docs/lint.md" in r.output and "UNUSEDSIGNAL" in r.output
+
+
 def test_parser_flags_errors_and_unexplained_categories():
     text = ("%Warning-WIDTHEXPAND: a.v:1:1: x\n%Warning-LATCH: a.v:2:2: latch inferred\n"
             "%Error: a.v:3:3: syntax error\n%Error: Exiting due to 1 error(s)\n")
