@@ -112,7 +112,7 @@ def make_layer(cfg, rng, o_addr, *, bp=None, k=None, R=None, C=None, n_ch=None, 
         bias = rng.integers(-(1 << 31), 1 << 31, C).astype(np.int64)
     desc = dict(r=R, p=1, c=C, x_addr=0, w_addr=0, b_addr=0, o_addr=o_addr,
                 log2_bp=bp.bit_length() - 1, log2_k=k.bit_length() - 1, bias_en=bias_en,
-                out_mode=out_mode, relu=relu, mult=mult, shift=shift)
+                out_mode=out_mode, relu=relu, mult=mult, shift=shift, rs=0)
     layer = Layer(desc, R, C, bp, k, n_ch, bias)
     acc = np.zeros((R, C), dtype=np.int64)
     n = cfg.tc * cfg.tp

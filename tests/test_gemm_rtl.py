@@ -346,12 +346,13 @@ def _stub_core(behaviour: str):
         from amaranth.hdl import Module, Signal
         from amaranth.lib import stream, wiring
         from amaranth.lib.wiring import In, Out
-        from fluidnpu.hw.interface import layer_desc_layout, mem_port_signature
+        from fluidnpu.hw.interface import gather_signature, layer_desc_layout, mem_port_signature
 
         class Stub(wiring.Component):
             def __init__(self):
                 super().__init__({"cmd": In(stream.Signature(layer_desc_layout(cfg))),
-                                  "busy": Out(1), "mem": Out(mem_port_signature(cfg))})
+                                  "busy": Out(1), "mem": Out(mem_port_signature(cfg)),
+                                  "gather": Out(gather_signature(cfg))})
 
             def elaborate(self, platform):
                 m = Module()
