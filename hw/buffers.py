@@ -8,7 +8,7 @@ end of the reduction.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -77,44 +77,57 @@ class OperandBuffers(wiring.Component):
                 m.submodules[f"{which}bank{bank}"] = mem
                 wp = mem.write_port()
                 rp = mem.read_port()
-                sel = [(el.en & (el.bank == bank) & (self.wr_x if is_x else ~self.wr_x))
-                       for el in self.wr]
-                for el, hit in zip(self.wr, sel):
-                    with m.If(hit):
-                        m.d.comb += [wp.en.eq(1), wp.addr.eq(el.addr), wp.data.eq(el.data)]
+                # At most one element of a beat hits a bank: an AND-OR select, not a priority chain.
+                hits = [(el.en & (el.bank == bank) & (self.wr_x if is_x else ~self.wr_x))
+                        for el in self.wr]
+                addr_or, data_or = 0, 0
+                for el, hit in zip(self.wr, hits):
+                    addr_or = addr_or | Mux(hit, el.addr, 0)
+                    data_or = data_or | Mux(hit, el.data.as_unsigned(), 0)
+                m.d.comb += [wp.en.eq(Cat(*hits).any()), wp.addr.eq(addr_or), wp.data.eq(data_or)]
                 m.d.comb += rp.addr.eq(self.rd_xaddr if is_x else self.rd_waddr)
                 out.append(rp.data)
 
-        # Stage 1 (bank data valid): carry the selects.
-        s1 = Signal(data.StructLayout({
-            "valid": 1, "tag": len(self.rd_tag), "xgrp": range(tc), "wgrp": range(tp),
-            "rem": unsigned(cfg.dim_width + 1)}), name="f1_ctl")
-        m.d.sync += [s1.valid.eq(self.rd_valid), s1.tag.eq(self.rd_tag), s1.xgrp.eq(self.rd_xgrp),
-                     s1.wgrp.eq(self.rd_wgrp), s1.rem.eq(self.rd_rem)]
+        # Stage 1 (bank data valid): the selects and the lane mask, decoded from the read
+        # request and registered, so that stage 2 is only the bank multiplexers.
+        s1 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f1_ctl")
+        m.d.sync += [s1.valid.eq(self.rd_valid), s1.tag.eq(self.rd_tag)]
+        # Per-layer constants of the selects (the policy is stable while a layer runs; they
+        # are registered, valid from the cycle after ``lk``/``lseg`` change).
+        kmask = Signal(range(tc), name="f0_kmask")
+        segmask = Signal(range(tp), name="f0_segmask")
+        m.d.sync += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
+        xsel = [Signal(range(tc), name=f"f1_xgrp_{pe}") for pe in range(tc)]
+        wsel = [Signal(range(tp), name=f"f1_wl_{l}") for l in range(tp)]
+        for pe in range(tc):
+            pk = Signal(range(tc), name=f"f0_pk_{pe}")
+            m.d.sync += pk.eq(pe & kmask)
+            m.d.sync += xsel[pe].eq((self.rd_xgrp << self.lk) | pk)
+        for l in range(tp):
+            ls_ = Signal(range(tp), name=f"f0_ls_{l}")
+            m.d.sync += ls_.eq(l & segmask)
+            m.d.sync += wsel[l].eq((self.rd_wgrp << self.lseg) | ls_)
+        lmask = Signal(n, name="f1_lmask")
+        for pe in range(tc):
+            for l in range(tp):
+                q = Signal(range(n), name=f"f0_q_{pe}_{l}")    # lane's element within S
+                m.d.sync += q.eq(((pe & kmask) << self.lseg) | (l & segmask))
+                m.d.sync += lmask[pe * tp + l].eq(q < self.rd_rem)
 
         # Stage 2: per-PE group select for X, per-lane replication select for W, masking.
-        kmask = Signal(range(tc), name="f1_kmask")
-        segmask = Signal(range(tp), name="f1_segmask")
-        m.d.comb += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
         for pe in range(tc):
-            grp = Signal(range(tc), name=f"f1_xgrp_{pe}")
-            m.d.comb += grp.eq((s1.xgrp << self.lk) | (pe & kmask))
             for l in range(tp):
-                q = Signal(range(n), name=f"f1_q_{pe}_{l}")
-                m.d.comb += q.eq(((pe & kmask) << self.lseg) | (l & segmask))
                 xv = Signal(signed(cfg.data_width), name=f"f1_x_{pe}_{l}")
-                with m.Switch(grp):
+                with m.Switch(xsel[pe]):
                     for g in range(tc):
                         with m.Case(g):
                             m.d.comb += xv.eq(xdata[g * tp + l])
                 wv = Signal(signed(cfg.data_width), name=f"f1_w_{pe}_{l}")
-                wl = Signal(range(tp), name=f"f1_wl_{pe}_{l}")
-                m.d.comb += wl.eq((s1.wgrp << self.lseg) | (l & segmask))
-                with m.Switch(wl):
+                with m.Switch(wsel[l]):
                     for c in range(tp):
                         with m.Case(c):
                             m.d.comb += wv.eq(wdata[pe * tp + c])
-                m.d.sync += [self.x[pe * tp + l].eq(Mux(q < s1.rem, xv, 0)),
+                m.d.sync += [self.x[pe * tp + l].eq(Mux(lmask[pe * tp + l], xv, 0)),
                              self.w[pe * tp + l].eq(wv)]
         m.d.sync += [self.op_valid.eq(s1.valid), self.op_tag.eq(s1.tag)]
         return m

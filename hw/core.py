@@ -7,7 +7,7 @@ writing results. See docs/architecture.md.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out, flipped
 
@@ -139,13 +139,28 @@ class NPUCore(wiring.Component):
         m.d.sync += wr_pending.eq(wr_pending + wr_fire - wr_ack)
 
         # ---- compute issue -------------------------------------------------------------
-        issued = Signal(16, name="ci_groups_issued")
-        popped = Signal(16, name="ci_groups_popped")
-        m.d.sync += popped.eq(popped + (stage.r_en & stage.r_rdy))
-        credit = (issued - popped)[:16] < 2
+        # Groups between issue and the drain (at most two): a new group may start while
+        # fewer than two are in flight.
+        inflight = Signal(range(4), name="ci_inflight")
+        pop = stage.r_en & stage.r_rdy
+        start_g = Signal(name="ci_start_g")
+        m.d.sync += inflight.eq(inflight + start_g - pop)
+        credit = ~inflight[1]
 
         x_cnt = Signal.like(loader.x_done, name="ci_x_cnt")
         w_cnt = Signal.like(loader.w_done, name="ci_w_cnt")
+        # The step's X (W) load is done: ``x_done > x_use`` with ``x_use = x_cnt`` for a new
+        # load, else ``x_cnt - 1`` (the slot of the previous step); one subtraction.
+        # ``x_diff = x_done - x_cnt`` is kept as a small register (the loader's completion
+        # pulses count up, taking a step's load counts down), so the test is shallow.
+        x_diff = Signal(signed(4), name="ci_x_diff")
+        w_diff = Signal(signed(4), name="ci_w_diff")
+        x_take = Signal(name="ci_x_take")
+        w_take = Signal(name="ci_w_take")
+        m.d.sync += [x_diff.eq(x_diff + loader.x_inc - x_take),
+                     w_diff.eq(w_diff + loader.w_inc - w_take)]
+        x_ok = ~x_diff[-1] & (~it.x_new | (x_diff != 0))
+        w_ok = ~w_diff[-1] & (~it.w_new | (w_diff != 0))
         x_use = Signal.like(loader.x_done, name="ci_x_use")
         w_use = Signal.like(loader.w_done, name="ci_w_use")
         m.d.comb += [x_use.eq(Mux(it.x_new, x_cnt, x_cnt - 1)),
@@ -154,29 +169,34 @@ class NPUCore(wiring.Component):
         wslot = Signal(name="ci_wslot")
         g = Signal(range(cfg.tr + 1), name="ci_g")
         s = Signal(cfg.dim_width + 1, name="ci_s")
-        a = Signal(cfg.dim_width + log2(cfg.tr) + 1, name="ci_a")
+        # The virtual X line a = g*n_s + s and the W step s as (line, group) pairs, a = xline*F
+        # + xgrp and s = wline*B_P + wgrp, counted directly (no shifts on the bank addresses).
+        xline = Signal(cfg.dim_width + log2(cfg.tr) + 1, name="ci_xline")
+        xgrp = Signal(range(cfg.tc), name="ci_xgrp")
+        wline = Signal(cfg.dim_width + 1, name="ci_wline")
+        wgrp = Signal(range(cfg.tp), name="ci_wgrp")
         rem = Signal(cfg.dim_width + 1, name="ci_rem")
         trow0 = Signal(log2(cfg.tr) + 2, name="ci_trow0")
+        # Registered loop conditions: s == 0, s == n_s - 1, g == n_g - 1.
+        s_zero = Signal(name="ci_s_zero")
+        last_s = Signal(name="ci_last_s")
+        last_g = Signal(name="ci_last_g")
 
         tag = Signal(_group_tag_layout(cfg), name="ci_tag")
-        rows_left = it.rows - trow0
-        bp = Signal(range(cfg.tp + 1), name="ci_bp")
-        m.d.comb += bp.eq(1 << lp.lbp)
-        last_s = s == it.n_s - 1
-        last_g = g == it.n_g - 1
+        bp = lp.bp
         m.d.comb += [
-            tag.first.eq(s == 0), tag.last.eq(last_s),
+            tag.first.eq(s_zero), tag.last.eq(last_s),
             tag.row0.eq(it.r0 + trow0), tag.trow0.eq(trow0),
-            tag.nrows.eq(Mux(rows_left < bp, rows_left, bp)),
+            tag.nrows.eq(Mux(last_g, it.nr_last, bp)),
             tag.c0.eq(it.c0), tag.ncols.eq(it.ncols),
             tag.first_ch.eq(it.first_ch), tag.last_ch.eq(it.last_ch),
             tag.wslot.eq(wslot),
             tag.x_free.eq(last_g & it.x_last_use), tag.w_free.eq(last_g & it.w_last_use),
             bufs.rd_tag.eq(tag),
-            bufs.rd_xaddr.eq((xslot << log2(cfg.x_depth)) | (a >> lp.lf)),
-            bufs.rd_xgrp.eq(a & ((1 << lp.lf) - 1)),
-            bufs.rd_waddr.eq((wslot << log2(cfg.w_depth)) | (s >> lp.lbp)),
-            bufs.rd_wgrp.eq(s & ((1 << lp.lbp) - 1)),
+            bufs.rd_xaddr.eq((xslot << log2(cfg.x_depth)) | xline),
+            bufs.rd_xgrp.eq(xgrp),
+            bufs.rd_waddr.eq((wslot << log2(cfg.w_depth)) | wline),
+            bufs.rd_wgrp.eq(wgrp),
             bufs.rd_rem.eq(rem),
         ]
 
@@ -192,23 +212,30 @@ class NPUCore(wiring.Component):
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += [loader.start.eq(1), it.restart.eq(1)]
-                m.d.sync += [x_cnt.eq(0), w_cnt.eq(0), issued.eq(0), popped.eq(0)]
+                m.d.sync += [x_cnt.eq(0), w_cnt.eq(0), inflight.eq(0), x_diff.eq(0), w_diff.eq(0)]
                 m.next = "SETUP"
             with m.State("SETUP"):
-                with m.If(_ahead(loader.x_done, x_use) & _ahead(loader.w_done, w_use) & credit):
+                with m.If(x_ok & w_ok & credit):
+                    m.d.comb += [x_take.eq(it.x_new), w_take.eq(it.w_new)]
                     m.d.sync += [xslot.eq(x_use[0]), wslot.eq(w_use[0]),
                                  x_cnt.eq(x_cnt + it.x_new), w_cnt.eq(w_cnt + it.w_new),
-                                 g.eq(0), s.eq(0), a.eq(0), rem.eq(it.len), trow0.eq(0)]
+                                 g.eq(0), s.eq(0), xline.eq(0), xgrp.eq(0), wline.eq(0), wgrp.eq(0),
+                                 rem.eq(it.len), trow0.eq(0),
+                                 s_zero.eq(1), last_s.eq(it.ns_one), last_g.eq(it.ng_one)]
                     m.next = "RUN"
             with m.State("RUN"):
-                go = (s != 0) | credit
-                m.d.comb += bufs.rd_valid.eq(go)
+                go = ~s_zero | credit
+                m.d.comb += [bufs.rd_valid.eq(go), start_g.eq(go & s_zero)]
                 with m.If(go):
-                    m.d.sync += a.eq(a + 1)
-                    with m.If(s == 0):
-                        m.d.sync += issued.eq(issued + 1)
+                    with m.If(xgrp == lp.fmask):
+                        m.d.sync += [xgrp.eq(0), xline.eq(xline + 1)]
+                    with m.Else():
+                        m.d.sync += xgrp.eq(xgrp + 1)
                     with m.If(last_s):
-                        m.d.sync += [s.eq(0), rem.eq(it.len), g.eq(g + 1), trow0.eq(trow0 + bp)]
+                        m.d.sync += [s.eq(0), wline.eq(0), wgrp.eq(0),
+                                     rem.eq(it.len), g.eq(g + 1), trow0.eq(trow0 + bp),
+                                     s_zero.eq(1), last_s.eq(it.ns_one),
+                                     last_g.eq(g == it.ng_m2)]
                         with m.If(last_g):
                             with m.If(it.last_step):
                                 m.next = "FINISH"
@@ -216,9 +243,14 @@ class NPUCore(wiring.Component):
                                 m.d.comb += it.advance.eq(1)
                                 m.next = "SETUP"
                     with m.Else():
-                        m.d.sync += [s.eq(s + 1), rem.eq(rem - (1 << lp.ls))]
+                        with m.If(wgrp == lp.bpmask):
+                            m.d.sync += [wgrp.eq(0), wline.eq(wline + 1)]
+                        with m.Else():
+                            m.d.sync += wgrp.eq(wgrp + 1)
+                        m.d.sync += [s.eq(s + 1), rem.eq(rem - it.step_s),
+                                     s_zero.eq(0), last_s.eq(s == it.ns_m2)]
             with m.State("FINISH"):
-                with m.If((issued == popped) & ~stage.r_rdy & drain.idle & (wr_pending == 0)
+                with m.If((inflight == 0) & ~stage.r_rdy & drain.idle & (wr_pending == 0)
                           & ~pe.out_valid):
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~self.cmd.ready)

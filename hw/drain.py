@@ -271,20 +271,27 @@ class Drain(wiring.Component):
                 m.d.comb += s2_plo[l].eq(y * s2["mult"])
         s2_rowaddr = Signal(cfg.addr_width)
         m.d.comb += s2_rowaddr.eq(s2["row"] * s2["os"])
-        s3 = carry("s3", plo=s2_plo, phi=s2_phi, rowaddr=s2_rowaddr,
+        # The rounding constant 2**(shift-1) (0 for shift 0) and the mask of the bits of q at
+        # or above shift + data_width - 1 (q >> shift fits data_width bits iff they all equal
+        # the sign), decoded here so that s3 and s4 start from registers.
+        s2_half = Cat(s2["shift"] == j + 1 for j in range(W))
+        s2_high = Cat(s2["shift"] + (cfg.data_width - 1) <= j for j in range(W + 1))
+        s3 = carry("s3", plo=s2_plo, phi=s2_phi, rowaddr=s2_rowaddr, half=s2_half, high=s2_high,
                    **{f: s2[f] for f in ("busy", "valid", "colword", "oaddr", "strb", "boff", "off",
                                          "raw", "relu", "shift")})
 
         # -- s3: y * mult + rounding constant, address sum ------------------------------------
-        s3_half = Cat(s3["shift"] == j + 1 for j in range(W))   # 2**(shift-1), 0 for shift 0
+        # Three addends through a carry-save stage: one LUT level and one carry chain.
         s3_q = Signal(data.ArrayLayout(signed(W + 1), E))
         for l in range(E):
-            m.d.comb += s3_q[l].eq((s3["phi"][l] << L) + s3["plo"][l] + s3_half)
+            qa = Signal(W + 1, name=f"s3_qa{l}")
+            qb = Signal(W + 1, name=f"s3_qb{l}")
+            qc = Signal(W + 1, name=f"s3_qc{l}")
+            m.d.comb += [qa.eq(s3["phi"][l] << L), qb.eq(s3["plo"][l]), qc.eq(s3["half"])]
+            m.d.comb += s3_q[l].eq((qa ^ qb ^ qc) + (((qa & qb) | (qa & qc) | (qb & qc)) << 1))
         s3_addr = Signal(cfg.addr_width)
         m.d.comb += s3_addr.eq(s3["oaddr"] + s3["rowaddr"] + s3["colword"])
-        # Bits of q at or above shift + data_width - 1: q >> shift fits data_width bits iff
-        # they are all equal to the sign.
-        s3_high = Cat(s3["shift"] + (cfg.data_width - 1) <= j for j in range(W + 1))
+        s3_high = s3["high"]
         s4 = carry("s4", q=s3_q, addr=s3_addr, high=s3_high,
                    **{f: s3[f] for f in ("busy", "valid", "strb", "boff", "off", "raw", "relu",
                                          "shift")})

@@ -55,6 +55,8 @@ class Loader(wiring.Component):
             "w_free": In(1),
             "x_done": Out(dim + log2(cfg.tr) + 2),
             "w_done": Out(2 * dim + 2),
+            "x_inc": Out(1),            # x_done counts up at the next edge
+            "w_inc": Out(1),
             "rd_addr": Out(cfg.addr_width),
             "rd_valid": Out(1),
             "rd_ready": In(1),
@@ -91,8 +93,6 @@ class Loader(wiring.Component):
             m.d.sync += [x_freed.eq(x_freed + self.x_free), w_freed.eq(w_freed + self.w_free)]
 
         # ---- request generator -------------------------------------------------------
-        nb = Signal(cfg.dim_width + 1, name="rq_nb")           # beats per row of the chunk
-        m.d.comb += nb.eq((it.len * eb + M - 1) >> lm)
         idx = Signal(range(max(cfg.tr, cfg.tc) + 1), name="rq_idx")
         beat = Signal(cfg.dim_width + 1, name="rq_beat")
         pl0 = Signal(cfg.dim_width + 1, name="rq_pl0")
@@ -101,8 +101,9 @@ class Loader(wiring.Component):
         row_addr = Signal(cfg.addr_width, name="rq_row_addr")
         boff = Signal(range(M), name="rq_boff")                # bias byte offset of c0 in its beat
         m.d.comb += boff.eq((it.c0 << 2) & (M - 1))
-        nbb = Signal(cfg.dim_width + 1, name="rq_nbb")
-        m.d.comb += nbb.eq((boff + (it.ncols << 2) + M - 1) >> lm)
+        # bias beats - 1, registered: the bias load starts at least three cycles after a step
+        nbb_m1 = Signal(cfg.dim_width + 1, name="rq_nbb_m1")
+        m.d.sync += nbb_m1.eq(((boff + (it.ncols << 2) + M - 1) >> lm) - 1)
         need_bias = d.bias_en & it.last_ch
 
         tag = Signal(tagl, name="rq_tag")
@@ -111,9 +112,10 @@ class Loader(wiring.Component):
         fire = Signal(name="rq_fire")
         m.d.comb += fire.eq(self.rd_valid & self.rd_ready)
         m.d.comb += tags.w_en.eq(fire)
+        last_beat = Signal(name="rq_last_beat")
+        m.d.comb += last_beat.eq(beat == it.nb_m1)
         nvalid = Signal(range(E + 1), name="rq_nvalid")
-        left = it.len - pl0
-        m.d.comb += nvalid.eq(Mux(left < E, left, E))
+        m.d.comb += nvalid.eq(Mux(last_beat, it.nv_last, E))
 
         def advance(last_beat, last_item, on_row_end, on_last):
             """After a request transfers: next beat, or next row (X) / column (W) of the load."""
@@ -136,12 +138,24 @@ class Loader(wiring.Component):
         g_off = Signal(cfg.addr_width, name="rq_g_off")
         t_j, t_rr, t_off = (Signal.like(v, name=f"rq_t{v.name[4:]}") for v in (g_j, g_rr, g_off))
         n_j, n_rr, n_off = (Signal.like(v, name=f"rq_n{v.name[4:]}") for v in (g_j, g_rr, g_off))
-        tile_first = (it.ct == 0) & (it.ch == 0)
+        tile_first = it.first_ct & it.first_ch
         s_j = Mux(tile_first, n_j, t_j)
         s_rr = Mux(tile_first, n_rr, t_rr)
         s_off = Mux(tile_first, n_off, t_off)
+        # g_wrap: the walk's row is the last of its sample (g_rr == rs - 1), a register
+        # updated with g_rr.
+        rs_m1 = Signal(cfg.dim_width, name="rq_rs_m1")
+        rs_m2 = Signal(cfg.dim_width, name="rq_rs_m2")
+        rs_is1 = Signal(name="rq_rs_is1")
+        m.d.sync += [rs_m1.eq(d.rs - 1), rs_m2.eq(d.rs - 2), rs_is1.eq(d.rs == 1)]
         g_wrap = Signal(name="rq_g_wrap")
-        m.d.comb += g_wrap.eq(g_rr + 1 == d.rs)
+        # Load start addresses less the gather address, registered: XWAIT (WWAIT) comes at
+        # least two cycles after the step's offsets change, so these are current there.
+        x_base = Signal(cfg.addr_width, name="rq_x_base")
+        gp_off = Signal(cfg.addr_width, name="rq_gp_off")
+        w_base = Signal(cfg.addr_width, name="rq_w_base")
+        m.d.sync += [x_base.eq(d.x_addr + it.row_off + it.p_off), gp_off.eq(s_off + it.p_off),
+                     w_base.eq(d.w_addr + it.col_off + it.p_off)]
 
         with m.FSM(name="rq_fsm"):
             with m.State("IDLE"):
@@ -158,16 +172,15 @@ class Loader(wiring.Component):
                     m.next = "NEXT"
             with m.State("XWAIT"):
                 m.d.comb += self.g_idx.eq(s_j)
-                start_addr = Mux(gather, self.g_addr + s_off, d.x_addr + it.row_off) + it.p_off
+                start_addr = Mux(gather, self.g_addr + gp_off, x_base)
                 m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0), abase.eq(0),
                              addr.eq(start_addr), row_addr.eq(start_addr),
-                             g_j.eq(s_j), g_rr.eq(s_rr), g_off.eq(s_off),
+                             g_j.eq(s_j), g_rr.eq(s_rr), g_off.eq(s_off), g_wrap.eq(s_rr == rs_m1),
                              t_j.eq(s_j), t_rr.eq(s_rr), t_off.eq(s_off)]
                 with m.If((x_issued - x_freed)[:len(x_issued)] < 2):
                     m.next = "XISS"
             with m.State("XISS"):
-                last_beat = beat == nb - 1
-                last_row = idx == it.rows - 1
+                last_row = idx == it.rows_m1
                 m.d.comb += [self.rd_valid.eq(tags.w_rdy),
                              tag.kind.eq(KIND_X), tag.slot.eq(x_issued[0]),
                              tag.last.eq(last_beat & last_row), tag.idx.eq(idx),
@@ -181,7 +194,8 @@ class Loader(wiring.Component):
                 def x_row_end():
                     with m.If(((idx + 1) & ((1 << lp.lbp) - 1)) == 0):
                         m.d.sync += abase.eq(abase + it.n_s)
-                    m.d.sync += [g_j.eq(nx_j), g_rr.eq(nx_rr), g_off.eq(nx_off)]
+                    m.d.sync += [g_j.eq(nx_j), g_rr.eq(nx_rr), g_off.eq(nx_off),
+                                 g_wrap.eq(Mux(g_wrap, rs_is1, g_rr == rs_m2))]
                     with m.If(gather & g_wrap):
                         m.d.sync += [addr.eq(self.g_addr + it.p_off), row_addr.eq(self.g_addr + it.p_off)]
 
@@ -193,14 +207,13 @@ class Loader(wiring.Component):
                         m.next = "NEXT"
                 advance(last_beat, last_row, x_row_end, x_last)
             with m.State("WWAIT"):
-                start_addr = d.w_addr + it.col_off + it.p_off
+                start_addr = w_base
                 m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0),
                              addr.eq(start_addr), row_addr.eq(start_addr)]
                 with m.If((w_issued - w_freed)[:len(w_issued)] < 2):
                     m.next = "WISS"
             with m.State("WISS"):
-                last_beat = beat == nb - 1
-                last_col = idx == it.ncols - 1
+                last_col = idx == it.ncols_m1
                 m.d.comb += [self.rd_valid.eq(tags.w_rdy),
                              tag.kind.eq(KIND_W), tag.slot.eq(w_issued[0]),
                              tag.last.eq(last_beat & last_col & ~need_bias), tag.idx.eq(idx),
@@ -215,13 +228,13 @@ class Loader(wiring.Component):
                         m.next = "NEXT"
                 advance(last_beat, last_col, lambda: None, w_last)
             with m.State("BISS"):
-                last_beat = beat == nbb - 1
+                last_bbeat = beat == nbb_m1
                 m.d.comb += [self.rd_valid.eq(tags.w_rdy),
-                             tag.kind.eq(KIND_B), tag.slot.eq(w_issued[0]), tag.last.eq(last_beat),
+                             tag.kind.eq(KIND_B), tag.slot.eq(w_issued[0]), tag.last.eq(last_bbeat),
                              tag.bcol0.eq(_signed(beat << (lm - 2)) - _signed(boff >> 2))]
                 with m.If(fire):
                     m.d.sync += [beat.eq(beat + 1), addr.eq(addr + M)]
-                    with m.If(last_beat):
+                    with m.If(last_bbeat):
                         m.d.sync += w_issued.eq(w_issued + 1)
                         m.next = "NEXT"
             with m.State("NEXT"):
@@ -238,22 +251,32 @@ class Loader(wiring.Component):
         r1 = Signal(data.StructLayout({"valid": 1, "tag": tagl, "beat": 8 * M}), name="r1")
         m.d.sync += [r1.valid.eq(self.resp_valid), r1.tag.eq(rtag), r1.beat.eq(self.resp_data)]
 
+        # Stage r0 (the response cycle; the tag comes from the tag FIFO): per element, the
+        # reduction step ``s`` and the lane within the unit (``j``, ``lo``); registered in r1.
+        smask, segmask, bpmask, fmask = lp.smask, lp.segmask, lp.bpmask, lp.fmask
+        r1_s, r1_j, r1_lo = [], [], []
+        for e in range(E):
+            pl = Signal(cfg.dim_width + 2, name=f"r0_pl{e}")
+            q = Signal(cfg.dim_width + 2, name=f"r0_q{e}")
+            m.d.comb += [pl.eq(rtag.pl0 | e), q.eq(pl & smask)]     # pl0 is a multiple of E
+            rs_ = Signal(cfg.dim_width + 2, name=f"r1_s{e}")
+            rj = Signal(range(cfg.tc), name=f"r1_j{e}")
+            rlo = Signal(range(cfg.tp), name=f"r1_l{e}")
+            m.d.sync += [rs_.eq(pl >> lp.ls), rj.eq(q >> lp.lseg), rlo.eq(q & segmask)]
+            r1_s.append(rs_), r1_j.append(rj), r1_lo.append(rlo)
+        # bias: which unit each 32-bit word of the beat belongs to (one-hot)
+        r1_bhit = Signal(data.ArrayLayout(cfg.tc, M // 4), name="r1_bhit")
+        for wd in range(M // 4):
+            m.d.sync += r1_bhit[wd].eq(Cat(rtag.bcol0 == u - wd for u in range(cfg.tc)))
+
+        # Stage r1: bank and line of every element.
         t = r1.tag
         is_x = t.kind == KIND_X
         is_w = t.kind == KIND_W
-        smask = (1 << lp.ls) - 1
-        segmask = (1 << lp.lseg) - 1
-        bpmask = (1 << lp.lbp) - 1
-        fmask = (1 << lp.lf) - 1
         for e in range(E):
-            pl = Signal(cfg.dim_width + 2, name=f"r1_pl{e}")
-            q = Signal(cfg.dim_width + 2, name=f"r1_q{e}")
-            s = Signal(cfg.dim_width + 2, name=f"r1_s{e}")
-            j = Signal(range(cfg.tc), name=f"r1_j{e}")
-            lo = Signal(range(cfg.tp), name=f"r1_l{e}")
+            s, j, lo = r1_s[e], r1_j[e], r1_lo[e]
             a = Signal(tagl["abase"].shape.width + 1, name=f"r1_a{e}")
-            m.d.comb += [pl.eq(t.pl0 + e), q.eq(pl & smask), s.eq(pl >> lp.ls),
-                         j.eq(q >> lp.lseg), lo.eq(q & segmask), a.eq(t.abase + s)]
+            m.d.comb += a.eq(t.abase + s)
             xbank = (((a & fmask) << (lp.lk + ltp)) | (j << ltp)
                      | ((t.idx & bpmask) << lp.lseg) | lo)
             xaddr = (t.slot << log2(cfg.x_depth)) | (a >> lp.lf)
@@ -270,18 +293,17 @@ class Loader(wiring.Component):
         m.d.sync += self.wr_x.eq(is_x)
 
         for wd in range(M // 4):
-            col = Signal(signed(cfg.dim_width + 3), name=f"r1_bcol{wd}")
-            m.d.comb += col.eq(t.bcol0 + wd)
             word = r1.beat[32 * wd: 32 * (wd + 1)].as_signed()
             for slot in range(2):
                 for u in range(cfg.tc):
-                    with m.If(r1.valid & (t.kind == KIND_B) & (t.slot == slot) & (col == u)):
+                    with m.If(r1.valid & (t.kind == KIND_B) & (t.slot == slot) & r1_bhit[wd][u]):
                         m.d.sync += self.bias[slot][u].eq(word)
 
         # Load completion counts, visible the cycle after the last beat is written.
         done_x = Signal(name="r2_done_x")
         done_w = Signal(name="r2_done_w")
         m.d.sync += [done_x.eq(r1.valid & t.last & is_x), done_w.eq(r1.valid & t.last & ~is_x)]
+        m.d.comb += [self.x_inc.eq(done_x), self.w_inc.eq(done_w)]
         with m.If(self.start):
             m.d.sync += [self.x_done.eq(0), self.w_done.eq(0)]
         with m.Else():

@@ -98,14 +98,35 @@ class PEArray(wiring.Component):
                         m.d.sync += seg[pe][i].eq(0)
         ctl = ctl_stage(ctl, "s2_ctl")
 
-        # Stacking tree across PEs (combinational), then the compacting select:
-        # unit u (head PE u*k), segment i -> index i*tc + u.
+        # Stacking tree across PEs, every level registered; the compacting select
+        # (unit u = head PE u*k, segment i -> index i*tc + u) is at the start of the
+        # accumulate stage, which has only one adder.
         stack = [seg]
         for lvl in range(1, ltc + 1):
             prev = stack[-1]
-            stack.append([[prev[pe][i] + prev[pe + (1 << (lvl - 1))][i] for i in range(tp)]
-                          if pe % (1 << lvl) == 0 else None for pe in range(tc)])
-        comp = [Signal(signed(aw), name=f"s3_unit_{idx}") for idx in range(tc * tp)]
+            nxt = []
+            for pe in range(tc):
+                if pe % (1 << lvl):
+                    nxt.append(None)
+                    continue
+                row = []
+                for i in range(tp):
+                    r = Signal(signed(segw + lvl), name=f"s3_stack{lvl}_{pe}_{i}")
+                    m.d.comb += r.eq(prev[pe][i] + prev[pe + (1 << (lvl - 1))][i])
+                    row.append(r)
+                nxt.append(row)
+            stack.append(nxt)
+        st = [[[None if stack[lvl][pe] is None else
+                Signal(signed(segw + lvl), name=f"s3_st{lvl}_{pe}_{i}") for i in range(tp)]
+               for pe in range(tc)] for lvl in range(ltc + 1)]
+        for lvl in range(ltc + 1):
+            for pe in range(tc):
+                if stack[lvl][pe] is not None:
+                    for i in range(tp):
+                        m.d.sync += st[lvl][pe][i].eq(stack[lvl][pe][i])
+        ctl = ctl_stage(ctl, "s3_ctl")
+
+        comp = [Signal(signed(aw), name=f"s4_unit_{idx}") for idx in range(tc * tp)]
         for i in range(tp):
             for u in range(tc):
                 sig = comp[i * tc + u]
@@ -113,10 +134,9 @@ class PEArray(wiring.Component):
                     for lk in range(ltc + 1):
                         if (u << lk) < tc:
                             with m.Case(lk):
-                                m.d.sync += sig.eq(stack[lk][u << lk][i])
+                                m.d.comb += sig.eq(st[lk][u << lk][i])
                     with m.Default():
-                        m.d.sync += sig.eq(0)
-        ctl = ctl_stage(ctl, "s3_ctl")
+                        m.d.comb += sig.eq(0)
 
         # Accumulate over the cycles of a group; emit on the group's last cycle.
         acc = [Signal(signed(aw), name=f"acc_{idx}") for idx in range(tc * tp)]

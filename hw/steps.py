@@ -3,16 +3,25 @@
 A layer runs as steps ``for rt: for ct: for ch:`` (row tile, column tile, reduction
 chunk); see docs/architecture.md. Everything here is shifts, adds and compares: all
 tile sizes and the run-time policy are powers of two.
+
+Timing: every tile but the last of its kind is full, so a step's sizes are one of two
+per-layer values chosen by a ``last_*`` flag. The flags are registers updated with the
+step counters, and the per-layer values are registers recomputed from ``lp`` (one and
+two cycles after it), so no per-step size is more than a multiplexer away from a flop.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Elaboratable, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import data
 
 from .config import HwConfig
 from .interface import layer_desc_layout, log2
 
 __all__ = ["layer_params_layout", "derive_layer_params", "StepIter"]
+
+
+def _chunk_range(cfg: HwConfig) -> int:
+    return max(cfg.x_buf_elems, cfg.w_buf_elems) * cfg.tc + 1
 
 
 def layer_params_layout(cfg: HwConfig) -> data.StructLayout:
@@ -25,32 +34,57 @@ def layer_params_layout(cfg: HwConfig) -> data.StructLayout:
         "ls": sh,                           # log2 S
         "lf": range(log2(cfg.tc) + 1),      # log2 F
         "lcm": sh,                          # log2 chunk_max
-        "n_rt": unsigned(dim), "n_ct": unsigned(dim), "n_ch": unsigned(dim),
+        # decoded: B_P, F, S and their masks (value - 1), k - 1, tp / B_P - 1
+        "bp": range(cfg.tp + 1), "bpmask": range(cfg.tp),
+        "f": range(cfg.tc + 1), "fmask": range(cfg.tc),
+        "s": range(cfg.lanes + 1), "smask": range(cfg.lanes),
+        "kmask": range(cfg.tc), "segmask": range(cfg.tp),
+        "rt_one": 1, "ct_one": 1, "ch_one": 1,   # one row tile / column tile / chunk
+        "rm": unsigned(max(1, log2(cfg.tr))),    # (R - 1) mod tr: rows of the last row tile - 1
+        "cmod": unsigned(max(1, log2(cfg.tc))),  # (C - 1) mod F
+        "pm": unsigned(dim),                     # (P - 1) mod chunk_max
         "stride": unsigned(cfg.addr_width),  # bytes per X row and per W row
     })
 
 
 def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
     """Drive ``lp`` (a ``layer_params_layout`` view) combinationally from ``desc``."""
-    ltp, ltc = log2(cfg.tp), log2(cfg.tc)
+    ltp, ltc, ltr = log2(cfg.tp), log2(cfg.tc), log2(cfg.tr)
     lx = log2(cfg.x_buf_elems // cfg.tr)
     lw = log2(cfg.w_buf_elems // cfg.tc)
     lm = log2(cfg.mem_bytes)
+    dim = cfg.dim_width
     lcm = Signal.like(lp.lcm, name="lp_lcm")
     m.d.comb += lcm.eq(Mux(desc.log2_k + lw < lx, desc.log2_k + lw, lx))
     lf = Signal.like(lp.lf, name="lp_lf")
     m.d.comb += lf.eq(ltc - desc.log2_k)
+    # Per stacking factor, compares against constants (no variable shifts before a carry chain).
+    ks = range(ltc + 1)
+    ct_one = Array(desc.c <= (cfg.tc >> lk) for lk in ks)[desc.log2_k]
+    ch_one = Array(desc.p <= cfg.chunk_max(1 << lk) for lk in ks)[desc.log2_k]
+    pmask = Array(min(cfg.chunk_max(1 << lk), 1 << dim) - 1 for lk in ks)[desc.log2_k]
+    cmask = Array((cfg.tc >> lk) - 1 for lk in ks)[desc.log2_k]
+    ls = Signal.like(lp.ls, name="lp_ls")
+    lseg = Signal.like(lp.lseg, name="lp_lseg")
+    m.d.comb += [ls.eq(desc.log2_k + ltp - desc.log2_bp), lseg.eq(ltp - desc.log2_bp)]
     pbytes = desc.p * cfg.elem_bytes
     m.d.comb += [
         lp.lbp.eq(desc.log2_bp),
         lp.lk.eq(desc.log2_k),
-        lp.lseg.eq(ltp - desc.log2_bp),
-        lp.ls.eq(desc.log2_k + ltp - desc.log2_bp),
+        lp.lseg.eq(lseg),
+        lp.ls.eq(ls),
         lp.lf.eq(lf),
         lp.lcm.eq(lcm),
-        lp.n_rt.eq((desc.r + cfg.tr - 1) >> log2(cfg.tr)),
-        lp.n_ct.eq((desc.c + (1 << lf) - 1) >> lf),
-        lp.n_ch.eq((desc.p + (1 << lcm) - 1) >> lcm),
+        lp.bp.eq(1 << desc.log2_bp), lp.bpmask.eq((1 << desc.log2_bp) - 1),
+        lp.f.eq(1 << lf), lp.fmask.eq((1 << lf) - 1),
+        lp.s.eq(1 << ls), lp.smask.eq((1 << ls) - 1),
+        lp.kmask.eq((1 << desc.log2_k) - 1), lp.segmask.eq((1 << lseg) - 1),
+        lp.rt_one.eq(desc.r <= cfg.tr),
+        lp.ct_one.eq(ct_one),
+        lp.ch_one.eq(ch_one),
+        lp.rm.eq((desc.r - 1)[:max(1, ltr)] if ltr else 0),
+        lp.cmod.eq((desc.c - 1)[:len(lp.cmod)] & cmask),
+        lp.pm.eq((desc.p - 1)[:dim] & pmask),
         lp.stride.eq(((pbytes + cfg.mem_bytes - 1) >> lm) << lm),
     ]
 
@@ -59,7 +93,9 @@ class StepIter(Elaboratable):
     """Walks the steps of a layer; outputs describe the current step.
 
     ``restart`` goes to step 0, ``advance`` to the next one; the outputs are valid from
-    the cycle after either. Address offsets are kept incrementally (no multipliers).
+    the cycle after either. ``lp`` must be stable from the cycle of ``restart`` on, and
+    ``advance`` must not come before the second cycle after ``restart``. Address offsets
+    are kept incrementally (no multipliers).
     """
 
     def __init__(self, cfg: HwConfig, desc, lp):
@@ -82,59 +118,128 @@ class StepIter(Elaboratable):
         self.row_off = Signal(aw)                  # r0 * stride
         self.col_off = Signal(aw)                  # c0 * stride
         self.p_off = Signal(aw)                    # p0 * elem_bytes
+        self.first_ct = Signal()
         self.first_ch = Signal()
+        self.last_rt = Signal()
+        self.last_ct = Signal()
         self.last_ch = Signal()
         self.last_step = Signal()
         self.x_new = Signal()        # this step loads X
         self.w_new = Signal()        # this step loads W (and bias)
         self.x_last_use = Signal()   # the next step loads X again (or there is none)
         self.w_last_use = Signal()
+        # Sizes for counters that end on a register compare (valid like the outputs above;
+        # the ``_m2`` values from the second cycle after ``restart``).
+        self.rows_m1 = Signal(range(cfg.tr))        # rows - 1
+        self.ncols_m1 = Signal(range(cfg.tc))       # ncols - 1
+        self.ns_one = Signal()                      # n_s == 1
+        self.ns_m2 = Signal(dim + 1)                # n_s - 2 (when n_s >= 2)
+        self.ng_one = Signal()                      # n_g == 1
+        self.ng_m2 = Signal(range(cfg.tr + 1))      # n_g - 2 (when n_g >= 2)
+        self.nr_last = Signal(range(cfg.tp + 1))    # rows of the last group
+        self.nb_m1 = Signal(dim + 1)                # memory beats per row of the chunk - 1
+        self.nv_last = Signal(range(cfg.elems_per_beat + 1))  # elements of a row's last beat
+        self.step_s = Signal(range(cfg.lanes + 1))  # S, reduction elements per cycle
 
     def elaborate(self, platform):
         m = Module()
         cfg, d, lp = self.cfg, self.desc, self.lp
-        ltr = log2(cfg.tr)
-        eb = cfg.elem_bytes
-        last_rt = self.rt == lp.n_rt - 1
-        last_ct = self.ct == lp.n_ct - 1
-        last_ch = self.ch == lp.n_ch - 1
-        single = (lp.n_ct == 1) & (lp.n_ch == 1)
+        dim, ltr = cfg.dim_width, log2(cfg.tr)
+        eb, E = cfg.elem_bytes, cfg.elems_per_beat
+        lE = log2(E)
+
+        # ---- per-layer values, registered from lp (valid one cycle after restart) ---------
+        def reg(name, shape, value):
+            r = Signal(shape, name=f"it_{name}")
+            m.d.sync += r.eq(value)
+            return r
+
+        cmr = _chunk_range(cfg)
+        cm_c = Signal(range(cmr), name="it_cm_c")
+        m.d.comb += cm_c.eq(1 << lp.lcm)
+        cm = reg("cm", range(cmr), cm_c)                                   # chunk_max
+        f = lp.f                                                           # F
+        len_last = reg("len_last", dim + 1, lp.pm + 1)
+        rows_last = reg("rows_last", range(cfg.tr + 1), lp.rm + 1)
+        ncols_last = reg("ncols_last", range(cfg.tc + 1), lp.cmod + 1)
+        nsf = reg("nsf", dim + 1, cm_c >> lp.ls)
+        nsl = reg("nsl", dim + 1, (lp.pm >> lp.ls) + 1)
+        nsf_one = reg("nsf_one", 1, lp.lcm == lp.ls)
+        nsl_one = reg("nsl_one", 1, (lp.pm >> lp.ls) == 0)
+        ngf_m1 = reg("ngf_m1", range(cfg.tr), (cfg.tr - 1) >> lp.lbp)
+        ngl_m1 = reg("ngl_m1", range(cfg.tr), lp.rm >> lp.lbp)
+        nrf = reg("nrf", range(cfg.tp + 1), ((cfg.tr - 1) & lp.bpmask) + 1)
+        nrl = reg("nrl", range(cfg.tp + 1), (lp.rm & lp.bpmask) + 1)
+        nbf_m1 = reg("nbf_m1", dim + 1, (cm_c >> lE) - 1)
+        nbl_m1 = reg("nbl_m1", dim + 1, lp.pm >> lE)
+        nvl = reg("nvl", range(E + 1), (lp.pm & (E - 1)) + 1)
+        n_rt_m1 = reg("n_rt_m1", dim, (d.r - 1)[ltr:] if ltr < dim else 0)
+        n_ct_m1 = reg("n_ct_m1", dim, (d.c - 1)[:dim] >> lp.lf)
+        n_ch_m1 = reg("n_ch_m1", dim, (d.p - 1)[:dim] >> lp.lcm)
+        stride_f = reg("stride_f", cfg.addr_width, lp.stride << lp.lf)
+        p_step = reg("p_step", cfg.addr_width, cm_c * eb)
+        # second stage (valid two cycles after restart, before the first advance)
+        nsf_m2 = reg("nsf_m2", dim + 1, nsf - 2)
+        nsl_m2 = reg("nsl_m2", dim + 1, nsl - 2)
+        ngf_m2 = reg("ngf_m2", range(cfg.tr + 1), ngf_m1 - 1)
+        ngl_m2 = reg("ngl_m2", range(cfg.tr + 1), ngl_m1 - 1)
+        n_rt_m2 = reg("n_rt_m2", dim, n_rt_m1 - 1)
+        n_ct_m2 = reg("n_ct_m2", dim, n_ct_m1 - 1)
+        n_ch_m2 = reg("n_ch_m2", dim, n_ch_m1 - 1)
+
+        # ---- step counters and their flags ----------------------------------------------
+        first_rt = Signal(name="it_first_rt")
+        single = Signal(name="it_single")          # one column tile and one chunk
+        multi_ch = Signal(name="it_multi_ch")
+        m.d.sync += [single.eq(lp.ct_one & lp.ch_one), multi_ch.eq(~lp.ch_one)]
 
         with m.If(self.restart):
             m.d.sync += [self.rt.eq(0), self.ct.eq(0), self.ch.eq(0),
                          self.r0.eq(0), self.c0.eq(0), self.p0.eq(0),
-                         self.row_off.eq(0), self.col_off.eq(0), self.p_off.eq(0)]
+                         self.row_off.eq(0), self.col_off.eq(0), self.p_off.eq(0),
+                         first_rt.eq(1), self.first_ct.eq(1), self.first_ch.eq(1),
+                         self.last_rt.eq(lp.rt_one), self.last_ct.eq(lp.ct_one),
+                         self.last_ch.eq(lp.ch_one)]
         with m.Elif(self.advance):
-            with m.If(~last_ch):
-                m.d.sync += [self.ch.eq(self.ch + 1), self.p0.eq(self.p0 + (1 << lp.lcm)),
-                             self.p_off.eq(self.p_off + ((1 << lp.lcm) * eb))]
+            with m.If(~self.last_ch):
+                m.d.sync += [self.ch.eq(self.ch + 1), self.p0.eq(self.p0 + cm),
+                             self.p_off.eq(self.p_off + p_step),
+                             self.first_ch.eq(0), self.last_ch.eq(self.ch == n_ch_m2)]
             with m.Else():
-                m.d.sync += [self.ch.eq(0), self.p0.eq(0), self.p_off.eq(0)]
-                with m.If(~last_ct):
-                    m.d.sync += [self.ct.eq(self.ct + 1), self.c0.eq(self.c0 + (1 << lp.lf)),
-                                 self.col_off.eq(self.col_off + (lp.stride << lp.lf))]
+                m.d.sync += [self.ch.eq(0), self.p0.eq(0), self.p_off.eq(0),
+                             self.first_ch.eq(1), self.last_ch.eq(lp.ch_one)]
+                with m.If(~self.last_ct):
+                    m.d.sync += [self.ct.eq(self.ct + 1), self.c0.eq(self.c0 + f),
+                                 self.col_off.eq(self.col_off + stride_f),
+                                 self.first_ct.eq(0), self.last_ct.eq(self.ct == n_ct_m2)]
                 with m.Else():
                     m.d.sync += [self.ct.eq(0), self.c0.eq(0), self.col_off.eq(0),
+                                 self.first_ct.eq(1), self.last_ct.eq(lp.ct_one),
                                  self.rt.eq(self.rt + 1), self.r0.eq(self.r0 + cfg.tr),
-                                 self.row_off.eq(self.row_off + (lp.stride << ltr))]
+                                 self.row_off.eq(self.row_off + (lp.stride << ltr)),
+                                 first_rt.eq(0), self.last_rt.eq(self.rt == n_rt_m2)]
 
-        rows_left = d.r - self.r0
-        cols_left = d.c - self.c0
-        len_left = d.p - self.p0
-        cm = Signal(range(max(cfg.x_buf_elems, cfg.w_buf_elems) * cfg.tc + 1))
-        m.d.comb += cm.eq(1 << lp.lcm)
+        lr, lc, lh = self.last_rt, self.last_ct, self.last_ch
         m.d.comb += [
-            self.rows.eq(Mux(rows_left < cfg.tr, rows_left, cfg.tr)),
-            self.ncols.eq(Mux(cols_left < (1 << lp.lf), cols_left, 1 << lp.lf)),
-            self.len.eq(Mux(len_left < cm, len_left, cm)),
-            self.n_s.eq((self.len + (1 << lp.ls) - 1) >> lp.ls),
-            self.n_g.eq((self.rows + (1 << lp.lbp) - 1) >> lp.lbp),
-            self.first_ch.eq(self.ch == 0),
-            self.last_ch.eq(last_ch),
-            self.last_step.eq(last_rt & last_ct & last_ch),
-            self.x_new.eq((lp.n_ch > 1) | (self.ct == 0)),
-            self.w_new.eq(~single | (self.rt == 0)),
-            self.x_last_use.eq((lp.n_ch > 1) | last_ct),
-            self.w_last_use.eq(~single | last_rt),
+            self.rows.eq(Mux(lr, rows_last, cfg.tr)),
+            self.ncols.eq(Mux(lc, ncols_last, f)),
+            self.len.eq(Mux(lh, len_last, cm)),
+            self.n_s.eq(Mux(lh, nsl, nsf)),
+            self.n_g.eq(Mux(lr, ngl_m1, ngf_m1) + 1),
+            self.rows_m1.eq(Mux(lr, lp.rm, cfg.tr - 1)),
+            self.ncols_m1.eq(Mux(lc, lp.cmod, lp.fmask)),
+            self.ns_one.eq(Mux(lh, nsl_one, nsf_one)),
+            self.ns_m2.eq(Mux(lh, nsl_m2, nsf_m2)),
+            self.ng_one.eq(Mux(lr, ngl_m1 == 0, ngf_m1 == 0)),
+            self.ng_m2.eq(Mux(lr, ngl_m2, ngf_m2)),
+            self.nr_last.eq(Mux(lr, nrl, nrf)),
+            self.nb_m1.eq(Mux(lh, nbl_m1, nbf_m1)),
+            self.nv_last.eq(Mux(lh, nvl, E)),
+            self.step_s.eq(lp.s),
+            self.last_step.eq(lr & lc & lh),
+            self.x_new.eq(multi_ch | self.first_ct),
+            self.w_new.eq(~single | first_rt),
+            self.x_last_use.eq(multi_ch | lc),
+            self.w_last_use.eq(~single | lr),
         ]
         return m
