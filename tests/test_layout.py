@@ -134,6 +134,7 @@ def test_desc_pack_unpack_round_trip():
                 "relu": int(rng.integers(0, 2)),
                 "mult": int(rng.integers(-(1 << (cfg.mult_width - 1)), 1 << (cfg.mult_width - 1))),
                 "shift": int(rng.integers(0, 64)),
+                "rs": int(rng.integers(0, 1 << cfg.dim_width)),
             }
             v = pack_desc(cfg, **f)
             assert 0 <= v < (1 << layout.size)
@@ -163,7 +164,7 @@ def test_desc_defaults_and_image_desc():
     f = unpack_desc(cfg, im.desc(mult=-7, shift=5, relu=True, bp=4, k=2))
     assert f == {"r": 2, "p": 3, "c": 4, "x_addr": im.x_addr, "w_addr": im.w_addr,
                  "b_addr": im.b_addr, "o_addr": im.o_addr, "log2_bp": 2, "log2_k": 1,
-                 "bias_en": 1, "out_mode": OUT_REQUANT, "relu": 1, "mult": -7, "shift": 5}
+                 "bias_en": 1, "out_mode": OUT_REQUANT, "relu": 1, "mult": -7, "shift": 5, "rs": 0}
 
 
 @pytest.mark.parametrize("fields, needle", [
