@@ -464,11 +464,16 @@ def evaluate_synth(job: dict, out_root: str | None = None) -> dict:
     except BaseException as e:  # noqa: BLE001 - a record of the failure, not a crash of the sweep
         if isinstance(e, KeyboardInterrupt):
             raise
-        rec["ok"] = False
-        rec["error"] = f"{type(e).__name__}: {e}"
-        rec["traceback"] = traceback.format_exc(limit=6)
+        _record_failure(rec, e)
     rec["elapsed_s"] = round(time.time() - t0, 3)
     return rec
+
+
+def _record_failure(rec: dict, e: BaseException) -> None:
+    """Mark ``rec`` failed with the error and a short traceback (called from the handler)."""
+    rec["ok"] = False
+    rec["error"] = f"{type(e).__name__}: {e}"
+    rec["traceback"] = traceback.format_exc(limit=6)
 
 
 @lru_cache(maxsize=32)
@@ -535,12 +540,10 @@ def evaluate_point(job: dict) -> dict:
             metrics["serve_s"] = round(time.time() - ts, 3)
         rec["metrics"] = metrics
         rec["ok"] = True
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:  # noqa: BLE001 - a record of the failure, not a crash of the sweep
         if isinstance(e, KeyboardInterrupt):
             raise
-        rec["ok"] = False
-        rec["error"] = f"{type(e).__name__}: {e}"
-        rec["traceback"] = traceback.format_exc(limit=6)
+        _record_failure(rec, e)
     rec["elapsed_s"] = round(time.time() - t0, 3)
     return rec
 
