@@ -541,3 +541,6 @@ from fluidnpu import cli_serving as _cli_serving  # noqa: E402,F401
 
 # `fluidnpu network` (the RTL NPU with its FBE) lives in fluidnpu/cli_network.py
 from fluidnpu import cli_network as _cli_network  # noqa: E402,F401
+
+# `fluidnpu cosim` (schedulers driving the RTL) lives in fluidnpu/cli_cosim.py
+from fluidnpu import cli_cosim as _cli_cosim  # noqa: E402,F401

@@ -29,11 +29,13 @@ def _user_errors(f):
     def wrapper(*a, **kw):
         from fluidnpu.sched import SchedulerError
         from fluidnpu.sim.latency import LatencyTableError
-        from fluidnpu.sim.serving import ArrivalError, ScenarioError, TraceError
+        from fluidnpu.sim.network import NetworkError
+        from fluidnpu.sim.serving import ArrivalError, ScenarioError, SimulationError, TraceError
         from fluidnpu.sim.workloads.errors import WorkloadError
         try:
             return f(*a, **kw)
-        except (ScenarioError, SchedulerError, LatencyTableError, ArrivalError, TraceError, WorkloadError) as e:
+        except (ScenarioError, SchedulerError, LatencyTableError, ArrivalError, TraceError, WorkloadError,
+                SimulationError, NetworkError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
     return wrapper
@@ -62,8 +64,10 @@ def _jsonable(x):
 @click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Scenario TOML (default: the shipped default scenario).")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="fluid", show_default=True)
-@click.option("--hardware", type=click.Choice(("rbatch", "fluid")),
-              help="Hardware variant of the latency tables (default: fluid for the fluid scheduler, rbatch otherwise).")
+@click.option("--hardware", type=click.Choice(("rbatch", "fluid", "fbe")),
+              help="Hardware variant of the latency tables (default: fluid for the fluid scheduler, rbatch "
+                   "otherwise); fbe: the FBE mode, cycle-exact with the RTL (single-model scenarios with "
+                   "weights, default the co-simulation's scenario; docs/cosim.md).")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
               help="Seed of the arrival and exit draws (the same for every scheduler).")
 @click.option("--requests", "n_requests", type=click.IntRange(min=1),
@@ -80,27 +84,38 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json
     from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO, load_with_spec, serving_tables, truncate_requests
 
     t0 = time.perf_counter()
-    sc, _ = load_with_spec(scenario_path)
     hw = hardware or ("fluid" if scheduler == "fluid" else "rbatch")
     con = _stderr_console()
-    with con.status("mapping the models (cycle model)...", spinner="dots") if not as_json else _null():
-        tabs = serving_tables(sc)
-    ref = tabs["rbatch"]
-    if n_requests is not None:
-        dur = n_requests / sc.mean_rate
-        sc = replace(sc, duration_s=1.2 * dur + 1e-9, warmup_s=min(sc.warmup_s, sc.warmup_s / sc.duration_s * dur))
-    reqs = generate_requests(sc, seed, slo_bases(sc, ref))
-    if n_requests is not None:
-        reqs = truncate_requests(reqs, n_requests)
-    with con.status(f"simulating {len(reqs):,} requests ({scheduler} on {hw})...", spinner="dots") \
-            if not as_json else _null():
-        t1 = time.perf_counter()
-        res = run(sc, scheduler, tabs[hw], seed, slo_reference=ref, requests=reqs)
-        sim_s = time.perf_counter() - t1
+    if hw == "fbe":
+        from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO as FBE_SCENARIO, prepare, run_model
+        scenario_path = scenario_path or FBE_SCENARIO
+        s = prepare(scenario_path, scheduler, requests=n_requests, seed=seed)
+        sc, reqs = s.scenario, s.requests
+        rec = run_model(s)
+        res, sim_s = rec.result, rec.wall_s
+        tab_src = {s.prog.model.name: s.plans[0].table.source}
+    else:
+        sc, _ = load_with_spec(scenario_path)
+        with con.status("mapping the models (cycle model)...", spinner="dots") if not as_json else _null():
+            tabs = serving_tables(sc)
+        ref = tabs["rbatch"]
+        if n_requests is not None:
+            dur = n_requests / sc.mean_rate
+            sc = replace(sc, duration_s=1.2 * dur + 1e-9,
+                         warmup_s=min(sc.warmup_s, sc.warmup_s / sc.duration_s * dur))
+        reqs = generate_requests(sc, seed, slo_bases(sc, ref))
+        if n_requests is not None:
+            reqs = truncate_requests(reqs, n_requests)
+        with con.status(f"simulating {len(reqs):,} requests ({scheduler} on {hw})...", spinner="dots") \
+                if not as_json else _null():
+            t1 = time.perf_counter()
+            res = run(sc, scheduler, tabs[hw], seed, slo_reference=ref, requests=reqs)
+            sim_s = time.perf_counter() - t1
+        tab_src = {m: t.source for m, t in tabs[hw].items()}
     summ = res.summary()
     out = {"scenario": sc.name, "scenario_file": str(scenario_path or DEFAULT_SCENARIO), "scheduler": scheduler,
            "knobs": res.knobs, "hardware": hw, "seed": seed, "requests": len(reqs),
-           "tables": {m: t.source for m, t in tabs[hw].items()}, "summary": summ, "per_device": res.per_device(),
+           "tables": tab_src, "summary": summ, "per_device": res.per_device(),
            "wall_s": time.perf_counter() - t0, "simulation_s": sim_s}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

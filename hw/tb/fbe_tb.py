@@ -42,12 +42,11 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from fluidnpu.hw.config import HwConfig
-from fluidnpu.hw.fbe_layout import (EVENT_NAMES, MODE_IDLE, event_layout, prog_write_layout,
-                                    result_layout, status_layout, table_write_layout, unpack)
+from fluidnpu.hw.fbe_layout import EVENT_NAMES, MODE_IDLE, event_layout, result_layout, status_layout, unpack
 from fluidnpu.hw.tb.common import load_params
+from fluidnpu.hw.tb.fbe_io import RESET_CYCLES, configure_fbe, reset_fbe
 from fluidnpu.hw.tb.memory import MemoryModel
 
-RESET_CYCLES = 5
 CLOCK_NS = 10
 
 
@@ -65,40 +64,6 @@ def _int(sig, what):
         raise BenchError(f"{what} is X/Z ({sig.value})") from None
 
 
-async def _reset(dut, cycles=RESET_CYCLES):
-    dut.rst.value = 1
-    for n in ("prog__valid", "table__valid", "admit__valid", "preempt__valid"):
-        getattr(dut, n).value = 0
-    dut.results__ready.value = 1
-    dut.events__ready.value = 1
-    MemoryModel.drive_idle(dut)
-    for _ in range(cycles):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
-
-
-async def _configure(dut, cfg, p):
-    edge = RisingEdge(dut.clk)
-    pl = prog_write_layout(cfg)
-    el_bits = pl["entry"].offset
-    for i, e in enumerate(p["entries"]):
-        await edge
-        dut.prog__valid.value = 1
-        dut.prog__payload.value = i | (int(e, 16) << el_bits)
-    await edge
-    dut.prog__valid.value = 0
-    tl = table_write_layout(cfg)
-    for b, lid, word in p["table"]:
-        await edge
-        dut.table__valid.value = 1
-        dut.table__payload.value = (b << tl["b"].offset) | (lid << tl["lid"].offset) | (word << tl["word"].offset)
-    await edge
-    dut.table__valid.value = 0
-    dut.res_addr.value = p["res_addr"]
-    dut.res_shift.value = p["res_shift"]
-    dut.step.value = int(p.get("step", 0))
-
-
 @cocotb.test()
 async def network(dut):
     cfg = HwConfig(**P["cfg"])
@@ -107,8 +72,9 @@ async def network(dut):
     sched = P["sched"]
     rng = random.Random(sched.get("seed", 0))
     Clock(dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
-    await _reset(dut)
-    await _configure(dut, cfg, P)
+    await reset_fbe(dut)
+    await configure_fbe(dut, cfg, P["entries"], P["table"], P["res_addr"], P["res_shift"],
+                        P.get("step", 0))
 
     def new_model():
         m = MemoryModel(dut, mem, mem_bytes=cfg.mem_bytes, addr_width=cfg.addr_width,
@@ -143,7 +109,7 @@ async def network(dut):
         if reset_at is not None and cyc >= reset_at:
             reset_at = None
             model.stop()
-            await _reset(dut)
+            await reset_fbe(dut)
             await ReadOnly()
             st = unpack(stl, _int(dut.status, "status"))
             if st["mode"] != MODE_IDLE or st["free"] != cfg.b_max or st["staged"] != 0:

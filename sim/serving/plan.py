@@ -6,7 +6,19 @@ import numpy as np
 from ..latency import LatencyTable
 from ..workloads.model import EEModel
 
-__all__ = ["ModelPlan", "Batch"]
+__all__ = ["ModelPlan", "Batch", "op_sequence"]
+
+
+def op_sequence(model: EEModel) -> list[tuple[str, int]]:
+    """The ops of ``model`` in execution order: ``("layer", l)``, with ``("head", h)`` right
+    after layer ``exits[h].after``."""
+    head_at = {e.after: h for h, e in enumerate(model.exits)}
+    ops = []
+    for l in range(len(model.layers)):
+        ops.append(("layer", l))
+        if l in head_at:
+            ops.append(("head", head_at[l]))
+    return ops
 
 
 class ModelPlan:
@@ -30,13 +42,7 @@ class ModelPlan:
         self.index, self.model, self.table = index, model, table
         self.name = model.name
         nh = len(model.exits)
-        head_at = {e.after: h for h, e in enumerate(model.exits)}
-        ops = []
-        for l in range(len(model.layers)):
-            ops.append(("layer", l))
-            if l in head_at:
-                ops.append(("head", head_at[l]))
-        self.ops = ops
+        self.ops = ops = op_sequence(model)
         self.n_ops = n = len(ops)
         self.n_exits = nh + 1
         self.b_max = table.b_max
@@ -101,6 +107,13 @@ class Batch:
         self._groups = g
         self._dl = deadline
         self.min_deadline = min(deadline[r] for r in rids)
+
+    def absorb(self, other: "Batch") -> None:
+        """A merge: ``other``'s members join this batch."""
+        for i, g in enumerate(other._groups):
+            self._groups[i].extend(g)
+        self.size += other.size
+        self.min_deadline = min(self.min_deadline, other.min_deadline)
 
     def rids(self) -> list[int]:
         """Member request ids in arrival order (the order reveals nothing about exits)."""

@@ -12,7 +12,7 @@ from .result import Result
 from .scenario import Requests, Scenario, ScenarioError, generate_requests, load_scenario, scenario_from_dict
 from .simulator import Simulator
 
-__all__ = ["run", "resolve_tables", "as_scenario", "slo_bases"]
+__all__ = ["run", "resolve_tables", "as_scenario", "slo_bases", "warm_window"]
 
 
 def as_scenario(s, models=None) -> Scenario:
@@ -60,6 +60,16 @@ def slo_bases(scenario: Scenario, tables) -> dict[str, float]:
     return {name: t.batch1_latency_s() for name, t in resolve_tables(tables, scenario, "slo_reference").items()}
 
 
+def warm_window(sc: Scenario, arrival: np.ndarray) -> tuple[np.ndarray, float]:
+    """Requests outside the warm-up (``measured``) and the time statistics start (inf if none)."""
+    measured = (np.arange(arrival.size) >= sc.warmup_requests) & (arrival >= sc.warmup_s)
+    if not measured.any():
+        return measured, float("inf")
+    if sc.warmup_requests > 0:
+        return measured, max(sc.warmup_s, float(arrival[measured][0]))
+    return measured, float(sc.warmup_s)
+
+
 def run(scenario, scheduler, tables, seed: int = 0, *, slo_reference=None, check: bool = False,
         models=None, requests: Requests | None = None) -> Result:
     """Simulate ``scenario`` served by ``scheduler`` on the hardware described by ``tables``.
@@ -82,14 +92,7 @@ def run(scenario, scheduler, tables, seed: int = 0, *, slo_reference=None, check
         requests = generate_requests(sc, seed, base)
     plans = [ModelPlan(i, m, tabs[m.name], base[m.name]) for i, m in enumerate(sc.models)]
     n = len(requests)
-    idx = np.arange(n)
-    measured = (idx >= sc.warmup_requests) & (requests.arrival >= sc.warmup_s)
-    if not measured.any():
-        t_warm = float("inf")
-    elif sc.warmup_requests > 0:
-        t_warm = max(sc.warmup_s, float(requests.arrival[measured][0]))
-    else:
-        t_warm = float(sc.warmup_s)
+    measured, t_warm = warm_window(sc, requests.arrival)
     sim = Simulator(requests, plans, scheduler, warmup_t=t_warm, queue_capacity=sc.queue_capacity, check=check)
     sim.run()
     t_end = sim.t_end

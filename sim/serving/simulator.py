@@ -298,10 +298,7 @@ class Simulator:
                 t1 = t + pl.merge_s
                 self._busy(t, t1)
                 t = t1
-                for i, g in enumerate(run._groups):
-                    par._groups[i].extend(g)
-                par.size += run.size
-                par.min_deadline = min(par.min_deadline, run.min_deadline)
+                par.absorb(run)
                 self.running, self.paused = par, None
                 self.merges += 1
                 need = True

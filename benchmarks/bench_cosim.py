@@ -1,0 +1,66 @@
+"""Co-simulation: every scheduler that the FBE can carry out drives the RTL on one trace;
+the serving simulator's FBE mode serves the same trace; agreement and speed.
+
+    python benchmarks/bench_cosim.py [--requests 200] [--seed 1] [--sim verilator|icarus]
+                                     [--scenario S.toml] [--loads 1.0,1.5]
+
+Prints per scheduler (and load factor: every device rate times it) the agreement, the
+served requests, mean and p99 latency (us), SLO attainment, utilisation, mean batch,
+preemptions, merges, RTL cycles, wall seconds of the RTL run and of the model run, and
+the RTL's simulated cycles per second. The table in docs/cosim.md comes from here.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, agreement, prepare, run_model, run_rtl
+from fluidnpu.sim.serving import load_scenario
+from fluidnpu.sim.serving.arrivals import Poisson
+
+SCHEDULERS = [("fluid", {}), ("lazy", {}), ("fcfs", {}), ("clipper", {}), ("dynamic", {"max_delay_ms": 0.01})]
+
+
+def scaled(sc, k):
+    devs = []
+    for d in sc.devices:
+        if not isinstance(d.arrivals, Poisson):
+            raise SystemExit(f"--loads: device {d.name!r} is not Poisson; scale its rate in the scenario instead")
+        devs.append(replace(d, arrivals=Poisson(d.arrivals.rate * k)))
+    return replace(sc, devices=tuple(devs))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
+    ap.add_argument("--scenario", default=str(DEFAULT_SCENARIO))
+    ap.add_argument("--loads", default="1.0", help="comma-separated factors on every device's rate")
+    a = ap.parse_args(argv)
+    base = load_scenario(a.scenario)
+    print("| load | scheduler | agreement | served | mean us | p99 us | SLO | util | batch | preempt | merges "
+          "| RTL cycles | RTL s | model s | cycles/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    bad = 0
+    for k in (float(x) for x in a.loads.split(",")):
+        sc = scaled(base, k)
+        for name, kn in SCHEDULERS:
+            s = prepare(sc, (name, kn), requests=a.requests, seed=a.seed)
+            m = run_model(s)
+            r = run_rtl(s, a.sim)
+            ag = agreement(m, r)
+            bad += ag["mismatches"]
+            x = r.result.summary()
+            label = name + (f" ({', '.join(f'{kk}={v}' for kk, v in kn.items())})" if kn else "")
+            print(f"| {k:g} | {label} | {ag['agreement']:.4f} | {x['served']} | {x['mean_ms'] * 1e3:.2f} | "
+                  f"{x['p99_ms'] * 1e3:.2f} | {x['slo_attainment']:.3f} | {x['utilisation']:.3f} | "
+                  f"{x['mean_batch_size']:.2f} | {x['preemptions']} | {x['merges']} | {r.cycles:,} | "
+                  f"{r.wall_s:.1f} | {m.wall_s:.3f} | {r.extra['dut_cycles'] / r.wall_s:,.0f} |", flush=True)
+    print(f"mismatching requests in total: {bad}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

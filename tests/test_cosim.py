@@ -1,0 +1,175 @@
+"""Co-simulation: the schedulers of sched/ drive the RTL NPU with its FBE, and the serving
+simulator's FBE mode serves the same trace to the same cycles (docs/cosim.md)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fluidnpu.cli import main
+from fluidnpu.sched import preempt
+from fluidnpu.sched.preemptive import Lazy
+from fluidnpu.sim.cosim.host import CosimError
+from fluidnpu.sim.cosim.run import agreement, prepare, run_model, run_rtl
+from fluidnpu.sim.cosim.timing import FbeTiming
+from fluidnpu.sim.serving import ScenarioError
+
+SCHEDULERS = [("fluid", {}), ("lazy", {}), ("fcfs", {}), ("clipper", {}), ("dynamic", {"max_delay_ms": 0.01})]
+N_RTL = 48
+
+
+@pytest.fixture(scope="module")
+def setups():
+    return {name: prepare(None, (name, kn), requests=N_RTL, seed=3) for name, kn in SCHEDULERS}
+
+
+@pytest.fixture(scope="module")
+def rtl_runs(setups):
+    """One Verilator run per scheduler, shared by the tests below (one build of the NPU)."""
+    return {}
+
+
+def _rtl(setups, rtl_runs, name):
+    if name not in rtl_runs:
+        rtl_runs[name] = run_rtl(setups[name], "verilator")
+    return rtl_runs[name]
+
+
+# -- the serving simulator's FBE mode alone ------------------------------------------------
+
+@pytest.mark.parametrize("name,knobs", SCHEDULERS)
+def test_fbe_mode_serves_every_request(name, knobs):
+    s = prepare(None, (name, knobs), requests=200, seed=1)
+    m = run_model(s)
+    fin, st, arr = m.finish_cycle, m.start_cycle, s.arrival_cycle
+    assert (fin >= 0).all(), "every request is served (no queue capacity in the scenario)"
+    assert (st >= arr).all() and (fin > st).all()
+    assert np.array_equal(m.result.exit, s.exits), "requests leave at their reference exits"
+    # nobody finishes faster than its exit path alone at batch 1
+    tab = s.timing.latency_table()
+    fastest = np.array([tab.batch1_latency_cycles(int(e)) for e in s.exits])
+    assert (fin - arr >= fastest).all()
+    if name in ("fluid", "lazy"):
+        assert m.result.preemptions > 0 and m.result.merges > 0, "the scenario exercises catch-ups and merges"
+
+
+def test_a_catchup_that_empties_resumes_the_paused_batch():
+    s = prepare(None, ("fluid", {}), requests=200, seed=1)
+    m = run_model(s)
+    kinds = [e[1] for e in m.events]
+    assert "resume" in kinds and "merge" in kinds
+
+
+def test_preempt_without_merge_is_refused_with_the_reason():
+    class NoMerge(Lazy):
+        name = "nomerge"
+
+        def decide(self, view):
+            d = super().decide(view)
+            return preempt(d[1], d[2], merge=False) if d[0] == "preempt" else d
+
+    s = prepare(None, ("lazy", {}), requests=200, seed=1)
+    s.scheduler = (NoMerge(), {})
+    with pytest.raises(CosimError, match=r"merge=False.*merges every catch-up"):
+        run_model(s)
+
+
+def test_multi_model_scenario_is_refused():
+    from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO
+    with pytest.raises(ScenarioError, match="exactly one model"):
+        prepare(DEFAULT_SCENARIO, "fluid", requests=10)
+
+
+def test_model_without_weights_is_refused(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text('duration_s = 0.01\n[[device]]\nname = "x"\nmodel = "resnet18"\nslo_mult = 3\n'
+                 'arrivals = { kind = "poisson", rate = 1000.0 }\n')
+    with pytest.raises(ScenarioError, match="needs a network with weights"):
+        prepare(p, "fluid", requests=5)
+
+
+def test_timing_groups_entries_into_the_simulators_ops():
+    s = prepare(None, "fcfs", requests=5)
+    T = s.timing
+    assert T.n_ops == len(s.plans[0].ops)
+    # the FBE table the schedulers predict with: bigger batches never cost less per op
+    tab = T.latency_table()
+    assert (np.diff(tab.layer_cycles[1:], axis=0) >= 0).all()
+    assert isinstance(T, FbeTiming) and tab.batch1_latency_cycles() > 0
+
+
+# -- the RTL ---------------------------------------------------------------------------------
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("name", [n for n, _ in SCHEDULERS])
+def test_rtl_agrees_with_the_serving_simulator(setups, rtl_runs, name):
+    """Same trace, same scheduler object code: every completion cycle equal, every result
+    bit-exact with the numpy reference, the same metrics."""
+    s = setups[name]
+    rtl = _rtl(setups, rtl_runs, name)
+    model = run_model(s)
+    a = agreement(model, rtl)
+    assert a["agreement"] == 1.0, a
+    assert rtl.extra["logits_ok"] == N_RTL
+    sm, sr = model.result.summary(), rtl.result.summary()
+    for k in ("hardware",):
+        sm.pop(k), sr.pop(k)
+    assert sm == sr
+    assert model.events == rtl.events
+    if name in ("fluid", "lazy"):
+        assert rtl.result.merges > 0
+
+
+@pytest.mark.rtl
+def test_agreement_catches_a_wrong_timing_model(setups, rtl_runs):
+    """The check has teeth: one cycle more per leaving sample in the model breaks it."""
+    s = setups["fluid"]
+    rtl = _rtl(setups, rtl_runs, "fluid")
+    T = FbeTiming(s.prog, s.policies, s.mem)
+    T.exit_leave = [c + 1 if c else 0 for c in T.exit_leave]
+    s2 = prepare(None, ("fluid", {}), requests=N_RTL, seed=3)
+    s2.timing = T
+    a = agreement(run_model(s2), rtl)
+    assert a["agreement"] < 1.0 and a["mismatches"] > 0
+
+
+@pytest.mark.rtl
+def test_cosim_cli_matches_serve(tmp_path):
+    """`fluidnpu cosim` (RTL) and `fluidnpu serve --hardware fbe` write the same per-request CSV."""
+    r = CliRunner().invoke(main, ["cosim", "--requests", "24", "--scheduler", "lazy", "--json",
+                                  "--out", str(tmp_path / "co")])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["agreement"] == 1.0 and d["requests"] == 24
+    assert d["rtl"]["samples_checked"] == 24
+    for k in ("mean_ms", "p99_ms", "slo_attainment", "slo_attainment_at", "utilisation", "exits_per_head"):
+        assert k in d["summary"]
+    r2 = CliRunner().invoke(main, ["serve", "--hardware", "fbe", "--scheduler", "lazy", "--requests", "24",
+                                   "--json", "--out", str(tmp_path / "sv")])
+    assert r2.exit_code == 0, r2.output
+    a = (tmp_path / "co" / "requests.csv").read_text()
+    assert a == (tmp_path / "sv" / "requests.csv").read_text()
+    assert a == (tmp_path / "co" / "requests_serve.csv").read_text()
+    comp = (tmp_path / "co" / "completion.csv").read_text().splitlines()
+    assert len(comp) == 25 and all(line.endswith(",1") for line in comp[1:])
+
+
+@pytest.mark.rtl
+def test_cosim_on_icarus():
+    s = prepare(None, ("fluid", {}), requests=12, seed=5)
+    a = agreement(run_model(s), run_rtl(s, "icarus"))
+    assert a["agreement"] == 1.0, a
+
+
+def test_cosim_cli_bad_input(tmp_path):
+    r = CliRunner().invoke(main, ["cosim", "--knob", "max_delay_ms"])
+    assert r.exit_code == 2 and "NAME=VALUE" in r.output
+    r = CliRunner().invoke(main, ["cosim", "--scheduler", "dynamic", "--knob", "max_delay_ms=-1"])
+    assert r.exit_code == 2 and "max_delay_ms" in r.output
+    from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO
+    r = CliRunner().invoke(main, ["cosim", "--scenario", str(DEFAULT_SCENARIO)])
+    assert r.exit_code == 2 and "exactly one model" in r.output
+    r = CliRunner().invoke(main, ["cosim", "--set", "b_max=0"])
+    assert r.exit_code == 2 and "b_max" in r.output
