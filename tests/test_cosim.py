@@ -173,3 +173,31 @@ def test_cosim_cli_bad_input(tmp_path):
     assert r.exit_code == 2 and "exactly one model" in r.output
     r = CliRunner().invoke(main, ["cosim", "--set", "b_max=0"])
     assert r.exit_code == 2 and "b_max" in r.output
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("latency,policy", [(5, "rbatch"), (11, "whole")])
+def test_rtl_agrees_under_other_memory_timings_and_policies(latency, policy):
+    from fluidnpu.hw.runner import MemTiming
+    s = prepare(None, ("fluid", {}), requests=40, seed=2, mem=MemTiming(latency=latency), policy=policy)
+    model, rtl = run_model(s), run_rtl(s, "verilator")
+    assert agreement(model, rtl)["agreement"] == 1.0
+    assert model.events == rtl.events and rtl.result.merges > 0
+
+
+def test_drops_by_the_scheduler_are_recorded():
+    """dynamic's timeout drops queued requests (the host holds the queue, so a request that
+    was never staged can be dropped); a queue emptied by drops is not an error."""
+    s = prepare(None, ("dynamic", {"max_delay_ms": 0.01, "timeout_ms": 0.012}), requests=200, seed=1)
+    m = run_model(s)
+    dropped = m.finish_cycle < 0
+    assert dropped.sum() > 0 and (m.result.drop_reason[dropped] == "timeout").all()
+    assert (m.result.drop_reason[~dropped] == "").all()
+
+
+@pytest.mark.rtl
+def test_rtl_agrees_with_drops():
+    s = prepare(None, ("dynamic", {"max_delay_ms": 0.01, "timeout_ms": 0.012}), requests=80, seed=1)
+    model, rtl = run_model(s), run_rtl(s, "verilator")
+    assert (model.finish_cycle < 0).sum() > 0
+    assert agreement(model, rtl)["agreement"] == 1.0

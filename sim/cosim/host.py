@@ -136,7 +136,7 @@ class Host(Simulator):
         if k == "preempt":
             self._fail("preempt with no running batch: use start(...)")
         if k in ("continue", "hold"):
-            if self.next_arrival() is None:
+            if self.n_queued and self.next_arrival() is None:
                 self._fail(f"left {self.n_queued} requests queued with no arrivals to come")
             return []
         if k == "wait":
@@ -145,7 +145,7 @@ class Host(Simulator):
                 self._fail(f"wait(until={d[1]!r}): must be later than now")
             if u < math.inf:
                 self.wake = max(c + 1, math.ceil(u * self.f - 1e-6))
-            elif self.next_arrival() is None:
+            elif self.n_queued and self.next_arrival() is None:
                 self._fail(f"left {self.n_queued} requests queued with no arrivals to come")
             return []
         self._fail(f"unknown decision {d!r}")
