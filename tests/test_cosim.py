@@ -201,3 +201,43 @@ def test_rtl_agrees_with_drops():
     model, rtl = run_model(s), run_rtl(s, "verilator")
     assert (model.finish_cycle < 0).sum() > 0
     assert agreement(model, rtl)["agreement"] == 1.0
+
+
+def _random_setup(seed, sched, n=40):
+    """A random early-exit network (two exits, heads of one or two layers) on the digits
+    configuration's NPU, random inputs, Poisson arrivals at 1.3 x its batch-1 capacity."""
+    from fluidnpu.sim.cosim.run import COSIM_CONFIG
+    from fluidnpu.sim.network import random_network
+    rng = np.random.default_rng(seed)
+    net = random_network(COSIM_CONFIG, rng, n_layers=int(rng.integers(4, 6)), n_exits=2,
+                         classes=int(rng.integers(3, 11)), name=f"rand{seed}")
+    l0 = net[0].layers[0]
+    xs = rng.integers(-128, 128, size=(64, l0.r, l0.p))
+
+    def sc(rate):
+        return {"name": "rand", "duration_s": 1.0, "device": [
+            {"name": "d", "model": net[0].name, "slo_mult": 3, "arrivals": {"kind": "poisson", "rate": rate}}]}
+    b1 = prepare(sc(1000.0), sched, requests=5, seed=seed, network=net, inputs=xs).plans[0].iso_s
+    return prepare(sc(1.3 / b1), sched, requests=n, seed=seed, network=net, inputs=xs)
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("seed,sched", [(1, "fluid"), (2, "lazy"), (5, "fluid")])
+def test_rtl_agrees_on_random_networks(seed, sched):
+    """Random networks, including two-layer heads (no decision inside a head) and every
+    exit taken: completion cycles and event streams equal."""
+    s = _random_setup(seed, sched)
+    assert (np.bincount(s.exits, minlength=3) > 0).all()
+    model, rtl = run_model(s), run_rtl(s, "verilator")
+    assert agreement(model, rtl)["agreement"] == 1.0
+    assert model.events == rtl.events and rtl.result.merges > 0
+
+
+def test_network_and_scenario_must_match():
+    s = _random_setup(3, "fcfs", n=5)
+    with pytest.raises(ScenarioError, match="exactly that one model"):
+        prepare(None, "fcfs", requests=5, network=s.network, inputs=s.inputs)
+    with pytest.raises(ScenarioError, match="inputs: shape"):
+        prepare({"name": "x", "duration_s": 1.0, "device": [{"name": "d", "model": s.network.model.name,
+                 "slo_mult": 3, "arrivals": {"kind": "poisson", "rate": 1e4}}]}, "fcfs", requests=5,
+                network=s.network, inputs=np.zeros((4, 3, 3), dtype=np.int64))

@@ -61,6 +61,8 @@ class CosimSetup:
     t_warm: float
     seed: int
     mem_image: np.ndarray = field(repr=False, default=None)
+    network: object = field(repr=False, default=None)   #: the Network (model, weights, thresholds, criteria)
+    inputs: np.ndarray = field(repr=False, default=None)
 
 
 def _network_for(sc: Scenario):
@@ -80,20 +82,43 @@ def _network_for(sc: Scenario):
 
 
 def prepare(scenario=None, scheduler="fluid", *, cfg: HwConfig = COSIM_CONFIG, requests: int | None = 200,
-            seed: int = 1, mem: MemTiming = MemTiming(latency=20), policy: str = "auto") -> CosimSetup:
-    """Draw the trace and build the program, the timing and the plans (see the module doc)."""
+            seed: int = 1, mem: MemTiming = MemTiming(latency=20), policy: str = "auto", network=None,
+            inputs=None) -> CosimSetup:
+    """Draw the trace and build the program, the timing and the plans (see the module doc).
+
+    ``network``: ``(model, weights, thresholds, criteria)`` to run instead of the zoo
+    model the scenario names (a scenario dict may then name ``model.name``); ``inputs``:
+    the samples requests draw from (default: the network's ``test:x``)."""
     from fluidnpu.sched import make
     from fluidnpu.sched.mapper import map_model
     from ..serving.compare import truncate_requests
 
-    sc = as_scenario(DEFAULT_SCENARIO if scenario is None else scenario)
+    from ..workloads.weights import Network
+    if network is not None:
+        network = Network(*network)
+        def look(name):
+            from ..workloads import zoo
+            return network.model if name == network.model.name else zoo.load(name)
+        sc = as_scenario(DEFAULT_SCENARIO if scenario is None else scenario, models=look)
+        if [m.name for m in sc.models] != [network.model.name]:
+            raise ScenarioError(f"scenario {sc.name!r}: models {[m.name for m in sc.models]}: the network given is "
+                                f"{network.model.name!r}; the scenario must use exactly that one model")
+        net = network
+    else:
+        sc = as_scenario(DEFAULT_SCENARIO if scenario is None else scenario)
+        net = _network_for(sc)
     if isinstance(scheduler, str):
         scheduler = (scheduler, {})
     make(scheduler[0], **dict(scheduler[1]))          # name and knobs are valid
-    net = _network_for(sc)
     model = net.model
-    xs = np.asarray(net.weights["test:x"]).astype(np.int64)
-    labels = np.asarray(net.weights["test:y"]) if "test:y" in net.weights else None
+    if inputs is None and "test:x" not in net.weights:
+        raise ScenarioError(f"network {model.name!r}: no inputs given and no test inputs ('test:x') in its weights")
+    xs = np.asarray(net.weights["test:x"] if inputs is None else inputs).astype(np.int64)
+    l0 = model.layers[0]
+    xs = xs.reshape(xs.shape[0], l0.r, l0.p) if xs.ndim == 2 else xs
+    if xs.ndim != 3 or xs.shape[1:] != (l0.r, l0.p) or xs.shape[0] == 0:
+        raise ScenarioError(f"inputs: shape {xs.shape}: must be (N, {l0.r}, {l0.p}) or (N, {l0.r * l0.p}), N >= 1")
+    labels = np.asarray(net.weights["test:y"]) if inputs is None and "test:y" in net.weights else None
     # the trace: arrivals on whole cycles (request ids in arrival order)
     f = cfg.clock_mhz * 1e6
     if requests is not None:
@@ -131,7 +156,7 @@ def prepare(scenario=None, scheduler="fluid", *, cfg: HwConfig = COSIM_CONFIG, r
     return CosimSetup(scenario=sc, scheduler=scheduler, cfg=cfg, mem=mem, prog=prog, policies=policies,
                       timing=timing, plans=plans, requests=reqs, arrival_cycle=acyc, images=images, exits=exits,
                       classes=classes, labels=None if labels is None else labels[images], measured=measured,
-                      t_warm=t_warm, seed=int(seed), mem_image=mem_image)
+                      t_warm=t_warm, seed=int(seed), mem_image=mem_image, network=net, inputs=xs)
 
 
 def make_host(s: CosimSetup) -> Host:
@@ -230,9 +255,7 @@ def run_rtl(s: CosimSetup, sim: str = "verilator", *, run_dir=None, keep: bool =
 
 def _check_logits(s: CosimSetup, mem: np.ndarray, host: Host) -> int:
     """Every served request's logits and class in the result area equal its reference."""
-    from ..workloads.weights import load_network
-    net = load_network(s.prog.model.name)
-    xs = np.asarray(net.weights["test:x"]).astype(np.int64)
+    net, xs = s.network, s.inputs
     crit = list(net.criteria)
     cache, bad = {}, []
     for r in range(len(s.requests)):
