@@ -7,7 +7,9 @@ the serving simulator's FBE mode serves the same trace; agreement and speed.
 Prints per scheduler (and load factor: every device rate times it) the agreement, the
 served requests, mean and p99 latency (us), SLO attainment, utilisation, mean batch,
 preemptions, merges, RTL cycles, wall seconds of the RTL run and of the model run, and
-the RTL's simulated cycles per second. The table in docs/cosim.md comes from here.
+the RTL's simulated cycles per second, and the error of the default serving simulator
+(mapper tables, fluid hardware) on the same trace against the RTL: mean and p99 latency
+(relative) and SLO attainment (absolute). The tables in docs/cosim.md come from here.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, agreement, prepare, run_model, run_rtl
+from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, agreement, metric_errors, prepare, run_model, run_rtl, run_tables
 from fluidnpu.sim.serving import load_scenario
 from fluidnpu.sim.serving.arrivals import Poisson
 
@@ -41,8 +43,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     base = load_scenario(a.scenario)
     print("| load | scheduler | agreement | served | mean us | p99 us | SLO | util | batch | preempt | merges "
-          "| RTL cycles | RTL s | model s | cycles/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| RTL cycles | RTL s | model s | cycles/s | tables: mean | tables: p99 | tables: SLO |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     bad = 0
     for k in (float(x) for x in a.loads.split(",")):
         sc = scaled(base, k)
@@ -51,13 +53,15 @@ def main(argv=None):
             m = run_model(s)
             r = run_rtl(s, a.sim)
             ag = agreement(m, r)
+            e = metric_errors(r, run_tables(s, "fluid"))
             bad += ag["mismatches"]
             x = r.result.summary()
             label = name + (f" ({', '.join(f'{kk}={v}' for kk, v in kn.items())})" if kn else "")
             print(f"| {k:g} | {label} | {ag['agreement']:.4f} | {x['served']} | {x['mean_ms'] * 1e3:.2f} | "
                   f"{x['p99_ms'] * 1e3:.2f} | {x['slo_attainment']:.3f} | {x['utilisation']:.3f} | "
                   f"{x['mean_batch_size']:.2f} | {x['preemptions']} | {x['merges']} | {r.cycles:,} | "
-                  f"{r.wall_s:.1f} | {m.wall_s:.3f} | {r.extra['dut_cycles'] / r.wall_s:,.0f} |", flush=True)
+                  f"{r.wall_s:.1f} | {m.wall_s:.3f} | {r.extra['dut_cycles'] / r.wall_s:,.0f} | "
+                  f"{100 * e['mean_ms']:+.1f} % | {100 * e['p99_ms']:+.1f} % | {e['slo_attainment']:+.3f} |", flush=True)
     print(f"mismatching requests in total: {bad}")
     return 1 if bad else 0
 

@@ -101,8 +101,8 @@ def _completion_csv(path: Path, s, model, rtl):
 @click.option("--policy", type=click.Choice(["auto", "rbatch", "whole"]), default="auto", show_default=True,
               help="Control table: the mapper's policies (fluid or rbatch hardware) or the whole batch at (1, 1).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write requests.csv (RTL), requests_serve.csv (serving simulator), completion.csv and "
-                   "summary.json here.")
+              help="Write requests.csv (RTL), requests_serve.csv (serving simulator, FBE mode), requests_tables.csv "
+                   "(serving simulator, mapper tables), completion.csv and summary.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_path, sets, latency, policy, out_dir,
           as_json):
@@ -110,7 +110,7 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_pa
     serving simulator serves the same trace; metrics of both and their agreement (share
     of requests with the same completion cycle). Exit status 1 if they disagree."""
     from fluidnpu.hw.runner import SimError
-    from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, agreement, run_model, run_rtl
+    from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, agreement, metric_errors, run_model, run_rtl, run_tables
 
     t0 = time.perf_counter()
     knobs = parse_knobs(knob_items)
@@ -133,6 +133,7 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_pa
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     agr = agreement(model, rtl)
+    tables = run_tables(s, "fluid")
     out = {"scenario": s.scenario.name, "scenario_file": str(scenario_path or DEFAULT_SCENARIO),
            "scheduler": scheduler, "knobs": rtl.result.knobs, "sim": sim, "seed": seed, "requests": n,
            "config": s.cfg.key(), "memory_latency": latency, "policy": policy,
@@ -140,33 +141,35 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_pa
            "rtl": {"cycles": rtl.cycles, "wall_s": rtl.wall_s, "samples_checked": rtl.extra["logits_ok"],
                    "cycles_per_s": rtl.extra["dut_cycles"] / max(rtl.wall_s, 1e-9)},
            "serve": _summary(model), "agreement": agr["agreement"], "agreement_detail": agr,
+           "serve_tables": dict(_summary(tables), errors_vs_rtl=metric_errors(rtl, tables)),
            "wall_s": time.perf_counter() - t0}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         rtl.result.to_csv(out_dir / "requests.csv")
         model.result.to_csv(out_dir / "requests_serve.csv")
+        tables.result.to_csv(out_dir / "requests_tables.csv")
         _completion_csv(out_dir / "completion.csv", s, model, rtl)
-        out["files"] = [str(out_dir / f) for f in ("requests.csv", "requests_serve.csv", "completion.csv",
-                                                    "summary.json")]
+        out["files"] = [str(out_dir / f) for f in ("requests.csv", "requests_serve.csv", "requests_tables.csv",
+                                                    "completion.csv", "summary.json")]
         (out_dir / "summary.json").write_text(json.dumps(_jsonable(out), indent=1) + "\n")
     if as_json:
         click.echo(json.dumps(_jsonable(out), indent=1))
     else:
-        _print(out, rtl, model, agr)
+        _print(out, rtl, model, tables, agr)
     if agr["agreement"] < 1.0:
         click.echo(f"error: the RTL and the serving simulator disagree on {agr['mismatches']} of {n} requests "
                    f"(first: {agr['first_mismatches'][:3]})", err=True)
         sys.exit(1)
 
 
-def _print(out, rtl, model, agr):
+def _print(out, rtl, model, tables, agr):
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"{out['scenario']}: {out['scheduler']}, {out['requests']} requests, seed {out['seed']}: "
-                    f"RTL ({out['sim']}) and serve (FBE mode)")
+    t = Table(title=f"{out['scenario']}: {out['scheduler']}, {out['requests']} requests, seed {out['seed']}, "
+                    f"RTL on {out['sim']}")
     for col in ("engine", "served", "mean us", "p99 us", "SLO", "util", "batch", "preempt", "merge"):
         t.add_column(col, justify="left" if col == "engine" else "right")
-    for name, rec in (("RTL", rtl), ("serve", model)):
+    for name, rec in (("RTL", rtl), ("FBE mode", model), ("tables", tables)):
         s = rec.result.summary()
         t.add_row(name, f"{s['served']}", f"{s['mean_ms'] * 1e3:.2f}", f"{s['p99_ms'] * 1e3:.2f}",
                   f"{s['slo_attainment']:.3f}", f"{s['utilisation']:.3f}", f"{s['mean_batch_size']:.2f}",
@@ -176,6 +179,10 @@ def _print(out, rtl, model, agr):
     click.echo("exits per head: " + "; ".join(f"{k} {v}" for k, v in s["exits_per_head"].items()))
     click.echo(f"agreement {agr['agreement']:.4f}: {agr['requests'] - agr['mismatches']} of {agr['requests']} "
                f"completion cycles equal (max difference {agr['max_abs_diff_cycles']} cycles)")
+    e = out["serve_tables"]["errors_vs_rtl"]
+    click.echo(f"the default serving simulator (mapper tables, fluid hardware) on the same trace: mean latency "
+               f"{100 * e['mean_ms']:+.1f} %, p99 {100 * e['p99_ms']:+.1f} %, SLO attainment "
+               f"{e['slo_attainment']:+.3f} against the RTL (docs/cosim.md)")
     r = out["rtl"]
     click.echo(f"RTL: {r['cycles']:,} cycles in {r['wall_s']:.1f} s ({r['cycles_per_s']:,.0f} cycles/s), "
                f"{r['samples_checked']} results bit-exact with the numpy reference")

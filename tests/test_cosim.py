@@ -152,6 +152,10 @@ def test_cosim_cli_matches_serve(tmp_path):
     a = (tmp_path / "co" / "requests.csv").read_text()
     assert a == (tmp_path / "sv" / "requests.csv").read_text()
     assert a == (tmp_path / "co" / "requests_serve.csv").read_text()
+    e = d["serve_tables"]["errors_vs_rtl"]
+    assert set(e) >= {"mean_ms", "p99_ms", "slo_attainment", "within_1pct"} and abs(e["mean_ms"]) < 0.5
+    tab = (tmp_path / "co" / "requests_tables.csv").read_text().splitlines()
+    assert [row.split(",")[3] for row in tab] == [row.split(",")[3] for row in a.splitlines()]  # same arrivals
     comp = (tmp_path / "co" / "completion.csv").read_text().splitlines()
     assert len(comp) == 25 and all(line.endswith(",1") for line in comp[1:])
 
@@ -241,3 +245,17 @@ def test_network_and_scenario_must_match():
         prepare({"name": "x", "duration_s": 1.0, "device": [{"name": "d", "model": s.network.model.name,
                  "slo_mult": 3, "arrivals": {"kind": "poisson", "rate": 1e4}}]}, "fcfs", requests=5,
                 network=s.network, inputs=np.zeros((4, 3, 3), dtype=np.int64))
+
+
+def test_tables_model_on_the_same_trace():
+    """The default serving simulator (mapper tables) serves the same requests with the same
+    deadlines; its errors against the FBE mode are reported, and zero against itself."""
+    from fluidnpu.sim.cosim.run import metric_errors, run_tables
+    s = prepare(None, ("fluid", {}), requests=200, seed=1)
+    m, t = run_model(s), run_tables(s, "fluid")
+    assert np.array_equal(t.result.arrival, m.result.arrival) and np.array_equal(t.result.slo_s, m.result.slo_s)
+    assert (t.finish_cycle >= 0).all()
+    e = metric_errors(m, t)
+    assert e["mean_ms"] != 0.0 and abs(e["mean_ms"]) < 0.5
+    same = metric_errors(m, m)
+    assert same["within_1pct"] == 1.0 and all(v == 0 for k, v in same.items() if k != "within_1pct")

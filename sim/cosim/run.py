@@ -31,7 +31,8 @@ from .engine import FbeEngine
 from .host import CosimError, Host
 from .timing import FbeTiming
 
-__all__ = ["COSIM_CONFIG", "DEFAULT_SCENARIO", "CosimSetup", "prepare", "make_host", "run_model", "run_rtl",
+__all__ = ["COSIM_CONFIG", "DEFAULT_SCENARIO", "CosimSetup", "prepare", "make_host", "run_model", "run_rtl", "run_tables",
+           "metric_errors",
            "agreement", "RunRecord"]
 
 #: the hardware the co-simulation runs by default: the digits network's configuration
@@ -282,3 +283,36 @@ def agreement(a: RunRecord, b: RunRecord) -> dict:
     return {"agreement": float(same.mean()) if same.size else 1.0, "requests": int(same.size),
             "mismatches": int(bad.size), "max_abs_diff_cycles": int(diff.max()) if diff.size else 0,
             "first_mismatches": [{"request": int(r), a.engine: int(fa[r]), b.engine: int(fb[r])} for r in bad[:10]]}
+
+
+def run_tables(s: CosimSetup, hardware: str = "fluid") -> RunRecord:
+    """The default serving simulator (the mapper's latency tables for ``hardware``, its own
+    semantics, docs/serving.md) on the same trace, deadlines and exits: how far the fast,
+    abstract model is from the RTL."""
+    from ..serving.run import run
+    from ..serving.tables import mapper_table
+    t0 = time.perf_counter()
+    model = s.prog.model
+    tab = mapper_table(model, hardware, s.cfg, b_max=s.cfg.b_max)
+    res = run(s.scenario, (s.scheduler[0], dict(s.scheduler[1])), {model.name: tab}, s.seed,
+              slo_reference={model.name: s.plans[0].table}, requests=s.requests)
+    f = s.cfg.clock_mhz * 1e6
+    fin = np.where(np.isnan(res.finish), -1, np.round(np.nan_to_num(res.finish, nan=0.0) * f)).astype(np.int64)
+    st = np.where(np.isnan(res.start), -1, np.round(np.nan_to_num(res.start, nan=0.0) * f)).astype(np.int64)
+    return RunRecord(engine=f"tables:{hardware}", result=res, finish_cycle=fin, start_cycle=st, events=[],
+                     cycles=int(round(res.t_end * f)), wall_s=time.perf_counter() - t0)
+
+
+def metric_errors(ref: RunRecord, other: RunRecord) -> dict:
+    """Relative error of ``other``'s headline metrics against ``ref`` (the RTL), and the
+    share of requests it completes within 1% of the RTL's latency."""
+    a, b = ref.result.summary(), other.result.summary()
+    out = {}
+    for k in ("mean_ms", "p50_ms", "p99_ms", "utilisation", "mean_batch_size"):
+        out[k] = (b[k] - a[k]) / a[k] if a[k] else float("nan")
+    out["slo_attainment"] = b["slo_attainment"] - a["slo_attainment"]
+    la = ref.result.latency_s
+    lb = other.result.latency_s
+    both = ~np.isnan(la) & ~np.isnan(lb)
+    out["within_1pct"] = float((np.abs(lb[both] - la[both]) <= 0.01 * la[both]).mean()) if both.any() else float("nan")
+    return out
