@@ -259,3 +259,16 @@ def test_tables_model_on_the_same_trace():
     assert e["mean_ms"] != 0.0 and abs(e["mean_ms"]) < 0.5
     same = metric_errors(m, m)
     assert same["within_1pct"] == 1.0 and all(v == 0 for k, v in same.items() if k != "within_1pct")
+
+
+def test_queue_capacity_drops_and_tag_limit(tmp_path):
+    from dataclasses import replace as dc_replace
+
+    from fluidnpu.sim.cosim.run import COSIM_CONFIG, DEFAULT_SCENARIO
+    from fluidnpu.sim.serving import load_scenario
+    sc = dc_replace(load_scenario(DEFAULT_SCENARIO), queue_capacity=1)
+    m = run_model(prepare(sc, ("fcfs", {}), requests=200, seed=1))
+    full = m.result.drop_reason == "queue_full"
+    assert full.sum() > 0 and (m.finish_cycle[full] == -1).all() and (m.finish_cycle[~full] >= 0).all()
+    with pytest.raises(ScenarioError, match="tag_width = 4 bits"):
+        prepare(None, "fcfs", requests=40, cfg=dc_replace(COSIM_CONFIG, tag_width=4))

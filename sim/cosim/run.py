@@ -134,6 +134,9 @@ def prepare(scenario=None, scheduler="fluid", *, cfg: HwConfig = COSIM_CONFIG, r
     n = len(probe) if requests is None else min(len(probe), requests)
     if n == 0:
         raise ScenarioError(f"scenario {sc.name!r}: no request arrives in {sc.duration_s} s")
+    if n > 1 << cfg.tag_width:
+        raise ScenarioError(f"requests = {n}: each request is a sample tag of tag_width = {cfg.tag_width} bits, "
+                            f"so at most {1 << cfg.tag_width} per run")
     prog = compile_network(cfg, model, net.weights, net.thresholds, net.criteria, n_inputs=n, tag_space=n)
     timing = FbeTiming(prog, policies, mem)
     table = timing.latency_table()
