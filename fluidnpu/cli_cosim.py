@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from fluidnpu.cli import main
-from fluidnpu.cli_serving import SCHEDULERS, _jsonable, _null, _stderr_console
+from fluidnpu.cli_serving import SCHEDULERS, _jsonable, _stderr_console
 
 __all__ = ["cosim", "parse_knobs"]
 
@@ -120,12 +120,17 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_pa
     except _errors() as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    con = _stderr_console()
     n = len(s.requests)
-    msg = f"co-simulating {n} requests ({scheduler}) on {sim}: {model.cycles:,} cycles (build cached per config)..."
     try:
-        with con.status(msg, spinner="dots") if not as_json else _null():
+        if as_json:
             rtl = run_rtl(s, sim)
+        else:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
+                    TextColumn("{task.fields[cyc]}"), TimeRemainingColumn())
+            with Progress(*cols, console=_stderr_console(), transient=True) as bar:
+                task = bar.add_task(f"RTL ({sim})", total=n, cyc="building or starting")
+                rtl = run_rtl(s, sim, progress=lambda c, d: bar.update(task, completed=d, cyc=f"cycle {c:,}"))
     except _errors() as e:
         click.echo(f"error: the co-simulation stopped: {e}", err=True)
         sys.exit(1)

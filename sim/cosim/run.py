@@ -223,8 +223,11 @@ def run_model(s: CosimSetup) -> RunRecord:
 
 
 def run_rtl(s: CosimSetup, sim: str = "verilator", *, run_dir=None, keep: bool = False,
-            max_cycles: int | None = None) -> RunRecord:
-    """The same host driving the RTL NPU under cocotb (build cached per configuration)."""
+            max_cycles: int | None = None, progress=None) -> RunRecord:
+    """The same host driving the RTL NPU under cocotb (build cached per configuration).
+
+    ``progress(cycles, done)``, if given, is called about twice a second while the
+    simulator runs with the simulated cycles and the requests finished or dropped."""
     from fluidnpu.hw.fbe_runner import FBE_TOP, build_fbe
     from fluidnpu.hw.runner import run_cocotb
     t0 = time.perf_counter()
@@ -241,7 +244,9 @@ def run_rtl(s: CosimSetup, sim: str = "verilator", *, run_dir=None, keep: bool =
              "max_cycles": max_cycles, "host": host}
     (rdir / "setup.pickle").write_bytes(pickle.dumps(setup))
     bdir = build_fbe(s.cfg, sim)
-    res = run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.sim.cosim.tb", rdir, extra_env={"FLUIDNPU_RUN_DIR": str(rdir)})
+    res = _with_progress(progress, rdir / "progress",
+                         lambda: run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.sim.cosim.tb", rdir,
+                                            extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}))
     err = res.get("cosim", "cocotb test 'cosim' did not run")
     out_p = rdir / "result.pickle"
     if err is not None or not out_p.exists():
@@ -255,6 +260,32 @@ def run_rtl(s: CosimSetup, sim: str = "verilator", *, run_dir=None, keep: bool =
     if tmp and not keep:
         shutil.rmtree(rdir, ignore_errors=True)
     return rec
+
+
+def _with_progress(progress, path: Path, fn):
+    """Run ``fn`` in a thread, reporting the bench's progress file while it runs."""
+    if progress is None:
+        return fn()
+    import threading
+    box = {}
+
+    def target():
+        try:
+            box["ok"] = fn()
+        except BaseException as e:      # noqa: BLE001 - re-raised in the caller's thread
+            box["err"] = e
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    while th.is_alive():
+        th.join(0.5)
+        try:
+            cyc, done = (int(x) for x in path.read_text().split())
+        except (OSError, ValueError):
+            continue
+        progress(cyc, done)
+    if "err" in box:
+        raise box["err"]
+    return box["ok"]
 
 
 def _check_logits(s: CosimSetup, mem: np.ndarray, host: Host) -> int:

@@ -70,10 +70,17 @@ async def cosim(dut):
     consult = host.next_consult()
     max_cycles = S["max_cycles"]
     tw = dut.cycle
+    prog_file = run_dir / "progress"
+    next_report = 0
     cyc = -1
     while True:
         await edge
         cyc += 1
+        if cyc >= next_report:            # for the caller's progress bar: cycle, requests done or dropped
+            next_report = cyc + 2000
+            done = sum(1 for st in host.state if st >= 3)
+            (run_dir / "progress.tmp").write_text(f"{cyc} {done}\n")
+            (run_dir / "progress.tmp").replace(prog_file)
         if admits:
             tag, xa = admits[0]
             dut.admit__valid.value = 1
