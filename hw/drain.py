@@ -39,8 +39,9 @@ Pipeline (one register between stages, one global enable ``~stall``):
 * ``s2``: ``y * mult`` as two DSP-sized partial products (``mult = 1`` in raw mode);
   ``row * os``.
 * ``s3``: ``q = y * mult + 2**(shift-1)``; the write address.
-* ``s4``: ``q >> shift``, saturate, ReLU (raw: ``shift = 0``, no clamp).
-* ``s5``: place the lanes in the beat and register the write on ``wr_req``.
+* ``s4``: ``q >> shift`` and whether it is above or below the data range.
+* ``s5``: saturate, ReLU (raw: ``q`` itself, no clamp).
+* ``s6``: place the lanes in the beat and register the write on ``wr_req``.
 
 The partial-sum buffer is a :class:`~amaranth.lib.memory.Memory` of ``tr * tc / E`` lines of
 ``E = mem_bytes // elem_bytes`` accumulators, line ``trow * tc / E + u // E``. It is read in
@@ -95,7 +96,7 @@ class Drain(wiring.Component):
     """
 
     #: Cycles from the issue of a beat to its write on ``wr_req`` (without stalls).
-    LATENCY = 6
+    LATENCY = 7
 
     def __init__(self, cfg: HwConfig):
         if not isinstance(cfg, HwConfig):
@@ -296,54 +297,71 @@ class Drain(wiring.Component):
                    **{f: s3[f] for f in ("busy", "valid", "strb", "boff", "off", "raw", "relu",
                                          "shift")})
 
-        # -- s4: shift, saturate, ReLU ----------------------------------------------------------
-        # Requant: the data_width bits of q >> shift, or a bound if they do not hold it. Raw:
-        # q itself (mult 1, shift 0). ReLU: 0 for negative q (the sign survives the shift).
+        # -- s4: shift and range test ----------------------------------------------------------
+        # Requant: the data_width bits of q >> shift, and whether q >> shift is above or below
+        # what data_width bits hold (two wide reductions); the choice among them is in s5.
         dwid = cfg.data_width
-        s4_z = Signal(data.ArrayLayout(signed(32), E))
+        s4_win = Signal(data.ArrayLayout(signed(dwid), E))
+        s4_neg = Signal(E)
+        s4_hi = Signal(E)
+        s4_lo = Signal(E)
         pad = dwid + (1 << len(s4["shift"])) - 1 - (W + 1)          # sign bits _window needs
         for l in range(E):
             q = s4["q"][l]
             neg = q[-1]
-            window = _window(m, Cat(q, neg.replicate(max(pad, 0))), s4["shift"], dwid,
-                             f"s4_window{l}").as_signed()
-            hi = ~neg & (q & s4["high"]).any()
-            lo = neg & ~(q | ~s4["high"]).all()
-            with m.If(s4["relu"] & neg):
-                m.d.comb += s4_z[l].eq(0)
-            with m.Elif(s4["raw"]):
-                m.d.comb += s4_z[l].eq(q)
-            with m.Elif(hi):
-                m.d.comb += s4_z[l].eq(cfg.data_max)
-            with m.Elif(lo):
-                m.d.comb += s4_z[l].eq(cfg.data_min)
-            with m.Else():
-                m.d.comb += s4_z[l].eq(window)
-        s5 = carry("s5", z=s4_z,
-                   **{f: s4[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw")})
+            m.d.comb += [
+                s4_win[l].eq(_window(m, Cat(q, neg.replicate(max(pad, 0))), s4["shift"], dwid,
+                                     f"s4_window{l}").as_signed()),
+                s4_neg[l].eq(neg),
+                s4_hi[l].eq(~neg & (q & s4["high"]).any()),
+                s4_lo[l].eq(neg & ~(q | ~s4["high"]).all()),
+            ]
+        s4_raw = Signal(data.ArrayLayout(signed(32), E))
+        for l in range(E):
+            m.d.comb += s4_raw[l].eq(s4["q"][l])
+        s5 = carry("s5", win=s4_win, neg=s4_neg, hi=s4_hi, lo=s4_lo, q=s4_raw,
+                   **{f: s4[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw",
+                                         "relu")})
 
-        # -- s5: place the lanes in the beat ---------------------------------------------------
+        # -- s5: saturate, ReLU ------------------------------------------------------------------
+        # Raw: q itself (mult 1, shift 0). ReLU: 0 for negative q (the sign survives the shift).
+        s5_z = Signal(data.ArrayLayout(signed(32), E))
+        for l in range(E):
+            with m.If(s5["relu"] & s5["neg"][l]):
+                m.d.comb += s5_z[l].eq(0)
+            with m.Elif(s5["raw"]):
+                m.d.comb += s5_z[l].eq(s5["q"][l])
+            with m.Elif(s5["hi"][l]):
+                m.d.comb += s5_z[l].eq(cfg.data_max)
+            with m.Elif(s5["lo"][l]):
+                m.d.comb += s5_z[l].eq(cfg.data_min)
+            with m.Else():
+                m.d.comb += s5_z[l].eq(s5["win"][l])
+        s6 = carry("s6", z=s5_z,
+                   **{f: s5[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw")})
+
+        # -- s6: place the lanes in the beat ---------------------------------------------------
         # Gather the beat's units at byte 0 (raw: lanes off .. off+DWR-1, 4 bytes each;
         # requant: lanes 0 .. E-1, eb bytes each), then shift them up to byte boff.
-        raw_lanes = Cat(s5["z"][l] for l in range(E)).word_select(s5["off"] >> log2(DWR),
+        raw_lanes = Cat(s6["z"][l] for l in range(E)).word_select(s6["off"] >> log2(DWR),
                                                                   8 * M)
-        req_lanes = Cat(s5["z"][l][:8 * eb] for l in range(E))
-        s5_word = Mux(s5["raw"], raw_lanes, req_lanes)
+        req_lanes = Cat(s6["z"][l][:8 * eb] for l in range(E))
+        s6_word = Mux(s6["raw"], raw_lanes, req_lanes)
         for b in range(lM):
-            nxt = Signal(8 * M, name=f"s5_word_{b}")
-            m.d.comb += nxt.eq(Mux(s5["boff"][b], Cat(Const(0, 8 << b), s5_word), s5_word))
-            s5_word = nxt
-        strb_bits = Cat(b.replicate(8) for b in s5["strb"])
+            nxt = Signal(8 * M, name=f"s6_word_{b}")
+            m.d.comb += nxt.eq(Mux(s6["boff"][b], Cat(Const(0, 8 << b), s6_word), s6_word))
+            s6_word = nxt
+        strb_bits = Cat(b.replicate(8) for b in s6["strb"])
         with m.If(go):
             m.d.sync += [
-                self.wr_req.valid.eq(s5["valid"]),
-                self.wr_req.payload.addr.eq(s5["addr"]),
-                self.wr_req.payload.strb.eq(s5["strb"]),
-                self.wr_req.payload.data.eq(s5_word & strb_bits),
+                self.wr_req.valid.eq(s6["valid"]),
+                self.wr_req.payload.addr.eq(s6["addr"]),
+                self.wr_req.payload.strb.eq(s6["strb"]),
+                self.wr_req.payload.data.eq(s6_word & strb_bits),
             ]
 
         # Every beat, written or not, counts as in flight until it leaves the last register.
-        out_busy = carry("out", busy=s5["busy"])["busy"]
+        out_busy = carry("out", busy=s6["busy"])["busy"]
         m.d.comb += self.idle.eq(~(e_valid | s1["valid"] | s2["busy"] | s3["busy"] | s4["busy"]
-                                   | s5["busy"] | out_busy))
+                                   | s5["busy"] | s6["busy"] | out_busy))
         return m
