@@ -70,6 +70,18 @@ class OperandBuffers(wiring.Component):
         tc, tp, n = cfg.tc, cfg.tp, cfg.lanes
         ltp = log2(tp)
 
+        # The write beat, copied into ``tc`` registers (``_rep``, kept apart by the synthesis
+        # flow): the loader's wires would reach every bank of the chip, each copy reaches
+        # only ``tp`` X and ``tp`` W banks (banks ``g*tp .. g*tp + tp-1``), where the select
+        # below is local. A write lands one
+        # cycle after the beat; a load is counted done with its last beat, and the compute
+        # reads its slot two cycles after that at the earliest (docs/cycle_model.md,
+        # "Response decode"), so this is not visible.
+        wr_rep = [Signal.like(self.wr, name=f"w1_wr_rep{pe}") for pe in range(tc)]
+        wx_rep = [Signal(name=f"w1_x_rep{pe}") for pe in range(tc)]
+        m.d.sync += [r.eq(self.wr) for r in wr_rep]
+        m.d.sync += [r.eq(self.wr_x) for r in wx_rep]
+
         xdata, wdata = [], []
         for which, depth, out in (("x", cfg.x_depth, xdata), ("w", cfg.w_depth, wdata)):
             is_x = which == "x"
@@ -83,21 +95,14 @@ class OperandBuffers(wiring.Component):
                 wp = mem.write_port()
                 rp = mem.read_port()
                 # At most one element of a beat hits a bank: an AND-OR select, not a priority
-                # chain, registered beside the bank (the beat's wires reach every bank of the
-                # chip). A write lands one cycle after the beat; a load is counted done with
-                # its last beat, and the compute reads its slot two cycles after that at the
-                # earliest (docs/cycle_model.md, "Response decode"), so this is not visible.
-                hits = [(el.en & (el.bank == bank) & (self.wr_x if is_x else ~self.wr_x))
-                        for el in self.wr]
+                # chain.
+                wr, wx = wr_rep[bank // tp], wx_rep[bank // tp]
+                hits = [(el.en & (el.bank == bank) & (wx if is_x else ~wx)) for el in wr]
                 addr_or, data_or = 0, 0
-                for el, hit in zip(self.wr, hits):
+                for el, hit in zip(wr, hits):
                     addr_or = addr_or | Mux(hit, el.addr, 0)
                     data_or = data_or | Mux(hit, el.data.as_unsigned(), 0)
-                w_en = Signal(name=f"w1_{which}{bank}_en")
-                w_addr = Signal.like(wp.addr, name=f"w1_{which}{bank}_addr")
-                w_data = Signal.like(wp.data, name=f"w1_{which}{bank}_data")
-                m.d.sync += [w_en.eq(Cat(*hits).any()), w_addr.eq(addr_or), w_data.eq(data_or)]
-                m.d.comb += [wp.en.eq(w_en), wp.addr.eq(w_addr), wp.data.eq(w_data)]
+                m.d.comb += [wp.en.eq(Cat(*hits).any()), wp.addr.eq(addr_or), wp.data.eq(data_or)]
                 m.d.comb += rp.addr.eq(self.rd_xaddr if is_x else self.rd_waddr)
                 out.append(rp.data)
 
@@ -122,7 +127,10 @@ class OperandBuffers(wiring.Component):
         segmask = Signal(range(tp), name="f0_segmask")
         m.d.sync += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
         xsel = [Signal(range(tc), name=f"f2_xgrp_{pe}") for pe in range(tc)]
-        wsel = [Signal(range(tp), name=f"f2_wl_{l}") for l in range(tp)]
+        # W select per PE and lane: register copies (``_rep``, kept apart by the synthesis
+        # flow), so that each drives one PE's multiplexers instead of one lane of every PE.
+        wsel = [[Signal(range(tp), name=f"f2_wl_rep{pe}_{l}") for l in range(tp)]
+                for pe in range(tc)]
         for pe in range(tc):
             pk = Signal(range(tc), name=f"f0_pk_{pe}")
             m.d.sync += pk.eq(pe & kmask)
@@ -130,7 +138,8 @@ class OperandBuffers(wiring.Component):
         for l in range(tp):
             ls_ = Signal(range(tp), name=f"f0_ls_{l}")
             m.d.sync += ls_.eq(l & segmask)
-            m.d.sync += wsel[l].eq((f1.wgrp << self.lseg) | ls_)
+            for pe in range(tc):
+                m.d.sync += wsel[pe][l].eq((f1.wgrp << self.lseg) | ls_)
         lmask = Signal(n, name="f2_lmask")
         for pe in range(tc):
             for l in range(tp):
@@ -147,7 +156,7 @@ class OperandBuffers(wiring.Component):
                         with m.Case(g):
                             m.d.comb += xv.eq(xq[g * tp + l])
                 wv = Signal(signed(cfg.data_width), name=f"f2_w_{pe}_{l}")
-                with m.Switch(wsel[l]):
+                with m.Switch(wsel[pe][l]):
                     for c in range(tp):
                         with m.Case(c):
                             m.d.comb += wv.eq(wq[pe * tp + c])

@@ -32,10 +32,11 @@ multiple of ``F`` (so no beat straddles two memory words), rows and columns insi
 
 Pipeline (one register between stages, one global enable ``~stall``):
 
-* ``s0``: beat counters over the held entry; select the value and bias lines; start the
-  partial-sum read; lane mask.
-* ``s1``: ``y = v + partial (unless first) + bias (if last)`` (carry-save, one carry
-  chain); write ``y`` back to the partial sums (non-``last``); byte strobes.
+* ``s0``: beat counters over the held entry; select the value and bias lines; the
+  partial-sum line address; lane mask.
+* ``s1``: read the partial sums; ``y = v + partial (unless first) + bias (if last)``
+  (carry-save, one carry chain); write ``y`` back to the partial sums (non-``last``); byte
+  strobes.
 * ``s2``: ``y * mult`` as two DSP-sized partial products (``mult = 1`` in raw mode);
   ``row * os``.
 * ``s3``: ``q = y * mult + 2**(shift-1)``; the write address.
@@ -43,10 +44,10 @@ Pipeline (one register between stages, one global enable ``~stall``):
 * ``s5``: saturate, ReLU (raw: ``q`` itself, no clamp).
 * ``s6``: place the lanes in the beat and register the write on ``wr_req``.
 
-The partial-sum buffer is a :class:`~amaranth.lib.memory.Memory` of ``tr * tc / E`` lines of
-``E = mem_bytes // elem_bytes`` accumulators, line ``trow * tc / E + u // E``. It is read in
-``s0`` and written in ``s1``; the read port is transparent for the write port, which covers
-the only read-after-write distance (one beat) of the read-modify-write.
+The partial-sum buffer is ``E = mem_bytes // elem_bytes`` memories (one per lane) of
+``tr * tc / E`` accumulators, line ``trow * tc / E + u // E``. A line is read (asynchronously,
+from a registered address) and written in ``s1``, so the read of a beat sees the write of
+the beat before it: the only read-after-write distance (one beat) of the read-modify-write.
 """
 from __future__ import annotations
 
@@ -217,12 +218,21 @@ class Drain(wiring.Component):
         s0_b = blines[s0_line]
         s0_colbyte = Mux(e_raw, s0_col << 2, s0_col << leb)
 
-        # Partial sums: read in s0, write back in s1 (transparent read covers distance 1).
-        psum = Memory(shape=line, depth=cfg.tr * lpr, init=[])
-        m.submodules.psum = psum
-        wp = psum.write_port(granularity=1)
-        rp = psum.read_port(transparent_for=(wp,))
-        m.d.comb += [rp.addr.eq(Cat(s0_line, s0_trow[:log2(cfg.tr)])), rp.en.eq(go)]
+        # Partial sums: read and written back in s1. One memory per lane, read asynchronously in s1 from a per-lane copy of the line
+        # address (``_rep``: each copy drives only its lane's LUT RAM); a write in s1 is seen
+        # by the read of the next beat, which covers the read-after-write distance of one.
+        s0_paddr = Cat(s0_line, s0_trow[:log2(cfg.tr)])
+        p_rd, p_wp = [], []
+        for l in range(E):
+            mem = Memory(shape=lane, depth=cfg.tr * lpr, init=[])
+            m.submodules[f"psum{l}"] = mem
+            p_wp.append(mem.write_port())
+            rp = mem.read_port(domain="comb")
+            a_rep = Signal(len(s0_paddr), name=f"s1_paddr_rep{l}")
+            with m.If(go):
+                m.d.sync += a_rep.eq(s0_paddr)
+            m.d.comb += rp.addr.eq(a_rep)
+            p_rd.append(rp.data)
 
         s0_n = Mux(s0_row_end, s0_rem, s0_dw)             # units in the beat
         s0_off = s0_u0[:lE]                               # first lane of the beat in its line
@@ -231,7 +241,7 @@ class Drain(wiring.Component):
             m.d.comb += s0_bias[l].eq(Mux(e.last & e_bias_en, s0_b[l], 0))
 
         s1 = carry("s1", valid=e_valid, first=e.first, last=e.last, v=s0_v, bias=s0_bias,
-                   waddr=rp.addr, n=s0_n, off=s0_off,
+                   waddr=s0_paddr, n=s0_n, off=s0_off,
                    mask=Cat((s0_off <= l) & (l < s0_off + s0_n) for l in range(E)),
                    boff=s0_colbyte[:lM],                   # first byte of the beat in its word
                    colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), row=s0_row,
@@ -243,15 +253,15 @@ class Drain(wiring.Component):
         s1_y = Signal(line)
         for l in range(E):
             a = s1["v"][l].as_unsigned()
-            b = Mux(s1["first"], 0, rp.data[l].as_unsigned())
+            b = Mux(s1["first"], 0, p_rd[l].as_unsigned())
             c = s1["bias"][l].as_unsigned()
             m.d.comb += s1_y[l].eq((a ^ b ^ c) + (((a & b) | (a & c) | (b & c)) << 1))
         s1_nbytes = Mux(s1["raw"], s1["n"] << 2, s1["n"] << leb)
         s1_strb = Cat((s1["boff"] <= b) & (b < s1["boff"] + s1_nbytes) for b in range(M))
-        m.d.comb += [
-            wp.addr.eq(s1["waddr"]), wp.data.eq(s1_y),
-            wp.en.eq(Mux(s1["valid"] & ~s1["last"] & go, s1["mask"], 0)),
-        ]
+        m.d.comb += [wp.addr.eq(s1["waddr"]) for wp in p_wp]
+        m.d.comb += [wp.data.eq(s1_y[l]) for l, wp in enumerate(p_wp)]
+        m.d.comb += [wp.en.eq(s1["valid"] & ~s1["last"] & go & s1["mask"][l])
+                     for l, wp in enumerate(p_wp)]
 
         s2 = carry("s2", busy=s1["valid"], valid=s1["valid"] & s1["last"], y=s1_y, strb=s1_strb,
                    **{f: s1[f] for f in ("row", "colword", "os", "oaddr", "boff", "off", "raw",
