@@ -40,7 +40,7 @@ STAGE_DELAY = 1
 DRAIN_LATENCY = 7
 #: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 3
 DONE_DELAY = 3
-#: free pulse in f -> loader's ``x_freed``/``w_freed`` visible in f + 1
+#: free pulse in f -> the loader's in-flight load count (``ld_x_out``) takes it in f + 1
 FREE_DELAY = 1
 #: last write transferred in n -> ack in n + Lw -> ``wr_pending`` 0 in n + Lw + 1 ->
 #: FINISH passes, IDLE (busy 0) in n + Lw + 2
