@@ -29,13 +29,14 @@ def elem_write_layout(cfg: HwConfig) -> data.StructLayout:
 
 
 class OperandBuffers(wiring.Component):
-    """X and W banks with their write crossbar and the two-stage operand fetch.
+    """X and W banks with their write crossbar and the three-stage operand fetch.
 
     Fetch: addresses and selects presented with ``rd_valid`` at cycle t give operands at
-    ``x``/``w`` with ``op_valid`` at cycle t + ``latency``.
+    ``x``/``w`` with ``op_valid`` at cycle t + ``latency``: bank read, bank output
+    register (and select decode), select.
     """
 
-    latency = 2
+    latency = 3
 
     def __init__(self, cfg: HwConfig, *, tag_width: int = 1):
         self.cfg = cfg
@@ -69,65 +70,97 @@ class OperandBuffers(wiring.Component):
         tc, tp, n = cfg.tc, cfg.tp, cfg.lanes
         ltp = log2(tp)
 
+        # The write beat, copied into ``tc`` registers (``_rep``, kept apart by the synthesis
+        # flow): the loader's wires would reach every bank of the chip, each copy reaches
+        # only ``tp`` X and ``tp`` W banks (banks ``g*tp .. g*tp + tp-1``), where the select
+        # below is local. A write lands one
+        # cycle after the beat; a load is counted done with its last beat, and the compute
+        # reads its slot two cycles after that at the earliest (docs/cycle_model.md,
+        # "Response decode"), so this is not visible.
+        wr_rep = [Signal.like(self.wr, name=f"w1_wr_rep{pe}") for pe in range(tc)]
+        wx_rep = [Signal(name=f"w1_x_rep{pe}") for pe in range(tc)]
+        m.d.sync += [r.eq(self.wr) for r in wr_rep]
+        m.d.sync += [r.eq(self.wr_x) for r in wx_rep]
+
         xdata, wdata = [], []
         for which, depth, out in (("x", cfg.x_depth, xdata), ("w", cfg.w_depth, wdata)):
             is_x = which == "x"
             for bank in range(n):
-                mem = memory.Memory(shape=signed(cfg.data_width), depth=2 * depth, init=[])
+                # The loader never writes a slot the compute reads (double buffering), so
+                # the ports never collide: ``no_rw_check`` spares yosys the read-old-data
+                # emulation (registers and a compare-and-select behind every bank).
+                mem = memory.Memory(shape=signed(cfg.data_width), depth=2 * depth, init=[],
+                                    attrs={"no_rw_check": 1})
                 m.submodules[f"{which}bank{bank}"] = mem
                 wp = mem.write_port()
                 rp = mem.read_port()
-                # At most one element of a beat hits a bank: an AND-OR select, not a priority chain.
-                hits = [(el.en & (el.bank == bank) & (self.wr_x if is_x else ~self.wr_x))
-                        for el in self.wr]
+                # At most one element of a beat hits a bank: an AND-OR select, not a priority
+                # chain.
+                wr, wx = wr_rep[bank // tp], wx_rep[bank // tp]
+                hits = [(el.en & (el.bank == bank) & (wx if is_x else ~wx)) for el in wr]
                 addr_or, data_or = 0, 0
-                for el, hit in zip(self.wr, hits):
+                for el, hit in zip(wr, hits):
                     addr_or = addr_or | Mux(hit, el.addr, 0)
                     data_or = data_or | Mux(hit, el.data.as_unsigned(), 0)
                 m.d.comb += [wp.en.eq(Cat(*hits).any()), wp.addr.eq(addr_or), wp.data.eq(data_or)]
                 m.d.comb += rp.addr.eq(self.rd_xaddr if is_x else self.rd_waddr)
                 out.append(rp.data)
 
-        # Stage 1 (bank data valid): the selects and the lane mask, decoded from the read
-        # request and registered, so that stage 2 is only the bank multiplexers.
-        s1 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f1_ctl")
-        m.d.sync += [s1.valid.eq(self.rd_valid), s1.tag.eq(self.rd_tag)]
+        # Stage 1 (bank data valid): the bank outputs are registered as they are (a DP16KD's
+        # clock-to-output leaves no time for the wires to the selects in the same cycle);
+        # the read request is registered beside them.
+        f1 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag), "xgrp": range(tc),
+                                       "wgrp": range(tp), "rem": len(self.rd_rem)}), name="f1_req")
+        m.d.sync += [f1.valid.eq(self.rd_valid), f1.tag.eq(self.rd_tag), f1.xgrp.eq(self.rd_xgrp),
+                     f1.wgrp.eq(self.rd_wgrp), f1.rem.eq(self.rd_rem)]
+        xq = [Signal(signed(cfg.data_width), name=f"f2_xb{b}") for b in range(n)]
+        wq = [Signal(signed(cfg.data_width), name=f"f2_wb{b}") for b in range(n)]
+        m.d.sync += [q.eq(d) for q, d in zip(xq + wq, xdata + wdata)]
+
+        # Stage 2: the selects and the lane mask, decoded from the registered request, so
+        # that stage 3 is only the bank multiplexers.
+        f2 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f2_ctl")
+        m.d.sync += [f2.valid.eq(f1.valid), f2.tag.eq(f1.tag)]
         # Per-layer constants of the selects (the policy is stable while a layer runs; they
         # are registered, valid from the cycle after ``lk``/``lseg`` change).
         kmask = Signal(range(tc), name="f0_kmask")
         segmask = Signal(range(tp), name="f0_segmask")
         m.d.sync += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
-        xsel = [Signal(range(tc), name=f"f1_xgrp_{pe}") for pe in range(tc)]
-        wsel = [Signal(range(tp), name=f"f1_wl_{l}") for l in range(tp)]
+        xsel = [Signal(range(tc), name=f"f2_xgrp_{pe}") for pe in range(tc)]
+        # W select per PE and lane: register copies (``_rep``, kept apart by the synthesis
+        # flow), so that each drives one PE's multiplexers instead of one lane of every PE.
+        wsel = [[Signal(range(tp), name=f"f2_wl_rep{pe}_{l}") for l in range(tp)]
+                for pe in range(tc)]
         for pe in range(tc):
             pk = Signal(range(tc), name=f"f0_pk_{pe}")
             m.d.sync += pk.eq(pe & kmask)
-            m.d.sync += xsel[pe].eq((self.rd_xgrp << self.lk) | pk)
+            m.d.sync += xsel[pe].eq((f1.xgrp << self.lk) | pk)
         for l in range(tp):
             ls_ = Signal(range(tp), name=f"f0_ls_{l}")
             m.d.sync += ls_.eq(l & segmask)
-            m.d.sync += wsel[l].eq((self.rd_wgrp << self.lseg) | ls_)
-        lmask = Signal(n, name="f1_lmask")
+            for pe in range(tc):
+                m.d.sync += wsel[pe][l].eq((f1.wgrp << self.lseg) | ls_)
+        lmask = Signal(n, name="f2_lmask")
         for pe in range(tc):
             for l in range(tp):
                 q = Signal(range(n), name=f"f0_q_{pe}_{l}")    # lane's element within S
                 m.d.sync += q.eq(((pe & kmask) << self.lseg) | (l & segmask))
-                m.d.sync += lmask[pe * tp + l].eq(q < self.rd_rem)
+                m.d.sync += lmask[pe * tp + l].eq(q < f1.rem)
 
-        # Stage 2: per-PE group select for X, per-lane replication select for W, masking.
+        # Stage 3: per-PE group select for X, per-lane replication select for W, masking.
         for pe in range(tc):
             for l in range(tp):
-                xv = Signal(signed(cfg.data_width), name=f"f1_x_{pe}_{l}")
+                xv = Signal(signed(cfg.data_width), name=f"f2_x_{pe}_{l}")
                 with m.Switch(xsel[pe]):
                     for g in range(tc):
                         with m.Case(g):
-                            m.d.comb += xv.eq(xdata[g * tp + l])
-                wv = Signal(signed(cfg.data_width), name=f"f1_w_{pe}_{l}")
-                with m.Switch(wsel[l]):
+                            m.d.comb += xv.eq(xq[g * tp + l])
+                wv = Signal(signed(cfg.data_width), name=f"f2_w_{pe}_{l}")
+                with m.Switch(wsel[pe][l]):
                     for c in range(tp):
                         with m.Case(c):
-                            m.d.comb += wv.eq(wdata[pe * tp + c])
+                            m.d.comb += wv.eq(wq[pe * tp + c])
                 m.d.sync += [self.x[pe * tp + l].eq(Mux(lmask[pe * tp + l], xv, 0)),
                              self.w[pe * tp + l].eq(wv)]
-        m.d.sync += [self.op_valid.eq(s1.valid), self.op_tag.eq(s1.tag)]
+        m.d.sync += [self.op_valid.eq(f2.valid), self.op_tag.eq(f2.tag)]
         return m

@@ -32,20 +32,22 @@ multiple of ``F`` (so no beat straddles two memory words), rows and columns insi
 
 Pipeline (one register between stages, one global enable ``~stall``):
 
-* ``s0``: beat counters over the held entry; select the value and bias lines; start the
-  partial-sum read; lane mask.
-* ``s1``: ``y = v + partial (unless first) + bias (if last)`` (carry-save, one carry
-  chain); write ``y`` back to the partial sums (non-``last``); byte strobes.
+* ``s0``: beat counters over the held entry; select the value and bias lines; the
+  partial-sum line address; lane mask.
+* ``s1``: read the partial sums; ``y = v + partial (unless first) + bias (if last)``
+  (carry-save, one carry chain); write ``y`` back to the partial sums (non-``last``); byte
+  strobes.
 * ``s2``: ``y * mult`` as two DSP-sized partial products (``mult = 1`` in raw mode);
   ``row * os``.
 * ``s3``: ``q = y * mult + 2**(shift-1)``; the write address.
-* ``s4``: ``q >> shift``, saturate, ReLU (raw: ``shift = 0``, no clamp).
-* ``s5``: place the lanes in the beat and register the write on ``wr_req``.
+* ``s4``: ``q >> shift`` and whether it is above or below the data range.
+* ``s5``: saturate, ReLU (raw: ``q`` itself, no clamp).
+* ``s6``: place the lanes in the beat and register the write on ``wr_req``.
 
-The partial-sum buffer is a :class:`~amaranth.lib.memory.Memory` of ``tr * tc / E`` lines of
-``E = mem_bytes // elem_bytes`` accumulators, line ``trow * tc / E + u // E``. It is read in
-``s0`` and written in ``s1``; the read port is transparent for the write port, which covers
-the only read-after-write distance (one beat) of the read-modify-write.
+The partial-sum buffer is ``E = mem_bytes // elem_bytes`` memories (one per lane) of
+``tr * tc / E`` accumulators, line ``trow * tc / E + u // E``. A line is read (asynchronously,
+from a registered address) and written in ``s1``, so the read of a beat sees the write of
+the beat before it: the only read-after-write distance (one beat) of the read-modify-write.
 """
 from __future__ import annotations
 
@@ -95,7 +97,7 @@ class Drain(wiring.Component):
     """
 
     #: Cycles from the issue of a beat to its write on ``wr_req`` (without stalls).
-    LATENCY = 6
+    LATENCY = 7
 
     def __init__(self, cfg: HwConfig):
         if not isinstance(cfg, HwConfig):
@@ -216,12 +218,21 @@ class Drain(wiring.Component):
         s0_b = blines[s0_line]
         s0_colbyte = Mux(e_raw, s0_col << 2, s0_col << leb)
 
-        # Partial sums: read in s0, write back in s1 (transparent read covers distance 1).
-        psum = Memory(shape=line, depth=cfg.tr * lpr, init=[])
-        m.submodules.psum = psum
-        wp = psum.write_port(granularity=1)
-        rp = psum.read_port(transparent_for=(wp,))
-        m.d.comb += [rp.addr.eq(Cat(s0_line, s0_trow[:log2(cfg.tr)])), rp.en.eq(go)]
+        # Partial sums: read and written back in s1. One memory per lane, read asynchronously in s1 from a per-lane copy of the line
+        # address (``_rep``: each copy drives only its lane's LUT RAM); a write in s1 is seen
+        # by the read of the next beat, which covers the read-after-write distance of one.
+        s0_paddr = Cat(s0_line, s0_trow[:log2(cfg.tr)])
+        p_rd, p_wp = [], []
+        for l in range(E):
+            mem = Memory(shape=lane, depth=cfg.tr * lpr, init=[])
+            m.submodules[f"psum{l}"] = mem
+            p_wp.append(mem.write_port())
+            rp = mem.read_port(domain="comb")
+            a_rep = Signal(len(s0_paddr), name=f"s1_paddr_rep{l}")
+            with m.If(go):
+                m.d.sync += a_rep.eq(s0_paddr)
+            m.d.comb += rp.addr.eq(a_rep)
+            p_rd.append(rp.data)
 
         s0_n = Mux(s0_row_end, s0_rem, s0_dw)             # units in the beat
         s0_off = s0_u0[:lE]                               # first lane of the beat in its line
@@ -230,7 +241,7 @@ class Drain(wiring.Component):
             m.d.comb += s0_bias[l].eq(Mux(e.last & e_bias_en, s0_b[l], 0))
 
         s1 = carry("s1", valid=e_valid, first=e.first, last=e.last, v=s0_v, bias=s0_bias,
-                   waddr=rp.addr, n=s0_n, off=s0_off,
+                   waddr=s0_paddr, n=s0_n, off=s0_off,
                    mask=Cat((s0_off <= l) & (l < s0_off + s0_n) for l in range(E)),
                    boff=s0_colbyte[:lM],                   # first byte of the beat in its word
                    colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), row=s0_row,
@@ -242,15 +253,15 @@ class Drain(wiring.Component):
         s1_y = Signal(line)
         for l in range(E):
             a = s1["v"][l].as_unsigned()
-            b = Mux(s1["first"], 0, rp.data[l].as_unsigned())
+            b = Mux(s1["first"], 0, p_rd[l].as_unsigned())
             c = s1["bias"][l].as_unsigned()
             m.d.comb += s1_y[l].eq((a ^ b ^ c) + (((a & b) | (a & c) | (b & c)) << 1))
         s1_nbytes = Mux(s1["raw"], s1["n"] << 2, s1["n"] << leb)
         s1_strb = Cat((s1["boff"] <= b) & (b < s1["boff"] + s1_nbytes) for b in range(M))
-        m.d.comb += [
-            wp.addr.eq(s1["waddr"]), wp.data.eq(s1_y),
-            wp.en.eq(Mux(s1["valid"] & ~s1["last"] & go, s1["mask"], 0)),
-        ]
+        m.d.comb += [wp.addr.eq(s1["waddr"]) for wp in p_wp]
+        m.d.comb += [wp.data.eq(s1_y[l]) for l, wp in enumerate(p_wp)]
+        m.d.comb += [wp.en.eq(s1["valid"] & ~s1["last"] & go & s1["mask"][l])
+                     for l, wp in enumerate(p_wp)]
 
         s2 = carry("s2", busy=s1["valid"], valid=s1["valid"] & s1["last"], y=s1_y, strb=s1_strb,
                    **{f: s1[f] for f in ("row", "colword", "os", "oaddr", "boff", "off", "raw",
@@ -296,54 +307,71 @@ class Drain(wiring.Component):
                    **{f: s3[f] for f in ("busy", "valid", "strb", "boff", "off", "raw", "relu",
                                          "shift")})
 
-        # -- s4: shift, saturate, ReLU ----------------------------------------------------------
-        # Requant: the data_width bits of q >> shift, or a bound if they do not hold it. Raw:
-        # q itself (mult 1, shift 0). ReLU: 0 for negative q (the sign survives the shift).
+        # -- s4: shift and range test ----------------------------------------------------------
+        # Requant: the data_width bits of q >> shift, and whether q >> shift is above or below
+        # what data_width bits hold (two wide reductions); the choice among them is in s5.
         dwid = cfg.data_width
-        s4_z = Signal(data.ArrayLayout(signed(32), E))
+        s4_win = Signal(data.ArrayLayout(signed(dwid), E))
+        s4_neg = Signal(E)
+        s4_hi = Signal(E)
+        s4_lo = Signal(E)
         pad = dwid + (1 << len(s4["shift"])) - 1 - (W + 1)          # sign bits _window needs
         for l in range(E):
             q = s4["q"][l]
             neg = q[-1]
-            window = _window(m, Cat(q, neg.replicate(max(pad, 0))), s4["shift"], dwid,
-                             f"s4_window{l}").as_signed()
-            hi = ~neg & (q & s4["high"]).any()
-            lo = neg & ~(q | ~s4["high"]).all()
-            with m.If(s4["relu"] & neg):
-                m.d.comb += s4_z[l].eq(0)
-            with m.Elif(s4["raw"]):
-                m.d.comb += s4_z[l].eq(q)
-            with m.Elif(hi):
-                m.d.comb += s4_z[l].eq(cfg.data_max)
-            with m.Elif(lo):
-                m.d.comb += s4_z[l].eq(cfg.data_min)
-            with m.Else():
-                m.d.comb += s4_z[l].eq(window)
-        s5 = carry("s5", z=s4_z,
-                   **{f: s4[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw")})
+            m.d.comb += [
+                s4_win[l].eq(_window(m, Cat(q, neg.replicate(max(pad, 0))), s4["shift"], dwid,
+                                     f"s4_window{l}").as_signed()),
+                s4_neg[l].eq(neg),
+                s4_hi[l].eq(~neg & (q & s4["high"]).any()),
+                s4_lo[l].eq(neg & ~(q | ~s4["high"]).all()),
+            ]
+        s4_raw = Signal(data.ArrayLayout(signed(32), E))
+        for l in range(E):
+            m.d.comb += s4_raw[l].eq(s4["q"][l])
+        s5 = carry("s5", win=s4_win, neg=s4_neg, hi=s4_hi, lo=s4_lo, q=s4_raw,
+                   **{f: s4[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw",
+                                         "relu")})
 
-        # -- s5: place the lanes in the beat ---------------------------------------------------
+        # -- s5: saturate, ReLU ------------------------------------------------------------------
+        # Raw: q itself (mult 1, shift 0). ReLU: 0 for negative q (the sign survives the shift).
+        s5_z = Signal(data.ArrayLayout(signed(32), E))
+        for l in range(E):
+            with m.If(s5["relu"] & s5["neg"][l]):
+                m.d.comb += s5_z[l].eq(0)
+            with m.Elif(s5["raw"]):
+                m.d.comb += s5_z[l].eq(s5["q"][l])
+            with m.Elif(s5["hi"][l]):
+                m.d.comb += s5_z[l].eq(cfg.data_max)
+            with m.Elif(s5["lo"][l]):
+                m.d.comb += s5_z[l].eq(cfg.data_min)
+            with m.Else():
+                m.d.comb += s5_z[l].eq(s5["win"][l])
+        s6 = carry("s6", z=s5_z,
+                   **{f: s5[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw")})
+
+        # -- s6: place the lanes in the beat ---------------------------------------------------
         # Gather the beat's units at byte 0 (raw: lanes off .. off+DWR-1, 4 bytes each;
         # requant: lanes 0 .. E-1, eb bytes each), then shift them up to byte boff.
-        raw_lanes = Cat(s5["z"][l] for l in range(E)).word_select(s5["off"] >> log2(DWR),
+        raw_lanes = Cat(s6["z"][l] for l in range(E)).word_select(s6["off"] >> log2(DWR),
                                                                   8 * M)
-        req_lanes = Cat(s5["z"][l][:8 * eb] for l in range(E))
-        s5_word = Mux(s5["raw"], raw_lanes, req_lanes)
+        req_lanes = Cat(s6["z"][l][:8 * eb] for l in range(E))
+        s6_word = Mux(s6["raw"], raw_lanes, req_lanes)
         for b in range(lM):
-            nxt = Signal(8 * M, name=f"s5_word_{b}")
-            m.d.comb += nxt.eq(Mux(s5["boff"][b], Cat(Const(0, 8 << b), s5_word), s5_word))
-            s5_word = nxt
-        strb_bits = Cat(b.replicate(8) for b in s5["strb"])
+            nxt = Signal(8 * M, name=f"s6_word_{b}")
+            m.d.comb += nxt.eq(Mux(s6["boff"][b], Cat(Const(0, 8 << b), s6_word), s6_word))
+            s6_word = nxt
+        strb_bits = Cat(b.replicate(8) for b in s6["strb"])
         with m.If(go):
             m.d.sync += [
-                self.wr_req.valid.eq(s5["valid"]),
-                self.wr_req.payload.addr.eq(s5["addr"]),
-                self.wr_req.payload.strb.eq(s5["strb"]),
-                self.wr_req.payload.data.eq(s5_word & strb_bits),
+                self.wr_req.valid.eq(s6["valid"]),
+                self.wr_req.payload.addr.eq(s6["addr"]),
+                self.wr_req.payload.strb.eq(s6["strb"]),
+                self.wr_req.payload.data.eq(s6_word & strb_bits),
             ]
 
         # Every beat, written or not, counts as in flight until it leaves the last register.
-        out_busy = carry("out", busy=s5["busy"])["busy"]
+        out_busy = carry("out", busy=s6["busy"])["busy"]
         m.d.comb += self.idle.eq(~(e_valid | s1["valid"] | s2["busy"] | s3["busy"] | s4["busy"]
-                                   | s5["busy"] | out_busy))
+                                   | s5["busy"] | s6["busy"] | out_busy))
         return m

@@ -85,12 +85,17 @@ class Loader(wiring.Component):
 
         x_issued = Signal.like(self.x_done, name="ld_x_issued")
         w_issued = Signal.like(self.w_done, name="ld_w_issued")
-        x_freed = Signal.like(self.x_done, name="ld_x_freed")
-        w_freed = Signal.like(self.w_done, name="ld_w_freed")
+        # Loads issued and not yet freed (0 .. 2) per kind: a small register (counted up as a
+        # load is issued, down a cycle after its slot is freed) so that the slot test is one bit.
+        x_out = Signal(2, name="ld_x_out")
+        w_out = Signal(2, name="ld_w_out")
+        x_iss = Signal(name="ld_x_iss")        # x_issued counts up at the next edge
+        w_iss = Signal(name="ld_w_iss")
         with m.If(self.start):
-            m.d.sync += [x_freed.eq(0), w_freed.eq(0)]
+            m.d.sync += [x_out.eq(0), w_out.eq(0)]
         with m.Else():
-            m.d.sync += [x_freed.eq(x_freed + self.x_free), w_freed.eq(w_freed + self.w_free)]
+            m.d.sync += [x_out.eq(x_out + x_iss - self.x_free),
+                         w_out.eq(w_out + w_iss - self.w_free)]
 
         # ---- request generator -------------------------------------------------------
         idx = Signal(range(max(cfg.tr, cfg.tc) + 1), name="rq_idx")
@@ -177,7 +182,7 @@ class Loader(wiring.Component):
                              addr.eq(start_addr), row_addr.eq(start_addr),
                              g_j.eq(s_j), g_rr.eq(s_rr), g_off.eq(s_off), g_wrap.eq(s_rr == rs_m1),
                              t_j.eq(s_j), t_rr.eq(s_rr), t_off.eq(s_off)]
-                with m.If((x_issued - x_freed)[:len(x_issued)] < 2):
+                with m.If(~x_out[1]):
                     m.next = "XISS"
             with m.State("XISS"):
                 last_row = idx == it.rows_m1
@@ -200,6 +205,7 @@ class Loader(wiring.Component):
                         m.d.sync += [addr.eq(self.g_addr + it.p_off), row_addr.eq(self.g_addr + it.p_off)]
 
                 def x_last():
+                    m.d.comb += x_iss.eq(1)
                     m.d.sync += [x_issued.eq(x_issued + 1), n_j.eq(nx_j), n_rr.eq(nx_rr), n_off.eq(nx_off)]
                     with m.If(it.w_new):
                         m.next = "WWAIT"
@@ -210,7 +216,7 @@ class Loader(wiring.Component):
                 start_addr = w_base
                 m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0),
                              addr.eq(start_addr), row_addr.eq(start_addr)]
-                with m.If((w_issued - w_freed)[:len(w_issued)] < 2):
+                with m.If(~w_out[1]):
                     m.next = "WISS"
             with m.State("WISS"):
                 last_col = idx == it.ncols_m1
@@ -224,6 +230,7 @@ class Loader(wiring.Component):
                         m.d.sync += [beat.eq(0), addr.eq(d.b_addr + (((it.c0 << 2) >> lm) << lm))]
                         m.next = "BISS"
                     with m.Else():
+                        m.d.comb += w_iss.eq(1)
                         m.d.sync += w_issued.eq(w_issued + 1)
                         m.next = "NEXT"
                 advance(last_beat, last_col, lambda: None, w_last)
@@ -235,6 +242,7 @@ class Loader(wiring.Component):
                 with m.If(fire):
                     m.d.sync += [beat.eq(beat + 1), addr.eq(addr + M)]
                     with m.If(last_bbeat):
+                        m.d.comb += w_iss.eq(1)
                         m.d.sync += w_issued.eq(w_issued + 1)
                         m.next = "NEXT"
             with m.State("NEXT"):

@@ -23,7 +23,7 @@ class PEArray(wiring.Component):
     """Pipelined PE array; see the module docstring.
 
     ``x``/``w`` are indexed ``pe*tp + lane``. ``lbp``/``lk`` (log2 of B_P and k) must be
-    stable while a layer runs. ``tag`` travels with ``valid`` and comes out with ``out_vals``.
+    stable while a layer runs, from the cycle before its first ``valid``. ``tag`` travels with ``valid`` and comes out with ``out_vals``.
     """
 
     def __init__(self, cfg: HwConfig, *, tag_width: int = 1):
@@ -68,6 +68,14 @@ class PEArray(wiring.Component):
             m.d.sync += nxt.eq(prev)
             return nxt
 
+        # The policy and the accumulate stage's controls drive a multiplexer or an adder in
+        # every lane: one register copy per PE (``_rep``, kept apart by the synthesis flow)
+        # keeps each of those nets local. The policy copies lag ``lbp``/``lk`` by a cycle.
+        lbp_rep = [Signal.like(self.lbp, name=f"s0_lbp_rep{pe}") for pe in range(tc)]
+        lk_rep = [Signal.like(self.lk, name=f"s3_lk_rep{u}") for u in range(tc)]
+        m.d.sync += [r.eq(self.lbp) for r in lbp_rep]
+        m.d.sync += [r.eq(self.lk) for r in lk_rep]
+
         ctl = Signal(ctl_layout, name="s0_ctl")
         m.d.comb += [ctl.valid.eq(self.valid), ctl.first.eq(self.first),
                      ctl.last.eq(self.last), ctl.tag.eq(self.tag)]
@@ -89,7 +97,7 @@ class PEArray(wiring.Component):
                 prev = levels[-1]
                 levels.append([prev[2 * n] + prev[2 * n + 1] for n in range(tp >> lvl)])
             for i in range(tp):
-                with m.Switch(self.lbp):
+                with m.Switch(lbp_rep[pe]):
                     for lbp in range(ltp + 1):
                         if i < (1 << lbp):
                             with m.Case(lbp):
@@ -124,13 +132,17 @@ class PEArray(wiring.Component):
                 if stack[lvl][pe] is not None:
                     for i in range(tp):
                         m.d.sync += st[lvl][pe][i].eq(stack[lvl][pe][i])
+        first_rep = [Signal(name=f"s3_first_rep{u}") for u in range(tc)]
+        valid_rep = [Signal(name=f"s3_valid_rep{u}") for u in range(tc)]
+        m.d.sync += [r.eq(ctl.first) for r in first_rep]
+        m.d.sync += [r.eq(ctl.valid) for r in valid_rep]
         ctl = ctl_stage(ctl, "s3_ctl")
 
         comp = [Signal(signed(aw), name=f"s4_unit_{idx}") for idx in range(tc * tp)]
         for i in range(tp):
             for u in range(tc):
                 sig = comp[i * tc + u]
-                with m.Switch(self.lk):
+                with m.Switch(lk_rep[u]):
                     for lk in range(ltc + 1):
                         if (u << lk) < tc:
                             with m.Case(lk):
@@ -140,10 +152,10 @@ class PEArray(wiring.Component):
 
         # Accumulate over the cycles of a group; emit on the group's last cycle.
         acc = [Signal(signed(aw), name=f"acc_{idx}") for idx in range(tc * tp)]
-        with m.If(ctl.valid):
-            for a, v in zip(acc, comp):
-                m.d.sync += a.eq(Mux(ctl.first, v, a + v))
-        m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
         for idx, (a, v) in enumerate(zip(acc, comp)):
-            m.d.sync += self.out_vals[idx].eq(Mux(ctl.first, v, a + v))
+            u = idx % tc
+            with m.If(valid_rep[u]):
+                m.d.sync += a.eq(Mux(first_rep[u], v, a + v))
+            m.d.sync += self.out_vals[idx].eq(Mux(first_rep[u], v, a + v))
+        m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
         return m

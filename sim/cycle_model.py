@@ -32,15 +32,15 @@ __all__ = ["LayerTiming", "layer_cycles", "layer_timing", "CycleModelError",
 #: accept cycle (``NPUCore.START_CYCLES = 2`` counts PREP and START)
 START_CYCLES = 3
 #: last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
-#: ``OperandBuffers.latency`` (2) + ``PEArray.latency`` (4)
-PIPE_LATENCY = 6
+#: ``OperandBuffers.latency`` (3) + ``PEArray.latency`` (4)
+PIPE_LATENCY = 7
 #: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1
 #: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
-DRAIN_LATENCY = 6
+DRAIN_LATENCY = 7
 #: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 3
 DONE_DELAY = 3
-#: free pulse in f -> loader's ``x_freed``/``w_freed`` visible in f + 1
+#: free pulse in f -> the loader's in-flight load count (``ld_x_out``) takes it in f + 1
 FREE_DELAY = 1
 #: last write transferred in n -> ack in n + Lw -> ``wr_pending`` 0 in n + Lw + 1 ->
 #: FINISH passes, IDLE (busy 0) in n + Lw + 2
@@ -219,14 +219,15 @@ class _FastDrain:
 
 class _TickDrain:
     """Drain with write stalls, tick by tick (a tick is a cycle without stall). The drain's
-    pipeline moves rigidly: a beat issued in tick T is on ``wr_req`` in tick T + 6; a cycle
-    in which a write is on ``wr_req`` but ``wr_req.ready`` is 0 freezes all of it."""
+    pipeline moves rigidly: a beat issued in tick T is on ``wr_req`` in tick
+    T + DRAIN_LATENCY; a cycle in which a write is on ``wr_req`` but ``wr_req.ready`` is 0
+    freezes all of it."""
 
     __slots__ = ("now", "pipe", "left", "wbeat", "wr")
 
     def __init__(self, wr: _Chan):
         self.now = -1                    # real cycle of the last processed tick
-        self.pipe = deque([False] * DRAIN_LATENCY)   # beats of the last 6 ticks (write?)
+        self.pipe = deque([False] * DRAIN_LATENCY)   # beats of the last DRAIN_LATENCY ticks (write?)
         self.left = 0                    # beats of the held entry still to issue
         self.wbeat = False               # ... and whether they write
         self.wr = wr

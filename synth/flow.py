@@ -37,10 +37,17 @@ Progress = Callable[[str, str], None]
 _SYNTH_DIR = Path(__file__).resolve().parent
 _HW_DIR = Path(__import__("fluidnpu.hw", fromlist=["config"]).__file__).resolve().parent
 
+#: run right after reading the design: the flip-flops of signals named ``*_rep*`` are
+#: register replicas (hw/pe_array.py: one copy of a high-fanout control register per PE, so
+#: that each copy drives a small, local net); ``keep`` stops yosys from merging the
+#: identical copies back into one.
+KEEP_REPLICAS = "setattr -set keep 1 w:*_rep* %ci1 t:$dff %i"
+
 #: the generic target's yosys script: ``synth -flatten -lut 4`` without ``memory_map``
 #: (the buffers would become hundreds of thousands of flip-flops); memories stay cells.
-GENERIC_SCRIPT = """\
+GENERIC_SCRIPT = f"""\
 read_rtlil top.il
+{KEEP_REPLICAS}
 synth -flatten -lut 4 -top top -run begin:fine
 opt -fast -full
 opt -full
@@ -162,6 +169,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
         plat = tgt.platform_class(target_mhz)()
         plan = plat.prepare(BoardTop(cfg, ram_bytes=ram_bytes, button=tgt.button,
                                      max_leds=tgt.leds), name="top",
+                            script_after_read=KEEP_REPLICAS,
                             **({"synth_opts": tgt.synth_opts} if tgt.synth_opts else {}))
         plan.extract(out)
     else:
