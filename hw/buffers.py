@@ -88,12 +88,16 @@ class OperandBuffers(wiring.Component):
             for bank in range(n):
                 # The loader never writes a slot the compute reads (double buffering), so
                 # the ports never collide: ``no_rw_check`` spares yosys the read-old-data
-                # emulation (registers and a compare-and-select behind every bank).
+                # emulation (registers and a compare-and-select behind every bank). Yosys
+                # 0.23 honours it where it builds the synchronous read port itself, so the
+                # port is asynchronous here with its register beside it (same timing).
                 mem = memory.Memory(shape=signed(cfg.data_width), depth=2 * depth, init=[],
                                     attrs={"no_rw_check": 1})
                 m.submodules[f"{which}bank{bank}"] = mem
                 wp = mem.write_port()
-                rp = mem.read_port()
+                rp = mem.read_port(domain="comb")
+                rd = Signal(signed(cfg.data_width), name=f"f1_{which}b{bank}")
+                m.d.sync += rd.eq(rp.data)
                 # At most one element of a beat hits a bank: an AND-OR select, not a priority
                 # chain.
                 wr, wx = wr_rep[bank // tp], wx_rep[bank // tp]
@@ -104,7 +108,7 @@ class OperandBuffers(wiring.Component):
                     data_or = data_or | Mux(hit, el.data.as_unsigned(), 0)
                 m.d.comb += [wp.en.eq(Cat(*hits).any()), wp.addr.eq(addr_or), wp.data.eq(data_or)]
                 m.d.comb += rp.addr.eq(self.rd_xaddr if is_x else self.rd_waddr)
-                out.append(rp.data)
+                out.append(rd)
 
         # Stage 1 (bank data valid): the bank outputs are registered as they are (a DP16KD's
         # clock-to-output leaves no time for the wires to the selects in the same cycle);
