@@ -7,9 +7,17 @@ from cocotb.triggers import RisingEdge
 from fluidnpu.hw.fbe_layout import prog_write_layout, table_write_layout
 from fluidnpu.hw.tb.memory import MemoryModel
 
-__all__ = ["RESET_CYCLES", "reset_fbe", "configure_fbe"]
+__all__ = ["RESET_CYCLES", "reset_fbe", "configure_fbe", "read_int"]
 
 RESET_CYCLES = 5
+
+
+def read_int(sig, what, error=AssertionError):
+    """A settled signal's value; X or Z raises ``error`` naming ``what``."""
+    try:
+        return int(sig.value)
+    except ValueError:
+        raise error(f"{what} is X/Z ({sig.value})") from None
 
 
 async def reset_fbe(dut, cycles=RESET_CYCLES):

@@ -44,7 +44,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.fbe_layout import EVENT_NAMES, MODE_IDLE, event_layout, result_layout, status_layout, unpack
 from fluidnpu.hw.tb.common import load_params
-from fluidnpu.hw.tb.fbe_io import RESET_CYCLES, configure_fbe, reset_fbe
+from fluidnpu.hw.tb.fbe_io import RESET_CYCLES, configure_fbe, read_int, reset_fbe
 from fluidnpu.hw.tb.memory import MemoryModel
 
 CLOCK_NS = 10
@@ -58,10 +58,7 @@ RUN_DIR, P = load_params()
 
 
 def _int(sig, what):
-    try:
-        return int(sig.value)
-    except ValueError:
-        raise BenchError(f"{what} is X/Z ({sig.value})") from None
+    return read_int(sig, what, BenchError)
 
 
 @cocotb.test()

@@ -25,7 +25,7 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from fluidnpu.hw.fbe_layout import (EVENT_NAMES, MODE_IDLE, REFUSE_NAMES, event_layout, result_layout,
                                     status_layout, unpack)
-from fluidnpu.hw.tb.fbe_io import configure_fbe, reset_fbe
+from fluidnpu.hw.tb.fbe_io import configure_fbe, read_int, reset_fbe
 from fluidnpu.hw.tb.memory import MemoryModel
 
 CLOCK_NS = 10
@@ -36,10 +36,7 @@ class CosimBenchError(AssertionError):
 
 
 def _int(sig, what):
-    try:
-        return int(sig.value)
-    except ValueError:
-        raise CosimBenchError(f"{what} is X/Z ({sig.value})") from None
+    return read_int(sig, what, CosimBenchError)
 
 
 @cocotb.test()
