@@ -63,7 +63,8 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+    """The file's finished lines: a last line without its newline (a write cut short) is left out."""
+    return path.read_text().split("\n")[:-1] if path.exists() else []
 
 
 # -- the file format ---------------------------------------------------------------------
