@@ -70,17 +70,34 @@ class OperandBuffers(wiring.Component):
         tc, tp, n = cfg.tc, cfg.tp, cfg.lanes
         ltp = log2(tp)
 
-        # The write beat, copied into ``tc`` registers (``_rep``, kept apart by the synthesis
-        # flow): the loader's wires would reach every bank of the chip, each copy reaches
-        # only ``tp`` X and ``tp`` W banks (banks ``g*tp .. g*tp + tp-1``), where the select
-        # below is local. A write lands one
-        # cycle after the beat; a load is counted done with its last beat, and the compute
-        # reads its slot two cycles after that at the earliest (docs/cycle_model.md,
-        # "Response decode"), so this is not visible.
-        wr_rep = [Signal.like(self.wr, name=f"w1_wr_rep{pe}") for pe in range(tc)]
-        wx_rep = [Signal(name=f"w1_x_rep{pe}") for pe in range(tc)]
+        # Write side, two registers between the loader and the banks, so that each long wire
+        # has a cycle of its own: the write beat is copied into ``tc`` registers (``_rep``,
+        # kept apart by the synthesis flow), each reaching only the ``tp`` bank positions
+        # ``g*tp .. g*tp + tp-1``; there each position selects its element (X bank ``b`` and
+        # W bank ``b`` share one select) into a register beside its two banks. A write lands
+        # two cycles after the beat; the loader counts a load done one cycle later than its
+        # last beat's write reaches the banks (docs/cycle_model.md, "Response decode").
+        wr_rep = [Signal.like(self.wr, name=f"w1_wr_rep{g}") for g in range(tc)]
+        wx_rep = [Signal(name=f"w1_x_rep{g}") for g in range(tc)]
         m.d.sync += [r.eq(self.wr) for r in wr_rep]
         m.d.sync += [r.eq(self.wr_x) for r in wx_rep]
+        sel_layout = data.StructLayout({"x": 1, "w": 1,
+                                        "addr": elem_write_layout(cfg)["addr"].shape,
+                                        "data": unsigned(cfg.data_width)})
+        wsel = []
+        for bank in range(n):
+            wr, wx = wr_rep[bank // tp], wx_rep[bank // tp]
+            # At most one element of a beat hits a bank: an AND-OR select, not a priority chain.
+            hits = [el.en & (el.bank == bank) for el in wr]
+            addr_or, data_or = 0, 0
+            for el, hit in zip(wr, hits):
+                addr_or = addr_or | Mux(hit, el.addr, 0)
+                data_or = data_or | Mux(hit, el.data.as_unsigned(), 0)
+            sel = Signal(sel_layout, name=f"w2_sel{bank}")
+            hit = Cat(*hits).any()
+            m.d.sync += [sel.x.eq(hit & wx), sel.w.eq(hit & ~wx), sel.addr.eq(addr_or),
+                         sel.data.eq(data_or)]
+            wsel.append(sel)
 
         xdata, wdata = [], []
         for which, depth, out in (("x", cfg.x_depth, xdata), ("w", cfg.w_depth, wdata)):
@@ -98,15 +115,9 @@ class OperandBuffers(wiring.Component):
                 rp = mem.read_port(domain="comb")
                 rd = Signal(signed(cfg.data_width), name=f"f1_{which}b{bank}")
                 m.d.sync += rd.eq(rp.data)
-                # At most one element of a beat hits a bank: an AND-OR select, not a priority
-                # chain.
-                wr, wx = wr_rep[bank // tp], wx_rep[bank // tp]
-                hits = [(el.en & (el.bank == bank) & (wx if is_x else ~wx)) for el in wr]
-                addr_or, data_or = 0, 0
-                for el, hit in zip(wr, hits):
-                    addr_or = addr_or | Mux(hit, el.addr, 0)
-                    data_or = data_or | Mux(hit, el.data.as_unsigned(), 0)
-                m.d.comb += [wp.en.eq(Cat(*hits).any()), wp.addr.eq(addr_or), wp.data.eq(data_or)]
+                sel = wsel[bank]
+                m.d.comb += [wp.en.eq(sel.x if is_x else sel.w), wp.addr.eq(sel.addr),
+                             wp.data.eq(sel.data)]
                 m.d.comb += rp.addr.eq(self.rd_xaddr if is_x else self.rd_waddr)
                 out.append(rd)
 

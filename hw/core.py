@@ -65,10 +65,14 @@ class NPUCore(wiring.Component):
             "gather": Out(gather_signature(cfg)),
         })
 
+    @staticmethod
+    def pipe_latency_for(cfg: HwConfig) -> int:
+        """Cycles from issuing a group's last cycle to its entry in the stage FIFO."""
+        return OperandBuffers.latency + PEArray.latency_for(cfg)
+
     @property
     def pipe_latency(self) -> int:
-        """Cycles from issuing a group's last cycle to its entry in the stage FIFO."""
-        return OperandBuffers.latency + 4
+        return self.pipe_latency_for(self.cfg)
 
     def elaborate(self, platform):
         m = Module()

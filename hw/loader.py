@@ -307,10 +307,14 @@ class Loader(wiring.Component):
                     with m.If(r1.valid & (t.kind == KIND_B) & (t.slot == slot) & r1_bhit[wd][u]):
                         m.d.sync += self.bias[slot][u].eq(word)
 
-        # Load completion counts, visible the cycle after the last beat is written.
-        done_x = Signal(name="r2_done_x")
-        done_w = Signal(name="r2_done_w")
-        m.d.sync += [done_x.eq(r1.valid & t.last & is_x), done_w.eq(r1.valid & t.last & ~is_x)]
+        # Load completion counts, visible the cycle after the last beat is written into the
+        # banks (``wr`` reaches them two cycles after it leaves here, OperandBuffers).
+        done2_x = Signal(name="r2_done_x")
+        done2_w = Signal(name="r2_done_w")
+        m.d.sync += [done2_x.eq(r1.valid & t.last & is_x), done2_w.eq(r1.valid & t.last & ~is_x)]
+        done_x = Signal(name="r3_done_x")
+        done_w = Signal(name="r3_done_w")
+        m.d.sync += [done_x.eq(done2_x), done_w.eq(done2_w)]
         m.d.comb += [self.x_inc.eq(done_x), self.w_inc.eq(done_w)]
         with m.If(self.start):
             m.d.sync += [self.x_done.eq(0), self.w_done.eq(0)]

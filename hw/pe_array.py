@@ -47,11 +47,16 @@ class PEArray(wiring.Component):
             "out_vals": Out(data.ArrayLayout(signed(cfg.acc_width), n)),
         })
 
+    @staticmethod
+    def latency_for(cfg: HwConfig) -> int:
+        """Cycles from an operand pair at the inputs to its group's sums at the outputs."""
+        # multiply, adder tree + segment select, one stage per stacking level, compacting
+        # select + accumulate
+        return 3 + log2(cfg.tc)
+
     @property
     def latency(self) -> int:
-        """Cycles from an operand pair at the inputs to its group's sums at the outputs."""
-        # multiply, adder tree + segment select, stacking tree + compact select, accumulate
-        return 4
+        return self.latency_for(self.cfg)
 
     def elaborate(self, platform):
         m = Module()
@@ -68,11 +73,12 @@ class PEArray(wiring.Component):
             m.d.sync += nxt.eq(prev)
             return nxt
 
+
         # The policy and the accumulate stage's controls drive a multiplexer or an adder in
         # every lane: one register copy per PE (``_rep``, kept apart by the synthesis flow)
         # keeps each of those nets local. The policy copies lag ``lbp``/``lk`` by a cycle.
         lbp_rep = [Signal.like(self.lbp, name=f"s0_lbp_rep{pe}") for pe in range(tc)]
-        lk_rep = [Signal.like(self.lk, name=f"s3_lk_rep{u}") for u in range(tc)]
+        lk_rep = [Signal.like(self.lk, name=f"s0_lk_rep{u}") for u in range(tc)]
         m.d.sync += [r.eq(self.lbp) for r in lbp_rep]
         m.d.sync += [r.eq(self.lk) for r in lk_rep]
 
@@ -104,41 +110,41 @@ class PEArray(wiring.Component):
                                 m.d.sync += seg[pe][i].eq(levels[ltp - lbp][i])
                     with m.Default():
                         m.d.sync += seg[pe][i].eq(0)
-        ctl = ctl_stage(ctl, "s2_ctl")
+        ctl_before, ctl = ctl, ctl_stage(ctl, "s2_ctl")
 
-        # Stacking tree across PEs, every level registered; the compacting select
-        # (unit u = head PE u*k, segment i -> index i*tc + u) is at the start of the
-        # accumulate stage, which has only one adder.
-        stack = [seg]
+        # Stacking tree across PEs, one level per stage, in place: at level ``lvl`` a PE at a
+        # multiple of 2**lvl adds the sum of the PE 2**(lvl-1) above it while ``lk >= lvl``
+        # (the AND folds into the adder), every other value is carried on. After the
+        # ``ltc`` levels PE ``u << lk`` holds unit ``u``'s sums whatever ``lk`` is, so the
+        # compacting select (unit u = head PE u*k, segment i -> index i*tc + u) needs no
+        # level of its own; it sits at the start of the accumulate stage, which has one
+        # adder. The level adders take ``lk`` from a register copy per PE.
+        cur = seg
         for lvl in range(1, ltc + 1):
-            prev = stack[-1]
+            step = 1 << (lvl - 1)
+            lk_lvl = [Signal.like(self.lk, name=f"s{2 + lvl}_lk_rep{pe}") for pe in range(tc)]
+            m.d.sync += [r.eq(self.lk) for r in lk_lvl]
             nxt = []
             for pe in range(tc):
-                if pe % (1 << lvl):
-                    nxt.append(None)
-                    continue
                 row = []
                 for i in range(tp):
-                    r = Signal(signed(segw + lvl), name=f"s3_stack{lvl}_{pe}_{i}")
-                    m.d.comb += r.eq(prev[pe][i] + prev[pe + (1 << (lvl - 1))][i])
+                    r = Signal(signed(segw + lvl), name=f"s{2 + lvl}_stack_{pe}_{i}")
+                    if pe % (1 << lvl) == 0:
+                        add = Mux(lk_lvl[pe] >= lvl, cur[pe + step][i], 0)
+                        m.d.sync += r.eq(cur[pe][i] + add)
+                    else:
+                        m.d.sync += r.eq(cur[pe][i])
                     row.append(r)
                 nxt.append(row)
-            stack.append(nxt)
-        st = [[[None if stack[lvl][pe] is None else
-                Signal(signed(segw + lvl), name=f"s3_st{lvl}_{pe}_{i}") for i in range(tp)]
-               for pe in range(tc)] for lvl in range(ltc + 1)]
-        for lvl in range(ltc + 1):
-            for pe in range(tc):
-                if stack[lvl][pe] is not None:
-                    for i in range(tp):
-                        m.d.sync += st[lvl][pe][i].eq(stack[lvl][pe][i])
-        first_rep = [Signal(name=f"s3_first_rep{u}") for u in range(tc)]
-        valid_rep = [Signal(name=f"s3_valid_rep{u}") for u in range(tc)]
-        m.d.sync += [r.eq(ctl.first) for r in first_rep]
-        m.d.sync += [r.eq(ctl.valid) for r in valid_rep]
-        ctl = ctl_stage(ctl, "s3_ctl")
+            cur = nxt
+            ctl_before, ctl = ctl, ctl_stage(ctl, f"s{2 + lvl}_ctl")
+        # The accumulate stage's controls, one register copy per unit, beside ``cur``.
+        first_rep = [Signal(name=f"s{self.latency - 1}_first_rep{u}") for u in range(tc)]
+        valid_rep = [Signal(name=f"s{self.latency - 1}_valid_rep{u}") for u in range(tc)]
+        m.d.sync += [r.eq(ctl_before.first) for r in first_rep]
+        m.d.sync += [r.eq(ctl_before.valid) for r in valid_rep]
 
-        comp = [Signal(signed(aw), name=f"s4_unit_{idx}") for idx in range(tc * tp)]
+        comp = [Signal(signed(aw), name=f"s{self.latency}_unit_{idx}") for idx in range(tc * tp)]
         for i in range(tp):
             for u in range(tc):
                 sig = comp[i * tc + u]
@@ -146,7 +152,7 @@ class PEArray(wiring.Component):
                     for lk in range(ltc + 1):
                         if (u << lk) < tc:
                             with m.Case(lk):
-                                m.d.comb += sig.eq(st[lk][u << lk][i])
+                                m.d.comb += sig.eq(cur[u << lk][i])
                     with m.Default():
                         m.d.comb += sig.eq(0)
 

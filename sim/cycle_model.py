@@ -25,21 +25,26 @@ from fluidnpu.hw.interface import OUT_RAW
 from fluidnpu.hw.runner import MemTiming
 
 __all__ = ["LayerTiming", "layer_cycles", "layer_timing", "CycleModelError",
-           "START_CYCLES", "PIPE_LATENCY", "DRAIN_LATENCY"]
+           "START_CYCLES", "pipe_latency", "DRAIN_LATENCY"]
 
 # ---- constants taken from the RTL (see docs/cycle_model.md) --------------------------
 #: accept (IDLE) -> PREP -> START -> first SETUP: the first SETUP is 3 cycles after the
 #: accept cycle (``NPUCore.START_CYCLES = 2`` counts PREP and START)
 START_CYCLES = 3
-#: last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
-#: ``OperandBuffers.latency`` (3) + ``PEArray.latency`` (4)
-PIPE_LATENCY = 7
+
+
+def pipe_latency(cfg: HwConfig) -> int:
+    """Last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
+    ``OperandBuffers.latency`` (3) + ``PEArray.latency`` (multiply, adder tree, one stage
+    per level of the stacking tree, accumulate: 3 + log2(tc)); 9 for the default 8 x 8."""
+    return 6 + (cfg.tc.bit_length() - 1)
+
 #: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1
 #: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
 DRAIN_LATENCY = 7
-#: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 3
-DONE_DELAY = 3
+#: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 4
+DONE_DELAY = 4
 #: free pulse in f -> the loader's in-flight load count (``ld_x_out``) takes it in f + 1
 FREE_DELAY = 1
 #: last write transferred in n -> ack in n + Lw -> ``wr_pending`` 0 in n + Lw + 1 ->
@@ -416,8 +421,8 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
     drain = _FastDrain() if (I == 1 and not wr.windowed) else _TickDrain(wr)
     H = max(L, Lw) + 2 * I + 16          # a time older than ref - H cannot matter
     done_lat = L + DONE_DELAY
-    fdel = PIPE_LATENCY + FREE_DELAY      # last issue -> free visible to the loader
-    avl = PIPE_LATENCY + STAGE_DELAY      # last issue -> entry readable by the drain
+    fdel = pipe_latency(cfg) + FREE_DELAY     # last issue -> free visible to the loader
+    avl = pipe_latency(cfg) + STAGE_DELAY     # last issue -> entry readable by the drain
 
     sigma = START_CYCLES                  # compute: first SETUP cycle of the next step
     ld = START_CYCLES                     # loader: cycle it is in STEP for the next step

@@ -152,10 +152,11 @@ def test_constants_match_rtl():
     from fluidnpu.hw.drain import Drain
     from fluidnpu.hw.pe_array import PEArray
     from fluidnpu.sim import cycle_model as cm
-    for cfg in CFGS.values():
+    for cfg in [*CFGS.values(), HwConfig(), HwConfig(tc=16, tp=4, mem_bytes=4), HwConfig(tc=4, tp=16, mem_bytes=4)]:
         assert cm.START_CYCLES == NPUCore.START_CYCLES + 1
-        assert cm.PIPE_LATENCY == NPUCore(cfg).pipe_latency
-        assert cm.PIPE_LATENCY == OperandBuffers.latency + PEArray(cfg).latency
+        assert cm.pipe_latency(cfg) == NPUCore.pipe_latency_for(cfg)
+        assert cm.pipe_latency(cfg) == OperandBuffers.latency + PEArray.latency_for(cfg)
+        assert PEArray.latency_for(cfg) == 3 + (cfg.tc.bit_length() - 1)
         assert cm.DRAIN_LATENCY == Drain.LATENCY
         for mode in (OUT_RAW, OUT_REQUANT):
             for nrows in (1, cfg.tp):
@@ -165,9 +166,17 @@ def test_constants_match_rtl():
 
 
 def test_worked_example():
-    # docs/cycle_model.md, "Worked example" (the RTL measures 59)
+    # docs/cycle_model.md, "Worked example" (the RTL measures 62: test below)
     assert layer_cycles(SMALL, 3, 5, 2, bp=1, k=1, bias=False, out_mode=OUT_RAW,
-                        mem=MemTiming(latency=5)) == 59
+                        mem=MemTiming(latency=5)) == 62
+
+
+@pytest.mark.rtl
+def test_worked_example_on_rtl(tmp_path):
+    spec = dict(seed=0, R=3, P=5, C=2, bias=False, out_mode=OUT_RAW, bp=1, k=1,
+                mem=MemTiming(latency=5), kind="worked")
+    (run,) = _rtl_cycles(SMALL, [spec], tmp_path)
+    assert run.error is None and run.cycles == 62
 
 
 def _random_layers(seed, n, big=False):
