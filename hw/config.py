@@ -40,6 +40,7 @@ class HwConfig:
     w_buf_elems: int = 8192     #: weight buffer, elements per slot
     mem_bytes: int = 8          #: memory port width, bytes per beat
     rd_outstanding: int = 32    #: read requests in flight at most
+    stage_entries: int = 2      #: PE-array groups between issue and drain at most (stage FIFO)
     mult_width: int = 16        #: signed requantisation multiplier width, bits
     addr_width: int = 32        #: byte address width
     dim_width: int = 16         #: width of the R, P, C fields of a layer descriptor
@@ -80,6 +81,8 @@ class HwConfig:
             bad("x_buf_elems", f"must hold tc*tp elements of every tile row, tr*tc*tp = {self.tr * self.lanes}")
         if not 2 <= self.rd_outstanding <= 256:
             bad("rd_outstanding", "must be from 2 to 256")
+        if not 2 <= self.stage_entries <= 64:
+            bad("stage_entries", "must be from 2 to 64 groups")
         if not 4 <= self.mult_width <= 32:
             bad("mult_width", "must be from 4 to 32 bits")
         if not 16 <= self.addr_width <= 48:

@@ -88,7 +88,7 @@ class NPUCore(wiring.Component):
         m.submodules.bufs = bufs = OperandBuffers(cfg, tag_width=_group_tag_layout(cfg).size)
         m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size)
         stl = stage_layout(cfg)
-        m.submodules.stage = stage = fifo.SyncFIFO(width=stl.size, depth=2)
+        m.submodules.stage = stage = fifo.SyncFIFO(width=stl.size, depth=cfg.stage_entries)
         m.submodules.drain = drain = Drain(cfg)
         m.submodules.it = it = StepIter(cfg, lay, lp)
 
@@ -143,13 +143,16 @@ class NPUCore(wiring.Component):
         m.d.sync += wr_pending.eq(wr_pending + wr_fire - wr_ack)
 
         # ---- compute issue -------------------------------------------------------------
-        # Groups between issue and the drain (at most two): a new group may start while
-        # fewer than two are in flight.
-        inflight = Signal(range(4), name="ci_inflight")
+        # Groups between issue and the drain (at most ``stage_entries``, the stage FIFO's
+        # depth): a new group may start while fewer are in flight. The test is a register,
+        # computed from the count's next value.
+        inflight = Signal(range(cfg.stage_entries + 2), name="ci_inflight")
         pop = stage.r_en & stage.r_rdy
         start_g = Signal(name="ci_start_g")
-        m.d.sync += inflight.eq(inflight + start_g - pop)
-        credit = ~inflight[1]
+        inflight_d = Signal.like(inflight, name="ci_inflight_d")
+        credit = Signal(name="ci_credit", init=1)
+        m.d.comb += inflight_d.eq(inflight + start_g - pop)
+        m.d.sync += [inflight.eq(inflight_d), credit.eq(inflight_d < cfg.stage_entries)]
 
         x_cnt = Signal.like(loader.x_done, name="ci_x_cnt")
         w_cnt = Signal.like(loader.w_done, name="ci_w_cnt")
@@ -216,7 +219,8 @@ class NPUCore(wiring.Component):
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += [loader.start.eq(1), it.restart.eq(1)]
-                m.d.sync += [x_cnt.eq(0), w_cnt.eq(0), inflight.eq(0), x_diff.eq(0), w_diff.eq(0)]
+                m.d.sync += [x_cnt.eq(0), w_cnt.eq(0), inflight.eq(0), credit.eq(1),
+                             x_diff.eq(0), w_diff.eq(0)]
                 m.next = "SETUP"
             with m.State("SETUP"):
                 with m.If(x_ok & w_ok & credit):

@@ -33,12 +33,11 @@ multiple of ``F`` (so no beat straddles two memory words), rows and columns insi
 Pipeline (one register between stages, one global enable ``~stall``):
 
 * ``s0``: beat counters over the held entry; select the value and bias lines; the
-  partial-sum line address; lane mask.
+  partial-sum line address; lane mask; whether the beat ahead writes the line it reads.
 * ``s1``: read the partial sums; ``y = v + partial (unless first) + bias (if last)``
-  (carry-save, one carry chain); write ``y`` back to the partial sums (non-``last``); byte
-  strobes.
-* ``s2``: ``y * mult`` as two DSP-sized partial products (``mult = 1`` in raw mode);
-  ``row * os``.
+  (carry-save, one carry chain); byte strobes.
+* ``s2``: write ``y`` back to the partial sums (non-``last``); ``y * mult`` as two
+  DSP-sized partial products (``mult = 1`` in raw mode); ``row * os``.
 * ``s3``: ``q = y * mult + 2**(shift-1)``; the write address.
 * ``s4``: ``q >> shift`` and whether it is above or below the data range.
 * ``s5``: saturate, ReLU (raw: ``q`` itself, no clamp).
@@ -46,8 +45,9 @@ Pipeline (one register between stages, one global enable ``~stall``):
 
 The partial-sum buffer is ``E = mem_bytes // elem_bytes`` memories (one per lane) of
 ``tr * tc / E`` accumulators, line ``trow * tc / E + u // E``. A line is read (asynchronously,
-from a registered address) and written in ``s1``, so the read of a beat sees the write of
-the beat before it: the only read-after-write distance (one beat) of the read-modify-write.
+from a registered address) in ``s1`` and written in ``s2``; the beat right behind a write
+takes the written lanes from ``s2`` instead of the memory, every later beat reads them
+from the memory, which covers the read-after-write distances of the read-modify-write.
 """
 from __future__ import annotations
 
@@ -218,9 +218,12 @@ class Drain(wiring.Component):
         s0_b = blines[s0_line]
         s0_colbyte = Mux(e_raw, s0_col << 2, s0_col << leb)
 
-        # Partial sums: read and written back in s1. One memory per lane, read asynchronously in s1 from a per-lane copy of the line
-        # address (``_rep``: each copy drives only its lane's LUT RAM); a write in s1 is seen
-        # by the read of the next beat, which covers the read-after-write distance of one.
+        # Partial sums: read in s1, written back from s2's registers. One memory per lane,
+        # read asynchronously in s1 from a per-lane copy of the line address (``_rep``: each
+        # copy drives only its lane's LUT RAM). The beat right behind a write reads before
+        # the write lands: it takes the written value from s2 instead (``s1_fwd``, decided
+        # in s0); every later beat reads it from the memory. So the read-modify-write is
+        # not one combinational loop through the memory.
         s0_paddr = Cat(s0_line, s0_trow[:log2(cfg.tr)])
         p_rd, p_wp = [], []
         for l in range(E):
@@ -247,25 +250,38 @@ class Drain(wiring.Component):
                    colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), row=s0_row,
                    os=e_os, oaddr=e_oaddr, raw=e_raw, relu=e_relu, mult=e_mult, shift=e_shift)
 
-        # -- s1: add the partial sums, write them back -----------------------------------------
+        # Lanes the beat in s1 writes back (a non-last entry) at the line the beat in s0
+        # reads: that beat takes them from s2 (see above).
+        s1_wr = s1["valid"] & ~s1["last"]
+        s1_fwd = Signal(E, name="s1_fwd")
+        with m.If(go):
+            m.d.sync += s1_fwd.eq(Cat(s1_wr & s1["mask"][l] & (s0_paddr == s1["waddr"])
+                                      for l in range(E)))
+
+        # -- s1: add the partial sums ----------------------------------------------------------
         # y = v + partial + bias through a carry-save stage: one LUT level and one carry chain
         # after the partial-sum read.
         s1_y = Signal(line)
+        s2_y = Signal(line, name="s2_y")
         for l in range(E):
             a = s1["v"][l].as_unsigned()
-            b = Mux(s1["first"], 0, p_rd[l].as_unsigned())
+            part = Mux(s1_fwd[l], s2_y[l], p_rd[l])
+            b = Mux(s1["first"], 0, part.as_unsigned())
             c = s1["bias"][l].as_unsigned()
             m.d.comb += s1_y[l].eq((a ^ b ^ c) + (((a & b) | (a & c) | (b & c)) << 1))
+        with m.If(go):
+            m.d.sync += s2_y.eq(s1_y)
         s1_nbytes = Mux(s1["raw"], s1["n"] << 2, s1["n"] << leb)
         s1_strb = Cat((s1["boff"] <= b) & (b < s1["boff"] + s1_nbytes) for b in range(M))
-        m.d.comb += [wp.addr.eq(s1["waddr"]) for wp in p_wp]
-        m.d.comb += [wp.data.eq(s1_y[l]) for l, wp in enumerate(p_wp)]
-        m.d.comb += [wp.en.eq(s1["valid"] & ~s1["last"] & go & s1["mask"][l])
-                     for l, wp in enumerate(p_wp)]
 
-        s2 = carry("s2", busy=s1["valid"], valid=s1["valid"] & s1["last"], y=s1_y, strb=s1_strb,
+        s2 = carry("s2", busy=s1["valid"], valid=s1["valid"] & s1["last"], strb=s1_strb,
+                   wr=s1_wr, waddr=s1["waddr"], mask=s1["mask"],
                    **{f: s1[f] for f in ("row", "colword", "os", "oaddr", "boff", "off", "raw",
                                          "relu", "mult", "shift")})
+        # write back from s2 (once: held while stalled)
+        m.d.comb += [wp.addr.eq(s2["waddr"]) for wp in p_wp]
+        m.d.comb += [wp.data.eq(s2_y[l]) for l, wp in enumerate(p_wp)]
+        m.d.comb += [wp.en.eq(s2["wr"] & go & s2["mask"][l]) for l, wp in enumerate(p_wp)]
 
         # -- s2: multiply (lanes and row address) ----------------------------------------------
         # y * mult as two DSP-sized products (y's low L bits unsigned, the rest signed), added
@@ -274,7 +290,7 @@ class Drain(wiring.Component):
         s2_plo = Signal(data.ArrayLayout(signed(L + 1 + mw), E))
         s2_phi = Signal(data.ArrayLayout(signed(max(aw - L, 1) + mw), E))   # 0 if aw <= 18
         for l in range(E):
-            y = s2["y"][l]
+            y = s2_y[l]
             if aw > L:
                 m.d.comb += [s2_plo[l].eq(y[:L] * s2["mult"]),
                              s2_phi[l].eq(y[L:].as_signed() * s2["mult"])]

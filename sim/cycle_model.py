@@ -428,7 +428,8 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
     ld = START_CYCLES                     # loader: cycle it is in STEP for the next step
     xf = [None, None]                     # free-visible times of X loads q-2, q-1
     wf = [None, None]
-    p2 = p1 = _NEG                        # drain accept times of groups i-2, i-1
+    D = cfg.stage_entries
+    pq = deque([_NEG] * D, maxlen=D)      # drain accept times of groups i-D .. i-1
     n_groups = 0
     load_stall = credit_stall = 0
     seen: dict = {}
@@ -440,7 +441,7 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
             low = min(sigma, ld) - H
             key = (ld - sigma, _rel(xf[0], sigma, low), _rel(xf[1], sigma, low),
                    _rel(wf[0], sigma, low), _rel(wf[1], sigma, low),
-                   _rel(p2, sigma, low), _rel(p1, sigma, low)) + \
+                   *(_rel(p, sigma, low) for p in pq)) + \
                 rd.snap(sigma, low) + drain.snap(sigma, low)
             cur = (j, sigma, n_groups, load_stall, credit_stall)
             hits = seen.get(key)
@@ -462,8 +463,7 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
                     ld += dt
                     xf = [None if v is None else v + dt for v in xf]
                     wf = [None if v is None else v + dt for v in wf]
-                    p2 += dt
-                    p1 += dt
+                    pq = deque((p + dt for p in pq), maxlen=D)
                     rd.shift(dt)
                     drain.shift(dt)
                     n_groups += N * (n_groups - old[2])
@@ -488,7 +488,7 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
                 ready = done
         ld = t + 1                       # NEXT in t, STEP of the next step in t + 1
         # -- compute: SETUP (until loads done and a credit) -> RUN, groups of n_s cycles
-        cred = p2 + 1
+        cred = pq[0] + 1
         c = ready if ready > cred else cred
         load_stall += ready - sigma
         credit_stall += c - ready if c > ready else 0
@@ -497,12 +497,12 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
         last_g = n_g - 1
         for g in range(n_g):
             if g:
-                cred = p2 + 1
+                cred = pq[0] + 1
                 if cred > tstart:
                     credit_stall += cred - tstart
                     tstart = cred
             e = tstart + n_s - 1
-            p2, p1 = p1, accept(e + avl, fb if g < last_g else lb, last_ch)
+            pq.append(accept(e + avl, fb if g < last_g else lb, last_ch))
             tstart = e + 1
         n_groups += n_g
         sigma = tstart

@@ -40,6 +40,8 @@ BAD = [
     ({"tr": 256, "x_buf_elems": 8192}, "x_buf_elems", 8192),
     ({"rd_outstanding": 1}, "rd_outstanding", 1),
     ({"rd_outstanding": 257}, "rd_outstanding", 257),
+    ({"stage_entries": 1}, "stage_entries", 1),
+    ({"stage_entries": 65}, "stage_entries", 65),
     ({"mult_width": 3}, "mult_width", 3),
     ({"mult_width": 33}, "mult_width", 33),
     ({"addr_width": 15}, "addr_width", 15),
@@ -72,8 +74,8 @@ def test_defaults_are_valid_and_as_documented():
     {"tc": 64, "tp": 64, "tr": 256, "x_buf_elems": 1 << 20, "w_buf_elems": 1 << 12,
      "mem_bytes": 64},
     {"data_width": 4, "acc_width": 8, "mult_width": 4, "addr_width": 16, "dim_width": 8,
-     "rd_outstanding": 2, "clock_mhz": 1},
-    {"rd_outstanding": 256, "mult_width": 32, "addr_width": 48, "dim_width": 24,
+     "rd_outstanding": 2, "stage_entries": 2, "clock_mhz": 1},
+    {"rd_outstanding": 256, "stage_entries": 64, "mult_width": 32, "addr_width": 48, "dim_width": 24,
      "clock_mhz": 250.5},
 ])
 def test_limits_are_accepted(changes):

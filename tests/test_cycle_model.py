@@ -21,7 +21,9 @@ from fluidnpu.sim.cycle_model import (CycleModelError, LayerTiming, layer_cycles
 
 DEFAULT = HwConfig()
 SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
-CFGS = {"default": DEFAULT, "small": SMALL}
+# a deeper stage FIFO (more groups in flight), of a depth that is not a power of two
+SMALL_S5 = SMALL.replace(stage_entries=5)
+CFGS = {"default": DEFAULT, "small": SMALL, "small-s5": SMALL_S5}
 
 BASIC_MEMS = (MemTiming(latency=1), MemTiming(latency=20), MemTiming(latency=50),
               MemTiming(latency=1, interval=2), MemTiming(latency=20, interval=2))
@@ -126,10 +128,11 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
     ("small", 1, BASIC_MEMS, ALL_KINDS, 110_000, 60, 6_000),
     ("small", 2, ODD_MEMS, ALL_KINDS, 60_000, 30, 6_000),
     ("small", 3, BASIC_MEMS[:3], ("many",), 60_000, 4, 20_000),
+    ("small-s5", 8, BASIC_MEMS, ALL_KINDS, 60_000, 30, 6_000),
     ("default", 4, BASIC_MEMS, ALL_KINDS, 110_000, 40, 8_000),
     ("default", 5, ODD_MEMS, ("tiny", "r1", "ragged", "wide"), 40_000, 15, 8_000),
     ("default", 6, BASIC_MEMS[1:2], ("many",), 40_000, 2, 25_000),
-], ids=["small-basic", "small-odd", "small-many", "default-basic", "default-odd",
+], ids=["small-basic", "small-odd", "small-many", "small-s5", "default-basic", "default-odd",
         "default-many"])
 def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
     cfg = CFGS[cfg_name]
@@ -233,6 +236,19 @@ def test_breakdown_and_bounds():
         assert t.cycles == layer_cycles(cfg, R, P, C, **kw)
         # the loads of the first step alone: at least one read per beat, plus latency
         assert t.cycles > kw["mem"].latency + t.issue_cycles
+
+
+def test_deeper_stage_fifo():
+    """More groups in flight never cost a cycle, and short groups stop waiting for credits."""
+    for cfg, R, P, C, kw in _random_layers(11, 60):
+        a = layer_timing(cfg, R, P, C, **kw)
+        b = layer_timing(cfg.replace(stage_entries=16), R, P, C, **kw)
+        assert b.cycles <= a.cycles and b.credit_stall <= a.credit_stall, (R, P, C, kw)
+    # one-cycle groups (P of one step per chunk) wait for the drain with two credits
+    kw = dict(bp=1, k=1, bias=False, out_mode=OUT_RAW, mem=MemTiming(latency=1))
+    a = layer_timing(DEFAULT, 256, 8, 64, **kw)
+    b = layer_timing(DEFAULT.replace(stage_entries=16), 256, 8, 64, **kw)
+    assert a.credit_stall > 0 and b.credit_stall < a.credit_stall and b.cycles < a.cycles
 
 
 def test_monotonic_in_memory_timing():
