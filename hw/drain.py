@@ -39,9 +39,11 @@ Pipeline (one register between stages, one global enable ``~stall``):
 * ``s2``: write ``y`` back to the partial sums (non-``last``); ``y * mult`` as two
   DSP-sized partial products (``mult = 1`` in raw mode); ``row * os``.
 * ``s3``: ``q = y * mult + 2**(shift-1)``; the write address.
-* ``s4``: ``q >> shift`` and whether it is above or below the data range.
-* ``s5``: saturate, ReLU (raw: ``q`` itself, no clamp).
-* ``s6``: place the lanes in the beat and register the write on ``wr_req``.
+* ``s4``: the upper levels of ``q >> shift``; whether ``q >> shift`` is above or below the
+  data range.
+* ``s5``: the lower levels of the shift.
+* ``s6``: saturate, ReLU (raw: ``q`` itself, no clamp).
+* ``s7``: place the lanes in the beat and register the write on ``wr_req``.
 
 The partial-sum buffer is ``E = mem_bytes // elem_bytes`` memories (one per lane) of
 ``tr * tc / E`` accumulators, line ``trow * tc / E + u // E``. A line is read (asynchronously,
@@ -77,14 +79,17 @@ def stage_layout(cfg: HwConfig) -> data.StructLayout:
     })
 
 
-def _window(m, v, amount, width, name):
-    """``v[amount : amount + width]`` as a narrowing log shifter; ``v`` must be wide enough."""
-    for b in reversed(range(len(amount))):
+def _window(m, v, amount, width, name, lowest=0):
+    """``v[amount : amount + width]`` as a narrowing log shifter; ``v`` must be wide enough.
+
+    With ``lowest``, only the levels of ``amount``'s bits from ``lowest`` up: the result is
+    ``width + 2**lowest - 1`` bits, to be shifted on by ``amount``'s lower bits."""
+    for b in reversed(range(lowest, len(amount))):
         need = width + (1 << b) - 1
         nxt = Signal(need, name=f"{name}_{b}")
         m.d.comb += nxt.eq(Mux(amount[b], v[1 << b:(1 << b) + need], v[:need]))
         v = nxt
-    return v[:width]
+    return v[:width + (1 << lowest) - 1]
 
 
 class Drain(wiring.Component):
@@ -97,7 +102,7 @@ class Drain(wiring.Component):
     """
 
     #: Cycles from the issue of a beat to its write on ``wr_req`` (without stalls).
-    LATENCY = 7
+    LATENCY = 8
 
     def __init__(self, cfg: HwConfig):
         if not isinstance(cfg, HwConfig):
@@ -323,21 +328,24 @@ class Drain(wiring.Component):
                    **{f: s3[f] for f in ("busy", "valid", "strb", "boff", "off", "raw", "relu",
                                          "shift")})
 
-        # -- s4: shift and range test ----------------------------------------------------------
-        # Requant: the data_width bits of q >> shift, and whether q >> shift is above or below
-        # what data_width bits hold (two wide reductions); the choice among them is in s5.
+        # -- s4: coarse shift and range test ---------------------------------------------------
+        # Requant: the upper levels of the log shifter (q >> the shift's upper bits), and
+        # whether q >> shift is above or below what data_width bits hold (two wide
+        # reductions); s5 finishes the shift, s6 chooses among them.
         dwid = cfg.data_width
-        s4_win = Signal(data.ArrayLayout(signed(dwid), E))
+        sw = len(s4["shift"])
+        fine_bits = sw // 2                                          # shift bits done in s5
+        s4_part = Signal(data.ArrayLayout(unsigned(dwid + (1 << fine_bits) - 1), E))
         s4_neg = Signal(E)
         s4_hi = Signal(E)
         s4_lo = Signal(E)
-        pad = dwid + (1 << len(s4["shift"])) - 1 - (W + 1)          # sign bits _window needs
+        pad = dwid + (1 << sw) - 1 - (W + 1)                         # sign bits _window needs
         for l in range(E):
             q = s4["q"][l]
             neg = q[-1]
             m.d.comb += [
-                s4_win[l].eq(_window(m, Cat(q, neg.replicate(max(pad, 0))), s4["shift"], dwid,
-                                     f"s4_window{l}").as_signed()),
+                s4_part[l].eq(_window(m, Cat(q, neg.replicate(max(pad, 0))), s4["shift"], dwid,
+                                      f"s4_window{l}", lowest=fine_bits)),
                 s4_neg[l].eq(neg),
                 s4_hi[l].eq(~neg & (q & s4["high"]).any()),
                 s4_lo[l].eq(neg & ~(q | ~s4["high"]).all()),
@@ -345,49 +353,59 @@ class Drain(wiring.Component):
         s4_raw = Signal(data.ArrayLayout(signed(32), E))
         for l in range(E):
             m.d.comb += s4_raw[l].eq(s4["q"][l])
-        s5 = carry("s5", win=s4_win, neg=s4_neg, hi=s4_hi, lo=s4_lo, q=s4_raw,
+        s5 = carry("s5", part=s4_part, neg=s4_neg, hi=s4_hi, lo=s4_lo, q=s4_raw,
+                   shift=s4["shift"][:fine_bits],
                    **{f: s4[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw",
                                          "relu")})
 
-        # -- s5: saturate, ReLU ------------------------------------------------------------------
-        # Raw: q itself (mult 1, shift 0). ReLU: 0 for negative q (the sign survives the shift).
-        s5_z = Signal(data.ArrayLayout(signed(32), E))
+        # -- s5: fine shift ----------------------------------------------------------------------
+        s5_win = Signal(data.ArrayLayout(signed(dwid), E))
         for l in range(E):
-            with m.If(s5["relu"] & s5["neg"][l]):
-                m.d.comb += s5_z[l].eq(0)
-            with m.Elif(s5["raw"]):
-                m.d.comb += s5_z[l].eq(s5["q"][l])
-            with m.Elif(s5["hi"][l]):
-                m.d.comb += s5_z[l].eq(cfg.data_max)
-            with m.Elif(s5["lo"][l]):
-                m.d.comb += s5_z[l].eq(cfg.data_min)
-            with m.Else():
-                m.d.comb += s5_z[l].eq(s5["win"][l])
-        s6 = carry("s6", z=s5_z,
-                   **{f: s5[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw")})
+            m.d.comb += s5_win[l].eq(_window(m, s5["part"][l], s5["shift"], dwid,
+                                             f"s5_window{l}").as_signed())
+        s6 = carry("s6", win=s5_win,
+                   **{f: s5[f] for f in ("neg", "hi", "lo", "q", "busy", "valid", "addr", "strb",
+                                         "boff", "off", "raw", "relu")})
 
-        # -- s6: place the lanes in the beat ---------------------------------------------------
+        # -- s6: saturate, ReLU ------------------------------------------------------------------
+        # Raw: q itself (mult 1, shift 0). ReLU: 0 for negative q (the sign survives the shift).
+        s6_z = Signal(data.ArrayLayout(signed(32), E))
+        for l in range(E):
+            with m.If(s6["relu"] & s6["neg"][l]):
+                m.d.comb += s6_z[l].eq(0)
+            with m.Elif(s6["raw"]):
+                m.d.comb += s6_z[l].eq(s6["q"][l])
+            with m.Elif(s6["hi"][l]):
+                m.d.comb += s6_z[l].eq(cfg.data_max)
+            with m.Elif(s6["lo"][l]):
+                m.d.comb += s6_z[l].eq(cfg.data_min)
+            with m.Else():
+                m.d.comb += s6_z[l].eq(s6["win"][l])
+        s7 = carry("s7", z=s6_z,
+                   **{f: s6[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw")})
+
+        # -- s7: place the lanes in the beat ---------------------------------------------------
         # Gather the beat's units at byte 0 (raw: lanes off .. off+DWR-1, 4 bytes each;
         # requant: lanes 0 .. E-1, eb bytes each), then shift them up to byte boff.
-        raw_lanes = Cat(s6["z"][l] for l in range(E)).word_select(s6["off"] >> log2(DWR),
+        raw_lanes = Cat(s7["z"][l] for l in range(E)).word_select(s7["off"] >> log2(DWR),
                                                                   8 * M)
-        req_lanes = Cat(s6["z"][l][:8 * eb] for l in range(E))
-        s6_word = Mux(s6["raw"], raw_lanes, req_lanes)
+        req_lanes = Cat(s7["z"][l][:8 * eb] for l in range(E))
+        s7_word = Mux(s7["raw"], raw_lanes, req_lanes)
         for b in range(lM):
-            nxt = Signal(8 * M, name=f"s6_word_{b}")
-            m.d.comb += nxt.eq(Mux(s6["boff"][b], Cat(Const(0, 8 << b), s6_word), s6_word))
-            s6_word = nxt
-        strb_bits = Cat(b.replicate(8) for b in s6["strb"])
+            nxt = Signal(8 * M, name=f"s7_word_{b}")
+            m.d.comb += nxt.eq(Mux(s7["boff"][b], Cat(Const(0, 8 << b), s7_word), s7_word))
+            s7_word = nxt
+        strb_bits = Cat(b.replicate(8) for b in s7["strb"])
         with m.If(go):
             m.d.sync += [
-                self.wr_req.valid.eq(s6["valid"]),
-                self.wr_req.payload.addr.eq(s6["addr"]),
-                self.wr_req.payload.strb.eq(s6["strb"]),
-                self.wr_req.payload.data.eq(s6_word & strb_bits),
+                self.wr_req.valid.eq(s7["valid"]),
+                self.wr_req.payload.addr.eq(s7["addr"]),
+                self.wr_req.payload.strb.eq(s7["strb"]),
+                self.wr_req.payload.data.eq(s7_word & strb_bits),
             ]
 
         # Every beat, written or not, counts as in flight until it leaves the last register.
-        out_busy = carry("out", busy=s6["busy"])["busy"]
+        out_busy = carry("out", busy=s7["busy"])["busy"]
         m.d.comb += self.idle.eq(~(e_valid | s1["valid"] | s2["busy"] | s3["busy"] | s4["busy"]
-                                   | s5["busy"] | s6["busy"] | out_busy))
+                                   | s5["busy"] | s6["busy"] | s7["busy"] | out_busy))
         return m

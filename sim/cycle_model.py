@@ -42,7 +42,7 @@ def pipe_latency(cfg: HwConfig) -> int:
 #: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1
 #: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
-DRAIN_LATENCY = 7
+DRAIN_LATENCY = 8
 #: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 4
 DONE_DELAY = 4
 #: free pulse in f -> the loader's in-flight load count (``ld_x_out``) takes it in f + 1
