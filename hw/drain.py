@@ -282,7 +282,7 @@ class Drain(wiring.Component):
         s2 = carry("s2", busy=s1["valid"], valid=s1["valid"] & s1["last"], strb=s1_strb,
                    wr=s1_wr, waddr=s1["waddr"], mask=s1["mask"],
                    **{f: s1[f] for f in ("row", "colword", "os", "oaddr", "boff", "off", "raw",
-                                         "relu", "mult", "shift")})
+                                         "relu", "shift")})
         # write back from s2 (once: held while stalled)
         m.d.comb += [wp.addr.eq(s2["waddr"]) for wp in p_wp]
         m.d.comb += [wp.data.eq(s2_y[l]) for l, wp in enumerate(p_wp)]
@@ -291,16 +291,21 @@ class Drain(wiring.Component):
         # -- s2: multiply (lanes and row address) ----------------------------------------------
         # y * mult as two DSP-sized products (y's low L bits unsigned, the rest signed), added
         # in s3, so that each stage holds either a multiplier or an adder.
+        # ``mult`` has one register copy per lane (``_rep``), so that no net spans the DSPs
+        # of every lane.
         L = 17 if aw > 18 else aw
         s2_plo = Signal(data.ArrayLayout(signed(L + 1 + mw), E))
         s2_phi = Signal(data.ArrayLayout(signed(max(aw - L, 1) + mw), E))   # 0 if aw <= 18
         for l in range(E):
             y = s2_y[l]
+            mult = Signal.like(s1["mult"], name=f"s2_mult_rep{l}")
+            with m.If(go):
+                m.d.sync += mult.eq(s1["mult"])
             if aw > L:
-                m.d.comb += [s2_plo[l].eq(y[:L] * s2["mult"]),
-                             s2_phi[l].eq(y[L:].as_signed() * s2["mult"])]
+                m.d.comb += [s2_plo[l].eq(y[:L] * mult),
+                             s2_phi[l].eq(y[L:].as_signed() * mult)]
             else:
-                m.d.comb += s2_plo[l].eq(y * s2["mult"])
+                m.d.comb += s2_plo[l].eq(y * mult)
         s2_rowaddr = Signal(cfg.addr_width)
         m.d.comb += s2_rowaddr.eq(s2["row"] * s2["os"])
         # The rounding constant 2**(shift-1) (0 for shift 0) and the mask of the bits of q at
