@@ -73,7 +73,6 @@ class PEArray(wiring.Component):
             m.d.sync += nxt.eq(prev)
             return nxt
 
-
         # The policy and the accumulate stage's controls drive a multiplexer or an adder in
         # every lane: one register copy per PE (``_rep``, kept apart by the synthesis flow)
         # keeps each of those nets local. The policy copies lag ``lbp``/``lk`` by a cycle.
@@ -122,15 +121,17 @@ class PEArray(wiring.Component):
         cur = seg
         for lvl in range(1, ltc + 1):
             step = 1 << (lvl - 1)
-            lk_lvl = [Signal.like(self.lk, name=f"s{2 + lvl}_lk_rep{pe}") for pe in range(tc)]
-            m.d.sync += [r.eq(self.lk) for r in lk_lvl]
             nxt = []
             for pe in range(tc):
+                head = pe % (1 << lvl) == 0
+                if head:
+                    lk_lvl = Signal.like(self.lk, name=f"s{2 + lvl}_lk_rep{pe}")
+                    m.d.sync += lk_lvl.eq(self.lk)
                 row = []
                 for i in range(tp):
                     r = Signal(signed(segw + lvl), name=f"s{2 + lvl}_stack_{pe}_{i}")
-                    if pe % (1 << lvl) == 0:
-                        add = Mux(lk_lvl[pe] >= lvl, cur[pe + step][i], 0)
+                    if head:
+                        add = Mux(lk_lvl >= lvl, cur[pe + step][i], 0)
                         m.d.sync += r.eq(cur[pe][i] + add)
                     else:
                         m.d.sync += r.eq(cur[pe][i])
