@@ -2,7 +2,7 @@
 
 Blocks: a :class:`~.loader.Loader` running ahead of the compute into double-buffered
 :class:`~.buffers.OperandBuffers`; the compute issue below walking groups and steps;
-the :class:`~.pe_array.PEArray`; a two-entry stage FIFO; the :class:`~.drain.Drain`
+the :class:`~.pe_array.PEArray`; a stage FIFO (``stage_entries`` deep); the :class:`~.drain.Drain`
 writing results. See docs/architecture.md.
 """
 from __future__ import annotations
