@@ -68,7 +68,6 @@ class OperandBuffers(wiring.Component):
         m = Module()
         cfg = self.cfg
         tc, tp, n = cfg.tc, cfg.tp, cfg.lanes
-        ltp = log2(tp)
 
         # Write side, two registers between the loader and the banks, so that each long wire
         # has a cycle of its own: the write beat is copied into ``tc`` registers (``_rep``,

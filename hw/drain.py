@@ -259,9 +259,9 @@ class Drain(wiring.Component):
         # reads: that beat takes them from s2 (see above).
         s1_wr = s1["valid"] & ~s1["last"]
         s1_fwd = Signal(E, name="s1_fwd")
+        same_line = s0_paddr == s1["waddr"]
         with m.If(go):
-            m.d.sync += s1_fwd.eq(Cat(s1_wr & s1["mask"][l] & (s0_paddr == s1["waddr"])
-                                      for l in range(E)))
+            m.d.sync += s1_fwd.eq(Cat(s1_wr & s1["mask"][l] & same_line for l in range(E)))
 
         # -- s1: add the partial sums ----------------------------------------------------------
         # y = v + partial + bias through a carry-save stage: one LUT level and one carry chain

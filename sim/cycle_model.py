@@ -421,8 +421,9 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
     drain = _FastDrain() if (I == 1 and not wr.windowed) else _TickDrain(wr)
     H = max(L, Lw) + 2 * I + 16          # a time older than ref - H cannot matter
     done_lat = L + DONE_DELAY
-    fdel = pipe_latency(cfg) + FREE_DELAY     # last issue -> free visible to the loader
-    avl = pipe_latency(cfg) + STAGE_DELAY     # last issue -> entry readable by the drain
+    pipe = pipe_latency(cfg)
+    fdel = pipe + FREE_DELAY              # last issue -> free visible to the loader
+    avl = pipe + STAGE_DELAY              # last issue -> entry readable by the drain
 
     sigma = START_CYCLES                  # compute: first SETUP cycle of the next step
     ld = START_CYCLES                     # loader: cycle it is in STEP for the next step
