@@ -70,28 +70,41 @@ class OperandBuffers(wiring.Component):
         tc, tp, n = cfg.tc, cfg.tp, cfg.lanes
 
         # Write side, two registers between the loader and the banks, so that each long wire
-        # has a cycle of its own: the write beat is copied into ``tc`` registers (``_rep``,
-        # kept apart by the synthesis flow), each reaching only the ``tp`` bank positions
-        # ``g*tp .. g*tp + tp-1``; there each position selects its element (X bank ``b`` and
-        # W bank ``b`` share one select) into a register beside its two banks. A write lands
-        # two cycles after the beat; the loader counts a load done one cycle later than its
-        # last beat's write reaches the banks (docs/cycle_model.md, "Response decode").
-        wr_rep = [Signal.like(self.wr, name=f"w1_wr_rep{g}") for g in range(tc)]
+        # has a cycle of its own: the write beat's lines and data are copied into ``tc``
+        # registers (``_rep``, kept apart by the synthesis flow), each reaching only the
+        # ``tp`` bank positions ``g*tp .. g*tp + tp-1``, beside which element of the beat
+        # hits each of those positions (decoded from the beat's bank numbers on the way in);
+        # there each position selects its element (X bank ``b`` and W bank ``b`` share one
+        # select) into a register beside its two banks. A write lands two cycles after the
+        # beat; the loader counts a load done one cycle later than its last beat's write
+        # reaches the banks (docs/cycle_model.md, "Response decode").
+        e = cfg.elems_per_beat
+        rep_layout = data.ArrayLayout(data.StructLayout({
+            "addr": elem_write_layout(cfg)["addr"].shape, "data": unsigned(cfg.data_width)}), e)
+        wr_rep = [Signal(rep_layout, name=f"w1_wr_rep{g}") for g in range(tc)]
         wx_rep = [Signal(name=f"w1_x_rep{g}") for g in range(tc)]
-        m.d.sync += [r.eq(self.wr) for r in wr_rep]
-        m.d.sync += [r.eq(self.wr_x) for r in wx_rep]
+        # hit_rep[g][j*e + i]: element i of the beat goes to bank position g*tp + j
+        hit_rep = [Signal(tp * e, name=f"w1_hit_rep{g}") for g in range(tc)]
+        for g in range(tc):
+            m.d.sync += [wr_rep[g][i].addr.eq(el.addr) for i, el in enumerate(self.wr)]
+            m.d.sync += [wr_rep[g][i].data.eq(el.data.as_unsigned()) for i, el in enumerate(self.wr)]
+            m.d.sync += wx_rep[g].eq(self.wr_x)
+            for j in range(tp):
+                m.d.sync += [hit_rep[g][j * e + i].eq(el.en & (el.bank == g * tp + j))
+                             for i, el in enumerate(self.wr)]
         sel_layout = data.StructLayout({"x": 1, "w": 1,
                                         "addr": elem_write_layout(cfg)["addr"].shape,
                                         "data": unsigned(cfg.data_width)})
         wsel = []
         for bank in range(n):
-            wr, wx = wr_rep[bank // tp], wx_rep[bank // tp]
+            g, j = divmod(bank, tp)
+            wr, wx = wr_rep[g], wx_rep[g]
             # At most one element of a beat hits a bank: an AND-OR select, not a priority chain.
-            hits = [el.en & (el.bank == bank) for el in wr]
+            hits = [hit_rep[g][j * e + i] for i in range(e)]
             addr_or, data_or = 0, 0
             for el, hit in zip(wr, hits):
                 addr_or = addr_or | Mux(hit, el.addr, 0)
-                data_or = data_or | Mux(hit, el.data.as_unsigned(), 0)
+                data_or = data_or | Mux(hit, el.data, 0)
             sel = Signal(sel_layout, name=f"w2_sel{bank}")
             hit = Cat(*hits).any()
             m.d.sync += [sel.x.eq(hit & wx), sel.w.eq(hit & ~wx), sel.addr.eq(addr_or),
@@ -122,11 +135,10 @@ class OperandBuffers(wiring.Component):
 
         # Stage 1 (bank data valid): the bank outputs are registered as they are (a DP16KD's
         # clock-to-output leaves no time for the wires to the selects in the same cycle);
-        # the read request is registered beside them.
-        f1 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag), "xgrp": range(tc),
-                                       "wgrp": range(tp), "rem": len(self.rd_rem)}), name="f1_req")
-        m.d.sync += [f1.valid.eq(self.rd_valid), f1.tag.eq(self.rd_tag), f1.xgrp.eq(self.rd_xgrp),
-                     f1.wgrp.eq(self.rd_wgrp), f1.rem.eq(self.rd_rem)]
+        # the read request is registered beside them (its group and chunk fields once per
+        # PE, below).
+        f1 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f1_req")
+        m.d.sync += [f1.valid.eq(self.rd_valid), f1.tag.eq(self.rd_tag)]
         xq = [Signal(signed(cfg.data_width), name=f"f2_xb{b}") for b in range(n)]
         wq = [Signal(signed(cfg.data_width), name=f"f2_wb{b}") for b in range(n)]
         m.d.sync += [q.eq(d) for q, d in zip(xq + wq, xdata + wdata)]
@@ -140,32 +152,40 @@ class OperandBuffers(wiring.Component):
         kmask = Signal(range(tc), name="f0_kmask")
         segmask = Signal(range(tp), name="f0_segmask")
         m.d.sync += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
-        xsel = [Signal(range(tc), name=f"f2_xgrp_{pe}") for pe in range(tc)]
-        # W select per PE and lane: register copies (``_rep``, kept apart by the synthesis
-        # flow), so that each drives one PE's multiplexers instead of one lane of every PE.
+        # X and W selects per PE and lane: register copies (``_rep``, kept apart by the
+        # synthesis flow), so that each drives the multiplexers of one lane (its 8 bits),
+        # placed beside them, instead of one lane of every PE or every lane of a PE.
+        # They come from per-PE copies of the request's group and chunk fields (``f1_*_rep``)
+        # and of the policy (``f0_*_rep``), so that no net reaches every lane of the array.
+        xsel = [[Signal(range(tc), name=f"f2_xgrp_rep{pe}_{l}") for l in range(tp)]
+                for pe in range(tc)]
         wsel = [[Signal(range(tp), name=f"f2_wl_rep{pe}_{l}") for l in range(tp)]
                 for pe in range(tc)]
+        lmask = Signal(n, name="f2_lmask")
+        ls_ = [Signal(range(tp), name=f"f0_ls_{l}") for l in range(tp)]
+        m.d.sync += [r.eq(l & segmask) for l, r in enumerate(ls_)]
         for pe in range(tc):
+            xgrp = Signal.like(self.rd_xgrp, name=f"f1_xgrp_rep{pe}")
+            wgrp = Signal.like(self.rd_wgrp, name=f"f1_wgrp_rep{pe}")
+            rem = Signal.like(self.rd_rem, name=f"f1_rem_rep{pe}")
+            lk = Signal.like(self.lk, name=f"f0_lk_rep{pe}")
+            lseg = Signal.like(self.lseg, name=f"f0_lseg_rep{pe}")
+            m.d.sync += [xgrp.eq(self.rd_xgrp), wgrp.eq(self.rd_wgrp), rem.eq(self.rd_rem),
+                         lk.eq(self.lk), lseg.eq(self.lseg)]
             pk = Signal(range(tc), name=f"f0_pk_{pe}")
             m.d.sync += pk.eq(pe & kmask)
-            m.d.sync += xsel[pe].eq((f1.xgrp << self.lk) | pk)
-        for l in range(tp):
-            ls_ = Signal(range(tp), name=f"f0_ls_{l}")
-            m.d.sync += ls_.eq(l & segmask)
-            for pe in range(tc):
-                m.d.sync += wsel[pe][l].eq((f1.wgrp << self.lseg) | ls_)
-        lmask = Signal(n, name="f2_lmask")
-        for pe in range(tc):
+            m.d.sync += [r.eq((xgrp << lk) | pk) for r in xsel[pe]]
             for l in range(tp):
+                m.d.sync += wsel[pe][l].eq((wgrp << lseg) | ls_[l])
                 q = Signal(range(n), name=f"f0_q_{pe}_{l}")    # lane's element within S
-                m.d.sync += q.eq(((pe & kmask) << self.lseg) | (l & segmask))
-                m.d.sync += lmask[pe * tp + l].eq(q < f1.rem)
+                m.d.sync += q.eq(((pe & kmask) << lseg) | (l & segmask))
+                m.d.sync += lmask[pe * tp + l].eq(q < rem)
 
         # Stage 3: per-PE group select for X, per-lane replication select for W, masking.
         for pe in range(tc):
             for l in range(tp):
                 xv = Signal(signed(cfg.data_width), name=f"f2_x_{pe}_{l}")
-                with m.Switch(xsel[pe]):
+                with m.Switch(xsel[pe][l]):
                     for g in range(tc):
                         with m.Case(g):
                             m.d.comb += xv.eq(xq[g * tp + l])

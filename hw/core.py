@@ -207,12 +207,24 @@ class NPUCore(wiring.Component):
             bufs.rd_rem.eq(rem),
         ]
 
+        # While idle, ``lay`` follows the command payload every cycle (so it holds the
+        # accepted one from the cycle after the accept on). Its enable is a register, high
+        # exactly in IDLE, in a few copies (``_rep``) that each enable a slice of ``lay``:
+        # no decode and no path from ``cmd.valid`` sits in front of hundreds of enables.
+        n_idle = 4
+        idle_rep = [Signal(init=1, name=f"ci_idle_rep{i}") for i in range(n_idle)]
+        lay_bits, pay_bits = lay.as_value(), self.cmd.payload.as_value()
+        cut = [len(lay_bits) * i // n_idle for i in range(n_idle + 1)]
+        for i, en in enumerate(idle_rep):
+            with m.If(en):
+                m.d.sync += lay_bits[cut[i]:cut[i + 1]].eq(pay_bits[cut[i]:cut[i + 1]])
+
         m.d.comb += self.cmd.ready.eq(0)
         with m.FSM(name="ci_fsm"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += lay.eq(self.cmd.payload)
+                    m.d.sync += [en.eq(0) for en in idle_rep]
                     m.next = "PREP"
             with m.State("PREP"):
                 m.d.sync += lp.eq(lp_c)
@@ -260,6 +272,7 @@ class NPUCore(wiring.Component):
             with m.State("FINISH"):
                 with m.If((inflight == 0) & ~stage.r_rdy & drain.idle & (wr_pending == 0)
                           & ~pe.out_valid):
+                    m.d.sync += [en.eq(1) for en in idle_rep]
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~self.cmd.ready)
         return m

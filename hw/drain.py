@@ -32,24 +32,27 @@ multiple of ``F`` (so no beat straddles two memory words), rows and columns insi
 
 Pipeline (one register between stages, one global enable ``~stall``):
 
-* ``s0``: beat counters over the held entry; select the value and bias lines; the
-  partial-sum line address; lane mask; whether the beat ahead writes the line it reads.
-* ``s1``: read the partial sums; ``y = v + partial (unless first) + bias (if last)``
-  (carry-save, one carry chain); byte strobes.
-* ``s2``: write ``y`` back to the partial sums (non-``last``); ``y * mult`` as two
-  DSP-sized partial products (``mult = 1`` in raw mode); ``row * os``.
-* ``s3``: ``q = y * mult + 2**(shift-1)``; the write address.
-* ``s4``: the upper levels of ``q >> shift``; whether ``q >> shift`` is above or below the
+* ``s0``: beat counters over the held entry; select the value and bias lines; read the
+  partial-sum line; lane mask; whether the beats ahead write the line it reads.
+* ``s1``: ``y = v + partial (unless first) + bias (if last)`` (carry-save, one carry
+  chain); byte strobes.
+* ``s2``: write ``y`` back to the partial sums (non-``last``); ``row * os``.
+* ``s3``: the multipliers hold ``y`` and ``mult`` in their input registers (``mult = 1`` in
+  raw mode) and multiply; the write address.
+* ``s4``: ``q = y * mult + 2**(shift-1)``.
+* ``s5``: the upper levels of ``q >> shift``; whether ``q >> shift`` is above or below the
   data range.
-* ``s5``: the lower levels of the shift.
-* ``s6``: saturate, ReLU (raw: ``q`` itself, no clamp).
-* ``s7``: place the lanes in the beat and register the write on ``wr_req``.
+* ``s6``: the lower levels of the shift.
+* ``s7``: saturate, ReLU (raw: ``q`` itself, no clamp).
+* ``s8``: place the lanes in the beat and register the write on ``wr_req``.
 
 The partial-sum buffer is ``E = mem_bytes // elem_bytes`` memories (one per lane) of
 ``tr * tc / E`` accumulators, line ``trow * tc / E + u // E``. A line is read (asynchronously,
-from a registered address) in ``s1`` and written in ``s2``; the beat right behind a write
-takes the written lanes from ``s2`` instead of the memory, every later beat reads them
-from the memory, which covers the read-after-write distances of the read-modify-write.
+from the beat counters' registers) in ``s0``, registered, and written back from ``s2``; the
+two beats right behind a write read before it lands and take the written lanes from
+``s2``'s (distance 1) or ``s3``'s (distance 2) copy of ``y`` instead, every later beat reads
+them from the memory, which covers the read-after-write distances of the
+read-modify-write.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
+from .dsp import Multiplier
 from .interface import OUT_RAW, layer_desc_layout, log2, wr_req_layout
 
 __all__ = ["stage_layout", "Drain"]
@@ -102,7 +106,7 @@ class Drain(wiring.Component):
     """
 
     #: Cycles from the issue of a beat to its write on ``wr_req`` (without stalls).
-    LATENCY = 8
+    LATENCY = 9
 
     def __init__(self, cfg: HwConfig):
         if not isinstance(cfg, HwConfig):
@@ -184,17 +188,35 @@ class Drain(wiring.Component):
         with m.Else():
             m.d.comb += [nxt_row_end.eq(s0_rem <= 2 * s0_dw), nxt_last_row.eq(s0_last_row)]
         m.d.comb += self.stage.ready.eq(go & (~e_valid | s0_last))
+        # The entry register is wide (every sum of a group): its load enable is computed
+        # once per slice of it from register copies of ``e_valid`` and ``s0_last``
+        # (``_rep``), so that no single net enables thousands of flip-flops.
+        n_take = max(1, -(-len(e.as_value()) // 256))
+        e_valid_rep = [Signal(name=f"s0_entry_valid_rep{i}") for i in range(n_take)]
+        s0_last_rep = [Signal(name=f"s0_last_rep{i}") for i in range(n_take)]
+        # The partial-sum line address (``Cat(line, trow)``) as a register copy per lane
+        # (``_rep``: each drives only its lane's LUT RAM), following s0_u0 and s0_trow.
+        ltr, nline = log2(cfg.tr), log2(cfg.tc // E)
+        paddr_rep = [Signal(nline + ltr, name=f"s0_paddr_rep{l}") for l in range(E)]
+
+        def paddr_to(u0, trow):
+            return [r.eq(Cat(u0[lE:lE + nline], trow[:ltr])) for r in paddr_rep]
+
         with m.If(e_valid & go):
             m.d.sync += [s0_row_end.eq(nxt_row_end), s0_last_row.eq(nxt_last_row),
                          s0_last.eq(nxt_row_end & nxt_last_row)]
+            m.d.sync += [r.eq(nxt_row_end & nxt_last_row) for r in s0_last_rep]
             with m.If(s0_row_end):
                 m.d.sync += [s0_u0.eq(0), s0_rem.eq(e.ncols), s0_col.eq(e.c0), s0_i.eq(s0_i + 1),
                              s0_row.eq(s0_row + 1), s0_trow.eq(s0_trow + 1)]
+                m.d.sync += paddr_to(Const(0, len(s0_u0)), s0_trow + 1)
             with m.Else():
                 m.d.sync += [s0_u0.eq(s0_u0 + s0_dw), s0_rem.eq(s0_rem - s0_dw),
                              s0_col.eq(s0_col + s0_dw)]
+                m.d.sync += paddr_to((s0_u0 + s0_dw)[:len(s0_u0)], s0_trow)
             with m.If(s0_last):
                 m.d.sync += e_valid.eq(0)
+                m.d.sync += [r.eq(0) for r in e_valid_rep]
 
         # Accepting an entry (possibly in the cycle of the previous entry's last beat) resets
         # the beat counters and captures the layer fields the entry needs.
@@ -204,17 +226,25 @@ class Drain(wiring.Component):
         row1 = new.ncols <= Mux(raw, DWR, E)
         with m.If(self.stage.valid & self.stage.ready):
             m.d.sync += [
-                e.eq(new), e_valid.eq(1),
+                e_valid.eq(1),
                 s0_i.eq(0), s0_u0.eq(0), s0_rem.eq(new.ncols), s0_col.eq(new.c0),
                 s0_row.eq(new.row0), s0_trow.eq(new.trow0),
                 s0_row_end.eq(row1), s0_last_row.eq(new.nrows <= 1), e_row1.eq(row1),
                 s0_last.eq(row1 & (new.nrows <= 1)),
+                *[r.eq(1) for r in e_valid_rep],
+                *[r.eq(row1 & (new.nrows <= 1)) for r in s0_last_rep],
                 e_raw.eq(raw), e_relu.eq(lay.relu), e_bias_en.eq(lay.bias_en),
                 e_mult.eq(Mux(raw, 1, lay.mult)),
                 e_shift.eq(Mux(raw, 0, Mux(lay.shift > W, W, lay.shift))),
                 e_os.eq((ob_bytes + (M - 1)) & ~Const(M - 1, cfg.dim_width + 3)),
                 e_oaddr.eq(lay.o_addr),
             ]
+            m.d.sync += paddr_to(Const(0, len(s0_u0)), new.trow0)
+        e_bits, new_bits = e.as_value(), new.as_value()
+        cut = [len(e_bits) * i // n_take for i in range(n_take + 1)]
+        for i in range(n_take):
+            with m.If(self.stage.valid & go & (~e_valid_rep[i] | s0_last_rep[i])):
+                m.d.sync += e_bits[cut[i]:cut[i + 1]].eq(new_bits[cut[i]:cut[i + 1]])
 
         s0_line = s0_u0[lE:lE + log2(lpr)]                 # line within the tile row
         vlines = data.ArrayLayout(line, cfg.tc * cfg.tp // E)(e.vals.as_value())
@@ -223,24 +253,25 @@ class Drain(wiring.Component):
         s0_b = blines[s0_line]
         s0_colbyte = Mux(e_raw, s0_col << 2, s0_col << leb)
 
-        # Partial sums: read in s1, written back from s2's registers. One memory per lane,
-        # read asynchronously in s1 from a per-lane copy of the line address (``_rep``: each
-        # copy drives only its lane's LUT RAM). The beat right behind a write reads before
-        # the write lands: it takes the written value from s2 instead (``s1_fwd``, decided
-        # in s0); every later beat reads it from the memory. So the read-modify-write is
-        # not one combinational loop through the memory.
-        s0_paddr = Cat(s0_line, s0_trow[:log2(cfg.tr)])
-        p_rd, p_wp = [], []
+        # Partial sums: read in s0 into a register (zero on a first chunk), written back
+        # from s2's registers. One memory per lane, read asynchronously from the lane's copy
+        # of the line address. The two beats right behind a write read before it lands:
+        # they take the written value from s2 (distance 1) or s3 (distance 2) instead
+        # (``s1_fwd1``/``s1_fwd2``, decided in s0); every later beat reads it from the
+        # memory. So no path runs from a LUT RAM into the adder.
+        s0_paddr = Cat(s0_line, s0_trow[:ltr])
+        p_rd, p_wp = Signal(line, name="s1_prd"), []
         for l in range(E):
-            mem = Memory(shape=lane, depth=cfg.tr * lpr, init=[])
+            # LUT RAM, whatever the depth: yosys would otherwise fold the register behind
+            # the read into a block RAM, whose clock-to-output starts the adder's path.
+            mem = Memory(shape=lane, depth=cfg.tr * lpr, init=[],
+                         attrs={"ram_style": "distributed"})
             m.submodules[f"psum{l}"] = mem
             p_wp.append(mem.write_port())
             rp = mem.read_port(domain="comb")
-            a_rep = Signal(len(s0_paddr), name=f"s1_paddr_rep{l}")
+            m.d.comb += rp.addr.eq(paddr_rep[l])
             with m.If(go):
-                m.d.sync += a_rep.eq(s0_paddr)
-            m.d.comb += rp.addr.eq(a_rep)
-            p_rd.append(rp.data)
+                m.d.sync += p_rd[l].eq(Mux(e.first, 0, rp.data))
 
         s0_n = Mux(s0_row_end, s0_rem, s0_dw)             # units in the beat
         s0_off = s0_u0[:lE]                               # first lane of the beat in its line
@@ -248,169 +279,189 @@ class Drain(wiring.Component):
         for l in range(E):
             m.d.comb += s0_bias[l].eq(Mux(e.last & e_bias_en, s0_b[l], 0))
 
-        s1 = carry("s1", valid=e_valid, first=e.first, last=e.last, v=s0_v, bias=s0_bias,
+        s1 = carry("s1", valid=e_valid, last=e.last, v=s0_v, bias=s0_bias,
                    waddr=s0_paddr, n=s0_n, off=s0_off,
                    mask=Cat((s0_off <= l) & (l < s0_off + s0_n) for l in range(E)),
                    boff=s0_colbyte[:lM],                   # first byte of the beat in its word
                    colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), row=s0_row,
                    os=e_os, oaddr=e_oaddr, raw=e_raw, relu=e_relu, mult=e_mult, shift=e_shift)
 
-        # Lanes the beat in s1 writes back (a non-last entry) at the line the beat in s0
-        # reads: that beat takes them from s2 (see above).
+        # Lanes the beats in s1 and s2 write back (non-last entries) at the line the beat
+        # in s0 reads: that beat takes them from s2 or s3 (see above); the nearer wins.
         s1_wr = s1["valid"] & ~s1["last"]
-        s1_fwd = Signal(E, name="s1_fwd")
-        same_line = s0_paddr == s1["waddr"]
+        s1_fwd1 = Signal(E, name="s1_fwd1")
+        s1_fwd2 = Signal(E, name="s1_fwd2")
+        s2_wr = Signal(name="s2_wr")
+        s2_wmask = Signal(E, name="s2_mask")
+        s2_waddr = Signal(len(s0_paddr), name="s2_waddr")
+        line1 = ~e.first & (s0_paddr == s1["waddr"])
+        line2 = ~e.first & (s0_paddr == s2_waddr)
         with m.If(go):
-            m.d.sync += s1_fwd.eq(Cat(s1_wr & s1["mask"][l] & same_line for l in range(E)))
+            m.d.sync += [s1_fwd1.eq(Cat(s1_wr & s1["mask"][l] & line1 for l in range(E))),
+                         s1_fwd2.eq(Cat(s2_wr & s2_wmask[l] & line2 for l in range(E)))]
 
         # -- s1: add the partial sums ----------------------------------------------------------
         # y = v + partial + bias through a carry-save stage: one LUT level and one carry chain
         # after the partial-sum read.
         s1_y = Signal(line)
         s2_y = Signal(line, name="s2_y")
+        s3_y = Signal(line, name="s3_y")
         for l in range(E):
             a = s1["v"][l].as_unsigned()
-            part = Mux(s1_fwd[l], s2_y[l], p_rd[l])
-            b = Mux(s1["first"], 0, part.as_unsigned())
+            b = Mux(s1_fwd1[l], s2_y[l], Mux(s1_fwd2[l], s3_y[l], p_rd[l])).as_unsigned()
             c = s1["bias"][l].as_unsigned()
             m.d.comb += s1_y[l].eq((a ^ b ^ c) + (((a & b) | (a & c) | (b & c)) << 1))
         with m.If(go):
-            m.d.sync += s2_y.eq(s1_y)
+            m.d.sync += [s2_y.eq(s1_y), s3_y.eq(s2_y)]
+
         s1_nbytes = Mux(s1["raw"], s1["n"] << 2, s1["n"] << leb)
         s1_strb = Cat((s1["boff"] <= b) & (b < s1["boff"] + s1_nbytes) for b in range(M))
 
+        with m.If(go):
+            m.d.sync += [s2_wr.eq(s1_wr), s2_waddr.eq(s1["waddr"]), s2_wmask.eq(s1["mask"])]
         s2 = carry("s2", busy=s1["valid"], valid=s1["valid"] & s1["last"], strb=s1_strb,
-                   wr=s1_wr, waddr=s1["waddr"], mask=s1["mask"],
+                   shd=s1["shift"] + (cfg.data_width - 1),
                    **{f: s1[f] for f in ("row", "colword", "os", "oaddr", "boff", "off", "raw",
-                                         "relu", "shift")})
+                                         "relu", "shift", "mult")})
         # write back from s2 (once: held while stalled)
-        m.d.comb += [wp.addr.eq(s2["waddr"]) for wp in p_wp]
+        m.d.comb += [wp.addr.eq(s2_waddr) for wp in p_wp]
         m.d.comb += [wp.data.eq(s2_y[l]) for l, wp in enumerate(p_wp)]
-        m.d.comb += [wp.en.eq(s2["wr"] & go & s2["mask"][l]) for l, wp in enumerate(p_wp)]
+        m.d.comb += [wp.en.eq(s2_wr & go & s2_wmask[l]) for l, wp in enumerate(p_wp)]
 
-        # -- s2: multiply (lanes and row address) ----------------------------------------------
-        # y * mult as two DSP-sized products (y's low L bits unsigned, the rest signed), added
-        # in s3, so that each stage holds either a multiplier or an adder.
-        # ``mult`` has one register copy per lane (``_rep``), so that no net spans the DSPs
-        # of every lane.
+        # ``y * mult`` as two DSP-sized products (y's low L bits unsigned, the rest signed),
+        # added in s4, so that each stage holds either a multiplier or an adder. The
+        # multipliers take ``s2_y`` and ``mult`` into their input registers (s3) and give
+        # the products in s4 (:class:`~.dsp.Multiplier`, in the DSP block on ECP5): every
+        # wire to and from the block has a cycle of its own.
         L = 17 if aw > 18 else aw
-        s2_plo = Signal(data.ArrayLayout(signed(L + 1 + mw), E))
-        s2_phi = Signal(data.ArrayLayout(signed(max(aw - L, 1) + mw), E))   # 0 if aw <= 18
+        mul_lo, mul_hi = [], []
         for l in range(E):
             y = s2_y[l]
-            mult = Signal.like(s1["mult"], name=f"s2_mult_rep{l}")
-            with m.If(go):
-                m.d.sync += mult.eq(s1["mult"])
             if aw > L:
-                m.d.comb += [s2_plo[l].eq(y[:L] * mult),
-                             s2_phi[l].eq(y[L:].as_signed() * mult)]
+                lo = Multiplier(a_width=L + 1, b_width=mw)
+                hi = Multiplier(a_width=aw - L, b_width=mw)
+                m.d.comb += [lo.a.eq(y[:L]), hi.a.eq(y[L:].as_signed()),
+                             hi.b.eq(s2["mult"]), hi.en.eq(go)]
+                m.submodules[f"mul_hi{l}"] = hi
+                mul_hi.append(hi.p)
             else:
-                m.d.comb += s2_plo[l].eq(y * mult)
+                lo = Multiplier(a_width=aw, b_width=mw)
+                m.d.comb += lo.a.eq(y)
+                mul_hi.append(Const(0, 1))
+            m.d.comb += [lo.b.eq(s2["mult"]), lo.en.eq(go)]
+            m.submodules[f"mul_lo{l}"] = lo
+            mul_lo.append(lo.p)
+        # -- s2: row address -------------------------------------------------------------------
         s2_rowaddr = Signal(cfg.addr_width)
         m.d.comb += s2_rowaddr.eq(s2["row"] * s2["os"])
         # The rounding constant 2**(shift-1) (0 for shift 0) and the mask of the bits of q at
         # or above shift + data_width - 1 (q >> shift fits data_width bits iff they all equal
-        # the sign), decoded here so that s3 and s4 start from registers.
+        # the sign), decoded here (from ``shd = shift + data_width - 1``, added in s1) so
+        # that s4 and s5 start from registers.
         s2_half = Cat(s2["shift"] == j + 1 for j in range(W))
-        s2_high = Cat(s2["shift"] + (cfg.data_width - 1) <= j for j in range(W + 1))
-        s3 = carry("s3", plo=s2_plo, phi=s2_phi, rowaddr=s2_rowaddr, half=s2_half, high=s2_high,
+        s2_high = Cat(s2["shd"] <= j for j in range(W + 1))
+        s3 = carry("s3", rowaddr=s2_rowaddr, half=s2_half, high=s2_high,
                    **{f: s2[f] for f in ("busy", "valid", "colword", "oaddr", "strb", "boff", "off",
                                          "raw", "relu", "shift")})
 
-        # -- s3: y * mult + rounding constant, address sum ------------------------------------
-        # Three addends through a carry-save stage: one LUT level and one carry chain.
-        s3_q = Signal(data.ArrayLayout(signed(W + 1), E))
-        for l in range(E):
-            qa = Signal(W + 1, name=f"s3_qa{l}")
-            qb = Signal(W + 1, name=f"s3_qb{l}")
-            qc = Signal(W + 1, name=f"s3_qc{l}")
-            m.d.comb += [qa.eq(s3["phi"][l] << L), qb.eq(s3["plo"][l]), qc.eq(s3["half"])]
-            m.d.comb += s3_q[l].eq((qa ^ qb ^ qc) + (((qa & qb) | (qa & qc) | (qb & qc)) << 1))
+        # -- s3: the address sum (the products are in the multipliers) -------------------------
         s3_addr = Signal(cfg.addr_width)
         m.d.comb += s3_addr.eq(s3["oaddr"] + s3["rowaddr"] + s3["colword"])
-        s3_high = s3["high"]
-        s4 = carry("s4", q=s3_q, addr=s3_addr, high=s3_high,
-                   **{f: s3[f] for f in ("busy", "valid", "strb", "boff", "off", "raw", "relu",
+        s4 = carry("s4", addr=s3_addr,
+                   **{f: s3[f] for f in ("half", "high", "busy", "valid", "strb", "boff", "off",
+                                         "raw", "relu", "shift")})
+
+        # -- s4: y * mult + rounding constant -----------------------------------------------
+        # Three addends through a carry-save stage: one LUT level and one carry chain.
+        s4_q = Signal(data.ArrayLayout(signed(W + 1), E))
+        for l in range(E):
+            qa = Signal(W + 1, name=f"s4_qa{l}")
+            qb = Signal(W + 1, name=f"s4_qb{l}")
+            qc = Signal(W + 1, name=f"s4_qc{l}")
+            m.d.comb += [qa.eq(mul_hi[l] << L), qb.eq(mul_lo[l]), qc.eq(s4["half"])]
+            m.d.comb += s4_q[l].eq((qa ^ qb ^ qc) + (((qa & qb) | (qa & qc) | (qb & qc)) << 1))
+        s5 = carry("s5", q=s4_q, addr=s4["addr"], high=s4["high"],
+                   **{f: s4[f] for f in ("busy", "valid", "strb", "boff", "off", "raw", "relu",
                                          "shift")})
 
-        # -- s4: coarse shift and range test ---------------------------------------------------
+        # -- s5: coarse shift and range test ---------------------------------------------------
         # Requant: the upper levels of the log shifter (q >> the shift's upper bits), and
         # whether q >> shift is above or below what data_width bits hold (two wide
-        # reductions); s5 finishes the shift, s6 chooses among them.
+        # reductions); s6 finishes the shift, s7 chooses among them.
         dwid = cfg.data_width
-        sw = len(s4["shift"])
-        fine_bits = sw // 2                                          # shift bits done in s5
-        s4_part = Signal(data.ArrayLayout(unsigned(dwid + (1 << fine_bits) - 1), E))
-        s4_neg = Signal(E)
-        s4_hi = Signal(E)
-        s4_lo = Signal(E)
+        sw = len(s5["shift"])
+        fine_bits = sw // 2                                          # shift bits done in s6
+        s5_part = Signal(data.ArrayLayout(unsigned(dwid + (1 << fine_bits) - 1), E))
+        s5_neg = Signal(E)
+        s5_hi = Signal(E)
+        s5_lo = Signal(E)
         pad = dwid + (1 << sw) - 1 - (W + 1)                         # sign bits _window needs
         for l in range(E):
-            q = s4["q"][l]
+            q = s5["q"][l]
             neg = q[-1]
             m.d.comb += [
-                s4_part[l].eq(_window(m, Cat(q, neg.replicate(max(pad, 0))), s4["shift"], dwid,
-                                      f"s4_window{l}", lowest=fine_bits)),
-                s4_neg[l].eq(neg),
-                s4_hi[l].eq(~neg & (q & s4["high"]).any()),
-                s4_lo[l].eq(neg & ~(q | ~s4["high"]).all()),
+                s5_part[l].eq(_window(m, Cat(q, neg.replicate(max(pad, 0))), s5["shift"], dwid,
+                                      f"s5_window{l}", lowest=fine_bits)),
+                s5_neg[l].eq(neg),
+                s5_hi[l].eq(~neg & (q & s5["high"]).any()),
+                s5_lo[l].eq(neg & ~(q | ~s5["high"]).all()),
             ]
-        s4_raw = Signal(data.ArrayLayout(signed(32), E))
+        s5_raw = Signal(data.ArrayLayout(signed(32), E))
         for l in range(E):
-            m.d.comb += s4_raw[l].eq(s4["q"][l])
-        s5 = carry("s5", part=s4_part, neg=s4_neg, hi=s4_hi, lo=s4_lo, q=s4_raw,
-                   shift=s4["shift"][:fine_bits],
-                   **{f: s4[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw",
+            m.d.comb += s5_raw[l].eq(s5["q"][l])
+        s6 = carry("s6", part=s5_part, neg=s5_neg, hi=s5_hi, lo=s5_lo, q=s5_raw,
+                   shift=s5["shift"][:fine_bits],
+                   **{f: s5[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw",
                                          "relu")})
 
-        # -- s5: fine shift ----------------------------------------------------------------------
-        s5_win = Signal(data.ArrayLayout(signed(dwid), E))
+        # -- s6: fine shift ----------------------------------------------------------------------
+        s6_win = Signal(data.ArrayLayout(signed(dwid), E))
         for l in range(E):
-            m.d.comb += s5_win[l].eq(_window(m, s5["part"][l], s5["shift"], dwid,
-                                             f"s5_window{l}").as_signed())
-        s6 = carry("s6", win=s5_win,
-                   **{f: s5[f] for f in ("neg", "hi", "lo", "q", "busy", "valid", "addr", "strb",
+            m.d.comb += s6_win[l].eq(_window(m, s6["part"][l], s6["shift"], dwid,
+                                             f"s6_window{l}").as_signed())
+        s7 = carry("s7", win=s6_win,
+                   **{f: s6[f] for f in ("neg", "hi", "lo", "q", "busy", "valid", "addr", "strb",
                                          "boff", "off", "raw", "relu")})
 
-        # -- s6: saturate, ReLU ------------------------------------------------------------------
+        # -- s7: saturate, ReLU ------------------------------------------------------------------
         # Raw: q itself (mult 1, shift 0). ReLU: 0 for negative q (the sign survives the shift).
-        s6_z = Signal(data.ArrayLayout(signed(32), E))
+        s7_z = Signal(data.ArrayLayout(signed(32), E))
         for l in range(E):
-            with m.If(s6["relu"] & s6["neg"][l]):
-                m.d.comb += s6_z[l].eq(0)
-            with m.Elif(s6["raw"]):
-                m.d.comb += s6_z[l].eq(s6["q"][l])
-            with m.Elif(s6["hi"][l]):
-                m.d.comb += s6_z[l].eq(cfg.data_max)
-            with m.Elif(s6["lo"][l]):
-                m.d.comb += s6_z[l].eq(cfg.data_min)
+            with m.If(s7["relu"] & s7["neg"][l]):
+                m.d.comb += s7_z[l].eq(0)
+            with m.Elif(s7["raw"]):
+                m.d.comb += s7_z[l].eq(s7["q"][l])
+            with m.Elif(s7["hi"][l]):
+                m.d.comb += s7_z[l].eq(cfg.data_max)
+            with m.Elif(s7["lo"][l]):
+                m.d.comb += s7_z[l].eq(cfg.data_min)
             with m.Else():
-                m.d.comb += s6_z[l].eq(s6["win"][l])
-        s7 = carry("s7", z=s6_z,
-                   **{f: s6[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw")})
+                m.d.comb += s7_z[l].eq(s7["win"][l])
+        s8 = carry("s8", z=s7_z,
+                   **{f: s7[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw")})
 
-        # -- s7: place the lanes in the beat ---------------------------------------------------
+        # -- s8: place the lanes in the beat ---------------------------------------------------
         # Gather the beat's units at byte 0 (raw: lanes off .. off+DWR-1, 4 bytes each;
         # requant: lanes 0 .. E-1, eb bytes each), then shift them up to byte boff.
-        raw_lanes = Cat(s7["z"][l] for l in range(E)).word_select(s7["off"] >> log2(DWR),
+        raw_lanes = Cat(s8["z"][l] for l in range(E)).word_select(s8["off"] >> log2(DWR),
                                                                   8 * M)
-        req_lanes = Cat(s7["z"][l][:8 * eb] for l in range(E))
-        s7_word = Mux(s7["raw"], raw_lanes, req_lanes)
+        req_lanes = Cat(s8["z"][l][:8 * eb] for l in range(E))
+        s8_word = Mux(s8["raw"], raw_lanes, req_lanes)
         for b in range(lM):
-            nxt = Signal(8 * M, name=f"s7_word_{b}")
-            m.d.comb += nxt.eq(Mux(s7["boff"][b], Cat(Const(0, 8 << b), s7_word), s7_word))
-            s7_word = nxt
-        strb_bits = Cat(b.replicate(8) for b in s7["strb"])
+            nxt = Signal(8 * M, name=f"s8_word_{b}")
+            m.d.comb += nxt.eq(Mux(s8["boff"][b], Cat(Const(0, 8 << b), s8_word), s8_word))
+            s8_word = nxt
+        strb_bits = Cat(b.replicate(8) for b in s8["strb"])
         with m.If(go):
             m.d.sync += [
-                self.wr_req.valid.eq(s7["valid"]),
-                self.wr_req.payload.addr.eq(s7["addr"]),
-                self.wr_req.payload.strb.eq(s7["strb"]),
-                self.wr_req.payload.data.eq(s7_word & strb_bits),
+                self.wr_req.valid.eq(s8["valid"]),
+                self.wr_req.payload.addr.eq(s8["addr"]),
+                self.wr_req.payload.strb.eq(s8["strb"]),
+                self.wr_req.payload.data.eq(s8_word & strb_bits),
             ]
 
         # Every beat, written or not, counts as in flight until it leaves the last register.
-        out_busy = carry("out", busy=s7["busy"])["busy"]
-        m.d.comb += self.idle.eq(~(e_valid | s1["valid"] | s2["busy"] | s3["busy"] | s4["busy"]
-                                   | s5["busy"] | s6["busy"] | s7["busy"] | out_busy))
+        out_busy = carry("out", busy=s8["busy"])["busy"]
+        m.d.comb += self.idle.eq(~(e_valid | s1["valid"] | s2["busy"] | s3["busy"] | s4["busy"] | s5["busy"]
+                                   | s6["busy"] | s7["busy"] | s8["busy"] | out_busy))
         return m

@@ -14,6 +14,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
+from .dsp import Multiplier
 from .interface import log2
 
 __all__ = ["PEArray"]
@@ -50,9 +51,10 @@ class PEArray(wiring.Component):
     @staticmethod
     def latency_for(cfg: HwConfig) -> int:
         """Cycles from an operand pair at the inputs to its group's sums at the outputs."""
-        # multiply, adder tree + segment select, one stage per stacking level, compacting
-        # select + accumulate
-        return 3 + log2(cfg.tc)
+        # operand copies beside the multipliers, multiply, adder tree (two stages, the
+        # second with the segment select), one stage per level of the stacking tree,
+        # compacting select + accumulate
+        return 5 + log2(cfg.tc)
 
     @property
     def latency(self) -> int:
@@ -85,31 +87,54 @@ class PEArray(wiring.Component):
         m.d.comb += [ctl.valid.eq(self.valid), ctl.first.eq(self.first),
                      ctl.last.eq(self.last), ctl.tag.eq(self.tag)]
 
-        # Stage 1: multiply.
-        prod = [[Signal(signed(2 * dw), name=f"s1_prod_{pe}_{l}") for l in range(tp)] for pe in range(tc)]
+        # Stages 1 and 2: multiply, the operands registered once more with no logic behind
+        # them and the product registered (on ECP5 both inside the DSP block, see
+        # :class:`~.dsp.Multiplier`), so that the wires to and from the block's fixed row
+        # have cycles of their own.
+        prod = [[None] * tp for _ in range(tc)]
         for pe in range(tc):
             for l in range(tp):
-                m.d.sync += prod[pe][l].eq(self.x[pe * tp + l] * self.w[pe * tp + l])
-        ctl = ctl_stage(ctl, "s1_ctl")
+                mul = Multiplier(a_width=dw, b_width=dw)
+                m.submodules[f"mul_{pe}_{l}"] = mul
+                m.d.comb += [mul.a.eq(self.x[pe * tp + l]), mul.b.eq(self.w[pe * tp + l])]
+                prod[pe][l] = mul.p
+        ctl = ctl_stage(ctl_stage(ctl, "s1_ctl"), "s2_ctl")
 
-        # Segmented adder tree (combinational levels, one register after the select):
-        # B_P = 2**lbp segments live at level ltp - lbp.
+        # Segmented adder tree, over two stages: B_P = 2**lbp segments live at level
+        # ltp - lbp. Stage 3 adds the first level and keeps, per index, what the later
+        # levels need: the products themselves for B_P = tp, else the first level's sums
+        # (0 above them). Stage 4 adds the other levels and selects.
         segw = 2 * dw + ltp
-        seg = [[Signal(signed(segw), name=f"s2_seg_{pe}_{i}") for i in range(tp)] for pe in range(tc)]
+        half = max(tp // 2, 1)
+        pre = [[Signal(signed(2 * dw + min(ltp, 1)), name=f"s3_pre_{pe}_{i}") for i in range(tp)]
+               for pe in range(tc)]
         for pe in range(tc):
-            levels = [prod[pe]]
-            for lvl in range(1, ltp + 1):
-                prev = levels[-1]
-                levels.append([prev[2 * n] + prev[2 * n + 1] for n in range(tp >> lvl)])
+            p_ = prod[pe]
+            lvl1 = [p_[2 * n] + p_[2 * n + 1] for n in range(tp // 2)]
+            for i in range(tp):
+                up = lvl1[i] if i < tp // 2 else 0
+                m.d.sync += pre[pe][i].eq(Mux(lbp_rep[pe] == ltp, p_[i], up))
+        ctl = ctl_stage(ctl, "s3_ctl")
+
+        seg = [[Signal(signed(segw), name=f"s4_seg_{pe}_{i}") for i in range(tp)] for pe in range(tc)]
+        for pe in range(tc):
+            levels = {1: pre[pe][:half]}
+            for lvl in range(2, ltp + 1):
+                prev = levels[lvl - 1]
+                levels[lvl] = [prev[2 * n] + prev[2 * n + 1] for n in range(tp >> lvl)]
             for i in range(tp):
                 with m.Switch(lbp_rep[pe]):
                     for lbp in range(ltp + 1):
-                        if i < (1 << lbp):
-                            with m.Case(lbp):
+                        with m.Case(lbp):
+                            if ltp - lbp <= 1:
+                                m.d.sync += seg[pe][i].eq(pre[pe][i])
+                            elif i < (1 << lbp):
                                 m.d.sync += seg[pe][i].eq(levels[ltp - lbp][i])
+                            else:
+                                m.d.sync += seg[pe][i].eq(0)
                     with m.Default():
                         m.d.sync += seg[pe][i].eq(0)
-        ctl_before, ctl = ctl, ctl_stage(ctl, "s2_ctl")
+        ctl_before, ctl = ctl, ctl_stage(ctl, "s4_ctl")
 
         # Stacking tree across PEs, one level per stage, in place: at level ``lvl`` a PE at a
         # multiple of 2**lvl adds the sum of the PE 2**(lvl-1) above it while ``lk >= lvl``
@@ -125,11 +150,11 @@ class PEArray(wiring.Component):
             for pe in range(tc):
                 head = pe % (1 << lvl) == 0
                 if head:
-                    lk_lvl = Signal.like(self.lk, name=f"s{2 + lvl}_lk_rep{pe}")
+                    lk_lvl = Signal.like(self.lk, name=f"s{4 + lvl}_lk_rep{pe}")
                     m.d.sync += lk_lvl.eq(self.lk)
                 row = []
                 for i in range(tp):
-                    r = Signal(signed(segw + lvl), name=f"s{2 + lvl}_stack_{pe}_{i}")
+                    r = Signal(signed(segw + lvl), name=f"s{4 + lvl}_stack_{pe}_{i}")
                     if head:
                         add = Mux(lk_lvl >= lvl, cur[pe + step][i], 0)
                         m.d.sync += r.eq(cur[pe][i] + add)
@@ -138,7 +163,7 @@ class PEArray(wiring.Component):
                     row.append(r)
                 nxt.append(row)
             cur = nxt
-            ctl_before, ctl = ctl, ctl_stage(ctl, f"s{2 + lvl}_ctl")
+            ctl_before, ctl = ctl, ctl_stage(ctl, f"s{4 + lvl}_ctl")
         # The accumulate stage's controls, one register copy per unit, beside ``cur``.
         first_rep = [Signal(name=f"s{self.latency - 1}_first_rep{u}") for u in range(tc)]
         valid_rep = [Signal(name=f"s{self.latency - 1}_valid_rep{u}") for u in range(tc)]

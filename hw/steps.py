@@ -192,6 +192,10 @@ class StepIter(Elaboratable):
         single = Signal(name="it_single")          # one column tile and one chunk
         multi_ch = Signal(name="it_multi_ch")
         m.d.sync += [single.eq(lp.ct_one & lp.ch_one), multi_ch.eq(~lp.ch_one)]
+        # ``x_new = multi_ch | first_ct`` and ``w_new = ~single | first_rt`` are registers,
+        # updated with the flags they follow (the compute issue's SETUP tests them).
+        x_new = Signal(name="it_x_new")
+        w_new = Signal(name="it_w_new")
 
         with m.If(self.restart):
             m.d.sync += [self.rt.eq(0), self.ct.eq(0), self.ch.eq(0),
@@ -199,7 +203,7 @@ class StepIter(Elaboratable):
                          self.row_off.eq(0), self.col_off.eq(0), self.p_off.eq(0),
                          first_rt.eq(1), self.first_ct.eq(1), self.first_ch.eq(1),
                          self.last_rt.eq(lp.rt_one), self.last_ct.eq(lp.ct_one),
-                         self.last_ch.eq(lp.ch_one)]
+                         self.last_ch.eq(lp.ch_one), x_new.eq(1), w_new.eq(1)]
         with m.Elif(self.advance):
             with m.If(~self.last_ch):
                 m.d.sync += [self.ch.eq(self.ch + 1), self.p0.eq(self.p0 + cm),
@@ -211,13 +215,15 @@ class StepIter(Elaboratable):
                 with m.If(~self.last_ct):
                     m.d.sync += [self.ct.eq(self.ct + 1), self.c0.eq(self.c0 + f),
                                  self.col_off.eq(self.col_off + stride_f),
-                                 self.first_ct.eq(0), self.last_ct.eq(self.ct == n_ct_m2)]
+                                 self.first_ct.eq(0), self.last_ct.eq(self.ct == n_ct_m2),
+                                 x_new.eq(multi_ch)]
                 with m.Else():
                     m.d.sync += [self.ct.eq(0), self.c0.eq(0), self.col_off.eq(0),
                                  self.first_ct.eq(1), self.last_ct.eq(lp.ct_one),
                                  self.rt.eq(self.rt + 1), self.r0.eq(self.r0 + cfg.tr),
                                  self.row_off.eq(self.row_off + (lp.stride << ltr)),
-                                 first_rt.eq(0), self.last_rt.eq(self.rt == n_rt_m2)]
+                                 first_rt.eq(0), self.last_rt.eq(self.rt == n_rt_m2),
+                                 x_new.eq(1), w_new.eq(~single)]
 
         lr, lc, lh = self.last_rt, self.last_ct, self.last_ch
         m.d.comb += [
@@ -237,8 +243,8 @@ class StepIter(Elaboratable):
             self.nv_last.eq(Mux(lh, nvl, E)),
             self.step_s.eq(lp.s),
             self.last_step.eq(lr & lc & lh),
-            self.x_new.eq(multi_ch | self.first_ct),
-            self.w_new.eq(~single | first_rt),
+            self.x_new.eq(x_new),
+            self.w_new.eq(w_new),
             self.x_last_use.eq(multi_ch | lc),
             self.w_last_use.eq(~single | lr),
         ]

@@ -35,14 +35,15 @@ START_CYCLES = 3
 
 def pipe_latency(cfg: HwConfig) -> int:
     """Last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
-    ``OperandBuffers.latency`` (3) + ``PEArray.latency`` (multiply, adder tree, one stage
-    per level of the stacking tree, accumulate: 3 + log2(tc)); 9 for the default 8 x 8."""
-    return 6 + (cfg.tc.bit_length() - 1)
+    ``OperandBuffers.latency`` (3) + ``PEArray.latency`` (operand copies, multiply, adder
+    tree in two stages, one stage per level of the stacking tree, accumulate:
+    5 + log2(tc)); 11 for the default 8 x 8."""
+    return 8 + (cfg.tc.bit_length() - 1)
 
 #: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1
 #: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
-DRAIN_LATENCY = 8
+DRAIN_LATENCY = 9
 #: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 4
 DONE_DELAY = 4
 #: free pulse in f -> the loader's in-flight load count (``ld_x_out``) takes it in f + 1

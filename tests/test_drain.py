@@ -351,7 +351,7 @@ def test_interface():
     cfg = CFG_DEFAULT
     dut = Drain(cfg)
     Fragment.get(dut, None)     # elaborates
-    assert Drain.LATENCY == dut.latency == 8
+    assert Drain.LATENCY == dut.latency == 9
     lay = stage_layout(cfg)
     assert [name for name, _ in lay] == ["vals", "bias", "row0", "trow0", "nrows", "c0", "ncols",
                                           "first", "last"]

@@ -103,7 +103,7 @@ def test_odd_requests_have_defined_outcomes():
     preempt offered during a catch-up waits (queued) and is taken after the merge."""
     rng, prog, xs, _ = setup(SMALL, 7, 9, 1)
     arrivals = [0, 0, 0, 0, 0, 400, 400, 400, 400]
-    sched = {"mode": "schedule", "preempts": [[0, 0], [5, 9], [10, 3], [300, 2], [420, 2], [430, 1], [431, 1],
+    sched = {"mode": "schedule", "preempts": [[0, 0], [5, 9], [10, 3], [300, 2], [665, 2], [670, 1], [671, 1],
                                               [2000, 3], [4000, 1], [4001, 1], [4002, 1], [4003, 1]]}
     outs, run, refs = run_samples(prog, xs, arrivals, sim="icarus", sched=sched)
     assert len(outs) == len(xs)
@@ -113,8 +113,9 @@ def test_odd_requests_have_defined_outcomes():
     assert ev[1] == ("refuse", 7, REFUSE_SAMPLES)          # 9 does not fit the 3-bit port: 7
     assert ev[2] == ("accept", 3, 0)
     assert ev[3] == ("refuse", 2, REFUSE_SLOTS)            # 3 running + 2 > 4 slots
-    # 420: B_incr = 2 starts a catch-up; 430 and 431 are offered during it: they wait
-    # (no refusal) and the first is taken right after that catch-up resumes or merges
+    # 665 (after the first exit, at about 660, freed a slot): B_incr = 2 starts a catch-up;
+    # 670 and 671 are offered during it: they wait (no refusal) and the first is taken
+    # right after that catch-up resumes or merges
     assert ev[4] == ("accept", 2, 0)
     assert ev[5][0] in ("merge", "resume") and ev[6] == ("accept", 1, 0)
     # every accept while a batch runs is a catch-up, closed by a merge or a resume before
