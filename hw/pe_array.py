@@ -51,9 +51,9 @@ class PEArray(wiring.Component):
     @staticmethod
     def latency_for(cfg: HwConfig) -> int:
         """Cycles from an operand pair at the inputs to its group's sums at the outputs."""
-        # operand copies beside the multipliers, multiply, adder tree (two stages, the
-        # second with the segment select), one stage per level of the stacking tree,
-        # compacting select + accumulate
+        # multiply (operand and product registers), adder tree (two stages, the second
+        # with the segment select), one stage per level of the stacking tree, compacting
+        # select + accumulate
         return 5 + log2(cfg.tc)
 
     @property

@@ -35,8 +35,8 @@ START_CYCLES = 3
 
 def pipe_latency(cfg: HwConfig) -> int:
     """Last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
-    ``OperandBuffers.latency`` (3) + ``PEArray.latency`` (operand copies, multiply, adder
-    tree in two stages, one stage per level of the stacking tree, accumulate:
+    ``OperandBuffers.latency`` (3) + ``PEArray.latency`` (multiply with operand and product
+    registers, adder tree in two stages, one stage per level of the stacking tree, accumulate:
     5 + log2(tc)); 11 for the default 8 x 8."""
     return 8 + (cfg.tc.bit_length() - 1)
 
