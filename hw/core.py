@@ -14,7 +14,8 @@ from amaranth.lib.wiring import In, Out, flipped
 from .buffers import OperandBuffers
 from .config import HwConfig
 from .drain import Drain, stage_layout
-from .interface import gather_signature, layer_desc_layout, log2, mem_port_signature
+from .interface import (gather_signature, layer_desc_layout, load_in_slices, log2,
+                        mem_port_signature)
 from .loader import Loader
 from .pe_array import PEArray
 from .steps import StepIter, derive_layer_params, layer_params_layout
@@ -211,13 +212,8 @@ class NPUCore(wiring.Component):
         # accepted one from the cycle after the accept on). Its enable is a register, high
         # exactly in IDLE, in a few copies (``_rep``) that each enable a slice of ``lay``:
         # no decode and no path from ``cmd.valid`` sits in front of hundreds of enables.
-        n_idle = 4
-        idle_rep = [Signal(init=1, name=f"ci_idle_rep{i}") for i in range(n_idle)]
-        lay_bits, pay_bits = lay.as_value(), self.cmd.payload.as_value()
-        cut = [len(lay_bits) * i // n_idle for i in range(n_idle + 1)]
-        for i, en in enumerate(idle_rep):
-            with m.If(en):
-                m.d.sync += lay_bits[cut[i]:cut[i + 1]].eq(pay_bits[cut[i]:cut[i + 1]])
+        idle_rep = [Signal(init=1, name=f"ci_idle_rep{i}") for i in range(4)]
+        load_in_slices(m, lay, self.cmd.payload, idle_rep)
 
         m.d.comb += self.cmd.ready.eq(0)
         with m.FSM(name="ci_fsm"):

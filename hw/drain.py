@@ -63,7 +63,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
 from .dsp import Multiplier
-from .interface import OUT_RAW, layer_desc_layout, log2, wr_req_layout
+from .interface import OUT_RAW, layer_desc_layout, load_in_slices, log2, wr_req_layout
 
 __all__ = ["stage_layout", "Drain"]
 
@@ -240,11 +240,8 @@ class Drain(wiring.Component):
                 e_oaddr.eq(lay.o_addr),
             ]
             m.d.sync += paddr_to(Const(0, len(s0_u0)), new.trow0)
-        e_bits, new_bits = e.as_value(), new.as_value()
-        cut = [len(e_bits) * i // n_take for i in range(n_take + 1)]
-        for i in range(n_take):
-            with m.If(self.stage.valid & go & (~e_valid_rep[i] | s0_last_rep[i])):
-                m.d.sync += e_bits[cut[i]:cut[i + 1]].eq(new_bits[cut[i]:cut[i + 1]])
+        load_in_slices(m, e, new, [self.stage.valid & go & (~v | last)
+                                   for v, last in zip(e_valid_rep, s0_last_rep)])
 
         s0_line = s0_u0[lE:lE + log2(lpr)]                 # line within the tile row
         vlines = data.ArrayLayout(line, cfg.tc * cfg.tp // E)(e.vals.as_value())
@@ -286,19 +283,9 @@ class Drain(wiring.Component):
                    colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), row=s0_row,
                    os=e_os, oaddr=e_oaddr, raw=e_raw, relu=e_relu, mult=e_mult, shift=e_shift)
 
-        # Lanes the beats in s1 and s2 write back (non-last entries) at the line the beat
-        # in s0 reads: that beat takes them from s2 or s3 (see above); the nearer wins.
         s1_wr = s1["valid"] & ~s1["last"]
         s1_fwd1 = Signal(E, name="s1_fwd1")
         s1_fwd2 = Signal(E, name="s1_fwd2")
-        s2_wr = Signal(name="s2_wr")
-        s2_wmask = Signal(E, name="s2_mask")
-        s2_waddr = Signal(len(s0_paddr), name="s2_waddr")
-        line1 = ~e.first & (s0_paddr == s1["waddr"])
-        line2 = ~e.first & (s0_paddr == s2_waddr)
-        with m.If(go):
-            m.d.sync += [s1_fwd1.eq(Cat(s1_wr & s1["mask"][l] & line1 for l in range(E))),
-                         s1_fwd2.eq(Cat(s2_wr & s2_wmask[l] & line2 for l in range(E)))]
 
         # -- s1: add the partial sums ----------------------------------------------------------
         # y = v + partial + bias through a carry-save stage: one LUT level and one carry chain
@@ -317,16 +304,23 @@ class Drain(wiring.Component):
         s1_nbytes = Mux(s1["raw"], s1["n"] << 2, s1["n"] << leb)
         s1_strb = Cat((s1["boff"] <= b) & (b < s1["boff"] + s1_nbytes) for b in range(M))
 
-        with m.If(go):
-            m.d.sync += [s2_wr.eq(s1_wr), s2_waddr.eq(s1["waddr"]), s2_wmask.eq(s1["mask"])]
         s2 = carry("s2", busy=s1["valid"], valid=s1["valid"] & s1["last"], strb=s1_strb,
+                   wr=s1_wr, waddr=s1["waddr"], mask=s1["mask"],
                    shd=s1["shift"] + (cfg.data_width - 1),
                    **{f: s1[f] for f in ("row", "colword", "os", "oaddr", "boff", "off", "raw",
                                          "relu", "shift", "mult")})
         # write back from s2 (once: held while stalled)
-        m.d.comb += [wp.addr.eq(s2_waddr) for wp in p_wp]
+        m.d.comb += [wp.addr.eq(s2["waddr"]) for wp in p_wp]
         m.d.comb += [wp.data.eq(s2_y[l]) for l, wp in enumerate(p_wp)]
-        m.d.comb += [wp.en.eq(s2_wr & go & s2_wmask[l]) for l, wp in enumerate(p_wp)]
+        m.d.comb += [wp.en.eq(s2["wr"] & go & s2["mask"][l]) for l, wp in enumerate(p_wp)]
+
+        # Lanes the beats in s1 and s2 write back (non-last entries) at the line the beat
+        # in s0 reads: that beat takes them from s2 or s3 (see above); the nearer wins.
+        line1 = ~e.first & (s0_paddr == s1["waddr"])
+        line2 = ~e.first & (s0_paddr == s2["waddr"])
+        with m.If(go):
+            m.d.sync += [s1_fwd1.eq(Cat(s1_wr & s1["mask"][l] & line1 for l in range(E))),
+                         s1_fwd2.eq(Cat(s2["wr"] & s2["mask"][l] & line2 for l in range(E)))]
 
         # ``y * mult`` as two DSP-sized products (y's low L bits unsigned, the rest signed),
         # added in s4, so that each stage holds either a multiplier or an adder. The

@@ -1,14 +1,14 @@
 """Layouts and signatures shared by the NPU core, its blocks and its testbenches."""
 from __future__ import annotations
 
-from amaranth.hdl import signed, unsigned
+from amaranth.hdl import Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
 
 __all__ = ["OUT_RAW", "OUT_REQUANT", "layer_desc_layout", "wr_req_layout",
-           "mem_port_signature", "gather_signature", "log2"]
+           "mem_port_signature", "gather_signature", "log2", "load_in_slices"]
 
 OUT_RAW = 0       #: output the accumulator (acc_width bits, stored as 4 bytes)
 OUT_REQUANT = 1   #: output requantised, saturated elements (elem_bytes each)
@@ -18,6 +18,19 @@ SHIFT_WIDTH = 6
 
 def log2(v: int) -> int:
     return v.bit_length() - 1
+
+
+def load_in_slices(m, dst, src, enables) -> None:
+    """``dst <= src`` (same width), slice ``i`` of the bits while ``enables[i]``.
+
+    For wide registers: each enable (a register copy of its own) drives a slice's worth of
+    flip-flops instead of one net driving them all."""
+    dst, src = Value.cast(dst), Value.cast(src)
+    n = len(enables)
+    cut = [len(dst) * i // n for i in range(n + 1)]
+    for i, en in enumerate(enables):
+        with m.If(en):
+            m.d.sync += dst[cut[i]:cut[i + 1]].eq(src[cut[i]:cut[i + 1]])
 
 
 def layer_desc_layout(cfg: HwConfig) -> data.StructLayout:
