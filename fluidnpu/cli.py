@@ -183,22 +183,40 @@ def lint(config_path, sets, top):
               show_default=True, help="Board (device flow to a bitstream) or a technology-independent count.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for logs and results (default: a cache folder).")
-@click.option("--seed", type=int, default=1, show_default=True, help="nextpnr placement seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
+              help="nextpnr placement seed.")
+@click.option("--seeds", "seeds_text", metavar="LIST",
+              help="Seed sweep, e.g. 1-4 or 1,3,8: yosys once, place and route per seed, "
+                   "the best Fmax kept (every seed's Fmax in seed_fmax).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Seed sweep: place-and-route runs at once (default: one per CPU).")
 @click.option("--pack-only", is_flag=True, help="Stop nextpnr after packing: resources and fit, no Fmax.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def synth(config_path, sets, target, out_dir, seed, pack_only, as_json):
+def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, as_json):
     """Synthesise the NPU (yosys, nextpnr): LUTs, FFs, DSPs, BRAMs, Fmax, fit."""
     from fluidnpu.synth import SynthError, synthesize
+    from fluidnpu.synth.flow import parse_seeds
 
     cfg = _load_config(config_path, sets)
+    seeds = None
+    if seeds_text is not None:
+        if click.get_current_context().get_parameter_source("seed").name != "DEFAULT":
+            raise click.UsageError("give --seed or --seeds, not both")
+        try:
+            seeds = parse_seeds(seeds_text)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--seeds") from None
 
     def progress(stage, message):
         if not as_json:
             click.echo(f"[{stage}] {message}", err=True)
     try:
-        r = synthesize(cfg, target, out_dir, seed=seed, pack_only=pack_only, progress=progress)
+        r = synthesize(cfg, target, out_dir, seed=seed, seeds=seeds, jobs=jobs,
+                       pack_only=pack_only, progress=progress)
     except SynthError as e:
         _fail(e)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     click.echo(r.to_json() if as_json else r.summary())
 
 

@@ -36,13 +36,15 @@ Pipeline (one register between stages, one global enable ``~stall``):
   partial-sum line; lane mask; whether the beats ahead write the line it reads.
 * ``s1``: ``y = v + partial (unless first) + bias (if last)`` (carry-save, one carry
   chain); byte strobes.
-* ``s2``: write ``y`` back to the partial sums (non-``last``); ``row * os``.
+* ``s1``/``s2`` also hold ``row`` and ``os / M`` in a multiplier's input registers and
+  ``row * os / M`` in its product register.
+* ``s2``: write ``y`` back to the partial sums (non-``last``).
 * ``s3``: the multipliers hold ``y`` and ``mult`` in their input registers (``mult = 1`` in
   raw mode) and multiply; the write address.
 * ``s4``: ``q = y * mult + 2**(shift-1)``.
 * ``s5``: the upper levels of ``q >> shift``; whether ``q >> shift`` is above or below the
-  data range.
-* ``s6``: the lower levels of the shift.
+  data range, per group of 8 bits.
+* ``s6``: the lower levels of the shift; the range test over the groups.
 * ``s7``: saturate, ReLU (raw: ``q`` itself, no clamp).
 * ``s8``: place the lanes in the beat and register the write on ``wr_req``.
 
@@ -280,8 +282,14 @@ class Drain(wiring.Component):
                    waddr=s0_paddr, n=s0_n, off=s0_off,
                    mask=Cat((s0_off <= l) & (l < s0_off + s0_n) for l in range(E)),
                    boff=s0_colbyte[:lM],                   # first byte of the beat in its word
-                   colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), row=s0_row,
-                   os=e_os, oaddr=e_oaddr, raw=e_raw, relu=e_relu, mult=e_mult, shift=e_shift)
+                   colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), oaddr=e_oaddr, raw=e_raw, relu=e_relu, mult=e_mult, shift=e_shift)
+
+        # ``row * os`` in a multiplier of its own whose registers are s1 (operands) and s2
+        # (product): the output stride is a multiple of M, so the product of the beat's row
+        # and ``os / M`` fits one DSP block for dim_width 16.
+        rowmul = Multiplier(a_width=cfg.dim_width + 1, b_width=len(e_os) - lM + 1)
+        m.submodules.rowmul = rowmul
+        m.d.comb += [rowmul.a.eq(s0_row), rowmul.b.eq(e_os >> lM), rowmul.en.eq(go)]
 
         s1_wr = s1["valid"] & ~s1["last"]
         s1_fwd1 = Signal(E, name="s1_fwd1")
@@ -307,7 +315,7 @@ class Drain(wiring.Component):
         s2 = carry("s2", busy=s1["valid"], valid=s1["valid"] & s1["last"], strb=s1_strb,
                    wr=s1_wr, waddr=s1["waddr"], mask=s1["mask"],
                    shd=s1["shift"] + (cfg.data_width - 1),
-                   **{f: s1[f] for f in ("row", "colword", "os", "oaddr", "boff", "off", "raw",
+                   **{f: s1[f] for f in ("colword", "oaddr", "boff", "off", "raw",
                                          "relu", "shift", "mult")})
         # write back from s2 (once: held while stalled)
         m.d.comb += [wp.addr.eq(s2["waddr"]) for wp in p_wp]
@@ -345,9 +353,9 @@ class Drain(wiring.Component):
             m.d.comb += [lo.b.eq(s2["mult"]), lo.en.eq(go)]
             m.submodules[f"mul_lo{l}"] = lo
             mul_lo.append(lo.p)
-        # -- s2: row address -------------------------------------------------------------------
+        # -- s2: row address (the product register) -------------------------------------------
         s2_rowaddr = Signal(cfg.addr_width)
-        m.d.comb += s2_rowaddr.eq(s2["row"] * s2["os"])
+        m.d.comb += s2_rowaddr.eq(rowmul.p.as_unsigned() << lM)
         # The rounding constant 2**(shift-1) (0 for shift 0) and the mask of the bits of q at
         # or above shift + data_width - 1 (q >> shift fits data_width bits iff they all equal
         # the sign), decoded here (from ``shd = shift + data_width - 1``, added in s1) so
@@ -387,8 +395,12 @@ class Drain(wiring.Component):
         fine_bits = sw // 2                                          # shift bits done in s6
         s5_part = Signal(data.ArrayLayout(unsigned(dwid + (1 << fine_bits) - 1), E))
         s5_neg = Signal(E)
-        s5_hi = Signal(E)
-        s5_lo = Signal(E)
+        # The range test's two reductions over q's high bits, in groups of 8 here and over
+        # the groups in s6: any bit at or above ``shd`` set (q >> shift above the range when
+        # q >= 0) or clear (below it when q < 0).
+        ngrp = -(-(W + 1) // 8)
+        s5_hig = Signal(data.ArrayLayout(ngrp, E))
+        s5_log = Signal(data.ArrayLayout(ngrp, E))
         pad = dwid + (1 << sw) - 1 - (W + 1)                         # sign bits _window needs
         for l in range(E):
             q = s5["q"][l]
@@ -397,24 +409,30 @@ class Drain(wiring.Component):
                 s5_part[l].eq(_window(m, Cat(q, neg.replicate(max(pad, 0))), s5["shift"], dwid,
                                       f"s5_window{l}", lowest=fine_bits)),
                 s5_neg[l].eq(neg),
-                s5_hi[l].eq(~neg & (q & s5["high"]).any()),
-                s5_lo[l].eq(neg & ~(q | ~s5["high"]).all()),
+                s5_hig[l].eq(Cat((q & s5["high"])[8 * g:8 * g + 8].any() for g in range(ngrp))),
+                s5_log[l].eq(Cat((~q & s5["high"])[8 * g:8 * g + 8].any() for g in range(ngrp))),
             ]
         s5_raw = Signal(data.ArrayLayout(signed(32), E))
         for l in range(E):
             m.d.comb += s5_raw[l].eq(s5["q"][l])
-        s6 = carry("s6", part=s5_part, neg=s5_neg, hi=s5_hi, lo=s5_lo, q=s5_raw,
+        s6 = carry("s6", part=s5_part, neg=s5_neg, hig=s5_hig, log=s5_log, q=s5_raw,
                    shift=s5["shift"][:fine_bits],
                    **{f: s5[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw",
                                          "relu")})
 
         # -- s6: fine shift ----------------------------------------------------------------------
         s6_win = Signal(data.ArrayLayout(signed(dwid), E))
+        s6_hi = Signal(E)
+        s6_lo = Signal(E)
         for l in range(E):
-            m.d.comb += s6_win[l].eq(_window(m, s6["part"][l], s6["shift"], dwid,
-                                             f"s6_window{l}").as_signed())
-        s7 = carry("s7", win=s6_win,
-                   **{f: s6[f] for f in ("neg", "hi", "lo", "q", "busy", "valid", "addr", "strb",
+            m.d.comb += [
+                s6_win[l].eq(_window(m, s6["part"][l], s6["shift"], dwid,
+                                     f"s6_window{l}").as_signed()),
+                s6_hi[l].eq(~s6["neg"][l] & s6["hig"][l].any()),
+                s6_lo[l].eq(s6["neg"][l] & s6["log"][l].any()),
+            ]
+        s7 = carry("s7", win=s6_win, hi=s6_hi, lo=s6_lo,
+                   **{f: s6[f] for f in ("neg", "q", "busy", "valid", "addr", "strb",
                                          "boff", "off", "raw", "relu")})
 
         # -- s7: saturate, ReLU ------------------------------------------------------------------

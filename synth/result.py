@@ -31,7 +31,8 @@ class SynthResult:
     config: dict = field(default_factory=dict)
     cfg_key: str = ""
     tool_versions: dict = field(default_factory=dict)
-    seed: int | None = None
+    seed: int | None = None         #: nextpnr seed of the result (the best of a seed sweep)
+    seed_fmax: dict = field(default_factory=dict)  #: seed sweep: Fmax per seed ("seed": MHz or None)
     elapsed_s: float = 0.0          #: wall-clock seconds of the run (of the original run when cached)
     stage_s: dict = field(default_factory=dict)    #: seconds per tool
     out_dir: str = ""               #: where the logs and reports of the run are
@@ -74,6 +75,10 @@ class SynthResult:
         if self.fmax_mhz is not None:
             lines.append(f"  Fmax {self.fmax_mhz:.1f} MHz (target {self.target_mhz:g} MHz: "
                          f"{'met' if self.timing_met else 'MISSED'})")
+        if len(self.seed_fmax) > 1:
+            per = ", ".join(f"{k}: {v:.1f}" if v is not None else f"{k}: failed"
+                            for k, v in self.seed_fmax.items())
+            lines.append(f"  seed sweep (MHz) {per}; kept seed {self.seed}")
         if self.reason:
             lines.append(f"  reason: {self.reason}")
         if self.critical_path and self.critical_path.get("sources"):

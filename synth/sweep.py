@@ -44,7 +44,8 @@ class SweepError(ValueError):
 #: axes that are not hardware fields
 AXES = ("model", "scenario", "scheduler", "mapping", "seed")
 _TOP = {"name", "base", "grid", "hw", "synth", "perf", "serve", "scenario", "plot", "seed", "description"}
-_SYNTH_KEYS = {"target", "pack_only", "seed", "target_mhz", "timeout_s", "max_parallel", "bitstream"}
+_SYNTH_KEYS = {"target", "pack_only", "seed", "seeds", "target_mhz", "timeout_s", "max_parallel",
+               "bitstream"}
 _PERF_KEYS = {"batches"}
 _SERVE_KEYS = {"b_max", "slo_reference"}
 _PLOT_KEYS = {"x", "y"}
@@ -274,6 +275,26 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
                  "timeout_s": s.get("timeout_s"), "max_parallel": s.get("max_parallel", 1)}
         if isinstance(synth["seed"], bool) or not isinstance(synth["seed"], int):
             raise SweepError(f"{where}: synth.seed = {synth['seed']!r}: must be an integer")
+        if "seeds" in s:        # (only then a key: job ids of seed-less sweeps stay as they were)
+            if "seed" in s:
+                raise SweepError(f"{where}: synth.seed and synth.seeds are both given: give one")
+            from .flow import parse_seeds
+            raw = s["seeds"]
+            try:
+                if isinstance(raw, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                 and v >= 0 for v in raw) and raw:
+                    seeds = tuple(dict.fromkeys(raw))
+                elif isinstance(raw, str):
+                    seeds = parse_seeds(raw)
+                else:
+                    raise ValueError(f"seeds = {raw!r}: must be a list of non-negative integers "
+                                     "or a string like \"1-4\"")
+            except ValueError as e:
+                raise SweepError(f"{where}: synth.{e}") from None
+            if synth["pack_only"]:
+                raise SweepError(f"{where}: synth.seeds = {raw!r}: pack_only stops before "
+                                 "placement; a seed sweep needs place and route")
+            synth["seeds"], synth["seed"] = list(seeds), seeds[0]
         for k in ("target_mhz", "timeout_s"):
             if synth[k] is not None:
                 _pos_num(where, f"synth.{k}", synth[k])
@@ -450,13 +471,16 @@ def evaluate_synth(job: dict, out_root: str | None = None) -> dict:
         cfg = HwConfig(**job["hw"])
         s = job["synth"]
         out_dir = Path(out_root) / "synth" / job["id"] if out_root else None
-        r = synthesize(cfg, s["target"], out_dir, seed=s["seed"], target_mhz=s["target_mhz"],
+        r = synthesize(cfg, s["target"], out_dir, seed=s["seed"], seeds=s.get("seeds"),
+                       target_mhz=s["target_mhz"],
                        pack_only=s["pack_only"], bitstream=s["bitstream"], timeout=s["timeout_s"])
         rec["metrics"] = {
             "target": r.target, "luts": r.luts, "ffs": r.ffs, "dsps": r.dsps, "brams": r.brams,
             "lut_util": r.util.get("luts"), "ff_util": r.util.get("ffs"), "dsp_util": r.util.get("dsps"),
             "bram_util": r.util.get("brams"), "fmax_mhz": r.fmax_mhz, "target_mhz": r.target_mhz,
             "timing_met": r.timing_met, "fits": r.fits, "fit_reason": r.reason,
+            "synth_seed": r.seed,
+            "seed_fmax": "; ".join(f"{k}: {v}" for k, v in r.seed_fmax.items()),
             "synth_s": r.elapsed_s, "synth_cached": r.cached, "synth_dir": r.out_dir,
             "tools": "; ".join(f"{k} {v}" for k, v in r.tool_versions.items()),
         }

@@ -93,5 +93,5 @@ def test_ecp5_wider_than_the_block_stays_behavioural():
 def test_ecp5_core_blocks_instantiate_one_block_per_multiply():
     cfg = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
     assert len(_mult_cells(rtlil.convert(PEArray(cfg), platform=_ECP5()))) == cfg.lanes
-    # the drain: two per lane (y's low 17 bits and the rest, times mult)
-    assert len(_mult_cells(rtlil.convert(Drain(cfg), platform=_ECP5()))) == 2 * cfg.elems_per_beat
+    # the drain: two per lane (y's low 17 bits and the rest, times mult) and row * os / M
+    assert len(_mult_cells(rtlil.convert(Drain(cfg), platform=_ECP5()))) == 2 * cfg.elems_per_beat + 1

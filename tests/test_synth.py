@@ -63,12 +63,22 @@ if kind == "yosys":
     Path("top.json").write_text("{{}}")
     sys.exit(int(os.environ.get("FAKE_YOSYS_RC", "0")))
 if kind == "nextpnr":
+    import json
     shutil.copy(os.environ["FAKE_NEXTPNR_LOG"], opt("--log"))
+    seed = opt("--seed")
     rc = int(os.environ.get("FAKE_NEXTPNR_RC", "0"))
+    if seed in os.environ.get("FAKE_NEXTPNR_FAIL_SEEDS", "").split(","):
+        Path(opt("--log")).write_text("ERROR: fake failure of seed " + seed + "\n")
+        rc = 1
     if rc == 0:
-        shutil.copy(os.environ["FAKE_NEXTPNR_REPORT"], opt("--report"))
+        by_seed = json.loads(os.environ.get("FAKE_FMAX_BY_SEED", "{{}}"))
+        rep = json.loads(Path(os.environ["FAKE_NEXTPNR_REPORT"]).read_text())
+        if seed in by_seed:
+            for clk in rep["fmax"].values():
+                clk["achieved"] = by_seed[seed]
+        Path(opt("--report")).write_text(json.dumps(rep))
         if opt("--textcfg") or opt("--asc"):
-            Path(opt("--textcfg") or opt("--asc")).write_text("config")
+            Path(opt("--textcfg") or opt("--asc")).write_text("config of seed " + seed)
     sys.exit(rc)
 if kind == "pack":
     out = opt("--bit") or args[-1]
@@ -268,6 +278,54 @@ def test_flow_board_with_fake_tools(fake_tools, tmp_path):
     assert fake_tools("nextpnr") == 2
     synthesize(SMALL, "ulx3s-85f", tmp_path / "d", use_cache=False)
     assert fake_tools("nextpnr") == 3
+
+
+def test_flow_seed_sweep_keeps_the_best(fake_tools, tmp_path, monkeypatch):
+    """--seeds: one yosys run, nextpnr per seed, the best Fmax kept with its files."""
+    monkeypatch.setenv("FAKE_FMAX_BY_SEED", json.dumps({"1": 97.5, "2": 104.25, "3": 90.0}))
+    seen = []
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "a", seeds=(1, 2, 3), jobs=2,
+                   progress=lambda s, m: seen.append(m))
+    assert fake_tools("yosys") == 1 and fake_tools("nextpnr") == 3 and fake_tools("pack") == 1
+    assert r.seed == 2 and r.fmax_mhz == pytest.approx(104.25) and r.timing_met is True
+    assert r.seed_fmax == {"1": 97.5, "2": 104.25, "3": 90.0}
+    out = tmp_path / "a"
+    assert (out / "top.config").read_text() == "config of seed 2"
+    assert json.loads((out / "report.json").read_text())["fmax"]["$glbnet$clk"]["achieved"] == 104.25
+    assert all((out / f"seed-{s}" / "nextpnr.log").is_file() for s in (1, 2, 3))
+    assert any("best: seed 2" in m for m in seen)
+    assert "kept seed 2" in r.summary()
+    assert SynthResult.read(out / "result.json").seed_fmax == r.seed_fmax
+    # the sweep is its own cache entry, a second call runs nothing
+    r2 = synthesize(SMALL, "ulx3s-85f", tmp_path / "b", seeds=(1, 2, 3))
+    assert r2.cached and r2.seed == 2 and fake_tools("nextpnr") == 3
+    # one seed of a sweep failing leaves the others; the failed one is None
+    monkeypatch.setenv("FAKE_NEXTPNR_FAIL_SEEDS", "2")
+    r3 = synthesize(SMALL, "ulx3s-85f", tmp_path / "c", seeds=(1, 2, 3), use_cache=False)
+    assert r3.seed == 1 and r3.seed_fmax["2"] is None and r3.fmax_mhz == pytest.approx(97.5)
+    # every seed failing is an error
+    monkeypatch.setenv("FAKE_NEXTPNR_FAIL_SEEDS", "1,2,3")
+    with pytest.raises(ToolFailed, match="fake failure of seed 1"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "d", seeds=(1, 2, 3), use_cache=False)
+
+
+def test_seed_arguments_are_checked(fake_tools, tmp_path):
+    from fluidnpu.synth.flow import parse_seeds
+    assert parse_seeds("1-4") == (1, 2, 3, 4)
+    assert parse_seeds("3, 1,2-3") == (3, 1, 2)
+    for bad, why in (("a", "'a' is not a seed"), ("4-2", "empty"), ("1-100", "at most 64"),
+                     ("-1", "is not a seed")):
+        with pytest.raises(ValueError, match=why):
+            parse_seeds(bad)
+    for kw, why in (({"seeds": ()}, "at least one"), ({"seeds": (1, 1)}, "twice"),
+                    ({"seeds": (1, -2)}, "non-negative"), ({"seeds": (1, 2), "pack_only": True},
+                                                          "pack_only"),
+                    ({"seeds": (1, 2), "jobs": 0}, "jobs = 0")):
+        with pytest.raises(ValueError, match=why):
+            synthesize(SMALL, "ulx3s-85f", tmp_path / "x", **kw)
+    with pytest.raises(ValueError, match="no place and route"):
+        synthesize(TINY, "generic", tmp_path / "g", seeds=(1, 2))
+    assert fake_tools("yosys") == 0
 
 
 def test_flow_truncated_yosys_log_is_an_error(fake_tools, tmp_path, monkeypatch):
