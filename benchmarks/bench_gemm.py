@@ -3,7 +3,8 @@ efficiency of layer shapes from real CNNs with every legal (B_P, k).
 
 Run on demand (minutes; not part of ``make test``)::
 
-    .venv/bin/python benchmarks/bench_gemm.py [--sim verilator] [--rows N] [--markdown]
+    .venv/bin/python benchmarks/bench_gemm.py [--sim verilator] [--rows N] [--markdown] \
+        [--config examples/hw_8x8.toml]
 
 Full-size figures come from the cycle model (sim/cycle_model.py), which equals the
 RTL cycle for cycle; the benchmark re-proves that on the way: every policy of every
@@ -19,7 +20,7 @@ import time
 
 import numpy as np
 
-from fluidnpu.hw.config import HwConfig
+from fluidnpu.hw.config import HwConfig, load_hw_config
 from fluidnpu.hw.interface import OUT_REQUANT
 from fluidnpu.hw.layout import compulsory_bytes
 from fluidnpu.hw.reference import gemm_reference
@@ -64,13 +65,14 @@ def main():
     ap.add_argument("--cols", type=int, default=128, help="RTL crops: at most this many columns")
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--config", default=None, help="hardware config TOML (default: HwConfig())")
     args = ap.parse_args()
-    cfg = HwConfig()
+    cfg = load_hw_config(args.config) if args.config else HwConfig()
 
     for sim, rows in (("icarus", 16), ("verilator", 128)):
         cyc, dt = sim_speed(cfg, sim, rows)
         print(f"simulation speed, {sim}: {cyc} cycles in {dt:.1f} s = {cyc / dt:,.0f} cycles/s "
-              f"(default config, cocotb memory model included)")
+              f"({cfg.tc} x {cfg.tp}, cocotb memory model included)")
     if args.speed_only:
         return
 

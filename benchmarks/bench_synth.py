@@ -24,8 +24,8 @@ from fluidnpu.synth.tools import SynthError
 PRESETS = {
     "default": [""],
     # the design space around the default: PE count, lanes and buffer sizes
-    "sweep": ["", "tc=4", "tc=4,tp=4", "tc=16", "tp=16", "tc=16,tp=16,x_buf_elems=32768,w_buf_elems=16384",
-              "x_buf_elems=32768,w_buf_elems=16384"],
+    "sweep": ["", "tc=8", "tp=8", "tc=8,tp=8,mem_bytes=8", "tc=16,tp=16,mem_bytes=8,w_buf_elems=16384",
+              "x_buf_elems=8192,w_buf_elems=2048"],
     "tiny": ["tc=4,tp=4,tr=4,x_buf_elems=64,w_buf_elems=16,mem_bytes=4,addr_width=16,dim_width=8"],
 }
 

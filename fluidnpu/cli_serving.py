@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from fluidnpu.cli import main
+from fluidnpu.cli import _config_options, _load_config, main
 
 __all__ = ["serve", "compare"]
 
@@ -75,8 +75,9 @@ def _jsonable(x):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write requests.csv (one row per request) and summary.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_config_options
 @_user_errors
-def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json):
+def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json, config_path, sets):
     """Simulate one scheduler serving a scenario; latency, SLO attainment, utilisation."""
     from dataclasses import replace
 
@@ -84,12 +85,15 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json
     from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO, load_with_spec, serving_tables, truncate_requests
 
     t0 = time.perf_counter()
+    given = config_path is not None or bool(sets)
+    cfg = _load_config(config_path, sets)
     hw = hardware or ("fluid" if scheduler == "fluid" else "rbatch")
     con = _stderr_console()
     if hw == "fbe":
         from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO as FBE_SCENARIO, prepare, run_model
         scenario_path = scenario_path or FBE_SCENARIO
-        s = prepare(scenario_path, scheduler, requests=n_requests, seed=seed)
+        s = prepare(scenario_path, scheduler, requests=n_requests, seed=seed,
+                    **({"cfg": cfg} if given else {}))
         sc, reqs = s.scenario, s.requests
         rec = run_model(s)
         res, sim_s = rec.result, rec.wall_s
@@ -97,7 +101,7 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json
     else:
         sc, _ = load_with_spec(scenario_path)
         with con.status("mapping the models (cycle model)...", spinner="dots") if not as_json else _null():
-            tabs = serving_tables(sc)
+            tabs = serving_tables(sc, cfg)
         ref = tabs["rbatch"]
         if n_requests is not None:
             dur = n_requests / sc.mean_rate
@@ -170,8 +174,9 @@ class _null:
 @click.option("--requests", "n_requests", type=click.IntRange(min=50),
               help="Requests per run (overrides [compare].requests).")
 @click.option("--jobs", type=click.IntRange(min=1), help="Worker processes (default: up to 2).")
+@_config_options
 @_user_errors
-def compare(scenario_path, out_dir, as_json, n_requests, jobs):
+def compare(scenario_path, out_dir, as_json, n_requests, jobs, config_path, sets):
     """Every scheduler over loads and arrival patterns, baselines tuned per load; table, CSV, plots, report."""
     from dataclasses import replace
 
@@ -180,12 +185,13 @@ def compare(scenario_path, out_dir, as_json, n_requests, jobs):
     from fluidnpu.sim.serving.compare import load_with_spec, run_compare, serving_tables
     from fluidnpu.sim.serving.report import table_rows, write_all
 
+    cfg = _load_config(config_path, sets)
     sc, spec = load_with_spec(scenario_path)
     if n_requests is not None:
         spec = replace(spec, requests=n_requests)
     con = _stderr_console()
     with con.status("mapping the models (cycle model)...", spinner="dots") if con.is_terminal else _null():
-        tabs = serving_tables(sc)
+        tabs = serving_tables(sc, cfg)
     live = con.is_terminal and not as_json
     prog = Progress(TextColumn("compare"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                     TimeElapsedColumn(), console=con, disable=not live)

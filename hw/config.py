@@ -31,14 +31,14 @@ class HwConfig:
     Buffer sizes are in elements per slot (each buffer is double-buffered).
     """
 
-    tc: int = 8                 #: processing elements (T_C)
-    tp: int = 8                 #: lanes per PE (T_P)
+    tc: int = 4                 #: processing elements (T_C)
+    tp: int = 4                 #: lanes per PE (T_P)
     tr: int = 32                #: rows per input tile (T_R)
     data_width: int = 8         #: signed operand width, bits
     acc_width: int = 32         #: accumulator width, bits (wraps modulo 2**acc_width)
     x_buf_elems: int = 32768    #: input buffer, elements per slot
     w_buf_elems: int = 8192     #: weight buffer, elements per slot
-    mem_bytes: int = 8          #: memory port width, bytes per beat
+    mem_bytes: int = 4          #: memory port width, bytes per beat
     rd_outstanding: int = 32    #: read requests in flight at most
     stage_entries: int = 2      #: PE-array groups between issue and drain at most (stage FIFO)
     mult_width: int = 16        #: signed requantisation multiplier width, bits

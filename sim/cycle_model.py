@@ -37,7 +37,7 @@ def pipe_latency(cfg: HwConfig) -> int:
     """Last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
     ``OperandBuffers.latency`` (3) + ``PEArray.latency`` (multiply with operand and product
     registers, adder tree in two stages, one stage per level of the stacking tree, accumulate:
-    5 + log2(tc)); 11 for the default 8 x 8."""
+    5 + log2(tc)); 10 for the default 4 x 4, 11 for the 8 x 8."""
     return 8 + (cfg.tc.bit_length() - 1)
 
 #: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)

@@ -48,8 +48,8 @@ def test_config_json_default():
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["hw"] == HwConfig().to_dict()
-    assert d["derived"]["policies"] == 16
-    assert d["derived"]["lanes"] == 64
+    assert d["derived"]["policies"] == 9
+    assert d["derived"]["lanes"] == 16
     assert HwConfig.from_dict(d) == HwConfig()
 
 
@@ -70,8 +70,8 @@ def test_config_table():
         cells = [c.strip() for c in re.split(r"[│|┃]", line) if c.strip()]
         if len(cells) == 2:
             rows[cells[0]] = cells[1]
-    assert rows["tr"] == "32" and rows["tc"] == "8"
-    assert rows["policies"] == "16" and rows["x_depth"] == "512"
+    assert rows["tr"] == "32" and rows["tc"] == "4"
+    assert rows["policies"] == "9" and rows["x_depth"] == "2048"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -210,9 +210,9 @@ def test_gemm_bad_bias(tmp_path, no_runner, operands, bias, fragment):
 
 
 @pytest.mark.parametrize("opt,value,fragments", [
-    ("--stack", "3", ["K = 3", "1, 2, 4, 8"]),
+    ("--stack", "3", ["K = 3", "1, 2, 4"]),
     ("--stack", "16", ["K = 16"]),
-    ("--split", "16", ["BP = 16", "1, 2, 4, 8"]),
+    ("--split", "16", ["BP = 16", "1, 2, 4"]),
     ("--split", "0", ["BP = 0"]),
     ("--requant", "5", ["MULT,SHIFT", "8000,24"]),
     ("--requant", "a,b", ["MULT,SHIFT"]),
@@ -288,7 +288,7 @@ def test_gemm_json_requant(tmp_path, monkeypatch, operands):
     macs = 5 * 12 * 3
     rl = metrics.roofline(HwConfig(), 5, 12, 3, bias=True, requant=True)
     assert d["cycles"] == 500 and d["macs"] == macs
-    assert d["utilisation"] == pytest.approx(macs / (500 * 64))
+    assert d["utilisation"] == pytest.approx(macs / (500 * HwConfig().lanes))
     assert d["roofline_cycles"] == rl.cycles
     assert d["roofline_efficiency"] == pytest.approx(rl.cycles / 500)
     assert d["sim"] == "verilator" and d["shape"] == [5, 12, 3]
@@ -424,7 +424,8 @@ def fake_core(monkeypatch):
 @pytest.mark.parametrize("corrupt", [False, True])
 def test_demo_flow_with_stand_ins(tmp_path, monkeypatch, corrupt):
     fake_core(monkeypatch)
-    calls = fake_runner(monkeypatch, cycles=7980, corrupt=corrupt)
+    # the demo GEMM's roofline on the default 4 x 4 core is 15 957 cycles (compute bound)
+    calls = fake_runner(monkeypatch, cycles=31914, corrupt=corrupt)
     r = run("demo", "--out-dir", tmp_path / "out")
     assert "module fluidnpu_core" in (tmp_path / "out" / "npu.v").read_text()
     (c,) = calls
@@ -434,7 +435,7 @@ def test_demo_flow_with_stand_ins(tmp_path, monkeypatch, corrupt):
     else:
         assert r.exit_code == 0, r.output
         assert "PASS bit-exact" in r.output
-        assert "cycles 7980" in r.output and "roofline efficiency 50.0%" in r.output
+        assert "cycles 31914" in r.output and "roofline efficiency 50.0%" in r.output
 
 
 def test_generate_with_stand_in_core(tmp_path, monkeypatch):
@@ -490,8 +491,12 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
 
 # -- metrics ---------------------------------------------------------------------------
 
+#: the 8 x 8 core (examples/hw_8x8.toml), the configuration the figures below were worked for
+BIG = HwConfig(tc=8, tp=8, mem_bytes=8)
+
+
 def test_roofline_demo_shape_compute_bound():
-    cfg = HwConfig()
+    cfg = BIG
     # X 37*304 + W 23*304 + bias 96 + O 37*24 (int8 rows padded to 8 bytes)
     assert metrics.compulsory_bytes(cfg, 37, 300, 23, bias=True, requant=True) == 19224
     rl = metrics.roofline(cfg, 37, 300, 23, bias=True, requant=True)
@@ -510,13 +515,13 @@ def test_roofline_memory_bound_small_config():
 
 
 def test_roofline_wide_elements():
-    cfg = HwConfig(data_width=16, mem_bytes=16)
+    cfg = BIG.replace(data_width=16, mem_bytes=16)
     # elem_bytes 2: X rows of 10 -> 20 -> 32 bytes; requant O rows of 3 -> 6 -> 16 bytes
     assert metrics.compulsory_bytes(cfg, 1, 10, 3, bias=True, requant=True) == 32 + 3 * 32 + 16 + 16
 
 
 def test_gemm_metrics():
-    m = metrics.gemm_metrics(HwConfig(), 37, 300, 23, 7980, bias=True, requant=True)
+    m = metrics.gemm_metrics(BIG, 37, 300, 23, 7980, bias=True, requant=True)
     assert m == {"macs": 255300, "utilisation": pytest.approx(255300 / (7980 * 64)),
                  "roofline_cycles": 3990, "roofline_efficiency": 0.5}
     with pytest.raises(ValueError):

@@ -36,8 +36,8 @@ BAD = [
     ({"x_buf_elems": 10000}, "x_buf_elems", 10000),
     ({"x_buf_elems": 32}, "x_buf_elems", 32),
     ({"w_buf_elems": 5000}, "w_buf_elems", 5000),
-    ({"w_buf_elems": 32}, "w_buf_elems", 32),
-    ({"tr": 256, "x_buf_elems": 8192}, "x_buf_elems", 8192),
+    ({"w_buf_elems": 8}, "w_buf_elems", 8),
+    ({"tr": 256, "x_buf_elems": 2048}, "x_buf_elems", 2048),
     ({"rd_outstanding": 1}, "rd_outstanding", 1),
     ({"rd_outstanding": 257}, "rd_outstanding", 257),
     ({"stage_entries": 1}, "stage_entries", 1),
@@ -64,8 +64,8 @@ def test_config_error_is_a_value_error():
 
 def test_defaults_are_valid_and_as_documented():
     cfg = HwConfig()
-    assert (cfg.tc, cfg.tp, cfg.tr) == (8, 8, 32)
-    assert (cfg.data_width, cfg.acc_width, cfg.mem_bytes) == (8, 32, 8)
+    assert (cfg.tc, cfg.tp, cfg.tr) == (4, 4, 32)
+    assert (cfg.data_width, cfg.acc_width, cfg.mem_bytes) == (8, 32, 4)
 
 
 @pytest.mark.parametrize("changes", [
@@ -90,14 +90,14 @@ def test_frozen():
 
 def test_derived_values_of_default():
     cfg = HwConfig()
-    assert cfg.lanes == 64
+    assert cfg.lanes == 16
     assert cfg.elem_bytes == 1
-    assert cfg.elems_per_beat == 8
-    assert cfg.x_depth == 512 and cfg.w_depth == 128
-    assert cfg.bp_choices == (1, 2, 4, 8) and cfg.k_choices == (1, 2, 4, 8)
-    assert len(cfg.policies) == 16 and len(set(cfg.policies)) == 16
+    assert cfg.elems_per_beat == 4
+    assert cfg.x_depth == 2048 and cfg.w_depth == 512
+    assert cfg.bp_choices == (1, 2, 4) and cfg.k_choices == (1, 2, 4)
+    assert len(cfg.policies) == 9 and len(set(cfg.policies)) == 9
     assert (cfg.data_min, cfg.data_max) == (-128, 127)
-    assert cfg.chunk_max(1) == 1024 and cfg.chunk_max(8) == 1024
+    assert cfg.chunk_max(1) == 1024 and cfg.chunk_max(4) == 1024
     assert cfg.ns_per_cycle() == pytest.approx(10.0)
 
 
@@ -174,6 +174,8 @@ def test_load_validates_values(tmp_path):
 
 def test_example_files(repo_root):
     assert load_hw_config(repo_root / "examples" / "hw_default.toml") == HwConfig()
+    big = load_hw_config(repo_root / "examples" / "hw_8x8.toml")
+    assert big == HwConfig(tc=8, tp=8, mem_bytes=8)
     small = load_hw_config(repo_root / "examples" / "hw_small.toml")
     assert small == HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
 

@@ -19,11 +19,11 @@ from fluidnpu.hw.runner import GemmCase, MemTiming, SimError, build_core, run_ge
 from fluidnpu.sim.cycle_model import (CycleModelError, LayerTiming, layer_cycles,
                                       layer_timing)
 
-DEFAULT = HwConfig()
+BIG = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core (examples/hw_8x8.toml)
 SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
 # a deeper stage FIFO (more groups in flight), of a depth that is not a power of two
 SMALL_S5 = SMALL.replace(stage_entries=5)
-CFGS = {"default": DEFAULT, "small": SMALL, "small-s5": SMALL_S5}
+CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5}
 
 BASIC_MEMS = (MemTiming(latency=1), MemTiming(latency=20), MemTiming(latency=50),
               MemTiming(latency=1, interval=2), MemTiming(latency=20, interval=2))
@@ -129,11 +129,11 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
     ("small", 2, ODD_MEMS, ALL_KINDS, 60_000, 30, 6_000),
     ("small", 3, BASIC_MEMS[:3], ("many",), 60_000, 4, 20_000),
     ("small-s5", 8, BASIC_MEMS, ALL_KINDS, 60_000, 30, 6_000),
-    ("default", 4, BASIC_MEMS, ALL_KINDS, 110_000, 40, 8_000),
-    ("default", 5, ODD_MEMS, ("tiny", "r1", "ragged", "wide"), 40_000, 15, 8_000),
-    ("default", 6, BASIC_MEMS[1:2], ("many",), 40_000, 2, 25_000),
-], ids=["small-basic", "small-odd", "small-many", "small-s5", "default-basic", "default-odd",
-        "default-many"])
+    ("8x8", 4, BASIC_MEMS, ALL_KINDS, 110_000, 40, 8_000),
+    ("8x8", 5, ODD_MEMS, ("tiny", "r1", "ragged", "wide"), 40_000, 15, 8_000),
+    ("8x8", 6, BASIC_MEMS[1:2], ("many",), 40_000, 2, 25_000),
+], ids=["small-basic", "small-odd", "small-many", "small-s5", "8x8-basic", "8x8-odd",
+        "8x8-many"])
 def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
     cfg = CFGS[cfg_name]
     _compare(cfg, _cases(cfg, seed, mems, kinds, budget, n, max_cyc), tmp_path)
@@ -185,7 +185,7 @@ def test_worked_example_on_rtl(tmp_path):
 def _random_layers(seed, n, big=False):
     rng = np.random.default_rng(seed)
     for i in range(n):
-        cfg = (DEFAULT, SMALL)[i % 2]
+        cfg = (BIG, SMALL)[i % 2]
         bp = int(rng.choice(cfg.bp_choices))
         k = int(rng.choice(cfg.k_choices))
         f = 30 if big else 4
@@ -218,8 +218,8 @@ def test_extrapolation_on_long_layers(R, P, C, bp, k):
     for mem in (MemTiming(), MemTiming(latency=1), MemTiming(latency=20, interval=2),
                 MemTiming(latency=40, wr_depth=4)):
         kw = dict(bp=bp, k=k, bias=True, out_mode=OUT_REQUANT, mem=mem)
-        a = layer_timing(DEFAULT, R, P, C, **kw)
-        b = layer_timing(DEFAULT, R, P, C, extrapolate=False, **kw)
+        a = layer_timing(BIG, R, P, C, **kw)
+        b = layer_timing(BIG, R, P, C, extrapolate=False, **kw)
         assert a.cycles == b.cycles
         assert a.simulated_steps < a.steps
 
@@ -246,8 +246,8 @@ def test_deeper_stage_fifo():
         assert b.cycles <= a.cycles and b.credit_stall <= a.credit_stall, (R, P, C, kw)
     # one-cycle groups (P of one step per chunk) wait for the drain with two credits
     kw = dict(bp=1, k=1, bias=False, out_mode=OUT_RAW, mem=MemTiming(latency=1))
-    a = layer_timing(DEFAULT, 256, 8, 64, **kw)
-    b = layer_timing(DEFAULT.replace(stage_entries=16), 256, 8, 64, **kw)
+    a = layer_timing(BIG, 256, 8, 64, **kw)
+    b = layer_timing(BIG.replace(stage_entries=16), 256, 8, 64, **kw)
     assert a.credit_stall > 0 and b.credit_stall < a.credit_stall and b.cycles < a.cycles
 
 
@@ -269,7 +269,7 @@ def test_monotonic_in_memory_timing():
 
 def test_compute_bound_layer_is_efficient():
     # long reduction, full tiles: stalls are a small share, utilisation near 1
-    t = layer_timing(DEFAULT, 16 * 64, 1024, 64, bp=1, k=1, bias=False, out_mode=OUT_RAW)
+    t = layer_timing(BIG, 16 * 64, 1024, 64, bp=1, k=1, bias=False, out_mode=OUT_RAW)
     assert t.utilisation > 0.9
     assert t.issue_cycles / t.cycles > 0.9
 

@@ -18,13 +18,13 @@ from fluidnpu.hw.drain import Drain, stage_layout
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT, layer_desc_layout
 from fluidnpu.hw.reference import gemm_reference, wrap
 
-CFG_DEFAULT = HwConfig()
+CFG_8X8 = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core (examples/hw_8x8.toml)
 CFG_SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
-CFG_16 = HwConfig(data_width=16)
+CFG_16 = HwConfig(tc=8, tp=8, mem_bytes=8, data_width=16)
 # many partial-sum lines per tile row, narrow accumulator, odd multiplier width
 CFG_ODD = HwConfig(tc=16, tp=4, tr=4, acc_width=18, mult_width=9, mem_bytes=4, x_buf_elems=256,
                    w_buf_elems=128, dim_width=12, addr_width=20)
-CONFIGS = {"default": CFG_DEFAULT, "small": CFG_SMALL, "d16": CFG_16, "odd": CFG_ODD}
+CONFIGS = {"default": CFG_8X8, "small": CFG_SMALL, "d16": CFG_16, "odd": CFG_ODD}
 
 SENTINEL = 0xA5
 BASE = 0x40          # first O array (an M-aligned address, not 0)
@@ -348,7 +348,7 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
 # -- tests -----------------------------------------------------------------------------------
 
 def test_interface():
-    cfg = CFG_DEFAULT
+    cfg = CFG_8X8
     dut = Drain(cfg)
     Fragment.get(dut, None)     # elaborates
     assert Drain.LATENCY == dut.latency == 9
@@ -370,7 +370,7 @@ def test_interface():
 
 def test_latency_single_beat():
     """One single-beat entry into an empty drain: accepted at once, written LATENCY after issue."""
-    cfg = CFG_DEFAULT
+    cfg = CFG_8X8
     rng = np.random.default_rng(1)
     [layer] = place(cfg, [make_layer(cfg, rng, 0, bp=1, k=1, R=1, C=3, n_ch=1,
                                    out_mode=OUT_REQUANT)])
@@ -384,7 +384,7 @@ def test_latency_single_beat():
 
 def test_back_to_back_entries():
     """Entries offered continuously: accepted every `beats` cycles, writes with no gaps."""
-    cfg = CFG_DEFAULT
+    cfg = CFG_8X8
     rng = np.random.default_rng(2)
     # raw, R=5 rows, bp=2 -> groups of 2, 2, 1 rows; C=5 (k=1, F=8): 3 beats per row
     [layer] = place(cfg, [make_layer(cfg, rng, 0, bp=2, k=1, R=5, C=5, n_ch=1, out_mode=OUT_RAW)])

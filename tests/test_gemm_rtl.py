@@ -21,7 +21,7 @@ from fluidnpu.hw.runner import (GemmCase, GemmRun, MemTiming, SimError, check_ge
                                 policy_compute_cycles, run_gemm, run_gemms)
 
 CFGS = {
-    "default": HwConfig(),
+    "8x8": HwConfig(tc=8, tp=8, mem_bytes=8),     # examples/hw_8x8.toml
     "small": HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4),
 }
 SIMS = ("icarus", "verilator")
@@ -190,8 +190,8 @@ def backpressure_cases(cfg_name: str) -> list[GemmCase]:
 
 
 def big_cases() -> list[GemmCase]:
-    """(37, 300, 23) under every legal policy of the default configuration."""
-    cfg = CFGS["default"]
+    """(37, 300, 23) under every legal policy of the 8 x 8 configuration."""
+    cfg = CFGS["8x8"]
     rng = np.random.default_rng(37)
     x, w = _operands(cfg, rng, 37, 300, 23)
     bias = rng.integers(-(1 << 16), 1 << 16, 23)
@@ -273,7 +273,7 @@ BIG_PARTS = 4     # the 16 policies in 4 launches, so that xdist can spread them
 @pytest.mark.parametrize("sim", SIMS)
 def test_core_37x300x23_every_policy(sim, part):
     cases = big_cases()[part::BIG_PARTS]
-    runs = run_and_check("default", sim, cases)
+    runs = run_and_check("8x8", sim, cases)
     assert len({r.cycles for r in runs}) > 1, "every policy took the same number of cycles"
 
 

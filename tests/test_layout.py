@@ -13,7 +13,8 @@ from fluidnpu.hw.reference import gemm_reference
 CFGS = {
     "default": HwConfig(),
     "small": HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4),
-    "wide16": HwConfig(data_width=12, acc_width=32, mem_bytes=16),
+    "8x8": HwConfig(tc=8, tp=8, mem_bytes=8),
+    "wide16": HwConfig(tc=8, tp=8, data_width=12, acc_width=32, mem_bytes=16),
     "m64": HwConfig(tc=64, tp=64, tr=16, x_buf_elems=65536, w_buf_elems=8192, mem_bytes=64),
 }
 
@@ -170,7 +171,7 @@ def test_desc_defaults_and_image_desc():
 @pytest.mark.parametrize("fields, needle", [
     ({"r": 0, "p": 1, "c": 1}, "r = 0"),
     ({"r": 1 << 16, "p": 1, "c": 1}, "r = 65536"),
-    ({"r": 1, "p": 1, "c": 1, "x_addr": 12}, "x_addr = 0xc"),
+    ({"r": 1, "p": 1, "c": 1, "x_addr": 10}, "x_addr = 0xa"),
     ({"r": 1, "p": 1, "c": 1, "o_addr": 1 << 32}, "o_addr = 4294967296"),
     ({"r": 1, "p": 1, "c": 1, "mult": 1 << 15}, "mult = 32768"),
     ({"r": 1, "p": 1, "c": 1, "mult": -(1 << 15) - 1}, "mult = -32769"),
@@ -208,7 +209,7 @@ def test_operand_validation():
 
 
 def test_compulsory_traffic():
-    cfg = CFGS["default"]                     # M = 8, eb = 1
+    cfg = CFGS["8x8"]                         # M = 8, eb = 1
     rd, wr = compulsory_traffic(cfg, 37, 300, 23, bias=True, out_mode=OUT_RAW)
     assert rd == 37 * 304 + 23 * 304 + 96
     assert wr == 37 * 96

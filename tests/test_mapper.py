@@ -13,7 +13,7 @@ from fluidnpu.sched.mapper import MapperError, map_model, plan_layer, policies_f
 from fluidnpu.sim.cycle_model import layer_cycles
 from fluidnpu.sim.workloads import GemmLayer, zoo
 
-CFG = HwConfig()
+CFG = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core (examples/hw_8x8.toml)
 
 
 def test_best_policy_is_the_minimum_over_all_policies():

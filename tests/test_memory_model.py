@@ -22,7 +22,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.tb.memory import MemoryModel, MemoryModelError
 
-CFG = HwConfig()              # mem_bytes = 8, addr_width = 32
+CFG = HwConfig(tc=8, tp=8, mem_bytes=8)      # the 8 x 8 core: mem_bytes = 8, addr_width = 32
 M = CFG.mem_bytes
 MEM_SIZE = 4096
 TOP = "mm_loop"

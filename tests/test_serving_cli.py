@@ -53,6 +53,21 @@ def test_default_tables_are_the_mappers(default):
     assert mb < 0.8 * tabs["rbatch"]["mobilenetv2"].batch1_latency_s()
 
 
+def test_serve_on_another_hardware_configuration(repo_root):
+    """--config/--set: the latency tables (so the latencies) are those of the given NPU."""
+    base = _json(CliRunner().invoke(main, ["serve", "--requests", "400", "--json"]))
+    big = _json(CliRunner().invoke(main, ["serve", "--requests", "400", "--json", "--config",
+                                          str(repo_root / "examples" / "hw_8x8.toml")]))
+    assert all("tc=4,tp=4," in src for src in base["tables"].values())
+    assert all("tc=8,tp=8," in src for src in big["tables"].values())
+    # 4x the MACs: the same arrivals leave the NPU less busy and are served sooner
+    assert big["summary"]["utilisation"] < 0.6 * base["summary"]["utilisation"]
+    assert big["summary"]["mean_ms"] < base["summary"]["mean_ms"]
+    for cmd in (["serve", "--requests", "10"], ["compare", "--requests", "50"]):
+        r = CliRunner().invoke(main, [*cmd, "--set", "tp=3"])
+        assert r.exit_code == 2 and "tp = 3: must be a power of two" in r.output
+
+
 def test_scaled_scenario_hits_the_load(default):
     sc, spec, tabs = default
     ref = tabs["rbatch"]

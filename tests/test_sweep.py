@@ -89,7 +89,7 @@ BAD = [
     ("colour = 1\n[perf]\n", "unknown field(s) colour in the sweep file; allowed:"),
     ("[grid]\ntcc = [4]\nmodel='tiny'\n[perf]\n", "unknown field(s) tcc in [grid]; allowed:"),
     ("[grid]\ntc = [4, 3]\ntp = 4\nmem_bytes = 4\nmodel='tiny'\n[perf]\n", "hardware point tc=3,tp=4,mem_bytes=4: hardware config: tc = 3: must be a power of two"),
-    ("[grid]\ntc = [4]\nmodel='tiny'\n[perf]\n", "mem_bytes = 8: holds 8 elements per beat"),
+    ("[grid]\ntc = [2]\nmodel='tiny'\n[perf]\n", "mem_bytes = 4: holds 4 elements per beat"),
     ("[grid]\ntc = []\n[perf]\n", "grid.tc = []: give at least one value"),
     ("[grid]\nmodel = 'no-such-net'\n[perf]\n", "grid.model = 'no-such-net'"),
     ("[grid]\nmodel = 'tiny'\nmapping = 'wide'\n[perf]\n", "grid.mapping = 'wide': must be one of rbatch, stack, fluid"),
@@ -111,6 +111,10 @@ BAD = [
     ("[[hw]]\ntc = 4\n[grid]\ntc = [8]\n[synth]\n", "tc is set both here and in [grid]"),
     ("[[hw]]\nlabel = 'a'\n[[hw]]\nlabel = 'a'\n[synth]\n", "appears twice"),
     ("[grid]\nmodel='tiny'\n[perf]\n[plot]\nx = [3]\n", "plot.x entry 3: must be a column name"),
+    ("[synth]\nseed = 1\nseeds = [1, 2]\n", "synth.seed and synth.seeds are both given"),
+    ("[synth]\nseeds = '4-2'\n", "synth.seeds = '4-2': the range '4-2' is empty"),
+    ("[synth]\nseeds = 3\n", "synth.seeds = 3: must be a list of non-negative integers"),
+    ("[synth]\nseeds = [1, 2]\npack_only = true\n", "pack_only stops before placement"),
 ]
 
 
@@ -295,6 +299,34 @@ target = "ulx3s-85f"
     assert float(rows[0]["fmax_mhz"]) == pytest.approx(41.95, abs=0.01)
     assert {p.name for p in res.plots} == {"pareto_p99_ms_vs_luts.png", "pareto_p99_ms_vs_dsps.png",
                                           "pareto_slo_attainment_vs_luts.png", "pareto_slo_attainment_vs_dsps.png"}
+
+
+def test_synthesis_seed_sweep_in_a_sweep(tmp_path, fake_tools, monkeypatch):  # noqa: F811
+    """synth.seeds: each configuration's best seed and every seed's Fmax reach the table."""
+    monkeypatch.setenv("FAKE_FMAX_BY_SEED", json.dumps({"1": 97.5, "2": 104.25}))
+    text = """
+name = "syn"
+[[hw]]
+label = "small"
+tc = 4
+tp = 4
+tr = 4
+x_buf_elems = 64
+w_buf_elems = 16
+mem_bytes = 4
+addr_width = 16
+dim_width = 8
+[synth]
+target = "ulx3s-85f"
+seeds = "1-2"
+"""
+    sw = load_sweep(write(tmp_path, text))
+    res = run_sweep(sw, tmp_path / "o", workers=1, progress=False)
+    assert res.complete, res.failed
+    assert fake_tools("yosys") == 1 and fake_tools("nextpnr") == 2
+    (row,) = read_csv(tmp_path / "o" / "results.csv")
+    assert float(row["fmax_mhz"]) == pytest.approx(104.25)
+    assert row["synth_seed"] == "2" and row["seed_fmax"] == "1: 97.5; 2: 104.25"
 
 
 def test_pareto_front():
