@@ -282,7 +282,8 @@ class Drain(wiring.Component):
                    waddr=s0_paddr, n=s0_n, off=s0_off,
                    mask=Cat((s0_off <= l) & (l < s0_off + s0_n) for l in range(E)),
                    boff=s0_colbyte[:lM],                   # first byte of the beat in its word
-                   colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), oaddr=e_oaddr, raw=e_raw, relu=e_relu, mult=e_mult, shift=e_shift)
+                   colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), oaddr=e_oaddr,
+                   raw=e_raw, relu=e_relu, mult=e_mult, shift=e_shift)
 
         # ``row * os`` in a multiplier of its own whose registers are s1 (operands) and s2
         # (product): the output stride is a multiple of M, so the product of the beat's row
