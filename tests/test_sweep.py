@@ -267,9 +267,8 @@ def test_failed_point_is_reported_and_retried(tmp_path, monkeypatch):
     assert res.complete and res.ran == 1
 
 
-def test_synthesis_points_with_fake_tools(tmp_path, fake_tools):  # noqa: F811
-    """[synth] runs once per hardware configuration (not per scheduler); resources join every row."""
-    text = """
+#: one small configuration (the smallest 8-bit core, as test_synth.SMALL) to synthesise
+SYNTH_HW = """
 name = "syn"
 [[hw]]
 label = "small"
@@ -281,6 +280,12 @@ w_buf_elems = 16
 mem_bytes = 4
 addr_width = 16
 dim_width = 8
+"""
+
+
+def test_synthesis_points_with_fake_tools(tmp_path, fake_tools):  # noqa: F811
+    """[synth] runs once per hardware configuration (not per scheduler); resources join every row."""
+    text = SYNTH_HW + """
 [grid]
 model = "tiny"
 scheduler = ["fcfs", "fluid"]
@@ -304,18 +309,7 @@ target = "ulx3s-85f"
 def test_synthesis_seed_sweep_in_a_sweep(tmp_path, fake_tools, monkeypatch):  # noqa: F811
     """synth.seeds: each configuration's best seed and every seed's Fmax reach the table."""
     monkeypatch.setenv("FAKE_FMAX_BY_SEED", json.dumps({"1": 97.5, "2": 104.25}))
-    text = """
-name = "syn"
-[[hw]]
-label = "small"
-tc = 4
-tp = 4
-tr = 4
-x_buf_elems = 64
-w_buf_elems = 16
-mem_bytes = 4
-addr_width = 16
-dim_width = 8
+    text = SYNTH_HW + """
 [synth]
 target = "ulx3s-85f"
 seeds = "1-2"
