@@ -25,8 +25,8 @@ from fluidnpu.hw.config import HwConfig
 from .parse import overflowing, parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import SynthResult, resources_from
 from .targets import TARGETS, Target, get_target
-from .tools import (SynthError, ToolFailed, check_nextpnr_log, check_yosys_log, find_tool,
-                    run_tool, tool_version)
+from .tools import (SynthError, ToolFailed, ToolTimeout, check_nextpnr_log, check_yosys_log,
+                    find_tool, run_tool, tool_version)
 from .top import DEFAULT_RAM_BYTES, BoardTop
 
 __all__ = ["synthesize", "SynthResult", "SynthError", "TARGETS", "cache_dir", "cache_key",
@@ -247,17 +247,18 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     util: dict = {}
     fmax = None
     crit = None
+    placed = None
     seed_fmax: dict = {}
     if tgt.is_board and len(seeds) > 1:
-        seed, fits, reason, util, fmax, crit, seed_fmax = _seed_sweep(
+        seed, fits, reason, util, fmax, crit, placed, seed_fmax = _seed_sweep(
             tgt, out, seeds, jobs, target_mhz, timeout, say, stage_s, files, versions)
-        if fits and bitstream:
+        if fits and fmax is not None and bitstream:
             _pack(tgt, out, timeout, say, stage_s, files)
     elif tgt.is_board:
-        fits, reason, util, fmax, crit = _place_and_route(tgt, out, seed, target_mhz, timeout,
-                                                          say, stage_s, files, versions,
-                                                          pack_only=pack_only)
-        if fits and bitstream and not pack_only:
+        fits, reason, util, fmax, crit, placed = _place_and_route(
+            tgt, out, seed, target_mhz, timeout, say, stage_s, files, versions,
+            pack_only=pack_only)
+        if fits and fmax is not None and bitstream and not pack_only:
             _pack(tgt, out, timeout, say, stage_s, files)
 
     counts, available = resources_from(tgt.family, cells, util, tgt.capacity)
@@ -273,10 +274,12 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
         resources=util, cells=cells,
         critical_path=crit, config=cfg.to_dict(), cfg_key=cfg.key(), tool_versions=versions,
         seed=seed if tgt.is_board else None, seed_fmax=seed_fmax,
+        routed=(fmax is not None) if (tgt.is_board and fits and not pack_only) else None,
+        fmax_placed_mhz=round(placed, 2) if placed is not None else None,
         elapsed_s=round(time.monotonic() - t0, 1),
         stage_s=stage_s, out_dir=str(out.resolve()), files=files, cache_key=key)
     res.write(out / "result.json")
-    if use_cache:
+    if use_cache and res.routed is not False:   # a run cut by the timeout is not a result to keep
         try:
             res.write(cfile)
         except OSError:
@@ -288,7 +291,12 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
 def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
                      timeout: float | None, say: Progress, stage_s: dict, files: dict,
                      versions: dict, *, pack_only: bool = False):
-    """Run nextpnr; returns ``(fits, reason, utilisation, fmax, critical_path)``."""
+    """Run nextpnr; returns ``(fits, reason, utilisation, fmax, critical_path, placed)``.
+
+    A run stopped by ``timeout`` after placement (its log has nextpnr's timing estimate
+    after placement) is not an error: it fits, ``fmax`` is ``None``, ``placed`` is that
+    estimate and ``reason`` says routing did not finish. Stopped earlier, it raises.
+    """
     nlog = out / "nextpnr.log"
     report = out / "report.json"
     for stale in (nlog, report):
@@ -317,7 +325,13 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
         over, why = overflowing(parsed["utilization"], parsed["errors"])
         if over:
             say("nextpnr", f"does not fit: {why}")
-            return False, why, parsed["utilization"], None, None
+            return False, why, parsed["utilization"], None, None, None
+        if isinstance(e, ToolTimeout) and parsed["fmax"] and not pack_only:
+            placed = min(v["achieved"] for v in parsed["fmax"].values())
+            why = (f"routing did not finish within {e.timeout:g} s; nextpnr's estimate after "
+                   f"placement: {placed:.2f} MHz")
+            say("nextpnr", why)
+            return True, why, parsed["utilization"], None, None, placed
         raise
     stage_s["nextpnr"] = round(time.monotonic() - t, 2)
     if pack_only:
@@ -327,7 +341,7 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
             util = {}
         util = util or parse_nextpnr_log(nlog.read_text(errors="replace"))["utilization"]
         over, why = overflowing(util, [])
-        return not over, why, util, None, None
+        return not over, why, util, None, None, None
     try:
         rep = parse_nextpnr_report(json.loads(report.read_text()))
     except (ValueError, KeyError, TypeError) as e:
@@ -338,7 +352,7 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
     if not rep["fmax"]:
         raise ToolFailed(f"{tgt.nextpnr}: no Fmax in {report} or the log", nlog)
     fmax = min(v["achieved"] for v in rep["fmax"].values())
-    return True, "", rep["utilization"], fmax, rep["critical_path"]
+    return True, "", rep["utilization"], fmax, rep["critical_path"], None
 
 
 def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None,
@@ -346,10 +360,11 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
                 versions: dict):
     """Place and route ``out/top.json`` once per seed, ``jobs`` at once; keep the best.
 
-    Returns ``(seed, fits, reason, utilisation, fmax, critical_path, seed_fmax)`` of the
-    best run (highest Fmax; the first seed on a tie), whose nextpnr log, report and
-    routed design are copied into ``out``. A seed whose run fails is reported and
-    skipped; if every run fails, the first failure is raised.
+    Returns ``(seed, fits, reason, utilisation, fmax, critical_path, placed, seed_fmax)``
+    of the best run (highest Fmax; the first seed on a tie; if no seed routed within the
+    timeout, the highest estimate after placement), whose nextpnr log, report and routed
+    design are copied into ``out``. A seed whose run fails is reported and skipped; if
+    every run fails, the first failure is raised.
     """
     import shutil
     from concurrent.futures import ThreadPoolExecutor
@@ -370,7 +385,7 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
         st, fl = {}, {}
         r = _place_and_route(tgt, d, s, target_mhz, timeout, say, st, fl, versions)
         say("nextpnr", f"seed {s}: " + (f"{r[3]:.2f} MHz" if r[3] is not None else
-                                        f"does not fit: {r[1]}"))
+                                        r[1] if r[5] is not None else f"does not fit: {r[1]}"))
         return r
 
     t = time.monotonic()
@@ -389,17 +404,23 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
     seed_fmax = {str(s): (round(runs[s][3], 2) if s in runs and runs[s][3] is not None else None)
                  for s in seeds}
     routed = [s for s in seeds if s in runs and runs[s][0] and runs[s][3] is not None]
-    best = max(routed, key=lambda s: runs[s][3]) if routed else next(iter(runs))
+    placed_only = [s for s in seeds if s in runs and runs[s][5] is not None]
+    if routed:
+        best = max(routed, key=lambda s: runs[s][3])
+    elif placed_only:
+        best = max(placed_only, key=lambda s: runs[s][5])
+    else:
+        best = next(iter(runs))
     d = out / f"seed-{best}"
     result_file = "top.config" if tgt.family == "ecp5" else "top.asc"
     for name in ("nextpnr.log", "report.json", result_file):
         if (d / name).exists():
             shutil.copy(d / name, out / name)
     files.update(nextpnr_log="nextpnr.log", report="report.json")
-    fits, reason, util, fmax, crit = runs[best]
+    fits, reason, util, fmax, crit, placed = runs[best]
     if routed:
         say("nextpnr", f"best: seed {best}, {fmax:.2f} MHz")
-    return best, fits, reason, util, fmax, crit, seed_fmax
+    return best, fits, reason, util, fmax, crit, placed, seed_fmax
 
 
 def _pack(tgt: Target, out: Path, timeout, say: Progress, stage_s: dict, files: dict) -> None:

@@ -19,7 +19,7 @@ class SynthResult:
     dsps: int | None                #: MULT18X18D (ECP5) / SB_MAC16 (iCE40); 0 for generic
     brams: int | None               #: DP16KD (ECP5) / SB_RAM40_4K (iCE40); generic: memories
     fmax_mhz: float | None          #: nextpnr's Fmax of the core clock; None for generic
-    fits: bool | None               #: the design placed and routed on the device
+    fits: bool | None               #: the design fits the device (placed; see ``routed``)
     reason: str = ""                #: why it does not fit
     target_mhz: float | None = None  #: the clock constraint nextpnr worked for
     timing_met: bool | None = None  #: fmax_mhz >= target_mhz
@@ -33,6 +33,8 @@ class SynthResult:
     tool_versions: dict = field(default_factory=dict)
     seed: int | None = None         #: nextpnr seed of the result (the best of a seed sweep)
     seed_fmax: dict = field(default_factory=dict)  #: seed sweep: Fmax per seed ("seed": MHz or None)
+    routed: bool | None = None      #: board targets: routing finished (False: stopped by the timeout)
+    fmax_placed_mhz: float | None = None  #: not routed: nextpnr's estimate after placement
     elapsed_s: float = 0.0          #: wall-clock seconds of the run (of the original run when cached)
     stage_s: dict = field(default_factory=dict)    #: seconds per tool
     out_dir: str = ""               #: where the logs and reports of the run are
@@ -75,6 +77,8 @@ class SynthResult:
         if self.fmax_mhz is not None:
             lines.append(f"  Fmax {self.fmax_mhz:.1f} MHz (target {self.target_mhz:g} MHz: "
                          f"{'met' if self.timing_met else 'MISSED'})")
+        elif self.fmax_placed_mhz is not None:
+            lines.append(f"  not routed; {self.fmax_placed_mhz:.1f} MHz estimated after placement")
         if len(self.seed_fmax) > 1:
             per = ", ".join(f"{k}: {v:.1f}" if v is not None else f"{k}: failed"
                             for k, v in self.seed_fmax.items())
@@ -153,7 +157,9 @@ def format_table(results: list[SynthResult], *, with_config: tuple[str, ...] = (
     head = [*with_config, "target", "LUTs", "FFs", "DSPs", "BRAMs", "Fmax MHz", "fits", "time s"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        fm = f"{r.fmax_mhz:.1f}" if r.fmax_mhz is not None else "-"
+        fm = (f"{r.fmax_mhz:.1f}" if r.fmax_mhz is not None else
+              f"{r.fmax_placed_mhz:.1f} after placement, not routed"
+              if r.fmax_placed_mhz is not None else "-")
         fits = {True: "yes", False: "no", None: "-"}[r.fits]
         cells = [str(r.config.get(k, "")) for k in with_config] + [
             r.target, f"{r.luts}{pct(r, 'luts')}", f"{r.ffs}{pct(r, 'ffs')}",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["SynthError", "ToolMissing", "ToolFailed", "Tool", "TOOLS", "find_tool",
+__all__ = ["SynthError", "ToolMissing", "ToolFailed", "ToolTimeout", "Tool", "TOOLS", "find_tool",
            "tool_version", "run_tool", "check_yosys_log", "check_nextpnr_log", "log_tail",
            "tools_report"]
 
@@ -41,6 +41,14 @@ class ToolFailed(SynthError):
     def __init__(self, message: str, log: Path | None = None):
         super().__init__(message)
         self.log = log
+
+
+class ToolTimeout(ToolFailed):
+    """A tool was stopped after ``timeout`` seconds (its log holds what it did by then)."""
+
+    def __init__(self, message: str, log: Path | None = None, timeout: float = 0.0):
+        super().__init__(message, log)
+        self.timeout = timeout
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,8 @@ def run_tool(key: str, args: Sequence[str], *, cwd: Path, log: Path,
                                stdin=subprocess.DEVNULL, timeout=timeout)
             rc = p.returncode
         except subprocess.TimeoutExpired:
-            raise ToolFailed(f"{key}: no result after {timeout:.0f} s; log: {log}", log) from None
+            raise ToolTimeout(f"{key}: no result after {timeout:.0f} s; log: {log}", log,
+                              timeout) from None
     dt = time.monotonic() - t0
     text = Path(log).read_text(errors="replace") if Path(log).exists() else ""
     why = check_log(text) if check_log else None

@@ -26,8 +26,8 @@ from fluidnpu.synth.parse import (overflowing, parse_nextpnr_log, parse_nextpnr_
                                   parse_yosys_stat)
 from fluidnpu.synth.result import SynthResult, format_table, resources_from
 from fluidnpu.synth.targets import TARGETS, get_target
-from fluidnpu.synth.tools import (ToolFailed, ToolMissing, check_nextpnr_log, check_yosys_log,
-                                  find_tool)
+from fluidnpu.synth.tools import (ToolFailed, ToolMissing, ToolTimeout, check_nextpnr_log,
+                                  check_yosys_log, find_tool)
 
 DATA = Path(__file__).parent / "data" / "synth"
 
@@ -54,7 +54,8 @@ count = Path(os.environ["FAKE_COUNT_DIR"]) / "{name}"
 if args and args[0] in ("-V", "--version"):
     print("{name} 0.0 (fake)")
     sys.exit(0)
-count.write_text(str(int(count.read_text()) + 1 if count.exists() else 1))
+with open(count, "a") as f:       # one byte per run: appends do not race between parallel runs
+    f.write("x")
 def opt(flag):
     return args[args.index(flag) + 1] if flag in args else None
 kind = "{name}"
@@ -66,6 +67,9 @@ if kind == "nextpnr":
     import json
     shutil.copy(os.environ["FAKE_NEXTPNR_LOG"], opt("--log"))
     seed = opt("--seed")
+    if os.environ.get("FAKE_NEXTPNR_SLEEP"):       # a run that outlasts the timeout
+        import time
+        time.sleep(float(os.environ["FAKE_NEXTPNR_SLEEP"]))
     rc = int(os.environ.get("FAKE_NEXTPNR_RC", "0"))
     if seed in os.environ.get("FAKE_NEXTPNR_FAIL_SEEDS", "").split(","):
         Path(opt("--log")).write_text("ERROR: fake failure of seed " + seed + "\n")
@@ -107,7 +111,7 @@ def fake_tools(tmp_path, monkeypatch):
 
     def runs(name: str) -> int:
         p = counts / name
-        return int(p.read_text()) if p.exists() else 0
+        return len(p.read_text()) if p.exists() else 0
     return runs
 
 
@@ -307,6 +311,35 @@ def test_flow_seed_sweep_keeps_the_best(fake_tools, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_NEXTPNR_FAIL_SEEDS", "1,2,3")
     with pytest.raises(ToolFailed, match="fake failure of seed 1"):
         synthesize(SMALL, "ulx3s-85f", tmp_path / "d", seeds=(1, 2, 3), use_cache=False)
+
+
+def test_flow_routing_timeout_keeps_the_placement_estimate(fake_tools, tmp_path, monkeypatch):
+    """nextpnr stopped by the timeout after placement: fits, not routed, the estimate kept,
+    no bitstream; stopped before placement: an error."""
+    text = data("ecp5_nextpnr.log")
+    placed = tmp_path / "placed.log"
+    placed.write_text(text[:text.index("Info: Routing globals")])
+    monkeypatch.setenv("FAKE_NEXTPNR_LOG", str(placed))
+    monkeypatch.setenv("FAKE_NEXTPNR_SLEEP", "30")
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "a", timeout=3)
+    assert r.fits is True and r.routed is False and r.fmax_mhz is None
+    assert r.fmax_placed_mhz == pytest.approx(40.40) and r.timing_met is None
+    assert "routing did not finish within 3 s" in r.reason and "40.40 MHz" in r.reason
+    assert "estimated after placement" in r.summary()
+    assert "40.4 after placement, not routed" in format_table([r])
+    assert fake_tools("pack") == 0 and not (tmp_path / "a" / "top.bit").exists()
+    # not cached: a longer timeout may route it
+    assert not synthesize(SMALL, "ulx3s-85f", tmp_path / "a2", timeout=3).cached
+    # a seed sweep where no seed routes keeps the best estimate
+    r2 = synthesize(SMALL, "ulx3s-85f", tmp_path / "b", seeds=(1, 2), timeout=3)
+    assert r2.routed is False and r2.seed == 1 and r2.seed_fmax == {"1": None, "2": None}
+    assert r2.fmax_placed_mhz == pytest.approx(40.40)
+    # stopped before placement finished: nothing to report but the error
+    unplaced = tmp_path / "unplaced.log"
+    unplaced.write_text(text[:text.index("Info: Max frequency")])
+    monkeypatch.setenv("FAKE_NEXTPNR_LOG", str(unplaced))
+    with pytest.raises(ToolTimeout, match="no result after 3 s"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "c", timeout=3)
 
 
 def test_seed_arguments_are_checked(fake_tools, tmp_path):
