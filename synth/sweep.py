@@ -831,9 +831,11 @@ def _describe(rec: dict) -> str:
         what = f"synth {rec.get('label', rec['id'])}"
         m = rec.get("metrics", {})
         if rec.get("ok"):
-            fm = m.get("fmax_mhz")
+            fm, fp = m.get("fmax_mhz"), m.get("fmax_placed_mhz")
             what += (f": LUTs {m.get('luts')}, DSPs {m.get('dsps')}, BRAMs {m.get('brams')}"
-                     + (f", Fmax {fm:.1f} MHz" if fm else "") + (" (cached)" if m.get("synth_cached") else ""))
+                     + (f", Fmax {fm:.1f} MHz" if fm else
+                        f", not routed ({fp:.1f} MHz after placement)" if fp else "")
+                     + (" (cached)" if m.get("synth_cached") else ""))
     else:
         p = rec.get("params", {})
         what = "point " + " ".join(str(p[k]) for k in ("label", "model", "scenario", "scheduler") if k in p)

@@ -323,6 +323,25 @@ seeds = "1-2"
     assert row["synth_seed"] == "2" and row["seed_fmax"] == "1: 97.5; 2: 104.25"
 
 
+def test_unroutable_row_keeps_the_placement_estimate(tmp_path, fake_tools, monkeypatch):  # noqa: F811
+    """A row whose routing the timeout stops still fills the table: routed false and
+    nextpnr's estimate after placement; the sweep completes."""
+    text = (Path(__file__).parent / "data" / "synth" / "ecp5_nextpnr.log").read_text()
+    placed = tmp_path / "placed.log"
+    placed.write_text(text[:text.index("Info: Routing globals")])
+    monkeypatch.setenv("FAKE_NEXTPNR_LOG", str(placed))
+    monkeypatch.setenv("FAKE_NEXTPNR_SLEEP", "30")
+    sw = load_sweep(write(tmp_path, SYNTH_HW + "[synth]\ntarget = 'ulx3s-85f'\ntimeout_s = 3\n"))
+    res = run_sweep(sw, tmp_path / "o", workers=1, progress=False)
+    assert res.complete, res.failed
+    recs = [json.loads(ln) for ln in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    (syn,) = [r for r in recs if r["kind"] == "synth"]
+    assert "not routed (40.4 MHz after placement)" in sweep_mod._describe(syn)
+    (row,) = read_csv(tmp_path / "o" / "results.csv")
+    assert row["fits"] == "True" and row["routed"] == "False" and row["fmax_mhz"] == ""
+    assert float(row["fmax_placed_mhz"]) == pytest.approx(40.40)
+
+
 def test_pareto_front():
     pts = [(1, 10.0), (2, 5.0), (3, 6.0), (4, 1.0), (2, 7.0), (5, 1.0)]
     assert pareto_front(pts, maximise_y=False) == [0, 1, 3]
