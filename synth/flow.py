@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from fluidnpu.hw.config import HwConfig
 
@@ -124,6 +126,17 @@ def _check_seeds(seeds) -> tuple[int, ...]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds = {seeds}: a seed is given twice")
     return seeds
+
+
+class _PnR(NamedTuple):
+    """What one nextpnr run gave (:func:`_place_and_route`)."""
+
+    fits: bool
+    reason: str
+    util: dict
+    fmax: float | None              #: after routing; None when not routed
+    crit: dict | None               #: the critical path
+    placed: float | None            #: routing cut by the timeout: the estimate after placement
 
 
 def _default_out_dir(target: str, key: str) -> Path:
@@ -249,16 +262,15 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     crit = None
     placed = None
     seed_fmax: dict = {}
-    if tgt.is_board and len(seeds) > 1:
-        seed, fits, reason, util, fmax, crit, placed, seed_fmax = _seed_sweep(
-            tgt, out, seeds, jobs, target_mhz, timeout, say, stage_s, files, versions)
-        if fits and fmax is not None and bitstream:
-            _pack(tgt, out, timeout, say, stage_s, files)
-    elif tgt.is_board:
-        fits, reason, util, fmax, crit, placed = _place_and_route(
-            tgt, out, seed, target_mhz, timeout, say, stage_s, files, versions,
-            pack_only=pack_only)
-        if fits and fmax is not None and bitstream and not pack_only:
+    if tgt.is_board:
+        if len(seeds) > 1:
+            seed, pnr, seed_fmax = _seed_sweep(tgt, out, seeds, jobs, target_mhz, timeout, say,
+                                               stage_s, files, versions)
+        else:
+            pnr = _place_and_route(tgt, out, seed, target_mhz, timeout, say, stage_s, files,
+                                   versions, pack_only=pack_only)
+        fits, reason, util, fmax, crit, placed = pnr
+        if fits and fmax is not None and bitstream:      # routed (so not pack_only)
             _pack(tgt, out, timeout, say, stage_s, files)
 
     counts, available = resources_from(tgt.family, cells, util, tgt.capacity)
@@ -290,8 +302,8 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
 
 def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
                      timeout: float | None, say: Progress, stage_s: dict, files: dict,
-                     versions: dict, *, pack_only: bool = False):
-    """Run nextpnr; returns ``(fits, reason, utilisation, fmax, critical_path, placed)``.
+                     versions: dict, *, pack_only: bool = False) -> _PnR:
+    """Run nextpnr; returns what it gave (:class:`_PnR`).
 
     A run stopped by ``timeout`` after placement (its log has nextpnr's timing estimate
     after placement) is not an error: it fits, ``fmax`` is ``None``, ``placed`` is that
@@ -325,13 +337,13 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
         over, why = overflowing(parsed["utilization"], parsed["errors"])
         if over:
             say("nextpnr", f"does not fit: {why}")
-            return False, why, parsed["utilization"], None, None, None
+            return _PnR(False, why, parsed["utilization"], None, None, None)
         if isinstance(e, ToolTimeout) and parsed["fmax"] and not pack_only:
             placed = min(v["achieved"] for v in parsed["fmax"].values())
             why = (f"routing did not finish within {e.timeout:g} s; nextpnr's estimate after "
                    f"placement: {placed:.2f} MHz")
             say("nextpnr", why)
-            return True, why, parsed["utilization"], None, None, placed
+            return _PnR(True, why, parsed["utilization"], None, None, placed)
         raise
     stage_s["nextpnr"] = round(time.monotonic() - t, 2)
     if pack_only:
@@ -341,7 +353,7 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
             util = {}
         util = util or parse_nextpnr_log(nlog.read_text(errors="replace"))["utilization"]
         over, why = overflowing(util, [])
-        return not over, why, util, None, None, None
+        return _PnR(not over, why, util, None, None, None)
     try:
         rep = parse_nextpnr_report(json.loads(report.read_text()))
     except (ValueError, KeyError, TypeError) as e:
@@ -352,23 +364,19 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
     if not rep["fmax"]:
         raise ToolFailed(f"{tgt.nextpnr}: no Fmax in {report} or the log", nlog)
     fmax = min(v["achieved"] for v in rep["fmax"].values())
-    return True, "", rep["utilization"], fmax, rep["critical_path"], None
+    return _PnR(True, "", rep["utilization"], fmax, rep["critical_path"], None)
 
 
 def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None,
                 target_mhz: float, timeout, say: Progress, stage_s: dict, files: dict,
-                versions: dict):
+                versions: dict) -> tuple[int, _PnR, dict]:
     """Place and route ``out/top.json`` once per seed, ``jobs`` at once; keep the best.
 
-    Returns ``(seed, fits, reason, utilisation, fmax, critical_path, placed, seed_fmax)``
-    of the best run (highest Fmax; the first seed on a tie; if no seed routed within the
-    timeout, the highest estimate after placement), whose nextpnr log, report and routed
-    design are copied into ``out``. A seed whose run fails is reported and skipped; if
+    Returns ``(seed, run, seed_fmax)`` of the best run (highest Fmax; the first seed on a
+    tie; if no seed routed within the timeout, the highest estimate after placement),
+    whose nextpnr log, report and routed design are copied into ``out``. A seed whose run fails is reported and skipped; if
     every run fails, the first failure is raised.
     """
-    import shutil
-    from concurrent.futures import ThreadPoolExecutor
-
     jobs = jobs or min(len(seeds), os.cpu_count() or 1)
     say("nextpnr", f"seed sweep: seeds {', '.join(map(str, seeds))}, {jobs} at a time")
 
@@ -384,8 +392,9 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
                 shutil.copy(out / name, dst)
         st, fl = {}, {}
         r = _place_and_route(tgt, d, s, target_mhz, timeout, say, st, fl, versions)
-        say("nextpnr", f"seed {s}: " + (f"{r[3]:.2f} MHz" if r[3] is not None else
-                                        r[1] if r[5] is not None else f"does not fit: {r[1]}"))
+        say("nextpnr", f"seed {s}: " + (f"{r.fmax:.2f} MHz" if r.fmax is not None else
+                                        r.reason if r.placed is not None else
+                                        f"does not fit: {r.reason}"))
         return r
 
     t = time.monotonic()
@@ -401,14 +410,14 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
     stage_s["nextpnr"] = round(time.monotonic() - t, 2)
     if not runs:
         raise errors[seeds[0]]
-    seed_fmax = {str(s): (round(runs[s][3], 2) if s in runs and runs[s][3] is not None else None)
-                 for s in seeds}
-    routed = [s for s in seeds if s in runs and runs[s][0] and runs[s][3] is not None]
-    placed_only = [s for s in seeds if s in runs and runs[s][5] is not None]
+    seed_fmax = {str(s): (round(runs[s].fmax, 2) if s in runs and runs[s].fmax is not None
+                          else None) for s in seeds}
+    routed = [s for s in seeds if s in runs and runs[s].fits and runs[s].fmax is not None]
+    placed_only = [s for s in seeds if s in runs and runs[s].placed is not None]
     if routed:
-        best = max(routed, key=lambda s: runs[s][3])
+        best = max(routed, key=lambda s: runs[s].fmax)
     elif placed_only:
-        best = max(placed_only, key=lambda s: runs[s][5])
+        best = max(placed_only, key=lambda s: runs[s].placed)
     else:
         best = next(iter(runs))
     d = out / f"seed-{best}"
@@ -417,10 +426,9 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
         if (d / name).exists():
             shutil.copy(d / name, out / name)
     files.update(nextpnr_log="nextpnr.log", report="report.json")
-    fits, reason, util, fmax, crit, placed = runs[best]
     if routed:
-        say("nextpnr", f"best: seed {best}, {fmax:.2f} MHz")
-    return best, fits, reason, util, fmax, crit, placed, seed_fmax
+        say("nextpnr", f"best: seed {best}, {runs[best].fmax:.2f} MHz")
+    return best, runs[best], seed_fmax
 
 
 def _pack(tgt: Target, out: Path, timeout, say: Progress, stage_s: dict, files: dict) -> None:

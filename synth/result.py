@@ -32,7 +32,8 @@ class SynthResult:
     cfg_key: str = ""
     tool_versions: dict = field(default_factory=dict)
     seed: int | None = None         #: nextpnr seed of the result (the best of a seed sweep)
-    seed_fmax: dict = field(default_factory=dict)  #: seed sweep: Fmax per seed ("seed": MHz or None)
+    #: seed sweep: Fmax per seed ("seed": MHz, or None: the run failed or did not route)
+    seed_fmax: dict = field(default_factory=dict)
     routed: bool | None = None      #: board targets: routing finished (False: stopped by the timeout)
     fmax_placed_mhz: float | None = None  #: not routed: nextpnr's estimate after placement
     elapsed_s: float = 0.0          #: wall-clock seconds of the run (of the original run when cached)
@@ -80,7 +81,7 @@ class SynthResult:
         elif self.fmax_placed_mhz is not None:
             lines.append(f"  not routed; {self.fmax_placed_mhz:.1f} MHz estimated after placement")
         if len(self.seed_fmax) > 1:
-            per = ", ".join(f"{k}: {v:.1f}" if v is not None else f"{k}: failed"
+            per = ", ".join(f"{k}: {v:.1f}" if v is not None else f"{k}: not routed"
                             for k, v in self.seed_fmax.items())
             lines.append(f"  seed sweep (MHz) {per}; kept seed {self.seed}")
         if self.reason:
