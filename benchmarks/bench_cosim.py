@@ -15,22 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
-from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, agreement, metric_errors, prepare, run_model, run_rtl, run_tables
+from fluidnpu.sim.cosim.run import (DEFAULT_SCENARIO, agreement, metric_errors, prepare, run_model, run_rtl, run_tables,
+                                    scale_rates)
 from fluidnpu.sim.serving import load_scenario
-from fluidnpu.sim.serving.arrivals import Poisson
 
 SCHEDULERS = [("fluid", {}), ("lazy", {}), ("fcfs", {}), ("clipper", {}), ("dynamic", {"max_delay_ms": 0.01})]
-
-
-def scaled(sc, k):
-    devs = []
-    for d in sc.devices:
-        if not isinstance(d.arrivals, Poisson):
-            raise SystemExit(f"--loads: device {d.name!r} is not Poisson; scale its rate in the scenario instead")
-        devs.append(replace(d, arrivals=Poisson(d.arrivals.rate * k)))
-    return replace(sc, devices=tuple(devs))
 
 
 def main(argv=None):
@@ -47,7 +37,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     bad = 0
     for k in (float(x) for x in a.loads.split(",")):
-        sc = scaled(base, k)
+        sc = scale_rates(base, k)
         for name, kn in SCHEDULERS:
             s = prepare(sc, (name, kn), requests=a.requests, seed=a.seed)
             m = run_model(s)

@@ -47,18 +47,17 @@ def read_schedule(path: Path, n: int) -> list[int]:
     return arr
 
 
-def _inputs(net, inputs: Path | None, limit: int | None, shape):
+def _inputs(net, inputs: Path | None, labels_path: Path | None, limit: int | None, shape):
     labels = None
     if inputs is None:
         if "test:x" not in net.weights:
             raise click.UsageError("--inputs is needed: the model ships no test inputs ('test:x')")
+        if labels_path is not None:
+            raise click.UsageError("--labels needs --inputs: the shipped test inputs come with their labels")
         xs = np.asarray(net.weights["test:x"])
         labels = np.asarray(net.weights["test:y"]) if "test:y" in net.weights else None
     else:
-        try:
-            xs = np.load(inputs)
-        except (OSError, ValueError) as e:
-            raise click.UsageError(f"--inputs {inputs}: not a readable .npy file ({e})") from None
+        xs = _npy(inputs, "--inputs")
     r0, p0 = shape
     if xs.ndim == 2 and xs.shape[1] == r0 * p0:
         xs = xs.reshape(-1, r0, p0)
@@ -67,10 +66,94 @@ def _inputs(net, inputs: Path | None, limit: int | None, shape):
                                f"for the first layer (r = {r0}, p = {p0})")
     if xs.dtype.kind not in "iu" or xs.min() < -128 or xs.max() > 127:
         raise click.UsageError("--inputs: must hold integers from -128 to 127")
+    if labels_path is not None:
+        labels = _npy(labels_path, "--labels")
+        classes = net.model.layers[-1].c
+        if labels.shape != (len(xs),) or labels.dtype.kind not in "iu" or labels.min() < 0 \
+                or labels.max() >= classes:
+            raise click.UsageError(f"--labels {labels_path}: shape {labels.shape}, dtype {labels.dtype}: must be "
+                                   f"{len(xs)} integers (one per input) from 0 to {classes - 1}")
     if limit is not None:
         xs = xs[:limit]
         labels = None if labels is None else labels[:limit]
     return xs.astype(np.int64), labels
+
+
+def _npy(path: Path, opt: str) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as e:
+        raise click.UsageError(f"{opt} {path}: not a readable .npy file ({e})") from None
+
+
+def write_counts(path: Path, counts: list[int], source: str) -> None:
+    """A counts file (docs/models.md, ``measured``): written whole or not at all."""
+    import os
+    import tempfile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            if path.suffix.lower() == ".json":
+                json.dump({"counts": [int(c) for c in counts], "source": source}, f, indent=1)
+                f.write("\n")
+            else:
+                f.write(f"# {source}\nexit,count\n")
+                f.writelines(f"{'final' if i == len(counts) - 1 else i},{int(c)}\n" for i, c in enumerate(counts))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def accuracy_report(net, cfg, xs, labels, outs, names) -> dict:
+    """Per exit: how many samples leave there and the accuracy of those, on the RTL, by the
+    digits module's integer reference (written apart from the FBE's) and by the shipped
+    float model when there is one; the overall accuracy of each."""
+    from fluidnpu.sim.workloads.digits import evaluate, float_evaluation, integer_logits
+    n = len(xs)
+    flat = xs.reshape(n, -1)
+    ref = evaluate(integer_logits(net.model, net.weights, flat, hw=cfg), labels, net.thresholds, net.criteria)
+    flt = float_evaluation(net.model, net.weights, flat, labels, net.thresholds, net.criteria)
+    ex = np.full(n, -1)
+    ok = np.zeros(n, dtype=bool)
+    for o in outs:
+        ex[o.index], ok[o.index] = o.exit, o.cls == labels[o.index]
+    rows = []
+    for i, name in enumerate(names):
+        at = ex == i
+        row = {"exit": name, "rtl": int(at.sum()), "rate": float(at.mean()),
+               "rtl_accuracy": float(ok[at].mean()) if at.any() else None,
+               "reference": ref["counts"][i], "reference_accuracy": ref["taken_accuracy"][i],
+               "reference_classifier_accuracy": ref["exit_accuracy"][i]}
+        if flt is not None:
+            row.update({"float": flt["counts"][i], "float_accuracy": flt["taken_accuracy"][i],
+                        "float_classifier_accuracy": flt["exit_accuracy"][i]})
+        rows.append(row)
+    same = [r["rtl"] for r in rows] == ref["counts"] and int(ok.sum()) == ref["correct"]
+    return {"exits": rows, "rtl": float(ok.mean()), "integer_reference": ref["accuracy"],
+            "float": None if flt is None else flt["accuracy"], "equal_to_reference": bool(same)}
+
+
+def _print_accuracy(con, acc):
+    from rich.table import Table
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}"
+    has_float = acc["float"] is not None
+    t = Table(title="exits and accuracy (accuracy of the samples that leave at each exit, %)")
+    cols = ["exit", "RTL leave", "rate %", "RTL acc", "int ref leave", "int ref acc"]
+    cols += ["float leave", "float acc"] if has_float else []
+    for h in cols:
+        t.add_column(h, justify="left" if h == "exit" else "right")
+    for r in acc["exits"]:
+        cells = [r["exit"], str(r["rtl"]), pct(r["rate"]), pct(r["rtl_accuracy"]), str(r["reference"]),
+                 pct(r["reference_accuracy"])]
+        cells += [str(r["float"]), pct(r["float_accuracy"])] if has_float else []
+        t.add_row(*cells)
+    con.print(t)
+    flt = f"; float model {pct(acc['float'])} %" if has_float else ""
+    con.print(f"accuracy: RTL {pct(acc['rtl'])} %, integer reference {pct(acc['integer_reference'])} %{flt}")
 
 
 @main.command("network")
@@ -78,6 +161,8 @@ def _inputs(net, inputs: Path | None, limit: int | None, shape):
 @click.option("--model", "model_ref", required=True, help="Zoo name or model TOML with weights and exit thresholds.")
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Samples, int8 .npy of shape (N, r*p) or (N, r, p) [default: the model's shipped test inputs].")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Class labels of --inputs, an integer .npy of shape (N,): adds the accuracy per exit.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N samples.")
 @click.option("--batch-schedule", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV of 'cycle,sample' arrivals [default: all samples at cycle 0].")
@@ -87,8 +172,12 @@ def _inputs(net, inputs: Path | None, limit: int | None, shape):
 @click.option("--sim", type=click.Choice(["icarus", "verilator"]), default="verilator", show_default=True)
 @click.option("--latency", type=click.IntRange(min=1), default=20, show_default=True, help="Memory latency, cycles.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test scheduler's preempt sizes.")
+@click.option("--counts-out", "counts_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the exit counts measured on the RTL as a counts file (.json or .csv) that a model TOML's "
+                   "[exit_rates] measured = \"FILE\" reads, so the serving simulator uses them.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def network_cmd(config_path, sets, model_ref, inputs, limit, batch_schedule, policy, sim, latency, seed, as_json):
+def network_cmd(config_path, sets, model_ref, inputs, labels_path, limit, batch_schedule, policy, sim, latency, seed,
+                counts_out, as_json):
     """Run samples through the RTL NPU with its FBE: per sample the exit, class and
     completion cycle, checked bit-exactly against the numpy reference."""
     from fluidnpu.hw.config import ConfigError
@@ -98,11 +187,14 @@ def network_cmd(config_path, sets, model_ref, inputs, limit, batch_schedule, pol
     from fluidnpu.sim.workloads.errors import WorkloadError
     from fluidnpu.sim.workloads.weights import load_network
 
+    if counts_out is not None and counts_out.suffix.lower() not in (".json", ".csv"):
+        raise click.UsageError(f"--counts-out {counts_out}: must end in .json or .csv (the counts file formats of "
+                               f"[exit_rates] measured)")
     try:
         cfg = _load_config(config_path, sets)
         net = load_network(model_ref)
         l0 = net.model.layers[0]
-        xs, labels = _inputs(net, inputs, limit, (l0.r, l0.p))
+        xs, labels = _inputs(net, inputs, labels_path, limit, (l0.r, l0.p))
         arrivals = read_schedule(batch_schedule, len(xs)) if batch_schedule else [0] * len(xs)
         prog = compile_network(cfg, net.model, net.weights, net.thresholds, net.criteria,
                                n_inputs=len(xs), tag_space=len(xs))
@@ -141,12 +233,28 @@ def network_cmd(config_path, sets, model_ref, inputs, limit, batch_schedule, pol
               "mean_latency_cycles": float(np.mean(lat)), "max_latency_cycles": int(max(lat)),
               "layers_run": kinds["layer_start"], "merges": kinds["merge"], "catchups": kinds["accept"] - kinds["idle"],
               "reference_match": True}
+    acc = None
     if labels is not None:
         totals["accuracy"] = sum(d["correct"] for d in per) / len(per)
+        acc = accuracy_report(net, cfg, xs, labels, outs, names)
+        totals["exit_accuracy"] = acc
+    if counts_out is not None and (acc is None or acc["equal_to_reference"]):
+        write_counts(counts_out, [totals["exits"][k] for k in names],
+                     f"measured on the RTL NPU with its FBE: exit counts of {len(outs)} samples of "
+                     f"{net.model.name} ({sim}; {cfg.key()})")
+        totals["counts_file"] = str(counts_out)
     if as_json:
         click.echo(json.dumps({"model": net.model.name, "sim": sim, "config": cfg.key(), "samples": per,
                                "totals": totals}, indent=1))
-        return
+    else:
+        _print_samples(net, outs, per, totals, labels, acc)
+    if acc is not None and not acc["equal_to_reference"]:
+        click.echo("error: the RTL's exit counts or accuracy differ from the digits module's integer reference",
+                   err=True)
+        click.get_current_context().exit(1)
+
+
+def _print_samples(net, outs, per, totals, labels, acc):
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"{net.model.name}: {len(outs)} samples, all equal to the numpy reference")
@@ -160,6 +268,8 @@ def network_cmd(config_path, sets, model_ref, inputs, limit, batch_schedule, pol
     if len(per) > 40:
         con.print(f"... {len(per) - 40} more (use --json for all)")
     ex = ", ".join(f"{k} {v}" for k, v in totals["exits"].items())
-    acc = f", accuracy {100 * totals['accuracy']:.2f} %" if labels is not None else ""
+    acc_txt = f", accuracy {100 * totals['accuracy']:.2f} %" if labels is not None else ""
     con.print(f"{totals['cycles']} cycles; exits: {ex}; mean latency {totals['mean_latency_cycles']:.0f} cycles; "
-              f"{totals['merges']} merges{acc}")
+              f"{totals['merges']} merges{acc_txt}")
+    if acc is not None:
+        _print_accuracy(con, acc)

@@ -263,6 +263,60 @@ def test_tables_model_on_the_same_trace():
     assert same["within_1pct"] == 1.0 and all(v == 0 for k, v in same.items() if k != "within_1pct")
 
 
+TABLES_SCHEDULERS = [("fluid", {}), ("lazy", {}), ("fcfs", {}), ("clipper", {}), ("dynamic", {"max_delay_ms": 0.01})]
+
+
+def test_tables_model_error_is_bounded():
+    """The bound docs/cosim.md gives for the default serving simulator (mapper tables)
+    against the FBE mode (equal to the RTL, tests above): on the default scenario, 200
+    requests, seeds 1-3, loads 0.5/1.0/1.5, five schedulers, it is optimistic in mean
+    latency by at most 20 %, within 20 % in p99, and overstates SLO attainment by at most
+    0.15. A bias pushed into the tables (+30 % per layer) breaks it."""
+    from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, metric_errors, run_tables, scale_rates
+    from fluidnpu.sim.serving import load_scenario
+    base = load_scenario(DEFAULT_SCENARIO)
+    worst = {"mean_ms": [0.0, 0.0], "p99_ms": [0.0, 0.0], "slo_attainment": [0.0, 0.0]}
+    for k in (0.5, 1.0, 1.5):
+        for seed in (1, 2, 3):
+            for sched in TABLES_SCHEDULERS:
+                s = prepare(scale_rates(base, k), sched, requests=200, seed=seed)
+                e = metric_errors(run_model(s), run_tables(s, "fluid"))
+                for key, (lo, hi) in worst.items():
+                    worst[key] = [min(lo, e[key]), max(hi, e[key])]
+    assert -0.20 <= worst["mean_ms"][0] and worst["mean_ms"][1] <= 0.0, worst
+    assert -0.20 <= worst["p99_ms"][0] and worst["p99_ms"][1] <= 0.20, worst
+    assert -0.01 <= worst["slo_attainment"][0] and worst["slo_attainment"][1] <= 0.15, worst
+    assert worst["mean_ms"][0] < -0.05                 # the bound is not vacuous: the models differ
+
+
+
+def test_tables_bound_has_teeth(monkeypatch):
+    """Tables 30 % slower per layer than the mapper's break the bound above."""
+    from dataclasses import replace as dc_replace
+
+    from fluidnpu.sim.cosim.run import metric_errors, run_tables
+    from fluidnpu.sim.serving import tables
+    real = tables.mapper_table
+
+    def slower(*a, **kw):
+        t = real(*a, **kw)
+        return dc_replace(t, layer_cycles=np.ceil(t.layer_cycles * 1.3).astype(t.layer_cycles.dtype),
+                          head_cycles=np.ceil(t.head_cycles * 1.3).astype(t.head_cycles.dtype))
+    monkeypatch.setattr(tables, "mapper_table", slower)
+    s = prepare(None, ("fluid", {}), requests=200, seed=1)
+    assert metric_errors(run_model(s), run_tables(s, "fluid"))["mean_ms"] > 0.0
+
+
+def test_scale_rates():
+    from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, scale_rates
+    from fluidnpu.sim.serving import load_scenario
+    base = load_scenario(DEFAULT_SCENARIO)
+    twice = scale_rates(base, 2.0)
+    assert [d.arrivals.rate for d in twice.devices] == [2.0 * d.arrivals.rate for d in base.devices]
+    with pytest.raises(ScenarioError, match="load factor = 0"):
+        scale_rates(base, 0)
+
+
 def test_queue_capacity_drops_and_tag_limit(tmp_path):
     from dataclasses import replace as dc_replace
 

@@ -78,6 +78,17 @@ def test_shipped_integer_model_is_within_2_points_of_its_float_model(net, meta):
     assert meta["int_accuracy"] >= meta["int_exit_accuracy"][-1] - 1.0
 
 
+def test_float_evaluation_reproduces_the_training_figures(net, meta):
+    """float_evaluation (what `fluidnpu network` reports beside the RTL) gives the float
+    figures recorded at training time; a network without the float arrays gives None."""
+    ev = D.float_evaluation(net.model, net.weights, net.weights["test:x"], net.weights["test:y"], net.thresholds,
+                            net.criteria)
+    assert pct(ev["accuracy"]) == meta["float_accuracy"] and ev["counts"] == meta["float_exit_counts"]
+    bare = {k: v for k, v in net.weights.items() if not k.startswith("float:")}
+    assert D.float_evaluation(net.model, bare, net.weights["test:x"], net.weights["test:y"], net.thresholds,
+                              net.criteria) is None
+
+
 def test_exit_rates_in_the_toml_are_the_measured_ones(net, int_logits):
     exit_at, _ = D.exit_decisions(int_logits, net.thresholds, net.criteria)
     counts = np.bincount(exit_at, minlength=3)

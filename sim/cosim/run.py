@@ -31,9 +31,8 @@ from .engine import FbeEngine
 from .host import CosimError, Host
 from .timing import FbeTiming
 
-__all__ = ["COSIM_CONFIG", "DEFAULT_SCENARIO", "CosimSetup", "prepare", "make_host", "run_model", "run_rtl", "run_tables",
-           "metric_errors",
-           "agreement", "RunRecord"]
+__all__ = ["COSIM_CONFIG", "DEFAULT_SCENARIO", "CosimSetup", "prepare", "make_host", "run_model", "run_rtl",
+           "run_tables", "scale_rates", "metric_errors", "agreement", "RunRecord"]
 
 #: the hardware the co-simulation runs by default: the digits network's configuration
 #: (docs/models.md) with 8 batch slots
@@ -347,3 +346,17 @@ def metric_errors(ref: RunRecord, other: RunRecord) -> dict:
     both = ~np.isnan(la) & ~np.isnan(lb)
     out["within_1pct"] = float((np.abs(lb[both] - la[both]) <= 0.01 * la[both]).mean()) if both.any() else float("nan")
     return out
+
+
+def scale_rates(sc: Scenario, k: float) -> Scenario:
+    """``sc`` with every device's Poisson rate times ``k`` (load sweeps on one trace shape)."""
+    from ..serving.arrivals import Poisson
+    if not k > 0:
+        raise ScenarioError(f"load factor = {k!r}: must be > 0")
+    devs = []
+    for d in sc.devices:
+        if not isinstance(d.arrivals, Poisson):
+            raise ScenarioError(f"device {d.name!r}: arrivals = {type(d.arrivals).__name__}: only Poisson rates are "
+                                f"scaled; scale this one in the scenario file")
+        devs.append(replace(d, arrivals=Poisson(d.arrivals.rate * k)))
+    return replace(sc, devices=tuple(devs))

@@ -452,6 +452,19 @@ def evaluate(logits: list, y: np.ndarray, thresholds, criteria) -> dict:
     }
 
 
+def float_evaluation(model: EEModel, weights: dict, x: np.ndarray, y: np.ndarray, thresholds, criteria):
+    """:func:`evaluate` of the float model shipped beside the integer weights, on int8 conv1
+    inputs ``x`` (N, 576), with the integer thresholds in float logit units (divided by the
+    model's ``[meta] logit_scale``); None when the files hold no float model."""
+    scales = ((model.meta or {}).get("extra") or {}).get("logit_scale")
+    keys = [k for k, _ in _keys()]
+    if not scales or any(f"float:{k}:w" not in weights for k in keys) or np.shape(x)[1:] != (
+            BACKBONE[0].r * BACKBONE[0].p,):
+        return None
+    f_thr = [t / s for t, s in zip(thresholds, scales)]
+    return evaluate(float_logits(float_params(weights), np.asarray(x) / INPUT_SCALE), y, f_thr, criteria)
+
+
 # -------------------------------------------------------------------------- pipeline
 
 @dataclass
