@@ -116,16 +116,30 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def _check_seeds(seeds) -> tuple[int, ...]:
-    seeds = tuple(seeds)
+def seed_list(raw, *, allow_repeats: bool = True) -> tuple[int, ...]:
+    """nextpnr seeds from a string (:func:`parse_seeds`) or a list of non-negative integers;
+    a repeated seed is dropped, or refused when ``allow_repeats`` is false."""
+    if isinstance(raw, str):
+        return parse_seeds(raw)
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError(f"seeds = {raw!r}: must be a list of non-negative integers or a string like \"1-4\"")
+    seeds = tuple(raw)
     if not seeds:
         raise ValueError("seeds = (): give at least one nextpnr seed")
     for v in seeds:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"seeds: {v!r}: a nextpnr seed must be a non-negative integer")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds = {seeds}: a seed is given twice")
+        if not allow_repeats:
+            raise ValueError(f"seeds = {seeds}: a seed is given twice")
+        seeds = tuple(dict.fromkeys(seeds))
+    if len(seeds) > 64:
+        raise ValueError(f"seeds = {raw!r}: {len(seeds)} seeds; at most 64 are allowed")
     return seeds
+
+
+def _check_seeds(seeds) -> tuple[int, ...]:
+    return seed_list(tuple(seeds), allow_repeats=False)
 
 
 class _PnR(NamedTuple):

@@ -278,17 +278,10 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
         if "seeds" in s:        # (only then a key: job ids of seed-less sweeps stay as they were)
             if "seed" in s:
                 raise SweepError(f"{where}: synth.seed and synth.seeds are both given: give one")
-            from .flow import parse_seeds
+            from .flow import seed_list
             raw = s["seeds"]
             try:
-                if isinstance(raw, list) and all(isinstance(v, int) and not isinstance(v, bool)
-                                                 and v >= 0 for v in raw) and raw:
-                    seeds = tuple(dict.fromkeys(raw))
-                elif isinstance(raw, str):
-                    seeds = parse_seeds(raw)
-                else:
-                    raise ValueError(f"seeds = {raw!r}: must be a list of non-negative integers "
-                                     "or a string like \"1-4\"")
+                seeds = seed_list(raw)
             except ValueError as e:
                 raise SweepError(f"{where}: synth.{e}") from None
             if synth["pack_only"]:
