@@ -103,9 +103,12 @@ def _completion_csv(path: Path, s, model, rtl):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write requests.csv (RTL), requests_serve.csv (serving simulator, FBE mode), requests_tables.csv "
                    "(serving simulator, mapper tables), completion.csv and summary.json here.")
+@click.option("--wave", type=click.Path(dir_okay=False, path_type=Path),
+              help="Record the RTL run's waveform here (FST on Icarus, VCD on Verilator; the suffix follows the "
+                   "simulator). Every signal for every cycle: keep --requests small.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_path, sets, latency, policy, out_dir,
-          as_json):
+          wave, as_json):
     """Co-simulate: the scheduler drives the RTL NPU (cocotb) on a scenario's trace; the
     serving simulator serves the same trace; metrics of both and their agreement (share
     of requests with the same completion cycle). Exit status 1 if they disagree."""
@@ -123,14 +126,15 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_pa
     n = len(s.requests)
     try:
         if as_json:
-            rtl = run_rtl(s, sim)
+            rtl = run_rtl(s, sim, wave=wave)
         else:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
                     TextColumn("{task.fields[cyc]}"), TimeRemainingColumn())
             with Progress(*cols, console=_stderr_console(), transient=True) as bar:
                 task = bar.add_task(f"RTL ({sim})", total=n, cyc="building or starting")
-                rtl = run_rtl(s, sim, progress=lambda c, d: bar.update(task, completed=d, cyc=f"cycle {c:,}"))
+                rtl = run_rtl(s, sim, wave=wave,
+                              progress=lambda c, d: bar.update(task, completed=d, cyc=f"cycle {c:,}"))
     except _errors() as e:
         click.echo(f"error: the co-simulation stopped: {e}", err=True)
         sys.exit(1)
@@ -144,7 +148,7 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_pa
            "config": s.cfg.key(), "memory_latency": latency, "policy": policy,
            "table": s.plans[0].table.source, "summary": rtl.result.summary(), "per_device": rtl.result.per_device(),
            "rtl": {"cycles": rtl.cycles, "wall_s": rtl.wall_s, "samples_checked": rtl.extra["logits_ok"],
-                   "cycles_per_s": rtl.extra["dut_cycles"] / max(rtl.wall_s, 1e-9)},
+                   "cycles_per_s": rtl.extra["dut_cycles"] / max(rtl.wall_s, 1e-9), "wave": rtl.extra["wave"]},
            "serve": _summary(model), "agreement": agr["agreement"], "agreement_detail": agr,
            "serve_tables": dict(_summary(tables), errors_vs_rtl=metric_errors(rtl, tables)),
            "wall_s": time.perf_counter() - t0}
@@ -191,5 +195,5 @@ def _print(out, rtl, model, tables, agr):
     r = out["rtl"]
     click.echo(f"RTL: {r['cycles']:,} cycles in {r['wall_s']:.1f} s ({r['cycles_per_s']:,.0f} cycles/s), "
                f"{r['samples_checked']} results bit-exact with the numpy reference")
-    for f in out.get("files", []):
+    for f in out.get("files", []) + ([r["wave"]] if r["wave"] else []):
         click.echo(f"wrote {f}")

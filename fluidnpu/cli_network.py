@@ -175,9 +175,12 @@ def _print_accuracy(con, acc):
 @click.option("--counts-out", "counts_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the exit counts measured on the RTL as a counts file (.json or .csv) that a model TOML's "
                    "[exit_rates] measured = \"FILE\" reads, so the serving simulator uses them.")
+@click.option("--wave", type=click.Path(dir_okay=False, path_type=Path),
+              help="Record the run's waveform here (FST on Icarus, VCD on Verilator; the suffix follows the "
+                   "simulator). Every signal for every cycle: keep --limit small.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def network_cmd(config_path, sets, model_ref, inputs, labels_path, limit, batch_schedule, policy, sim, latency, seed,
-                counts_out, as_json):
+                counts_out, wave, as_json):
     """Run samples through the RTL NPU with its FBE: per sample the exit, class and
     completion cycle, checked bit-exactly against the numpy reference."""
     from fluidnpu.hw.config import ConfigError
@@ -212,9 +215,14 @@ def network_cmd(config_path, sets, model_ref, inputs, labels_path, limit, batch_
         click.echo(f"{len(xs)} samples of {net.model.name} on the RTL ({sim}), b_max = {cfg.b_max} ...", err=True)
     try:
         outs, run, refs = run_samples(prog, list(xs), arrivals, sim=sim, mem=mem, policies=policies,
-                                      sched={"mode": "greedy", "seed": seed, "odd": 0.0, "gap": 0})
+                                      sched={"mode": "greedy", "seed": seed, "odd": 0.0, "gap": 0}, wave=wave)
     except (SimError, AssertionError) as e:
         click.echo(f"error: {e}", err=True)
+        if wave is not None:
+            from fluidnpu.hw.runner import sim_wave_file
+            w = wave.with_suffix(sim_wave_file(sim, wave.parent).suffix)
+            if w.is_file():
+                click.echo(f"waveform of the failing run: {w}", err=True)
         click.get_current_context().exit(1)
     names = [f"exit{i}" for i in range(len(net.model.exits))] + ["final"]
     per = []
@@ -232,7 +240,7 @@ def network_cmd(config_path, sets, model_ref, inputs, labels_path, limit, batch_
               "exits": {names[i]: counts.get(i, 0) for i in range(len(names))},
               "mean_latency_cycles": float(np.mean(lat)), "max_latency_cycles": int(max(lat)),
               "layers_run": kinds["layer_start"], "merges": kinds["merge"], "catchups": kinds["accept"] - kinds["idle"],
-              "reference_match": True}
+              "reference_match": True, "wave": None if run.wave is None else str(run.wave)}
     acc = None
     if labels is not None:
         totals["accuracy"] = sum(d["correct"] for d in per) / len(per)
@@ -273,3 +281,5 @@ def _print_samples(net, outs, per, totals, labels, acc):
               f"{totals['merges']} merges{acc_txt}")
     if acc is not None:
         _print_accuracy(con, acc)
+    if totals["wave"]:
+        con.print(f"wrote {totals['wave']}")

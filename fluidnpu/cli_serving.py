@@ -79,9 +79,7 @@ def _jsonable(x):
 @_user_errors
 def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json, config_path, sets):
     """Simulate one scheduler serving a scenario; latency, SLO attainment, utilisation."""
-    from dataclasses import replace
-
-    from fluidnpu.sim.serving import generate_requests, run, slo_bases
+    from fluidnpu.sim.serving import for_requests, generate_requests, run, slo_bases
     from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO, load_with_spec, serving_tables, truncate_requests
 
     t0 = time.perf_counter()
@@ -104,9 +102,7 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json
             tabs = serving_tables(sc, cfg)
         ref = tabs["rbatch"]
         if n_requests is not None:
-            dur = n_requests / sc.mean_rate
-            sc = replace(sc, duration_s=1.2 * dur + 1e-9,
-                         warmup_s=min(sc.warmup_s, sc.warmup_s / sc.duration_s * dur))
+            sc = for_requests(sc, n_requests, seed)
         reqs = generate_requests(sc, seed, slo_bases(sc, ref))
         if n_requests is not None:
             reqs = truncate_requests(reqs, n_requests)

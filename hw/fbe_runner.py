@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import HwConfig
-from .runner import MemTiming, SimError, _check_sim, _rtl_sources_hash, build_design, run_cocotb
+from .runner import (MemTiming, SimError, _check_sim, _rtl_sources_hash, build_design, keep_wave, run_cocotb,
+                     sim_wave_file)
 
 __all__ = ["FBE_TOP", "NetworkJob", "NetworkRun", "build_fbe", "run_network_job"]
 
@@ -48,6 +49,7 @@ class NetworkRun:
     sim: str
     run_dir: Path | None = None
     mem_stats: dict = field(default_factory=dict)
+    wave: Path | None = None          #: the waveform file, when one was asked for
 
 
 def build_fbe(cfg: HwConfig, sim: str = "icarus", *, fault: str | None = None, waves: bool = False) -> Path:
@@ -62,8 +64,9 @@ def build_fbe(cfg: HwConfig, sim: str = "icarus", *, fault: str | None = None, w
 
 def run_network_job(job: NetworkJob, *, sim: str = "icarus", mem: MemTiming = MemTiming(),
                     fault: str | None = None, run_dir: str | Path | None = None, keep: bool = False,
-                    wave: bool = False) -> NetworkRun:
-    """Build (cached) and run one job; raises :class:`SimError` if the bench fails."""
+                    wave: str | Path | None = None) -> NetworkRun:
+    """Build (cached) and run one job; raises :class:`SimError` if the bench fails.
+    ``wave``: record the whole run's waveform there (FST on Icarus, VCD on Verilator)."""
     _check_sim(sim)
     tmp = run_dir is None
     rdir = Path(tempfile.mkdtemp(prefix="fluidnpu-fbe-")) if tmp else Path(run_dir).resolve()
@@ -75,18 +78,22 @@ def run_network_job(job: NetworkJob, *, sim: str = "icarus", mem: MemTiming = Me
               "arrivals": [list(a) for a in job.arrivals], "sched": job.sched,
               "reset_at": job.reset_at, "max_cycles": job.max_cycles, "step": int(job.step)}
     (rdir / "params.json").write_text(json.dumps(params))
-    bdir = build_fbe(job.cfg, sim, fault=fault, waves=wave)
+    want_wave = wave is not None
+    bdir = build_fbe(job.cfg, sim, fault=fault, waves=want_wave)
     res = run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.hw.tb.fbe_tb", rdir,
-                     extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave,
-                     wave_file=rdir / ("wave.fst" if sim == "icarus" else "wave.vcd") if wave else None)
+                     extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=want_wave,
+                     wave_file=sim_wave_file(sim, rdir) if want_wave else None)
+    wave_path = keep_wave(sim_wave_file(sim, rdir), wave)
     err = res.get("network", "cocotb test 'network' did not run")
     if err is not None:
-        raise SimError(f"{sim}: the FBE bench failed (run dir {rdir}): {err}\n(simulator log: {rdir / 'sim.log'})")
+        raise SimError(f"{sim}: the FBE bench failed (run dir {rdir}): {err}\n(simulator log: {rdir / 'sim.log'}"
+                       f"{f'; waveform: {wave_path}' if wave_path else ''})")
     out = json.loads((rdir / "result.json").read_text())
     run = NetworkRun(results=out["results"], events=out["events"], violations=out["violations"],
                      lost=out["lost"], max_b=out["max_b"], final_status=out["final_status"],
                      cycles=out["cycles"], cycle0=out["cycle0"], mem=np.load(rdir / "out.npy"), sim=sim,
-                     run_dir=None if (tmp and not keep) else rdir, mem_stats=out["mem_stats"])
+                     run_dir=None if (tmp and not keep) else rdir, mem_stats=out["mem_stats"],
+                     wave=wave_path)
     if tmp and not keep:
         shutil.rmtree(rdir, ignore_errors=True)
     return run

@@ -442,6 +442,22 @@ def _parse_results(xml_path: Path) -> dict[str, str | None]:
     return out
 
 
+def sim_wave_file(sim: str, run_dir: Path) -> Path:
+    """Where a run in ``run_dir`` records its waveform: FST on Icarus, VCD on Verilator."""
+    return Path(run_dir) / ("wave.fst" if sim == "icarus" else "wave.vcd")
+
+
+def keep_wave(recorded: Path, wave) -> Path | None:
+    """Copy a recorded waveform to ``wave`` with the recording's suffix (the format is the
+    simulator's, whatever suffix was asked for); None if nothing was asked or recorded."""
+    if wave is None or not recorded.is_file():
+        return None
+    dest = Path(wave).with_suffix(recorded.suffix)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(recorded, dest)
+    return dest
+
+
 def run_cocotb(sim: str, build_dir: Path, top: str, test_module: str, run_dir: Path, *,
                extra_env: dict[str, str] | None = None, wave: bool = False,
                wave_file: Path | None = None) -> dict[str, str | None]:
@@ -609,18 +625,11 @@ def run_gemms(cfg: HwConfig, cases: Sequence[GemmCase | dict], *, sim: str = "ic
                                                  indent=1))
     want_wave = wave is not None
     bdir = build_core(cfg, sim, waves=want_wave, core=core)
-    wave_tmp = rdir / ("wave.fst" if sim == "icarus" else "wave.vcd")
+    wave_tmp = sim_wave_file(sim, rdir)
     res = run_cocotb(sim, bdir, TOP, "fluidnpu.hw.tb.gemm_tb", rdir,
                      extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=want_wave,
                      wave_file=wave_tmp if want_wave else None)
-    wave_path = None
-    if want_wave:
-        wave_path = Path(wave).with_suffix(wave_tmp.suffix)
-        if wave_tmp.is_file():
-            wave_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(wave_tmp, wave_path)
-        else:
-            wave_path = None
+    wave_path = keep_wave(wave_tmp, wave)
     try:
         summary = json.loads((rdir / "result.json").read_text())
     except (OSError, ValueError):

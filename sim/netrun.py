@@ -89,13 +89,14 @@ def check_run(prog: NetworkProgram, refs: list[dict], run: NetworkRun, *, reset:
 
 
 def run_samples(prog: NetworkProgram, xs, arrivals=None, *, sim="icarus", mem=MemTiming(latency=5),
-                policies=None, sched=None, reset_at=None, fault=None, check=True, keep=False, step=False):
-    """Run ``xs`` through the RTL, compare with the reference; returns (outcomes, run, refs)."""
+                policies=None, sched=None, reset_at=None, fault=None, check=True, keep=False, step=False, wave=None):
+    """Run ``xs`` through the RTL, compare with the reference; returns (outcomes, run, refs).
+    ``wave``: a path to record the run's waveform to (the suffix follows the simulator)."""
     m = prog.model
     crit = [("max" if c == 1 else "margin") for c in prog.criteria]
     refs = [reference_sample(prog.cfg, m, prog.weights, prog.thresholds, crit, x) for x in xs]
     job = make_job(prog, xs, arrivals, policies=policies, sched=sched, reset_at=reset_at, step=step)
-    run = run_network_job(job, sim=sim, mem=mem, fault=fault, keep=keep)
+    run = run_network_job(job, sim=sim, mem=mem, fault=fault, keep=keep, wave=wave)
     outs = check_run(prog, refs, run, reset=reset_at is not None) if check else None
     return outs, run, refs
 

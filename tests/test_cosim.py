@@ -161,6 +161,18 @@ def test_cosim_cli_matches_serve(tmp_path):
 
 
 @pytest.mark.rtl
+def test_cosim_wave_on_icarus(tmp_path):
+    """--wave records the co-simulation's waveform (FST on Icarus, whatever suffix was asked)."""
+    r = CliRunner().invoke(main, ["cosim", "--requests", "3", "--sim", "icarus", "--json",
+                                  "--wave", str(tmp_path / "co.vcd")])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    w = tmp_path / "co.fst"
+    assert d["rtl"]["wave"] == str(w) and w.stat().st_size > 10_000 and d["agreement"] == 1.0
+    assert not (tmp_path / "co.vcd").exists()
+
+
+@pytest.mark.rtl
 def test_cosim_on_icarus():
     s = prepare(None, ("fluid", {}), requests=12, seed=5)
     a = agreement(run_model(s), run_rtl(s, "icarus"))

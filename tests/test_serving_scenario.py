@@ -6,7 +6,7 @@ import pytest
 
 from fluidnpu.sim.latency import LatencyTable
 from fluidnpu.sim.serving import (MMPP2, Device, GammaRenewal, Poisson, Scenario, ScenarioError, TraceReplay,
-                                  generate_requests, load_scenario, run, slo_bases)
+                                  for_requests, generate_requests, load_scenario, run, slo_bases)
 from fluidnpu.sim.workloads.model import EEModel, ExitHead, GemmLayer
 
 
@@ -55,6 +55,30 @@ def test_exit_draws_follow_probabilities_and_slo_resolves():
     r2 = generate_requests(sc2, 9, slo_bases(sc2, tab))
     assert np.array_equal(r2.arrival[r2.device == 0], reqs.arrival[reqs.device == 0])
     assert np.array_equal(r2.exit[r2.device == 1], reqs.exit[reqs.device == 1])
+
+
+def test_for_requests_gives_at_least_n():
+    """A request count fixes a duration long enough for that many arrivals with the seed
+    (1.2 n / rate alone falls short for small n on some seeds); a trace that ends first is
+    an error naming both counts."""
+    m = mk_model()
+    sc = Scenario((Device("a", m, Poisson(300.0), slo_mult=4), Device("b", m, Poisson(100.0), slo_mult=4)),
+                  duration_s=10.0, warmup_s=1.0)
+    short = 0
+    for seed in range(40):
+        for n in (1, 3, 12):
+            naive = Scenario(sc.devices, duration_s=1.2 * n / sc.mean_rate + 1e-9)
+            short += len(generate_requests(naive, seed, {"m": 1.0})) < n
+            s2 = for_requests(sc, n, seed)
+            assert len(generate_requests(s2, seed, {"m": 1.0})) >= n
+            assert s2.warmup_s < s2.duration_s
+    assert short > 0                      # the case this exists for happens
+    tr = Scenario((Device("t", m, TraceReplay(times=(0.1, 0.2, 0.3)), slo_ms=5),), duration_s=1.0)
+    assert len(generate_requests(for_requests(tr, 3, 0), 0, {"m": 1.0})) == 3
+    with pytest.raises(ScenarioError, match="requests = 5: .* gives only 3 requests"):
+        for_requests(tr, 5, 0)
+    with pytest.raises(ScenarioError, match="requests = 0"):
+        for_requests(sc, 0, 0)
 
 
 def test_warmup_metrics_and_csv(tmp_path):

@@ -26,7 +26,7 @@ from ..network import NetworkProgram, compile_network, reference_sample
 from ..serving.plan import ModelPlan, op_sequence
 from ..serving.result import Result
 from ..serving.run import as_scenario, warm_window
-from ..serving.scenario import Requests, Scenario, ScenarioError, generate_requests
+from ..serving.scenario import Requests, Scenario, ScenarioError, for_requests, generate_requests
 from .engine import FbeEngine
 from .host import CosimError, Host
 from .timing import FbeTiming
@@ -123,8 +123,7 @@ def prepare(scenario=None, scheduler="fluid", *, cfg: HwConfig = COSIM_CONFIG, r
     # the trace: arrivals on whole cycles (request ids in arrival order)
     f = cfg.clock_mhz * 1e6
     if requests is not None:
-        dur = requests / sc.mean_rate
-        sc = replace(sc, duration_s=1.2 * dur + 1e-9, warmup_s=min(sc.warmup_s, sc.warmup_s / sc.duration_s * dur))
+        sc = for_requests(sc, requests, seed)
     policies = {}
     if policy != "whole":
         plan = map_model(cfg, model, hardware="fluid" if policy == "auto" else "rbatch", b_max=cfg.b_max, mem=mem)
@@ -224,13 +223,16 @@ def run_model(s: CosimSetup) -> RunRecord:
 
 
 def run_rtl(s: CosimSetup, sim: str = "verilator", *, run_dir=None, keep: bool = False,
-            max_cycles: int | None = None, progress=None) -> RunRecord:
+            max_cycles: int | None = None, progress=None, wave=None) -> RunRecord:
     """The same host driving the RTL NPU under cocotb (build cached per configuration).
+
+    ``wave``: a path to record the whole run's waveform to (FST on Icarus, VCD on
+    Verilator: the suffix follows the simulator); the record's ``extra["wave"]``.
 
     ``progress(cycles, done)``, if given, is called about twice a second while the
     simulator runs with the simulated cycles and the requests finished or dropped."""
     from fluidnpu.hw.fbe_runner import FBE_TOP, build_fbe
-    from fluidnpu.hw.runner import run_cocotb
+    from fluidnpu.hw.runner import keep_wave, run_cocotb, sim_wave_file
     t0 = time.perf_counter()
     tmp = run_dir is None
     rdir = Path(tempfile.mkdtemp(prefix="fluidnpu-cosim-")) if tmp else Path(run_dir).resolve()
@@ -244,19 +246,23 @@ def run_rtl(s: CosimSetup, sim: str = "verilator", *, run_dir=None, keep: bool =
              "timing": s.mem, "x_addr": [s.prog.input_area(r) for r in range(len(s.requests))],
              "max_cycles": max_cycles, "host": host}
     (rdir / "setup.pickle").write_bytes(pickle.dumps(setup))
-    bdir = build_fbe(s.cfg, sim)
+    want_wave = wave is not None
+    bdir = build_fbe(s.cfg, sim, waves=want_wave)
     res = _with_progress(progress, rdir / "progress",
                          lambda: run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.sim.cosim.tb", rdir,
-                                            extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}))
+                                            extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=want_wave,
+                                            wave_file=sim_wave_file(sim, rdir) if want_wave else None))
+    wave_path = keep_wave(sim_wave_file(sim, rdir), wave)
     err = res.get("cosim", "cocotb test 'cosim' did not run")
     out_p = rdir / "result.pickle"
     if err is not None or not out_p.exists():
         raise SimError(f"{sim}: the co-simulation bench failed (run dir {rdir}): {err}\n"
-                       f"(simulator log: {rdir / 'sim.log'})")
+                       f"(simulator log: {rdir / 'sim.log'}{f'; waveform: {wave_path}' if wave_path else ''})")
     out = pickle.loads(out_p.read_bytes())
     host = out["host"]
     rec = _record(s, host, f"rtl:{sim}", out["events"], time.perf_counter() - t0,
-                  {"dut_cycles": out["dut_cycles"], "mem_stats": out["mem_stats"], "run_dir": str(rdir)})
+                  {"dut_cycles": out["dut_cycles"], "mem_stats": out["mem_stats"], "run_dir": str(rdir),
+                   "wave": None if wave_path is None else str(wave_path)})
     rec.extra["logits_ok"] = _check_logits(s, out["mem"], host)
     if tmp and not keep:
         shutil.rmtree(rdir, ignore_errors=True)

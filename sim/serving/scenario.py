@@ -12,7 +12,7 @@ import numpy as np
 from ..workloads.model import EEModel
 from .arrivals import MMPP2, ArrivalError, ArrivalProcess, GammaRenewal, Poisson, TraceReplay
 
-__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "load_scenario",
+__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "load_scenario",
            "scenario_from_dict"]
 
 DEFAULT_SLO_MULTS = (2.0, 5.0, 10.0, 20.0, 50.0)
@@ -163,6 +163,26 @@ def generate_requests(scenario: Scenario, seed: int, slo_base_s: Mapping[str, fl
     order = np.lexsort((dev, t))
     return Requests(arrival=t[order], device=dev[order].astype(np.int64), model=mod[order].astype(np.int64),
                     exit=ex[order].astype(np.int64), slo_s=slo[order])
+
+
+def for_requests(scenario: Scenario, n: int, seed: int) -> Scenario:
+    """``scenario`` with a duration in which at least ``n`` requests arrive with ``seed``:
+    1.2 n over the mean rate, doubled while the draw falls short; the warm-up time scales
+    with it. A scenario whose arrivals end first (a trace) is an error naming both counts."""
+    from dataclasses import replace
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ScenarioError(f"requests = {n!r}: must be a positive integer")
+    dur = n / scenario.mean_rate
+    got = 0
+    for _ in range(16):
+        sc = replace(scenario, duration_s=1.2 * dur + 1e-9,
+                     warmup_s=min(scenario.warmup_s, scenario.warmup_s / scenario.duration_s * dur))
+        got = len(generate_requests(sc, seed, {m.name: 1.0 for m in sc.models}))
+        if got >= n:
+            return sc
+        dur *= 2
+    raise ScenarioError(f"requests = {n}: scenario {scenario.name!r} gives only {got} requests with seed {seed} "
+                        f"(in {sc.duration_s:.6g} s); ask for at most {got}")
 
 
 # -- TOML ------------------------------------------------------------------------------
