@@ -3,6 +3,7 @@ simulator's FBE mode serves the same trace to the same cycles (docs/cosim.md).""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,6 +318,22 @@ def test_tables_bound_has_teeth(monkeypatch):
     monkeypatch.setattr(tables, "mapper_table", slower)
     s = prepare(None, ("fluid", {}), requests=200, seed=1)
     assert metric_errors(run_model(s), run_tables(s, "fluid"))["mean_ms"] > 0.0
+
+
+def test_cosim_scenario_with_a_model_file(tmp_path):
+    """A scenario whose model is a model TOML with weights (here a renamed copy of digits)
+    co-simulates: the network comes from that file, not from the zoo."""
+    from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO
+    zoo = Path(__file__).parents[1] / "sim" / "workloads" / "zoo"
+    text = (zoo / "digits.toml").read_text().replace('name = "digits"', 'name = "mydigits"', 1)
+    (tmp_path / "mydigits.toml").write_text(text.replace('weights = "digits.npz"',
+                                                         f'weights = "{zoo / "digits.npz"}"'))
+    (tmp_path / "s.toml").write_text(DEFAULT_SCENARIO.read_text().replace('model = "digits"',
+                                                                          'model = "mydigits.toml"'))
+    s = prepare(tmp_path / "s.toml", ("fluid", {}), requests=30, seed=1)
+    assert s.prog.model.name == "mydigits"
+    m = run_model(s)
+    assert (m.finish_cycle >= 0).all() and len(m.finish_cycle) == 30
 
 
 def test_scale_rates():

@@ -153,6 +153,29 @@ def test_toml_scenario(tmp_path):
     assert res.done.all() and (res.device == 2).sum() == 2
 
 
+def test_scenario_with_a_model_file(tmp_path):
+    """A device's model may be a model TOML path (relative to the scenario); the scenario
+    then serves from the CLI with no Python; a missing file names the field."""
+    from click.testing import CliRunner
+
+    from fluidnpu.cli import main
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "mine.toml").write_text(
+        '[model]\nname = "mine"\nlayers = [{ name = "a", r = 16, p = 64, c = 32 }, { name = "b", r = 16, p = 32, '
+        'c = 16 }, { name = "fc", r = 1, p = 256, c = 10 }]\n[[exits]]\nafter = "a"\n'
+        'layers = [{ name = "h", r = 1, p = 512, c = 10 }]\n[exit_rates]\nprobs = [0.6, 0.4]\n')
+    sc_text = ('name = "own"\nduration_s = 0.05\n[[device]]\nname = "d"\nmodel = "nets/mine.toml"\n'
+               'slo_mult = 5\narrivals = { kind = "poisson", rate = 2000.0 }\n')
+    (tmp_path / "s.toml").write_text(sc_text)
+    sc = load_scenario(tmp_path / "s.toml")
+    assert sc.models[0].name == "mine" and sc.models[0].exit_probs == (0.6, 0.4)
+    r = CliRunner().invoke(main, ["serve", "--scenario", str(tmp_path / "s.toml"), "--requests", "50", "--json"])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "bad.toml").write_text(sc_text.replace("nets/mine.toml", "nets/none.toml"))
+    with pytest.raises(ScenarioError, match="device\\[0\\]: model = 'nets/none.toml': unknown model .*no such"):
+        load_scenario(tmp_path / "bad.toml")
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda t: t.replace('kind = "mmpp"', 'kind = "weird"'), "arrivals.kind = 'weird'"),
     (lambda t: t.replace('model = "m"\ncount', 'model = "zz"\ncount'), "model = 'zz': unknown"),

@@ -73,7 +73,7 @@ def _network_for(sc: Scenario):
                             f"one network program on the FBE, so the scenario must use exactly one model")
     m = sc.models[0]
     try:
-        net = load_network(m.name)
+        net = load_network((m.meta or {}).get("path") or m.name)
     except Exception as e:     # noqa: BLE001 - any load failure means: no weights to run
         raise ScenarioError(f"scenario {sc.name!r}: model {m.name!r}: the co-simulation needs a network with "
                             f"weights and exit thresholds (e.g. 'digits'): {e}") from None

@@ -228,6 +228,10 @@ def scenario_from_dict(d: dict, models: Mapping[str, EEModel] | Callable[[str], 
     if models is None:
         def models(name):  # noqa: E306 - resolved lazily so tests never need the zoo
             from ..workloads import zoo  # type: ignore[attr-defined]
+            if not isinstance(name, str):
+                raise ValueError(f"must be a zoo model name or a model TOML path, not {type(name).__name__}")
+            if Path(name).suffix.lower() == ".toml":            # a model file, relative to the scenario
+                return zoo.resolve_model(Path(base) / name)
             return zoo.load(name)
     look = models.__getitem__ if isinstance(models, Mapping) else models
     devices = []
