@@ -1,0 +1,64 @@
+"""examples/own_model: every command of docs/own_model.md runs, and the figures that page
+quotes are what the code gives."""
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fluidnpu.cli import main
+from fluidnpu.sim.serving import load_scenario
+from fluidnpu.sim.workloads import WorkloadError
+from fluidnpu.sim.workloads.loader import load_model
+
+EX = Path(__file__).parents[1] / "examples" / "own_model"
+
+
+def cli(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def test_model_file_and_its_cycles():
+    m = load_model(EX / "tinycnn.toml")
+    assert [l.name for l in m.layers] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc"]
+    assert [e.after for e in m.exits] == [1, 3]
+    assert m.exit_probs == pytest.approx((0.4, 0.3, 0.3))
+    d = json.loads(cli("perf", "--model", EX / "tinycnn.toml", "--json").stdout)
+    assert [p["cycles"] for p in d["exit_paths"]] == [103_510, 333_020, 416_490]
+    assert [l["cycles"] for l in d["layers"]] == [28_113, 75_170, 76_434, 152_754, 76_383, 7_087]
+
+
+def test_a_broken_topology_names_line_and_field(tmp_path):
+    for f in ("tinycnn.csv", "tinycnn.toml"):
+        shutil.copy(EX / f, tmp_path / f)
+    csv_text = (tmp_path / "tinycnn.csv").read_text()
+    (tmp_path / "tinycnn.csv").write_text(csv_text.replace("conv2, 32, 32, 3, 3, 16, 32, 2, 1",
+                                                           "conv2, 32, 32, 3, 3, 16, 32, 0, 1"))
+    with pytest.raises(WorkloadError, match=r"tinycnn.csv:5: Strides = '0'"):
+        load_model(tmp_path / "tinycnn.toml")
+
+
+def test_serve_the_scenario():
+    sc = load_scenario(EX / "scenario.toml")
+    assert sorted(m.name for m in sc.models) == ["digits", "tinycnn"]
+    d = json.loads(cli("serve", "--scenario", EX / "scenario.toml", "--json").stdout)
+    s = d["summary"]
+    assert d["requests"] == 11_661 and s["served"] == 11_153
+    assert round(s["mean_ms"], 2) == 1.23 and round(s["slo_attainment"], 3) == 0.937
+    assert set(s["exits_per_head"]) == {"tinycnn", "digits"}
+
+
+def test_compare_and_sweep(tmp_path):
+    d = json.loads(cli("compare", "--scenario", EX / "scenario.toml", "--out", tmp_path / "cmp", "--json").stdout)
+    assert round(d["summary"]["avg_latency_ratio"], 2) == 1.00
+    assert round(d["summary"]["tail_slo_ratio"], 2) == 1.08
+    cli("sweep", EX / "sweep.toml", "--out", tmp_path / "sw", "--workers", "1", "--quiet", "--no-plots")
+    rows = list(csv.DictReader((tmp_path / "sw" / "results.csv").open()))
+    got = {(r["label"], r["scheduler"]): (round(float(r["perf_b1_ms"]), 3), round(float(r["slo_attainment"]), 3))
+           for r in rows}
+    assert got[("4x4", "fluid")] == (4.165, 0.937) and got[("8x8", "fcfs")] == (1.102, 1.0)
+    assert len(rows) == 6
