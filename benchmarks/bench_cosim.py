@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fluidnpu.sim.cosim.run import (DEFAULT_SCENARIO, agreement, metric_errors, prepare, run_model, run_rtl, run_tables,
-                                    scale_rates)
-from fluidnpu.sim.serving import load_scenario
+from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, agreement, metric_errors, prepare, run_model, run_rtl, run_tables
+from fluidnpu.sim.serving import load_scenario, scale_rates
 
 SCHEDULERS = [("fluid", {}), ("lazy", {}), ("fcfs", {}), ("clipper", {}), ("dynamic", {"max_delay_ms": 0.01})]
 

@@ -41,15 +41,18 @@ def parse_knobs(items) -> dict:
     return out
 
 
-def _setup(scenario_path, scheduler, knobs, config_path, sets, requests, seed, latency, policy):
+def _setup(scenario_path, scheduler, knobs, config_path, sets, requests, seed, latency, policy, load=1.0):
     from fluidnpu.cli import _load_config
     from fluidnpu.hw.config import ConfigError
     from fluidnpu.hw.runner import MemTiming
-    from fluidnpu.sim.cosim.run import COSIM_CONFIG, prepare
+    from fluidnpu.sim.cosim.run import COSIM_CONFIG, DEFAULT_SCENARIO, prepare
     try:
         cfg = _load_config(config_path, sets) if config_path else COSIM_CONFIG.with_overrides(list(sets))
     except (ConfigError, ValueError) as e:
         raise click.UsageError(str(e)) from None
+    if load != 1.0:
+        from fluidnpu.sim.serving import load_scenario, scale_rates
+        scenario_path = scale_rates(load_scenario(scenario_path or DEFAULT_SCENARIO), load)
     return prepare(scenario_path, (scheduler, knobs), cfg=cfg, requests=requests, seed=seed,
                    mem=MemTiming(latency=latency), policy=policy)
 
@@ -93,6 +96,8 @@ def _completion_csv(path: Path, s, model, rtl):
               help="Number of requests (the first N of the scenario's draw).")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
               help="Seed of the arrivals and of each request's test image.")
+@click.option("--load", "load", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Every device's arrival rate times this (Poisson, gamma, MMPP; not traces).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Hardware config TOML [default: the digits configuration, docs/cosim.md].")
 @click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override one hardware parameter.")
@@ -107,8 +112,8 @@ def _completion_csv(path: Path, s, model, rtl):
               help="Record the RTL run's waveform here (FST on Icarus, VCD on Verilator; the suffix follows the "
                    "simulator). Every signal for every cycle: keep --requests small.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_path, sets, latency, policy, out_dir,
-          wave, as_json):
+def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, load, config_path, sets, latency, policy,
+          out_dir, wave, as_json):
     """Co-simulate: the scheduler drives the RTL NPU (cocotb) on a scenario's trace; the
     serving simulator serves the same trace; metrics of both and their agreement (share
     of requests with the same completion cycle). Exit status 1 if they disagree."""
@@ -118,7 +123,7 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_pa
     t0 = time.perf_counter()
     knobs = parse_knobs(knob_items)
     try:
-        s = _setup(scenario_path, scheduler, knobs, config_path, sets, n_requests, seed, latency, policy)
+        s = _setup(scenario_path, scheduler, knobs, config_path, sets, n_requests, seed, latency, policy, load)
         model = run_model(s)
     except _errors() as e:
         click.echo(f"error: {e}", err=True)
@@ -144,7 +149,7 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, config_pa
     agr = agreement(model, rtl)
     tables = run_tables(s, "fluid")
     out = {"scenario": s.scenario.name, "scenario_file": str(scenario_path or DEFAULT_SCENARIO),
-           "scheduler": scheduler, "knobs": rtl.result.knobs, "sim": sim, "seed": seed, "requests": n,
+           "scheduler": scheduler, "knobs": rtl.result.knobs, "sim": sim, "seed": seed, "load": load, "requests": n,
            "config": s.cfg.key(), "memory_latency": latency, "policy": policy,
            "table": s.plans[0].table.source, "summary": rtl.result.summary(), "per_device": rtl.result.per_device(),
            "rtl": {"cycles": rtl.cycles, "wall_s": rtl.wall_s, "samples_checked": rtl.extra["logits_ok"],

@@ -72,14 +72,16 @@ def _jsonable(x):
               help="Seed of the arrival and exit draws (the same for every scheduler).")
 @click.option("--requests", "n_requests", type=click.IntRange(min=1),
               help="Number of requests (overrides the scenario's duration).")
+@click.option("--load", "load", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Every device's arrival rate times this (Poisson, gamma, MMPP; not traces).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write requests.csv (one row per request) and summary.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_config_options
 @_user_errors
-def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json, config_path, sets):
+def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, as_json, config_path, sets):
     """Simulate one scheduler serving a scenario; latency, SLO attainment, utilisation."""
-    from fluidnpu.sim.serving import for_requests, generate_requests, run, slo_bases
+    from fluidnpu.sim.serving import for_requests, generate_requests, load_scenario, run, scale_rates, slo_bases
     from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO, load_with_spec, serving_tables, truncate_requests
 
     t0 = time.perf_counter()
@@ -90,7 +92,8 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json
     if hw == "fbe":
         from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO as FBE_SCENARIO, prepare, run_model
         scenario_path = scenario_path or FBE_SCENARIO
-        s = prepare(scenario_path, scheduler, requests=n_requests, seed=seed,
+        sc_in = scenario_path if load == 1.0 else scale_rates(load_scenario(scenario_path), load)
+        s = prepare(sc_in, scheduler, requests=n_requests, seed=seed,
                     **({"cfg": cfg} if given else {}))
         sc, reqs = s.scenario, s.requests
         rec = run_model(s)
@@ -98,6 +101,8 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json
         tab_src = {s.prog.model.name: s.plans[0].table.source}
     else:
         sc, _ = load_with_spec(scenario_path)
+        if load != 1.0:
+            sc = scale_rates(sc, load)
         with con.status("mapping the models (cycle model)...", spinner="dots") if not as_json else _null():
             tabs = serving_tables(sc, cfg)
         ref = tabs["rbatch"]
@@ -114,7 +119,7 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, out_dir, as_json
         tab_src = {m: t.source for m, t in tabs[hw].items()}
     summ = res.summary()
     out = {"scenario": sc.name, "scenario_file": str(scenario_path or DEFAULT_SCENARIO), "scheduler": scheduler,
-           "knobs": res.knobs, "hardware": hw, "seed": seed, "requests": len(reqs),
+           "knobs": res.knobs, "hardware": hw, "seed": seed, "load": load, "requests": len(reqs),
            "tables": tab_src, "summary": summ, "per_device": res.per_device(),
            "wall_s": time.perf_counter() - t0, "simulation_s": sim_s}
     if out_dir is not None:

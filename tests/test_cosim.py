@@ -139,16 +139,16 @@ def test_agreement_catches_a_wrong_timing_model(setups, rtl_runs):
 @pytest.mark.rtl
 def test_cosim_cli_matches_serve(tmp_path):
     """`fluidnpu cosim` (RTL) and `fluidnpu serve --hardware fbe` write the same per-request CSV."""
-    r = CliRunner().invoke(main, ["cosim", "--requests", "24", "--scheduler", "lazy", "--json",
+    r = CliRunner().invoke(main, ["cosim", "--requests", "24", "--scheduler", "lazy", "--json", "--load", "1.5",
                                   "--out", str(tmp_path / "co")])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert d["agreement"] == 1.0 and d["requests"] == 24
+    assert d["agreement"] == 1.0 and d["requests"] == 24 and d["load"] == 1.5
     assert d["rtl"]["samples_checked"] == 24
     for k in ("mean_ms", "p99_ms", "slo_attainment", "slo_attainment_at", "utilisation", "exits_per_head"):
         assert k in d["summary"]
     r2 = CliRunner().invoke(main, ["serve", "--hardware", "fbe", "--scheduler", "lazy", "--requests", "24",
-                                   "--json", "--out", str(tmp_path / "sv")])
+                                   "--load", "1.5", "--json", "--out", str(tmp_path / "sv")])
     assert r2.exit_code == 0, r2.output
     a = (tmp_path / "co" / "requests.csv").read_text()
     assert a == (tmp_path / "sv" / "requests.csv").read_text()
@@ -285,8 +285,8 @@ def test_tables_model_error_is_bounded():
     requests, seeds 1-3, loads 0.5/1.0/1.5, five schedulers, it is optimistic in mean
     latency by at most 20 %, within 20 % in p99, and overstates SLO attainment by at most
     0.15. A bias pushed into the tables (+30 % per layer) breaks it."""
-    from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, metric_errors, run_tables, scale_rates
-    from fluidnpu.sim.serving import load_scenario
+    from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, metric_errors, run_tables
+    from fluidnpu.sim.serving import load_scenario, scale_rates
     base = load_scenario(DEFAULT_SCENARIO)
     worst = {"mean_ms": [0.0, 0.0], "p99_ms": [0.0, 0.0], "slo_attainment": [0.0, 0.0]}
     for k in (0.5, 1.0, 1.5):
@@ -334,16 +334,6 @@ def test_cosim_scenario_with_a_model_file(tmp_path):
     assert s.prog.model.name == "mydigits"
     m = run_model(s)
     assert (m.finish_cycle >= 0).all() and len(m.finish_cycle) == 30
-
-
-def test_scale_rates():
-    from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, scale_rates
-    from fluidnpu.sim.serving import load_scenario
-    base = load_scenario(DEFAULT_SCENARIO)
-    twice = scale_rates(base, 2.0)
-    assert [d.arrivals.rate for d in twice.devices] == [2.0 * d.arrivals.rate for d in base.devices]
-    with pytest.raises(ScenarioError, match="load factor = 0"):
-        scale_rates(base, 0)
 
 
 def test_queue_capacity_drops_and_tag_limit(tmp_path):

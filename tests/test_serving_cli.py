@@ -132,6 +132,24 @@ def test_serve_json_defaults_and_hardware(tmp_path):
     assert c["summary"]["mean_ms"] != b["summary"]["mean_ms"]
 
 
+def test_serve_load_factor(tmp_path):
+    """--load scales every device's rate: the same requests arrive over 1/K of the time;
+    a bad factor or a trace scenario is an error naming it."""
+    r = CliRunner()
+    a = _json(r.invoke(main, ["serve", "--requests", "2000", "--json"]))
+    b = _json(r.invoke(main, ["serve", "--requests", "2000", "--json", "--load", "0.5"]))
+    assert a["load"] == 1.0 and b["load"] == 0.5
+    ratio = b["summary"]["throughput_rps"] / a["summary"]["throughput_rps"]
+    assert 0.4 < ratio < 0.6 and b["summary"]["utilisation"] < a["summary"]["utilisation"]
+    bad = r.invoke(main, ["serve", "--requests", "50", "--load", "0"])
+    assert bad.exit_code == 2 and "--load" in bad.output
+    (tmp_path / "t.csv").write_text("timestamp,device\n0.001,d\n0.002,d\n")
+    (tmp_path / "s.toml").write_text('name = "t"\nduration_s = 1\n[[device]]\nname = "d"\nmodel = "tiny"\n'
+                                     'slo_ms = 5\narrivals = { kind = "trace", path = "t.csv" }\n')
+    tr = r.invoke(main, ["serve", "--scenario", str(tmp_path / "s.toml"), "--load", "2"])
+    assert tr.exit_code == 2 and "a trace has no rate to scale" in tr.output, tr.output
+
+
 def test_serve_table_output():
     res = CliRunner().invoke(main, ["serve", "--scheduler", "prema", "--requests", "200"])
     assert res.exit_code == 0, res.output

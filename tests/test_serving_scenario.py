@@ -6,7 +6,7 @@ import pytest
 
 from fluidnpu.sim.latency import LatencyTable
 from fluidnpu.sim.serving import (MMPP2, Device, GammaRenewal, Poisson, Scenario, ScenarioError, TraceReplay,
-                                  for_requests, generate_requests, load_scenario, run, slo_bases)
+                                  for_requests, generate_requests, load_scenario, run, scale_rates, slo_bases)
 from fluidnpu.sim.workloads.model import EEModel, ExitHead, GemmLayer
 
 
@@ -79,6 +79,22 @@ def test_for_requests_gives_at_least_n():
         for_requests(tr, 5, 0)
     with pytest.raises(ScenarioError, match="requests = 0"):
         for_requests(sc, 0, 0)
+
+
+def test_scale_rates():
+    """Every kind with a rate scales (MMPP: both states, same dwell times); a trace is refused."""
+    m = mk_model()
+    sc = Scenario((Device("p", m, Poisson(10.0), slo_ms=1), Device("g", m, GammaRenewal(20.0, 2.0), slo_ms=1),
+                   Device("b", m, MMPP2((5.0, 50.0), (1.0, 0.2)), slo_ms=1)), duration_s=1.0)
+    s2 = scale_rates(sc, 1.5)
+    assert [d.arrivals.mean_rate for d in s2.devices] == pytest.approx([1.5 * d.arrivals.mean_rate
+                                                                        for d in sc.devices])
+    assert s2.devices[1].arrivals.cv == 2.0 and s2.devices[2].arrivals.dwell_s == (1.0, 0.2)
+    with pytest.raises(ScenarioError, match="load factor = 0"):
+        scale_rates(sc, 0)
+    tr = Scenario((Device("t", m, TraceReplay(times=(0.1, 0.2)), slo_ms=5),), duration_s=1.0)
+    with pytest.raises(ScenarioError, match="device 't': arrivals = 'trace'"):
+        scale_rates(tr, 2.0)
 
 
 def test_warmup_metrics_and_csv(tmp_path):

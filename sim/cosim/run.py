@@ -26,13 +26,13 @@ from ..network import NetworkProgram, compile_network, reference_sample
 from ..serving.plan import ModelPlan, op_sequence
 from ..serving.result import Result
 from ..serving.run import as_scenario, warm_window
-from ..serving.scenario import Requests, Scenario, ScenarioError, for_requests, generate_requests
+from ..serving.scenario import Requests, Scenario, ScenarioError, for_requests, generate_requests, scale_rates
 from .engine import FbeEngine
 from .host import CosimError, Host
 from .timing import FbeTiming
 
 __all__ = ["COSIM_CONFIG", "DEFAULT_SCENARIO", "CosimSetup", "prepare", "make_host", "run_model", "run_rtl",
-           "run_tables", "scale_rates", "metric_errors", "agreement", "RunRecord"]
+           "run_tables", "metric_errors", "agreement", "RunRecord"]
 
 #: the hardware the co-simulation runs by default: the digits network's configuration
 #: (docs/models.md) with 8 batch slots
@@ -353,16 +353,3 @@ def metric_errors(ref: RunRecord, other: RunRecord) -> dict:
     out["within_1pct"] = float((np.abs(lb[both] - la[both]) <= 0.01 * la[both]).mean()) if both.any() else float("nan")
     return out
 
-
-def scale_rates(sc: Scenario, k: float) -> Scenario:
-    """``sc`` with every device's Poisson rate times ``k`` (load sweeps on one trace shape)."""
-    from ..serving.arrivals import Poisson
-    if not k > 0:
-        raise ScenarioError(f"load factor = {k!r}: must be > 0")
-    devs = []
-    for d in sc.devices:
-        if not isinstance(d.arrivals, Poisson):
-            raise ScenarioError(f"device {d.name!r}: arrivals = {type(d.arrivals).__name__}: only Poisson rates are "
-                                f"scaled; scale this one in the scenario file")
-        devs.append(replace(d, arrivals=Poisson(d.arrivals.rate * k)))
-    return replace(sc, devices=tuple(devs))

@@ -12,7 +12,7 @@ import numpy as np
 from ..workloads.model import EEModel
 from .arrivals import MMPP2, ArrivalError, ArrivalProcess, GammaRenewal, Poisson, TraceReplay
 
-__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "load_scenario",
+__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "scale_rates", "load_scenario",
            "scenario_from_dict"]
 
 DEFAULT_SLO_MULTS = (2.0, 5.0, 10.0, 20.0, 50.0)
@@ -163,6 +163,26 @@ def generate_requests(scenario: Scenario, seed: int, slo_base_s: Mapping[str, fl
     order = np.lexsort((dev, t))
     return Requests(arrival=t[order], device=dev[order].astype(np.int64), model=mod[order].astype(np.int64),
                     exit=ex[order].astype(np.int64), slo_s=slo[order])
+
+
+def scale_rates(scenario: Scenario, k: float) -> Scenario:
+    """``scenario`` with every device's arrival rate times ``k`` (Poisson and gamma rates,
+    both MMPP states; the burstiness stays). A trace has no rate to scale: an error."""
+    from dataclasses import replace
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
+        raise ScenarioError(f"load factor = {k!r}: must be a number > 0")
+    devs = []
+    for d in scenario.devices:
+        a = d.arrivals
+        if isinstance(a, (Poisson, GammaRenewal)):
+            a = replace(a, rate=a.rate * k)
+        elif isinstance(a, MMPP2):
+            a = replace(a, rates=tuple(r * k for r in a.rates))
+        else:
+            raise ScenarioError(f"device {d.name!r}: arrivals = {a.kind!r}: a trace has no rate to scale; "
+                                f"scale its timestamps in the trace file")
+        devs.append(replace(d, arrivals=a))
+    return replace(scenario, devices=tuple(devs))
 
 
 def for_requests(scenario: Scenario, n: int, seed: int) -> Scenario:
