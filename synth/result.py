@@ -84,6 +84,9 @@ class SynthResult:
             per = ", ".join(f"{k}: {v:.1f}" if v is not None else f"{k}: not routed"
                             for k, v in self.seed_fmax.items())
             lines.append(f"  seed sweep (MHz) {per}; kept seed {self.seed}")
+        elif self.fmax_mhz is not None and not self.timing_met:
+            lines.append(f"  one placement seed ({self.seed}); nextpnr's Fmax moves by about 15 % between seeds on "
+                         f"one netlist: --seeds 1-4 tries four and keeps the best (docs/synthesis.md)")
         if self.reason:
             lines.append(f"  reason: {self.reason}")
         if self.critical_path and self.critical_path.get("sources"):

@@ -298,11 +298,16 @@ def test_flow_seed_sweep_keeps_the_best(fake_tools, tmp_path, monkeypatch):
     assert json.loads((out / "report.json").read_text())["fmax"]["$glbnet$clk"]["achieved"] == 104.25
     assert all((out / f"seed-{s}" / "nextpnr.log").is_file() for s in (1, 2, 3))
     assert any("best: seed 2" in m for m in seen)
-    assert "kept seed 2" in r.summary()
+    assert "kept seed 2" in r.summary() and "--seeds 1-4 tries four" not in r.summary()
     assert SynthResult.read(out / "result.json").seed_fmax == r.seed_fmax
     # the sweep is its own cache entry, a second call runs nothing
     r2 = synthesize(SMALL, "ulx3s-85f", tmp_path / "b", seeds=(1, 2, 3))
     assert r2.cached and r2.seed == 2 and fake_tools("nextpnr") == 3
+    # one seed that misses the clock: the summary points at a seed sweep; one that meets it does not
+    one = synthesize(SMALL, "ulx3s-85f", tmp_path / "one", seed=1)
+    assert one.timing_met is False and "--seeds 1-4 tries four" in one.summary()
+    met = synthesize(SMALL, "ulx3s-85f", tmp_path / "met", seed=2)
+    assert met.timing_met is True and "--seeds" not in met.summary()
     # one seed of a sweep failing leaves the others; the failed one is None
     monkeypatch.setenv("FAKE_NEXTPNR_FAIL_SEEDS", "2")
     r3 = synthesize(SMALL, "ulx3s-85f", tmp_path / "c", seeds=(1, 2, 3), use_cache=False)
