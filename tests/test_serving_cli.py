@@ -195,6 +195,16 @@ def test_parse_compare_rules():
 
 
 # -- compare ----------------------------------------------------------------------------------
+def test_intervals_stay_in_range():
+    """A t-interval over three seeds is cut to the figure's range: latency >= 0, attainment <= 1."""
+    from fluidnpu.sim.serving.compare import _ci95
+    m, lo, hi = _ci95([1.0, 1.0, 100.0])
+    assert lo < 0 < m < hi                                  # what the plain interval gives
+    assert _ci95([1.0, 1.0, 100.0], 0.0) == (m, 0.0, hi)
+    m2, lo2, hi2 = _ci95([0.99, 1.0, 0.2], 0.0, 1.0)
+    assert hi2 == 1.0 and 0.0 <= lo2 < m2
+
+
 def test_compare_json_files_and_summary(tmp_path):
     p = _small_scenario(tmp_path, "[compare]\nloads = [0.5, 0.8]\nseeds = [1, 2]\nrequests = 300\n"
                                   "grid = { dynamic = [{max_batch = 4, max_delay_ms = 0.0}, {max_batch = 16}], "

@@ -267,8 +267,9 @@ def _pool_map(tasks, jobs, progress):
             yield f.result()
 
 
-def _ci95(xs) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval over seeds."""
+def _ci95(xs, lo_bound: float = -math.inf, hi_bound: float = math.inf) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval over seeds, cut to what the quantity can be (a latency is
+    not below 0, an attainment not above 1): with three seeds the interval is wide."""
     x = np.asarray([v for v in xs if v == v], dtype=float)
     if x.size == 0:
         return (float("nan"),) * 3
@@ -279,7 +280,13 @@ def _ci95(xs) -> tuple[float, float, float]:
     tq = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
     t = tq.get(x.size, NormalDist().inv_cdf(0.975))
     h = t * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return m, m - h, m + h
+    return m, max(m - h, lo_bound), min(m + h, hi_bound)
+
+
+#: the range each per-cell figure can take, for its interval
+_BOUNDS = {"mean_ms": (0.0,), "p50_ms": (0.0,), "p95_ms": (0.0,), "p99_ms": (0.0,), "slo_attainment": (0.0, 1.0),
+           "throughput_rps": (0.0,), "utilisation": (0.0, 1.0), "preemptions": (0.0,), "merges": (0.0,),
+           "mean_batch_size": (0.0,), "dropped": (0.0,)}
 
 
 def _geo_ci(per_seed) -> tuple[float, float, float]:
@@ -375,13 +382,13 @@ def run_compare(scenario: Scenario, spec: CompareSpec, tables: dict | None = Non
             e = {"hardware": hw, "knobs_latency": json.loads(kl), "knobs_slo": json.loads(ks)}
             for f in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "slo_attainment", "throughput_rps", "utilisation",
                       "preemptions", "merges", "mean_batch_size", "dropped"):
-                m, lo, hi = _ci95(agg(p, l, name, kl, hw, f))
+                m, lo, hi = _ci95(agg(p, l, name, kl, hw, f), *_BOUNDS.get(f, ()))
                 e[f] = m
                 if f in ("mean_ms", "p99_ms"):
                     e[f + "_ci95"] = [lo, hi]
             e["mean_ms_per_seed"] = agg(p, l, name, kl, hw, "mean_ms")
             strict_vals = agg(p, l, name, ks, hw, "slo_strict")
-            m, lo, hi = _ci95(strict_vals)
+            m, lo, hi = _ci95(strict_vals, 0.0, 1.0)
             e["slo_strict"], e["slo_strict_ci95"], e["slo_strict_per_seed"] = m, [lo, hi], strict_vals
             e["slo_attainment_at"] = {k: float(np.mean([runs[(p, l, s, name, ks, hw)]["slo_at"][k]
                                                         for s in spec.seeds]))
