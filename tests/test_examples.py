@@ -65,3 +65,13 @@ def test_compare_and_sweep(tmp_path):
            for r in rows}
     assert got[("4x4", "fluid")] == (4.165, 0.937) and got[("8x8", "fcfs")] == (1.102, 1.0)
     assert len(rows) == 6
+
+
+def test_sweep_point_model_other_than_the_scenarios(tmp_path):
+    """A scenario device's model file is found when the point's own model is another one."""
+    text = (EX / "sweep.toml").read_text().replace('model = "tinycnn.toml"', 'model = "digits"')
+    (tmp_path / "sw.toml").write_text(text.replace('scenario = "scenario.toml"',
+                                                   f'scenario = "{EX / "scenario.toml"}"'))
+    cli("sweep", tmp_path / "sw.toml", "--out", tmp_path / "out", "--workers", "1", "--quiet", "--no-plots")
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert len(rows) == 6 and all(r["model"] == "digits" and float(r["mean_ms"]) > 0 for r in rows)
