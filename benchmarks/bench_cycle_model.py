@@ -28,7 +28,8 @@ import numpy as np
 
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
-from fluidnpu.hw.runner import GemmCase, MemTiming, SimError, build_core, run_gemms
+from fluidnpu.hw.gemm_runner import GemmCase, run_gemms
+from fluidnpu.hw.runner import MemTiming, SimError, build_core
 from fluidnpu.sim import cycle_model
 from fluidnpu.sim.cycle_model import layer_cycles, layer_timing
 

@@ -24,7 +24,7 @@ from fluidnpu.hw.config import HwConfig, load_hw_config
 from fluidnpu.hw.interface import OUT_REQUANT
 from fluidnpu.hw.layout import compulsory_bytes
 from fluidnpu.hw.reference import gemm_reference
-from fluidnpu.hw.runner import GemmCase, run_gemm, run_gemms
+from fluidnpu.hw.gemm_runner import GemmCase, run_gemm, run_gemms
 from fluidnpu.sim.cycle_model import layer_cycles
 
 #: (name, R, P, C, bias+requant) — R is batch x output pixels of the layer at batch 1

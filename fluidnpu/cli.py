@@ -465,7 +465,8 @@ def gemm(x_path, w_path, b_path, requant, relu, k, bp, sim, config_path, sets, o
 
     from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
     from fluidnpu.hw.reference import gemm_reference
-    from fluidnpu.hw.runner import MemTiming, SimError, run_gemm
+    from fluidnpu.hw.gemm_runner import run_gemm
+    from fluidnpu.hw.runner import MemTiming, SimError
 
     mult, shift = requant if requant is not None else (1, 0)
     out_mode = OUT_REQUANT if requant is not None else OUT_RAW
@@ -516,7 +517,8 @@ def demo(sim, out_dir, seed):
     """
     from fluidnpu.hw.interface import OUT_REQUANT
     from fluidnpu.hw.reference import gemm_reference
-    from fluidnpu.hw.runner import MemTiming, SimError, run_gemm
+    from fluidnpu.hw.gemm_runner import run_gemm
+    from fluidnpu.hw.runner import MemTiming, SimError
 
     cfg = HwConfig()
     path = out_dir / "npu.v"

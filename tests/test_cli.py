@@ -1,5 +1,4 @@
 """The fluidnpu CLI: config, gemm input validation and output, generate, demo; metrics."""
-import dataclasses
 import json
 import re
 import sys
@@ -14,6 +13,7 @@ from fluidnpu.cli import _atomic_write, main
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
 from fluidnpu.hw.reference import gemm_reference
+from fluidnpu.hw.runner import MemTiming, SimError
 
 
 def run(*args):
@@ -28,8 +28,9 @@ def npy(tmp_path, name, a, dtype=np.int64):
 
 @pytest.fixture
 def no_runner(monkeypatch):
-    """Make importing the simulator runner fail, to prove validation comes first."""
+    """Make importing the simulator runners fail, to prove validation comes first."""
     monkeypatch.setitem(sys.modules, "fluidnpu.hw.runner", None)
+    monkeypatch.setitem(sys.modules, "fluidnpu.hw.gemm_runner", None)
 
 
 @pytest.fixture
@@ -245,25 +246,15 @@ def test_gemm_config_error(tmp_path, no_runner, operands):
 
 # -- gemm: running, with a stand-in runner ---------------------------------------------
 
-@dataclasses.dataclass
-class _MemTiming:
-    latency: int = 10
-    interval: int = 1
-
-
-class _SimError(RuntimeError):
-    pass
-
-
 def fake_runner(monkeypatch, cycles=1000, corrupt=False, fail=False):
-    """Install a ``fluidnpu.hw.runner`` that answers from the reference; return its call log."""
+    """Install a ``fluidnpu.hw.gemm_runner`` that answers from the reference; return its call log."""
     calls = []
 
     def run_gemm(cfg, x, w, bias, *, out_mode, mult, shift, relu, bp, k, sim, wave, mem):
         calls.append(dict(cfg=cfg, bias=bias, out_mode=out_mode, mult=mult, shift=shift,
                           relu=relu, bp=bp, k=k, sim=sim, wave=wave, mem=mem))
         if fail:
-            raise _SimError("icarus: layer 0 timed out")
+            raise SimError("icarus: layer 0 timed out")
         out = gemm_reference(cfg, x, w, bias, out_mode=out_mode, mult=mult, shift=shift, relu=relu)
         if corrupt:
             out = out.copy()
@@ -271,9 +262,9 @@ def fake_runner(monkeypatch, cycles=1000, corrupt=False, fail=False):
         return types.SimpleNamespace(out=out, cycles=cycles, sim=sim,
                                      wave=None if wave is None else wave.with_suffix(".fst"))
 
-    mod = types.ModuleType("fluidnpu.hw.runner")
-    mod.run_gemm, mod.MemTiming, mod.SimError = run_gemm, _MemTiming, _SimError
-    monkeypatch.setitem(sys.modules, "fluidnpu.hw.runner", mod)
+    mod = types.ModuleType("fluidnpu.hw.gemm_runner")
+    mod.run_gemm = run_gemm
+    monkeypatch.setitem(sys.modules, "fluidnpu.hw.gemm_runner", mod)
     return calls
 
 
@@ -295,7 +286,7 @@ def test_gemm_json_requant(tmp_path, monkeypatch, operands):
     assert d["policy"] == {"bp": 4, "k": 2} and d["check"] is True
     (c,) = calls
     assert (c["out_mode"], c["mult"], c["shift"], c["relu"]) == (OUT_REQUANT, 300, 10, True)
-    assert c["mem"] == _MemTiming(latency=3, interval=1)
+    assert c["mem"] == MemTiming(latency=3, interval=1)
     o = np.load(out)
     assert o.dtype == np.int8 and o.shape == (5, 3)
     ref = gemm_reference(HwConfig(), np.load(x), np.load(w), np.load(b), out_mode=OUT_REQUANT,

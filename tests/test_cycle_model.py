@@ -15,7 +15,8 @@ import pytest
 
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
-from fluidnpu.hw.runner import GemmCase, MemTiming, SimError, build_core, run_gemms
+from fluidnpu.hw.gemm_runner import GemmCase, run_gemms
+from fluidnpu.hw.runner import MemTiming, SimError, build_core
 from fluidnpu.sim.cycle_model import (CycleModelError, LayerTiming, layer_cycles,
                                       layer_timing)
 

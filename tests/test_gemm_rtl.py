@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from fluidnpu.hw.config import HwConfig
+from fluidnpu.hw.gemm_runner import GemmCase, GemmRun, check_gemm_run, policy_compute_cycles, run_gemm, run_gemms
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
 from fluidnpu.hw.layout import gemm_image
 from fluidnpu.hw.reference import gemm_reference
-from fluidnpu.hw.runner import (GemmCase, GemmRun, MemTiming, SimError, check_gemm_run,
-                                policy_compute_cycles, run_gemm, run_gemms)
+from fluidnpu.hw.runner import MemTiming, SimError
 
 CFGS = {
     "8x8": HwConfig(tc=8, tp=8, mem_bytes=8),     # examples/hw_8x8.toml

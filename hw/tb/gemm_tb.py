@@ -1,6 +1,6 @@
 """cocotb bench of the NPU core (``fluidnpu_core``): runs GEMM layers from a run directory.
 
-The run directory (env ``FLUIDNPU_RUN_DIR``, written by :mod:`fluidnpu.hw.runner`) holds
+The run directory (env ``FLUIDNPU_RUN_DIR``, written by :mod:`fluidnpu.hw.gemm_runner`) holds
 ``params.json``::
 
     {"cfg": {...HwConfig fields...},
@@ -158,4 +158,4 @@ else:
     @cocotb.test()
     async def missing_run_dir(dut):
         raise BenchError("FLUIDNPU_RUN_DIR is not set: run this bench through "
-                         "fluidnpu.hw.runner.run_gemms")
+                         "fluidnpu.hw.gemm_runner.run_gemms")
