@@ -7,6 +7,7 @@ import os
 import socket
 import time
 import traceback
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def evaluate_synth(job: dict, out_root: str | None = None) -> dict:
     t0 = time.time()
     rec = {"kind": "synth", "id": job["id"], "label": job["label"], "host": socket.gethostname(),
            "pid": os.getpid(), "started": t0}
-    try:
+    with _recording(rec, t0):
         from fluidnpu.hw.config import HwConfig
         from fluidnpu.synth.flow import synthesize
         cfg = HwConfig(**job["hw"])
@@ -39,13 +40,22 @@ def evaluate_synth(job: dict, out_root: str | None = None) -> dict:
             "synth_s": r.elapsed_s, "synth_cached": r.cached, "synth_dir": r.out_dir,
             "tools": "; ".join(f"{k} {v}" for k, v in r.tool_versions.items()),
         }
-        rec["ok"] = True
-    except BaseException as e:  # noqa: BLE001 - a record of the failure, not a crash of the sweep
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        _record_failure(rec, e)
-    rec["elapsed_s"] = round(time.time() - t0, 3)
     return rec
+
+
+@contextmanager
+def _recording(rec: dict, t0: float):
+    """A task's body: ``rec["ok"]``, or the failure recorded instead of raised (Ctrl-C
+    still stops the sweep); the elapsed time either way."""
+    try:
+        yield
+        rec["ok"] = True
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - a record of the failure, not a crash of the sweep
+        _record_failure(rec, e)
+    finally:
+        rec["elapsed_s"] = round(time.time() - t0, 3)
 
 
 def _record_failure(rec: dict, e: BaseException) -> None:
@@ -79,7 +89,7 @@ def evaluate_point(job: dict) -> dict:
     t0 = time.time()
     rec = {"kind": "point", "id": job["id"], "params": job["params"], "host": socket.gethostname(),
            "pid": os.getpid(), "started": t0}
-    try:
+    with _recording(rec, t0):
         from fluidnpu.hw.config import HwConfig
         cfg = HwConfig(**job["hw"])
         hw_json = json.dumps(job["hw"], sort_keys=True)
@@ -118,12 +128,6 @@ def evaluate_point(job: dict) -> dict:
                 metrics[f"slo_at_{m:g}x"] = v
             metrics["serve_s"] = round(time.time() - ts, 3)
         rec["metrics"] = metrics
-        rec["ok"] = True
-    except BaseException as e:  # noqa: BLE001 - a record of the failure, not a crash of the sweep
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        _record_failure(rec, e)
-    rec["elapsed_s"] = round(time.time() - t0, 3)
     return rec
 
 

@@ -346,3 +346,17 @@ def test_pareto_front():
     pts = [(1, 10.0), (2, 5.0), (3, 6.0), (4, 1.0), (2, 7.0), (5, 1.0)]
     assert pareto_front(pts, maximise_y=False) == [0, 1, 3]
     assert pareto_front([(1, 0.5), (2, 0.9), (3, 0.8), (3, 1.0)], maximise_y=True) == [0, 1, 3]
+
+
+def test_a_failing_task_is_a_record(tmp_path):
+    """evaluate_point and evaluate_synth never raise: a failure is a record with the error,
+    a traceback and the elapsed time; a good point's record says ok."""
+    from fluidnpu.synth.sweep_tasks import evaluate_point, evaluate_synth
+    bad = evaluate_point({"id": "p", "params": {}, "hw": {"tc": 3}})
+    assert bad["ok"] is False and "tc" in bad["error"] and "Traceback" in bad["traceback"]
+    assert bad["elapsed_s"] >= 0 and "metrics" not in bad
+    syn = evaluate_synth({"id": "s", "label": "x", "hw": {}, "synth": {}})
+    assert syn["ok"] is False and "KeyError" in syn["error"] and syn["elapsed_s"] >= 0
+    sw = load_sweep(Path(__file__).parents[1] / "examples" / "own_model" / "sweep.toml")
+    good = evaluate_point(sw.points[0].job)
+    assert good["ok"] is True and good["metrics"]["perf_b1_cycles"] > 0
