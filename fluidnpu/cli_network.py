@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from fluidnpu.cli import _config_options, _load_config, main
+from fluidnpu.cli import _atomic_write, _config_options, _load_config, main
 
 __all__ = ["network_cmd", "read_schedule"]
 
@@ -87,23 +87,14 @@ def _npy(path: Path, opt: str) -> np.ndarray:
 
 
 def write_counts(path: Path, counts: list[int], source: str) -> None:
-    """A counts file (docs/models.md, ``measured``): written whole or not at all."""
-    import os
-    import tempfile
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            if path.suffix.lower() == ".json":
-                json.dump({"counts": [int(c) for c in counts], "source": source}, f, indent=1)
-                f.write("\n")
-            else:
-                f.write(f"# {source}\nexit,count\n")
-                f.writelines(f"{'final' if i == len(counts) - 1 else i},{int(c)}\n" for i, c in enumerate(counts))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A counts file (docs/models.md, ``measured``): JSON or CSV by the suffix, written
+    whole or not at all."""
+    if path.suffix.lower() == ".json":
+        text = json.dumps({"counts": [int(c) for c in counts], "source": source}, indent=1) + "\n"
+    else:
+        text = f"# {source}\nexit,count\n" + "".join(
+            f"{'final' if i == len(counts) - 1 else i},{int(c)}\n" for i, c in enumerate(counts))
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def accuracy_report(net, cfg, xs, labels, outs, names) -> dict:
@@ -218,11 +209,10 @@ def network_cmd(config_path, sets, model_ref, inputs, labels_path, limit, batch_
                                       sched={"mode": "greedy", "seed": seed, "odd": 0.0, "gap": 0}, wave=wave)
     except (SimError, AssertionError) as e:
         click.echo(f"error: {e}", err=True)
-        if wave is not None:
-            from fluidnpu.hw.runner import sim_wave_file
-            w = wave.with_suffix(sim_wave_file(sim, wave.parent).suffix)
-            if w.is_file():
-                click.echo(f"waveform of the failing run: {w}", err=True)
+        from fluidnpu.hw.runner import recorded_wave
+        w = recorded_wave(sim, wave)
+        if w is not None:
+            click.echo(f"waveform of the failing run: {w}", err=True)
         click.get_current_context().exit(1)
     names = [f"exit{i}" for i in range(len(net.model.exits))] + ["final"]
     per = []
@@ -243,8 +233,8 @@ def network_cmd(config_path, sets, model_ref, inputs, labels_path, limit, batch_
               "reference_match": True, "wave": None if run.wave is None else str(run.wave)}
     acc = None
     if labels is not None:
-        totals["accuracy"] = sum(d["correct"] for d in per) / len(per)
         acc = accuracy_report(net, cfg, xs, labels, outs, names)
+        totals["accuracy"] = acc["rtl"]
         totals["exit_accuracy"] = acc
     if counts_out is not None and (acc is None or acc["equal_to_reference"]):
         write_counts(counts_out, [totals["exits"][k] for k in names],

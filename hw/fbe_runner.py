@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import HwConfig
-from .runner import (MemTiming, SimError, _check_sim, _rtl_sources_hash, build_design, keep_wave, run_cocotb,
-                     sim_wave_file)
+from .runner import (MemTiming, SimError, _check_sim, _rtl_sources_hash, build_design, recorded_wave,
+                     run_cocotb)
 
 __all__ = ["FBE_TOP", "NetworkJob", "NetworkRun", "build_fbe", "run_network_job"]
 
@@ -78,12 +78,10 @@ def run_network_job(job: NetworkJob, *, sim: str = "icarus", mem: MemTiming = Me
               "arrivals": [list(a) for a in job.arrivals], "sched": job.sched,
               "reset_at": job.reset_at, "max_cycles": job.max_cycles, "step": int(job.step)}
     (rdir / "params.json").write_text(json.dumps(params))
-    want_wave = wave is not None
-    bdir = build_fbe(job.cfg, sim, fault=fault, waves=want_wave)
+    bdir = build_fbe(job.cfg, sim, fault=fault, waves=wave is not None)
     res = run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.hw.tb.fbe_tb", rdir,
-                     extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=want_wave,
-                     wave_file=sim_wave_file(sim, rdir) if want_wave else None)
-    wave_path = keep_wave(sim_wave_file(sim, rdir), wave)
+                     extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave)
+    wave_path = recorded_wave(sim, wave)
     err = res.get("network", "cocotb test 'network' did not run")
     if err is not None:
         raise SimError(f"{sim}: the FBE bench failed (run dir {rdir}): {err}\n(simulator log: {rdir / 'sim.log'}"

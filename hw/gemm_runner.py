@@ -21,7 +21,7 @@ import numpy as np
 from .config import HwConfig
 from .interface import OUT_RAW
 from .layout import GemmImage, compulsory_traffic, gemm_image, roundup
-from .runner import TOP, MemTiming, SimError, _check_sim, build_core, keep_wave, run_cocotb, sim_wave_file
+from .runner import TOP, MemTiming, SimError, _check_sim, build_core, recorded_wave, run_cocotb
 
 __all__ = ["GemmCase", "GemmRun", "run_gemm", "run_gemms", "check_gemm_run", "layer_timeout",
            "policy_compute_cycles"]
@@ -179,13 +179,10 @@ def run_gemms(cfg: HwConfig, cases: Sequence[GemmCase | dict], *, sim: str = "ic
         np.save(rdir / f"mem_{i}.npy", m)
     (rdir / "params.json").write_text(json.dumps({"cfg": cfg.to_dict(), "cases": spec_cases},
                                                  indent=1))
-    want_wave = wave is not None
-    bdir = build_core(cfg, sim, waves=want_wave, core=core)
-    wave_tmp = sim_wave_file(sim, rdir)
+    bdir = build_core(cfg, sim, waves=wave is not None, core=core)
     res = run_cocotb(sim, bdir, TOP, "fluidnpu.hw.tb.gemm_tb", rdir,
-                     extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=want_wave,
-                     wave_file=wave_tmp if want_wave else None)
-    wave_path = keep_wave(wave_tmp, wave)
+                     extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave)
+    wave_path = recorded_wave(sim, wave)
     try:
         summary = json.loads((rdir / "result.json").read_text())
     except (OSError, ValueError):

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 from .config import HwConfig
 
 __all__ = ["MemTiming", "SimError", "build_core", "build_design", "run_cocotb", "build_root", "verilator_root",
-           "sim_wave_file", "keep_wave", "SIMS"]
+           "wave_file", "recorded_wave", "SIMS"]
 
 SIMS = ("icarus", "verilator")
 TOP = "fluidnpu_core"
@@ -395,29 +395,29 @@ def _parse_results(xml_path: Path) -> dict[str, str | None]:
     return out
 
 
-def sim_wave_file(sim: str, run_dir: Path) -> Path:
-    """Where a run in ``run_dir`` records its waveform: FST on Icarus, VCD on Verilator."""
-    return Path(run_dir) / ("wave.fst" if sim == "icarus" else "wave.vcd")
-
-
-def keep_wave(recorded: Path, wave) -> Path | None:
-    """Copy a recorded waveform to ``wave`` with the recording's suffix (the format is the
-    simulator's, whatever suffix was asked for); None if nothing was asked or recorded."""
-    if wave is None or not recorded.is_file():
+def wave_file(sim: str, wave) -> Path | None:
+    """The file a run asked to record the waveform ``wave`` writes: that path with the
+    simulator's format as its suffix (FST on Icarus, VCD on Verilator); None if none asked."""
+    if wave is None:
         return None
-    dest = Path(wave).with_suffix(recorded.suffix)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(recorded, dest)
-    return dest
+    return Path(wave).absolute().with_suffix(".fst" if sim == "icarus" else ".vcd")
+
+
+def recorded_wave(sim: str, wave) -> Path | None:
+    """The waveform file :func:`run_cocotb` wrote for ``wave``; None if none was asked or
+    the simulator wrote none."""
+    f = wave_file(sim, wave)
+    return f if f is not None and f.is_file() else None
 
 
 def run_cocotb(sim: str, build_dir: Path, top: str, test_module: str, run_dir: Path, *,
-               extra_env: dict[str, str] | None = None, wave: bool = False,
-               wave_file: Path | None = None) -> dict[str, str | None]:
+               extra_env: dict[str, str] | None = None, wave: str | Path | None = None) -> dict[str, str | None]:
     """Run the cocotb ``test_module`` against a built model; return per-test failures.
 
     The simulator's output goes to ``run_dir/sim.log``. Raises :class:`SimError` when the
-    simulator produced no results file (crash, missing tool), with the log tail.
+    simulator produced no results file (crash, missing tool), with the log tail. ``wave``:
+    record the whole run's waveform at :func:`wave_file` (the model must be built with
+    ``waves=True``).
     """
     _check_sim(sim)
     from cocotb_tools.runner import get_runner
@@ -429,13 +429,14 @@ def run_cocotb(sim: str, build_dir: Path, top: str, test_module: str, run_dir: P
     extra_env = dict(extra_env or {})
     plusargs: list[str] = []
     test_args: list[str] = []
-    if wave:
-        if wave_file is None:
-            raise ValueError("run_cocotb: wave=True needs wave_file")
+    wfile = wave_file(sim, wave)
+    if wfile is not None:
+        wfile.parent.mkdir(parents=True, exist_ok=True)
+        wfile.unlink(missing_ok=True)
         if sim == "icarus":
-            plusargs.append(f"+fluidnpu_wave={wave_file}")
+            plusargs.append(f"+fluidnpu_wave={wfile}")
         else:
-            test_args += ["--trace-file", str(wave_file)]
+            test_args += ["--trace-file", str(wfile)]
     err = None
     # A shared lock on the build keeps _prune (exclusive, non-blocking) from deleting it
     # while this simulation runs from it.
@@ -446,7 +447,7 @@ def run_cocotb(sim: str, build_dir: Path, top: str, test_module: str, run_dir: P
         runner = get_runner(sim)
         try:
             runner.test(hdl_toplevel=top, hdl_toplevel_lang="verilog", test_module=test_module,
-                        build_dir=build_dir, test_dir=run_dir, extra_env=extra_env, waves=wave,
+                        build_dir=build_dir, test_dir=run_dir, extra_env=extra_env, waves=wfile is not None,
                         plusargs=plusargs, test_args=test_args, results_xml=str(results),
                         log_file=log)
         except (Exception, SystemExit) as e:

@@ -95,6 +95,10 @@ def cache_key(cfg: HwConfig, target: str, versions: dict, **options) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+#: the most nextpnr seeds one run may sweep
+MAX_SEEDS = 64
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     """nextpnr seeds from ``"1-4"``, ``"1,3,8"`` or ``"2,5-7"`` (each seed once, in order)."""
     seeds: list[int] = []
@@ -111,8 +115,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         for v in rng:
             if v not in seeds:
                 seeds.append(v)
-    if len(seeds) > 64:
-        raise ValueError(f"seeds = {text!r}: {len(seeds)} seeds; at most 64 are allowed")
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"seeds = {text!r}: {len(seeds)} seeds; at most {MAX_SEEDS} are allowed")
     return tuple(seeds)
 
 
@@ -133,13 +137,9 @@ def seed_list(raw, *, allow_repeats: bool = True) -> tuple[int, ...]:
         if not allow_repeats:
             raise ValueError(f"seeds = {seeds}: a seed is given twice")
         seeds = tuple(dict.fromkeys(seeds))
-    if len(seeds) > 64:
-        raise ValueError(f"seeds = {raw!r}: {len(seeds)} seeds; at most 64 are allowed")
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"seeds = {raw!r}: {len(seeds)} seeds; at most {MAX_SEEDS} are allowed")
     return seeds
-
-
-def _check_seeds(seeds) -> tuple[int, ...]:
-    return seed_list(tuple(seeds), allow_repeats=False)
 
 
 class _PnR(NamedTuple):
@@ -200,7 +200,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
             raise ValueError(f"target_mhz = {target_mhz}: must be positive")
     else:
         target_mhz = None
-    seeds = _check_seeds((seed,) if seeds is None else seeds)
+    seeds = seed_list(tuple((seed,) if seeds is None else seeds), allow_repeats=False)
     if len(seeds) > 1 and not tgt.is_board:
         raise ValueError(f"seeds = {seeds}: {target} has no place and route to seed")
     if len(seeds) > 1 and pack_only:
@@ -388,8 +388,8 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
 
     Returns ``(seed, run, seed_fmax)`` of the best run (highest Fmax; the first seed on a
     tie; if no seed routed within the timeout, the highest estimate after placement),
-    whose nextpnr log, report and routed design are copied into ``out``. A seed whose run fails is reported and skipped; if
-    every run fails, the first failure is raised.
+    whose nextpnr log, report and routed design are copied into ``out``. A seed whose run
+    fails is reported and skipped; if every run fails, the first failure is raised.
     """
     jobs = jobs or min(len(seeds), os.cpu_count() or 1)
     say("nextpnr", f"seed sweep: seeds {', '.join(map(str, seeds))}, {jobs} at a time")

@@ -177,16 +177,7 @@ def _build_scenario(raw: dict, model_ref: str | None, base_dir: str, name: str):
     from fluidnpu.sim.serving import scenario_from_dict
     d = _scenario_dict(raw, model_ref)
     d.setdefault("name", name)
-    return scenario_from_dict(d, models=lambda m: _model(_in_dir(m, base_dir)), base=base_dir,
-                              where=f"scenario {name!r}")
-
-
-def _in_dir(ref, base_dir) -> str:
-    """A scenario's model TOML path relative to the scenario's folder (as load_scenario
-    reads it); zoo names and absolute paths as they are."""
-    if isinstance(ref, str) and Path(ref).suffix.lower() == ".toml" and not Path(ref).is_absolute():
-        return str((Path(base_dir) / ref).resolve())
-    return ref
+    return scenario_from_dict(d, models=_model, base=base_dir, where=f"scenario {name!r}")
 
 
 def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep",

@@ -14,7 +14,7 @@ import pickle
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +232,7 @@ def run_rtl(s: CosimSetup, sim: str = "verilator", *, run_dir=None, keep: bool =
     ``progress(cycles, done)``, if given, is called about twice a second while the
     simulator runs with the simulated cycles and the requests finished or dropped."""
     from fluidnpu.hw.fbe_runner import FBE_TOP, build_fbe
-    from fluidnpu.hw.runner import keep_wave, run_cocotb, sim_wave_file
+    from fluidnpu.hw.runner import recorded_wave, run_cocotb
     t0 = time.perf_counter()
     tmp = run_dir is None
     rdir = Path(tempfile.mkdtemp(prefix="fluidnpu-cosim-")) if tmp else Path(run_dir).resolve()
@@ -246,13 +246,11 @@ def run_rtl(s: CosimSetup, sim: str = "verilator", *, run_dir=None, keep: bool =
              "timing": s.mem, "x_addr": [s.prog.input_area(r) for r in range(len(s.requests))],
              "max_cycles": max_cycles, "host": host}
     (rdir / "setup.pickle").write_bytes(pickle.dumps(setup))
-    want_wave = wave is not None
-    bdir = build_fbe(s.cfg, sim, waves=want_wave)
+    bdir = build_fbe(s.cfg, sim, waves=wave is not None)
     res = _with_progress(progress, rdir / "progress",
                          lambda: run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.sim.cosim.tb", rdir,
-                                            extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=want_wave,
-                                            wave_file=sim_wave_file(sim, rdir) if want_wave else None))
-    wave_path = keep_wave(sim_wave_file(sim, rdir), wave)
+                                            extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave))
+    wave_path = recorded_wave(sim, wave)
     err = res.get("cosim", "cocotb test 'cosim' did not run")
     out_p = rdir / "result.pickle"
     if err is not None or not out_p.exists():
@@ -352,4 +350,3 @@ def metric_errors(ref: RunRecord, other: RunRecord) -> dict:
     both = ~np.isnan(la) & ~np.isnan(lb)
     out["within_1pct"] = float((np.abs(lb[both] - la[both]) <= 0.01 * la[both]).mean()) if both.any() else float("nan")
     return out
-

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -12,8 +12,8 @@ import numpy as np
 from ..workloads.model import EEModel
 from .arrivals import MMPP2, ArrivalError, ArrivalProcess, GammaRenewal, Poisson, TraceReplay
 
-__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "scale_rates", "load_scenario",
-           "scenario_from_dict"]
+__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "scale_rates",
+           "load_scenario", "scenario_from_dict"]
 
 DEFAULT_SLO_MULTS = (2.0, 5.0, 10.0, 20.0, 50.0)
 
@@ -168,7 +168,6 @@ def generate_requests(scenario: Scenario, seed: int, slo_base_s: Mapping[str, fl
 def scale_rates(scenario: Scenario, k: float) -> Scenario:
     """``scenario`` with every device's arrival rate times ``k`` (Poisson and gamma rates,
     both MMPP states; the burstiness stays). A trace has no rate to scale: an error."""
-    from dataclasses import replace
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
         raise ScenarioError(f"load factor = {k!r}: must be a number > 0")
     devs = []
@@ -189,7 +188,6 @@ def for_requests(scenario: Scenario, n: int, seed: int) -> Scenario:
     """``scenario`` with a duration in which at least ``n`` requests arrive with ``seed``:
     1.2 n over the mean rate, doubled while the draw falls short; the warm-up time scales
     with it. A scenario whose arrivals end first (a trace) is an error naming both counts."""
-    from dataclasses import replace
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ScenarioError(f"requests = {n!r}: must be a positive integer")
     dur = n / scenario.mean_rate
@@ -236,7 +234,11 @@ def _arrivals_from(w: str, a, base: Path, dev_name: str) -> ArrivalProcess:
 
 def scenario_from_dict(d: dict, models: Mapping[str, EEModel] | Callable[[str], EEModel] | None = None,
                        base: Path | str = ".", where: str = "scenario") -> Scenario:
-    """Build a :class:`Scenario` from a parsed TOML dict (see docs/serving.md)."""
+    """Build a :class:`Scenario` from a parsed TOML dict (see docs/serving.md).
+
+    A device's ``model`` is a zoo name or a model TOML path relative to ``base``; a
+    ``models`` callable (default: the zoo, or the file) gets the name, or the file's
+    absolute path; a ``models`` mapping is looked up by the value as written."""
     top = {"name", "duration_s", "warmup_requests", "warmup_s", "slo_mults", "queue_capacity", "device",
            "compare"}   # [compare]: the sweep of fluidnpu compare, read by sim.serving.compare
     extra = set(d) - top
@@ -246,13 +248,9 @@ def scenario_from_dict(d: dict, models: Mapping[str, EEModel] | Callable[[str], 
     if not isinstance(devs_in, list) or not devs_in:
         raise ScenarioError(f"{where}: [[device]] entries are missing: need at least one")
     if models is None:
-        def models(name):  # noqa: E306 - resolved lazily so tests never need the zoo
+        def models(ref):  # noqa: E306 - resolved lazily so tests never need the zoo
             from ..workloads import zoo  # type: ignore[attr-defined]
-            if not isinstance(name, str):
-                raise ValueError(f"must be a zoo model name or a model TOML path, not {type(name).__name__}")
-            if Path(name).suffix.lower() == ".toml":            # a model file, relative to the scenario
-                return zoo.resolve_model(Path(base) / name)
-            return zoo.load(name)
+            return zoo.resolve_model(ref)
     look = models.__getitem__ if isinstance(models, Mapping) else models
     devices = []
     dev_fields = {"name", "model", "arrivals", "slo_ms", "slo_mult", "count"}
@@ -266,8 +264,11 @@ def scenario_from_dict(d: dict, models: Mapping[str, EEModel] | Callable[[str], 
         for req in ("name", "model", "arrivals"):
             if req not in e:
                 raise ScenarioError(f"{w}: field {req!r} is missing")
+        ref = e["model"]
+        if not isinstance(models, Mapping) and isinstance(ref, str) and Path(ref).suffix.lower() == ".toml":
+            ref = str((Path(base) / ref).resolve())     # a model file, relative to the scenario
         try:
-            model = look(e["model"])
+            model = look(ref)
         except (KeyError, LookupError, FileNotFoundError, ValueError) as x:
             raise ScenarioError(f"{w}: model = {e['model']!r}: unknown model ({x})") from None
         count = _num(w, "count", e.get("count", 1), integer=True)
