@@ -292,11 +292,12 @@ def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"{model.name}, batch {batch}, {hardware} hardware")
-    for col in ("layer", "<B_R,B_P,k>", "cycles", "utilisation", "roofline eff."):
+    for col in ("layer", "<B_R,B_P,k>", "cycles", "utilisation", "roofline eff.",
+                "tiled roofline", "tiled bound"):
         t.add_column(col, justify="right" if col != "layer" else "left")
     for p in layers + [p for h in heads for p in h]:
         t.add_row(p.name, ",".join(map(str, p.policy)), f"{p.total_cycles:,}", f"{p.utilisation:.3f}",
-                  f"{p.roofline_efficiency:.3f}")
+                  f"{p.roofline_efficiency:.3f}", f"{p.roofline_cycles_tiled:,}", p.bound_tiled)
     Console().print(t)
     for e in out["exit_paths"]:
         click.echo(f"exit {e['exit']} (after layer {e['after_layer']}): {e['cycles']:,} cycles "
@@ -483,7 +484,8 @@ def gemm(x_path, w_path, b_path, requant, relu, k, bp, sim, config_path, sets, o
     _atomic_write(out_path, lambda f: np.save(f, out))
 
     (r, p), c = x.shape, w.shape[1]
-    m = gemm_metrics(cfg, r, p, c, res.cycles, bias=bias is not None, requant=requant is not None)
+    m = gemm_metrics(cfg, r, p, c, res.cycles, bias=bias is not None, requant=requant is not None,
+                     bp=bp, k=k)
     extra = {"out": str(out_path)}
     if wave is not None:
         extra["wave"] = str(res.wave)
@@ -493,7 +495,8 @@ def gemm(x_path, w_path, b_path, requant, relu, k, bp, sim, config_path, sets, o
     else:
         click.echo(f"GEMM R={r} P={p} C={c}, policy B_P={bp} k={k}, {res.sim}")
         click.echo(f"cycles {res.cycles}, utilisation {m['utilisation']:.1%}, roofline "
-                   f"{m['roofline_cycles']} cycles (efficiency {m['roofline_efficiency']:.1%})")
+                   f"{m['roofline_cycles']} cycles (efficiency {m['roofline_efficiency']:.1%}), "
+                   f"tiled roofline {m['roofline_cycles_tiled']} cycles ({m['bound_tiled']} bound)")
         click.echo(f"check: {'PASS' if ok else 'FAIL'} {detail}")
         click.echo("wrote " + ", ".join(extra.values()))
     if not ok:

@@ -65,14 +65,27 @@ def roofline(cfg: HwConfig, r: int, p: int, c: int, *, bias: bool, requant: bool
 
 
 def gemm_metrics(cfg: HwConfig, r: int, p: int, c: int, cycles: int, *,
-                 bias: bool, requant: bool) -> dict:
-    """``macs``, ``utilisation``, ``roofline_cycles`` and ``roofline_efficiency`` of a run."""
+                 bias: bool, requant: bool, bp: int = 1, k: int = 1) -> dict:
+    """``macs``, ``utilisation``, ``roofline_cycles`` and ``roofline_efficiency`` of a run,
+    and ``roofline_cycles_tiled``: the roofline of the traffic the tiling of policy
+    ``(bp, k)`` really moves (``fluidnpu.sim.traffic``), with ``tiled_bytes`` and
+    ``bound_tiled``. Where the tiled roofline is far above the compulsory one, the core
+    waits on re-fetched operands, not on the array."""
+    from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
+    from fluidnpu.sim.traffic import tiled_traffic
+
     if cycles < 1:
         raise ValueError(f"cycles = {cycles}: must be at least 1")
     rl = roofline(cfg, r, p, c, bias=bias, requant=requant)
+    tr = tiled_traffic(cfg, r, p, c, bp=bp, k=k, bias=bias,
+                       out_mode=OUT_REQUANT if requant else OUT_RAW)
+    tiled = max(rl.compute_cycles, tr.cycles)
     return {
         "macs": rl.macs,
         "utilisation": rl.macs / (cycles * cfg.lanes),
         "roofline_cycles": rl.cycles,
         "roofline_efficiency": rl.cycles / cycles,
+        "roofline_cycles_tiled": tiled,
+        "tiled_bytes": tr.bytes,
+        "bound_tiled": "memory" if tr.cycles > rl.compute_cycles else "compute",
     }

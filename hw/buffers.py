@@ -1,10 +1,20 @@
-"""Double-buffered operand buffers: element-wide X and W banks, write crossbar, operand fetch.
+"""Double-buffered operand buffers: one word-wide block RAM per group, a registered copy
+network for X, operand fetch.
 
-The loader writes up to one beat (``E`` elements) per cycle, each element already mapped
-to its bank and line (docs/architecture.md, "Buffers"); no two elements of a beat share
-a bank. The compute reads every bank at one address per cycle and the fetch stage
-selects, per PE and lane, the element the policy puts there, zeroing lanes past the
-end of the reduction.
+Storage: X is ``tc`` memories (groups) and W is ``tc`` memories (one per PE), each word
+``tp`` elements wide, so the bank count follows the capacity, not the lanes. The logical
+bank ``b`` of docs/architecture.md ("Buffers") is element ``b % tp`` of the word of memory
+``b // tp``. The loader maps every element of a beat to its bank and line; all elements of
+a beat that land in one memory land on the same line (checked for every policy in
+tests/test_buffers.py), so each memory takes a beat as one word write with an enable per
+element: no per-bank crossbar.
+
+Fetch: every memory is read at one address per cycle. W stays beside its PE (a local
+``tp``-way select replicates the weights over the ``B_P`` segments and zeroes lanes past
+the end of the reduction). PE ``pe`` takes X group ``(a mod F)*k + pe mod k``; instead of a
+``tc``-way read crossbar, X words pass a registered copy network of ``log2(tc)`` levels
+(two per stage): at level ``b``, while ``k <= 2**b``, a PE whose index bit ``b`` differs from
+that bit of ``(a mod F) << log2(k)`` takes the word of the PE ``2**b`` away.
 """
 from __future__ import annotations
 
@@ -15,7 +25,10 @@ from amaranth.lib.wiring import In, Out
 from .config import HwConfig
 from .interface import log2
 
-__all__ = ["OperandBuffers", "elem_write_layout"]
+__all__ = ["OperandBuffers", "elem_write_layout", "net_stages"]
+
+#: copy-network levels resolved per register stage
+LEVELS_PER_STAGE = 2
 
 
 def elem_write_layout(cfg: HwConfig) -> data.StructLayout:
@@ -28,15 +41,27 @@ def elem_write_layout(cfg: HwConfig) -> data.StructLayout:
     })
 
 
+def net_stages(cfg: HwConfig) -> int:
+    """Register stages of the X copy network (at least one: the fetch's select stage)."""
+    return max(1, -(-log2(cfg.tc) // LEVELS_PER_STAGE))
+
+
 class OperandBuffers(wiring.Component):
-    """X and W banks with their write crossbar and the three-stage operand fetch.
+    """X and W memories with their write select and the operand fetch.
 
     Fetch: addresses and selects presented with ``rd_valid`` at cycle t give operands at
-    ``x``/``w`` with ``op_valid`` at cycle t + ``latency``: bank read, bank output
-    register (and select decode), select.
+    ``x``/``w`` with ``op_valid`` at cycle t + ``latency_for(cfg)``: memory read, output
+    register (and select decode), then the copy network's stages (X) or the replication
+    select and lane mask (W, read correspondingly later).
     """
 
-    latency = 3
+    @staticmethod
+    def latency_for(cfg: HwConfig) -> int:
+        return 2 + net_stages(cfg)
+
+    @property
+    def latency(self) -> int:
+        return self.latency_for(self.cfg)
 
     def __init__(self, cfg: HwConfig, *, tag_width: int = 1):
         self.cfg = cfg
@@ -66,135 +91,173 @@ class OperandBuffers(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        xmem, wmem = self._write_side(m)
+        self._x_fetch(m, xmem)
+        self._w_fetch(m, wmem)
+        return m
+
+    # ---- write side -------------------------------------------------------------------
+    def _write_side(self, m):
+        """Two registers between the loader and the memories, so each long wire has a cycle
+        of its own. w1: per memory index ``g`` a copy (``_rep``, kept apart by the synthesis
+        flow) of the beat's data, which element hits each of its ``tp`` positions and the
+        line of those elements (decoded on the way in). w2: per memory the word (each
+        position an AND-OR select over the beat: at most one element hits a position), an
+        enable per element for X and for W, and the line. A write lands two cycles after
+        the beat; the loader counts a load done one cycle later (docs/cycle_model.md)."""
         cfg = self.cfg
-        tc, tp, n = cfg.tc, cfg.tp, cfg.lanes
-
-        # Write side, two registers between the loader and the banks, so that each long wire
-        # has a cycle of its own: the write beat's lines and data are copied into ``tc``
-        # registers (``_rep``, kept apart by the synthesis flow), each reaching only the
-        # ``tp`` bank positions ``g*tp .. g*tp + tp-1``, beside which element of the beat
-        # hits each of those positions (decoded from the beat's bank numbers on the way in);
-        # there each position selects its element (X bank ``b`` and W bank ``b`` share one
-        # select) into a register beside its two banks. A write lands two cycles after the
-        # beat; the loader counts a load done one cycle later than its last beat's write
-        # reaches the banks (docs/cycle_model.md, "Response decode").
-        e = cfg.elems_per_beat
-        rep_layout = data.ArrayLayout(data.StructLayout({
-            "addr": elem_write_layout(cfg)["addr"].shape, "data": unsigned(cfg.data_width)}), e)
-        wr_rep = [Signal(rep_layout, name=f"w1_wr_rep{g}") for g in range(tc)]
-        wx_rep = [Signal(name=f"w1_x_rep{g}") for g in range(tc)]
-        # hit_rep[g][j*e + i]: element i of the beat goes to bank position g*tp + j
-        hit_rep = [Signal(tp * e, name=f"w1_hit_rep{g}") for g in range(tc)]
+        tc, tp, dw, e = cfg.tc, cfg.tp, cfg.data_width, cfg.elems_per_beat
+        ltp = log2(tp)
+        addr_shape = elem_write_layout(cfg)["addr"].shape
+        word = data.ArrayLayout(unsigned(dw), tp)
+        xmem, wmem = [], []
         for g in range(tc):
-            m.d.sync += [wr_rep[g][i].addr.eq(el.addr) for i, el in enumerate(self.wr)]
-            m.d.sync += [wr_rep[g][i].data.eq(el.data.as_unsigned()) for i, el in enumerate(self.wr)]
-            m.d.sync += wx_rep[g].eq(self.wr_x)
-            for j in range(tp):
-                m.d.sync += [hit_rep[g][j * e + i].eq(el.en & (el.bank == g * tp + j))
-                             for i, el in enumerate(self.wr)]
-        sel_layout = data.StructLayout({"x": 1, "w": 1,
-                                        "addr": elem_write_layout(cfg)["addr"].shape,
-                                        "data": unsigned(cfg.data_width)})
-        wsel = []
-        for bank in range(n):
-            g, j = divmod(bank, tp)
-            wr, wx = wr_rep[g], wx_rep[g]
-            # At most one element of a beat hits a bank: an AND-OR select, not a priority chain.
-            hits = [hit_rep[g][j * e + i] for i in range(e)]
-            addr_or, data_or = 0, 0
-            for el, hit in zip(wr, hits):
-                addr_or = addr_or | Mux(hit, el.addr, 0)
-                data_or = data_or | Mux(hit, el.data, 0)
-            sel = Signal(sel_layout, name=f"w2_sel{bank}")
-            hit = Cat(*hits).any()
-            m.d.sync += [sel.x.eq(hit & wx), sel.w.eq(hit & ~wx), sel.addr.eq(addr_or),
-                         sel.data.eq(data_or)]
-            wsel.append(sel)
+            d_rep = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w1_data_rep{g}")
+            hit = Signal(tp * e, name=f"w1_hit_rep{g}")        # [j*e + i]: element i -> position j
+            line = Signal(addr_shape, name=f"w1_line_rep{g}")
+            wx = Signal(name=f"w1_x_rep{g}")
+            m.d.sync += [d_rep[i].eq(el.data.as_unsigned()) for i, el in enumerate(self.wr)]
+            m.d.sync += [hit[j * e + i].eq(el.en & (el.bank == g * tp + j))
+                         for j in range(tp) for i, el in enumerate(self.wr)]
+            line_or = 0
+            for el in self.wr:
+                line_or = line_or | Mux(el.en & ((el.bank >> ltp) == g), el.addr, 0)
+            m.d.sync += [line.eq(line_or), wx.eq(self.wr_x)]
 
-        xdata, wdata = [], []
-        for which, depth, out in (("x", cfg.x_depth, xdata), ("w", cfg.w_depth, wdata)):
-            is_x = which == "x"
-            for bank in range(n):
+            w2_data = Signal(word, name=f"w2_data{g}")
+            w2_x = Signal(tp, name=f"w2_xen{g}")
+            w2_w = Signal(tp, name=f"w2_wen{g}")
+            w2_line = Signal(addr_shape, name=f"w2_line{g}")
+            for j in range(tp):
+                hits = [hit[j * e + i] for i in range(e)]
+                data_or = 0
+                for i in range(e):
+                    data_or = data_or | Mux(hits[i], d_rep[i], 0)
+                anyhit = Cat(*hits).any()
+                m.d.sync += [w2_data[j].eq(data_or), w2_x[j].eq(anyhit & wx),
+                             w2_w[j].eq(anyhit & ~wx)]
+            m.d.sync += w2_line.eq(line)
+
+            for which, depth, en, out in (("x", cfg.x_depth, w2_x, xmem),
+                                          ("w", cfg.w_depth, w2_w, wmem)):
                 # The loader never writes a slot the compute reads (double buffering), so
                 # the ports never collide: ``no_rw_check`` spares yosys the read-old-data
-                # emulation (registers and a compare-and-select behind every bank). Yosys
-                # 0.23 honours it where it builds the synchronous read port itself, so the
-                # port is asynchronous here with its register beside it (same timing).
-                mem = memory.Memory(shape=signed(cfg.data_width), depth=2 * depth, init=[],
+                # emulation. Yosys 0.23 honours it where it builds the synchronous read port
+                # itself, so the port is asynchronous here with its register beside it.
+                mem = memory.Memory(shape=word, depth=2 * depth, init=[],
                                     attrs={"no_rw_check": 1})
-                m.submodules[f"{which}bank{bank}"] = mem
-                wp = mem.write_port()
-                rp = mem.read_port(domain="comb")
-                rd = Signal(signed(cfg.data_width), name=f"f1_{which}b{bank}")
-                m.d.sync += rd.eq(rp.data)
-                sel = wsel[bank]
-                m.d.comb += [wp.en.eq(sel.x if is_x else sel.w), wp.addr.eq(sel.addr),
-                             wp.data.eq(sel.data)]
-                m.d.comb += rp.addr.eq(self.rd_xaddr if is_x else self.rd_waddr)
-                out.append(rd)
+                m.submodules[f"{which}mem{g}"] = mem
+                wp = mem.write_port(granularity=1)       # one enable per element
+                m.d.comb += [wp.en.eq(en), wp.addr.eq(w2_line), wp.data.eq(w2_data)]
+                out.append(mem)
+        return xmem, wmem
 
-        # Stage 1 (bank data valid): the bank outputs are registered as they are (a DP16KD's
-        # clock-to-output leaves no time for the wires to the selects in the same cycle);
-        # the read request is registered beside them (its group and chunk fields once per
-        # PE, below).
+    # ---- X fetch: read, output register, copy network -----------------------------------
+    def _x_fetch(self, m, xmem):
+        cfg = self.cfg
+        tc, tp, dw = cfg.tc, cfg.tp, cfg.data_width
+        ltc = log2(tc)
+        word = data.ArrayLayout(unsigned(dw), tp)
+        cur = []
+        for g, mem in enumerate(xmem):
+            rp = mem.read_port(domain="comb")
+            m.d.comb += rp.addr.eq(self.rd_xaddr)
+            rd = Signal(word, name=f"f1_x{g}")
+            m.d.sync += rd.eq(rp.data)
+            q = Signal(word, name=f"f2_x{g}")       # off the block RAM's slow output
+            m.d.sync += q.eq(rd)
+            cur.append(q)
+        # The group the request reads, shifted by k: c = (a mod F) << log2(k), registered
+        # with the data (f1, f2); the level selects are decoded a stage ahead of their
+        # multiplexers, per PE (``_rep``), each driving the ``tp`` elements of one word.
+        c1 = Signal(range(tc), name="f1_xc")
+        lk1 = Signal.like(self.lk, name="f1_lk")
+        m.d.sync += [c1.eq(self.rd_xgrp << self.lk), lk1.eq(self.lk)]
+        ctl_c, ctl_lk = c1, lk1
+        for st in range(net_stages(cfg)):
+            levels = [b for b in range(st * LEVELS_PER_STAGE, (st + 1) * LEVELS_PER_STAGE)
+                      if b < ltc]
+            # selects for this stage's levels, registered beside the stage's input data
+            sel = {}
+            for pe in range(tc):
+                for b in levels:
+                    s_ = Signal(name=f"f{2 + st}_xsel_rep{pe}_{b}")
+                    m.d.sync += s_.eq((ctl_lk <= b) & (ctl_c[b] != ((pe >> b) & 1)))
+                    sel[pe, b] = s_
+            c_n = Signal.like(ctl_c, name=f"f{2 + st}_xc")
+            lk_n = Signal.like(ctl_lk, name=f"f{2 + st}_lk")
+            m.d.sync += [c_n.eq(ctl_c), lk_n.eq(ctl_lk)]
+            ctl_c, ctl_lk = c_n, lk_n
+            # the levels, composed combinationally, then one register
+            vals = list(cur)
+            for b in levels:
+                vals = [Mux(sel[pe, b], vals[pe ^ (1 << b)], vals[pe]) for pe in range(tc)]
+            nxt = [Signal(word, name=f"f{3 + st}_x{pe}") for pe in range(tc)]
+            m.d.sync += [n.eq(v) for n, v in zip(nxt, vals)]
+            cur = nxt
+        for pe in range(tc):
+            for l in range(tp):
+                m.d.comb += self.x[pe * tp + l].eq(cur[pe][l].as_signed())
+
+    # ---- W fetch: delayed read, output register, replication select and lane mask -------
+    def _w_fetch(self, m, wmem):
+        """The W read starts ``net_stages - 1`` cycles after the request (its address and
+        controls delayed), so its single select stage ends with the X network's last."""
+        cfg = self.cfg
+        tc, tp, dw, n = cfg.tc, cfg.tp, cfg.data_width, cfg.lanes
+        word = data.ArrayLayout(unsigned(dw), tp)
+        req = data.StructLayout({"valid": 1, "tag": len(self.rd_tag), "waddr": len(self.rd_waddr),
+                                 "wgrp": len(self.rd_wgrp), "rem": len(self.rd_rem)})
+        r = Signal(req, name="f0_wreq")
+        m.d.comb += [r.valid.eq(self.rd_valid), r.tag.eq(self.rd_tag), r.waddr.eq(self.rd_waddr),
+                     r.wgrp.eq(self.rd_wgrp), r.rem.eq(self.rd_rem)]
+        for i in range(net_stages(cfg) - 1):
+            d = Signal(req, name=f"f0_wreq_d{i}")
+            m.d.sync += d.eq(r)
+            r = d
+        wq = []
+        for pe, mem in enumerate(wmem):
+            rp = mem.read_port(domain="comb")
+            m.d.comb += rp.addr.eq(r.waddr)
+            rd = Signal(word, name=f"f1_w{pe}")
+            m.d.sync += rd.eq(rp.data)
+            q = Signal(word, name=f"f2_w{pe}")
+            m.d.sync += q.eq(rd)
+            wq.append(q)
+
         f1 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f1_req")
-        m.d.sync += [f1.valid.eq(self.rd_valid), f1.tag.eq(self.rd_tag)]
-        xq = [Signal(signed(cfg.data_width), name=f"f2_xb{b}") for b in range(n)]
-        wq = [Signal(signed(cfg.data_width), name=f"f2_wb{b}") for b in range(n)]
-        m.d.sync += [q.eq(d) for q, d in zip(xq + wq, xdata + wdata)]
-
-        # Stage 2: the selects and the lane mask, decoded from the registered request, so
-        # that stage 3 is only the bank multiplexers.
-        f2 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f2_ctl")
-        m.d.sync += [f2.valid.eq(f1.valid), f2.tag.eq(f1.tag)]
-        # Per-layer constants of the selects (the policy is stable while a layer runs; they
-        # are registered, valid from the cycle after ``lk``/``lseg`` change).
+        m.d.sync += [f1.valid.eq(r.valid), f1.tag.eq(r.tag)]
+        f2 = Signal.like(f1, name="f2_req")
+        m.d.sync += f2.eq(f1)
+        # Per-layer constants of the selects (stable while a layer runs).
         kmask = Signal(range(tc), name="f0_kmask")
         segmask = Signal(range(tp), name="f0_segmask")
         m.d.sync += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
-        # X and W selects per PE and lane: register copies (``_rep``, kept apart by the
-        # synthesis flow), so that each drives the multiplexers of one lane (its 8 bits),
-        # placed beside them, instead of one lane of every PE or every lane of a PE.
-        # They come from per-PE copies of the request's group and chunk fields (``f1_*_rep``)
-        # and of the policy (``f0_*_rep``), so that no net reaches every lane of the array.
-        xsel = [[Signal(range(tc), name=f"f2_xgrp_rep{pe}_{l}") for l in range(tp)]
-                for pe in range(tc)]
+        ls_ = [Signal(range(tp), name=f"f0_ls_{l}") for l in range(tp)]
+        m.d.sync += [v.eq(l & segmask) for l, v in enumerate(ls_)]
+        # Stage 2: the W selects and the lane mask, decoded from per-PE copies of the request
+        # (``_rep``) and registered, so stage 3 is only the multiplexers.
         wsel = [[Signal(range(tp), name=f"f2_wl_rep{pe}_{l}") for l in range(tp)]
                 for pe in range(tc)]
         lmask = Signal(n, name="f2_lmask")
-        ls_ = [Signal(range(tp), name=f"f0_ls_{l}") for l in range(tp)]
-        m.d.sync += [r.eq(l & segmask) for l, r in enumerate(ls_)]
         for pe in range(tc):
-            xgrp = Signal.like(self.rd_xgrp, name=f"f1_xgrp_rep{pe}")
-            wgrp = Signal.like(self.rd_wgrp, name=f"f1_wgrp_rep{pe}")
-            rem = Signal.like(self.rd_rem, name=f"f1_rem_rep{pe}")
-            lk = Signal.like(self.lk, name=f"f0_lk_rep{pe}")
+            wgrp = Signal.like(r.wgrp, name=f"f1_wgrp_rep{pe}")
+            rem = Signal.like(r.rem, name=f"f1_rem_rep{pe}")
             lseg = Signal.like(self.lseg, name=f"f0_lseg_rep{pe}")
-            m.d.sync += [xgrp.eq(self.rd_xgrp), wgrp.eq(self.rd_wgrp), rem.eq(self.rd_rem),
-                         lk.eq(self.lk), lseg.eq(self.lseg)]
-            pk = Signal(range(tc), name=f"f0_pk_{pe}")
-            m.d.sync += pk.eq(pe & kmask)
-            m.d.sync += [r.eq((xgrp << lk) | pk) for r in xsel[pe]]
+            m.d.sync += [wgrp.eq(r.wgrp), rem.eq(r.rem), lseg.eq(self.lseg)]
             for l in range(tp):
                 m.d.sync += wsel[pe][l].eq((wgrp << lseg) | ls_[l])
                 q = Signal(range(n), name=f"f0_q_{pe}_{l}")    # lane's element within S
                 m.d.sync += q.eq(((pe & kmask) << lseg) | (l & segmask))
                 m.d.sync += lmask[pe * tp + l].eq(q < rem)
-
-        # Stage 3: per-PE group select for X, per-lane replication select for W, masking.
+        # Stage 3: per-lane replication select and masking (a product with a zero weight is
+        # zero whatever the X lane holds).
         for pe in range(tc):
             for l in range(tp):
-                xv = Signal(signed(cfg.data_width), name=f"f2_x_{pe}_{l}")
-                with m.Switch(xsel[pe][l]):
-                    for g in range(tc):
-                        with m.Case(g):
-                            m.d.comb += xv.eq(xq[g * tp + l])
-                wv = Signal(signed(cfg.data_width), name=f"f2_w_{pe}_{l}")
+                wv = Signal(unsigned(dw), name=f"f2_w_{pe}_{l}")
                 with m.Switch(wsel[pe][l]):
                     for c in range(tp):
                         with m.Case(c):
-                            m.d.comb += wv.eq(wq[pe * tp + c])
-                m.d.sync += [self.x[pe * tp + l].eq(Mux(lmask[pe * tp + l], xv, 0)),
-                             self.w[pe * tp + l].eq(wv)]
+                            m.d.comb += wv.eq(wq[pe][c])
+                m.d.sync += self.w[pe * tp + l].eq(Mux(lmask[pe * tp + l], wv.as_signed(), 0))
         m.d.sync += [self.op_valid.eq(f2.valid), self.op_tag.eq(f2.tag)]
-        return m

@@ -69,7 +69,7 @@ class NPUCore(wiring.Component):
     @staticmethod
     def pipe_latency_for(cfg: HwConfig) -> int:
         """Cycles from issuing a group's last cycle to its entry in the stage FIFO."""
-        return OperandBuffers.latency + PEArray.latency_for(cfg)
+        return OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
 
     @property
     def pipe_latency(self) -> int:

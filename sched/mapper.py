@@ -26,6 +26,7 @@ from fluidnpu.hw.runner import MemTiming
 from fluidnpu.sim.cycle_model import layer_cycles
 from fluidnpu.sim.fbe_model import ENTRY_POST, ENTRY_PRE, EXIT_POST, exit_test_cycles
 from fluidnpu.sim.latency import LatencyTable
+from fluidnpu.sim.traffic import tiled_traffic
 from fluidnpu.sim.workloads.model import EEModel, GemmLayer
 
 __all__ = ["HARDWARE", "MapperError", "LayerPlan", "ModelPlan", "plan_layer", "map_model",
@@ -67,6 +68,9 @@ class LayerPlan:
     utilisation: float
     roofline_efficiency: float
     fbe_cycles: int = 0               #: the FBE's own cycles around the commands (sim.fbe_model)
+    #: the roofline of the traffic the chosen tiling really moves (sim.traffic), >= roofline_cycles
+    roofline_cycles_tiled: int = 0
+    bound_tiled: str = "compute"      #: what sets roofline_cycles_tiled: "compute" or "memory"
 
     @property
     def total_cycles(self) -> int:
@@ -78,7 +82,8 @@ class LayerPlan:
                 "cycles": self.total_cycles, "core_cycles": self.cycles, "fbe_cycles": self.fbe_cycles,
                 "macs": self.macs, "commands": self.commands,
                 "utilisation": self.utilisation, "roofline_cycles": self.roofline_cycles,
-                "roofline_efficiency": self.roofline_efficiency}
+                "roofline_efficiency": self.roofline_efficiency,
+                "roofline_cycles_tiled": self.roofline_cycles_tiled, "bound_tiled": self.bound_tiled}
 
 
 def _command_cycles(cfg, R, p, c, bp, k, mem) -> tuple[int, int]:
@@ -97,6 +102,30 @@ def _roofline(cfg: HwConfig, R: int, p: int, c: int, groups: int) -> int:
     stride_p = math.ceil(p * eb / M) * M
     byts = groups * (R * stride_p + cg * stride_p + math.ceil(4 * cg / M) * M + R * math.ceil(cg * eb / M) * M)
     return max(math.ceil(R * p * c / cfg.lanes), math.ceil(byts / M))
+
+
+def _tiled_roofline(cfg: HwConfig, layer: GemmLayer, batch: int,
+                    pol: tuple[int, int, int]) -> tuple[int, str]:
+    """Roofline cycles of the traffic the policy's commands really move (sim.traffic), and
+    which limit sets them. Commands as in :func:`plan_layer`: ``ceil(batch / B_R)`` of
+    ``B_R`` samples (the last smaller), each ``groups`` GEMMs, R split at the descriptor's
+    limit."""
+    br, bp, k = pol
+    g = layer.groups
+    cg = layer.c // g
+    rmax = ((1 << cfg.dim_width) - 1) // cfg.tr * cfg.tr
+    n_full, rest = divmod(batch, br)
+    beats = 0
+    for nb, count in ((br, n_full), (rest, 1 if rest else 0)):
+        if not count:
+            continue
+        full, r_rest = divmod(nb * layer.r, rmax)
+        for R, n in ((rmax, full), (r_rest, 1 if r_rest else 0)):
+            if n:
+                t = tiled_traffic(cfg, R, layer.p, cg, bp=bp, k=k, bias=True, out_mode=OUT_REQUANT)
+                beats += count * g * n * t.cycles
+    compute = math.ceil(batch * layer.r * layer.p * layer.c / cfg.lanes)
+    return max(compute, beats), ("memory" if beats > compute else "compute")
 
 
 def plan_layer(cfg: HwConfig, layer: GemmLayer, batch: int, hardware: str = "fluid", *,
@@ -133,6 +162,7 @@ def plan_layer(cfg: HwConfig, layer: GemmLayer, batch: int, hardware: str = "flu
             best = (cyc, cmds, (br, bp, k))
     cyc, cmds, pol = best
     R = batch * layer.r
+    tiled, bound = _tiled_roofline(cfg, layer, batch, pol)
     macs = R * layer.p * cg * g
     roof = _roofline(cfg, R, layer.p, layer.c, g)
     fbe = ENTRY_PRE + batch + cmds + ENTRY_POST
@@ -140,7 +170,8 @@ def plan_layer(cfg: HwConfig, layer: GemmLayer, batch: int, hardware: str = "flu
         fbe += EXIT_POST - ENTRY_POST + exit_test_cycles(cfg, exit_classes, batch, batch if final else 0, mem)
     return LayerPlan(name=layer.name, batch=batch, policy=pol, cycles=cyc, macs=macs, commands=cmds,
                      roofline_cycles=roof, utilisation=macs / ((cyc + fbe) * cfg.lanes),
-                     roofline_efficiency=roof / (cyc + fbe), fbe_cycles=fbe)
+                     roofline_efficiency=roof / (cyc + fbe), fbe_cycles=fbe,
+                     roofline_cycles_tiled=tiled, bound_tiled=bound)
 
 
 @dataclass

@@ -19,12 +19,15 @@ from fluidnpu.hw.gemm_runner import GemmCase, run_gemms
 from fluidnpu.hw.runner import MemTiming, SimError, build_core
 from fluidnpu.sim.cycle_model import (CycleModelError, LayerTiming, layer_cycles,
                                       layer_timing)
+from fluidnpu.sim.traffic import tiled_traffic
 
 BIG = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core (examples/hw_8x8.toml)
 SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
 # a deeper stage FIFO (more groups in flight), of a depth that is not a power of two
 SMALL_S5 = SMALL.replace(stage_entries=5)
-CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5}
+# sixteen PEs: the X copy network's four levels in two stages
+WIDE16 = HwConfig(tc=16, tp=4, tr=8, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=4)
+CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5, "16x4": WIDE16}
 
 BASIC_MEMS = (MemTiming(latency=1), MemTiming(latency=20), MemTiming(latency=50),
               MemTiming(latency=1, interval=2), MemTiming(latency=20, interval=2))
@@ -114,6 +117,13 @@ def _compare(cfg, specs, run_dir, sim=None):
     bad = []
     for s, run in zip(specs, runs):
         want = _model(cfg, s)
+        tr = tiled_traffic(cfg, s["R"], s["P"], s["C"], bp=s["bp"], k=s["k"], bias=s["bias"],
+                           out_mode=s["out_mode"])
+        moved = (run.mem_stats.get("reads"), run.mem_stats.get("writes"))
+        if run.error is None and moved != (tr.read_beats, tr.write_beats):
+            bad.append(f"{s['kind']} R,P,C={s['R']},{s['P']},{s['C']} bp={s['bp']} k={s['k']} "
+                       f"bias={s['bias']} out_mode={s['out_mode']}: RTL moved (reads, writes) "
+                       f"{moved}, tiled_traffic {(tr.read_beats, tr.write_beats)}")
         if run.error is not None or run.cycles != want:
             bad.append(f"{s['kind']} R,P,C={s['R']},{s['P']},{s['C']} bp={s['bp']} k={s['k']} "
                        f"bias={s['bias']} out_mode={s['out_mode']} {s['mem']}: RTL "
@@ -133,8 +143,9 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
     ("8x8", 4, BASIC_MEMS, ALL_KINDS, 110_000, 40, 8_000),
     ("8x8", 5, ODD_MEMS, ("tiny", "r1", "ragged", "wide"), 40_000, 15, 8_000),
     ("8x8", 6, BASIC_MEMS[1:2], ("many",), 40_000, 2, 25_000),
+    ("16x4", 9, BASIC_MEMS[:3], ALL_KINDS, 60_000, 30, 6_000),
 ], ids=["small-basic", "small-odd", "small-many", "small-s5", "8x8-basic", "8x8-odd",
-        "8x8-many"])
+        "8x8-many", "16x4-basic"])
 def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
     cfg = CFGS[cfg_name]
     _compare(cfg, _cases(cfg, seed, mems, kinds, budget, n, max_cyc), tmp_path)
@@ -159,7 +170,7 @@ def test_constants_match_rtl():
     for cfg in [*CFGS.values(), HwConfig(), HwConfig(tc=16, tp=4, mem_bytes=4), HwConfig(tc=4, tp=16, mem_bytes=4)]:
         assert cm.START_CYCLES == NPUCore.START_CYCLES + 1
         assert cm.pipe_latency(cfg) == NPUCore.pipe_latency_for(cfg)
-        assert cm.pipe_latency(cfg) == OperandBuffers.latency + PEArray.latency_for(cfg)
+        assert cm.pipe_latency(cfg) == OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
         assert PEArray.latency_for(cfg) == 5 + (cfg.tc.bit_length() - 1)
         assert cm.DRAIN_LATENCY == Drain.LATENCY
         for mode in (OUT_RAW, OUT_REQUANT):
