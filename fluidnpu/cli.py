@@ -191,8 +191,10 @@ def lint(config_path, sets, top):
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Seed sweep: place-and-route runs at once (default: one per CPU).")
 @click.option("--pack-only", is_flag=True, help="Stop nextpnr after packing: resources and fit, no Fmax.")
+@click.option("--placer", type=click.Choice(["heap", "static"]), default="heap", show_default=True,
+              help="nextpnr's placer; static spreads large, dense designs better (docs/synthesis.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, as_json):
+def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, placer, as_json):
     """Synthesise the NPU (yosys, nextpnr): LUTs, FFs, DSPs, BRAMs, Fmax, fit."""
     from fluidnpu.synth import SynthError, synthesize
     from fluidnpu.synth.flow import parse_seeds
@@ -212,7 +214,7 @@ def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only,
             click.echo(f"[{stage}] {message}", err=True)
     try:
         r = synthesize(cfg, target, out_dir, seed=seed, seeds=seeds, jobs=jobs,
-                       pack_only=pack_only, progress=progress)
+                       pack_only=pack_only, progress=progress, placer=placer)
     except SynthError as e:
         _fail(e)
     except ValueError as e:

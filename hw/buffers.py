@@ -19,9 +19,10 @@ that bit of ``(a mod F) << log2(k)`` takes the word of the PE ``2**b`` away.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .bram import WordRAM
 from .config import HwConfig
 from .interface import log2
 
@@ -141,15 +142,11 @@ class OperandBuffers(wiring.Component):
             for which, depth, en, out in (("x", cfg.x_depth, w2_x, xmem),
                                           ("w", cfg.w_depth, w2_w, wmem)):
                 # The loader never writes a slot the compute reads (double buffering), so
-                # the ports never collide: ``no_rw_check`` spares yosys the read-old-data
-                # emulation. Yosys 0.23 honours it where it builds the synchronous read port
-                # itself, so the port is asynchronous here with its register beside it.
-                mem = memory.Memory(shape=word, depth=2 * depth, init=[],
-                                    attrs={"no_rw_check": 1})
-                m.submodules[f"{which}mem{g}"] = mem
-                wp = mem.write_port(granularity=1)       # one enable per element
-                m.d.comb += [wp.en.eq(en), wp.addr.eq(w2_line), wp.data.eq(w2_data)]
-                out.append(mem)
+                # the ports never collide (``WordRAM``'s contract).
+                ram = WordRAM(depth=2 * depth, elems=tp, width=dw)
+                m.submodules[f"{which}mem{g}"] = ram
+                m.d.comb += [ram.wr_en.eq(en), ram.wr_addr.eq(w2_line), ram.wr_data.eq(w2_data)]
+                out.append(ram)
         return xmem, wmem
 
     # ---- X fetch: read, output register, copy network -----------------------------------
@@ -159,14 +156,10 @@ class OperandBuffers(wiring.Component):
         ltc = log2(tc)
         word = data.ArrayLayout(unsigned(dw), tp)
         cur = []
-        for g, mem in enumerate(xmem):
-            rp = mem.read_port(domain="comb")
-            m.d.comb += rp.addr.eq(self.rd_xaddr)
-            rd = Signal(word, name=f"f1_x{g}")
-            m.d.sync += rd.eq(rp.data)
-            q = Signal(word, name=f"f2_x{g}")       # off the block RAM's slow output
-            m.d.sync += q.eq(rd)
-            cur.append(q)
+        for ram in xmem:
+            # read register and output register (the block RAM's own on ECP5): f1, f2
+            m.d.comb += ram.rd_addr.eq(self.rd_xaddr)
+            cur.append(ram.rd_data)
         # The group the request reads, shifted by k: c = (a mod F) << log2(k), registered
         # with the data (f1, f2); the level selects are decoded a stage ahead of their
         # multiplexers, per PE (``_rep``), each driving the ``tp`` elements of one word.
@@ -216,14 +209,9 @@ class OperandBuffers(wiring.Component):
             m.d.sync += d.eq(r)
             r = d
         wq = []
-        for pe, mem in enumerate(wmem):
-            rp = mem.read_port(domain="comb")
-            m.d.comb += rp.addr.eq(r.waddr)
-            rd = Signal(word, name=f"f1_w{pe}")
-            m.d.sync += rd.eq(rp.data)
-            q = Signal(word, name=f"f2_w{pe}")
-            m.d.sync += q.eq(rd)
-            wq.append(q)
+        for ram in wmem:
+            m.d.comb += ram.rd_addr.eq(r.waddr)
+            wq.append(ram.rd_data)
 
         f1 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f1_req")
         m.d.sync += [f1.valid.eq(r.valid), f1.tag.eq(r.tag)]

@@ -95,6 +95,9 @@ def cache_key(cfg: HwConfig, target: str, versions: dict, **options) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+#: nextpnr placers the flow offers (``--placer``)
+PLACERS = ("heap", "static")
+
 #: the most nextpnr seeds one run may sweep
 MAX_SEEDS = 64
 
@@ -164,7 +167,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                progress: Progress | None = None, use_cache: bool = True,
                bitstream: bool = True, pack_only: bool = False,
                ram_bytes: int = DEFAULT_RAM_BYTES,
-               timeout: float | None = None) -> SynthResult:
+               timeout: float | None = None, placer: str = "heap") -> SynthResult:
     """Synthesise ``cfg`` for ``target`` and return its resources, Fmax and fit.
 
     * ``out_dir``: folder for the design, logs (``yosys.log``, ``nextpnr.log``),
@@ -184,6 +187,9 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
       core): resources and ``fits`` from the packed design (every resource within the
       device), no Fmax and no bitstream. For quick design-space sweeps.
     * ``timeout``: seconds allowed per tool run.
+    * ``placer``: nextpnr's placer, ``"heap"`` (its default, analytic) or ``"static"``
+      (electrostatic; on large, dense designs it spreads cells better and routing
+      converges where HeAP's placement leaves it congested, docs/synthesis.md).
 
     A design that nextpnr cannot place for lack of resources gives ``fits=False`` and
     a ``reason``; a missing tool raises :class:`~fluidnpu.synth.tools.ToolMissing`
@@ -206,6 +212,8 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     if len(seeds) > 1 and pack_only:
         raise ValueError(f"seeds = {seeds}: pack_only stops before placement, so every seed "
                          "gives the same result; give one seed")
+    if placer not in PLACERS:
+        raise ValueError(f"placer = {placer!r}: must be one of {', '.join(PLACERS)}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs = {jobs!r}: must be a positive integer")
     seed = seeds[0]
@@ -217,7 +225,9 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                "target_mhz": target_mhz,
                "ram_bytes": ram_bytes if tgt.is_board else None,
                "bitstream": bool(bitstream) if tgt.is_board else None,
-               "pack_only": bool(pack_only) if tgt.is_board else None}
+               "pack_only": bool(pack_only) if tgt.is_board else None,
+               # (only then a key: cached results of HeAP runs keep their keys)
+               **({"placer": placer} if tgt.is_board and placer != "heap" else {})}
     key = cache_key(cfg, target, versions, **options)
     cfile = cache_dir() / f"{key}.json"
     out = Path(out_dir) if out_dir is not None else _default_out_dir(target, key)
@@ -279,10 +289,10 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     if tgt.is_board:
         if len(seeds) > 1:
             seed, pnr, seed_fmax = _seed_sweep(tgt, out, seeds, jobs, target_mhz, timeout, say,
-                                               stage_s, files, versions)
+                                               stage_s, files, versions, placer=placer)
         else:
             pnr = _place_and_route(tgt, out, seed, target_mhz, timeout, say, stage_s, files,
-                                   versions, pack_only=pack_only)
+                                   versions, pack_only=pack_only, placer=placer)
         fits, reason, util, fmax, crit, placed = pnr
         if fits and fmax is not None and bitstream:      # routed (so not pack_only)
             _pack(tgt, out, timeout, say, stage_s, files)
@@ -316,7 +326,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
 
 def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
                      timeout: float | None, say: Progress, stage_s: dict, files: dict,
-                     versions: dict, *, pack_only: bool = False) -> _PnR:
+                     versions: dict, *, pack_only: bool = False, placer: str = "heap") -> _PnR:
     """Run nextpnr; returns what it gave (:class:`_PnR`).
 
     A run stopped by ``timeout`` after placement (its log has nextpnr's timing estimate
@@ -330,6 +340,8 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
     result_file = out / ("top.config" if tgt.family == "ecp5" else "top.asc")
     args = [*tgt.nextpnr_args, "--json", "top.json", "--log", "nextpnr.log",
             "--report", "report.json", "--seed", str(seed), "--timing-allow-fail", "--quiet"]
+    if placer != "heap":
+        args += ["--placer", placer]
     if tgt.family == "ecp5":
         args += ["--lpf", "top.lpf"] + ([] if pack_only else ["--textcfg", "top.config"])
     else:
@@ -383,7 +395,7 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
 
 def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None,
                 target_mhz: float, timeout, say: Progress, stage_s: dict, files: dict,
-                versions: dict) -> tuple[int, _PnR, dict]:
+                versions: dict, placer: str = "heap") -> tuple[int, _PnR, dict]:
     """Place and route ``out/top.json`` once per seed, ``jobs`` at once; keep the best.
 
     Returns ``(seed, run, seed_fmax)`` of the best run (highest Fmax; the first seed on a
@@ -405,7 +417,7 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
             except OSError:
                 shutil.copy(out / name, dst)
         st, fl = {}, {}
-        r = _place_and_route(tgt, d, s, target_mhz, timeout, say, st, fl, versions)
+        r = _place_and_route(tgt, d, s, target_mhz, timeout, say, st, fl, versions, placer=placer)
         say("nextpnr", f"seed {s}: " + (f"{r.fmax:.2f} MHz" if r.fmax is not None else
                                         r.reason if r.placed is not None else
                                         f"does not fit: {r.reason}"))

@@ -26,7 +26,7 @@ class SweepError(ValueError):
 AXES = ("model", "scenario", "scheduler", "mapping", "seed")
 _TOP = {"name", "base", "grid", "hw", "synth", "perf", "serve", "scenario", "plot", "seed", "description"}
 _SYNTH_KEYS = {"target", "pack_only", "seed", "seeds", "target_mhz", "timeout_s", "max_parallel",
-               "bitstream"}
+               "bitstream", "placer"}
 _PERF_KEYS = {"batches"}
 _SERVE_KEYS = {"b_max", "slo_reference"}
 _PLOT_KEYS = {"x", "y"}
@@ -269,6 +269,12 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
                 raise SweepError(f"{where}: synth.seeds = {raw!r}: pack_only stops before "
                                  "placement; a seed sweep needs place and route")
             synth["seeds"], synth["seed"] = list(seeds), seeds[0]
+        if "placer" in s:       # (only then a key, as for seeds)
+            from .flow import PLACERS
+            if s["placer"] not in PLACERS:
+                raise SweepError(f"{where}: synth.placer = {s['placer']!r}: must be one of "
+                                 f"{', '.join(PLACERS)}")
+            synth["placer"] = s["placer"]
         for k in ("target_mhz", "timeout_s"):
             if synth[k] is not None:
                 _pos_num(where, f"synth.{k}", synth[k])

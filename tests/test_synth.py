@@ -66,6 +66,8 @@ if kind == "yosys":
 if kind == "nextpnr":
     import json
     shutil.copy(os.environ["FAKE_NEXTPNR_LOG"], opt("--log"))
+    with open(count.parent / "nextpnr.args", "a") as f:
+        f.write(" ".join(args) + "\n")
     seed = opt("--seed")
     if os.environ.get("FAKE_NEXTPNR_SLEEP"):       # a run that outlasts the timeout
         import time
@@ -282,6 +284,21 @@ def test_flow_board_with_fake_tools(fake_tools, tmp_path):
     assert fake_tools("nextpnr") == 2
     synthesize(SMALL, "ulx3s-85f", tmp_path / "d", use_cache=False)
     assert fake_tools("nextpnr") == 3
+
+
+def test_flow_placer_option(fake_tools, tmp_path):
+    """--placer static reaches nextpnr (HeAP, its default, passes nothing), is part of the
+    cache key, and a placer nextpnr lacks is refused before any tool runs."""
+    args = tmp_path / "counts" / "nextpnr.args"
+    synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
+    assert "--placer" not in args.read_text()
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "b", placer="static")
+    assert not r.cached and fake_tools("nextpnr") == 2
+    assert args.read_text().splitlines()[-1].count("--placer static") == 1
+    assert synthesize(SMALL, "ulx3s-85f", tmp_path / "c", placer="static").cached
+    with pytest.raises(ValueError, match="placer = 'sa'"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "d", placer="sa")
+    assert fake_tools("nextpnr") == 2 and fake_tools("yosys") == 2
 
 
 def test_flow_seed_sweep_keeps_the_best(fake_tools, tmp_path, monkeypatch):

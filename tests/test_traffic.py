@@ -1,0 +1,56 @@
+"""The tiled traffic (fluidnpu.sim.traffic) against the compulsory one, by hand. The RTL
+check (the bench's read and write counts equal ``tiled_traffic`` on every random layer) is in
+tests/test_cycle_model.py."""
+import pytest
+
+from fluidnpu.hw.config import HwConfig
+from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
+from fluidnpu.hw.layout import compulsory_traffic
+from fluidnpu.metrics import gemm_metrics
+from fluidnpu.sim.cycle_model import CycleModelError
+from fluidnpu.sim.traffic import tiled_traffic
+
+CFG = HwConfig()        # 4 x 4, mem_bytes 4, chunk_max(1) = 1024
+
+
+def test_single_step_moves_the_compulsory_bytes():
+    """One row tile, one column tile, one chunk: every operand once."""
+    R, P, C = 20, 300, 4
+    t = tiled_traffic(CFG, R, P, C, bp=1, k=1, bias=True, out_mode=OUT_RAW)
+    rd, wr = compulsory_traffic(CFG, R, P, C, True, OUT_RAW)
+    assert (t.read_beats * CFG.mem_bytes, t.write_beats * CFG.mem_bytes) == (rd, wr)
+
+
+def test_chunks_refetch_x_per_column_tile_and_w_per_row_tile():
+    R, P, C = 64, 1152, 64             # 2 row tiles, 16 column tiles, 2 chunks
+    t = tiled_traffic(CFG, R, P, C, bp=1, k=1, bias=False, out_mode=OUT_REQUANT)
+    xb = R * 1152 // 4                 # one pass over X, in beats
+    wb = C * 1152 // 4
+    assert t.read_beats == 16 * xb + 2 * wb
+    assert t.write_beats == R * 16      # each row of each 4-column tile: one beat
+    # one chunk (P within chunk_max): X once per row tile, W once per row tile
+    t1 = tiled_traffic(CFG, R, 1024, C, bp=1, k=1, bias=False, out_mode=OUT_REQUANT)
+    assert t1.read_beats == R * 256 + 2 * C * 256
+
+
+def test_narrow_column_tiles_write_whole_beats():
+    """k = tc: one column per tile, so every output element takes a raw beat of its own."""
+    t = tiled_traffic(CFG, 8, 16, 8, bp=1, k=4, bias=False, out_mode=OUT_RAW)
+    assert t.write_beats == 8 * 8
+    assert t.write_beats * 4 == compulsory_traffic(CFG, 8, 16, 8, False, OUT_RAW)[1]
+    t = tiled_traffic(CFG, 8, 16, 8, bp=1, k=4, bias=False, out_mode=OUT_REQUANT)
+    assert t.write_beats == 8 * 8       # 1 byte used of each 4-byte beat
+    assert t.write_beats * 4 > compulsory_traffic(CFG, 8, 16, 8, False, OUT_REQUANT)[1]
+
+
+def test_metrics_report_both_rooflines():
+    m = gemm_metrics(CFG, 64, 1152, 64, 1_000_000, bias=False, requant=True)
+    assert m["roofline_cycles_tiled"] > m["roofline_cycles"]
+    assert m["bound_tiled"] == "memory"
+    m = gemm_metrics(CFG, 64, 256, 64, 1_000_000, bias=False, requant=True)
+    assert m["bound_tiled"] == "compute" and m["roofline_cycles_tiled"] == 64 * 256 * 64 // 16
+
+
+def test_bad_policy_is_refused():
+    with pytest.raises(CycleModelError, match="k = 3"):
+        tiled_traffic(CFG, 8, 8, 8, bp=1, k=3, bias=False)
