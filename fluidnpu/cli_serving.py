@@ -81,8 +81,8 @@ def _jsonable(x):
 @_user_errors
 def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, as_json, config_path, sets):
     """Simulate one scheduler serving a scenario; latency, SLO attainment, utilisation."""
-    from fluidnpu.sim.serving import for_requests, generate_requests, load_scenario, run, scale_rates, slo_bases
-    from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO, load_with_spec, serving_tables, truncate_requests
+    from fluidnpu.sim.serving import draw_requests, generate_requests, load_scenario, run, scale_rates, slo_bases
+    from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO, load_with_spec, serving_tables
 
     t0 = time.perf_counter()
     given = config_path is not None or bool(sets)
@@ -107,10 +107,9 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
             tabs = serving_tables(sc, cfg)
         ref = tabs["rbatch"]
         if n_requests is not None:
-            sc = for_requests(sc, n_requests, seed)
-        reqs = generate_requests(sc, seed, slo_bases(sc, ref))
-        if n_requests is not None:
-            reqs = truncate_requests(reqs, n_requests)
+            sc, reqs = draw_requests(sc, n_requests, seed, slo_bases(sc, ref))
+        else:
+            reqs = generate_requests(sc, seed, slo_bases(sc, ref))
         with con.status(f"simulating {len(reqs):,} requests ({scheduler} on {hw})...", spinner="dots") \
                 if not as_json else _null():
             t1 = time.perf_counter()

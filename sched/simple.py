@@ -15,6 +15,7 @@ __all__ = ["FCFS", "Dynamic", "Clipper"]
 class FCFS(Scheduler):
     """Batch size 1, oldest request first, run to completion."""
     name = "fcfs"
+    work_conserving = True
 
     def decide(self, view):
         m = view.oldest_model()

@@ -12,7 +12,8 @@ import numpy as np
 from ..workloads.model import EEModel
 from .arrivals import MMPP2, ArrivalError, ArrivalProcess, GammaRenewal, Poisson, TraceReplay
 
-__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "scale_rates",
+__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "draw_requests",
+           "scale_rates",
            "load_scenario", "scenario_from_dict"]
 
 DEFAULT_SLO_MULTS = (2.0, 5.0, 10.0, 20.0, 50.0)
@@ -188,6 +189,12 @@ def for_requests(scenario: Scenario, n: int, seed: int) -> Scenario:
     """``scenario`` with a duration in which at least ``n`` requests arrive with ``seed``:
     1.2 n over the mean rate, doubled while the draw falls short; the warm-up time scales
     with it. A scenario whose arrivals end first (a trace) is an error naming both counts."""
+    return draw_requests(scenario, n, seed, {m.name: 1.0 for m in scenario.models})[0]
+
+
+def draw_requests(scenario: Scenario, n: int, seed: int, slo_base_s: Mapping[str, float]) -> tuple[Scenario, Requests]:
+    """:func:`for_requests` and the draw it made: the scenario and its first ``n`` requests
+    (the same as ``generate_requests`` on that scenario, truncated), drawn once."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ScenarioError(f"requests = {n!r}: must be a positive integer")
     dur = n / scenario.mean_rate
@@ -195,9 +202,13 @@ def for_requests(scenario: Scenario, n: int, seed: int) -> Scenario:
     for _ in range(16):
         sc = replace(scenario, duration_s=1.2 * dur + 1e-9,
                      warmup_s=min(scenario.warmup_s, scenario.warmup_s / scenario.duration_s * dur))
-        got = len(generate_requests(sc, seed, {m.name: 1.0 for m in sc.models}))
+        reqs = generate_requests(sc, seed, slo_base_s)
+        got = len(reqs)
         if got >= n:
-            return sc
+            if got > n:
+                reqs = Requests(arrival=reqs.arrival[:n], device=reqs.device[:n], model=reqs.model[:n],
+                                exit=reqs.exit[:n], slo_s=reqs.slo_s[:n])
+            return sc, reqs
         dur *= 2
     raise ScenarioError(f"requests = {n}: scenario {scenario.name!r} gives only {got} requests with seed {seed} "
                         f"(in {sc.duration_s:.6g} s); ask for at most {got}")
