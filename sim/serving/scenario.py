@@ -1,6 +1,7 @@
 """Serving scenarios: devices (model, arrivals, SLO), horizon, warm-up; TOML loader; request draws."""
 from __future__ import annotations
 
+import hashlib
 import math
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -97,6 +98,15 @@ class Scenario:
             if models.setdefault(d.model.name, d.model) != d.model:
                 raise ScenarioError(f"{w}: two different models are named {d.model.name!r}")
         object.__setattr__(self, "devices", devs)
+        dwell = {}
+        for d in devs:
+            a = d.arrivals
+            if isinstance(a, MMPP2) and a.group is not None and \
+                    dwell.setdefault(a.group, (d.name, a.dwell_s))[1] != a.dwell_s:
+                first, dw = dwell[a.group]
+                raise ScenarioError(f"{w}: device {d.name!r}: arrivals.dwell_s = {list(a.dwell_s)} in group "
+                                    f"{a.group!r}: must equal {list(dw)} (device {first!r}): a group shares one "
+                                    f"state path")
         _num(w, "duration_s", self.duration_s)
         _num(w, "warmup_requests", self.warmup_requests, strict=False, integer=True)
         _num(w, "warmup_s", self.warmup_s, strict=False)
@@ -139,21 +149,35 @@ class Requests:
         return int(self.arrival.size)
 
 
+def _group_entropy(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+
+
 def generate_requests(scenario: Scenario, seed: int, slo_base_s: Mapping[str, float]) -> Requests:
     """Draw arrivals and exits for every device, independent of any scheduler.
 
     Device ``i`` uses generators seeded by ``(seed, i, 0)`` (arrivals) and
     ``(seed, i, 1)`` (exits), so a seed fixes the same requests for every scheduler.
+    MMPP devices of one ``group`` share a state path drawn from ``(seed, digest of the
+    group name, 2)``, so adding a device changes no other device's draws.
     ``slo_base_s`` maps model name to the SLO base (isolated batch-1 latency).
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ScenarioError(f"seed = {seed!r}: must be a non-negative integer")
     midx = {m.name: i for i, m in enumerate(scenario.models)}
     parts = []
+    paths = {}
     for i, d in enumerate(scenario.devices):
         rng_a = np.random.default_rng(np.random.SeedSequence([int(seed), i, 0]))
         rng_e = np.random.default_rng(np.random.SeedSequence([int(seed), i, 1]))
-        t = np.asarray(d.arrivals.generate(rng_a, scenario.duration_s), dtype=float)
+        a = d.arrivals
+        if isinstance(a, MMPP2) and a.group is not None:        # one state path per group, shared
+            if a.group not in paths:
+                paths[a.group] = a.state_path(np.random.default_rng(np.random.SeedSequence(
+                    [int(seed), _group_entropy(a.group), 2])), scenario.duration_s)
+            t = a.arrivals_on(rng_a, paths[a.group])
+        else:
+            t = np.asarray(a.generate(rng_a, scenario.duration_s), dtype=float)
         ex = rng_e.choice(d.model.n_exits, size=t.size, p=np.asarray(d.model.exit_probs, float) /
                           sum(d.model.exit_probs))
         if d.model.name not in slo_base_s:
@@ -220,7 +244,7 @@ def _arrivals_from(w: str, a, base: Path, dev_name: str) -> ArrivalProcess:
     if not isinstance(a, dict):
         raise ScenarioError(f"{w}: arrivals = {a!r}: must be a table with 'kind'")
     kind = a.get("kind")
-    allowed = {"poisson": {"rate"}, "gamma": {"rate", "cv"}, "mmpp": {"rates", "dwell_s"},
+    allowed = {"poisson": {"rate"}, "gamma": {"rate", "cv"}, "mmpp": {"rates", "dwell_s", "group"},
                "trace": {"path", "device"}}
     if kind not in allowed:
         raise ScenarioError(f"{w}: arrivals.kind = {kind!r}: must be one of {sorted(allowed)}")
@@ -234,7 +258,7 @@ def _arrivals_from(w: str, a, base: Path, dev_name: str) -> ArrivalProcess:
         if kind == "gamma":
             return GammaRenewal(a["rate"], a["cv"])
         if kind == "mmpp":
-            return MMPP2(tuple(a["rates"]), tuple(a["dwell_s"]))
+            return MMPP2(tuple(a["rates"]), tuple(a["dwell_s"]), a.get("group"))
         p = Path(a["path"])
         return TraceReplay(path=str(p if p.is_absolute() else base / p), device=str(a.get("device", dev_name)))
     except KeyError as e:
