@@ -57,7 +57,8 @@ class Scheduler:
     ``work_conserving = True`` promises that where a decision has one work-conserving
     answer the scheduler gives it and keeps nothing from the call: with the NPU idle,
     nothing paused and exactly one request queued, ``start(1, its model)``; with the NPU
-    idle, a batch paused and nothing queued, resume it. The simulator then skips those
+    idle, a batch paused and nothing queued, resume it; with a batch running and another
+    paused (the hardware holds one: nothing can be preempted), HOLD. The simulator then skips those
     calls: a request that arrives at an idle NPU and leaves before the next arrival is
     served without asking, which makes light load several times faster to simulate.
     """

@@ -97,7 +97,7 @@ class Batch:
     (``_groups``: per exit a list of request ids, or an empty tuple) is the simulator's
     private bookkeeping; schedulers must not read it.
     """
-    __slots__ = ("id", "model", "pos", "size", "n0", "t_start", "merge_at", "_groups", "_dl")
+    __slots__ = ("id", "model", "pos", "size", "n0", "t_start", "merge_at", "_groups", "_dl", "_rids")
 
     def __init__(self, bid, model, rids, exits, deadline, n_exits, t):
         self.id, self.model, self.pos, self.size, self.n0, self.t_start = bid, model, 0, len(rids), len(rids), t
@@ -115,6 +115,7 @@ class Batch:
                     g[e] = [r]
         self._groups = g
         self._dl = deadline
+        self._rids = rids if len(rids) == 1 else None
 
     @property
     def min_deadline(self) -> float:
@@ -129,10 +130,14 @@ class Batch:
             if g:
                 mine[i] = [*mine[i], *g]
         self.size += other.size
+        self._rids = None
 
     def rids(self) -> list[int]:
         """Member request ids in arrival order (the order reveals nothing about exits)."""
-        return sorted(r for g in self._groups for r in g)
+        r = self._rids
+        if r is None:
+            r = self._rids = sorted(r for g in self._groups for r in g)
+        return list(r)
 
     def deadlines(self) -> list[float]:
         """Members' deadlines, in arrival order of the members."""
@@ -140,7 +145,8 @@ class Batch:
         return [dl[r] for r in self.rids()]
 
     def _refresh(self):
-        """Kept for callers that changed ``_groups`` (the minimum deadline is computed when read)."""
+        """Call after changing ``_groups`` (forgets the cached member list)."""
+        self._rids = None
 
     def __repr__(self):
         return f"Batch(id={self.id}, model={self.model}, pos={self.pos}, size={self.size})"

@@ -232,6 +232,7 @@ class Simulator:
             l_fin, l_not, l_ops, l_macs, l_busy = lone
             n_not = len(l_not)
         bw = bt = 0.0                                         # busy seconds after warm-up, in all
+        macs = 0                                              # MACs after warm-up
         t, nxt, need = 0.0, 0, True
         while True:
             if nxt < N and arr[nxt] <= t:                     # admit the arrivals up to now
@@ -260,7 +261,7 @@ class Simulator:
                             taken[nxt:j] = drawn[nxt:j]
                             state[nxt:j] = bytes((DONE,)) * k
                             op_hist[1] += int(l_ops[j] - l_ops[nxt])
-                            self.macs_w += int(l_macs[j] - l_macs[nxt])
+                            macs += int(l_macs[j] - l_macs[nxt])
                             self.start_hist[1] += k
                             b = float(l_busy[j] - l_busy[nxt])
                             bw += b
@@ -312,16 +313,19 @@ class Simulator:
                 need = True
                 continue
             if need and preemptive and self.n_queued:         # layer boundary with work waiting
-                self.now = t
-                d = decide(self)
-                k = d[0]
-                if k == "hold":
-                    need = False
-                elif k == "preempt":
-                    t = self._preempt(d, t)
-                    run = self.running
-                elif k != "continue":
-                    self._fail(f"{k}: not allowed while a batch is running (use CONTINUE, HOLD, preempt)")
+                if resume and self.paused is not None:        # nothing can be preempted: a work-conserving
+                    need = False                              # scheduler holds; no need to ask
+                else:
+                    self.now = t
+                    d = decide(self)
+                    k = d[0]
+                    if k == "hold":
+                        need = False
+                    elif k == "preempt":
+                        t = self._preempt(d, t)
+                        run = self.running
+                    elif k != "continue":
+                        self._fail(f"{k}: not allowed while a batch is running (use CONTINUE, HOLD, preempt)")
             pl = plans[run.model]
             s, p = run.size, run.pos
             c = pl.cum[s]
@@ -344,7 +348,8 @@ class Simulator:
             if t >= tw:
                 bw += t1 - t
                 op_hist[s] += stop - p
-                self.macs_w += (pl.cum_macs[stop] - pl.cum_macs[p]) * s
+                cm = pl.cum_macs
+                macs += (cm[stop] - cm[p]) * s
             elif t1 > tw:
                 bw += t1 - tw
             t = t1
@@ -362,6 +367,7 @@ class Simulator:
                         state[r] = DONE
                     run.size -= len(g)
                     run._groups[h] = ()
+                    run._rids = None
                     need = True
                     if hook_exit:
                         self.now = t
@@ -388,6 +394,7 @@ class Simulator:
                     self._check_disjoint()
         self.busy_w += bw
         self.busy_total += bt
+        self.macs_w += macs
         self.now = t
         self.t_end = t
         if check:
