@@ -137,15 +137,13 @@ def _put(d: dict, key: str, per_seed) -> None:
     d[key], d[key + "_ci95"], d[key + "_per_seed"] = _figure(per_seed)
 
 
-def summarise(runs: dict, chosen: dict, spec: CompareSpec, models: list, attainable: dict) -> tuple[list, dict]:
-    """``(cells, summary)`` of a compare (see the module docstring)."""
-    seeds, n = spec.seeds, len(spec.seeds)
-    scored = [m for m in models if attainable[m]["attainable"]]
+def _cells(runs, chosen, spec, models, scored) -> list[dict]:
+    """Per (pattern, load): entries per hardware and scheduler, and the best baselines per class."""
     tail_cell = (spec.tail_pattern, max(spec.loads))
     cells = []
     for p in spec.patterns:
         for l in spec.loads:
-            hw_e = {hw: {name: _entry(runs, p, l, name, hw, *chosen[(p, l, name, hw)], seeds, scored, models)
+            hw_e = {hw: {name: _entry(runs, p, l, name, hw, *chosen[(p, l, name, hw)], spec.seeds, scored, models)
                          for name in SCHEDULERS} for hw in HARDWARE}
             best = {hw: {cls: {"latency": _best(hw_e[hw], names, "mean_ms", True),
                                "tail": _best(hw_e[hw], names, "attainment", False)}
@@ -154,57 +152,69 @@ def summarise(runs: dict, chosen: dict, spec: CompareSpec, models: list, attaina
                           "schedulers": {name: hw_e["fluid" if name == "fluid" else "rbatch"][name]
                                          for name in SCHEDULERS},
                           "tail_cell": (p, l) == tail_cell})
-    tc = next(c for c in cells if (c["pattern"], c["load"]) == tail_cell)
+    return cells
 
-    def comparison(fluid_hw, base_hws, same):
-        """Per class: ratios of fluid on ``fluid_hw`` (or on each base hardware when ``same``)."""
-        out = {}
-        for cls in CLASSES:
-            lat_pairs, tail_pairs = [], []
-            for c in cells:
-                for hw in base_hws:
-                    f = c["hardware"][hw if same else fluid_hw]["fluid"]
-                    b = c["hardware"][hw][c["best"][hw][cls]["latency"]]
-                    if same:
-                        _same_hw(f, b, f"{c['pattern']}@{c['load']:g}")
-                    lat_pairs.append((f, b))
-            for hw in base_hws:
-                f = tc["hardware"][hw if same else fluid_hw]["fluid"]
-                b = tc["hardware"][hw][tc["best"][hw][cls]["tail"]]
-                if same:
-                    _same_hw(f, b, f"tail cell {tc['pattern']}@{tc['load']:g}")
-                tail_pairs.append((f, b))
-            d = {}
-            _put(d, "avg_latency_ratio", _lat_ratios(lat_pairs, n))
-            att, p99 = _tail_ratios(tail_pairs, n, scored) if scored else (None, None)
-            _put(d, "tail_ratio", att)
-            _put(d, "tail_p99_ratio", p99)
-            d["baselines"] = {"latency": {f"{c['pattern']}@{c['load']:g}": {hw: c["best"][hw][cls]["latency"]
-                                                                            for hw in base_hws} for c in cells},
-                              "tail": {hw: tc["best"][hw][cls]["tail"] for hw in base_hws}}
-            out[cls] = d
-        return out
 
-    system = comparison("fluid", ("rbatch",), False)
-    sched = comparison(None, HARDWARE, True)
-    sched["by_hardware"] = {hw: comparison(None, (hw,), True) for hw in HARDWARE}
-    # the hardware alone: the same scheduler on rbatch over on fluid hardware
-    hw_only = {}
-    for who in ("fluid", "best_baseline"):
+def _comparison(cells, tc, scored, n, fluid_hw, base_hws, same) -> dict:
+    """Per class: fluid on ``fluid_hw`` (``same``: on each base hardware) against the class's best on ``base_hws``."""
+    out = {}
+    for cls in CLASSES:
         lat_pairs, tail_pairs = [], []
+        for c in cells:
+            for hw in base_hws:
+                f = c["hardware"][hw if same else fluid_hw]["fluid"]
+                b = c["hardware"][hw][c["best"][hw][cls]["latency"]]
+                if same:
+                    _same_hw(f, b, f"{c['pattern']}@{c['load']:g}")
+                lat_pairs.append((f, b))
+        for hw in base_hws:
+            f = tc["hardware"][hw if same else fluid_hw]["fluid"]
+            b = tc["hardware"][hw][tc["best"][hw][cls]["tail"]]
+            if same:
+                _same_hw(f, b, f"tail cell {tc['pattern']}@{tc['load']:g}")
+            tail_pairs.append((f, b))
+        d = {}
+        _put(d, "avg_latency_ratio", _lat_ratios(lat_pairs, n))
+        att, p99 = _tail_ratios(tail_pairs, n, scored) if scored else (None, None)
+        _put(d, "tail_ratio", att)
+        _put(d, "tail_p99_ratio", p99)
+        d["baselines"] = {"latency": {f"{c['pattern']}@{c['load']:g}": {hw: c["best"][hw][cls]["latency"]
+                                                                        for hw in base_hws} for c in cells},
+                          "tail": {hw: tc["best"][hw][cls]["tail"] for hw in base_hws}}
+        out[cls] = d
+    return out
+
+
+def _hardware_only(cells, tc, scored, n) -> dict:
+    """The same scheduler (fluid; the best baseline on rbatch) on rbatch over on fluid hardware."""
+    out = {}
+    for who in ("fluid", "best_baseline"):
+        lat_pairs = []
         for c in cells:
             name = "fluid" if who == "fluid" else c["best"]["rbatch"]["vs_best"]["latency"]
             lat_pairs.append((c["hardware"]["fluid"][name], c["hardware"]["rbatch"][name]))
         name = "fluid" if who == "fluid" else tc["best"]["rbatch"]["vs_best"]["tail"]
-        tail_pairs.append((tc["hardware"]["fluid"][name], tc["hardware"]["rbatch"][name]))
+        tail_pairs = [(tc["hardware"]["fluid"][name], tc["hardware"]["rbatch"][name])]
         d = {}
         _put(d, "avg_latency_ratio", _lat_ratios(lat_pairs, n))
         _put(d, "tail_ratio", _tail_ratios(tail_pairs, n, scored)[0] if scored else None)
-        hw_only[who] = d
+        out[who] = d
+    return out
+
+
+def summarise(runs: dict, chosen: dict, spec: CompareSpec, models: list, attainable: dict) -> tuple[list, dict]:
+    """``(cells, summary)`` of a compare (see the module docstring)."""
+    n = len(spec.seeds)
+    scored = [m for m in models if attainable[m]["attainable"]]
+    cells = _cells(runs, chosen, spec, models, scored)
+    tc = next(c for c in cells if c["tail_cell"])
+    system = _comparison(cells, tc, scored, n, "fluid", ("rbatch",), False)
+    sched = _comparison(cells, tc, scored, n, None, HARDWARE, True)
+    sched["by_hardware"] = {hw: _comparison(cells, tc, scored, n, None, (hw,), True) for hw in HARDWARE}
     best = system["vs_best"]
     fl = tc["hardware"]["fluid"]["fluid"]
     summary = {
-        "system": system, "scheduler_only": sched, "hardware_only": hw_only,
+        "system": system, "scheduler_only": sched, "hardware_only": _hardware_only(cells, tc, scored, n),
         "tail_cell": {"pattern": tc["pattern"], "load": tc["load"], "metric": "own-SLO attainment, models equally "
                       "weighted", "scored_models": scored,
                       "unscored_models": [m for m in models if m not in scored],
