@@ -81,8 +81,8 @@ def _jsonable(x):
 @_user_errors
 def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, as_json, config_path, sets):
     """Simulate one scheduler serving a scenario; latency, SLO attainment, utilisation."""
-    from fluidnpu.sim.serving import for_requests, generate_requests, load_scenario, run, scale_rates, slo_bases
-    from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO, load_with_spec, serving_tables, truncate_requests
+    from fluidnpu.sim.serving import draw_requests, generate_requests, load_scenario, run, scale_rates, slo_bases
+    from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO, load_with_spec, serving_tables
 
     t0 = time.perf_counter()
     given = config_path is not None or bool(sets)
@@ -107,10 +107,9 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
             tabs = serving_tables(sc, cfg)
         ref = tabs["rbatch"]
         if n_requests is not None:
-            sc = for_requests(sc, n_requests, seed)
-        reqs = generate_requests(sc, seed, slo_bases(sc, ref))
-        if n_requests is not None:
-            reqs = truncate_requests(reqs, n_requests)
+            sc, reqs = draw_requests(sc, n_requests, seed, slo_bases(sc, ref))
+        else:
+            reqs = generate_requests(sc, seed, slo_bases(sc, ref))
         with con.status(f"simulating {len(reqs):,} requests ({scheduler} on {hw})...", spinner="dots") \
                 if not as_json else _null():
             t1 = time.perf_counter()
@@ -174,22 +173,27 @@ class _null:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (summary, per-scheduler figures).")
 @click.option("--requests", "n_requests", type=click.IntRange(min=50),
               help="Requests per run (overrides [compare].requests).")
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1, max=1000),
+              help="Run seeds 1..N (overrides [compare].seeds; the first min(N, tune_seeds) tune the knobs).")
 @click.option("--jobs", type=click.IntRange(min=1), help="Worker processes (default: up to 2).")
 @_config_options
 @_user_errors
-def compare(scenario_path, out_dir, as_json, n_requests, jobs, config_path, sets):
-    """Every scheduler over loads and arrival patterns, baselines tuned per load; table, CSV, plots, report."""
+def compare(scenario_path, out_dir, as_json, n_requests, n_seeds, jobs, config_path, sets):
+    """Every scheduler on both hardware variants over loads and arrival patterns, baselines tuned per cell;
+    the system and scheduler-only comparisons; table, CSV, plots, report."""
     from dataclasses import replace
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fluidnpu.sim.serving.compare import load_with_spec, run_compare, serving_tables
-    from fluidnpu.sim.serving.report import table_rows, write_all
+    from fluidnpu.sim.serving.report import clean_json, write_all
 
     cfg = _load_config(config_path, sets)
     sc, spec = load_with_spec(scenario_path)
     if n_requests is not None:
         spec = replace(spec, requests=n_requests)
+    if n_seeds is not None:
+        spec = replace(spec, seeds=tuple(range(1, n_seeds + 1)), tune_seeds=spec.tune_seeds)
     con = _stderr_console()
     with con.status("mapping the models (cycle model)...", spinner="dots") if con.is_terminal else _null():
         tabs = serving_tables(sc, cfg)
@@ -210,33 +214,55 @@ def compare(scenario_path, out_dir, as_json, n_requests, jobs, config_path, sets
         res = run_compare(sc, spec, tabs, jobs=jobs, progress=progress)
     files = write_all(res, out_dir)
     if as_json:
-        click.echo(json.dumps(_jsonable(res.to_json()), indent=1))
+        click.echo(json.dumps(clean_json(res.to_json()), indent=1))
         return
+    _print_compare(res, files)
+
+
+def _print_compare(res, files) -> None:
+    """The per-cell table, the two comparisons side by side, the tail cell and the files."""
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"{sc.name}: {spec.requests:,} requests per run, seeds {', '.join(map(str, spec.seeds))}")
-    for col in ("pattern", "load", "scheduler", "hw", "mean ms [95% CI]", "p99 ms", f"SLO@{res.strict:g}x",
-                "knobs (tuned)", ""):
-        t.add_column(col, justify="right" if col in ("load", "p99 ms", f"SLO@{res.strict:g}x") else "left")
+
+    from fluidnpu.sim.serving.report import MEANINGS, summary_rows, table_rows
+    sp, s = res.spec, res.summary
+    t = Table(title=f"{res.scenario}: {sp.requests:,} requests per run, {len(sp.seeds)} seeds: mean latency (ms) "
+                    f"and SLO attainment (own SLOs, scored models equally weighted) on each hardware; 95% "
+                    f"intervals in the report")
+    for col in ("pattern", "load", "scheduler", "rbatch ms", "rbatch SLO", "fluid ms", "fluid SLO", "p99 ms",
+                "best thr."):
+        t.add_column(col, justify="left" if col in ("pattern", "scheduler", "best thr.") else "right")
     prev = None
-    for r in table_rows(res):
+    for r in table_rows(res, intervals=False):
         if prev is not None and r[:2] != prev:
             t.add_section()
         prev = r[:2]
-        t.add_row(*[("[bold red]" + x + "[/]") if r[2] == "fluid" and i == 4 else x for i, x in enumerate(r)])
-    Console().print(t)
-    s = res.summary
+        t.add_row(*[f"[bold red]{x}[/]" if r[2] == "fluid" and i in (3, 5) else x for i, x in enumerate(r)])
+    con = Console() if sys.stdout.isatty() else Console(width=120)
+    con.print(t)
+    t2 = Table(title="fluid against the baselines (ratio [95% CI]; above 1 fluid is better)")
+    for col in ("comparison", "figure", "vs throughput", "vs prema", "vs best"):
+        t2.add_column(col, justify="left" if col in ("comparison", "figure") else "right")
+    prev = None
+    for r in summary_rows(res):
+        if prev is not None and r[0] != prev:
+            t2.add_section()
+        prev = r[0]
+        t2.add_row(*r)
+    con.print(t2)
     tc = s["tail_cell"]
-    click.echo(f"avg_latency_ratio {s['avg_latency_ratio']:.2f}x (95% CI {s['avg_latency_ratio_ci95'][0]:.2f}-"
-               f"{s['avg_latency_ratio_ci95'][1]:.2f}; paper 1.97x): best tuned baseline's mean latency / fluid's, "
-               f"geometric mean over {len(res.cells)} cells")
-    tr = s["tail_slo_ratio"]
-    click.echo(f"tail_slo_ratio {'-' if tr is None else f'{tr:.2f}'}x (95% CI {s['tail_slo_ratio_ci95'][0]:.2f}-"
-               f"{s['tail_slo_ratio_ci95'][1]:.2f}; paper 6.7x): SLO attainment at {tc['slo_mult']:g}x, "
-               f"{tc['pattern']} at load {tc['load']:g}: fluid {tc['fluid_attainment']:.3f} vs "
-               f"{tc['best_baseline']} {tc['best_baseline_attainment']:.3f}")
-    click.echo(f"ablation: scheduler alone {s['scheduler_only_avg_latency_ratio']:.2f}x, hardware alone "
-               f"{s['hardware_only_avg_latency_ratio']:.2f}x (mean latency)")
+    click.echo(f"system: {MEANINGS['system']}.")
+    click.echo(f"scheduler only: {MEANINGS['scheduler_only']}.")
+    click.echo(f"mean latency: {MEANINGS['avg_latency_ratio']}. tail: {MEANINGS['tail_ratio']} "
+               f"({tc['pattern']} at load {tc['load']:g}); p99: {MEANINGS['tail_p99_ratio']}.")
+    bad = [f"{m} (best {a['best']:.3f} by {a['by']})" for m, a in res.attainable.items() if not a["attainable"]]
+    if bad:
+        click.echo(f"unattainable SLOs (below {sp.attainable:.0%} for every scheduler at load {sp.probe_load:g}), "
+                   f"not scored: {', '.join(bad)}")
+    if s["tail_unattainable"]:
+        click.echo("no model's SLO is attainable: the tail figures are not scored")
+    click.echo(f"paper: {s['paper']['avg_latency_ratio']}x mean latency, {s['paper']['tail_ratio']}x tail SLO "
+               f"attainment, against throughput-maximising systems")
     click.echo(f"{len(res.runs)} runs in {res.elapsed_s:.1f} s")
     click.echo(f"plots: {', '.join(files['plots'])}")
     click.echo(f"report: {files['report']}; CSV: {', '.join(files['csv'])}; JSON: {files['json']}")

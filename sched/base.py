@@ -54,9 +54,17 @@ class Scheduler:
     ``knob_spec`` maps knob name to ``(default, check, allowed)``: ``check(v)`` is true
     for a valid value, ``allowed`` describes the valid values for error messages.
     ``preemptive = False`` schedulers are asked only when no batch is running.
+    ``work_conserving = True`` promises that where a decision has one work-conserving
+    answer the scheduler gives it and keeps nothing from the call: with the NPU idle,
+    nothing paused and exactly one request queued, ``start(1, its model)``; with the NPU
+    idle, a batch paused and nothing queued, resume it; with a batch running and another
+    paused (the hardware holds one: nothing can be preempted), HOLD. The simulator then skips those
+    calls: a request that arrives at an idle NPU and leaves before the next arrival is
+    served without asking, which makes light load several times faster to simulate.
     """
     name = "base"
     preemptive = False
+    work_conserving = False
     knob_spec: dict = {}
 
     def __init__(self, **knobs):

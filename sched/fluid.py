@@ -6,6 +6,7 @@ only (never the drawn exits): every prediction comes from :mod:`.predict`.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections import deque
 from itertools import islice
 
 from .base import CONTINUE, HOLD, MAX_BATCH, Scheduler, is_nonneg, register, preempt, start
@@ -37,6 +38,7 @@ class Fluid(Scheduler):
     latency alone. See docs/serving.md.
     """
     name = "fluid"
+    work_conserving = True
     preemptive = True
     knob_spec = {"max_batch": MAX_BATCH,
                  "miss_weight": (1.0, is_nonneg, "a number >= 0 (SLO budgets per expected miss)"),
@@ -44,6 +46,7 @@ class Fluid(Scheduler):
 
     def reset(self, view):
         self.pred = [predictor(pl) for pl in view.plans]
+        self._cap = [self.batch_cap(view, m) for m in range(len(view.plans))]
         self._at_risk = False
 
     def decide(self, view):
@@ -54,9 +57,10 @@ class Fluid(Scheduler):
         X = run if run is not None else par
         # fresh batches of the other models (of every model when nothing is running or paused)
         cands = []
+        xm = -1 if X is None else X.model
         for m, q in enumerate(view.queues):
-            if q and (X is None or m != X.model):
-                cands.append(self._fresh(view, m))
+            if q and m != xm:
+                cands.append((m, self.pred[m], 0, min(len(q), self._cap[m]), q))
         best = None
         if cands:                                # the fresh batch that should run first among them
             best = cands[0]
@@ -74,17 +78,14 @@ class Fluid(Scheduler):
         return d
 
     # -- cross-model preemption: exit-aware index and SLO slack ---------------------------
-    def _fresh(self, view, m):
-        q = view.queues[m]
-        n = min(len(q), self.batch_cap(view, m))
-        return (m, self.pred[m], 0, n, list(islice(q, n)))
-
+    # A job is (model, predictor, position, size, members): members is the model's queue
+    # for a fresh batch (its first ``size`` requests) or the running/paused Batch.
     def _job(self, view, X):
-        return (X.model, self.pred[X.model], X.pos, X.size, X.rids())
+        return (X.model, self.pred[X.model], X.pos, X.size, X)
 
     def _misses(self, view, job, delay):
         """Expected SLO misses of a job's members (weighted by SLO budget, s) if delayed by ``delay``."""
-        m, P, p, s, rids = job
+        m, P, p, s, src = job
         Mc = P.M[p][s]
         K = len(Mc) - 1
         a = P.alive
@@ -95,7 +96,7 @@ class Fluid(Scheduler):
         dl, slo = view.deadline, view.slo
         horizon = now + delay + Mc[-1]
         out = 0.0
-        for r in rids:
+        for r in (islice(src, s) if type(src) is deque else src.rids()):
             d = dl[r]
             if d >= horizon:
                 continue
@@ -135,7 +136,7 @@ class Fluid(Scheduler):
         m, s, p = X.model, X.size, X.pos
         q = view.queues[m]
         nq = len(q)
-        cap = self.batch_cap(view, m)
+        cap = self._cap[m]
         n = min(nq, cap - s)
         if n <= 0:
             return HOLD

@@ -30,6 +30,7 @@ class Lazy(Scheduler):
     keeps its size to the last layer.
     """
     name = "lazy"
+    work_conserving = True
     preemptive = True
     knob_spec = {"max_batch": MAX_BATCH, "slack_ms": (0.0, is_nonneg, "a number of milliseconds >= 0")}
 
@@ -75,6 +76,7 @@ class Prema(Scheduler):
     PREMA's scheduling points: arrivals, exits and batch completions.
     """
     name = "prema"
+    work_conserving = True
     preemptive = True
     knob_spec = {"max_batch": MAX_BATCH,
                  "threshold": (0.5, lambda v: is_nonneg(v) and v <= 1, "a number from 0 to 1")}

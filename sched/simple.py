@@ -5,16 +5,21 @@ as samples exit; new arrivals wait for the whole batch to drain).
 """
 from __future__ import annotations
 
+from itertools import islice
+
 from .base import (CONTINUE, MAX_BATCH, Scheduler, is_frac, is_nonneg, is_nonneg_or_none, is_pos, is_pos_int,
                    register, start, wait)
 
 __all__ = ["FCFS", "Dynamic", "Clipper"]
+
+INF = float("inf")
 
 
 @register
 class FCFS(Scheduler):
     """Batch size 1, oldest request first, run to completion."""
     name = "fcfs"
+    work_conserving = True
 
     def decide(self, view):
         m = view.oldest_model()
@@ -35,6 +40,10 @@ class Dynamic(Scheduler):
                  "max_delay_ms": (1.0, is_nonneg, "a number of milliseconds >= 0"),
                  "timeout_ms": (None, is_nonneg_or_none, "None or a number of milliseconds >= 0")}
 
+    def reset(self, view):
+        self._caps = [self.batch_cap(view, m) for m in range(len(view.plans))]
+        self._delay = self.max_delay_ms / 1e3
+
     def decide(self, view):
         now, arr = view.now, view.arrival
         if self.timeout_ms is not None:
@@ -42,20 +51,21 @@ class Dynamic(Scheduler):
             for q in view.queues:
                 while q and now - arr[q[0]] > lim:
                     view.drop(q[0], "timeout")
-        delay = self.max_delay_ms / 1e3
-        best, due_min = None, float("inf")
+        delay, caps = self._delay, self._caps
+        best, best_t, due_min = -1, INF, INF
         for m, q in enumerate(view.queues):
-            if not q:
-                continue
-            cap = self.batch_cap(view, m)
-            due = arr[q[0]] + delay
-            if len(q) >= cap or now >= due - 1e-12:
-                if best is None or arr[q[0]] < arr[view.queues[best][0]]:
-                    best = m
-            due_min = min(due_min, due)
-        if best is not None:
-            return start(min(len(view.queues[best]), self.batch_cap(view, best)), best)
-        return CONTINUE if due_min == float("inf") else wait(due_min)
+            if q:
+                a0 = arr[q[0]]
+                due = a0 + delay
+                if len(q) >= caps[m] or now >= due - 1e-12:
+                    if a0 < best_t:                  # ready: the oldest first
+                        best, best_t = m, a0
+                elif due < due_min:
+                    due_min = due
+        if best >= 0:
+            n = len(view.queues[best])
+            return start(n if n < caps[best] else caps[best], best)
+        return CONTINUE if due_min == INF else wait(due_min)
 
 
 @register
@@ -75,7 +85,8 @@ class Clipper(Scheduler):
                  "start_batch": (1, is_pos_int, "a positive integer")}
 
     def reset(self, view):
-        self.bs = [float(min(self.start_batch, self.batch_cap(view, m))) for m in range(len(view.plans))]
+        self._caps = [float(self.batch_cap(view, m)) for m in range(len(view.plans))]
+        self.bs = [min(float(self.start_batch), c) for c in self._caps]
         self._slo = None
         self.history = []      # (time, model, batch size limit) after each adjustment
 
@@ -86,13 +97,13 @@ class Clipper(Scheduler):
         q = view.queues[m]
         n = max(1, min(len(q), int(self.bs[m])))
         slo = view.slo
-        self._slo = min(slo[q[i]] for i in range(n))
+        self._slo = slo[q[0]] if n == 1 else min(slo[r] for r in islice(q, n))
         return start(n, m)
 
     def on_batch_end(self, view, batch):
         m = batch.model
         if view.now - batch.t_start <= self.slo_fraction * self._slo:
-            self.bs[m] = min(float(self.batch_cap(view, m)), self.bs[m] + self.step)
+            self.bs[m] = min(self._caps[m], self.bs[m] + self.step)
         else:
             self.bs[m] = max(1.0, self.bs[m] * (1.0 - self.backoff))
         self.history.append((view.now, m, self.bs[m]))

@@ -54,11 +54,17 @@ def test_serve_the_scenario():
 
 def test_compare_and_sweep(tmp_path):
     d = json.loads(cli("compare", "--scenario", EX / "scenario.toml", "--out", tmp_path / "cmp", "--json").stdout)
-    assert round(d["summary"]["avg_latency_ratio"], 2) == 1.00
-    assert round(d["summary"]["tail_slo_ratio"], 2) == 1.08
-    spread = [e["mean_ms_ci95"] + e["slo_strict_ci95"] for c in d["cells"] for e in c["schedulers"].values()]
+    s = d["summary"]
+    # on this workload fluid is level with PREMA (a little behind as a scheduler alone) and ahead of the
+    # throughput-maximising baselines
+    assert round(s["system"]["vs_best"]["avg_latency_ratio"], 2) == 0.98
+    assert round(s["system"]["vs_throughput"]["avg_latency_ratio"], 2) == 1.70
+    assert round(s["scheduler_only"]["vs_preemptive"]["avg_latency_ratio"], 2) == 0.91
+    assert round(s["system"]["vs_best"]["tail_ratio"], 2) == 1.00
+    assert all(a["attainable"] for a in d["attainable"].values()) and len(d["seeds"]) == 10
+    spread = [e["mean_ms_ci95"] + e["attainment_ci95"] for c in d["cells"] for hw in c["hardware"].values()
+              for e in hw.values()]
     assert all(lo >= 0 and s_hi <= 1 for lo, _, _, s_hi in spread)
-    assert any(lo == 0 for lo, *_ in spread)                # spiking at 0.6: a seed overloads
     cli("sweep", EX / "sweep.toml", "--out", tmp_path / "sw", "--workers", "1", "--quiet", "--no-plots")
     rows = list(csv.DictReader((tmp_path / "sw" / "results.csv").open()))
     got = {(r["label"], r["scheduler"]): (round(float(r["perf_b1_ms"]), 3), round(float(r["slo_attainment"]), 3))

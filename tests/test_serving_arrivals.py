@@ -90,3 +90,27 @@ def test_trace_errors_name_file_line_field(tmp_path, body, line, match):
 def test_trace_missing_file(tmp_path):
     with pytest.raises(TraceError, match="cannot read"):
         read_trace(tmp_path / "nope.csv")
+
+
+def test_mmpp_group_shares_the_state_path():
+    """Devices of one MMPP group spike together (their per-100 ms counts correlate); without a
+    group they are independent; each keeps its own mean rate; a group's dwell times must agree."""
+    from fluidnpu.sim.serving import Device, Scenario, ScenarioError, generate_requests
+    from fluidnpu.sim.serving.examples import toy_model
+    m = toy_model()
+
+    def corr(group):
+        devs = tuple(Device(f"d{i}", m, MMPP2((20.0, 200.0), (2.0, 0.5), group), slo_ms=5) for i in range(2))
+        sc = Scenario(devices=devs, duration_s=2000.0)
+        r = generate_requests(sc, 4, {m.name: 1.0})
+        c = [np.bincount((r.arrival[r.device == i] * 10).astype(int), minlength=20000) for i in range(2)]
+        assert all(abs(x.sum() / 2000.0 - 56.0) / 56.0 < 0.05 for x in c)       # mean rate (20*2 + 200*.5)/2.5
+        return np.corrcoef(c[0], c[1])[0, 1]
+
+    assert corr("home") > 0.5 and abs(corr(None)) < 0.05
+    with pytest.raises(ScenarioError, match=r"device 'b': arrivals.dwell_s = \[1.0, 0.5\] in group 'home': "
+                                            r"must equal \[2.0, 0.5\]"):
+        Scenario(devices=(Device("a", m, MMPP2((1.0, 5.0), (2.0, 0.5), "home"), slo_ms=5),
+                          Device("b", m, MMPP2((1.0, 5.0), (1.0, 0.5), "home"), slo_ms=5)), duration_s=1.0)
+    with pytest.raises(ArrivalError, match="group = ''"):
+        MMPP2((1.0, 5.0), (2.0, 0.5), "")

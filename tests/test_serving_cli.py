@@ -1,6 +1,7 @@
 """fluidnpu serve / compare, the default scenario on the mapper's latency tables, compare specs, conservation."""
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +170,7 @@ def test_serve_table_output():
      "[compare]\nloads = [0.5, -1]\n", "loads = [0.5, -1]: must be a non-empty list"),
     ("duration_s = 1\n[[device]]\nname='a'\nmodel='tiny'\nslo_ms=1\narrivals={kind='poisson',rate=5}\n"
      "[compare]\npatterns = ['steady', 'bursty']\n", "patterns = ['steady', 'bursty']: must be a non-empty list of "
-                                                       "distinct values from ['steady', 'spiking']"),
+                                                       "distinct values from ['steady', 'spiking', 'correlated']"),
 ])
 def test_bad_scenarios_are_named(tmp_path, text, needle):
     p = tmp_path / "bad.toml"
@@ -195,60 +196,180 @@ def test_parse_compare_rules():
 
 
 # -- compare ----------------------------------------------------------------------------------
-def test_intervals_stay_in_range():
-    """A t-interval over three seeds is cut to the figure's range: latency >= 0, attainment <= 1."""
-    from fluidnpu.sim.serving.compare import _ci95
-    m, lo, hi = _ci95([1.0, 1.0, 100.0])
-    assert lo < 0 < m < hi                                  # what the plain interval gives
-    assert _ci95([1.0, 1.0, 100.0], 0.0) == (m, 0.0, hi)
-    m2, lo2, hi2 = _ci95([0.99, 1.0, 0.2], 0.0, 1.0)
-    assert hi2 == 1.0 and 0.0 <= lo2 < m2
+def test_intervals_use_students_t_for_any_n():
+    """The 95 % interval is Student's t with n - 1 degrees of freedom for n = 3 and n = 11 (not z = 1.96),
+    cut to the figure's range; a ratio's point estimate is the geometric mean its interval is built around."""
+    from fluidnpu.sim.serving.stats import geo_ci, mean_ci
+    for n, t in ((3, 4.302653), (11, 2.228139)):
+        x = np.linspace(1.0, 2.0, n)
+        m, lo, hi = mean_ci(x)
+        half = t * x.std(ddof=1) / np.sqrt(n)
+        assert m == pytest.approx(1.5) and (hi - lo) / 2 == pytest.approx(half, rel=1e-5)
+        assert (hi - lo) / 2 > 1.96 * x.std(ddof=1) / np.sqrt(n) * 1.1          # wider than the normal one
+    m, lo, hi = mean_ci([1.0, 1.0, 100.0])
+    assert lo < 0 < m < hi
+    assert mean_ci([1.0, 1.0, 100.0], 0.0) == (m, 0.0, hi)
+    assert mean_ci([0.99, 1.0, 0.2], 0.0, 1.0)[2] == 1.0
+    g, lo, hi = geo_ci([1.0, 2.0, 4.0])
+    assert g == pytest.approx(2.0) and lo * hi == pytest.approx(4.0) and lo < 2.0 < hi
 
 
-def test_compare_json_files_and_summary(tmp_path):
-    p = _small_scenario(tmp_path, "[compare]\nloads = [0.5, 0.8]\nseeds = [1, 2]\nrequests = 300\n"
-                                  "grid = { dynamic = [{max_batch = 4, max_delay_ms = 0.0}, {max_batch = 16}], "
-                                  "prema = [{threshold = 0.0}, {threshold = 0.5}] }\n")
-    out_dir = tmp_path / "cmp"
-    res = CliRunner().invoke(main, ["compare", "--scenario", str(p), "--out", str(out_dir), "--json", "--jobs", "1"])
-    d = _json(res)
+def test_parse_compare_new_fields():
+    s = parse_compare({"patterns": ["correlated", "steady"], "seeds": [3, 4], "tune_seeds": 1,
+                       "sweep_mults": [1, 2, 10], "probe_load": 0.1, "attainable": 0.9})
+    assert s.patterns == ("correlated", "steady") and s.tail_pattern == "correlated" and s.tune_seeds == 1
+    assert s.sweep_mults == (1.0, 2.0, 10.0) and s.probe_load == 0.1 and s.attainable == 0.9
+    assert parse_compare(None).seeds == tuple(range(1, 11)) and parse_compare({"seeds": [5]}).tune_seeds == 1
+    for d, msg in (({"seeds": [1, 2], "tune_seeds": 3}, "tune_seeds = 3: must be an integer from 1 to the number "
+                                                         "of seeds (2)"),
+                   ({"sweep_mults": [2, 1]}, "sweep_mults = [2, 1]: must be a non-empty increasing list"),
+                   ({"attainable": 1.5}, "attainable = 1.5: must be a share of requests in (0, 1]"),
+                   ({"probe_load": 0}, "probe_load = 0: must be a fraction")):
+        with pytest.raises(ScenarioError, match=re.escape(msg)):
+            parse_compare(d)
+
+
+def test_correlated_pattern_shares_one_state_path(default):
+    sc, spec, tabs = default
+    s2 = scaled_scenario(sc, tabs["rbatch"], 0.6, "correlated", 3000, spec)
+    groups = {d.arrivals.group for d in s2.devices}
+    assert groups == {"correlated"}
+    assert {d.arrivals.group for d in scaled_scenario(sc, tabs["rbatch"], 0.6, "spiking", 3000, spec).devices} == {None}
+
+
+SMALL = ("[compare]\nloads = [0.5, 0.8]\npatterns = ['steady', 'correlated']\nseeds = [1, 2, 3]\ntune_seeds = 2\n"
+         "requests = 300\ngrid = { dynamic = [{max_batch = 4, max_delay_ms = 0.0}, {max_batch = 16}], "
+         "prema = [{threshold = 0.0}, {threshold = 0.5}] }\n")
+
+
+@pytest.fixture(scope="module")
+def small_compare(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cmp")
+    p = _small_scenario(tmp, SMALL)
+    out_dir = tmp / "out"
+    res = CliRunner().invoke(main, ["compare", "--scenario", str(p), "--out", str(out_dir), "--json", "--jobs", "2"])
+    return _json(res), out_dir
+
+
+def test_compare_json_has_both_comparisons_with_intervals(small_compare):
+    d, out_dir = small_compare
     s = d["summary"]
-    for k in ("avg_latency_ratio", "avg_latency_ratio_ci95", "avg_latency_ratio_per_seed", "tail_slo_ratio",
-              "tail_slo_ratio_ci95", "tail_cell", "scheduler_only_avg_latency_ratio",
-              "hardware_only_avg_latency_ratio", "best_baselines"):
-        assert k in s, k
-    assert d["seeds"] == [1, 2] and len(s["avg_latency_ratio_per_seed"]) == 2
-    assert s["avg_latency_ratio"] > 0 and s["avg_latency_ratio_ci95"][0] <= s["avg_latency_ratio"] <= \
-        s["avg_latency_ratio_ci95"][1]
-    assert s["tail_cell"]["pattern"] == "spiking" and s["tail_cell"]["load"] == 0.8 and s["tail_cell"]["slo_mult"] == 2
+    for kind in ("system", "scheduler_only"):
+        for cls in ("vs_throughput", "vs_preemptive", "vs_best"):
+            e = s[kind][cls]
+            for k in ("avg_latency_ratio", "tail_ratio", "tail_p99_ratio"):
+                v, (lo, hi), per_seed = e[k], e[k + "_ci95"], e[k + "_per_seed"]
+                assert len(per_seed) == 3 and lo <= v <= hi, (kind, cls, k)
+                # the point estimate is the statistic the interval is about: the geometric mean per seed
+                assert v == pytest.approx(float(np.exp(np.mean(np.log(per_seed)))))
+    for hw in ("rbatch", "fluid"):
+        assert set(s["scheduler_only"]["by_hardware"][hw]) == {"vs_throughput", "vs_preemptive", "vs_best"}
+    # the earlier keys: aliases of the system comparison against the best of all baselines
+    assert s["avg_latency_ratio"] == s["system"]["vs_best"]["avg_latency_ratio"]
+    assert s["tail_slo_ratio"] == s["system"]["vs_best"]["tail_ratio"]
+    assert s["tail_cell"]["pattern"] == "correlated" and s["tail_cell"]["load"] == 0.8
+    assert set(d["attainable"]) == {"b-alexnet", "mobilenetv2", "digits"}
     assert len(d["cells"]) == 4
     for c in d["cells"]:
-        assert set(c["schedulers"]) == {"fcfs", "dynamic", "clipper", "lazy", "prema", "fluid"}
+        assert set(c["hardware"]) == {"rbatch", "fluid"}
+        for hw, es in c["hardware"].items():
+            assert set(es) == {"fcfs", "dynamic", "clipper", "lazy", "prema", "fluid"}
+            assert all(e["hardware"] == hw for e in es.values())
+            e = es["fluid"]
+            assert e["mean_ms_ci95"][0] <= e["mean_ms"] <= e["mean_ms_ci95"][1]
+            assert len(e["violation_sweep"]) == 9 and e["violation_sweep"] == sorted(e["violation_sweep"], reverse=True)
+        assert c["best"]["rbatch"]["vs_preemptive"]["latency"] == "prema"
+        assert c["best"]["rbatch"]["vs_throughput"]["latency"] in ("fcfs", "dynamic", "clipper", "lazy")
         assert c["schedulers"]["fluid"]["hardware"] == "fluid" and c["schedulers"]["prema"]["hardware"] == "rbatch"
-        assert c["schedulers"]["dynamic"]["knobs_latency"] in ({"max_batch": 4, "max_delay_ms": 0.0}, {"max_batch": 16})
-        assert c["best_baseline_latency"] in ("fcfs", "dynamic", "clipper", "lazy", "prema")
-        best = c["schedulers"][c["best_baseline_latency"]]["mean_ms"]
-        assert best == min(c["schedulers"][n]["mean_ms"] for n in ("fcfs", "dynamic", "clipper", "lazy", "prema"))
-        e = c["schedulers"]["fluid"]
-        assert e["mean_ms_ci95"][0] <= e["mean_ms"] <= e["mean_ms_ci95"][1]
-    # the ratio is what the cells say: geometric mean of best-baseline / fluid over cells (and seeds)
-    geo = float(np.exp(np.mean([np.log(c["ratio_mean_latency"]) for c in d["cells"]])))
-    assert s["avg_latency_ratio"] == pytest.approx(geo, rel=0.15)
     for f in ("runs.csv", "compare.csv", "report.md", "compare.json", "latency_cdf.png", "latency_vs_load.png",
-              "slo_vs_load.png"):
+              "slo_vs_load.png", "slo_sweep.png"):
         assert (out_dir / f).stat().st_size > 100, f
-    assert (out_dir / "latency_cdf.png").read_bytes()[:4] == b"\x89PNG"
-    rows = list(csv.DictReader((out_dir / "compare.csv").open()))
-    assert len(rows) == 4 * 6
+    assert (out_dir / "slo_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out_dir / "compare.json").read_text())["summary"] == s
     runs = list(csv.DictReader((out_dir / "runs.csv").open()))
-    # grid: fcfs 1 + dynamic 2 + clipper 4 + lazy 4 + prema 2 + fluid 1, + fluid@rbatch, + best@fluid
-    assert len(runs) == 4 * 2 * (1 + 2 + 4 + 4 + 2 + 1 + 1 + 1)
-    assert "avg_latency_ratio" in (out_dir / "report.md").read_text()
+    # probe (tuning seeds) 6 x 2; tuning: grid (1 + 2 + 4 + 4 + 2 + 1) x 2 hw per cell and tuning seed;
+    # the third seed: each scheduler's chosen knob sets per hardware
+    grid = 2 * (1 + 2 + 4 + 4 + 2 + 1)
+    assert len(runs) > 2 * 12 + 4 * 2 * grid and len(runs) <= 2 * 12 + 4 * 2 * grid + 4 * 2 * (2 + 4 * 2)
+    assert {r["hardware"] for r in runs if r["seed"] == "3"} == {"rbatch", "fluid"}
+    md = (out_dir / "report.md").read_text()
+    assert "vs throughput-maximising" in md and "scheduler only, rbatch hw" in md and "SLO sweep" in md
+
+
+def _pair_ratio(d, hw, cls):
+    """The scheduler-only mean-latency ratio recomputed from the cells: fluid and the class's best, both on ``hw``."""
+    per_seed = []
+    for s in range(len(d["seeds"])):
+        logs = []
+        for c in d["cells"]:
+            f = c["hardware"][hw]["fluid"]
+            b = c["hardware"][hw][c["best"][hw][cls]["latency"]]
+            logs.append(np.log(b["mean_ms_per_seed"][s] / f["mean_ms_per_seed"][s]))
+        per_seed.append(np.mean(logs))
+    return float(np.exp(np.mean(per_seed)))
+
+
+def test_scheduler_only_is_computed_on_identical_hardware(small_compare):
+    """Recomputed from runs on one hardware the figure matches; mixing hardware gives another number."""
+    d, _ = small_compare
+    s = d["summary"]
+    for hw in ("rbatch", "fluid"):
+        for cls in ("vs_throughput", "vs_preemptive"):
+            assert s["scheduler_only"]["by_hardware"][hw][cls]["avg_latency_ratio"] == \
+                pytest.approx(_pair_ratio(d, hw, cls))
+    mixed = []           # fluid on fluid hardware against prema on rbatch: what the system comparison is
+    for si in range(3):
+        mixed.append(np.mean([np.log(c["hardware"]["rbatch"]["prema"]["mean_ms_per_seed"][si] /
+                                     c["hardware"]["fluid"]["fluid"]["mean_ms_per_seed"][si]) for c in d["cells"]]))
+    mixed = float(np.exp(np.mean(mixed)))
+    assert mixed == pytest.approx(s["system"]["vs_preemptive"]["avg_latency_ratio"])
+    assert abs(np.log(mixed / s["scheduler_only"]["by_hardware"]["rbatch"]["vs_preemptive"]["avg_latency_ratio"])) \
+        > 0.03
+
+
+def test_summarise_refuses_runs_on_the_wrong_hardware(default, tmp_path):
+    """A run filed as fluid-on-rbatch that ran on fluid hardware (mixing hardware) makes the summary fail."""
+    from dataclasses import replace
+    from fluidnpu.sim.serving.compare import run_compare
+    from fluidnpu.sim.serving.compare_summary import CompareError, summarise
+    sc, spec, tabs = default
+    spec = replace(spec, loads=(0.6,), patterns=("steady",), seeds=(1, 2), tune_seeds=1, requests=200,
+                   grid={**spec.grid, "dynamic": [{}], "clipper": [{}], "lazy": [{}], "prema": [{}]})
+    res = run_compare(sc, spec, tabs, jobs=1)
+    runs = dict(res.runs)
+    for k, m in res.runs.items():
+        if k[3] == "fluid" and k[5] == "rbatch":
+            runs[k] = res.runs[k[:5] + ("fluid",)]            # the fluid-hardware run under the rbatch key
+    with pytest.raises(CompareError, match="fluid in steady@0.6: runs filed under hardware 'rbatch' ran on "
+                                           r"\['fluid'\]"):
+        summarise(runs, res.chosen, spec, res.models, res.attainable)
+
+
+def test_unattainable_slo_is_flagged_not_scored(tmp_path):
+    """A model whose SLO no scheduler meets at low load is left out of the tail figures; with none left,
+    the tail is not scored and the report says so."""
+    p = tmp_path / "tight.toml"
+    p.write_text('name = "tight"\nduration_s = 10\n'
+                 '[[device]]\nname = "cam"\nmodel = "b-alexnet"\nslo_ms = 0.5\narrivals = {kind = "poisson", rate = 10}\n'
+                 '[[device]]\nname = "s"\nmodel = "digits"\nslo_ms = 0.001\narrivals = {kind = "poisson", rate = 50}\n'
+                 "[compare]\nloads = [0.5]\npatterns = ['steady']\nseeds = [1, 2]\nrequests = 300\n"
+                 "tune_seeds = 1\ngrid = { dynamic = [{}], clipper = [{}], lazy = [{}], prema = [{}] }\n")
+    r = CliRunner().invoke(main, ["compare", "--scenario", str(p), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "unattainable SLOs" in r.stdout and "the tail figures are not scored" in r.stdout
+    d = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert d["summary"]["tail_unattainable"] is True and not any(a["attainable"] for a in d["attainable"].values())
+    assert d["summary"]["system"]["vs_best"]["tail_ratio"] is None and d["summary"]["avg_latency_ratio"] > 0
+    assert "**No model's SLO is attainable" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_compare_table_output(tmp_path):
-    p = _small_scenario(tmp_path, "[compare]\nloads = [0.6]\npatterns = ['spiking']\nseeds = [3]\nrequests = 200\n")
-    res = CliRunner().invoke(main, ["compare", "--scenario", str(p), "--out", str(tmp_path / "c"), "--jobs", "2"])
+    p = _small_scenario(tmp_path, "[compare]\nloads = [0.6]\npatterns = ['spiking']\nrequests = 200\n")
+    res = CliRunner().invoke(main, ["compare", "--scenario", str(p), "--out", str(tmp_path / "c"), "--jobs", "2",
+                                    "--seeds", "2"])
     assert res.exit_code == 0, res.output
-    assert "avg_latency_ratio" in res.stdout and "tail_slo_ratio" in res.stdout
-    assert "plots:" in res.stdout and "latency_cdf.png" in res.stdout
+    for needle in ("rbatch ms", "fluid SLO", "vs prema", "vs throughput", "scheduler only", "system:", "plots:",
+                   "slo_sweep.png"):
+        assert needle in res.stdout, needle
+    bad = CliRunner().invoke(main, ["compare", "--seeds", "0"])
+    assert bad.exit_code == 2 and "--seeds" in bad.output

@@ -6,7 +6,8 @@ import pytest
 
 from fluidnpu.sim.latency import LatencyTable
 from fluidnpu.sim.serving import (MMPP2, Device, GammaRenewal, Poisson, Scenario, ScenarioError, TraceReplay,
-                                  for_requests, generate_requests, load_scenario, run, scale_rates, slo_bases)
+                                  draw_requests, for_requests, generate_requests, load_scenario, run, scale_rates,
+                                  slo_bases)
 from fluidnpu.sim.workloads.model import EEModel, ExitHead, GemmLayer
 
 
@@ -79,6 +80,9 @@ def test_for_requests_gives_at_least_n():
         for_requests(tr, 5, 0)
     with pytest.raises(ScenarioError, match="requests = 0"):
         for_requests(sc, 0, 0)
+    s3, reqs = draw_requests(sc, 50, 3, {"m": 2.0})            # the draw itself, cut to n
+    full = generate_requests(s3, 3, {"m": 2.0})
+    assert len(reqs) == 50 and np.array_equal(reqs.arrival, full.arrival[:50]) and (reqs.slo_s == 8.0).all()
 
 
 def test_scale_rates():
@@ -146,7 +150,7 @@ name = "cam"
 model = "m"
 count = 2
 slo_mult = 5
-arrivals = { kind = "mmpp", rates = [100.0, 2000.0], dwell_s = [0.05, 0.01] }
+arrivals = { kind = "mmpp", rates = [100.0, 2000.0], dwell_s = [0.05, 0.01], group = "home" }
 
 [[device]]
 name = "door"
@@ -164,6 +168,7 @@ def test_toml_scenario(tmp_path):
     sc = load_scenario(p, models={"m": m})
     assert [d.name for d in sc.devices] == ["cam0", "cam1", "door"]
     assert isinstance(sc.devices[0].arrivals, MMPP2) and sc.queue_capacity == 64 and sc.slo_mults == (2.0, 5.0)
+    assert sc.devices[0].arrivals.group == sc.devices[1].arrivals.group == "home"
     assert isinstance(sc.devices[2].arrivals, TraceReplay)
     res = run(p, "fluid", mk_table(m), seed=1, models={"m": m}, check=True)
     assert res.done.all() and (res.device == 2).sum() == 2

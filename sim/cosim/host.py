@@ -208,6 +208,7 @@ class Host(Simulator):
         if head != self._exit[rid]:
             raise CosimError(f"cycle {c}: request {rid} left at exit {head}; its reference exit is {self._exit[rid]}")
         g[head].remove(rid)
+        run._refresh()
         run.size -= 1
         self.finish_cycle[rid] = c
         self.finish[rid] = c / self.f

@@ -106,10 +106,13 @@ class MMPP2(ArrivalProcess):
 
     In state ``i`` arrivals are Poisson at ``rates[i]``; the state lasts an exponential
     time of mean ``dwell_s[i]`` seconds, then switches. The start state is drawn from
-    the stationary distribution.
+    the stationary distribution. Devices whose processes name the same ``group`` share
+    one state path (correlated bursts: a home's devices spike together); each keeps its
+    own rates and its own Poisson draws. A group's members must have the same dwell times.
     """
     rates: tuple[float, float]
     dwell_s: tuple[float, float]
+    group: str | None = None
     kind = "mmpp"
 
     def __post_init__(self):
@@ -118,20 +121,22 @@ class MMPP2(ArrivalProcess):
             if not isinstance(v, (tuple, list)) or len(v) != 2:
                 raise ArrivalError(f"mmpp arrivals: {name} = {v!r}: must be two numbers (one per state)")
             object.__setattr__(self, name, tuple(v))
-        for i in (0, 1):
+        for i in range(2):
             _pos("mmpp arrivals", f"rates[{i}]", self.rates[i], allow_zero=True)
             _pos("mmpp arrivals", f"dwell_s[{i}]", self.dwell_s[i])
         if self.rates[0] + self.rates[1] <= 0:
             raise ArrivalError(f"mmpp arrivals: rates = {self.rates!r}: at least one must be positive")
+        if self.group is not None and (not isinstance(self.group, str) or not self.group):
+            raise ArrivalError(f"mmpp arrivals: group = {self.group!r}: must be a non-empty string (or absent)")
 
     @property
     def mean_rate(self) -> float:
         (r0, r1), (d0, d1) = self.rates, self.dwell_s
         return (r0 * d0 + r1 * d1) / (d0 + d1)
 
-    def generate(self, rng, duration_s):
+    def state_path(self, rng, duration_s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The modulating states: interval starts, ends and state (0 or 1), covering ``[0, duration_s)``."""
         d = np.asarray(self.dwell_s, float)
-        r = np.asarray(self.rates, float)
         state0 = int(rng.random() >= d[0] / d.sum())
         starts, states, t = [], [], 0.0
         while t < duration_s:
@@ -148,10 +153,19 @@ class MMPP2(ArrivalProcess):
         keep = s < duration_s
         s, st = s[keep], st[keep]
         e = np.minimum(np.append(s[1:], duration_s), duration_s)
+        return s, e, st
+
+    def arrivals_on(self, rng, path) -> np.ndarray:
+        """Poisson arrivals at this process's rates on a state path from :meth:`state_path`."""
+        s, e, st = path
+        r = np.asarray(self.rates, float)
         counts = rng.poisson(r[st] * (e - s))
         base = np.repeat(s, counts)
         width = np.repeat(e - s, counts)
         return np.sort(base + rng.random(base.size) * width)
+
+    def generate(self, rng, duration_s):
+        return self.arrivals_on(rng, self.state_path(rng, duration_s))
 
 
 def read_trace(path) -> tuple[np.ndarray, list[str]]:

@@ -94,30 +94,50 @@ class Batch:
     Public: ``id``, ``model``, ``pos`` (ops done), ``size``, ``n0`` (size at start),
     ``t_start``, ``min_deadline``, ``merge_at`` (pos of the paused batch it will merge
     into, or -1), ``rids()``, ``deadlines()``. The grouping of members by drawn exit
-    (``_groups``) is the simulator's private bookkeeping; schedulers must not read it.
+    (``_groups``: per exit a list of request ids, or an empty tuple) is the simulator's
+    private bookkeeping; schedulers must not read it.
     """
-    __slots__ = ("id", "model", "pos", "size", "n0", "t_start", "min_deadline", "merge_at", "_groups", "_dl")
+    __slots__ = ("id", "model", "pos", "size", "n0", "t_start", "merge_at", "_groups", "_dl", "_rids")
 
     def __init__(self, bid, model, rids, exits, deadline, n_exits, t):
         self.id, self.model, self.pos, self.size, self.n0, self.t_start = bid, model, 0, len(rids), len(rids), t
         self.merge_at = -1
-        g = [[] for _ in range(n_exits)]
-        for r in rids:
-            g[exits[r]].append(r)
+        g = [()] * n_exits
+        if len(rids) == 1:
+            r = rids[0]
+            g[exits[r]] = [r]
+        else:
+            for r in rids:
+                e = exits[r]
+                if g[e]:
+                    g[e].append(r)
+                else:
+                    g[e] = [r]
         self._groups = g
         self._dl = deadline
-        self.min_deadline = min(deadline[r] for r in rids)
+        self._rids = rids if len(rids) == 1 else None
+
+    @property
+    def min_deadline(self) -> float:
+        """The earliest deadline among the members (inf when empty)."""
+        dl = self._dl
+        return min((dl[r] for g in self._groups for r in g), default=float("inf"))
 
     def absorb(self, other: "Batch") -> None:
         """A merge: ``other``'s members join this batch."""
+        mine = self._groups
         for i, g in enumerate(other._groups):
-            self._groups[i].extend(g)
+            if g:
+                mine[i] = [*mine[i], *g]
         self.size += other.size
-        self.min_deadline = min(self.min_deadline, other.min_deadline)
+        self._rids = None
 
     def rids(self) -> list[int]:
         """Member request ids in arrival order (the order reveals nothing about exits)."""
-        return sorted(r for g in self._groups for r in g)
+        r = self._rids
+        if r is None:
+            r = self._rids = sorted(r for g in self._groups for r in g)
+        return list(r)
 
     def deadlines(self) -> list[float]:
         """Members' deadlines, in arrival order of the members."""
@@ -125,8 +145,8 @@ class Batch:
         return [dl[r] for r in self.rids()]
 
     def _refresh(self):
-        dl = self._dl
-        self.min_deadline = min((dl[r] for g in self._groups for r in g), default=float("inf"))
+        """Call after changing ``_groups`` (forgets the cached member list)."""
+        self._rids = None
 
     def __repr__(self):
         return f"Batch(id={self.id}, model={self.model}, pos={self.pos}, size={self.size})"

@@ -1,168 +1,203 @@
-"""Outputs of ``fluidnpu compare``: CSV files, matplotlib plots (Agg) and a markdown report."""
+"""Outputs of ``fluidnpu compare``: CSV files, plots (:mod:`.plots`) and a markdown report."""
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
-import numpy as np
+from .compare import CompareResult
+from .compare_spec import HARDWARE, PREEMPTIVE, SCHEDULERS, THROUGHPUT
+from .plots import write_plots
 
-from .compare import SCHEDULERS, CompareResult
+__all__ = ["write_csv", "write_plots", "write_markdown", "write_all", "table_rows", "summary_rows", "MEANINGS",
+           "clean_json"]
 
-__all__ = ["write_csv", "write_plots", "write_markdown", "write_all", "table_rows"]
-
-COLORS = {"fcfs": "#7f7f7f", "dynamic": "#1f77b4", "clipper": "#2ca02c", "lazy": "#9467bd", "prema": "#ff7f0e",
-          "fluid": "#d62728"}
+#: what each summary figure means (report, docs and the CLI use the same words)
+MEANINGS = {
+    "system": "fluid scheduler on fluid hardware against each baseline on rbatch hardware: what adopting the "
+              "whole design gives",
+    "scheduler_only": "every scheduler on the same hardware (rbatch and fluid, each cell and hardware a pair): "
+                      "the fluid scheduler's own gain",
+    "hardware_only": "the same scheduler on fluid over on rbatch hardware: the hardware's own gain",
+    "avg_latency_ratio": "baseline's mean latency / fluid's, geometric mean over cells (loads x patterns)",
+    "tail_ratio": "fluid's SLO attainment / the baseline's, on the devices' own SLOs, scored models weighted "
+                  "equally, in the tail cell",
+    "tail_p99_ratio": "baseline's p99 latency / fluid's, geometric mean over the scored models, in the tail cell",
+}
+_CLASS_LABEL = {"vs_throughput": f"vs throughput-maximising (best of {', '.join(THROUGHPUT)})",
+                "vs_preemptive": f"vs preemptive ({', '.join(PREEMPTIVE)})", "vs_best": "vs best of all"}
 
 
 def _fmt(v, nd=2):
     return "-" if v is None or v != v else f"{v:.{nd}f}"
 
 
-def table_rows(res: CompareResult):
-    """(pattern, load, scheduler, hardware, mean ms [CI], p99 ms, strict SLO attainment, knobs) per cell."""
+def _ratio(d: dict, key: str) -> str:
+    v, ci = d.get(key), d.get(key + "_ci95")
+    if v is None:
+        return "unattainable"
+    return f"{v:.2f}x [{_fmt(ci[0])}-{_fmt(ci[1])}]"
+
+
+def summary_rows(res: CompareResult):
+    """(comparison, figure, vs_throughput, vs_preemptive, vs_best) rows of the summary table."""
+    s = res.summary
+    sets = [("system", s["system"]), ("scheduler only", s["scheduler_only"])] + \
+        [(f"scheduler only, {hw} hw", s["scheduler_only"]["by_hardware"][hw]) for hw in HARDWARE]
+    for label, d in sets:
+        for key, what in (("avg_latency_ratio", "mean latency"), ("tail_ratio", "tail: SLO attainment"),
+                          ("tail_p99_ratio", "tail: p99 latency")):
+            yield (label, what) + tuple(_ratio(d[c], key) for c in ("vs_throughput", "vs_preemptive", "vs_best"))
+
+
+def table_rows(res: CompareResult, intervals: bool = True):
+    """Per cell and scheduler: pattern, load, scheduler, then per hardware mean ms [CI] and SLO attainment,
+    the p99 on the system's hardware (baselines rbatch, fluid fluid), and whether it is the best
+    throughput-maximising baseline on rbatch hardware for latency and/or the tail."""
     for c in res.cells:
         for name in SCHEDULERS:
-            e = c["schedulers"][name]
-            lo, hi = e["mean_ms_ci95"]
-            tag = ""
-            if name == c["best_baseline_latency"]:
-                tag = "best latency"
-            if name == c["best_baseline_slo"]:
-                tag = (tag + ", " if tag else "") + "best SLO"
-            yield (c["pattern"], f"{c['load']:g}", name, e["hardware"], f"{e['mean_ms']:.2f} [{lo:.2f}, {hi:.2f}]",
-                   _fmt(e["p99_ms"], 1), _fmt(e["slo_strict"], 3), json.dumps(e["knobs_latency"]), tag)
+            cols = []
+            for hw in HARDWARE:
+                e = c["hardware"][hw][name]
+                lo, hi = e["mean_ms_ci95"]
+                cols += [f"{e['mean_ms']:.2f} [{lo:.2f}, {hi:.2f}]" if intervals else f"{e['mean_ms']:.2f}",
+                         _fmt(e["attainment"], 3)]
+            tags = [what for what in ("latency", "tail") if c["best"]["rbatch"]["vs_throughput"][what] == name]
+            yield (c["pattern"], f"{c['load']:g}", name, *cols, _fmt(c["schedulers"][name]["p99_ms"], 1),
+                   ", ".join(tags))
+
+
+def clean_json(x):
+    """``x`` with non-finite floats as None and numpy scalars as Python numbers (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): clean_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean_json(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def write_csv(res: CompareResult, out: Path) -> list[Path]:
-    """``runs.csv`` (every run, grid points included) and ``compare.csv`` (per cell and scheduler, tuned)."""
+    """``runs.csv`` (every run, grid points included) and ``compare.csv`` (per cell, hardware and scheduler)."""
     runs_p, cmp_p = out / "runs.csv", out / "compare.csv"
-    mults = [str(float(m)) for m in res.slo_mults]
+    models, mults = res.models, [f"{m:g}" for m in res.spec.sweep_mults]
     with runs_p.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["pattern", "load", "seed", "scheduler", "knobs", "hardware", "requests", "mean_ms", "p50_ms",
-                    "p95_ms", "p99_ms", "slo_attainment"] + [f"slo_at_{m}x" for m in mults] +
-                   ["throughput_rps", "utilisation", "preemptions", "merges", "mean_batch_size", "dropped", "wall_s"])
+        w.writerow(["pattern", "load", "seed", "scheduler", "knobs", "hardware", "requests", "dropped", "mean_ms",
+                    "p50_ms", "p95_ms", "p99_ms", "attainment_req"] +
+                   [f"{m}_{k}" for m in models for k in ("requests", "p99_ms", "attainment")] +
+                   [f"violation_at_{x}x" for x in mults] +
+                   ["throughput_rps", "utilisation", "preemptions", "merges", "mean_batch_size", "wall_s"])
         for (p, l, s, name, kj, hw), m in sorted(res.runs.items(), key=lambda kv: tuple(map(str, kv[0]))):
-            w.writerow([p, l, s, name, kj, hw, m["requests"], m["mean_ms"], m["p50_ms"], m["p95_ms"], m["p99_ms"],
-                        m["slo_attainment"]] + [m["slo_at"][k] for k in mults] +
-                       [m["throughput_rps"], m["utilisation"], m["preemptions"], m["merges"], m["mean_batch_size"],
-                        m["dropped"], f"{m['wall_s']:.4f}"])
+            pm = m["per_model"]
+            viol = [sum(pm[k]["violation_at"][i] for k in pm) / max(1, len(pm)) for i in range(len(mults))]
+            w.writerow([p, l, s, name, kj, hw, m["requests"], m["dropped"], m["mean_ms"], m["p50_ms"], m["p95_ms"],
+                        m["p99_ms"], m["attainment_req"]] +
+                       [pm[k][f] if k in pm else "" for k in models for f in ("requests", "p99_ms", "attainment")] +
+                       viol + [m["throughput_rps"], m["utilisation"], m["preemptions"], m["merges"],
+                               m["mean_batch_size"], f"{m['wall_s']:.4f}"])
     with cmp_p.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["pattern", "load", "scheduler", "hardware", "knobs_latency", "knobs_slo", "mean_ms", "mean_ms_lo95",
-                    "mean_ms_hi95", "p50_ms", "p95_ms", "p99_ms", f"slo_at_{res.strict:g}x", "slo_lo95", "slo_hi95",
-                    "slo_attainment", "throughput_rps", "utilisation", "preemptions", "merges", "seeds"])
+        w.writerow(["pattern", "load", "hardware", "scheduler", "knobs_latency", "knobs_slo", "mean_ms", "mean_ms_lo95",
+                    "mean_ms_hi95", "p50_ms", "p95_ms", "p99_ms", "attainment", "attainment_lo95", "attainment_hi95",
+                    "attainment_req"] + [f"{m}_{k}" for m in models for k in ("p99_ms", "attainment")] +
+                   ["throughput_rps", "utilisation", "preemptions", "merges", "seeds"])
         for c in res.cells:
-            for name in SCHEDULERS:
-                e = c["schedulers"][name]
-                w.writerow([c["pattern"], c["load"], name, e["hardware"], json.dumps(e["knobs_latency"]),
-                            json.dumps(e["knobs_slo"]), e["mean_ms"], *e["mean_ms_ci95"], e["p50_ms"], e["p95_ms"],
-                            e["p99_ms"], e["slo_strict"], *e["slo_strict_ci95"], e["slo_attainment"],
-                            e["throughput_rps"], e["utilisation"], e["preemptions"], e["merges"],
-                            " ".join(map(str, res.spec.seeds))])
+            for hw in HARDWARE:
+                for name in SCHEDULERS:
+                    e = c["hardware"][hw][name]
+                    pm = e["per_model"]
+                    w.writerow([c["pattern"], c["load"], hw, name, json.dumps(e["knobs_latency"]),
+                                json.dumps(e["knobs_slo"]), e["mean_ms"], *e["mean_ms_ci95"], e["p50_ms"],
+                                e["p95_ms"], e["p99_ms"], e["attainment"], *e["attainment_ci95"], e["attainment_req"]] +
+                               [pm[k][f] if k in pm else "" for k in models for f in ("p99_ms", "attainment")] +
+                               [e["throughput_rps"], e["utilisation"], e["preemptions"], e["merges"],
+                                " ".join(map(str, res.spec.seeds))])
     return [runs_p, cmp_p]
 
 
-def write_plots(res: CompareResult, out: Path) -> list[Path]:
-    """latency_cdf.png, latency_vs_load.png, slo_vs_load.png: one panel per arrival pattern."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _md_table(head, rows) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
+        ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
 
-    pats = list(res.spec.patterns)
-    loads = list(res.spec.loads)
-    files = []
-    seed0 = res.spec.seeds[0]
 
-    # latency CDF at the highest load (first seed; tuned-for-latency knobs)
-    fig, axs = plt.subplots(1, len(pats), figsize=(5.5 * len(pats), 4), squeeze=False)
-    for ax, p in zip(axs[0], pats):
-        c = next(c for c in res.cells if c["pattern"] == p and c["load"] == max(loads))
-        for name in SCHEDULERS:
-            e = c["schedulers"][name]
-            m = res.runs[(p, c["load"], seed0, name, json.dumps(e["knobs_latency"], sort_keys=True), e["hardware"])]
-            q = np.asarray(m["cdf_ms"])
-            ax.plot(np.maximum(q, 1e-3), np.linspace(0, 1, q.size), label=f"{name} ({e['hardware']})",
-                    color=COLORS[name], lw=2 if name == "fluid" else 1.2)
-        ax.set_xscale("log")
-        ax.set_xlabel("latency (ms)")
-        ax.set_ylabel("fraction of requests")
-        ax.set_title(f"{p}, load {max(loads):g}, seed {seed0}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    f = out / "latency_cdf.png"
-    fig.savefig(f, dpi=110)
-    plt.close(fig)
-    files.append(f)
+def _setup(res: CompareResult) -> str:
+    sp = res.spec
+    return (f"Loads {', '.join(f'{l:g}' for l in sp.loads)} (fraction of the NPU's batch-1 capacity), patterns "
+            f"{', '.join(sp.patterns)}, seeds {', '.join(map(str, sp.seeds))} ({len(sp.seeds)}; the first "
+            f"{sp.tune_seeds} tune the baselines' knobs per cell and hardware), {sp.requests} requests per run. "
+            f"spiking = a two-state MMPP per device (high/low rate {sp.spike_ratio:g}, mean dwell "
+            f"{sp.spike_dwell_s[0]:g} s / {sp.spike_dwell_s[1]:g} s); correlated = the same with one state path "
+            f"for all devices. Every scheduler runs on rbatch and on fluid hardware; service times from the "
+            f"policy mapper's latency tables (cycle model). Intervals: 95 % Student's t over seeds; a ratio's "
+            f"point estimate is the geometric mean of its per-seed values. {len(res.runs)} runs, "
+            f"{res.elapsed_s:.0f} s wall.")
 
-    for key, ylabel, fname, log in (("mean_ms", "mean latency (ms)", "latency_vs_load.png", True),
-                                    ("slo_strict", f"SLO attainment at {res.strict:g}x", "slo_vs_load.png", False)):
-        fig, axs = plt.subplots(1, len(pats), figsize=(5.5 * len(pats), 4), squeeze=False)
-        for ax, p in zip(axs[0], pats):
-            cs = [c for c in res.cells if c["pattern"] == p]
-            for name in SCHEDULERS:
-                ys = np.array([c["schedulers"][name][key] for c in cs])
-                ci = np.array([c["schedulers"][name][key + "_ci95" if key == "mean_ms" else "slo_strict_ci95"]
-                               for c in cs])
-                err = np.abs(np.stack([ys - ci[:, 0], ci[:, 1] - ys]))
-                ax.errorbar([c["load"] for c in cs], ys, yerr=err, marker="o", capsize=3, color=COLORS[name],
-                            label=f"{name} ({cs[0]['schedulers'][name]['hardware']})", lw=2 if name == "fluid" else 1.2)
-            if log:
-                ax.set_yscale("log")
-            ax.set_xlabel("load (fraction of batch-1 capacity)")
-            ax.set_ylabel(ylabel)
-            ax.set_title(p)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        f = out / fname
-        fig.savefig(f, dpi=110)
-        plt.close(fig)
-        files.append(f)
-    return files
+
+def _tail_section(res: CompareResult) -> list[str]:
+    s, tc = res.summary, res.summary["tail_cell"]
+    cell = next(c for c in res.cells if c["tail_cell"])
+    lines = ["## Tails per model", "",
+             f"Tail cell: **{tc['pattern']} at load {tc['load']:g}** (the burstiest pattern at the highest load). "
+             f"An SLO is scored when some scheduler meets it for at least {res.spec.attainable:.0%} of the model's "
+             f"requests at load {res.spec.probe_load:g} (steady); otherwise it is **unattainable** and left out of "
+             f"the tail figures.", ""]
+    rows = [(m, "attainable" if a["attainable"] else "**unattainable**", _fmt(a["best"], 3), a["by"])
+            for m, a in res.attainable.items()]
+    lines += _md_table(("model", "SLO", f"best attainment at load {res.spec.probe_load:g}", "by"), rows) + [""]
+    if s["tail_unattainable"]:
+        lines += ["**No model's SLO is attainable: the tail figures are not scored.**", ""]
+    who = [("fluid", "fluid"), ("fluid", "rbatch")] + \
+        sorted({(cell["best"]["rbatch"][c]["tail"], "rbatch") for c in ("vs_throughput", "vs_preemptive")}) + \
+        sorted({(cell["best"]["fluid"][c]["tail"], "fluid") for c in ("vs_throughput", "vs_preemptive")})
+    rows = []
+    for m in res.models:
+        rows.append([m] + [f"{_fmt(cell['hardware'][hw][n]['per_model'].get(m, {}).get('p99_ms'), 1)} / "
+                           f"{_fmt(cell['hardware'][hw][n]['per_model'].get(m, {}).get('attainment'), 3)}"
+                           for n, hw in who])
+    rows.append(["**models equally weighted** (scored)"] +
+                [f"{_fmt(cell['hardware'][hw][n]['attainment'], 3)}" for n, hw in who])
+    rows.append(["request-weighted (all)"] + [f"{_fmt(cell['hardware'][hw][n]['attainment_req'], 3)}" for n, hw in who])
+    lines += ["p99 latency (ms) / SLO attainment per model, tuned-for-SLO knobs:", ""]
+    lines += _md_table(["model"] + [f"{n} @ {hw}" for n, hw in who], rows) + [""]
+    mults = res.spec.sweep_mults
+    rows = [[f"{n} @ {hw}"] + [_fmt(v, 3) for v in cell["hardware"][hw][n]["violation_sweep"]]
+            for hw in HARDWARE for n in SCHEDULERS]
+    lines += ["SLO sweep in the tail cell: violation rate (models equally weighted) when the SLO is m x the "
+              "model's isolated batch-1 latency on rbatch hardware:", ""]
+    lines += _md_table(["scheduler @ hardware"] + [f"{m:g}x" for m in mults], rows) + [""]
+    return lines
 
 
 def write_markdown(res: CompareResult, out: Path, plots: list[Path]) -> Path:
     s = res.summary
-    lines = [f"# fluidnpu compare: {res.scenario}", "",
-             f"Loads {', '.join(f'{l:g}' for l in res.spec.loads)} (fraction of the NPU's batch-1 capacity), "
-             f"patterns {', '.join(res.spec.patterns)}, seeds {', '.join(map(str, res.spec.seeds))}, "
-             f"{res.spec.requests} requests per run; spiking = MMPP2 with high/low rate ratio "
-             f"{res.spec.spike_ratio:g} and mean dwell {res.spec.spike_dwell_s[0]:g} s / "
-             f"{res.spec.spike_dwell_s[1]:g} s. Baselines on rbatch hardware with knobs tuned per cell over a "
-             f"grid (chosen on the evaluation seeds); fluid on fluid hardware with default knobs. "
-             f"Service times: the policy mapper's latency tables (cycle model). {res.elapsed_s:.0f} s wall.", "",
-             "## Summary", "",
-             f"* avg_latency_ratio (best baseline's mean latency / fluid's, geometric mean over cells): "
-             f"**{s['avg_latency_ratio']:.2f}x** (95 % CI over seeds {s['avg_latency_ratio_ci95'][0]:.2f}-"
-             f"{s['avg_latency_ratio_ci95'][1]:.2f}; per seed {', '.join(f'{v:.2f}' for v in s['avg_latency_ratio_per_seed'])}); "
-             f"paper: 1.97x.",
-             f"* tail_slo_ratio (fluid's SLO attainment at {res.strict:g}x / the best baseline's, "
-             f"{s['tail_cell']['pattern']} at load {s['tail_cell']['load']:g}): "
-             f"**{_fmt(s['tail_slo_ratio'])}x** ({_fmt(s['tail_cell']['fluid_attainment'], 3)} vs "
-             f"{_fmt(s['tail_cell']['best_baseline_attainment'], 3)} for {s['tail_cell']['best_baseline']}; 95 % CI "
-             f"{_fmt(s['tail_slo_ratio_ci95'][0])}-{_fmt(s['tail_slo_ratio_ci95'][1])}); paper: 6.7x.",
-             f"* Ablation (mean latency, geometric mean over cells): scheduler alone (fluid on rbatch vs the best "
-             f"baseline) {s['scheduler_only_avg_latency_ratio']:.2f}x; hardware alone (the best baseline on fluid "
-             f"hardware) {s['hardware_only_avg_latency_ratio']:.2f}x.", ""]
-    lines += ["## Per cell", "",
-              "| pattern | load | scheduler | hardware | mean ms [95 % CI] | p99 ms | "
-              f"SLO at {res.strict:g}x | knobs (latency) | |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in table_rows(res):
-        lines.append("| " + " | ".join(str(x) for x in r) + " |")
-    lines += ["", "## Chosen knobs", "", "| pattern | load | scheduler | for mean latency | for SLO attainment |",
-              "|---|---|---|---|---|"]
-    for c in res.cells:
-        for name in SCHEDULERS:
-            e = c["schedulers"][name]
-            lines.append(f"| {c['pattern']} | {c['load']:g} | {name} | `{json.dumps(e['knobs_latency'])}` | "
-                         f"`{json.dumps(e['knobs_slo'])}` |")
-    lines += ["", "## Ablation per cell", "", "| pattern | load | run | mean ms | SLO at strictest |", "|---|---|---|---|---|"]
-    for c in res.cells:
-        for k, v in c["ablation"].items():
-            lines.append(f"| {c['pattern']} | {c['load']:g} | {k} | {v['mean_ms']:.2f} | {v['slo_strict']:.3f} |")
+    lines = [f"# fluidnpu compare: {res.scenario}", "", _setup(res), "", "## Summary: two comparisons", ""]
+    lines += [f"* **system**: {MEANINGS['system']};", f"* **scheduler only**: {MEANINGS['scheduler_only']};",
+              f"* *mean latency*: {MEANINGS['avg_latency_ratio']};", f"* *tail: SLO attainment* (the headline tail "
+              f"figure): {MEANINGS['tail_ratio']};", f"* *tail: p99 latency*: {MEANINGS['tail_p99_ratio']}.",
+              "", "Above 1 fluid is better. Ratio [95 % interval]:", ""]
+    lines += _md_table(("comparison", "figure", _CLASS_LABEL["vs_throughput"], _CLASS_LABEL["vs_preemptive"],
+                        _CLASS_LABEL["vs_best"]), list(summary_rows(res))) + [""]
+    h = s["hardware_only"]
+    lines += [f"Hardware alone ({MEANINGS['hardware_only']}): fluid scheduler {_ratio(h['fluid'], 'avg_latency_ratio')} "
+              f"mean latency, {_ratio(h['fluid'], 'tail_ratio')} tail; best baseline "
+              f"{_ratio(h['best_baseline'], 'avg_latency_ratio')} mean latency, "
+              f"{_ratio(h['best_baseline'], 'tail_ratio')} tail. Paper: {s['paper']['avg_latency_ratio']}x mean "
+              f"latency, {s['paper']['tail_ratio']}x tail SLO attainment (against throughput-maximising systems).", ""]
+    lines += _tail_section(res)
+    lines += ["## Per cell", "", "Mean latency in ms [95 % interval] and SLO attainment (own SLOs, scored models "
+              "equally weighted) on each hardware; p99 on the system's hardware (baselines rbatch, fluid fluid).", ""]
+    lines += _md_table(("pattern", "load", "scheduler", "mean @ rbatch", "SLO @ rbatch", "mean @ fluid",
+                        "SLO @ fluid", "p99 ms", "best throughput-maximising (rbatch)"), list(table_rows(res))) + [""]
+    lines += ["## Chosen knobs", ""]
+    rows = [(c["pattern"], f"{c['load']:g}", hw, n, f"`{json.dumps(c['hardware'][hw][n]['knobs_latency'])}`",
+             f"`{json.dumps(c['hardware'][hw][n]['knobs_slo'])}`")
+            for c in res.cells for hw in HARDWARE for n in SCHEDULERS if res.spec.grid[n] != [{}]]
+    lines += _md_table(("pattern", "load", "hardware", "scheduler", "for mean latency", "for SLO attainment"), rows)
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     f = out / "report.md"
     f.write_text("\n".join(lines))
@@ -178,5 +213,5 @@ def write_all(res: CompareResult, out) -> dict:
     js = out / "compare.json"
     files = {"csv": [str(p) for p in csvs], "plots": [str(p) for p in plots], "report": str(md), "json": str(js)}
     res.files = files
-    js.write_text(json.dumps(res.to_json(), indent=1, default=float) + "\n")
+    js.write_text(json.dumps(clean_json(res.to_json()), indent=1) + "\n")
     return files

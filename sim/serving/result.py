@@ -67,23 +67,26 @@ class Result:
         return self.done & (self.finish - self.arrival <= self.slo_s * (1 + 1e-12))
 
     def _stats(self, sel: np.ndarray) -> dict:
-        done = sel & self.done
-        lat = self.latency_s[done]
-        n = int(sel.sum())
-        out = {"requests": n, "served": int(done.sum()), "dropped": int((sel & ~self.done).sum())}
+        fin = self.finish[sel]
+        lat_all = fin - self.arrival[sel]
+        done = ~np.isnan(fin)
+        lat = lat_all[done]
+        n = int(done.size)
+        out = {"requests": n, "served": int(done.sum()), "dropped": int(n - done.sum())}
         out.update(latency_stats(lat))
-        out["slo_attainment"] = float(self.slo_met[sel].mean()) if n else float("nan")
-        base = np.asarray(self.slo_base_s)[self.model]
-        out["slo_attainment_at"] = {m: float(((self.latency_s <= m * base * (1 + 1e-12)) & done)[sel].sum() / n)
-                                    if n else float("nan") for m in self.slo_mults}
+        out["slo_attainment"] = float((lat_all <= self.slo_s[sel] * (1 + 1e-12)).sum() / n) if n else float("nan")
+        model = self.model[sel]
+        base = np.asarray(self.slo_base_s)[model] * (1 + 1e-12)
+        out["slo_attainment_at"] = {m: float((lat_all <= m * base).sum() / n) if n else float("nan")
+                                    for m in self.slo_mults}
         span = self.t_end - self.t_warm
         out["throughput_rps"] = float(done.sum() / span) if span > 0 else float("nan")
+        ex = self.exit[sel]
         exits = {}
         for mi, name in enumerate(self.models):
-            e = self.exit[done & (self.model == mi)]
-            exits[name] = np.bincount(e, minlength=self.n_heads[mi] + 1).tolist()
+            exits[name] = np.bincount(ex[done & (model == mi)], minlength=self.n_heads[mi] + 1).tolist()
         out["exits_per_head"] = exits
-        reasons = self.drop_reason[sel & ~self.done]
+        reasons = self.drop_reason[sel][~done]
         out["drop_reasons"] = {str(r): int(c) for r, c in zip(*np.unique(reasons.astype(str), return_counts=True))} \
             if reasons.size else {}
         return out

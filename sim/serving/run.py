@@ -70,6 +70,23 @@ def warm_window(sc: Scenario, arrival: np.ndarray) -> tuple[np.ndarray, float]:
     return measured, float(sc.warmup_s)
 
 
+_PLANS: dict = {}
+
+
+def _plan(i: int, model, table: LatencyTable, base: float) -> ModelPlan:
+    """A ModelPlan, reused while the same table object, model and SLO base come back (compare
+    runs thousands of times on a few tables; a plan is read-only once built)."""
+    key = (i, id(table), id(model), base)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is table and hit[1] is model:
+        return hit[2]
+    if len(_PLANS) > 64:
+        _PLANS.clear()
+    plan = ModelPlan(i, model, table, base)
+    _PLANS[key] = (table, model, plan)
+    return plan
+
+
 def run(scenario, scheduler, tables, seed: int = 0, *, slo_reference=None, check: bool = False,
         models=None, requests: Requests | None = None) -> Result:
     """Simulate ``scenario`` served by ``scheduler`` on the hardware described by ``tables``.
@@ -90,7 +107,7 @@ def run(scenario, scheduler, tables, seed: int = 0, *, slo_reference=None, check
     base = slo_bases(sc, tabs if slo_reference is None else slo_reference)
     if requests is None:
         requests = generate_requests(sc, seed, base)
-    plans = [ModelPlan(i, m, tabs[m.name], base[m.name]) for i, m in enumerate(sc.models)]
+    plans = [_plan(i, m, tabs[m.name], base[m.name]) for i, m in enumerate(sc.models)]
     n = len(requests)
     measured, t_warm = warm_window(sc, requests.arrival)
     sim = Simulator(requests, plans, scheduler, warmup_t=t_warm, queue_capacity=sc.queue_capacity, check=check)

@@ -1,6 +1,7 @@
 """Serving scenarios: devices (model, arrivals, SLO), horizon, warm-up; TOML loader; request draws."""
 from __future__ import annotations
 
+import hashlib
 import math
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -12,7 +13,8 @@ import numpy as np
 from ..workloads.model import EEModel
 from .arrivals import MMPP2, ArrivalError, ArrivalProcess, GammaRenewal, Poisson, TraceReplay
 
-__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "scale_rates",
+__all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "draw_requests",
+           "scale_rates",
            "load_scenario", "scenario_from_dict"]
 
 DEFAULT_SLO_MULTS = (2.0, 5.0, 10.0, 20.0, 50.0)
@@ -96,6 +98,15 @@ class Scenario:
             if models.setdefault(d.model.name, d.model) != d.model:
                 raise ScenarioError(f"{w}: two different models are named {d.model.name!r}")
         object.__setattr__(self, "devices", devs)
+        dwell = {}
+        for d in devs:
+            a = d.arrivals
+            if isinstance(a, MMPP2) and a.group is not None and \
+                    dwell.setdefault(a.group, (d.name, a.dwell_s))[1] != a.dwell_s:
+                first, dw = dwell[a.group]
+                raise ScenarioError(f"{w}: device {d.name!r}: arrivals.dwell_s = {list(a.dwell_s)} in group "
+                                    f"{a.group!r}: must equal {list(dw)} (device {first!r}): a group shares one "
+                                    f"state path")
         _num(w, "duration_s", self.duration_s)
         _num(w, "warmup_requests", self.warmup_requests, strict=False, integer=True)
         _num(w, "warmup_s", self.warmup_s, strict=False)
@@ -138,21 +149,35 @@ class Requests:
         return int(self.arrival.size)
 
 
+def _group_entropy(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+
+
 def generate_requests(scenario: Scenario, seed: int, slo_base_s: Mapping[str, float]) -> Requests:
     """Draw arrivals and exits for every device, independent of any scheduler.
 
     Device ``i`` uses generators seeded by ``(seed, i, 0)`` (arrivals) and
     ``(seed, i, 1)`` (exits), so a seed fixes the same requests for every scheduler.
+    MMPP devices of one ``group`` share a state path drawn from ``(seed, digest of the
+    group name, 2)``, so adding a device changes no other device's draws.
     ``slo_base_s`` maps model name to the SLO base (isolated batch-1 latency).
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ScenarioError(f"seed = {seed!r}: must be a non-negative integer")
     midx = {m.name: i for i, m in enumerate(scenario.models)}
     parts = []
+    paths = {}
     for i, d in enumerate(scenario.devices):
         rng_a = np.random.default_rng(np.random.SeedSequence([int(seed), i, 0]))
         rng_e = np.random.default_rng(np.random.SeedSequence([int(seed), i, 1]))
-        t = np.asarray(d.arrivals.generate(rng_a, scenario.duration_s), dtype=float)
+        a = d.arrivals
+        if isinstance(a, MMPP2) and a.group is not None:        # one state path per group, shared
+            if a.group not in paths:
+                paths[a.group] = a.state_path(np.random.default_rng(np.random.SeedSequence(
+                    [int(seed), _group_entropy(a.group), 2])), scenario.duration_s)
+            t = a.arrivals_on(rng_a, paths[a.group])
+        else:
+            t = np.asarray(a.generate(rng_a, scenario.duration_s), dtype=float)
         ex = rng_e.choice(d.model.n_exits, size=t.size, p=np.asarray(d.model.exit_probs, float) /
                           sum(d.model.exit_probs))
         if d.model.name not in slo_base_s:
@@ -188,6 +213,12 @@ def for_requests(scenario: Scenario, n: int, seed: int) -> Scenario:
     """``scenario`` with a duration in which at least ``n`` requests arrive with ``seed``:
     1.2 n over the mean rate, doubled while the draw falls short; the warm-up time scales
     with it. A scenario whose arrivals end first (a trace) is an error naming both counts."""
+    return draw_requests(scenario, n, seed, {m.name: 1.0 for m in scenario.models})[0]
+
+
+def draw_requests(scenario: Scenario, n: int, seed: int, slo_base_s: Mapping[str, float]) -> tuple[Scenario, Requests]:
+    """:func:`for_requests` and the draw it made: the scenario and its first ``n`` requests
+    (the same as ``generate_requests`` on that scenario, truncated), drawn once."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ScenarioError(f"requests = {n!r}: must be a positive integer")
     dur = n / scenario.mean_rate
@@ -195,9 +226,13 @@ def for_requests(scenario: Scenario, n: int, seed: int) -> Scenario:
     for _ in range(16):
         sc = replace(scenario, duration_s=1.2 * dur + 1e-9,
                      warmup_s=min(scenario.warmup_s, scenario.warmup_s / scenario.duration_s * dur))
-        got = len(generate_requests(sc, seed, {m.name: 1.0 for m in sc.models}))
+        reqs = generate_requests(sc, seed, slo_base_s)
+        got = len(reqs)
         if got >= n:
-            return sc
+            if got > n:
+                reqs = Requests(arrival=reqs.arrival[:n], device=reqs.device[:n], model=reqs.model[:n],
+                                exit=reqs.exit[:n], slo_s=reqs.slo_s[:n])
+            return sc, reqs
         dur *= 2
     raise ScenarioError(f"requests = {n}: scenario {scenario.name!r} gives only {got} requests with seed {seed} "
                         f"(in {sc.duration_s:.6g} s); ask for at most {got}")
@@ -209,7 +244,7 @@ def _arrivals_from(w: str, a, base: Path, dev_name: str) -> ArrivalProcess:
     if not isinstance(a, dict):
         raise ScenarioError(f"{w}: arrivals = {a!r}: must be a table with 'kind'")
     kind = a.get("kind")
-    allowed = {"poisson": {"rate"}, "gamma": {"rate", "cv"}, "mmpp": {"rates", "dwell_s"},
+    allowed = {"poisson": {"rate"}, "gamma": {"rate", "cv"}, "mmpp": {"rates", "dwell_s", "group"},
                "trace": {"path", "device"}}
     if kind not in allowed:
         raise ScenarioError(f"{w}: arrivals.kind = {kind!r}: must be one of {sorted(allowed)}")
@@ -223,7 +258,7 @@ def _arrivals_from(w: str, a, base: Path, dev_name: str) -> ArrivalProcess:
         if kind == "gamma":
             return GammaRenewal(a["rate"], a["cv"])
         if kind == "mmpp":
-            return MMPP2(tuple(a["rates"]), tuple(a["dwell_s"]))
+            return MMPP2(tuple(a["rates"]), tuple(a["dwell_s"]), a.get("group"))
         p = Path(a["path"])
         return TraceReplay(path=str(p if p.is_absolute() else base / p), device=str(a.get("device", dev_name)))
     except KeyError as e:

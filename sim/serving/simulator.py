@@ -46,6 +46,7 @@ class Simulator:
         self.device = requests.device.tolist()
         self.model_of = requests.model.tolist()
         self._exit = requests.exit.tolist()          # drawn exits: simulator only
+        self._arr_np, self._model_np, self._exit_np = requests.arrival, requests.model, requests.exit
         n = len(self.arrival)
         self.n = n
         self.queues = [deque() for _ in plans]
@@ -97,38 +98,31 @@ class Simulator:
         raise SimulationError(f"scheduler {self.scheduler!r} at t={self.now:.9f}s: {msg}")
 
     def _take(self, m, n, t) -> Batch:
-        if not isinstance(m, int) or not 0 <= m < len(self.plans):
-            self._fail(f"model = {m!r}: must be a model index from 0 to {len(self.plans) - 1}")
+        plans = self.plans
+        if type(m) is not int or not 0 <= m < len(plans):
+            self._fail(f"model = {m!r}: must be a model index from 0 to {len(plans) - 1}")
         q = self.queues[m]
-        pl = self.plans[m]
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= min(len(q), pl.b_max):
+        pl = plans[m]
+        if type(n) is not int or not 1 <= n <= len(q) or n > pl.b_max:
             self._fail(f"batch of n = {n!r} from model {m}: must be from 1 to min(queued {len(q)}, "
                        f"B_max {pl.b_max})")
-        rids = [q.popleft() for _ in range(n)]
         self.n_queued -= n
         st, state = self.start, self.state
-        for r in rids:
+        if n == 1:
+            r = q.popleft()
+            rids = [r]
             st[r] = t
             state[r] = RUNNING
+        else:
+            rids = [q.popleft() for _ in range(n)]
+            for r in rids:
+                st[r] = t
+                state[r] = RUNNING
         self._bid += 1
         b = Batch(self._bid, m, rids, self._exit, self.deadline, pl.n_exits, t)
         if t >= self.warmup_t:
             self.start_hist[n] += 1
         return b
-
-    def _admit(self, t, nxt):
-        arr, mdl, queues, cap, N = self.arrival, self.model_of, self.queues, self.cap, self.n
-        state = self.state
-        while nxt < N and arr[nxt] <= t:
-            if cap is not None and self.n_queued >= cap:
-                state[nxt] = DROPPED
-                self.drop_reason[nxt] = "queue_full"
-            else:
-                queues[mdl[nxt]].append(nxt)
-                state[nxt] = QUEUED
-                self.n_queued += 1
-            nxt += 1
-        return nxt
 
     def _preempt(self, d, t):
         n, m, merge = d[1], d[2], d[3]
@@ -176,6 +170,50 @@ class Simulator:
             if self.state[r] != RUNNING:
                 raise SimulationError(f"invariant: request {r} is in a batch but in state {self.state[r]}")
 
+    # -- the lone-request shortcut ------------------------------------------------------
+    def _lone_table(self):
+        """What the shortcut needs, or None when it cannot apply.
+
+        A request that arrives (after the warm-up) at an idle NPU with nothing queued or
+        paused, under a scheduler that declares ``work_conserving``, starts at once as a
+        batch of one; if it leaves before the next arrival, no decision, merge or hook can
+        happen on the way, so its finish time is its arrival plus its batch-1 segments, summed
+        in the order the event loop sums them (the same floats). Returns per request that
+        finish time, the sorted indices of requests that are *not* such a lone request (the
+        loop serves those), and prefix sums of ops, MACs and busy time for the statistics.
+        """
+        sched = self.scheduler
+        if self.check or not getattr(sched, "work_conserving", False) or self.n == 0 \
+                or type(sched).on_exit is not _base_on_exit or type(sched).on_batch_end is not _base_on_batch_end:
+            return None
+        n_ex = max(p.n_exits for p in self.plans)
+        segs, ops, macs = [], np.zeros((len(self.plans), n_ex), np.int64), np.zeros((len(self.plans), n_ex), np.int64)
+        for m, pl in enumerate(self.plans):
+            c = pl.cum[1]
+            for h in range(pl.n_exits):
+                p, k = 0, 0
+                while True:
+                    stop = pl.next_exit[p] + 1
+                    while len(segs) <= k:
+                        segs.append(np.zeros((len(self.plans), n_ex)))
+                    segs[k][m, h] = c[stop] - c[p]
+                    k += 1
+                    if pl.op_exit[stop - 1] == h or stop == pl.n_ops:
+                        break
+                    p = stop
+                ops[m, h] = stop
+                macs[m, h] = pl.cum_macs[stop]
+        arr = self._arr_np
+        mi, ei = self._model_np, self._exit_np
+        fin = arr.copy()
+        for d in segs:
+            fin = fin + d[mi, ei]
+        nxt = np.append(arr[1:], INF)
+        lone = (arr >= self.warmup_t) & (fin + (1e-9 + 4e-15 * np.abs(fin)) < nxt)
+        busy = np.concatenate(([0.0], np.cumsum(np.where(lone, fin - arr, 0.0))))
+        return (fin.tolist(), np.flatnonzero(~lone).tolist(),
+                np.concatenate(([0], np.cumsum(ops[mi, ei]))), np.concatenate(([0], np.cumsum(macs[mi, ei]))), busy)
+
     # -- the event loop ---------------------------------------------------------------
     def run(self) -> "Simulator":
         sched = self.scheduler
@@ -187,17 +225,60 @@ class Simulator:
         arr, N, plans, check = self.arrival, self.n, self.plans, self.check
         fin, taken, state, drawn = self.finish, self.exit_taken, self.state, self._exit
         op_hist, tw = self.op_hist, self.warmup_t
+        queues, mdl, cap = self.queues, self.model_of, self.cap
+        lone = self._lone_table()
+        resume = lone is not None                             # work-conserving: skip one-answer decisions
+        if lone is not None:
+            l_fin, l_not, l_ops, l_macs, l_busy = lone
+            n_not = len(l_not)
+        bw = bt = 0.0                                         # busy seconds after warm-up, in all
+        macs = 0                                              # MACs after warm-up
         t, nxt, need = 0.0, 0, True
         while True:
-            if nxt < N and arr[nxt] <= t:
-                nxt = self._admit(t, nxt)
+            if nxt < N and arr[nxt] <= t:                     # admit the arrivals up to now
+                while nxt < N and arr[nxt] <= t:
+                    if cap is not None and self.n_queued >= cap:
+                        state[nxt] = DROPPED
+                        self.drop_reason[nxt] = "queue_full"
+                    else:
+                        queues[mdl[nxt]].append(nxt)
+                        state[nxt] = QUEUED
+                        self.n_queued += 1
+                    nxt += 1
                 need = True
             run = self.running
             if run is None:                                   # idle NPU (maybe a paused batch)
                 if self.n_queued == 0 and self.paused is None:
                     if nxt >= N:
                         break
+                    if lone is not None:                      # serve lone requests in one go
+                        j = bisect_left(l_not, nxt)
+                        j = l_not[j] if j < n_not else N
+                        if j > nxt:
+                            k = j - nxt
+                            fin[nxt:j] = l_fin[nxt:j]
+                            self.start[nxt:j] = arr[nxt:j]
+                            taken[nxt:j] = drawn[nxt:j]
+                            state[nxt:j] = bytes((DONE,)) * k
+                            op_hist[1] += int(l_ops[j] - l_ops[nxt])
+                            macs += int(l_macs[j] - l_macs[nxt])
+                            self.start_hist[1] += k
+                            b = float(l_busy[j] - l_busy[nxt])
+                            bw += b
+                            bt += b
+                            self._bid += k
+                            t = l_fin[j - 1]
+                            nxt = j
+                            if nxt >= N:
+                                break
                     t = arr[nxt]
+                    continue
+                if resume and (self.n_queued == 0 or (self.n_queued == 1 and self.paused is None)):
+                    if self.n_queued == 0:                    # one work-conserving answer, no need to ask:
+                        self.running, self.paused = self.paused, None     # resume the paused batch
+                    else:                                     # or start the one queued request
+                        self.running = self._take(self.oldest_model(), 1, t)
+                    need = True
                     continue
                 self.now = t
                 d = decide(self)
@@ -232,16 +313,19 @@ class Simulator:
                 need = True
                 continue
             if need and preemptive and self.n_queued:         # layer boundary with work waiting
-                self.now = t
-                d = decide(self)
-                k = d[0]
-                if k == "hold":
-                    need = False
-                elif k == "preempt":
-                    t = self._preempt(d, t)
-                    run = self.running
-                elif k != "continue":
-                    self._fail(f"{k}: not allowed while a batch is running (use CONTINUE, HOLD, preempt)")
+                if resume and self.paused is not None:        # nothing can be preempted: a work-conserving
+                    need = False                              # scheduler holds; no need to ask
+                else:
+                    self.now = t
+                    d = decide(self)
+                    k = d[0]
+                    if k == "hold":
+                        need = False
+                    elif k == "preempt":
+                        t = self._preempt(d, t)
+                        run = self.running
+                    elif k != "continue":
+                        self._fail(f"{k}: not allowed while a batch is running (use CONTINUE, HOLD, preempt)")
             pl = plans[run.model]
             s, p = run.size, run.pos
             c = pl.cum[s]
@@ -260,10 +344,14 @@ class Simulator:
                 raise SimulationError(f"invariant: time goes back from {t} to {t1}")
             if check:
                 self._check_segment(run, p, stop, t, t1)
-            self._busy(t, t1)
+            bt += t1 - t
             if t >= tw:
+                bw += t1 - t
                 op_hist[s] += stop - p
-                self.macs_w += (pl.cum_macs[stop] - pl.cum_macs[p]) * s
+                cm = pl.cum_macs
+                macs += (cm[stop] - cm[p]) * s
+            elif t1 > tw:
+                bw += t1 - tw
             t = t1
             run.pos = stop
             h = pl.op_exit[stop - 1]
@@ -278,8 +366,8 @@ class Simulator:
                         taken[r] = h
                         state[r] = DONE
                     run.size -= len(g)
-                    run._groups[h] = []
-                    run._refresh()
+                    run._groups[h] = ()
+                    run._rids = None
                     need = True
                     if hook_exit:
                         self.now = t
@@ -304,6 +392,9 @@ class Simulator:
                 need = True
                 if check:
                     self._check_disjoint()
+        self.busy_w += bw
+        self.busy_total += bt
+        self.macs_w += macs
         self.now = t
         self.t_end = t
         if check:
