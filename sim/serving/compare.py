@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fluidnpu.sched import BASELINES, SCHEDULERS
+
 from .arrivals import MMPP2, Poisson, TraceReplay
 from .run import run
 from .scenario import Scenario, ScenarioError, generate_requests, load_scenario
@@ -35,8 +37,6 @@ __all__ = ["DEFAULT_SCENARIO", "CompareSpec", "DEFAULT_GRID", "BASELINES", "pars
 
 DEFAULT_SCENARIO = Path(__file__).with_name("default_scenario.toml")
 PATTERNS = ("steady", "spiking")
-BASELINES = ("fcfs", "dynamic", "clipper", "lazy", "prema")
-SCHEDULERS = BASELINES + ("fluid",)
 
 #: the baselines' knob grids (small on purpose: every point runs on every seed and cell)
 DEFAULT_GRID: dict[str, list[dict]] = {
