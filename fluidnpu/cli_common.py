@@ -89,9 +89,9 @@ class null:
 #: module that shows it is installed. ``pip install fluidnpu`` alone generates, simulates,
 #: serves and compares.
 EXTRAS = {
-    "synth": ("amaranth_boards", "synthesis for the boards (amaranth-boards, the nextpnr wheels)"),
-    "sweep": ("distributed", "sweeps on a Dask cluster (dask[distributed])"),
-    "digits": ("sklearn", "training the digits network (scikit-learn)"),
+    "synth": ("amaranth_boards", "amaranth-boards and the nextpnr wheels"),
+    "sweep": ("distributed", "Dask (dask[distributed])"),
+    "digits": ("sklearn", "scikit-learn"),
 }
 
 
@@ -111,5 +111,5 @@ def need_extra(extra: str, what: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError:
-        raise MissingExtra(f"{what} needs the optional extra fluidnpu[{extra}] ({adds}), which is not "
-                           f"installed; install fluidnpu[{extra}]: pip install 'fluidnpu[{extra}]'") from None
+        raise MissingExtra(f"{what} needs {adds}, not installed here: install fluidnpu[{extra}] "
+                           f"(pip install 'fluidnpu[{extra}]')") from None

@@ -1,6 +1,7 @@
 """fluidnpu serve / compare, the default scenario on the mapper's latency tables, compare specs, conservation."""
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,20 @@ def test_intervals_stay_in_range():
     assert _ci95([1.0, 1.0, 100.0], 0.0) == (m, 0.0, hi)
     m2, lo2, hi2 = _ci95([0.99, 1.0, 0.2], 0.0, 1.0)
     assert hi2 == 1.0 and 0.0 <= lo2 < m2
+
+
+def test_interval_is_the_t_interval():
+    """Mean +- t(0.975, n-1) * s / sqrt(n), s the sample standard deviation (ddof 1); the
+    geometric interval is that of the logs."""
+    from fluidnpu.sim.serving.compare import _ci95, _geo_ci
+    m, lo, hi = _ci95([1.0, 2.0, 3.0])                 # s = 1, t(0.975, 2) = 4.3027
+    assert m == 2.0 and hi - m == pytest.approx(4.3027 / math.sqrt(3), rel=1e-4) and m - lo == hi - m
+    m, lo, hi = _ci95([1.0, 3.0])                      # s = sqrt(2), t(0.975, 1) = 12.706
+    assert (lo, hi) == pytest.approx((2.0 - 12.706, 2.0 + 12.706), rel=1e-4)
+    assert _ci95([5.0]) == (5.0, 5.0, 5.0)
+    g, glo, ghi = _geo_ci([2.0, 8.0])
+    assert g == pytest.approx(4.0) and (glo, ghi) == pytest.approx(
+        (4.0 * math.exp(-12.706 * math.log(2)), 4.0 * math.exp(12.706 * math.log(2))), rel=1e-4)
 
 
 def test_compare_json_files_and_summary(tmp_path):
