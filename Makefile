@@ -101,9 +101,11 @@ demo: $(VENV_STAMP)
 test: $(VENV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests/
 
-# one mutant at a time, in place and always restored (tools/mutants.py); exit status 1 if one survives
+# one mutant at a time, in place and always restored (tools/mutants.py); exit status 1 if one
+# survives; MUTANTS_ARGS="--only ID ..." runs some
+MUTANTS_ARGS ?=
 mutants: $(VENV_STAMP)
-	$(PY) tools/mutants.py
+	$(PY) tools/mutants.py $(MUTANTS_ARGS)
 
 doctor:
 	@echo "python:    $$($(PY) --version 2>&1 || echo 'missing (.venv not set up: make setup)')"
