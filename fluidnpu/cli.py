@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import click
 import numpy as np
 
 from fluidnpu import __version__
-from fluidnpu.hw.config import ConfigError, HwConfig, load_hw_config
+from fluidnpu.cli_common import atomic_write, config_options, fail, load_config, need_extra
+from fluidnpu.hw.config import ConfigError, HwConfig
 from fluidnpu.metrics import gemm_metrics
 
 __all__ = ["main"]
@@ -37,19 +35,7 @@ def main():
     """fluidnpu: Fluid Batching NPU generator and co-simulator."""
 
 
-# -- shared helpers -------------------------------------------------------------------
-
-def _config_options(f):
-    f = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
-                     help="Override one hardware parameter (repeatable).")(f)
-    f = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Hardware config TOML (fields at top level or under [hw]).")(f)
-    return f
-
-
-def _load_config(config_path: Path | None, sets: tuple[str, ...]) -> HwConfig:
-    return load_hw_config(config_path).with_overrides(list(sets))
-
+# -- helpers of the commands here ------------------------------------------------------
 
 def _derived(cfg: HwConfig) -> dict:
     return {
@@ -81,20 +67,6 @@ def _print_config(cfg: HwConfig, title: str) -> None:
     Console().print(table)
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> int:
-    """Write ``path`` through a temporary file renamed into place; return its size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
-
-
 #: what ``generate --top`` can emit: the GEMM core alone, or the NPU with its FBE
 TOPS = {"core": "fluidnpu_core", "npu": "fluidnpu_npu"}
 
@@ -110,7 +82,7 @@ def _write_hdl(cfg: HwConfig, path: Path, rtlil: bool, top: str = "core") -> int
         design = FluidNPU(cfg)
     back = rtlil_back if rtlil else verilog
     text = back.convert(design, name=TOPS[top])
-    return _atomic_write(path, lambda f: f.write(text.encode()))
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _compare(out: np.ndarray, ref: np.ndarray) -> tuple[bool, str]:
@@ -126,12 +98,6 @@ def _compare(out: np.ndarray, ref: np.ndarray) -> tuple[bool, str]:
                    f"got {int(out[r, c])}, expected {int(ref[r, c])}")
 
 
-def _fail(e: Exception) -> None:
-    """Report a simulation failure as ``error: ...`` and exit with status 1."""
-    click.echo(f"error: {e}", err=True)
-    click.get_current_context().exit(1)
-
-
 def _out_dtype(cfg: HwConfig, requant: bool):
     if not requant:
         return np.int32
@@ -141,7 +107,7 @@ def _out_dtype(cfg: HwConfig, requant: bool):
 # -- generate ---------------------------------------------------------------------------
 
 @main.command()
-@_config_options
+@config_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output file (Verilog, or RTLIL with --rtlil).")
 @click.option("--rtlil", is_flag=True, help="Write RTLIL instead of Verilog.")
@@ -150,14 +116,14 @@ def _out_dtype(cfg: HwConfig, requant: bool):
                    "Engine, descriptor memory, control table and exit unit (module fluidnpu_npu, docs/fbe.md).")
 def generate(config_path, sets, output, rtlil, top):
     """Generate the NPU core, or the whole NPU with its FBE, as Verilog or RTLIL."""
-    cfg = _load_config(config_path, sets)
+    cfg = load_config(config_path, sets)
     _print_config(cfg, f"{TOPS[top]} parameters")
     size = _write_hdl(cfg, output, rtlil, top)
     click.echo(f"wrote {output} ({'RTLIL' if rtlil else 'Verilog'}, {size:,} bytes)")
 
 
 @main.command()
-@_config_options
+@config_options
 @click.option("--top", type=click.Choice(sorted(TOPS)), default="core", show_default=True,
               help="Lint the core alone or the NPU with its FBE.")
 def lint(config_path, sets, top):
@@ -166,7 +132,7 @@ def lint(config_path, sets, top):
 
     from fluidnpu.hw.lint import lint_verilog
 
-    cfg = _load_config(config_path, sets)
+    cfg = load_config(config_path, sets)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "npu.v"
         _write_hdl(cfg, path, rtlil=False, top=top)
@@ -178,7 +144,7 @@ def lint(config_path, sets, top):
 
 
 @main.command()
-@_config_options
+@config_options
 @click.option("--target", type=click.Choice(["ulx3s-85f", "icebreaker", "generic"]), default="ulx3s-85f",
               show_default=True, help="Board (device flow to a bitstream) or a technology-independent count.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -196,10 +162,13 @@ def lint(config_path, sets, top):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, placer, as_json):
     """Synthesise the NPU (yosys, nextpnr): LUTs, FFs, DSPs, BRAMs, Fmax, fit."""
-    from fluidnpu.synth import SynthError, synthesize
+    from fluidnpu.synth import TARGETS, SynthError, synthesize
     from fluidnpu.synth.flow import parse_seeds
 
-    cfg = _load_config(config_path, sets)
+    if TARGETS[target].is_board:
+        need_extra("synth", f"fluidnpu synth --target {target}")
+
+    cfg = load_config(config_path, sets)
     seeds = None
     if seeds_text is not None:
         if click.get_current_context().get_parameter_source("seed").name != "DEFAULT":
@@ -216,7 +185,7 @@ def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only,
         r = synthesize(cfg, target, out_dir, seed=seed, seeds=seeds, jobs=jobs,
                        pack_only=pack_only, progress=progress, placer=placer)
     except SynthError as e:
-        _fail(e)
+        fail(e)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     click.echo(r.to_json() if as_json else r.summary())
@@ -235,7 +204,7 @@ def _parse_policy(ctx, param, value):
 
 
 @main.command()
-@_config_options
+@config_options
 @click.option("--model", "model_ref", help="Zoo model name or model TOML file.")
 @click.option("--topology", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="SCALE-Sim topology CSV (a network without exits).")
@@ -255,7 +224,7 @@ def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out
     from fluidnpu.sim.workloads import resolve_model
     from fluidnpu.sim.workloads.topology import parse_topology
 
-    cfg = _load_config(config_path, sets)
+    cfg = load_config(config_path, sets)
     if (model_ref is None) == (topology is None):
         raise click.UsageError("give exactly one of --model NAME|FILE and --topology FILE")
     try:
@@ -310,7 +279,7 @@ def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out
 
 
 @main.command()
-@_config_options
+@config_options
 @click.option("--batches", default="1,2,4,8,16", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--models", default=None, help="Comma-separated zoo names (default: the whole zoo).")
 def ablation(config_path, sets, batches, models):
@@ -318,7 +287,7 @@ def ablation(config_path, sets, batches, models):
     from fluidnpu.sched.mapper import HARDWARE, ablation as run_ablation
     from fluidnpu.sim.workloads import zoo
 
-    cfg = _load_config(config_path, sets)
+    cfg = load_config(config_path, sets)
     try:
         bs = [int(b) for b in batches.split(",")]
     except ValueError:
@@ -341,11 +310,11 @@ def ablation(config_path, sets, batches, models):
 # -- config -----------------------------------------------------------------------------
 
 @main.command()
-@_config_options
+@config_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: {\"hw\": fields, \"derived\": values}.")
 def config(config_path, sets, as_json):
     """Validate a hardware configuration and print it."""
-    cfg = _load_config(config_path, sets)
+    cfg = load_config(config_path, sets)
     if as_json:
         click.echo(json.dumps({"hw": cfg.to_dict(), "derived": _derived(cfg)}, indent=2))
     else:
@@ -449,7 +418,7 @@ _npy = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--split", "bp", type=int, default=1, show_default=True,
               help="B_P: rows sharing one PE's lanes.")
 @click.option("--sim", type=click.Choice(SIMULATORS), default="icarus", show_default=True)
-@_config_options
+@config_options
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output O[R x C] .npy (int8/int16 when requantised, else int32).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of results.")
@@ -463,7 +432,7 @@ def gemm(x_path, w_path, b_path, requant, relu, k, bp, sim, config_path, sets, o
     Computes O[R x C] = X[R x P] * W[P x C] (+ bias, requantisation, ReLU) in an HDL
     simulator with the run-time policy (B_P = --split, k = --stack).
     """
-    cfg = _load_config(config_path, sets)
+    cfg = load_config(config_path, sets)
     x, w, bias = _validate_gemm(cfg, x_path, w_path, b_path, requant, k, bp)
 
     from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
@@ -479,11 +448,11 @@ def gemm(x_path, w_path, b_path, requant, relu, k, bp, sim, config_path, sets, o
         res = run_gemm(cfg, x, w, bias, out_mode=out_mode, mult=mult, shift=shift, relu=relu,
                        bp=bp, k=k, sim=sim, wave=wave, mem=MemTiming(**timing))
     except SimError as e:
-        _fail(e)
+        fail(e)
     ref = gemm_reference(cfg, x, w, bias, out_mode=out_mode, mult=mult, shift=shift, relu=relu)
     ok, detail = _compare(res.out, ref)
     out = np.asarray(res.out).astype(_out_dtype(cfg, requant is not None))
-    _atomic_write(out_path, lambda f: np.save(f, out))
+    atomic_write(out_path, lambda f: np.save(f, out))
 
     (r, p), c = x.shape, w.shape[1]
     m = gemm_metrics(cfg, r, p, c, res.cycles, bias=bias is not None, requant=requant is not None,
@@ -544,7 +513,7 @@ def demo(sim, out_dir, seed):
         res = run_gemm(cfg, x, w, bias, out_mode=OUT_REQUANT, mult=mult, shift=shift,
                        relu=False, bp=1, k=1, sim=sim, wave=None, mem=MemTiming())
     except SimError as e:
-        _fail(e)
+        fail(e)
     ref = gemm_reference(cfg, x, w, bias, out_mode=OUT_REQUANT, mult=mult, shift=shift)
     ok, detail = _compare(res.out, ref)
     m = gemm_metrics(cfg, r, p, c, res.cycles, bias=True, requant=True)
@@ -555,17 +524,13 @@ def demo(sim, out_dir, seed):
     if not ok:
         click.get_current_context().exit(1)
 
-# `fluidnpu sweep` lives in fluidnpu/cli_sweep.py and registers itself on `main`.
-from fluidnpu import cli_sweep as _cli_sweep  # noqa: E402,F401
+# The commands of the other modules (each imports only fluidnpu.cli_common, never this
+# module, so any of them can be imported first).
+from fluidnpu.cli_cosim import cosim  # noqa: E402
+from fluidnpu.cli_digits import train_digits_cmd  # noqa: E402
+from fluidnpu.cli_network import network_cmd  # noqa: E402
+from fluidnpu.cli_serving import compare, serve  # noqa: E402
+from fluidnpu.cli_sweep import sweep  # noqa: E402
 
-# `fluidnpu train-digits` registers itself on `main` (fluidnpu/cli_digits.py)
-from fluidnpu import cli_digits as _cli_digits  # noqa: E402,F401
-
-# serving commands (serve, compare) live in their own module and register on `main`
-from fluidnpu import cli_serving as _cli_serving  # noqa: E402,F401
-
-# `fluidnpu network` (the RTL NPU with its FBE) lives in fluidnpu/cli_network.py
-from fluidnpu import cli_network as _cli_network  # noqa: E402,F401
-
-# `fluidnpu cosim` (schedulers driving the RTL) lives in fluidnpu/cli_cosim.py
-from fluidnpu import cli_cosim as _cli_cosim  # noqa: E402,F401
+for _cmd in (sweep, train_digits_cmd, serve, compare, network_cmd, cosim):
+    main.add_command(_cmd)

@@ -1,8 +1,7 @@
 """``fluidnpu cosim``: a scheduler from sched/ drives the RTL NPU with its FBE; the same
 trace on the serving simulator's FBE mode; metrics of both and their agreement.
 
-Registered on the ``fluidnpu`` click group by an import at the bottom of cli.py. See
-docs/cosim.md.
+Added to the ``fluidnpu`` click group by cli.py. See docs/cosim.md.
 """
 from __future__ import annotations
 
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from fluidnpu.cli import main
-from fluidnpu.cli_serving import SCHEDULERS, _jsonable, _stderr_console
+from fluidnpu.cli_common import jsonable, load_config, stderr_console
+from fluidnpu.sched import SCHEDULERS
 
 __all__ = ["cosim", "parse_knobs"]
 
@@ -42,12 +41,11 @@ def parse_knobs(items) -> dict:
 
 
 def _setup(scenario_path, scheduler, knobs, config_path, sets, requests, seed, latency, policy, load=1.0):
-    from fluidnpu.cli import _load_config
     from fluidnpu.hw.config import ConfigError
     from fluidnpu.hw.runner import MemTiming
     from fluidnpu.sim.cosim.run import COSIM_CONFIG, DEFAULT_SCENARIO, prepare
     try:
-        cfg = _load_config(config_path, sets) if config_path else COSIM_CONFIG.with_overrides(list(sets))
+        cfg = load_config(config_path, sets) if config_path else COSIM_CONFIG.with_overrides(list(sets))
     except (ConfigError, ValueError) as e:
         raise click.UsageError(str(e)) from None
     if load != 1.0:
@@ -85,7 +83,7 @@ def _completion_csv(path: Path, s, model, rtl):
                         int(rtl.finish_cycle[r] == model.finish_cycle[r])])
 
 
-@main.command()
+@click.command()
 @click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Single-model scenario TOML (default: the shipped digits-sensors scenario).")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="fluid", show_default=True)
@@ -136,7 +134,7 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, load, con
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("requests"),
                     TextColumn("{task.fields[cyc]}"), TimeRemainingColumn())
-            with Progress(*cols, console=_stderr_console(), transient=True) as bar:
+            with Progress(*cols, console=stderr_console(), transient=True) as bar:
                 task = bar.add_task(f"RTL ({sim})", total=n, cyc="building or starting")
                 rtl = run_rtl(s, sim, wave=wave,
                               progress=lambda c, d: bar.update(task, completed=d, cyc=f"cycle {c:,}"))
@@ -165,9 +163,9 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, load, con
         _completion_csv(out_dir / "completion.csv", s, model, rtl)
         out["files"] = [str(out_dir / f) for f in ("requests.csv", "requests_serve.csv", "requests_tables.csv",
                                                     "completion.csv", "summary.json")]
-        (out_dir / "summary.json").write_text(json.dumps(_jsonable(out), indent=1) + "\n")
+        (out_dir / "summary.json").write_text(json.dumps(jsonable(out), indent=1) + "\n")
     if as_json:
-        click.echo(json.dumps(_jsonable(out), indent=1))
+        click.echo(json.dumps(jsonable(out), indent=1))
     else:
         _print(out, rtl, model, tables, agr)
     if agr["agreement"] < 1.0:

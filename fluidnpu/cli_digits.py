@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fluidnpu.cli import main
+from fluidnpu.cli_common import need_extra
 
 __all__ = ["train_digits_cmd", "summary"]
 
@@ -49,7 +49,7 @@ def summary(res, files=()) -> dict:
     }
 
 
-@main.command("train-digits")
+@click.command("train-digits")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/digits"),
               show_default=True, help="Folder for digits.toml and digits.npz (sim/workloads/zoo rewrites the "
                                       "shipped model).")
@@ -65,11 +65,7 @@ def train_digits_cmd(out_dir, seed, epochs, no_write, as_json):
     rates on the test split, and write the model TOML + weights."""
     import dataclasses
 
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        click.echo("error: train-digits needs scikit-learn (pip install scikit-learn)", err=True)
-        click.get_current_context().exit(2)
+    need_extra("digits", "fluidnpu train-digits")
     from fluidnpu.sim.workloads.digits import TrainConfig, train_digits, write_model
 
     cfg = TrainConfig(seed=seed)

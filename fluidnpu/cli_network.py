@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from fluidnpu.cli import _atomic_write, _config_options, _load_config, main
+from fluidnpu.cli_common import atomic_write, config_options, load_config
 
 __all__ = ["network_cmd", "read_schedule"]
 
@@ -94,7 +94,7 @@ def write_counts(path: Path, counts: list[int], source: str) -> None:
     else:
         text = f"# {source}\nexit,count\n" + "".join(
             f"{'final' if i == len(counts) - 1 else i},{int(c)}\n" for i, c in enumerate(counts))
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def accuracy_report(net, cfg, xs, labels, outs, names) -> dict:
@@ -147,8 +147,8 @@ def _print_accuracy(con, acc):
     con.print(f"accuracy: RTL {pct(acc['rtl'])} %, integer reference {pct(acc['integer_reference'])} %{flt}")
 
 
-@main.command("network")
-@_config_options
+@click.command("network")
+@config_options
 @click.option("--model", "model_ref", required=True, help="Zoo name or model TOML with weights and exit thresholds.")
 @click.option("--inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Samples, int8 .npy of shape (N, r*p) or (N, r, p) [default: the model's shipped test inputs].")
@@ -185,7 +185,7 @@ def network_cmd(config_path, sets, model_ref, inputs, labels_path, limit, batch_
         raise click.UsageError(f"--counts-out {counts_out}: must end in .json or .csv (the counts file formats of "
                                f"[exit_rates] measured)")
     try:
-        cfg = _load_config(config_path, sets)
+        cfg = load_config(config_path, sets)
         net = load_network(model_ref)
         l0 = net.model.layers[0]
         xs, labels = _inputs(net, inputs, labels_path, limit, (l0.r, l0.p))

@@ -1,6 +1,6 @@
 """``fluidnpu serve`` and ``fluidnpu compare``: the serving simulator from the command line.
 
-Registered on the ``fluidnpu`` click group by an import at the bottom of cli.py.
+Added to the ``fluidnpu`` click group by cli.py.
 Service times come from the policy mapper's latency tables (the cycle model) of the
 default hardware configuration: baselines on ``rbatch`` hardware, ``fluid`` on
 ``fluid`` hardware, unless ``--hardware`` says otherwise. See docs/serving.md.
@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from fluidnpu.cli import _config_options, _load_config, main
+from fluidnpu.cli_common import config_options, jsonable, load_config, null, stderr_console
+from fluidnpu.sched import SCHEDULERS
 
 __all__ = ["serve", "compare"]
-
-SCHEDULERS = ("fcfs", "dynamic", "clipper", "lazy", "prema", "fluid")
 
 
 def _user_errors(f):
@@ -41,26 +39,9 @@ def _user_errors(f):
     return wrapper
 
 
-def _stderr_console():
-    from rich.console import Console
-    return Console(stderr=True)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if hasattr(x, "item"):
-        return _jsonable(x.item())
-    return x
-
-
 # -- serve --------------------------------------------------------------------------------
 
-@main.command()
+@click.command()
 @click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Scenario TOML (default: the shipped default scenario).")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="fluid", show_default=True)
@@ -77,7 +58,7 @@ def _jsonable(x):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write requests.csv (one row per request) and summary.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@_config_options
+@config_options
 @_user_errors
 def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, as_json, config_path, sets):
     """Simulate one scheduler serving a scenario; latency, SLO attainment, utilisation."""
@@ -86,9 +67,9 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
 
     t0 = time.perf_counter()
     given = config_path is not None or bool(sets)
-    cfg = _load_config(config_path, sets)
+    cfg = load_config(config_path, sets)
     hw = hardware or ("fluid" if scheduler == "fluid" else "rbatch")
-    con = _stderr_console()
+    con = stderr_console()
     if hw == "fbe":
         from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO as FBE_SCENARIO, prepare, run_model
         scenario_path = scenario_path or FBE_SCENARIO
@@ -103,7 +84,7 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
         sc, _ = load_with_spec(scenario_path)
         if load != 1.0:
             sc = scale_rates(sc, load)
-        with con.status("mapping the models (cycle model)...", spinner="dots") if not as_json else _null():
+        with con.status("mapping the models (cycle model)...", spinner="dots") if not as_json else null():
             tabs = serving_tables(sc, cfg)
         ref = tabs["rbatch"]
         if n_requests is not None:
@@ -111,7 +92,7 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
         else:
             reqs = generate_requests(sc, seed, slo_bases(sc, ref))
         with con.status(f"simulating {len(reqs):,} requests ({scheduler} on {hw})...", spinner="dots") \
-                if not as_json else _null():
+                if not as_json else null():
             t1 = time.perf_counter()
             res = run(sc, scheduler, tabs[hw], seed, slo_reference=ref, requests=reqs)
             sim_s = time.perf_counter() - t1
@@ -125,9 +106,9 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
         out_dir.mkdir(parents=True, exist_ok=True)
         res.to_csv(out_dir / "requests.csv")
         out["files"] = [str(out_dir / "requests.csv"), str(out_dir / "summary.json")]
-        (out_dir / "summary.json").write_text(json.dumps(_jsonable(out), indent=1) + "\n")
+        (out_dir / "summary.json").write_text(json.dumps(jsonable(out), indent=1) + "\n")
     if as_json:
-        click.echo(json.dumps(_jsonable(out), indent=1))
+        click.echo(json.dumps(jsonable(out), indent=1))
         return
     from rich.console import Console
     from rich.table import Table
@@ -155,17 +136,9 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
         click.echo(f"wrote {f}")
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 # -- compare -------------------------------------------------------------------------------
 
-@main.command()
+@click.command()
 @click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Scenario TOML with an optional [compare] table (default: the shipped default scenario).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/compare"),
@@ -176,7 +149,7 @@ class _null:
 @click.option("--seeds", "n_seeds", type=click.IntRange(min=1, max=1000),
               help="Run seeds 1..N (overrides [compare].seeds; the first min(N, tune_seeds) tune the knobs).")
 @click.option("--jobs", type=click.IntRange(min=1), help="Worker processes (default: up to 2).")
-@_config_options
+@config_options
 @_user_errors
 def compare(scenario_path, out_dir, as_json, n_requests, n_seeds, jobs, config_path, sets):
     """Every scheduler on both hardware variants over loads and arrival patterns, baselines tuned per cell;
@@ -188,14 +161,14 @@ def compare(scenario_path, out_dir, as_json, n_requests, n_seeds, jobs, config_p
     from fluidnpu.sim.serving.compare import load_with_spec, run_compare, serving_tables
     from fluidnpu.sim.serving.report import clean_json, write_all
 
-    cfg = _load_config(config_path, sets)
+    cfg = load_config(config_path, sets)
     sc, spec = load_with_spec(scenario_path)
     if n_requests is not None:
         spec = replace(spec, requests=n_requests)
     if n_seeds is not None:
         spec = replace(spec, seeds=tuple(range(1, n_seeds + 1)), tune_seeds=spec.tune_seeds)
-    con = _stderr_console()
-    with con.status("mapping the models (cycle model)...", spinner="dots") if con.is_terminal else _null():
+    con = stderr_console()
+    with con.status("mapping the models (cycle model)...", spinner="dots") if con.is_terminal else null():
         tabs = serving_tables(sc, cfg)
     live = con.is_terminal and not as_json
     prog = Progress(TextColumn("compare"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),

@@ -1,7 +1,7 @@
 """``fluidnpu sweep``: design-space sweeps (synthesis, cycle model, serving) on a local pool or Dask.
 
-Registered on the ``fluidnpu`` click group by the import at the bottom of
-:mod:`fluidnpu.cli`. The work is in :mod:`fluidnpu.synth.sweep`; see docs/sweeps.md.
+Added to the ``fluidnpu`` click group by :mod:`fluidnpu.cli`. The work is in
+:mod:`fluidnpu.synth.sweep`; see docs/sweeps.md.
 """
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from fluidnpu.cli import main
+from fluidnpu.cli_common import need_extra
 
 __all__ = ["sweep"]
 
 
-@main.command()
+@click.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Local worker processes (default: the CPU count; 1 runs in this process).")
@@ -28,6 +28,7 @@ __all__ = ["sweep"]
 def sweep(sweep_file, workers, dask_address, out_dir, list_only, no_plots, quiet):
     """Run the sweep in SWEEP_FILE (TOML): table results.csv, Pareto plots, resumable."""
     from fluidnpu.synth.sweep import SweepError, load_sweep, run_sweep
+    from fluidnpu.synth.targets import TARGETS
 
     try:
         sw = load_sweep(sweep_file)
@@ -44,6 +45,10 @@ def sweep(sweep_file, workers, dask_address, out_dir, list_only, no_plots, quiet
     if workers is not None and dask_address is not None:
         click.echo("error: --workers and --dask: give one (the Dask cluster has its own workers)", err=True)
         raise SystemExit(2)
+    if dask_address is not None:
+        need_extra("sweep", "fluidnpu sweep --dask")
+    if sw.synth and TARGETS[sw.synth["target"]].is_board:
+        need_extra("synth", f"{sweep_file}: synthesis for target {sw.synth['target']}")
     out = out_dir or Path("out") / "sweeps" / sw.name
 
     def log(msg):

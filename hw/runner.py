@@ -3,9 +3,10 @@ benches against them: what :mod:`fluidnpu.hw.gemm_runner` (GEMM layers on the co
 :mod:`fluidnpu.hw.fbe_runner` (networks on the NPU with its FBE) share.
 
 The simulator model of a design is built once per (simulator, ``cfg.key()``, hash of the
-``hw/`` sources) and cached in a build directory: ``$FLUIDNPU_BUILD_DIR`` if set, else ``<repo>/.fluidnpu-build``
-when running from a checkout, else ``~/.cache/fluidnpu``. Concurrent builds (pytest-xdist
-workers) are serialised with an ``fcntl`` lock per build. A bench reads its run's data
+``hw/`` sources) and cached in a build directory: ``$FLUIDNPU_BUILD_DIR`` if set, else
+``build`` in the user cache folder (platformdirs: ``$XDG_CACHE_HOME/fluidnpu``, by default
+``~/.cache/fluidnpu``, on Linux). Concurrent builds (pytest-xdist workers, several
+checkouts) are serialised with an ``fcntl`` lock per build. A bench reads its run's data
 from the directory named by ``FLUIDNPU_RUN_DIR``.
 """
 from __future__ import annotations
@@ -89,21 +90,15 @@ class MemTiming:
 
 # -- paths and tools -------------------------------------------------------------------
 
-def _repo_root() -> Path | None:
-    root = _HW_DIR.parent
-    if (root / "pyproject.toml").is_file() and (root / ".git").exists():
-        return root
-    return None
-
-
 def build_root() -> Path:
+    """``$FLUIDNPU_BUILD_DIR``, else ``build`` in the user cache folder (platformdirs'
+    ``user_cache_path``, which follows ``XDG_CACHE_HOME``); the synthesis flow keeps its
+    runs and results under it too."""
     env = os.environ.get("FLUIDNPU_BUILD_DIR")
     if env:
         return Path(env).expanduser().resolve()
-    root = _repo_root()
-    if root is not None:
-        return root / ".fluidnpu-build"
-    return Path.home() / ".cache" / "fluidnpu"
+    from platformdirs import user_cache_path
+    return user_cache_path("fluidnpu", appauthor=False) / "build"
 
 
 def verilator_root() -> Path:

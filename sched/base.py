@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 __all__ = ["Scheduler", "SchedulerError", "CONTINUE", "HOLD", "start", "preempt", "wait", "register", "make",
-           "names", "knob_defaults", "REGISTRY"]
+           "names", "in_order", "baselines", "knob_defaults", "REGISTRY"]
 
 CONTINUE = ("continue",)
 HOLD = ("hold",)
@@ -61,10 +61,13 @@ class Scheduler:
     paused (the hardware holds one: nothing can be preempted), HOLD. The simulator then skips those
     calls: a request that arrives at an idle NPU and leaves before the next arrival is
     served without asking, which makes light load several times faster to simulate.
+    ``baseline = False`` marks the scheduler the comparison is about (fluid); the others
+    are the baselines it is compared with.
     """
     name = "base"
     preemptive = False
     work_conserving = False
+    baseline = True
     knob_spec: dict = {}
 
     def __init__(self, **knobs):
@@ -150,7 +153,18 @@ def make(name: str, **knobs) -> Scheduler:
 
 
 def names() -> list[str]:
+    """The registered schedulers' names, sorted."""
     return sorted(REGISTRY)
+
+
+def in_order() -> tuple[str, ...]:
+    """The registered schedulers' names in registration order (the order of tables and plots)."""
+    return tuple(REGISTRY)
+
+
+def baselines() -> tuple[str, ...]:
+    """The registered baselines (every scheduler but fluid), in registration order."""
+    return tuple(n for n, cls in REGISTRY.items() if cls.baseline)
 
 
 def knob_defaults(name: str) -> dict:

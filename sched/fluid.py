@@ -40,6 +40,7 @@ class Fluid(Scheduler):
     name = "fluid"
     work_conserving = True
     preemptive = True
+    baseline = False
     knob_spec = {"max_batch": MAX_BATCH,
                  "miss_weight": (1.0, is_nonneg, "a number >= 0 (SLO budgets per expected miss)"),
                  "rest_weight": (1.0, is_nonneg, "a number >= 0")}

@@ -172,7 +172,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
 
     * ``out_dir``: folder for the design, logs (``yosys.log``, ``nextpnr.log``),
       nextpnr's ``report.json``, the bitstream and ``result.json``; default
-      ``.fluidnpu-build/synth/<target>-<key>``.
+      ``synth/<target>-<key>`` in the build folder (:func:`fluidnpu.hw.runner.build_root`).
     * ``seed``: nextpnr's placement seed. ``target_mhz``: the clock constraint nextpnr
       works for (default ``cfg.clock_mhz``); ``fmax_mhz`` is what it reached.
     * ``seeds``: a seed sweep instead of one seed: yosys once, then place and route with

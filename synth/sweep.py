@@ -89,7 +89,7 @@ def _terminate_tree(pids, grace_s: float = 3.0) -> None:
     """Terminate the processes ``pids`` (the pool's workers) and their children (after Ctrl-C)."""
     try:
         import psutil
-    except ImportError:  # pragma: no cover - psutil comes with distributed
+    except ImportError:  # pragma: no cover - psutil is a dependency of fluidnpu
         return
     procs = []
     for pid in pids:
@@ -116,8 +116,8 @@ class _Dask:
         try:
             from distributed import Client
         except ImportError:
-            raise SweepError("--dask: the 'distributed' package is not installed "
-                             "(pip install 'dask[distributed]')") from None
+            raise SweepError("--dask: the 'distributed' package is not installed: install "
+                             "fluidnpu[sweep] (pip install 'fluidnpu[sweep]')") from None
         if isinstance(address, Client):
             self.client, self.own = address, False
         else:

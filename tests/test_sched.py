@@ -121,6 +121,59 @@ def test_prema_preempts_long_jobs_for_short_ones_without_merging():
     assert res.preemptions > 0 and res.merges == 0 and res.done.all()
 
 
+def _prema_view(queued, cum, now=1.0, running=None, preempt_s=0.0):
+    """A hand-made view for PREMA: ``queued[m]`` = [(arrival, slo)] per model, ``cum[m]`` =
+    the cumulative op times per batch size (b -> list), ``running`` = (model, pos, [(arrival,
+    slo)]) or None."""
+    from collections import deque
+    from types import SimpleNamespace as NS
+    arrival, slo, queues = [], [], []
+    for reqs in queued:
+        q = deque()
+        for a, s in reqs:
+            q.append(len(arrival))
+            arrival.append(a)
+            slo.append(s)
+        queues.append(q)
+    plans = [NS(cum=c, preempt_s=preempt_s, b_max=len(c) - 1) for c in cum]
+    run = None
+    if running is not None:
+        m, pos, members = running
+        ids = list(range(len(arrival), len(arrival) + len(members)))
+        for a, s in members:
+            arrival.append(a)
+            slo.append(s)
+        run = NS(model=m, pos=pos, size=len(ids), rids=lambda ids=ids: ids)
+    return NS(running=run, paused=None, now=now, arrival=arrival, slo=slo, queues=queues, plans=plans)
+
+
+def test_prema_rule():
+    """PREMA's rule on a hand-made view: among tasks whose token (the largest share of SLO
+    spent) is at least ``threshold`` times the largest, the shortest predicted remaining
+    time runs; switching away from a running batch preempts it without a merge."""
+    from fluidnpu.sched import CONTINUE, HOLD, preempt, start
+    # per batch size: cumulative time after each of two ops
+    long = [None, [0.0, 4.0, 8.0], [0.0, 5.0, 10.0]]
+    short = [None, [0.0, 0.5, 1.0], [0.0, 0.6, 1.2]]
+    p = make("prema", threshold=0.5)
+    # equal tokens: the short model's batch starts first, whichever model is older
+    v = _prema_view([[(0.0, 10.0)], [(0.5, 5.0)]], [long, short])
+    assert p.decide(v) == start(1, 1)
+    v = _prema_view([[(0.5, 5.0)], [(0.0, 10.0), (0.2, 10.0)]], [long, short])
+    assert p.decide(v) == start(2, 1)
+    # the short task's token is below half the long one's: only the long one is a candidate
+    v = _prema_view([[(0.0, 1.0)], [(0.9, 10.0)]], [long, short])          # tokens 1.0 and 0.01
+    assert p.decide(v) == start(1, 0)
+    assert make("prema", threshold=0.0).decide(v) == start(1, 1)
+    # a running long batch (one op left, 4 s) against a queued short one (1 s + preempt cost)
+    v = _prema_view([[], [(0.9, 1.0)]], [long, short], running=(0, 1, [(0.0, 10.0)]), preempt_s=0.1)
+    assert p.decide(v) == preempt(1, 1, merge=False)
+    # ... and against a queued job longer than what it has left: it keeps running
+    v = _prema_view([[], [(0.9, 1.0)]], [long, long], running=(0, 1, [(0.0, 10.0)]))
+    assert p.decide(v) == HOLD
+    assert p.decide(_prema_view([[], []], [long, short])) == CONTINUE
+
+
 def test_predictor_exit_aware_vs_blind():
     m = mk_model(probs=(0.5, 0.25, 0.25))
     plan = ModelPlan(0, m, mk_table(m), 1.0)

@@ -1,6 +1,7 @@
 """fluidnpu serve / compare, the default scenario on the mapper's latency tables, compare specs, conservation."""
 import csv
 import json
+import math
 import re
 from pathlib import Path
 

@@ -5,6 +5,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fluidnpu import sched as _sched
+
 from .scenario import Scenario, ScenarioError, load_scenario
 
 __all__ = ["DEFAULT_SCENARIO", "PATTERNS", "BASELINES", "THROUGHPUT", "PREEMPTIVE", "SCHEDULERS", "DEFAULT_GRID",
@@ -16,8 +18,12 @@ PATTERNS = ("steady", "spiking", "correlated")
 #: the baseline classes: throughput-maximising (the paper's comparison) and preemptive
 THROUGHPUT = ("fcfs", "dynamic", "clipper", "lazy")
 PREEMPTIVE = ("prema",)
-BASELINES = THROUGHPUT + PREEMPTIVE
-SCHEDULERS = BASELINES + ("fluid",)
+#: the one list of schedulers is the registry's (fluidnpu.sched); the classes split its baselines
+SCHEDULERS = _sched.SCHEDULERS
+BASELINES = _sched.BASELINES
+if set(THROUGHPUT + PREEMPTIVE) != set(BASELINES):     # a new baseline must be given a class
+    raise ImportError(f"compare: baseline classes {THROUGHPUT + PREEMPTIVE} do not cover the registry's "
+                      f"baselines {BASELINES}")
 HARDWARE = ("rbatch", "fluid")
 
 #: the baselines' knob grids (small on purpose: every point runs on each tuning seed, cell and hardware)

@@ -1,0 +1,115 @@
+"""What the ``fluidnpu`` command modules share: hardware-config options, file writing,
+JSON and console helpers, and the check for an optional extra.
+
+Every command module (cli.py, cli_serving.py, cli_cosim.py, ...) imports from here and
+never from another command module, so any of them can be imported first; cli.py
+gathers the commands into the ``fluidnpu`` group.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import click
+
+from fluidnpu.hw.config import HwConfig, load_hw_config
+
+__all__ = ["config_options", "load_config", "atomic_write", "fail", "jsonable", "stderr_console", "null",
+           "EXTRAS", "MissingExtra", "need_extra"]
+
+
+def config_options(f):
+    """``--config FILE`` and ``--set NAME=VALUE`` (repeatable) on a command."""
+    f = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                     help="Override one hardware parameter (repeatable).")(f)
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Hardware config TOML (fields at top level or under [hw]).")(f)
+    return f
+
+
+def load_config(config_path: Path | None, sets: tuple[str, ...]) -> HwConfig:
+    return load_hw_config(config_path).with_overrides(list(sets))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> int:
+    """Write ``path`` through a temporary file renamed into place; return its size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+def fail(e: Exception) -> None:
+    """Report a simulation failure as ``error: ...`` and exit with status 1."""
+    click.echo(f"error: {e}", err=True)
+    click.get_current_context().exit(1)
+
+
+def jsonable(x):
+    """``x`` with tuples as lists, numpy scalars as Python numbers and NaN/inf as None."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item"):
+        return jsonable(x.item())
+    return x
+
+
+def stderr_console():
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+class null:
+    """A context manager that does nothing (in place of a progress display)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+# -- optional extras -----------------------------------------------------------------------
+
+#: pip extras of the fluidnpu package (pyproject.toml): what each adds, and the Python
+#: module that shows it is installed. ``pip install fluidnpu`` alone generates, simulates,
+#: serves and compares.
+EXTRAS = {
+    "synth": ("amaranth_boards", "amaranth-boards and the nextpnr wheels"),
+    "sweep": ("distributed", "Dask (dask[distributed])"),
+    "digits": ("sklearn", "scikit-learn"),
+}
+
+
+class MissingExtra(click.ClickException):
+    """A command needs an optional extra that is not installed: ``error: ...``, exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def need_extra(extra: str, what: str) -> None:
+    """Raise :class:`MissingExtra` (naming ``what`` and the pip command) unless the
+    ``extra``'s module imports. Called inside a command, before any work."""
+    module, adds = EXTRAS[extra]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{what} needs {adds}, not installed here: install fluidnpu[{extra}] "
+                           f"(pip install 'fluidnpu[{extra}]')") from None
