@@ -66,13 +66,14 @@ def _inputs(net, inputs: Path | None, labels_path: Path | None, limit: int | Non
     else:
         xs = _npy(inputs, "--inputs")
     r0, p0 = shape
+    given = xs.shape
     if xs.ndim == 2 and xs.shape[1] == r0 * p0:
         xs = xs.reshape(-1, r0, p0)
     if xs.ndim != 3 or xs.shape[1:] != (r0, p0):
         raise click.UsageError(f"--inputs: shape {xs.shape}: must be (N, {r0 * p0}) or (N, {r0}, {p0}) "
                                f"for the first layer (r = {r0}, p = {p0})")
     if len(xs) == 0:
-        raise click.UsageError(f"--inputs {inputs}: shape {xs.shape}: holds no samples (N = 0); give at least one")
+        raise click.UsageError(f"--inputs {inputs}: shape {given}: holds no samples (N = 0); give at least one")
     if xs.dtype.kind not in "iu" or xs.min() < -128 or xs.max() > 127:
         raise click.UsageError("--inputs: must hold integers from -128 to 127")
     if labels_path is not None:

@@ -545,10 +545,10 @@ def run_cocotb(sim: str, build_dir: Path, top: str, test_module: str, run_dir: P
             except (Exception, SystemExit) as e:
                 err = e
         if wtmp is not None:
-            if wtmp.is_file():
-                os.replace(wtmp, wfile)       # also the waveform of a failing run: it is whole
+            if wtmp.is_file() and results.is_file():
+                os.replace(wtmp, wfile)       # the simulator ended its run: whole (also when a test failed)
             else:
-                wfile.unlink(missing_ok=True)  # no stale waveform of an earlier run
+                wfile.unlink(missing_ok=True)  # no stale waveform of an earlier run, no cut one
     finally:
         if wtmp is not None:
             for f in wtmp.parent.glob(wtmp.name + "*"):     # the writer's side files too

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from fluidnpu import metrics
-from fluidnpu.cli import _atomic_write, main
+from fluidnpu.cli import main
+from fluidnpu.outputs import atomic_write as _atomic_write
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
 from fluidnpu.hw.reference import gemm_reference

@@ -45,6 +45,15 @@ def requests_problem(n: int) -> str | None:
     return None
 
 
+def _num(where, name, v, lo=0.0, strict=True, integer=False):
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and \
+        (v > lo if strict else v >= lo) and (not integer or float(v).is_integer())
+    if not ok:
+        kind = "an integer" if integer else "a finite number"
+        raise ScenarioError(f"{where}: {name} = {v!r}: must be {kind} {'>' if strict else '>='} {lo:g}")
+    return int(v) if integer else float(v)
+
+
 @dataclass(frozen=True)
 class Device:
     """One request source: its model, arrival process and SLO.
