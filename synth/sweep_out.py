@@ -39,13 +39,7 @@ class ResultStore:
         data = self.path.read_bytes()
         if not data or data.endswith(b"\n"):
             return
-        keep = data[:data.rfind(b"\n") + 1]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        atomic_write(self.path, data[:data.rfind(b"\n") + 1])
 
     def records(self) -> list[dict]:
         out = []

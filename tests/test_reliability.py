@@ -310,6 +310,24 @@ def test_serve_out_is_a_set(tmp_path, monkeypatch):
     assert snapshot(out) == before and [p.name for p in tmp_path.iterdir()] == ["s"]
 
 
+def test_sigterm_unwinds_like_ctrl_c(tmp_path):
+    """``kill`` (SIGTERM) in the middle of writing ``serve --out``: the CLI unwinds as on
+    Ctrl-C (exit status 1, "Aborted!"), the staging folder goes, nothing is published."""
+    script = (
+        "import os, signal, sys\n"
+        "from fluidnpu.sim.serving import result\n"
+        "def to_csv(self, path):\n"
+        "    open(path, 'w').write('half')\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    signal.sigtimedwait([], 5)  # let the handler run\n"
+        "result.Result.to_csv = to_csv\n"
+        "from fluidnpu.cli import main\n"
+        "main(['serve', '--requests', '300', '--out', sys.argv[1]])\n")
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 1 and "Aborted!" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_train_digits_pair_is_written_as_a_pair(tmp_path, monkeypatch):
     from fluidnpu.sim.workloads import digits
     res = types.SimpleNamespace(weights={"conv1:w": np.arange(6, dtype=np.int8)})

@@ -357,5 +357,6 @@ def model_to_toml(model: EEModel) -> str:
 
 
 def save_model(model: EEModel, path) -> None:
-    """Write :func:`model_to_toml` to ``path``."""
-    Path(path).write_text(model_to_toml(model))
+    """Write :func:`model_to_toml` to ``path`` (whole or not at all)."""
+    from fluidnpu.outputs import atomic_write
+    atomic_write(path, model_to_toml(model))

@@ -216,5 +216,6 @@ def format_topology(rows) -> str:
 
 
 def write_topology(rows, path) -> None:
-    """Write row specs to a topology CSV file."""
-    Path(path).write_text(format_topology(rows))
+    """Write row specs to a topology CSV file (whole or not at all)."""
+    from fluidnpu.outputs import atomic_write
+    atomic_write(path, format_topology(rows))
