@@ -205,7 +205,8 @@ def _publish(st: Stage, command: str, manifest: bool) -> None:
                "files": files}
     mname = Path(manifest_name(command))
     old = _read_manifest(target / mname) if manifest else None
-    stale = [Path(n) for n in (old or {}).get("files", {}) if Path(n) not in new and ".." not in Path(n).parts]
+    stale = [Path(n) for n in (old or {}).get("files", {})       # only plain names below the folder
+             if Path(n) not in new and not Path(n).is_absolute() and ".." not in Path(n).parts]
     backup = stage / ".old"
     done: list[tuple[Path, bool]] = []       # (relative path, an old file was kept in backup)
 

@@ -262,6 +262,14 @@ def test_stale_files_of_the_previous_result_are_removed(tmp_path):
     with staged_output(out, "t") as st:
         (st.path / "a.png").write_text("2")
     assert sorted(snapshot(out)) == ["a.png", manifest_name("t"), "user.txt"]
+    # a manifest edited to name files outside the folder does not make them stale
+    (tmp_path / "outside").write_text("keep")
+    m = json.loads((out / manifest_name("t")).read_text())
+    m["files"].update({str(tmp_path / "outside"): {}, "../outside": {}})
+    (out / manifest_name("t")).write_text(json.dumps(m))
+    with staged_output(out, "t") as st:
+        (st.path / "a.png").write_text("3")
+    assert (tmp_path / "outside").read_text() == "keep"
 
 
 def test_manifest_tells_an_interrupted_result(tmp_path):
