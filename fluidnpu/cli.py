@@ -11,6 +11,7 @@ from fluidnpu import __version__
 from fluidnpu.cli_common import atomic_write, config_options, fail, load_config, need_extra
 from fluidnpu.hw.config import ConfigError, HwConfig
 from fluidnpu.metrics import gemm_metrics
+from fluidnpu.outputs import out_dir as _out_dir, out_file as _out_file, sigterm_as_interrupt
 
 __all__ = ["main"]
 
@@ -33,6 +34,9 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="fluidnpu")
 def main():
     """fluidnpu: Fluid Batching NPU generator and co-simulator."""
+    # SIGTERM (kill, a batch system's stop) unwinds like Ctrl-C: run folders and
+    # simulator processes are cleaned up, half-written outputs removed.
+    click.get_current_context().with_resource(sigterm_as_interrupt())
 
 
 # -- helpers of the commands here ------------------------------------------------------
@@ -82,7 +86,7 @@ def _write_hdl(cfg: HwConfig, path: Path, rtlil: bool, top: str = "core") -> int
         design = FluidNPU(cfg)
     back = rtlil_back if rtlil else verilog
     text = back.convert(design, name=TOPS[top])
-    return atomic_write(path, lambda f: f.write(text.encode()))
+    return atomic_write(path, text)
 
 
 def _compare(out: np.ndarray, ref: np.ndarray) -> tuple[bool, str]:
@@ -108,7 +112,7 @@ def _out_dtype(cfg: HwConfig, requant: bool):
 
 @main.command()
 @config_options
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), callback=_out_file,
               help="Output file (Verilog, or RTLIL with --rtlil).")
 @click.option("--rtlil", is_flag=True, help="Write RTLIL instead of Verilog.")
 @click.option("--top", type=click.Choice(sorted(TOPS)), default="core", show_default=True,
@@ -148,7 +152,7 @@ def lint(config_path, sets, top):
 @click.option("--target", type=click.Choice(["ulx3s-85f", "icebreaker", "generic"]), default="ulx3s-85f",
               show_default=True, help="Board (device flow to a bitstream) or a technology-independent count.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for logs and results (default: a cache folder).")
+              callback=_out_dir, help="Folder for logs and results (default: a cache folder).")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
               help="nextpnr placement seed.")
 @click.option("--seeds", "seeds_text", metavar="LIST",
@@ -213,7 +217,7 @@ def _parse_policy(ctx, param, value):
               help="auto (fluid hardware: best <B_R,B_P,k>), rbatch (B_P=k=1), stack (B_P=1), fixed:BR,BP,K.")
 @click.option("--b-max", type=click.IntRange(min=1, max=255), default=16, show_default=True,
               help="Largest batch of the tables written by --table-out.")
-@click.option("--table-out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--table-out", type=click.Path(file_okay=False, path_type=Path), callback=_out_dir,
               help="Write the FBE table (binary, CSV) and the latency table (JSON, CSV) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out, as_json):
@@ -245,6 +249,7 @@ def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out
     layers = plan.layers[batch - 1]
     heads = plan.heads[batch - 1]
     paths = plan.exit_path_cycles(batch)
+    splits = _row_splits(cfg, model, layers, heads)
     total = sum(p.total_cycles for p in layers) + sum(p.total_cycles for h in heads for p in h)
     out = {
         "model": model.name, "batch": batch, "hardware": hardware, "config": cfg.to_dict(),
@@ -254,6 +259,7 @@ def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out
                         "seconds": c * cfg.ns_per_cycle() * 1e-9} for i, c in enumerate(paths)],
         "total_cycles": total,
         "utilisation": sum(p.macs for p in layers) / (sum(p.total_cycles for p in layers) * cfg.lanes),
+        "split_layers": splits,
     }
     if table_out is not None:
         out["tables"] = [str(p) for p in plan.write_tables(table_out)]
@@ -274,8 +280,27 @@ def perf(config_path, sets, model_ref, topology, batch, policy, b_max, table_out
         click.echo(f"exit {e['exit']} (after layer {e['after_layer']}): {e['cycles']:,} cycles "
                    f"= {e['seconds'] * 1e3:.3f} ms")
     click.echo(f"total {total:,} cycles, backbone utilisation {out['utilisation']:.3f}")
+    for s in splits:
+        click.echo(f"layer {s['layer']}: {s['rows']:,} rows per batch group (B_R = {s['b_r']}) exceed the "
+                   f"{s['rows_per_descriptor']:,} rows a descriptor holds (dim_width = {cfg.dim_width}): split "
+                   f"into {s['descriptors']} descriptors")
     for f in out.get("tables", []):
         click.echo(f"wrote {f}")
+
+
+def _row_splits(cfg: HwConfig, model, layers, heads) -> list[dict]:
+    """Layers whose rows at their chosen B_R do not fit one descriptor (the hardware runs
+    them as several commands; the cycle counts include that)."""
+    from fluidnpu.sched.mapper import descriptor_splits, rows_per_descriptor
+    specs = list(model.layers) + [L for e in model.exits for L in e.layers]
+    out = []
+    for L, p in zip(specs, layers + [p for h in heads for p in h]):
+        rows = p.policy[0] * L.r
+        n = descriptor_splits(cfg, rows)
+        if n > 1:
+            out.append({"layer": p.name, "b_r": p.policy[0], "rows": rows, "descriptors": n,
+                        "rows_per_descriptor": rows_per_descriptor(cfg)})
+    return out
 
 
 @main.command()
@@ -419,10 +444,11 @@ _npy = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="B_P: rows sharing one PE's lanes.")
 @click.option("--sim", type=click.Choice(SIMULATORS), default="icarus", show_default=True)
 @config_options
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), callback=_out_file,
               help="Output O[R x C] .npy (int8/int16 when requantised, else int32).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object of results.")
-@click.option("--wave", type=click.Path(dir_okay=False, path_type=Path), help="Write a waveform file.")
+@click.option("--wave", type=click.Path(dir_okay=False, path_type=Path), callback=_out_file,
+              help="Write a waveform file.")
 @click.option("--mem-latency", type=click.IntRange(min=0), help="Cycles from a memory read request to its response.")
 @click.option("--mem-interval", type=click.IntRange(min=1), help="At most one memory request per N cycles.")
 def gemm(x_path, w_path, b_path, requant, relu, k, bp, sim, config_path, sets, out_path,
@@ -481,7 +507,7 @@ def gemm(x_path, w_path, b_path, requant, relu, k, bp, sim, config_path, sets, o
 @main.command()
 @click.option("--sim", type=click.Choice(SIMULATORS), default="icarus", show_default=True)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out"),
-              show_default=True, help="Where npu.v is written.")
+              show_default=True, callback=_out_dir, help="Where npu.v is written.")
 @click.option("--seed", type=int, default=2022, show_default=True, help="Random seed of the GEMM.")
 def demo(sim, out_dir, seed):
     """Generate the default NPU and run a random GEMM on it.

@@ -1,4 +1,5 @@
-"""What the ``fluidnpu`` command modules share: hardware-config options, file writing,
+"""What the ``fluidnpu`` command modules share: hardware-config options, file writing
+(:func:`fluidnpu.outputs.atomic_write`),
 JSON and console helpers, and the check for an optional extra.
 
 Every command module (cli.py, cli_serving.py, cli_cosim.py, ...) imports from here and
@@ -9,14 +10,12 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
-import secrets
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import click
 
 from fluidnpu.hw.config import HwConfig, load_hw_config
+from fluidnpu.outputs import atomic_write  # the one atomic writer (docs/reliability.md), re-exported
 
 __all__ = ["config_options", "load_config", "atomic_write", "fail", "jsonable", "stderr_console", "null",
            "EXTRAS", "MissingExtra", "need_extra"]
@@ -33,20 +32,6 @@ def config_options(f):
 
 def load_config(config_path: Path | None, sets: tuple[str, ...]) -> HwConfig:
     return load_hw_config(config_path).with_overrides(list(sets))
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> int:
-    """Write ``path`` through a temporary file renamed into place; return its size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path.stat().st_size
 
 
 def fail(e: Exception) -> None:

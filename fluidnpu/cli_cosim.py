@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from fluidnpu.cli_common import jsonable, load_config, stderr_console
+from fluidnpu.outputs import out_dir as _out_dir, out_file as _out_file, staged_output
 from fluidnpu.sched import SCHEDULERS
 
 __all__ = ["cosim", "parse_knobs"]
@@ -103,10 +104,10 @@ def _completion_csv(path: Path, s, model, rtl):
               help="Memory latency of the bench's memory model, cycles.")
 @click.option("--policy", type=click.Choice(["auto", "rbatch", "whole"]), default="auto", show_default=True,
               help="Control table: the mapper's policies (fluid or rbatch hardware) or the whole batch at (1, 1).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), callback=_out_dir,
               help="Write requests.csv (RTL), requests_serve.csv (serving simulator, FBE mode), requests_tables.csv "
                    "(serving simulator, mapper tables), completion.csv and summary.json here.")
-@click.option("--wave", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--wave", type=click.Path(dir_okay=False, path_type=Path), callback=_out_file,
               help="Record the RTL run's waveform here (FST on Icarus, VCD on Verilator; the suffix follows the "
                    "simulator). Every signal for every cycle: keep --requests small.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -156,14 +157,14 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, load, con
            "serve_tables": dict(_summary(tables), errors_vs_rtl=metric_errors(rtl, tables)),
            "wall_s": time.perf_counter() - t0}
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rtl.result.to_csv(out_dir / "requests.csv")
-        model.result.to_csv(out_dir / "requests_serve.csv")
-        tables.result.to_csv(out_dir / "requests_tables.csv")
-        _completion_csv(out_dir / "completion.csv", s, model, rtl)
-        out["files"] = [str(out_dir / f) for f in ("requests.csv", "requests_serve.csv", "requests_tables.csv",
-                                                    "completion.csv", "summary.json")]
-        (out_dir / "summary.json").write_text(json.dumps(jsonable(out), indent=1) + "\n")
+        with staged_output(out_dir, "cosim") as st:     # published together, cosim.manifest.json last
+            rtl.result.to_csv(st.path / "requests.csv")
+            model.result.to_csv(st.path / "requests_serve.csv")
+            tables.result.to_csv(st.path / "requests_tables.csv")
+            _completion_csv(st.path / "completion.csv", s, model, rtl)
+            out["files"] = [str(st.final(f)) for f in ("requests.csv", "requests_serve.csv", "requests_tables.csv",
+                                                       "completion.csv", "summary.json")]
+            (st.path / "summary.json").write_text(json.dumps(jsonable(out), indent=1) + "\n")
     if as_json:
         click.echo(json.dumps(jsonable(out), indent=1))
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from fluidnpu.cli_common import need_extra
+from fluidnpu.outputs import out_dir as _out_dir
 
 __all__ = ["train_digits_cmd", "summary"]
 
@@ -51,9 +52,9 @@ def summary(res, files=()) -> dict:
 
 @click.command("train-digits")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/digits"),
-              show_default=True, help="Folder for digits.toml and digits.npz (sim/workloads/zoo rewrites the "
+              show_default=True, callback=_out_dir, help="Folder for digits.toml and digits.npz (sim/workloads/zoo rewrites the "
                                       "shipped model).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the weight initialisation and minibatch order (the split is fixed).")
 @click.option("--epochs", type=click.IntRange(1, 100000), default=None,
               help="Training epochs [default: the shipped model's, 200].")

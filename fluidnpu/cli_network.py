@@ -4,6 +4,7 @@ completion cycles (docs/fbe.md)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -12,6 +13,7 @@ import click
 import numpy as np
 
 from fluidnpu.cli_common import atomic_write, config_options, load_config
+from fluidnpu.outputs import out_file
 
 __all__ = ["network_cmd", "read_schedule"]
 
@@ -19,27 +21,32 @@ __all__ = ["network_cmd", "read_schedule"]
 def read_schedule(path: Path, n: int) -> list[int]:
     """A batch-schedule CSV: rows ``cycle,sample`` (header optional) -> arrival cycle per
     sample; every sample 0..n-1 exactly once."""
+    from fluidnpu.textfiles import TextFileError, read_text
     arr = [None] * n
-    with open(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or not "".join(row).strip() or row[0].strip().startswith("#"):
-                continue
-            if lineno == 1 and not row[0].strip().lstrip("-").isdigit():
-                continue                                    # header
-            if len(row) < 2:
-                raise click.UsageError(f"{path}:{lineno}: expected 'cycle,sample', got {','.join(row)!r}")
-            try:
-                cyc, smp = int(row[0]), int(row[1])
-            except ValueError:
-                raise click.UsageError(f"{path}:{lineno}: cycle and sample must be integers, got "
-                                       f"{row[0]!r}, {row[1]!r}") from None
-            if cyc < 0:
-                raise click.UsageError(f"{path}:{lineno}: cycle = {cyc}: must be >= 0")
-            if not 0 <= smp < n:
-                raise click.UsageError(f"{path}:{lineno}: sample = {smp}: must be from 0 to {n - 1}")
-            if arr[smp] is not None:
-                raise click.UsageError(f"{path}:{lineno}: sample {smp} is scheduled twice")
-            arr[smp] = cyc
+    try:
+        text = read_text(path)
+    except (OSError, TextFileError) as e:
+        raise click.UsageError(f"--batch-schedule {path}: {e.strerror}" if isinstance(e, OSError) else
+                               f"--batch-schedule {e}") from None
+    for lineno, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+        if not row or not "".join(row).strip() or row[0].strip().startswith("#"):
+            continue
+        if lineno == 1 and not row[0].strip().lstrip("-").isdigit():
+            continue                                    # header
+        if len(row) < 2:
+            raise click.UsageError(f"{path}:{lineno}: expected 'cycle,sample', got {','.join(row)!r}")
+        try:
+            cyc, smp = int(row[0]), int(row[1])
+        except ValueError:
+            raise click.UsageError(f"{path}:{lineno}: cycle and sample must be integers, got "
+                                   f"{row[0]!r}, {row[1]!r}") from None
+        if cyc < 0:
+            raise click.UsageError(f"{path}:{lineno}: cycle = {cyc}: must be >= 0")
+        if not 0 <= smp < n:
+            raise click.UsageError(f"{path}:{lineno}: sample = {smp}: must be from 0 to {n - 1}")
+        if arr[smp] is not None:
+            raise click.UsageError(f"{path}:{lineno}: sample {smp} is scheduled twice")
+        arr[smp] = cyc
     missing = [i for i, a in enumerate(arr) if a is None]
     if missing:
         raise click.UsageError(f"{path}: samples without an arrival: {missing[:10]}"
@@ -59,11 +66,14 @@ def _inputs(net, inputs: Path | None, labels_path: Path | None, limit: int | Non
     else:
         xs = _npy(inputs, "--inputs")
     r0, p0 = shape
+    given = xs.shape
     if xs.ndim == 2 and xs.shape[1] == r0 * p0:
         xs = xs.reshape(-1, r0, p0)
     if xs.ndim != 3 or xs.shape[1:] != (r0, p0):
         raise click.UsageError(f"--inputs: shape {xs.shape}: must be (N, {r0 * p0}) or (N, {r0}, {p0}) "
                                f"for the first layer (r = {r0}, p = {p0})")
+    if len(xs) == 0:
+        raise click.UsageError(f"--inputs {inputs}: shape {given}: holds no samples (N = 0); give at least one")
     if xs.dtype.kind not in "iu" or xs.min() < -128 or xs.max() > 127:
         raise click.UsageError("--inputs: must hold integers from -128 to 127")
     if labels_path is not None:
@@ -81,9 +91,14 @@ def _inputs(net, inputs: Path | None, labels_path: Path | None, limit: int | Non
 
 def _npy(path: Path, opt: str) -> np.ndarray:
     try:
-        return np.load(path)
+        a = np.load(path, allow_pickle=False)
+    except EOFError:
+        raise click.UsageError(f"{opt} {path}: not a readable .npy file (the file is empty or cut short)") from None
     except (OSError, ValueError) as e:
         raise click.UsageError(f"{opt} {path}: not a readable .npy file ({e})") from None
+    if not isinstance(a, np.ndarray):
+        raise click.UsageError(f"{opt} {path}: holds several arrays (.npz); give one .npy array")
+    return a
 
 
 def write_counts(path: Path, counts: list[int], source: str) -> None:
@@ -94,7 +109,7 @@ def write_counts(path: Path, counts: list[int], source: str) -> None:
     else:
         text = f"# {source}\nexit,count\n" + "".join(
             f"{'final' if i == len(counts) - 1 else i},{int(c)}\n" for i, c in enumerate(counts))
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, text)
 
 
 def accuracy_report(net, cfg, xs, labels, outs, names) -> dict:
@@ -164,9 +179,10 @@ def _print_accuracy(con, acc):
 @click.option("--latency", type=click.IntRange(min=1), default=20, show_default=True, help="Memory latency, cycles.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test scheduler's preempt sizes.")
 @click.option("--counts-out", "counts_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=out_file,
               help="Write the exit counts measured on the RTL as a counts file (.json or .csv) that a model TOML's "
                    "[exit_rates] measured = \"FILE\" reads, so the serving simulator uses them.")
-@click.option("--wave", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--wave", type=click.Path(dir_okay=False, path_type=Path), callback=out_file,
               help="Record the run's waveform here (FST on Icarus, VCD on Verilator; the suffix follows the "
                    "simulator). Every signal for every cycle: keep --limit small.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

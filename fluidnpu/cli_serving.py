@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from fluidnpu.cli_common import config_options, jsonable, load_config, null, stderr_console
+from fluidnpu.outputs import out_dir as _out_dir, staged_output
 from fluidnpu.sched import SCHEDULERS
 
 __all__ = ["serve", "compare"]
@@ -39,6 +40,14 @@ def _user_errors(f):
     return wrapper
 
 
+def _requests_cap(ctx, param, value):
+    """``--requests``: at most MAX_REQUESTS per run (the message gives the memory it would need)."""
+    from fluidnpu.sim.serving.scenario import requests_problem
+    if value is not None and requests_problem(value):
+        raise click.BadParameter(requests_problem(value), ctx=ctx, param=param)
+    return value
+
+
 # -- serve --------------------------------------------------------------------------------
 
 @click.command()
@@ -51,12 +60,13 @@ def _user_errors(f):
                    "weights, default the co-simulation's scenario; docs/cosim.md).")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
               help="Seed of the arrival and exit draws (the same for every scheduler).")
-@click.option("--requests", "n_requests", type=click.IntRange(min=1),
-              help="Number of requests (overrides the scenario's duration).")
+@click.option("--requests", "n_requests", type=click.IntRange(min=1), callback=_requests_cap,
+              help="Number of requests (overrides the scenario's duration; at most 5,000,000).")
 @click.option("--load", "load", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Every device's arrival rate times this (Poisson, gamma, MMPP; not traces).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write requests.csv (one row per request) and summary.json here.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), callback=_out_dir,
+              help="Write requests.csv (one row per request) and summary.json here (published together, "
+                   "with serve.manifest.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @config_options
 @_user_errors
@@ -90,6 +100,7 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
         if n_requests is not None:
             sc, reqs = draw_requests(sc, n_requests, seed, slo_bases(sc, ref))
         else:
+            _warn_dropped_rows(sc)
             reqs = generate_requests(sc, seed, slo_bases(sc, ref))
         with con.status(f"simulating {len(reqs):,} requests ({scheduler} on {hw})...", spinner="dots") \
                 if not as_json else null():
@@ -103,10 +114,10 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
            "tables": tab_src, "summary": summ, "per_device": res.per_device(),
            "wall_s": time.perf_counter() - t0, "simulation_s": sim_s}
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        res.to_csv(out_dir / "requests.csv")
-        out["files"] = [str(out_dir / "requests.csv"), str(out_dir / "summary.json")]
-        (out_dir / "summary.json").write_text(json.dumps(jsonable(out), indent=1) + "\n")
+        with staged_output(out_dir, "serve") as st:
+            res.to_csv(st.path / "requests.csv")
+            out["files"] = [str(st.final("requests.csv")), str(st.final("summary.json"))]
+            (st.path / "summary.json").write_text(json.dumps(jsonable(out), indent=1) + "\n")
     if as_json:
         click.echo(json.dumps(jsonable(out), indent=1))
         return
@@ -136,16 +147,26 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
         click.echo(f"wrote {f}")
 
 
+def _warn_dropped_rows(sc) -> None:
+    """Say how many trace rows lie at or after duration_s (the run does not replay them)."""
+    from fluidnpu.sim.serving.scenario import dropped_trace_rows
+    for dev, path, late, total in dropped_trace_rows(sc):
+        click.echo(f"warning: device {dev!r}: {late:,} of {total:,} rows of trace {path} are at or after "
+                   f"duration_s = {sc.duration_s:g} s and are not replayed (raise duration_s to replay them)",
+                   err=True)
+
+
 # -- compare -------------------------------------------------------------------------------
 
 @click.command()
 @click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Scenario TOML with an optional [compare] table (default: the shipped default scenario).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/compare"),
-              show_default=True, help="Directory for CSV files, plots and report.md.")
+              show_default=True, callback=_out_dir,
+              help="Directory for CSV files, plots and report.md (published together, with compare.manifest.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (summary, per-scheduler figures).")
-@click.option("--requests", "n_requests", type=click.IntRange(min=50),
-              help="Requests per run (overrides [compare].requests).")
+@click.option("--requests", "n_requests", type=click.IntRange(min=50), callback=_requests_cap,
+              help="Requests per run (overrides [compare].requests; at most 5,000,000).")
 @click.option("--seeds", "n_seeds", type=click.IntRange(min=1, max=1000),
               help="Run seeds 1..N (overrides [compare].seeds; the first min(N, tune_seeds) tune the knobs).")
 @click.option("--jobs", type=click.IntRange(min=1), help="Worker processes (default: up to 2).")
@@ -165,6 +186,11 @@ def compare(scenario_path, out_dir, as_json, n_requests, n_seeds, jobs, config_p
     sc, spec = load_with_spec(scenario_path)
     if n_requests is not None:
         spec = replace(spec, requests=n_requests)
+    else:
+        from fluidnpu.sim.serving.scenario import requests_problem
+        if requests_problem(spec.requests):
+            raise click.BadParameter(f"[compare] requests = {requests_problem(spec.requests)}",
+                                     param_hint=f"--scenario {scenario_path}")
     if n_seeds is not None:
         spec = replace(spec, seeds=tuple(range(1, n_seeds + 1)), tune_seeds=spec.tune_seeds)
     con = stderr_console()

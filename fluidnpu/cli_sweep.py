@@ -10,17 +10,26 @@ from pathlib import Path
 import click
 
 from fluidnpu.cli_common import need_extra
+from fluidnpu.outputs import out_dir as _out_dir, path_problem
 
 __all__ = ["sweep"]
+
+
+def _dask_address(ctx, param, value):
+    """``--dask``: a scheduler address, checked before the sweep file is read."""
+    from fluidnpu.synth.sweep import dask_address_problem
+    if value is not None and dask_address_problem(value):
+        raise click.BadParameter(dask_address_problem(value), ctx=ctx, param=param)
+    return value
 
 
 @click.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Local worker processes (default: the CPU count; 1 runs in this process).")
-@click.option("--dask", "dask_address", metavar="ADDRESS",
+@click.option("--dask", "dask_address", metavar="ADDRESS", callback=_dask_address,
               help="Run on an existing Dask distributed cluster, e.g. tcp://host:8786.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None, callback=_out_dir,
               help="Results folder (default: out/sweeps/<name>). A rerun into it skips finished points.")
 @click.option("--list", "list_only", is_flag=True, help="Validate the file, list the points and stop.")
 @click.option("--no-plots", is_flag=True, help="Do not draw the Pareto plots.")
@@ -50,6 +59,9 @@ def sweep(sweep_file, workers, dask_address, out_dir, list_only, no_plots, quiet
     if sw.synth and TARGETS[sw.synth["target"]].is_board:
         need_extra("synth", f"{sweep_file}: synthesis for target {sw.synth['target']}")
     out = out_dir or Path("out") / "sweeps" / sw.name
+    if out_dir is None and path_problem(out, "dir"):
+        click.echo(f"error: the default results folder: {path_problem(out, 'dir')}; give --out", err=True)
+        raise SystemExit(2)
 
     def log(msg):
         if not quiet:

@@ -57,8 +57,8 @@ class HwConfig:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == "clock_mhz":
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                    bad(f.name, "must be a positive number of MHz")
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
+                    bad(f.name, "must be a finite positive number of MHz")
             elif not isinstance(v, int) or isinstance(v, bool):
                 bad(f.name, "must be an integer")
         for name, hi in (("tc", 64), ("tp", 64), ("tr", 256)):
@@ -198,11 +198,18 @@ def load_hw_config(path: str | Path | None) -> HwConfig:
     """Load a TOML file (fields at top level or under ``[hw]``); ``None`` gives the default."""
     if path is None:
         return HwConfig()
+    from fluidnpu.textfiles import TextFileError, read_text
     p = Path(path)
     try:
-        d = tomllib.loads(p.read_text())
+        text = read_text(p)
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror or e})") from None
+    except TextFileError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     return HwConfig.from_dict(d, str(p))

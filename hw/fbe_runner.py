@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from .config import HwConfig
 from .runner import (MemTiming, SimError, _check_sim, _rtl_sources_hash, build_design, recorded_wave,
-                     run_cocotb)
+                     run_cocotb, run_folder)
 
 __all__ = ["FBE_TOP", "NetworkJob", "NetworkRun", "build_fbe", "run_network_job"]
 
@@ -68,30 +67,28 @@ def run_network_job(job: NetworkJob, *, sim: str = "icarus", mem: MemTiming = Me
     """Build (cached) and run one job; raises :class:`SimError` if the bench fails.
     ``wave``: record the whole run's waveform there (FST on Icarus, VCD on Verilator)."""
     _check_sim(sim)
-    tmp = run_dir is None
-    rdir = Path(tempfile.mkdtemp(prefix="fluidnpu-fbe-")) if tmp else Path(run_dir).resolve()
-    rdir.mkdir(parents=True, exist_ok=True)
-    np.save(rdir / "mem.npy", np.asarray(job.mem, dtype=np.uint8))
-    params = {"cfg": job.cfg.to_dict(), "entries": [hex(e) for e in job.entries],
-              "table": [list(t) for t in job.table], "res_addr": job.res_addr, "res_shift": job.res_shift,
-              "mem_file": "mem.npy", "out_file": "out.npy", "timing": mem.to_dict(),
-              "arrivals": [list(a) for a in job.arrivals], "sched": job.sched,
-              "reset_at": job.reset_at, "max_cycles": job.max_cycles, "step": int(job.step)}
-    (rdir / "params.json").write_text(json.dumps(params))
     bdir = build_fbe(job.cfg, sim, fault=fault, waves=wave is not None)
-    res = run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.hw.tb.fbe_tb", rdir,
-                     extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave)
-    wave_path = recorded_wave(sim, wave)
-    err = res.get("network", "cocotb test 'network' did not run")
-    if err is not None:
-        raise SimError(f"{sim}: the FBE bench failed (run dir {rdir}): {err}\n(simulator log: {rdir / 'sim.log'}"
-                       f"{f'; waveform: {wave_path}' if wave_path else ''})")
-    out = json.loads((rdir / "result.json").read_text())
-    run = NetworkRun(results=out["results"], events=out["events"], violations=out["violations"],
-                     lost=out["lost"], max_b=out["max_b"], final_status=out["final_status"],
-                     cycles=out["cycles"], cycle0=out["cycle0"], mem=np.load(rdir / "out.npy"), sim=sim,
-                     run_dir=None if (tmp and not keep) else rdir, mem_stats=out["mem_stats"],
-                     wave=wave_path)
-    if tmp and not keep:
-        shutil.rmtree(rdir, ignore_errors=True)
+    with run_folder(run_dir, "fluidnpu-fbe-") as (rdir, tmp):   # removed on Ctrl-C, SIGTERM, errors
+        np.save(rdir / "mem.npy", np.asarray(job.mem, dtype=np.uint8))
+        params = {"cfg": job.cfg.to_dict(), "entries": [hex(e) for e in job.entries],
+                  "table": [list(t) for t in job.table], "res_addr": job.res_addr, "res_shift": job.res_shift,
+                  "mem_file": "mem.npy", "out_file": "out.npy", "timing": mem.to_dict(),
+                  "arrivals": [list(a) for a in job.arrivals], "sched": job.sched,
+                  "reset_at": job.reset_at, "max_cycles": job.max_cycles, "step": int(job.step)}
+        (rdir / "params.json").write_text(json.dumps(params))
+        res = run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.hw.tb.fbe_tb", rdir,
+                         extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave)
+        wave_path = recorded_wave(sim, wave)
+        err = res.get("network", "cocotb test 'network' did not run")
+        if err is not None:
+            raise SimError(f"{sim}: the FBE bench failed (run dir {rdir}): {err}\n(simulator log: {rdir / 'sim.log'}"
+                           f"{f'; waveform: {wave_path}' if wave_path else ''})")
+        out = json.loads((rdir / "result.json").read_text())
+        run = NetworkRun(results=out["results"], events=out["events"], violations=out["violations"],
+                         lost=out["lost"], max_b=out["max_b"], final_status=out["final_status"],
+                         cycles=out["cycles"], cycle0=out["cycle0"], mem=np.load(rdir / "out.npy"), sim=sim,
+                         run_dir=None if (tmp and not keep) else rdir, mem_stats=out["mem_stats"],
+                         wave=wave_path)
+        if tmp and not keep:
+            shutil.rmtree(rdir, ignore_errors=True)
     return run

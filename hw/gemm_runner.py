@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 from .config import HwConfig
 from .interface import OUT_RAW
 from .layout import GemmImage, compulsory_traffic, gemm_image, roundup
-from .runner import TOP, MemTiming, SimError, _check_sim, build_core, recorded_wave, run_cocotb
+from .runner import TOP, MemTiming, SimError, _check_sim, build_core, recorded_wave, run_cocotb, run_folder
 
 __all__ = ["GemmCase", "GemmRun", "run_gemm", "run_gemms", "check_gemm_run", "layer_timeout",
            "policy_compute_cycles"]
@@ -172,52 +171,50 @@ def run_gemms(cfg: HwConfig, cases: Sequence[GemmCase | dict], *, sim: str = "ic
         spec_cases = [{"name": ly["name"], "mem_file": f"mem_{i}.npy", "out_file": f"out_{i}.npy",
                        "timing": ly["timing"], "layers": [ly]} for i, ly in enumerate(layers)]
         where = [(i, 0) for i in range(len(cases))]
-    tmp = run_dir is None
-    rdir = Path(tempfile.mkdtemp(prefix="fluidnpu-run-")) if tmp else Path(run_dir).resolve()
-    rdir.mkdir(parents=True, exist_ok=True)
-    for i, m in enumerate(mems):
-        np.save(rdir / f"mem_{i}.npy", m)
-    (rdir / "params.json").write_text(json.dumps({"cfg": cfg.to_dict(), "cases": spec_cases},
-                                                 indent=1))
     bdir = build_core(cfg, sim, waves=wave is not None, core=core)
-    res = run_cocotb(sim, bdir, TOP, "fluidnpu.hw.tb.gemm_tb", rdir,
-                     extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave)
-    wave_path = recorded_wave(sim, wave)
-    try:
-        summary = json.loads((rdir / "result.json").read_text())
-    except (OSError, ValueError):
-        summary = {"cases": {}}
-    runs: list[GemmRun] = []
-    failures = []
-    for i, (im, ly, (ti, li)) in enumerate(zip(images, layers, where)):
-        tname = f"case_{ti:04d}"
-        err = res.get(tname, f"cocotb test {tname} did not run")
-        info = summary["cases"].get(str(ti), {})
-        out_file = rdir / spec_cases[ti]["out_file"]
-        out_mem = np.load(out_file) if out_file.is_file() else None
-        cyc = info.get("cycles") or []
-        run = GemmRun(out=im.read_out(out_mem) if out_mem is not None else None,
-                      cycles=cyc[li] if li < len(cyc) else None, sim=sim, wave=wave_path,
-                      image=im, mem=out_mem, run_dir=None if (tmp and not keep) else rdir,
-                      error=err, mem_stats=info.get("mem_stats", {}))
-        if chain:
-            run.initial = mems[0]
-            run.allowed = allowed
-        if err is not None:
-            failures.append(f"[{ly['name']}: R,P,C={tuple(ly['shape'])} (bp,k)={tuple(ly['policy'])}"
-                            f"{f' layer {li}' if chain else ''}] {err}")
-        runs.append(run)
-    if chain and failures:
-        failures = failures[:1]          # one test: the same message for every layer
-    if failures:
-        for r in runs:
-            r.run_dir = rdir
-        if check:
-            raise SimError(f"{sim}: {len(failures)} of {len(spec_cases)} GEMM test(s) failed "
-                           f"(run dir {rdir}):\n" + "\n".join(failures) +
-                           f"\n(simulator log: {rdir / 'sim.log'})")
-    elif tmp and not keep:
-        shutil.rmtree(rdir, ignore_errors=True)
+    with run_folder(run_dir, "fluidnpu-run-") as (rdir, tmp):   # removed on Ctrl-C, SIGTERM, errors
+        for i, m in enumerate(mems):
+            np.save(rdir / f"mem_{i}.npy", m)
+        (rdir / "params.json").write_text(json.dumps({"cfg": cfg.to_dict(), "cases": spec_cases},
+                                                     indent=1))
+        res = run_cocotb(sim, bdir, TOP, "fluidnpu.hw.tb.gemm_tb", rdir,
+                         extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave)
+        wave_path = recorded_wave(sim, wave)
+        try:
+            summary = json.loads((rdir / "result.json").read_text())
+        except (OSError, ValueError):
+            summary = {"cases": {}}
+        runs: list[GemmRun] = []
+        failures = []
+        for i, (im, ly, (ti, li)) in enumerate(zip(images, layers, where)):
+            tname = f"case_{ti:04d}"
+            err = res.get(tname, f"cocotb test {tname} did not run")
+            info = summary["cases"].get(str(ti), {})
+            out_file = rdir / spec_cases[ti]["out_file"]
+            out_mem = np.load(out_file) if out_file.is_file() else None
+            cyc = info.get("cycles") or []
+            run = GemmRun(out=im.read_out(out_mem) if out_mem is not None else None,
+                          cycles=cyc[li] if li < len(cyc) else None, sim=sim, wave=wave_path,
+                          image=im, mem=out_mem, run_dir=None if (tmp and not keep) else rdir,
+                          error=err, mem_stats=info.get("mem_stats", {}))
+            if chain:
+                run.initial = mems[0]
+                run.allowed = allowed
+            if err is not None:
+                failures.append(f"[{ly['name']}: R,P,C={tuple(ly['shape'])} (bp,k)={tuple(ly['policy'])}"
+                                f"{f' layer {li}' if chain else ''}] {err}")
+            runs.append(run)
+        if chain and failures:
+            failures = failures[:1]          # one test: the same message for every layer
+        if failures:
+            for r in runs:
+                r.run_dir = rdir
+            if check:
+                raise SimError(f"{sim}: {len(failures)} of {len(spec_cases)} GEMM test(s) failed "
+                               f"(run dir {rdir}):\n" + "\n".join(failures) +
+                               f"\n(simulator log: {rdir / 'sim.log'})")
+        elif tmp and not keep:
+            shutil.rmtree(rdir, ignore_errors=True)
     return runs
 
 

@@ -21,8 +21,12 @@ import inspect
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
+import tempfile
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ from typing import Callable, Sequence
 from .config import HwConfig
 
 __all__ = ["MemTiming", "SimError", "build_core", "build_design", "run_cocotb", "build_root", "verilator_root",
-           "wave_file", "recorded_wave", "SIMS"]
+           "wave_file", "recorded_wave", "SIMS", "run_folder", "run_in_group", "stop_simulators"]
 
 SIMS = ("icarus", "verilator")
 TOP = "fluidnpu_core"
@@ -181,6 +185,90 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:])
 
 
+# -- processes and run folders ----------------------------------------------------------
+
+def run_in_group(cmd: Sequence[str], *, cwd=None, env=None, stdout=None, stderr=None) -> int:
+    """Run ``cmd`` as the leader of a new process group and return its exit status.
+
+    Its own group: a Ctrl-C at the terminal reaches only this process (Icarus' ``vvp``
+    would otherwise stop at its interactive prompt), and on every way out (Ctrl-C,
+    SIGTERM turned into KeyboardInterrupt, an error) the whole group is killed and
+    reaped: the simulator, ``make`` and the compilers it started.
+    """
+    p = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=stdout, stderr=stderr, process_group=0)
+    with _running_lock:
+        _running.add(p)
+    try:
+        return p.wait()
+    except BaseException:
+        _kill_group(p)
+        raise
+    finally:
+        with _running_lock:
+            _running.discard(p)
+
+
+#: simulator (and build) processes running now, each the leader of its group
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    if p.poll() is None:                # not reaped yet: its group id is still ours
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def stop_simulators() -> None:
+    """Kill every simulator process group :func:`run_in_group` runs now (for a caller that
+    runs a simulation in a thread and is interrupted: the thread's wait then returns)."""
+    with _running_lock:
+        procs = list(_running)
+    for p in procs:
+        _kill_group(p)
+
+
+def _grouped(runner):
+    """A cocotb runner whose build and simulation commands run through :func:`run_in_group`
+    (cocotb's own ``subprocess.run`` leaves them in our process group)."""
+    if not hasattr(runner, "_execute_cmds"):     # pragma: no cover - another cocotb
+        return runner
+
+    def execute_cmds(cmds, cwd, stdout=None):
+        for cmd in cmds:
+            rc = run_in_group(cmd, cwd=cwd, env=runner.env, stdout=stdout,
+                              stderr=None if stdout is None else subprocess.STDOUT)
+            if rc != 0:
+                raise RuntimeError(f"Command failed with return code: {rc}")
+    runner._execute_cmds = execute_cmds
+    return runner
+
+
+@contextlib.contextmanager
+def run_folder(run_dir, prefix: str):
+    """The folder a simulation reads its inputs from and writes its results to.
+
+    Yields ``(folder, temporary)``: ``run_dir`` (made if needed, never removed), or a new
+    temporary folder ``<prefix>*`` that is removed when the block leaves by any exception
+    but a :class:`SimError` (Ctrl-C, SIGTERM, a bug): a SimError's message names the
+    folder, kept for its ``sim.log``. After a success the caller removes it (or keeps it).
+    """
+    if run_dir is not None:
+        d = Path(run_dir).resolve()
+        d.mkdir(parents=True, exist_ok=True)
+        yield d, False
+        return
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield d, True
+    except SimError:
+        raise
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
 # -- building --------------------------------------------------------------------------
 
 _WAVE_DUMP_MODULE = """\
@@ -243,7 +331,7 @@ def build_design(sim: str, top: str, key: str, make_verilog: Callable[[], str], 
 
         def build():
             with _environ(_sim_environ(sim), remove=["PYTEST_CURRENT_TEST"]):
-                runner = get_runner(sim)
+                runner = _grouped(get_runner(sim))
                 try:
                     runner.build(sources=sources, hdl_toplevel=top, build_dir=bdir, always=True,
                                  build_args=build_args, timescale=TIMESCALE, waves=waves,
@@ -425,28 +513,41 @@ def run_cocotb(sim: str, build_dir: Path, top: str, test_module: str, run_dir: P
     plusargs: list[str] = []
     test_args: list[str] = []
     wfile = wave_file(sim, wave)
+    wtmp = None
     if wfile is not None:
+        # recorded beside its destination under a temporary name, renamed when the
+        # simulator has ended: never a half-written waveform at ``wfile``
         wfile.parent.mkdir(parents=True, exist_ok=True)
-        wfile.unlink(missing_ok=True)
+        wtmp = wfile.with_name(f".{wfile.stem}.{secrets.token_hex(4)}.partial{wfile.suffix}")
         if sim == "icarus":
-            plusargs.append(f"+fluidnpu_wave={wfile}")
+            plusargs.append(f"+fluidnpu_wave={wtmp}")
         else:
-            test_args += ["--trace-file", str(wfile)]
+            test_args += ["--trace-file", str(wtmp)]
     err = None
     # A shared lock on the build keeps _prune (exclusive, non-blocking) from deleting it
     # while this simulation runs from it.
     lock_path = Path(build_dir).parent / f"{Path(build_dir).name}.lock"
-    with open(lock_path, "a") as lock, \
-            _environ(_sim_environ(sim), remove=["PYTEST_CURRENT_TEST", *extra_env]):
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        runner = get_runner(sim)
-        try:
-            runner.test(hdl_toplevel=top, hdl_toplevel_lang="verilog", test_module=test_module,
-                        build_dir=build_dir, test_dir=run_dir, extra_env=extra_env, waves=wfile is not None,
-                        plusargs=plusargs, test_args=test_args, results_xml=str(results),
-                        log_file=log)
-        except (Exception, SystemExit) as e:
-            err = e
+    try:
+        with open(lock_path, "a") as lock, \
+                _environ(_sim_environ(sim), remove=["PYTEST_CURRENT_TEST", *extra_env]):
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            runner = _grouped(get_runner(sim))
+            try:
+                runner.test(hdl_toplevel=top, hdl_toplevel_lang="verilog", test_module=test_module,
+                            build_dir=build_dir, test_dir=run_dir, extra_env=extra_env, waves=wfile is not None,
+                            plusargs=plusargs, test_args=test_args, results_xml=str(results),
+                            log_file=log)
+            except (Exception, SystemExit) as e:
+                err = e
+        if wtmp is not None:
+            if wtmp.is_file() and results.is_file():
+                os.replace(wtmp, wfile)       # the simulator ended its run: whole (also when a test failed)
+            else:
+                wfile.unlink(missing_ok=True)  # no stale waveform of an earlier run, no cut one
+    finally:
+        if wtmp is not None:
+            for f in wtmp.parent.glob(wtmp.name + "*"):     # the writer's side files too
+                f.unlink(missing_ok=True)
     if not results.is_file():
         raise SimError(f"{sim}: the simulation of {top} ({test_module}) produced no results"
                        f"{f' ({err})' if err else ''}; run dir {run_dir}\n--- {log} (tail) ---\n"

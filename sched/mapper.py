@@ -29,7 +29,8 @@ from fluidnpu.sim.latency import LatencyTable
 from fluidnpu.sim.traffic import tiled_traffic
 from fluidnpu.sim.workloads.model import EEModel, GemmLayer
 
-__all__ = ["HARDWARE", "MapperError", "LayerPlan", "ModelPlan", "plan_layer", "map_model",
+__all__ = ["HARDWARE", "MapperError", "LayerPlan", "ModelPlan", "plan_layer", "map_model", "rows_per_descriptor",
+           "check_descriptor_fields", "descriptor_splits",
            "policies_for", "FBE_ENTRY_BYTES"]
 
 HARDWARE = ("rbatch", "stack", "fluid")
@@ -86,9 +87,36 @@ class LayerPlan:
                 "roofline_cycles_tiled": self.roofline_cycles_tiled, "bound_tiled": self.bound_tiled}
 
 
+def rows_per_descriptor(cfg: HwConfig) -> int:
+    """Rows of X one GEMM command takes at most: the R field's largest multiple of ``tr``."""
+    return ((1 << cfg.dim_width) - 1) // cfg.tr * cfg.tr
+
+
+def check_descriptor_fields(cfg: HwConfig, layer: GemmLayer) -> None:
+    """Refuse a layer whose P or C (per group) does not fit a layer descriptor's
+    ``dim_width``-bit field: the core cannot run it. (R is no limit: rows are split over
+    several commands, :func:`descriptor_splits`.)"""
+    limit = (1 << cfg.dim_width) - 1
+    where = f"layer {layer.name!r}"
+    tail = f"holds at most {limit:,} (dim_width = {cfg.dim_width} bits), so the hardware cannot run this layer"
+    if layer.p > limit:
+        raise MapperError(f"{where}: p = {layer.p:,}: a layer descriptor's P field {tail} (a reduction is not "
+                          f"split over descriptors); raise dim_width or split the layer in the model")
+    cg = layer.c // layer.groups
+    if cg > limit:
+        what = f"c = {layer.c:,}" if layer.groups == 1 else f"c / groups = {cg:,}"
+        raise MapperError(f"{where}: {what}: a layer descriptor's C field {tail} (output columns are not split "
+                          f"over descriptors); raise dim_width or split the layer in the model")
+
+
+def descriptor_splits(cfg: HwConfig, rows: int) -> int:
+    """Commands a GEMM of ``rows`` rows is split into (1: it fits one descriptor)."""
+    return -(-rows // rows_per_descriptor(cfg))
+
+
 def _command_cycles(cfg, R, p, c, bp, k, mem) -> tuple[int, int]:
     """Cycles and command count of one GEMM of R rows, split at the descriptor's limit."""
-    rmax = ((1 << cfg.dim_width) - 1) // cfg.tr * cfg.tr
+    rmax = rows_per_descriptor(cfg)
     full, rest = divmod(R, rmax)
     cyc = full * layer_cycles(cfg, rmax, p, c, bp=bp, k=k, bias=True, out_mode=OUT_REQUANT, mem=mem) if full else 0
     if rest:
@@ -139,6 +167,7 @@ def plan_layer(cfg: HwConfig, layer: GemmLayer, batch: int, hardware: str = "flu
         raise MapperError(f"batch = {batch!r}: must be a positive integer")
     g = layer.groups
     cg = layer.c // g
+    check_descriptor_fields(cfg, layer)
     if fixed is not None:
         br, bp, k = fixed
         if (bp, k) not in cfg.policies:
@@ -231,9 +260,9 @@ class ModelPlan:
         return bytes(out)
 
     def write_tables(self, out_dir: str | Path) -> list[Path]:
-        """fbe_table.bin, fbe_table.csv, latency_table.json and latency_table.csv."""
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
+        """fbe_table.bin, fbe_table.csv, latency_table.json and latency_table.csv, published
+        together with a manifest (:func:`fluidnpu.outputs.staged_output`): never a mixed set."""
+        from fluidnpu.outputs import staged_output
         files = {
             "fbe_table.bin": self.fbe_image(),
             "fbe_table.csv": ("batch,layer_id,name,B_R,B_P,k,cycles\n" + "".join(
@@ -245,15 +274,11 @@ class ModelPlan:
         for b in range(1, self.b_max + 1):
             rows.append(f"{b}," + ",".join(str(int(v)) for v in list(tab.layer_cycles[b]) + list(tab.head_cycles[b])))
         files["latency_table.csv"] = ("\n".join(rows) + "\n").encode()
-        written = []
-        for name, data in files.items():
-            tmp = d / f".{name}.tmp"
-            tmp.write_bytes(data)
-            tmp.replace(d / name)
-            written.append(d / name)
-        tab.save(d / "latency_table.json")
-        written.append(d / "latency_table.json")
-        return written
+        with staged_output(out_dir, "perf-tables") as st:
+            for name, data in files.items():
+                (st.path / name).write_bytes(data)
+            tab.save(st.path / "latency_table.json")
+        return [st.final(n) for n in [*files, "latency_table.json"]]
 
 
 def map_model(cfg: HwConfig, model: EEModel, hardware: str = "fluid", *, b_max: int = 16,

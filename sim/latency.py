@@ -206,7 +206,8 @@ class LatencyTable:
             raise LatencyTableError(f"{where}: {e}") from None
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        from fluidnpu.outputs import atomic_write
+        atomic_write(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path) -> "LatencyTable":

@@ -104,22 +104,24 @@ MAX_SEEDS = 64
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """nextpnr seeds from ``"1-4"``, ``"1,3,8"`` or ``"2,5-7"`` (each seed once, in order)."""
-    seeds: list[int] = []
+    seeds: dict[int, None] = {}          # insertion-ordered set
     for part in str(text).split(","):
         part = part.strip()
         lo, dash, hi = part.partition("-")
         try:
-            rng = range(int(lo), int(hi) + 1) if dash else range(int(part), int(part) + 1)
+            a, b = (int(lo), int(hi)) if dash else (int(part), int(part))
         except ValueError:
             raise ValueError(f"seeds = {text!r}: {part!r} is not a seed or a range A-B of "
                              "non-negative integers") from None
-        if not rng:
+        if b < a:
             raise ValueError(f"seeds = {text!r}: the range {part!r} is empty (A-B needs A <= B)")
-        for v in rng:
-            if v not in seeds:
-                seeds.append(v)
-    if len(seeds) > MAX_SEEDS:
-        raise ValueError(f"seeds = {text!r}: {len(seeds)} seeds; at most {MAX_SEEDS} are allowed")
+        if b - a + 1 > MAX_SEEDS:      # refused before it is expanded
+            raise ValueError(f"seeds = {text!r}: the range {part!r} holds {b - a + 1:,} seeds; at most "
+                             f"{MAX_SEEDS} are allowed")
+        for v in range(a, b + 1):
+            seeds[v] = None
+        if len(seeds) > MAX_SEEDS:
+            raise ValueError(f"seeds = {text!r}: more than {MAX_SEEDS} seeds; at most {MAX_SEEDS} are allowed")
     return tuple(seeds)
 
 

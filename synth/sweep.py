@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from fluidnpu.outputs import atomic_write
+
 from .sweep_file import AXES, Point, Sweep, SweepError, load_sweep, sweep_from_dict
 from .sweep_tasks import evaluate_point, evaluate_synth
 
@@ -59,11 +61,38 @@ class _Inline:
     capacity = 1
 
 
+def _worker_init(parent: int) -> None:
+    """A pool worker's set-up: its own process group (Ctrl-C at the terminal reaches only
+    the main process, which stops the workers), and a watchdog that ends the worker and
+    the tools it started (yosys, nextpnr: the same group) when the main process is gone,
+    even by SIGKILL, instead of leaving them blocked on the pool's pipe."""
+    import signal
+    import threading
+    try:
+        os.setpgid(0, 0)
+        own_group = True
+    except OSError:
+        own_group = False
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_S)
+        if own_group:
+            os.killpg(0, signal.SIGKILL)    # this worker and the tools it started
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="fluidnpu-parent-watchdog", daemon=True).start()
+
+
+#: how often a pool worker checks that the sweep's main process is alive, seconds
+WATCHDOG_S = 0.5
+
+
 class _Pool:
     def __init__(self, workers: int):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-        self.ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        self.ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                      initializer=_worker_init, initargs=(os.getpid(),))
         self.capacity = 2 * workers
 
     def submit(self, fn, *args):
@@ -78,6 +107,7 @@ class _Pool:
         if cancel:
             # stop what runs now too: the workers and the tools they started (yosys, nextpnr)
             workers = list(getattr(self.ex, "_processes", {}) or {})
+            _terminate_groups(workers)
             _terminate_tree(workers)
         try:
             self.ex.shutdown(wait=not cancel, cancel_futures=cancel)
@@ -111,6 +141,17 @@ def _terminate_tree(pids, grace_s: float = 3.0) -> None:
             pass
 
 
+def _terminate_groups(pids) -> None:
+    """SIGTERM to each worker's process group (the worker and the tools it started)."""
+    import signal
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
 class _Dask:
     def __init__(self, address):
         try:
@@ -121,9 +162,12 @@ class _Dask:
         if isinstance(address, Client):
             self.client, self.own = address, False
         else:
+            problem = dask_address_problem(address)
+            if problem:
+                raise SweepError(f"--dask {problem}")
             try:
                 self.client, self.own = Client(address, timeout=30), True
-            except (OSError, TimeoutError) as e:
+            except (OSError, TimeoutError, ValueError) as e:
                 raise SweepError(f"--dask {address}: cannot connect to a Dask scheduler ({e})") from None
         threads = sum(self.client.nthreads().values()) or 1
         self.capacity = 2 * threads
@@ -145,6 +189,21 @@ class _Dask:
                 pass
         if self.own:
             self.client.close()
+
+
+#: address schemes of Dask's comm backends
+DASK_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
+
+
+def dask_address_problem(address: str) -> str | None:
+    """Why ``address`` is not a Dask scheduler address (``[SCHEME://]HOST:PORT``); None if it is one."""
+    import re
+    m = re.fullmatch(r"(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d+)",
+                     address.strip())
+    if m is None or (m["scheme"] or "tcp") not in DASK_SCHEMES or not 0 < int(m["port"]) < 65536:
+        return (f"{address}: not a Dask scheduler address; expected SCHEME://HOST:PORT with a scheme from "
+                f"{', '.join(DASK_SCHEMES)} and a port from 1 to 65535, e.g. tcp://10.0.0.5:8786")
+    return None
 
 
 @dataclass
@@ -182,9 +241,9 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, *, workers: int | None = None, 
     say = log or (lambda msg: None)
     store = ResultStore(out / "results.jsonl")
     done_ids = store.done_ids()
-    (out / "sweep.json").write_text(json.dumps({"name": sweep.name, "file": str(sweep.path) if sweep.path else None,
-                                                "points": len(sweep.points), "synth": sweep.synth,
-                                                "perf": sweep.perf, "serve": sweep.serve}, indent=2) + "\n")
+    atomic_write(out / "sweep.json", json.dumps({"name": sweep.name, "file": str(sweep.path) if sweep.path else None,
+                                                 "points": len(sweep.points), "synth": sweep.synth,
+                                                 "perf": sweep.perf, "serve": sweep.serve}, indent=2) + "\n")
     # each configuration's synthesis, then its points: rows appear as soon as they can
     todo: list[tuple[str, dict]] = []
     by_synth: dict = {}

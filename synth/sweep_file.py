@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fluidnpu.textfiles import TextFileError, read_text
+
 __all__ = ["SweepError", "Sweep", "Point", "load_sweep", "sweep_from_dict", "AXES"]
 
 
@@ -75,11 +77,13 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file; every point is built and checked."""
     p = Path(path)
     try:
-        d = tomllib.loads(p.read_text())
+        d = tomllib.loads(read_text(p))
     except FileNotFoundError:
         raise SweepError(f"{p}: no such file") from None
     except OSError as e:
         raise SweepError(f"{p}: cannot read ({e.strerror})") from None
+    except TextFileError as e:
+        raise SweepError(str(e)) from None
     except tomllib.TOMLDecodeError as e:
         raise SweepError(f"{p}: not valid TOML ({e})") from None
     return sweep_from_dict(d, base_dir=p.parent, where=str(p), default_name=p.stem, path=p)
@@ -342,7 +346,9 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
                 raise SweepError(f"{where}: grid.scenario = {s!r}: neither a [scenario.NAME] table "
                                  f"({', '.join(scen_tables) or 'none defined'}) nor a scenario file")
             try:
-                scen_raw[s] = (tomllib.loads(q.read_text()), str(q.parent.resolve()))
+                scen_raw[s] = (tomllib.loads(read_text(q)), str(q.parent.resolve()))
+            except (OSError, TextFileError) as e:
+                raise SweepError(f"{where}: scenario file {q}: {getattr(e, 'strerror', None) or e}") from None
             except tomllib.TOMLDecodeError as e:
                 raise SweepError(f"{where}: scenario file {q}: not valid TOML ({e})") from None
     for m in axes.get("mapping", []):

@@ -9,11 +9,13 @@ The table is rebuilt from the records and replaced atomically.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from pathlib import Path
-from typing import Callable
+
+from fluidnpu.outputs import atomic_write, staged_output
 
 __all__ = ["ResultStore", "table_rows", "write_outputs", "write_table", "markdown_table", "pareto_front",
            "plot_pareto", "MAXIMISE"]
@@ -37,13 +39,7 @@ class ResultStore:
         data = self.path.read_bytes()
         if not data or data.endswith(b"\n"):
             return
-        keep = data[:data.rfind(b"\n") + 1]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.path)
+        atomic_write(self.path, data[:data.rfind(b"\n") + 1])
 
     def records(self) -> list[dict]:
         out = []
@@ -127,24 +123,20 @@ def _columns(rows: list[dict]) -> list[str]:
     return cols
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def write_table(rows: list[dict], out: Path) -> list[Path]:
     """``results.csv`` (and ``results.parquet`` when pyarrow is installed), replaced atomically."""
     cols = _columns(rows)
     files = []
 
-    def w_csv(tmp: Path):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: _cell(r.get(k)) for k in cols})
-    _atomic(out / "results.csv", w_csv)
+    def w_csv(fb):
+        f = io.TextIOWrapper(fb, encoding="utf-8", newline="")
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(r.get(k)) for k in cols})
+        f.flush()
+        f.detach()              # the file stays open for atomic_write to sync and rename
+    atomic_write(out / "results.csv", w_csv)
     files.append(out / "results.csv")
     try:
         import pyarrow as pa
@@ -152,7 +144,7 @@ def write_table(rows: list[dict], out: Path) -> list[Path]:
     except ImportError:
         return files
 
-    def w_pq(tmp: Path):
+    def w_pq(f):
         data = {}
         for k in cols:
             vals = [r.get(k) for r in rows]
@@ -163,8 +155,8 @@ def write_table(rows: list[dict], out: Path) -> list[Path]:
             elif kinds == {int, float}:
                 vals = [None if v is None else float(v) for v in vals]
             data[k] = vals
-        pq.write_table(pa.table(data), tmp)
-    _atomic(out / "results.parquet", w_pq)
+        pq.write_table(pa.table(data), f)
+    atomic_write(out / "results.parquet", w_pq)
     files.append(out / "results.parquet")
     return files
 
@@ -265,7 +257,7 @@ def plot_pareto(rows: list[dict], x: str, y: str, out: Path, title: str = "") ->
     fig.suptitle(title or f"Pareto front: {y} against {x}", fontsize=10)
     fig.tight_layout()
     path = out / f"pareto_{y}_vs_{x}.png"
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
     return path
 
@@ -311,18 +303,20 @@ def write_outputs(sweep, out: Path, *, plots: bool = True, log=None) -> tuple[Pa
     """Rebuild the table and the plots from the records; ``(csv path, plot paths, rows)``."""
     say = log or (lambda m: None)
     rows = table_rows(sweep, ResultStore(out / "results.jsonl").records())
-    files = write_table(rows, out)
-    md = markdown_table(sweep, rows)
-    _atomic(out / "results.md", lambda tmp: tmp.write_text(md))
-    pngs = []
-    if plots and rows:
-        for x in sweep.plot["x"]:
-            for y in sweep.plot["y"]:
-                if not any(_num(r.get(x)) for r in rows) or not any(_num(r.get(y)) for r in rows):
-                    continue
-                p = plot_pareto(rows, x, y, out, f"{sweep.name}: {y} against {x}")
-                if p is not None:
-                    pngs.append(p)
+    # published together with sweep.manifest.json (which says whether every point is done)
+    with staged_output(out, "sweep") as st:
+        st.extra = {"complete": len(rows) == len(sweep.points), "points": len(sweep.points), "done": len(rows)}
+        files = [st.final(f) for f in write_table(rows, st.path)]
+        atomic_write(st.path / "results.md", markdown_table(sweep, rows))
+        pngs = []
+        if plots and rows:
+            for x in sweep.plot["x"]:
+                for y in sweep.plot["y"]:
+                    if not any(_num(r.get(x)) for r in rows) or not any(_num(r.get(y)) for r in rows):
+                        continue
+                    p = plot_pareto(rows, x, y, st.path, f"{sweep.name}: {y} against {x}")
+                    if p is not None:
+                        pngs.append(st.final(p))
     say(f"table: {', '.join(str(f) for f in files)} ({len(rows)} of {len(sweep.points)} points)"
         + (f"; plots: {', '.join(p.name for p in pngs)}" if pngs else ""))
     return files[0], pngs, len(rows)

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 from fluidnpu import metrics
 from fluidnpu.cli import main
-from fluidnpu.cli_common import atomic_write
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
 from fluidnpu.hw.reference import gemm_reference
 from fluidnpu.hw.runner import MemTiming, SimError
+from fluidnpu.outputs import atomic_write
 
 
 def run(*args):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,38 +231,36 @@ def run_rtl(s: CosimSetup, sim: str = "verilator", *, run_dir=None, keep: bool =
     ``progress(cycles, done)``, if given, is called about twice a second while the
     simulator runs with the simulated cycles and the requests finished or dropped."""
     from fluidnpu.hw.fbe_runner import FBE_TOP, build_fbe
-    from fluidnpu.hw.runner import recorded_wave, run_cocotb
+    from fluidnpu.hw.runner import recorded_wave, run_cocotb, run_folder
     t0 = time.perf_counter()
-    tmp = run_dir is None
-    rdir = Path(tempfile.mkdtemp(prefix="fluidnpu-cosim-")) if tmp else Path(run_dir).resolve()
-    rdir.mkdir(parents=True, exist_ok=True)
-    host = make_host(s)
-    if max_cycles is None:
-        b1 = s.timing.latency_table().batch1_latency_cycles()
-        max_cycles = int(s.arrival_cycle[-1]) + 4 * len(s.requests) * (b1 + 64) + 10_000
-    setup = {"cfg": s.cfg, "entries": s.prog.packed_entries(), "table": s.prog.table_words(s.policies),
-             "res_addr": s.prog.res_addr, "res_shift": s.prog.res_shift, "mem": s.mem_image.copy(),
-             "timing": s.mem, "x_addr": [s.prog.input_area(r) for r in range(len(s.requests))],
-             "max_cycles": max_cycles, "host": host}
-    (rdir / "setup.pickle").write_bytes(pickle.dumps(setup))
     bdir = build_fbe(s.cfg, sim, waves=wave is not None)
-    res = _with_progress(progress, rdir / "progress",
-                         lambda: run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.sim.cosim.tb", rdir,
-                                            extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave))
-    wave_path = recorded_wave(sim, wave)
-    err = res.get("cosim", "cocotb test 'cosim' did not run")
-    out_p = rdir / "result.pickle"
-    if err is not None or not out_p.exists():
-        raise SimError(f"{sim}: the co-simulation bench failed (run dir {rdir}): {err}\n"
-                       f"(simulator log: {rdir / 'sim.log'}{f'; waveform: {wave_path}' if wave_path else ''})")
-    out = pickle.loads(out_p.read_bytes())
-    host = out["host"]
-    rec = _record(s, host, f"rtl:{sim}", out["events"], time.perf_counter() - t0,
-                  {"dut_cycles": out["dut_cycles"], "mem_stats": out["mem_stats"], "run_dir": str(rdir),
-                   "wave": None if wave_path is None else str(wave_path)})
-    rec.extra["logits_ok"] = _check_logits(s, out["mem"], host)
-    if tmp and not keep:
-        shutil.rmtree(rdir, ignore_errors=True)
+    with run_folder(run_dir, "fluidnpu-cosim-") as (rdir, tmp):   # removed on Ctrl-C, SIGTERM, errors
+        host = make_host(s)
+        if max_cycles is None:
+            b1 = s.timing.latency_table().batch1_latency_cycles()
+            max_cycles = int(s.arrival_cycle[-1]) + 4 * len(s.requests) * (b1 + 64) + 10_000
+        setup = {"cfg": s.cfg, "entries": s.prog.packed_entries(), "table": s.prog.table_words(s.policies),
+                 "res_addr": s.prog.res_addr, "res_shift": s.prog.res_shift, "mem": s.mem_image.copy(),
+                 "timing": s.mem, "x_addr": [s.prog.input_area(r) for r in range(len(s.requests))],
+                 "max_cycles": max_cycles, "host": host}
+        (rdir / "setup.pickle").write_bytes(pickle.dumps(setup))
+        res = _with_progress(progress, rdir / "progress",
+                             lambda: run_cocotb(sim, bdir, FBE_TOP, "fluidnpu.sim.cosim.tb", rdir,
+                                                extra_env={"FLUIDNPU_RUN_DIR": str(rdir)}, wave=wave))
+        wave_path = recorded_wave(sim, wave)
+        err = res.get("cosim", "cocotb test 'cosim' did not run")
+        out_p = rdir / "result.pickle"
+        if err is not None or not out_p.exists():
+            raise SimError(f"{sim}: the co-simulation bench failed (run dir {rdir}): {err}\n"
+                           f"(simulator log: {rdir / 'sim.log'}{f'; waveform: {wave_path}' if wave_path else ''})")
+        out = pickle.loads(out_p.read_bytes())
+        host = out["host"]
+        rec = _record(s, host, f"rtl:{sim}", out["events"], time.perf_counter() - t0,
+                      {"dut_cycles": out["dut_cycles"], "mem_stats": out["mem_stats"], "run_dir": str(rdir),
+                       "wave": None if wave_path is None else str(wave_path)})
+        rec.extra["logits_ok"] = _check_logits(s, out["mem"], host)
+        if tmp and not keep:
+            shutil.rmtree(rdir, ignore_errors=True)
     return rec
 
 
@@ -281,13 +278,21 @@ def _with_progress(progress, path: Path, fn):
             box["err"] = e
     th = threading.Thread(target=target, daemon=True)
     th.start()
-    while th.is_alive():
-        th.join(0.5)
-        try:
-            cyc, done = (int(x) for x in path.read_text().split())
-        except (OSError, ValueError):
-            continue
-        progress(cyc, done)
+    try:
+        while th.is_alive():
+            th.join(0.5)
+            try:
+                cyc, done = (int(x) for x in path.read_text().split())
+            except (OSError, ValueError):
+                continue
+            progress(cyc, done)
+    except BaseException:
+        # Ctrl-C reaches this thread only (the simulator runs in its own process group):
+        # stop the simulator so that the thread ends before the run folder is removed
+        from fluidnpu.hw.runner import stop_simulators
+        stop_simulators()
+        th.join()
+        raise
     if "err" in box:
         raise box["err"]
     return box["ok"]

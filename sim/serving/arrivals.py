@@ -175,11 +175,14 @@ def read_trace(path) -> tuple[np.ndarray, list[str]]:
     skipped. Rows are returned sorted by time (stable). Malformed rows raise
     :class:`TraceError` naming the file, line and field.
     """
+    from fluidnpu.textfiles import TextFileError, read_text
     p = Path(path)
     try:
-        text = p.read_text()
+        text = read_text(p)
     except OSError as e:
         raise TraceError(f"{p}: cannot read trace ({e.strerror})") from None
+    except TextFileError as e:
+        raise TraceError(str(e)) from None
     times, devs = [], []
     for ln, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
@@ -222,23 +225,34 @@ class TraceReplay(ArrivalProcess):
                 if not math.isfinite(x) or x < 0:
                     raise ArrivalError(f"trace arrivals: times[{i}] = {x!r}: must be a finite number >= 0")
             object.__setattr__(self, "times", tuple(sorted(ts)))
+            if not ts:
+                raise ArrivalError("trace arrivals: times = (): give at least one arrival time")
         else:
-            self._rows()  # fail early on a malformed file
+            self.rows()  # fail early on a malformed file, an empty one or one without this device
 
-    def _rows(self) -> np.ndarray:
+    def rows(self) -> np.ndarray:
+        """The arrival times this process replays (sorted); a trace file without any row,
+        or without a row of ``device``, is a :class:`TraceError`."""
         if self.times is not None:
             return np.asarray(self.times, dtype=float)
         t, devs = read_trace(self.path)
+        if not t.size:
+            raise TraceError(f"{self.path}: the trace has no rows (timestamp,device): nothing to replay")
         if self.device is None:
             return t
         keep = np.fromiter((d == self.device for d in devs), dtype=bool, count=len(devs))
+        if not keep.any():
+            seen = sorted(set(devs))
+            raise TraceError(f"{self.path}: no row has device {self.device!r} (the trace's devices: "
+                             f"{', '.join(map(repr, seen[:10]))}{' ...' if len(seen) > 10 else ''}); name the "
+                             f"trace's device with arrivals.device, or fix the device column")
         return t[keep]
 
     @property
     def mean_rate(self) -> float:
-        t = self._rows()
+        t = self.rows()
         return 0.0 if t.size < 2 else (t.size - 1) / max(t[-1] - t[0], 1e-12)
 
     def generate(self, rng, duration_s):
-        t = self._rows()
+        t = self.rows()
         return t[t < duration_s]

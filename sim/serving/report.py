@@ -205,13 +205,18 @@ def write_markdown(res: CompareResult, out: Path, plots: list[Path]) -> Path:
 
 
 def write_all(res: CompareResult, out) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    csvs = write_csv(res, out)
-    plots = write_plots(res, out)
-    md = write_markdown(res, out, plots)
-    js = out / "compare.json"
-    files = {"csv": [str(p) for p in csvs], "plots": [str(p) for p in plots], "report": str(md), "json": str(js)}
-    res.files = files
-    js.write_text(json.dumps(clean_json(res.to_json()), indent=1) + "\n")
+    """Every file of a comparison into ``out``, published together (written into a
+    staging folder first, then moved in with compare.manifest.json written last:
+    :func:`fluidnpu.outputs.staged_output`), so an interrupted run leaves the old
+    result or the new one, never a mix."""
+    from fluidnpu.outputs import staged_output
+    with staged_output(out, "compare") as st:
+        csvs = write_csv(res, st.path)
+        plots = write_plots(res, st.path)
+        md = write_markdown(res, st.path, plots)
+        js = st.path / "compare.json"
+        files = {"csv": [str(st.final(p)) for p in csvs], "plots": [str(st.final(p)) for p in plots],
+                 "report": str(st.final(md)), "json": str(st.final(js))}
+        res.files = files
+        js.write_text(json.dumps(clean_json(res.to_json()), indent=1) + "\n")
     return files

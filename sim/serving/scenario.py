@@ -11,17 +11,39 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..workloads.model import EEModel
-from .arrivals import MMPP2, ArrivalError, ArrivalProcess, GammaRenewal, Poisson, TraceReplay
+from .arrivals import MMPP2, ArrivalError, ArrivalProcess, GammaRenewal, Poisson, TraceError, TraceReplay
 
 __all__ = ["Device", "Scenario", "ScenarioError", "Requests", "generate_requests", "for_requests", "draw_requests",
-           "scale_rates",
-           "load_scenario", "scenario_from_dict"]
+           "scale_rates", "load_scenario", "scenario_from_dict", "MAX_REQUESTS", "BYTES_PER_REQUEST",
+           "requests_problem", "dropped_trace_rows"]
 
 DEFAULT_SLO_MULTS = (2.0, 5.0, 10.0, 20.0, 50.0)
+
+#: Requests per run at most (``--requests``, ``[compare].requests``): about 1.6 GiB and
+#: two minutes of one core per run (docs/reliability.md).
+MAX_REQUESTS = 5_000_000
+#: Memory one simulated request costs (draws, simulator arrays, result columns), rounded
+#: up from 332 bytes measured with benchmarks/bench_requests_memory.py (2026-12-03).
+BYTES_PER_REQUEST = 340
+#: A run's draw (``duration_s`` of arrivals) holds at most this many requests.
+MAX_DRAW = 2 * MAX_REQUESTS
 
 
 class ScenarioError(ValueError):
     """A scenario value breaks a rule; the message names field, value and rule."""
+
+
+def _gib(n: float) -> str:
+    return f"{n * BYTES_PER_REQUEST / 2**30:,.1f} GiB"
+
+
+def requests_problem(n: int) -> str | None:
+    """Why ``n`` requests per run are too many (None if they are not): the cap and the
+    memory ``n`` would need."""
+    if n > MAX_REQUESTS:
+        return (f"{n:,}: at most {MAX_REQUESTS:,} requests per run (about {_gib(MAX_REQUESTS)} of memory); "
+                f"{n:,} would need about {_gib(n)} ({BYTES_PER_REQUEST} bytes per request)")
+    return None
 
 
 def _num(where, name, v, lo=0.0, strict=True, integer=False):
@@ -113,6 +135,9 @@ class Scenario:
         if self.warmup_s >= self.duration_s:
             raise ScenarioError(f"{w}: warmup_s = {self.warmup_s!r}: must be below duration_s = {self.duration_s!r}")
         mults = tuple(self.slo_mults)
+        if not mults:
+            raise ScenarioError(f"{w}: slo_mults = []: give at least one multiple of the batch-1 latency "
+                                f"(SLO attainment is reported at each; compare uses the smallest)")
         for i, m in enumerate(mults):
             _num(w, f"slo_mults[{i}]", m)
         object.__setattr__(self, "slo_mults", tuple(float(m) for m in mults))
@@ -164,6 +189,11 @@ def generate_requests(scenario: Scenario, seed: int, slo_base_s: Mapping[str, fl
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ScenarioError(f"seed = {seed!r}: must be a non-negative integer")
+    expected = _expected_draw(scenario)
+    if expected > MAX_DRAW:
+        raise ScenarioError(f"scenario {scenario.name!r}: duration_s = {scenario.duration_s:g} draws about "
+                            f"{expected:,.0f} requests; a run draws at most {MAX_DRAW:,} (these would need about "
+                            f"{_gib(expected)} of memory, {BYTES_PER_REQUEST} bytes per request): shorten duration_s")
     midx = {m.name: i for i, m in enumerate(scenario.models)}
     parts = []
     paths = {}
@@ -188,6 +218,30 @@ def generate_requests(scenario: Scenario, seed: int, slo_base_s: Mapping[str, fl
     order = np.lexsort((dev, t))
     return Requests(arrival=t[order], device=dev[order].astype(np.int64), model=mod[order].astype(np.int64),
                     exit=ex[order].astype(np.int64), slo_s=slo[order])
+
+
+def _expected_draw(scenario: Scenario) -> float:
+    """Requests a draw over ``duration_s`` holds on average (a trace: its rows before the end)."""
+    n = 0.0
+    for d in scenario.devices:
+        a = d.arrivals
+        n += (int(np.count_nonzero(a.rows() < scenario.duration_s)) if isinstance(a, TraceReplay)
+              else a.mean_rate * scenario.duration_s)
+    return n
+
+
+def dropped_trace_rows(scenario: Scenario) -> list[tuple[str, str, int, int]]:
+    """``(device, trace file, rows at or after duration_s, rows)`` of every trace device
+    whose trace goes on past the scenario's end (those rows are not replayed)."""
+    out = []
+    for d in scenario.devices:
+        a = d.arrivals
+        if isinstance(a, TraceReplay):
+            t = a.rows()
+            late = int(np.count_nonzero(t >= scenario.duration_s))
+            if late:
+                out.append((d.name, a.path or "times", late, int(t.size)))
+    return out
 
 
 def scale_rates(scenario: Scenario, k: float) -> Scenario:
@@ -221,6 +275,12 @@ def draw_requests(scenario: Scenario, n: int, seed: int, slo_base_s: Mapping[str
     (the same as ``generate_requests`` on that scenario, truncated), drawn once."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ScenarioError(f"requests = {n!r}: must be a positive integer")
+    problem = requests_problem(int(n))
+    if problem:
+        raise ScenarioError(f"requests = {problem}")
+    if not scenario.mean_rate > 0:
+        raise ScenarioError(f"requests = {n}: scenario {scenario.name!r} has no arrival rate (traces of one row "
+                            f"each); give its duration_s instead")
     dur = n / scenario.mean_rate
     got = 0
     for _ in range(16):
@@ -263,7 +323,7 @@ def _arrivals_from(w: str, a, base: Path, dev_name: str) -> ArrivalProcess:
         return TraceReplay(path=str(p if p.is_absolute() else base / p), device=str(a.get("device", dev_name)))
     except KeyError as e:
         raise ScenarioError(f"{w}: arrivals.{e.args[0]} is missing for kind {kind!r}") from None
-    except ArrivalError as e:
+    except (ArrivalError, TraceError) as e:
         raise ScenarioError(f"{w}: {e}") from None
 
 
@@ -324,11 +384,14 @@ def scenario_from_dict(d: dict, models: Mapping[str, EEModel] | Callable[[str], 
 
 def load_scenario(path, models=None) -> Scenario:
     """Load a scenario TOML file; ``models`` maps model names to EEModels (default: the zoo)."""
+    from fluidnpu.textfiles import TextFileError, read_text
     p = Path(path)
     try:
-        d = tomllib.loads(p.read_text())
+        d = tomllib.loads(read_text(p))
     except OSError as e:
         raise ScenarioError(f"{p}: cannot read ({e.strerror})") from None
+    except TextFileError as e:
+        raise ScenarioError(str(e)) from None
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{p}: not valid TOML ({e})") from None
     d.setdefault("name", p.stem)

@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from ..latency import LatencyTable, LatencyTableError
@@ -92,24 +91,14 @@ def _read(path: Path, key: str, model: EEModel) -> LatencyTable | None:
 
 
 def _write(path: Path, key: str, table: LatencyTable) -> None:
-    """Atomically: a temporary file in the same directory, renamed over the entry.
-    A cache that cannot be written (read-only home, full disk) is skipped silently."""
-    tmp = None
+    """Atomically (:func:`fluidnpu.outputs.atomic_write`: a temporary file in the same
+    directory, renamed over the entry). A cache that cannot be written (read-only home,
+    full disk) is skipped silently."""
+    from fluidnpu.outputs import atomic_write
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"key": key, "table": table.to_dict()}, f)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, json.dumps({"key": key, "table": table.to_dict()}))
     except OSError:
         pass
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def mapper_table(model: EEModel, hardware: str = "fluid", cfg=None, b_max: int = 16) -> LatencyTable:

@@ -614,10 +614,11 @@ def model_toml(res: DigitsResult) -> str:
 
 
 def write_model(res: DigitsResult, out_dir) -> tuple[Path, Path]:
-    """Write ``digits.toml`` and ``digits.npz`` into ``out_dir``; return their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    npz, toml = out / "digits.npz", out / "digits.toml"
-    npz.write_bytes(_npz_bytes(res.weights))
-    toml.write_text(model_toml(res))
-    return toml, npz
+    """Write ``digits.toml`` and ``digits.npz`` into ``out_dir`` as a pair (both or neither:
+    :func:`fluidnpu.outputs.staged_output`); return their paths."""
+    from fluidnpu.outputs import staged_output
+    npz, toml = _npz_bytes(res.weights), model_toml(res)
+    with staged_output(out_dir, "train-digits", manifest=False) as st:
+        (st.path / "digits.npz").write_bytes(npz)
+        (st.path / "digits.toml").write_text(toml)
+    return st.final("digits.toml"), st.final("digits.npz")

@@ -113,11 +113,14 @@ def read_counts(path, n_exits: int) -> tuple[tuple[int, ...], str]:
     CSV: one row per exit, ``exit,count`` (exit = 0-based index or ``final``) or just
     ``count`` in exit order; an optional header row and ``#`` comments.
     """
+    from fluidnpu.textfiles import TextFileError, read_text
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_text(path)
     except OSError as e:
         raise WorkloadError(f"{path}: cannot read exit counts: {e.strerror or e}", file=path) from None
+    except TextFileError as e:
+        raise WorkloadError(str(e), file=path) from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)

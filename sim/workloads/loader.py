@@ -294,11 +294,14 @@ def model_from_dict(data: dict, *, base_dir=".", source="<dict>") -> EEModel:
 
 def load_model(path) -> EEModel:
     """Load a model TOML file (format: docs/models.md)."""
+    from fluidnpu.textfiles import TextFileError, read_text
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_text(path)
     except OSError as e:
         raise WorkloadError(f"{path}: cannot read model file: {e.strerror or e}", file=path) from None
+    except TextFileError as e:
+        raise WorkloadError(str(e), file=path) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -354,5 +357,6 @@ def model_to_toml(model: EEModel) -> str:
 
 
 def save_model(model: EEModel, path) -> None:
-    """Write :func:`model_to_toml` to ``path``."""
-    Path(path).write_text(model_to_toml(model))
+    """Write :func:`model_to_toml` to ``path`` (whole or not at all)."""
+    from fluidnpu.outputs import atomic_write
+    atomic_write(path, model_to_toml(model))

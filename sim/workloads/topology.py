@@ -185,11 +185,14 @@ def parse_topology_text(text: str, source="<text>") -> list[ConvSpec | GemmSpec]
 
 def read_topology(path) -> list[ConvSpec | GemmSpec]:
     """Read a topology CSV file into row specs."""
+    from fluidnpu.textfiles import TextFileError, read_text
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_text(path)
     except OSError as e:
         raise WorkloadError(f"{path}: cannot read topology file: {e.strerror or e}", file=path) from None
+    except TextFileError as e:
+        raise WorkloadError(str(e), file=path) from None
     return parse_topology_text(text, source=path)
 
 
@@ -213,5 +216,6 @@ def format_topology(rows) -> str:
 
 
 def write_topology(rows, path) -> None:
-    """Write row specs to a topology CSV file."""
-    Path(path).write_text(format_topology(rows))
+    """Write row specs to a topology CSV file (whole or not at all)."""
+    from fluidnpu.outputs import atomic_write
+    atomic_write(path, format_topology(rows))

@@ -181,11 +181,12 @@ def render(filename: str) -> str:
 
 
 def write_zoo(directory=ZOO_DIR) -> list[Path]:
-    """(Re)write every generated CSV into ``directory``."""
+    """(Re)write every generated CSV into ``directory`` (each whole or not at all)."""
+    from fluidnpu.outputs import atomic_write
     out = []
     for name in BUILDERS:
         p = Path(directory) / name
-        p.write_text(render(name))
+        atomic_write(p, render(name))
         out.append(p)
     return out
 
