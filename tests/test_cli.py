@@ -514,8 +514,12 @@ def test_roofline_wide_elements():
 
 def test_gemm_metrics():
     m = metrics.gemm_metrics(BIG, 37, 300, 23, 7980, bias=True, requant=True)
+    # tiled: one chunk, 3 column tiles, 2 row tiles: X once (37 rows x 38 beats), W and bias
+    # per row tile (2 x (23 x 38 + 3 x 4)), O one beat per row and column tile (37 x 3)
     assert m == {"macs": 255300, "utilisation": pytest.approx(255300 / (7980 * 64)),
-                 "roofline_cycles": 3990, "roofline_efficiency": 0.5}
+                 "roofline_cycles": 3990, "roofline_efficiency": 0.5,
+                 "roofline_cycles_tiled": 3990, "tiled_bytes": 8 * (37 * 38 + 2 * (23 * 38 + 12) + 37 * 3),
+                 "bound_tiled": "compute"}
     with pytest.raises(ValueError):
         metrics.gemm_metrics(HwConfig(), 1, 1, 1, 0, bias=False, requant=False)
     with pytest.raises(ValueError):
