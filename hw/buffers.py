@@ -198,7 +198,6 @@ class OperandBuffers(wiring.Component):
         controls delayed), so its single select stage ends with the X network's last."""
         cfg = self.cfg
         tc, tp, dw, n = cfg.tc, cfg.tp, cfg.data_width, cfg.lanes
-        word = data.ArrayLayout(unsigned(dw), tp)
         req = data.StructLayout({"valid": 1, "tag": len(self.rd_tag), "waddr": len(self.rd_waddr),
                                  "wgrp": len(self.rd_wgrp), "rem": len(self.rd_rem)})
         r = Signal(req, name="f0_wreq")

@@ -114,14 +114,19 @@ def descriptor_splits(cfg: HwConfig, rows: int) -> int:
     return -(-rows // rows_per_descriptor(cfg))
 
 
-def _command_cycles(cfg, R, p, c, bp, k, mem) -> tuple[int, int]:
-    """Cycles and command count of one GEMM of R rows, split at the descriptor's limit."""
+def _descriptor_rows(cfg: HwConfig, R: int) -> list[tuple[int, int]]:
+    """One GEMM of R rows as commands, split at the descriptor's limit: ``(rows, count)``."""
     rmax = rows_per_descriptor(cfg)
     full, rest = divmod(R, rmax)
-    cyc = full * layer_cycles(cfg, rmax, p, c, bp=bp, k=k, bias=True, out_mode=OUT_REQUANT, mem=mem) if full else 0
-    if rest:
-        cyc += layer_cycles(cfg, rest, p, c, bp=bp, k=k, bias=True, out_mode=OUT_REQUANT, mem=mem)
-    return cyc, full + (1 if rest else 0)
+    return [(rows, n) for rows, n in ((rmax, full), (rest, 1 if rest else 0)) if n]
+
+
+def _command_cycles(cfg, R, p, c, bp, k, mem) -> tuple[int, int]:
+    """Cycles and command count of one GEMM of R rows, split at the descriptor's limit."""
+    parts = _descriptor_rows(cfg, R)
+    cyc = sum(n * layer_cycles(cfg, rows, p, c, bp=bp, k=k, bias=True, out_mode=OUT_REQUANT, mem=mem)
+              for rows, n in parts)
+    return cyc, sum(n for _, n in parts)
 
 
 def _roofline(cfg: HwConfig, R: int, p: int, c: int, groups: int) -> int:
@@ -141,17 +146,14 @@ def _tiled_roofline(cfg: HwConfig, layer: GemmLayer, batch: int,
     br, bp, k = pol
     g = layer.groups
     cg = layer.c // g
-    rmax = ((1 << cfg.dim_width) - 1) // cfg.tr * cfg.tr
     n_full, rest = divmod(batch, br)
     beats = 0
     for nb, count in ((br, n_full), (rest, 1 if rest else 0)):
         if not count:
             continue
-        full, r_rest = divmod(nb * layer.r, rmax)
-        for R, n in ((rmax, full), (r_rest, 1 if r_rest else 0)):
-            if n:
-                t = tiled_traffic(cfg, R, layer.p, cg, bp=bp, k=k, bias=True, out_mode=OUT_REQUANT)
-                beats += count * g * n * t.cycles
+        for R, n in _descriptor_rows(cfg, nb * layer.r):
+            t = tiled_traffic(cfg, R, layer.p, cg, bp=bp, k=k, bias=True, out_mode=OUT_REQUANT)
+            beats += count * g * n * t.cycles
     compute = math.ceil(batch * layer.r * layer.p * layer.c / cfg.lanes)
     return max(compute, beats), ("memory" if beats > compute else "compute")
 

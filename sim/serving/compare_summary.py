@@ -159,20 +159,15 @@ def _comparison(cells, tc, scored, n, fluid_hw, base_hws, same) -> dict:
     """Per class: fluid on ``fluid_hw`` (``same``: on each base hardware) against the class's best on ``base_hws``."""
     out = {}
     for cls in CLASSES:
-        lat_pairs, tail_pairs = [], []
-        for c in cells:
-            for hw in base_hws:
-                f = c["hardware"][hw if same else fluid_hw]["fluid"]
-                b = c["hardware"][hw][c["best"][hw][cls]["latency"]]
-                if same:
-                    _same_hw(f, b, f"{c['pattern']}@{c['load']:g}")
-                lat_pairs.append((f, b))
-        for hw in base_hws:
-            f = tc["hardware"][hw if same else fluid_hw]["fluid"]
-            b = tc["hardware"][hw][tc["best"][hw][cls]["tail"]]
+        def pair(c, hw, figure, where):
+            """Fluid's runs and the class's best baseline's (by ``figure``) in cell ``c``."""
+            f = c["hardware"][hw if same else fluid_hw]["fluid"]
+            b = c["hardware"][hw][c["best"][hw][cls][figure]]
             if same:
-                _same_hw(f, b, f"tail cell {tc['pattern']}@{tc['load']:g}")
-            tail_pairs.append((f, b))
+                _same_hw(f, b, f"{where}{c['pattern']}@{c['load']:g}")
+            return f, b
+        lat_pairs = [pair(c, hw, "latency", "") for c in cells for hw in base_hws]
+        tail_pairs = [pair(tc, hw, "tail", "tail cell ") for hw in base_hws]
         d = {}
         _put(d, "avg_latency_ratio", _lat_ratios(lat_pairs, n))
         att, p99 = _tail_ratios(tail_pairs, n, scored) if scored else (None, None)
