@@ -36,8 +36,8 @@ class HwConfig:
     tr: int = 32                #: rows per input tile (T_R)
     data_width: int = 8         #: signed operand width, bits
     acc_width: int = 32         #: accumulator width, bits (wraps modulo 2**acc_width)
-    x_buf_elems: int = 32768    #: input buffer, elements per slot
-    w_buf_elems: int = 8192     #: weight buffer, elements per slot
+    x_buf_elems: int = 65536    #: input buffer, elements per slot
+    w_buf_elems: int = 16384    #: weight buffer, elements per slot
     mem_bytes: int = 4          #: memory port width, bytes per beat
     rd_outstanding: int = 32    #: read requests in flight at most
     stage_entries: int = 2      #: PE-array groups between issue and drain at most (stage FIFO)
@@ -147,9 +147,35 @@ class HwConfig:
         """Memory beats of the largest exit head's int32 logits."""
         return -(-4 * self.max_classes // self.mem_bytes)
 
-    def chunk_max(self, k: int) -> int:
-        """Longest reduction chunk (elements of P) the buffers hold at stacking ``k``."""
-        return min(self.x_buf_elems // self.tr, (self.w_buf_elems // self.tc) * k)
+    @property
+    def tr_min(self) -> int:
+        """Fewest rows of a tall row tile (:meth:`tile_rows`): enough that the weights,
+        loaded again for every row tile, take at most half the port time of the compute
+        (``tc*tp / (rows * elems_per_beat) <= 1/2``). As a beat holds at most min(tc, tp)
+        elements, that is at least 2 * max(tc, tp) rows: B_P groups stay full."""
+        return min(self.tr, 2 * self.lanes // self.elems_per_beat)
+
+    def tile_rows(self, P: int, k: int) -> int:
+        """Rows of a row tile for a layer of reduction length ``P`` at stacking ``k``.
+
+        ``tr``, or fewer (a power of two down to :attr:`tr_min`) when fewer rows let the X
+        buffer hold all of P: then the layer runs in one chunk and X is loaded once per row
+        tile instead of once per column tile. If the W buffer cannot hold P at this
+        stacking, P is chunked anyway and the tile keeps ``tr`` rows (fewer rows would only
+        load W more often)."""
+        w_lim = (self.w_buf_elems // self.tc) * k
+        if P > w_lim:
+            return self.tr
+        rows = self.tr
+        while rows > self.tr_min and P > self.x_buf_elems // rows:
+            rows //= 2
+        return rows if P <= self.x_buf_elems // rows else self.tr
+
+    def chunk_max(self, k: int, rows: int | None = None) -> int:
+        """Longest reduction chunk (elements of P) the buffers hold at stacking ``k`` with
+        row tiles of ``rows`` rows (``tr`` if not given)."""
+        rows = self.tr if rows is None else rows
+        return min(self.x_buf_elems // rows, (self.w_buf_elems // self.tc) * k)
 
     def ns_per_cycle(self) -> float:
         return 1e3 / self.clock_mhz

@@ -75,11 +75,12 @@ def policy_compute_cycles(cfg: HwConfig, R: int, P: int, C: int, bp: int, k: int
     seg = cfg.tp // bp
     S = k * seg
     F = cfg.tc // k
-    cm = cfg.chunk_max(k)
+    tr = cfg.tile_rows(P, k)
+    cm = cfg.chunk_max(k, tr)
     chunks = [P] if P <= cm else [min(cm, P - i * cm) for i in range(_ceil(P, cm))]
     total = 0
-    for rt in range(_ceil(R, cfg.tr)):
-        rows = min(cfg.tr, R - rt * cfg.tr)
+    for rt in range(_ceil(R, tr)):
+        rows = min(tr, R - rt * tr)
         n_g = _ceil(rows, bp)
         total += _ceil(C, F) * sum(n_g * _ceil(ln, S) for ln in chunks)
     return total
@@ -93,7 +94,7 @@ def layer_timeout(cfg: HwConfig, R: int, P: int, C: int, *, bias: bool, out_mode
     M = cfg.mem_bytes
     F = cfg.tc // k
     n_ct = _ceil(C, F)
-    n_rt = _ceil(R, cfg.tr)
+    n_rt = _ceil(R, cfg.tile_rows(P, k))
     rd, wr = compulsory_traffic(cfg, R, P, C, bias, out_mode)
     x_bytes = R * roundup(P * cfg.elem_bytes, M)
     w_bytes = C * roundup(P * cfg.elem_bytes, M) + (roundup(4 * C, M) if bias else 0)

@@ -11,7 +11,7 @@ two cycles after it), so no per-step size is more than a multiplexer away from a
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Elaboratable, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Const, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import data
 
 from .config import HwConfig
@@ -39,8 +39,10 @@ def layer_params_layout(cfg: HwConfig) -> data.StructLayout:
         "f": range(cfg.tc + 1), "fmask": range(cfg.tc),
         "s": range(cfg.lanes + 1), "smask": range(cfg.lanes),
         "kmask": range(cfg.tc), "segmask": range(cfg.tp),
+        "ltr": range(log2(cfg.tr) + 1),          # log2 rows of a row tile (HwConfig.tile_rows)
+        "trm1": range(cfg.tr),                   # rows of a row tile - 1
         "rt_one": 1, "ct_one": 1, "ch_one": 1,   # one row tile / column tile / chunk
-        "rm": unsigned(max(1, log2(cfg.tr))),    # (R - 1) mod tr: rows of the last row tile - 1
+        "rm": unsigned(max(1, log2(cfg.tr))),    # (R - 1) mod rows: rows of the last row tile - 1
         "cmod": unsigned(max(1, log2(cfg.tc))),  # (C - 1) mod F
         "pm": unsigned(dim),                     # (P - 1) mod chunk_max
         "stride": unsigned(cfg.addr_width),  # bytes per X row and per W row
@@ -50,19 +52,35 @@ def layer_params_layout(cfg: HwConfig) -> data.StructLayout:
 def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
     """Drive ``lp`` (a ``layer_params_layout`` view) combinationally from ``desc``."""
     ltp, ltc, ltr = log2(cfg.tp), log2(cfg.tc), log2(cfg.tr)
-    lx = log2(cfg.x_buf_elems // cfg.tr)
-    lw = log2(cfg.w_buf_elems // cfg.tc)
     lm = log2(cfg.mem_bytes)
     dim = cfg.dim_width
-    lcm = Signal.like(lp.lcm, name="lp_lcm")
-    m.d.comb += lcm.eq(Mux(desc.log2_k + lw < lx, desc.log2_k + lw, lx))
     lf = Signal.like(lp.lf, name="lp_lf")
     m.d.comb += lf.eq(ltc - desc.log2_k)
     # Per stacking factor, compares against constants (no variable shifts before a carry chain).
     ks = range(ltc + 1)
+    # Tall row tiles (HwConfig.tile_rows): ``rs`` halvings of tr, the fewest with which the
+    # buffers hold all of P; none if no count down to tr_min does.
+    n_rs = log2(cfg.tr // cfg.tr_min) + 1
+    rows_of = [cfg.tr >> r for r in range(n_rs)]
+    fits = [[desc.p <= cfg.chunk_max(1 << lk, rows) for rows in rows_of] for lk in ks]
+    rs_k = []
+    for lk in ks:
+        v = Const(0, range(n_rs))
+        for r in reversed(range(n_rs)):
+            v = Mux(fits[lk][r], r, v)
+        rs_k.append(v)
+    rs = Signal(range(n_rs), name="lp_rs")
+    m.d.comb += rs.eq(Array(rs_k)[desc.log2_k])
     ct_one = Array(desc.c <= (cfg.tc >> lk) for lk in ks)[desc.log2_k]
-    ch_one = Array(desc.p <= cfg.chunk_max(1 << lk) for lk in ks)[desc.log2_k]
-    pmask = Array(min(cfg.chunk_max(1 << lk), 1 << dim) - 1 for lk in ks)[desc.log2_k]
+    ch_one = Array(fits[lk][-1] for lk in ks)[desc.log2_k]
+    lcm = Signal.like(lp.lcm, name="lp_lcm")
+    m.d.comb += lcm.eq(Array(Array(log2(cfg.chunk_max(1 << lk, rows)) for rows in rows_of)
+                             for lk in ks)[desc.log2_k][rs])
+    pmask = Signal(dim, name="lp_pmask")
+    m.d.comb += pmask.eq(Array(Array(min(cfg.chunk_max(1 << lk, rows), 1 << dim) - 1
+                                     for rows in rows_of) for lk in ks)[desc.log2_k][rs])
+    trows = Signal(range(cfg.tr + 1), name="lp_trows")
+    m.d.comb += trows.eq(Array(rows_of)[rs])
     cmask = Array((cfg.tc >> lk) - 1 for lk in ks)[desc.log2_k]
     ls = Signal.like(lp.ls, name="lp_ls")
     lseg = Signal.like(lp.lseg, name="lp_lseg")
@@ -79,10 +97,12 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
         lp.f.eq(1 << lf), lp.fmask.eq((1 << lf) - 1),
         lp.s.eq(1 << ls), lp.smask.eq((1 << ls) - 1),
         lp.kmask.eq((1 << desc.log2_k) - 1), lp.segmask.eq((1 << lseg) - 1),
-        lp.rt_one.eq(desc.r <= cfg.tr),
+        lp.ltr.eq(ltr - rs),
+        lp.trm1.eq(trows - 1),
+        lp.rt_one.eq(Array(desc.r <= rows for rows in rows_of)[rs]),
         lp.ct_one.eq(ct_one),
         lp.ch_one.eq(ch_one),
-        lp.rm.eq((desc.r - 1)[:max(1, ltr)] if ltr else 0),
+        lp.rm.eq(((desc.r - 1)[:max(1, ltr)] & (trows - 1)) if ltr else 0),
         lp.cmod.eq((desc.c - 1)[:len(lp.cmod)] & cmask),
         lp.pm.eq((desc.p - 1)[:dim] & pmask),
         lp.stride.eq(((pbytes + cfg.mem_bytes - 1) >> lm) << lm),
@@ -166,17 +186,19 @@ class StepIter(Elaboratable):
         nsl = reg("nsl", dim + 1, (lp.pm >> lp.ls) + 1)
         nsf_one = reg("nsf_one", 1, lp.lcm == lp.ls)
         nsl_one = reg("nsl_one", 1, (lp.pm >> lp.ls) == 0)
-        ngf_m1 = reg("ngf_m1", range(cfg.tr), (cfg.tr - 1) >> lp.lbp)
+        ngf_m1 = reg("ngf_m1", range(cfg.tr), lp.trm1 >> lp.lbp)
         ngl_m1 = reg("ngl_m1", range(cfg.tr), lp.rm >> lp.lbp)
-        nrf = reg("nrf", range(cfg.tp + 1), ((cfg.tr - 1) & lp.bpmask) + 1)
+        nrf = reg("nrf", range(cfg.tp + 1), (lp.trm1 & lp.bpmask) + 1)
         nrl = reg("nrl", range(cfg.tp + 1), (lp.rm & lp.bpmask) + 1)
         nbf_m1 = reg("nbf_m1", dim + 1, (cm_c >> lE) - 1)
         nbl_m1 = reg("nbl_m1", dim + 1, lp.pm >> lE)
         nvl = reg("nvl", range(E + 1), (lp.pm & (E - 1)) + 1)
-        n_rt_m1 = reg("n_rt_m1", dim, (d.r - 1)[ltr:] if ltr < dim else 0)
+        n_rt_m1 = reg("n_rt_m1", dim, (d.r - 1)[:dim] >> lp.ltr)
         n_ct_m1 = reg("n_ct_m1", dim, (d.c - 1)[:dim] >> lp.lf)
         n_ch_m1 = reg("n_ch_m1", dim, (d.p - 1)[:dim] >> lp.lcm)
         stride_f = reg("stride_f", cfg.addr_width, lp.stride << lp.lf)
+        stride_r = reg("stride_r", cfg.addr_width, lp.stride << lp.ltr)     # bytes per row tile
+        trows = reg("trows", range(cfg.tr + 1), lp.trm1 + 1)
         p_step = reg("p_step", cfg.addr_width, cm_c * eb)
         # second stage (valid two cycles after restart, before the first advance)
         nsf_m2 = reg("nsf_m2", dim + 1, nsf - 2)
@@ -220,19 +242,19 @@ class StepIter(Elaboratable):
                 with m.Else():
                     m.d.sync += [self.ct.eq(0), self.c0.eq(0), self.col_off.eq(0),
                                  self.first_ct.eq(1), self.last_ct.eq(lp.ct_one),
-                                 self.rt.eq(self.rt + 1), self.r0.eq(self.r0 + cfg.tr),
-                                 self.row_off.eq(self.row_off + (lp.stride << ltr)),
+                                 self.rt.eq(self.rt + 1), self.r0.eq(self.r0 + trows),
+                                 self.row_off.eq(self.row_off + stride_r),
                                  first_rt.eq(0), self.last_rt.eq(self.rt == n_rt_m2),
                                  x_new.eq(1), w_new.eq(~single)]
 
         lr, lc, lh = self.last_rt, self.last_ct, self.last_ch
         m.d.comb += [
-            self.rows.eq(Mux(lr, rows_last, cfg.tr)),
+            self.rows.eq(Mux(lr, rows_last, trows)),
             self.ncols.eq(Mux(lc, ncols_last, f)),
             self.len.eq(Mux(lh, len_last, cm)),
             self.n_s.eq(Mux(lh, nsl, nsf)),
             self.n_g.eq(Mux(lr, ngl_m1, ngf_m1) + 1),
-            self.rows_m1.eq(Mux(lr, lp.rm, cfg.tr - 1)),
+            self.rows_m1.eq(Mux(lr, lp.rm, lp.trm1)),
             self.ncols_m1.eq(Mux(lc, lp.cmod, lp.fmask)),
             self.ns_one.eq(Mux(lh, nsl_one, nsf_one)),
             self.ns_m2.eq(Mux(lh, nsl_m2, nsf_m2)),

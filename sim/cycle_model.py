@@ -301,13 +301,14 @@ class _Layer:
     """Static description of a layer's steps (docs/architecture.md, "Tiling")."""
 
     def __init__(self, cfg: HwConfig, R, P, C, bp, k, bias, out_mode):
-        tc, tp, tr, M = cfg.tc, cfg.tp, cfg.tr, cfg.mem_bytes
+        tc, tp, M = cfg.tc, cfg.tp, cfg.mem_bytes
+        tr = cfg.tile_rows(P, k)
         eb = cfg.elem_bytes
         self.R, self.P, self.C, self.bp = R, P, C, bp
         seg = tp // bp
         self.S = S = k * seg
         self.F = F = tc // k
-        self.cm = cm = cfg.chunk_max(k)
+        self.cm = cm = cfg.chunk_max(k, tr)
         self.n_rt = _ceil(R, tr)
         self.n_ct = _ceil(C, F)
         self.n_ch = _ceil(P, cm)
@@ -541,7 +542,7 @@ def _layer_timing(cfg, R, P, C, bp, k, bias, out_mode, mem, extrapolate) -> Laye
     lay = _Layer(cfg, R, P, C, bp, k, bias, out_mode)
     end, sigma, n_groups, ls, cs, simulated = _simulate(cfg, lay, mem, extrapolate)
     # sum over steps of n_g * n_s, in closed form over the tiling
-    tr, S, cm = cfg.tr, lay.S, lay.cm
+    tr, S, cm = lay.tr, lay.S, lay.cm
     chunks_ns = (lay.n_ch - 1) * _ceil(cm, S) + _ceil(P - (lay.n_ch - 1) * cm, S)
     full_g = _ceil(tr, bp)
     last_rows = R - (lay.n_rt - 1) * tr

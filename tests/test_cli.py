@@ -73,7 +73,7 @@ def test_config_table():
         if len(cells) == 2:
             rows[cells[0]] = cells[1]
     assert rows["tr"] == "32" and rows["tc"] == "4"
-    assert rows["policies"] == "9" and rows["x_depth"] == "2048"
+    assert rows["policies"] == "9" and rows["x_depth"] == "4096"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -93,12 +93,33 @@ def test_derived_values_of_default():
     assert cfg.lanes == 16
     assert cfg.elem_bytes == 1
     assert cfg.elems_per_beat == 4
-    assert cfg.x_depth == 2048 and cfg.w_depth == 512
+    assert cfg.x_depth == 4096 and cfg.w_depth == 1024
     assert cfg.bp_choices == (1, 2, 4) and cfg.k_choices == (1, 2, 4)
     assert len(cfg.policies) == 9 and len(set(cfg.policies)) == 9
     assert (cfg.data_min, cfg.data_max) == (-128, 127)
-    assert cfg.chunk_max(1) == 1024 and cfg.chunk_max(4) == 1024
+    assert cfg.chunk_max(1) == 2048 and cfg.chunk_max(4) == 2048
     assert cfg.ns_per_cycle() == pytest.approx(10.0)
+
+
+def test_tile_rows():
+    """Tall row tiles, worked by hand on the default (X 65536, W 16384 elements per slot, tr
+    32, tr_min = 2 * 16 lanes / 4 elements per beat = 8): fewer rows only when they let
+    both buffers hold all of P."""
+    cfg = HwConfig()
+    assert cfg.tr_min == 8
+    # X holds 65536 / rows elements of P; W holds 16384 / 4 * k
+    assert cfg.tile_rows(2048, 1) == 32 and cfg.chunk_max(1, 32) == 2048
+    assert cfg.tile_rows(2049, 1) == 16 and cfg.chunk_max(1, 16) == 4096
+    assert cfg.tile_rows(2304, 1) == 16          # ResNet-18 layer3: one chunk
+    assert cfg.tile_rows(4096, 1) == 16
+    assert cfg.tile_rows(4097, 1) == 32          # W holds 4096 at k = 1: chunks at tr rows
+    assert cfg.tile_rows(4608, 2) == 8 and cfg.chunk_max(2, 8) == 8192
+    assert cfg.tile_rows(8192, 4) == 8
+    assert cfg.tile_rows(8193, 4) == 32          # X holds 8192 at tr_min rows: chunks
+    # tr_min never above tr; the 8 x 8 (64 lanes, 8 per beat) stops at 16
+    assert HwConfig(tc=8, tp=8, mem_bytes=8).tr_min == 16
+    assert HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512).tr_min == 8
+    assert HwConfig(tc=16, tp=16, mem_bytes=16).tr_min == 32
 
 
 def test_derived_values_of_wide_data():
@@ -106,7 +127,7 @@ def test_derived_values_of_wide_data():
     assert cfg.elem_bytes == 2 and cfg.elems_per_beat == 4
     assert (cfg.data_min, cfg.data_max) == (-2048, 2047)
     assert cfg.policies == tuple((bp, k) for bp in (1, 2, 4, 8, 16) for k in (1, 2, 4))
-    assert cfg.chunk_max(1) == min(32768 // 32, 8192 // 4)
+    assert cfg.chunk_max(1) == min(65536 // 32, 16384 // 4)
 
 
 def test_key_ignores_clock_only():

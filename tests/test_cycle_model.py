@@ -27,7 +27,10 @@ SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=
 SMALL_S5 = SMALL.replace(stage_entries=5)
 # sixteen PEs: the X copy network's four levels in two stages
 WIDE16 = HwConfig(tc=16, tp=4, tr=8, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=4)
-CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5, "16x4": WIDE16}
+#: small buffers with tr = 32 > tr_min = 8: tall row tiles of 16 and 8 rows for P in (64, 256]
+TALL = HwConfig(tc=4, tp=4, tr=32, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=4)
+CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5, "16x4": WIDE16, "tall": TALL,
+        "default": HwConfig()}
 
 BASIC_MEMS = (MemTiming(latency=1), MemTiming(latency=20), MemTiming(latency=50),
               MemTiming(latency=1, interval=2), MemTiming(latency=20, interval=2))
@@ -62,6 +65,13 @@ def _shape(cfg, rng, kind, k):
         return r(1, tr), r(1, 2 * tp), r(4 * F, 8 * F)
     if kind == "many":          # many row and column tiles: the extrapolation at work
         return r(8 * tr, 14 * tr), r(1, 2 * tp), r(3 * F, 5 * F)
+    if kind == "tall":          # tall row tiles (fewer rows, one chunk); None if k has none
+        lo = cfg.x_buf_elems // tr + 1
+        hi = min(cfg.x_buf_elems // cfg.tr_min, cfg.w_buf_elems // tc * k)
+        if lo > hi:
+            return None
+        P = r(lo, hi)
+        return r(1, 3 * cfg.tile_rows(P, k)), P, r(1, 2 * F + 1)
     raise ValueError(kind)
 
 
@@ -75,7 +85,10 @@ def _cases(cfg, seed, mems, kinds, budget, max_cases, max_cycles):
         kind = kinds[len(out) % len(kinds)]
         bp = int(rng.choice(cfg.bp_choices))
         k = int(rng.choice(cfg.k_choices))
-        R, P, C = _shape(cfg, rng, kind, k)
+        shape = _shape(cfg, rng, kind, k)
+        if shape is None:
+            continue
+        R, P, C = shape
         s = dict(R=R, P=P, C=C, bp=bp, k=k, bias=bool(rng.random() < 0.5),
                  out_mode=OUT_REQUANT if rng.random() < 0.5 else OUT_RAW,
                  mem=mems[len(out) % len(mems)], kind=kind, seed=int(rng.integers(1 << 30)))
@@ -144,8 +157,12 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
     ("8x8", 5, ODD_MEMS, ("tiny", "r1", "ragged", "wide"), 40_000, 15, 8_000),
     ("8x8", 6, BASIC_MEMS[1:2], ("many",), 40_000, 2, 25_000),
     ("16x4", 9, BASIC_MEMS[:3], ALL_KINDS, 60_000, 30, 6_000),
+    ("tall", 10, BASIC_MEMS, ("tall", "tall", "chunks", "ragged"), 90_000, 40, 6_000),
+    ("tall", 11, ODD_MEMS, ("tall",), 40_000, 15, 6_000),
+    ("8x8", 12, BASIC_MEMS[:3], ("tall",), 60_000, 6, 25_000),
+    ("default", 13, BASIC_MEMS, ("tall",), 160_000, 8, 40_000),
 ], ids=["small-basic", "small-odd", "small-many", "small-s5", "8x8-basic", "8x8-odd",
-        "8x8-many", "16x4-basic"])
+        "8x8-many", "16x4-basic", "tall-basic", "tall-odd", "8x8-tall", "default"])
 def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
     cfg = CFGS[cfg_name]
     _compare(cfg, _cases(cfg, seed, mems, kinds, budget, n, max_cyc), tmp_path)

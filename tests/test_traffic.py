@@ -10,7 +10,7 @@ from fluidnpu.metrics import gemm_metrics
 from fluidnpu.sim.cycle_model import CycleModelError
 from fluidnpu.sim.traffic import tiled_traffic
 
-CFG = HwConfig()        # 4 x 4, mem_bytes 4, chunk_max(1) = 1024
+CFG = HwConfig()        # 4 x 4, mem_bytes 4, tr 32, chunk_max(1) = 2048 at 32 rows
 
 
 def test_single_step_moves_the_compulsory_bytes():
@@ -22,15 +22,28 @@ def test_single_step_moves_the_compulsory_bytes():
 
 
 def test_chunks_refetch_x_per_column_tile_and_w_per_row_tile():
-    R, P, C = 64, 1152, 64             # 2 row tiles, 16 column tiles, 2 chunks
+    # P = 4608 at k = 1: W holds 4096, so 32-row tiles and chunks of 2048, 2048, 512
+    R, P, C = 64, 4608, 64             # 2 row tiles, 16 column tiles, 3 chunks
+    assert CFG.tile_rows(P, 1) == 32
     t = tiled_traffic(CFG, R, P, C, bp=1, k=1, bias=False, out_mode=OUT_REQUANT)
-    xb = R * 1152 // 4                 # one pass over X, in beats
-    wb = C * 1152 // 4
+    xb = R * P // 4                    # one pass over X, in beats
+    wb = C * P // 4
     assert t.read_beats == 16 * xb + 2 * wb
     assert t.write_beats == R * 16      # each row of each 4-column tile: one beat
-    # one chunk (P within chunk_max): X once per row tile, W once per row tile
-    t1 = tiled_traffic(CFG, R, 1024, C, bp=1, k=1, bias=False, out_mode=OUT_REQUANT)
-    assert t1.read_beats == R * 256 + 2 * C * 256
+    # one chunk (P within chunk_max at 32 rows): X once, W once per row tile
+    t1 = tiled_traffic(CFG, R, 2048, C, bp=1, k=1, bias=False, out_mode=OUT_REQUANT)
+    assert t1.read_beats == R * 512 + 2 * C * 512
+
+
+def test_tall_row_tiles_load_x_once():
+    """P = 2304 at k = 1: 16-row tiles hold all of P, so X moves once and W once per
+    16 rows (4 row tiles of R = 64), instead of X once per column tile."""
+    R, P, C = 64, 2304, 64
+    assert CFG.tile_rows(P, 1) == 16
+    t = tiled_traffic(CFG, R, P, C, bp=1, k=1, bias=False, out_mode=OUT_REQUANT)
+    assert t.read_beats == R * P // 4 + 4 * C * P // 4
+    # at k = 4 W holds 16384 elements of each column: the rows are set by X alone
+    assert CFG.tile_rows(P, 4) == 16
 
 
 def test_narrow_column_tiles_write_whole_beats():
@@ -44,11 +57,15 @@ def test_narrow_column_tiles_write_whole_beats():
 
 
 def test_metrics_report_both_rooflines():
-    m = gemm_metrics(CFG, 64, 1152, 64, 1_000_000, bias=False, requant=True)
+    # chunked at k = 1: X read 16 times, 16 * 64 * 4608 / 4 beats > the compute
+    m = gemm_metrics(CFG, 64, 4608, 64, 1_000_000, bias=False, requant=True)
     assert m["roofline_cycles_tiled"] > m["roofline_cycles"]
     assert m["bound_tiled"] == "memory"
     m = gemm_metrics(CFG, 64, 256, 64, 1_000_000, bias=False, requant=True)
     assert m["bound_tiled"] == "compute" and m["roofline_cycles_tiled"] == 64 * 256 * 64 // 16
+    # tall tiles keep the deep layer compute-bound: 184,320 beats < 589,824 MAC cycles
+    m = gemm_metrics(CFG, 64, 2304, 64, 1_000_000, bias=False, requant=True)
+    assert m["bound_tiled"] == "compute" and m["roofline_cycles_tiled"] == 64 * 2304 * 64 // 16
 
 
 def test_bad_policy_is_refused():
