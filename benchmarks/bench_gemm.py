@@ -35,11 +35,19 @@ SHAPES = [
     ("first layer 3x3x3 (P=27)", 112 * 112, 27, 32, True),
     ("classifier 1x512x10", 1, 512, 10, False),
     ("fc 8x1024x1000", 8, 1024, 1000, False),
-    # deep reduction: P above one chunk on the shipped configurations (X re-fetched per
-    # column tile; see the tiled roofline)
+    # deep reduction: P above x_buf_elems / tr, run in tall row tiles (docs/architecture.md,
+    # "Tiling"); 4608 at k = 1 is still chunked (W holds 4096), see the tiled roofline
     ("deep-K 64x1152x64", 64, 1152, 64, True),
     ("resnet18 conv4_x 3x3 (P=2304)", 14 * 14, 3 * 3 * 256, 256, True),
+    ("resnet18 conv5_x 3x3 (P=4608)", 7 * 7, 3 * 3 * 512, 512, True),
 ]
+
+
+def lane_bound(cfg: HwConfig, P: int, bp: int, k: int) -> float:
+    """The most of the roofline a policy can reach on reduction length P: a row's P
+    elements take ceil(P / S) cycles of S = k * tp / B_P lanes (padding of the last)."""
+    S = k * cfg.tp // bp
+    return P / (math.ceil(P / S) * S)
 
 
 def roofline_cycles(cfg: HwConfig, R: int, P: int, C: int, bias: bool, out_mode: int) -> int:
@@ -83,6 +91,7 @@ def main():
 
     rng = np.random.default_rng(1)
     rows = []
+    below = []      # (layer, B_P, k, roofline efficiency, lane bound) of compute-bound layers
     for name, R_full, P, C, bq in SHAPES:
         out_mode = OUT_REQUANT if bq else 0
         # Full layer, every policy, from the cycle model (proven equal to the RTL).
@@ -94,9 +103,16 @@ def main():
         # the roofline of the bytes the best policy's tiling really moves
         tiled = max(math.ceil(macs / cfg.lanes),
                     tiled_traffic(cfg, R_full, P, C, bp=bp, k=k, bias=bq, out_mode=out_mode).cycles)
+        effs = {(b, kk): roof / layer_cycles(cfg, R_full, P, C, bp=b, k=kk, bias=bq, out_mode=out_mode)
+                for b, kk in cfg.policies}
+        compute_bound = roof <= math.ceil(macs / cfg.lanes)
+        if compute_bound:
+            for (b, kk), e in effs.items():
+                if e < 0.9:
+                    below.append((name, b, kk, e, lane_bound(cfg, P, b, kk)))
         # RTL: every policy on a crop of the layer, bit-exact and cycle-equal to the model.
         R = min(R_full, max(cfg.tr, args.budget * cfg.lanes // (P * C)))
-        Cc = min(C, args.cols)
+        Cc = min(C, args.cols, max(4 * cfg.tc, args.budget * cfg.lanes // (R * P)))
         x = rng.integers(-128, 128, (R, P))
         w = rng.integers(-128, 128, (P, Cc))
         bias = rng.integers(-20000, 20000, Cc) if bq else None
@@ -123,6 +139,13 @@ def main():
               f"(tiled roofline {tiled} cycles: {tiled / best_cyc:.3f}), "
               f"worst policy {per[-1][0]} cycles; RTL on {R}x{P}x{Cc}: {len(cases)} policies bit-exact and equal to the "
               f"model ({dt:.0f} s), best policy {crop_best} cycles, roofline eff. {crop_roof / crop_best:.3f}")
+        print("    every policy, full layer, roofline eff.: "
+              + " ".join(f"({b},{kk}) {e:.3f}" for (b, kk), e in effs.items()))
+
+    print(f"\ncompute-bound layers: {len(below)} (layer, policy) pairs below 0.9 of the roofline"
+          + (" (lane bound: the most the policy's lanes allow on this P)" if below else ""))
+    for name, b, kk, e, lb in below:
+        print(f"  {name} (B_P, k) = ({b}, {kk}): {e:.3f}, lane bound {lb:.3f}")
 
     if args.markdown:
         print("\n| layer | R | P | C | best (B_P, k) | cycles | utilisation | roofline eff. | tiled roofline eff. | worst policy | bound | RTL crop RxPxC | RTL cycles | RTL roofline eff. |")

@@ -79,7 +79,10 @@ class OperandBuffers(wiring.Component):
             # read side (compute)
             "rd_valid": In(1),
             "rd_tag": In(tag_width),
-            "rd_xaddr": In(range(2 * cfg.x_depth)),
+            # one copy of the X line per X memory (equal values): each from its own register,
+            # so no single flip-flop drives the address pins of every block (the 4 x 4 with
+            # 65536-element X buffers has 64; docs/synthesis.md)
+            "rd_xaddr": In(data.ArrayLayout(range(2 * cfg.x_depth), cfg.tc)),
             "rd_xgrp": In(range(cfg.tc)),       # a mod F
             "rd_waddr": In(range(2 * cfg.w_depth)),
             "rd_wgrp": In(range(cfg.tp)),       # s mod B_P
@@ -156,9 +159,9 @@ class OperandBuffers(wiring.Component):
         ltc = log2(tc)
         word = data.ArrayLayout(unsigned(dw), tp)
         cur = []
-        for ram in xmem:
+        for g, ram in enumerate(xmem):
             # read register and output register (the block RAM's own on ECP5): f1, f2
-            m.d.comb += ram.rd_addr.eq(self.rd_xaddr)
+            m.d.comb += ram.rd_addr.eq(self.rd_xaddr[g])
             cur.append(ram.rd_data)
         # The group the request reads, shifted by k: c = (a mod F) << log2(k), registered
         # with the data (f1, f2); the level selects are decoded a stage ahead of their

@@ -135,6 +135,16 @@ class NPUCore(wiring.Component):
             stage.r_en.eq(drain.stage.ready),
         ]
         wiring.connect(m, drain.wr_req, flipped(self.mem.wr_req))
+        # The drain's copies of ``stage.valid`` (``r_rdy = level != 0``): registers of the
+        # FIFO's next level being non-zero, from a mirror of its level.
+        st_level = Signal(range(cfg.stage_entries + 1), name="st_level")
+        st_next = Signal(range(cfg.stage_entries + 2), name="st_level_next")
+        m.d.comb += st_next.eq(st_level + (stage.w_en & stage.w_rdy) - (stage.r_en & stage.r_rdy))
+        m.d.sync += st_level.eq(st_next)
+        for i in range(Drain.entry_slices(cfg)):
+            rep = Signal(name=f"st_valid_rep{i}")
+            m.d.sync += rep.eq(st_next != 0)
+            m.d.comb += drain.stage_valid_rep[i].eq(rep)
 
         # Writes outstanding.
         wr_pending = Signal(range(1 << 16), name="wr_pending")
@@ -173,13 +183,15 @@ class NPUCore(wiring.Component):
         w_use = Signal.like(loader.w_done, name="ci_w_use")
         m.d.comb += [x_use.eq(Mux(it.x_new, x_cnt, x_cnt - 1)),
                      w_use.eq(Mux(it.w_new, w_cnt, w_cnt - 1))]
-        xslot = Signal(name="ci_xslot")
+        # X slot and line: a copy per X memory (``_rep``, kept apart by the synthesis flow)
+        xslot = [Signal(name=f"ci_xslot_rep{i}") for i in range(cfg.tc)]
         wslot = Signal(name="ci_wslot")
         g = Signal(range(cfg.tr + 1), name="ci_g")
         s = Signal(cfg.dim_width + 1, name="ci_s")
         # The virtual X line a = g*n_s + s and the W step s as (line, group) pairs, a = xline*F
         # + xgrp and s = wline*B_P + wgrp, counted directly (no shifts on the bank addresses).
-        xline = Signal(cfg.dim_width + log2(cfg.tr) + 1, name="ci_xline")
+        xline = [Signal(cfg.dim_width + log2(cfg.tr) + 1, name=f"ci_xline_rep{i}")
+                 for i in range(cfg.tc)]
         xgrp = Signal(range(cfg.tc), name="ci_xgrp")
         wline = Signal(cfg.dim_width + 1, name="ci_wline")
         wgrp = Signal(range(cfg.tp), name="ci_wgrp")
@@ -201,7 +213,7 @@ class NPUCore(wiring.Component):
             tag.wslot.eq(wslot),
             tag.x_free.eq(last_g & it.x_last_use), tag.w_free.eq(last_g & it.w_last_use),
             bufs.rd_tag.eq(tag),
-            bufs.rd_xaddr.eq((xslot << log2(cfg.x_depth)) | xline),
+            *(bufs.rd_xaddr[i].eq((xslot[i] << log2(cfg.x_depth)) | xline[i]) for i in range(cfg.tc)),
             bufs.rd_xgrp.eq(xgrp),
             bufs.rd_waddr.eq((wslot << log2(cfg.w_depth)) | wline),
             bufs.rd_wgrp.eq(wgrp),
@@ -233,9 +245,10 @@ class NPUCore(wiring.Component):
             with m.State("SETUP"):
                 with m.If(x_ok & w_ok & credit):
                     m.d.comb += [x_take.eq(it.x_new), w_take.eq(it.w_new)]
-                    m.d.sync += [xslot.eq(x_use[0]), wslot.eq(w_use[0]),
+                    m.d.sync += [*(v.eq(x_use[0]) for v in xslot), *(v.eq(0) for v in xline),
+                                 wslot.eq(w_use[0]),
                                  x_cnt.eq(x_cnt + it.x_new), w_cnt.eq(w_cnt + it.w_new),
-                                 g.eq(0), s.eq(0), xline.eq(0), xgrp.eq(0), wline.eq(0), wgrp.eq(0),
+                                 g.eq(0), s.eq(0), xgrp.eq(0), wline.eq(0), wgrp.eq(0),
                                  rem.eq(it.len), trow0.eq(0),
                                  s_zero.eq(1), last_s.eq(it.ns_one), last_g.eq(it.ng_one)]
                     m.next = "RUN"
@@ -244,7 +257,7 @@ class NPUCore(wiring.Component):
                 m.d.comb += [bufs.rd_valid.eq(go), start_g.eq(go & s_zero)]
                 with m.If(go):
                     with m.If(xgrp == lp.fmask):
-                        m.d.sync += [xgrp.eq(0), xline.eq(xline + 1)]
+                        m.d.sync += [xgrp.eq(0), *(v.eq(v + 1) for v in xline)]
                     with m.Else():
                         m.d.sync += xgrp.eq(xgrp + 1)
                     with m.If(last_s):

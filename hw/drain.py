@@ -119,7 +119,17 @@ class Drain(wiring.Component):
             "stage": In(stream.Signature(stage_layout(cfg))),
             "wr_req": Out(stream.Signature(wr_req_layout(cfg))),
             "idle": Out(1),
+            # Copies of ``stage.valid``, equal to it in every cycle, from registers of their
+            # own (the stage FIFO's next "not empty", computed by its owner): each enables
+            # one slice of the wide entry register, so no single net from the FIFO's level
+            # reaches thousands of enables (the 8 x 8's worst path, docs/synthesis.md).
+            "stage_valid_rep": In(self.entry_slices(cfg)),
         })
+
+    @staticmethod
+    def entry_slices(cfg: HwConfig) -> int:
+        """Slices of the entry register, each loaded under an enable of its own."""
+        return max(1, -(-stage_layout(cfg).size // 256))
 
     @property
     def latency(self) -> int:
@@ -193,7 +203,7 @@ class Drain(wiring.Component):
         # The entry register is wide (every sum of a group): its load enable is computed
         # once per slice of it from register copies of ``e_valid`` and ``s0_last``
         # (``_rep``), so that no single net enables thousands of flip-flops.
-        n_take = max(1, -(-len(e.as_value()) // 256))
+        n_take = self.entry_slices(cfg)
         e_valid_rep = [Signal(name=f"s0_entry_valid_rep{i}") for i in range(n_take)]
         s0_last_rep = [Signal(name=f"s0_last_rep{i}") for i in range(n_take)]
         # The partial-sum line address (``Cat(line, trow)``) as a register copy per lane
@@ -242,8 +252,8 @@ class Drain(wiring.Component):
                 e_oaddr.eq(lay.o_addr),
             ]
             m.d.sync += paddr_to(Const(0, len(s0_u0)), new.trow0)
-        load_in_slices(m, e, new, [self.stage.valid & go & (~v | last)
-                                   for v, last in zip(e_valid_rep, s0_last_rep)])
+        load_in_slices(m, e, new, [self.stage_valid_rep[i] & go & (~v | last)
+                                   for i, (v, last) in enumerate(zip(e_valid_rep, s0_last_rep))])
 
         s0_line = s0_u0[lE:lE + log2(lpr)]                 # line within the tile row
         vlines = data.ArrayLayout(line, cfg.tc * cfg.tp // E)(e.vals.as_value())

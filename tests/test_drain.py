@@ -297,6 +297,7 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
                 ctx.set(dut.stage.payload.as_value(), pack(st_layout, entry))
                 offering = True
             ctx.set(dut.stage.valid, offering)
+            ctx.set(dut.stage_valid_rep, -int(offering) & ((1 << Drain.entry_slices(cfg)) - 1))
             wr_ready = rnd.random() < ready_prob
             ctx.set(dut.wr_req.ready, wr_ready)
             s_ready = ctx.get(dut.stage.ready)
@@ -357,7 +358,8 @@ def test_interface():
                                           "first", "last"]
     assert lay["vals"].shape == data.ArrayLayout(Shape(32, True), 64)
     assert lay["bias"].shape == data.ArrayLayout(Shape(32, True), 8)
-    assert set(dut.signature.members) == {"layer", "stage", "wr_req", "idle"}
+    assert set(dut.signature.members) == {"layer", "stage", "wr_req", "idle", "stage_valid_rep"}
+    assert Drain.entry_slices(cfg) == -(-lay.size // 256) == len(dut.stage_valid_rep)
     assert Drain.beats(cfg, OUT_RAW, 3, 5) == 3 * 3       # DW = 8 // 4 = 2
     assert Drain.beats(cfg, OUT_REQUANT, 3, 5) == 3       # DW = 8
     assert Drain.beats(CFG_16, OUT_REQUANT, 2, 8) == 4    # DW = 4
