@@ -216,7 +216,7 @@ class _Builder:
         regs = sorted(per_reg)
         sep = "_" if name[-1].isdigit() else ""
         for i, r in enumerate(regs):
-            self.reg(f"{name}{sep}{i}" if len(regs) > 1 else name, r, access, f"{desc}: word {i}" if len(regs) > 1 else desc,
+            self.reg(f"{name}{sep}{i}" if len(regs) > 1 else name, r, access, f"{desc} (word {i})" if len(regs) > 1 else desc,
                      per_reg[r], window=name)
         self.windows.append(Window(name, kind, layout.size, tuple(parts), tuple(regs), bit))
         return regs[-1] + 4
