@@ -75,18 +75,41 @@ def _print_config(cfg: HwConfig, title: str) -> None:
 TOPS = {"core": "fluidnpu_core", "npu": "fluidnpu_npu"}
 
 
-def _write_hdl(cfg: HwConfig, path: Path, rtlil: bool, top: str = "core") -> int:
+#: ``generate --bus``: none (the bare ports) or the Wishbone-wrapped top (docs/bus.md)
+BUSES = ("none", "wishbone")
+
+
+def _hdl_text(cfg: HwConfig, rtlil: bool, top: str = "core", bus: str = "none") -> tuple[str, str]:
+    """``(module name, Verilog or RTLIL text)`` of the selected top."""
     from amaranth.back import rtlil as rtlil_back, verilog
 
-    if top == "core":
+    if bus == "wishbone":
+        from fluidnpu.hw.bus_top import BUS_TOPS
+        cls, name = BUS_TOPS[top]
+        design = cls(cfg)
+    elif top == "core":
         from fluidnpu.hw.core import NPUCore
-        design = NPUCore(cfg)
+        design, name = NPUCore(cfg), TOPS[top]
     else:
         from fluidnpu.hw.fbe import FluidNPU
-        design = FluidNPU(cfg)
+        design, name = FluidNPU(cfg), TOPS[top]
     back = rtlil_back if rtlil else verilog
-    text = back.convert(design, name=TOPS[top])
-    return atomic_write(path, text)
+    return name, back.convert(design, name=name)
+
+
+def _write_hdl(cfg: HwConfig, path: Path, rtlil: bool, top: str = "core") -> int:
+    return atomic_write(path, _hdl_text(cfg, rtlil, top)[1])
+
+
+def _regmap_files(cfg: HwConfig, top: str, output: Path) -> dict[Path, str]:
+    """The register map files written next to a wrapped top: ``<stem>_regs.{h,py,md}``."""
+    from fluidnpu.hw.regmap import regmap
+    from fluidnpu.hw.regmap_render import to_c, to_markdown, to_python
+    rm = regmap(cfg, top)
+    stem = output.with_suffix("").name
+    return {output.with_name(f"{stem}_regs.h"): to_c(rm),
+            output.with_name(f"{stem}_regs.py"): to_python(rm),
+            output.with_name(f"{stem}_regs.md"): to_markdown([rm], title=f"Registers of {stem}")}
 
 
 def _compare(out: np.ndarray, ref: np.ndarray) -> tuple[bool, str]:
@@ -118,19 +141,31 @@ def _out_dtype(cfg: HwConfig, requant: bool):
 @click.option("--top", type=click.Choice(sorted(TOPS)), default="core", show_default=True,
               help="core: the GEMM core (module fluidnpu_core); npu: the NPU with its Fluid Batching "
                    "Engine, descriptor memory, control table and exit unit (module fluidnpu_npu, docs/fbe.md).")
-def generate(config_path, sets, output, rtlil, top):
+@click.option("--bus", type=click.Choice(BUSES), default="none", show_default=True,
+              help="none: the top's own stream ports; wishbone: the top wrapped with a Wishbone B4 "
+                   "pipelined memory master and a Wishbone CSR slave (module fluidnpu_core_wb / "
+                   "fluidnpu_npu_wb), its register map written next to it as <stem>_regs.h, .py "
+                   "and .md (docs/bus.md).")
+def generate(config_path, sets, output, rtlil, top, bus):
     """Generate the NPU core, or the whole NPU with its FBE, as Verilog or RTLIL."""
     cfg = load_config(config_path, sets)
     _print_config(cfg, f"{TOPS[top]} parameters")
-    size = _write_hdl(cfg, output, rtlil, top)
-    click.echo(f"wrote {output} ({'RTLIL' if rtlil else 'Verilog'}, {size:,} bytes)")
+    name, text = _hdl_text(cfg, rtlil, top, bus)
+    extra = _regmap_files(cfg, top, output) if bus != "none" else {}
+    size = atomic_write(output, text)
+    click.echo(f"wrote {output} ({'RTLIL' if rtlil else 'Verilog'}, module {name}, {size:,} bytes)")
+    for path, body in extra.items():
+        atomic_write(path, body)
+        click.echo(f"wrote {path} (register map)")
 
 
 @main.command()
 @config_options
 @click.option("--top", type=click.Choice(sorted(TOPS)), default="core", show_default=True,
               help="Lint the core alone or the NPU with its FBE.")
-def lint(config_path, sets, top):
+@click.option("--bus", type=click.Choice(BUSES), default="none", show_default=True,
+              help="Lint the top as generate --bus writes it.")
+def lint(config_path, sets, top, bus):
     """Lint the generated Verilog with Verilator -Wall; exit 1 on errors or unexplained warnings."""
     import tempfile
 
@@ -139,12 +174,42 @@ def lint(config_path, sets, top):
     cfg = load_config(config_path, sets)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "npu.v"
-        _write_hdl(cfg, path, rtlil=False, top=top)
-        rep = lint_verilog(path, top=TOPS[top])
+        name, text = _hdl_text(cfg, False, top, bus)
+        atomic_write(path, text)
+        rep = lint_verilog(path, top=name)
     click.echo(rep.format())
     click.echo("explained in docs/lint.md" if rep.ok else "FINDINGS: errors or warning categories not explained")
     if not rep.ok:
         click.get_current_context().exit(1)
+
+
+@main.command()
+@config_options
+@click.option("--top", type=click.Choice(["core", "npu", "all"]), default="core", show_default=True,
+              help="The wrapped top whose map to write; all (Markdown only): both, as docs/registers.md.")
+@click.option("--format", "fmt", type=click.Choice(["md", "c", "py"]), default="md", show_default=True,
+              help="md: Markdown tables; c: a C header; py: a self-contained Python module.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), callback=_out_file,
+              help="Output file (default: standard output).")
+def regmap(config_path, sets, top, fmt, out_path):
+    """Write the register map of the Wishbone-wrapped NPU (docs/registers.md)."""
+    from fluidnpu.hw.regmap import regmap as make_map
+    from fluidnpu.hw.regmap_render import REGISTERS_INTRO, to_c, to_markdown, to_python
+
+    if top == "all" and fmt != "md":
+        raise click.BadParameter(f"--top all needs --format md (a {fmt} file holds one top)",
+                                 param_hint="--top")
+    cfg = load_config(config_path, sets)
+    if fmt == "md":
+        maps = [make_map(cfg, t) for t in (("core", "npu") if top == "all" else (top,))]
+        text = to_markdown(maps, title="Registers of the bus-wrapped NPU", intro=REGISTERS_INTRO)
+    else:
+        text = (to_c if fmt == "c" else to_python)(make_map(cfg, top))
+    if out_path is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write(out_path, text)
+        click.echo(f"wrote {out_path} ({fmt}, {top})", err=True)
 
 
 @main.command()
