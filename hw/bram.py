@@ -61,19 +61,13 @@ def ecp5_tiling(depth: int, elems: int, width: int) -> Tiling | None:
 class WordRAM(wiring.Component):
     """``depth`` words of ``elems`` elements of ``width`` bits.
 
-    Both ports start with an input register: on ECP5 a copy per block, placed beside it,
-    so the wire from the caller's register to blocks spread over the device has a cycle of
-    its own (10-11 ns of wire on the 4 x 4's 16-block X memories, docs/synthesis.md).
-
     Write: ``wr_en`` (one bit per element), ``wr_addr``, ``wr_data``, taking effect at the
-    second clock edge (input register, then the block). Read: ``rd_data`` is the word at
-    ``rd_addr`` three cycles after ``rd_addr`` (input register, read register, output
-    register). Both ports have the same input delay, so what a read sees is the same as
-    without it: a read of a word written in the same or the previous cycle is undefined;
-    the caller never reads what it is writing (``no_rw_check``).
+    clock edge. Read: ``rd_data`` is the word at ``rd_addr`` two cycles after ``rd_addr``
+    (read register, output register). A read of a word written in the same or the previous
+    cycle is undefined: the caller never reads what it is writing (``no_rw_check``).
     """
 
-    LATENCY = 3
+    LATENCY = 2
 
     def __init__(self, *, depth: int, elems: int, width: int):
         for name, v in (("depth", depth), ("elems", elems), ("width", width)):
@@ -106,11 +100,8 @@ class WordRAM(wiring.Component):
         m.submodules.mem = mem
         wp = mem.write_port(granularity=1)
         rp = mem.read_port(domain="comb")
-        in_en, in_wa = Signal.like(self.wr_en, name="in_wr_en"), Signal.like(self.wr_addr, name="in_wr_addr")
-        in_wd, in_ra = Signal.like(self.wr_data, name="in_wr_data"), Signal.like(self.rd_addr, name="in_rd_addr")
-        m.d.sync += [in_en.eq(self.wr_en), in_wa.eq(self.wr_addr), in_wd.eq(self.wr_data),
-                     in_ra.eq(self.rd_addr)]
-        m.d.comb += [wp.en.eq(in_en), wp.addr.eq(in_wa), wp.data.eq(in_wd), rp.addr.eq(in_ra)]
+        m.d.comb += [wp.en.eq(self.wr_en), wp.addr.eq(self.wr_addr), wp.data.eq(self.wr_data),
+                     rp.addr.eq(self.rd_addr)]
         rd = Signal.like(self.rd_data, name="rd_reg")
         m.d.sync += [rd.eq(rp.data), self.rd_data.eq(rd)]
 
@@ -119,6 +110,9 @@ class WordRAM(wiring.Component):
         lo = {36: 5, 18: 4, 9: 3, 4: 2, 2: 1, 1: 0}[mode]     # address bits below the line
         one, zero = Const(1, 1), Const(0, 1)
         clk = ClockSignal("sync")
+        wa = Signal(14, name="wr_addr14")
+        ra = Signal(14, name="rd_addr14")
+        m.d.comb += [wa.eq(self.wr_addr << lo), ra.eq(self.rd_addr << lo)]
         blocks = []            # (DI bits, DO bits, byte enables or the WE signal)
         if t.per_tile:
             g = -(-self.width // 9)
@@ -144,13 +138,7 @@ class WordRAM(wiring.Component):
                     m.d.comb += [di[:n].eq(self.wr_data[e][s * w:s * w + n]),
                                  self.rd_data[e][s * w:s * w + n].eq(do[:n])]
                     blocks.append((di, do, self.wr_en[e]))
-        for i, (di_in, do, en_in) in enumerate(blocks):
-            # the input registers of this block (``_rep``: the synthesis flow keeps each
-            # block's copy apart, so it sits beside its block)
-            wa, ra = Signal(14, name=f"in_wa_rep{i}"), Signal(14, name=f"in_ra_rep{i}")
-            di, en = Signal(36, name=f"in_di_rep{i}"), Signal(len(en_in), name=f"in_en_rep{i}")
-            m.d.sync += [wa.eq(self.wr_addr << lo), ra.eq(self.rd_addr << lo),
-                         di.eq(di_in), en.eq(en_in)]
+        for i, (di, do, en) in enumerate(blocks):
             ports = {"i_CLKA": clk, "i_CLKB": clk, "i_CEA": one, "i_CEB": one,
                      "i_OCEA": one, "i_OCEB": one, "i_RSTA": zero, "i_RSTB": zero}
             ports.update({f"i_CS{p}{c}": zero for p in "AB" for c in range(3)})

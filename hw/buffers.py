@@ -58,7 +58,7 @@ class OperandBuffers(wiring.Component):
 
     @staticmethod
     def latency_for(cfg: HwConfig) -> int:
-        return WordRAM.LATENCY + net_stages(cfg)
+        return 2 + net_stages(cfg)
 
     @property
     def latency(self) -> int:
@@ -160,19 +160,15 @@ class OperandBuffers(wiring.Component):
         word = data.ArrayLayout(unsigned(dw), tp)
         cur = []
         for g, ram in enumerate(xmem):
-            # input, read and output registers (the last two the block RAM's own on ECP5)
+            # read register and output register (the block RAM's own on ECP5): f1, f2
             m.d.comb += ram.rd_addr.eq(self.rd_xaddr[g])
             cur.append(ram.rd_data)
         # The group the request reads, shifted by k: c = (a mod F) << log2(k), registered
-        # with the data (WordRAM.LATENCY - 1 registers, the last f1); the level selects are
-        # decoded a stage ahead of their multiplexers, per PE (``_rep``), each driving the
-        # ``tp`` elements of one word.
-        c1, lk1 = self.rd_xgrp << self.lk, self.lk
-        for i in range(WordRAM.LATENCY - 1):
-            c_d = Signal(range(tc), name=f"f{i + 3 - WordRAM.LATENCY}_xc")
-            lk_d = Signal.like(self.lk, name=f"f{i + 3 - WordRAM.LATENCY}_lk")
-            m.d.sync += [c_d.eq(c1), lk_d.eq(lk1)]
-            c1, lk1 = c_d, lk_d
+        # with the data (f1, f2); the level selects are decoded a stage ahead of their
+        # multiplexers, per PE (``_rep``), each driving the ``tp`` elements of one word.
+        c1 = Signal(range(tc), name="f1_xc")
+        lk1 = Signal.like(self.lk, name="f1_lk")
+        m.d.sync += [c1.eq(self.rd_xgrp << self.lk), lk1.eq(self.lk)]
         ctl_c, ctl_lk = c1, lk1
         for st in range(net_stages(cfg)):
             levels = [b for b in range(st * LEVELS_PER_STAGE, (st + 1) * LEVELS_PER_STAGE)
@@ -218,11 +214,6 @@ class OperandBuffers(wiring.Component):
         for ram in wmem:
             m.d.comb += ram.rd_addr.eq(r.waddr)
             wq.append(ram.rd_data)
-        # the controls follow the read through the block RAM's input register
-        for i in range(WordRAM.LATENCY - 2):
-            d = Signal(req, name=f"f0_wreq_in{i}")
-            m.d.sync += d.eq(r)
-            r = d
 
         f1 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f1_req")
         m.d.sync += [f1.valid.eq(r.valid), f1.tag.eq(r.tag)]

@@ -47,7 +47,7 @@ def _trace(depth, elems, width, n, seed):
 
 
 @pytest.mark.parametrize("depth, elems, width", [(4096, 4, 8), (256, 8, 8), (64, 3, 16)])
-def test_generic_reads_three_cycles_later(depth, elems, width):
+def test_generic_reads_two_cycles_later(depth, elems, width):
     dut = WordRAM(depth=depth, elems=elems, width=width)
     steps, want = _trace(depth, elems, width, 300, depth + elems)
     got = []
@@ -65,13 +65,11 @@ def test_generic_reads_three_cycles_later(depth, elems, width):
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
-    # got[t] is after t+1 edges: the read presented at t + 1 - LATENCY
-    d = WordRAM.LATENCY - 1
-    assert d == 2
+    # got[t] is after t+1 edges: the read presented at t - 1
     checked = 0
-    for t in range(d, len(steps)):
-        if want[t - d] is not None:
-            assert got[t] == want[t - d], t
+    for t in range(1, len(steps)):
+        if want[t - 1] is not None:
+            assert got[t] == want[t - 1], t
             checked += 1
     assert checked > 200
 
@@ -138,10 +136,9 @@ def test_ecp5_blocks_behave_on_icarus(tmp_path, depth, elems, width):
                          text=True).stdout.split()
     got = [int(v) if v.isdigit() else None for v in out]     # x before the first read lands
     assert len(got) == len(steps)
-    d = WordRAM.LATENCY - 1
     checked = 0
-    for t in range(d, len(steps)):
-        if want[t - d] is not None:
-            assert got[t] == pack(want[t - d]), (t, steps[t - d])
+    for t in range(1, len(steps)):
+        if want[t - 1] is not None:
+            assert got[t] == pack(want[t - 1]), (t, steps[t - 1])
             checked += 1
     assert checked > 100

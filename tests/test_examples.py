@@ -28,8 +28,8 @@ def test_model_file_and_its_cycles():
     assert [e.after for e in m.exits] == [1, 3]
     assert m.exit_probs == pytest.approx((0.4, 0.3, 0.3))
     d = json.loads(cli("perf", "--model", EX / "tinycnn.toml", "--json").stdout)
-    assert [p["cycles"] for p in d["exit_paths"]] == [103_514, 333_027, 415_354]
-    assert [l["cycles"] for l in d["layers"]] == [28_114, 75_171, 76_435, 152_755, 76_384, 5_943]
+    assert [p["cycles"] for p in d["exit_paths"]] == [103_510, 333_020, 415_345]
+    assert [l["cycles"] for l in d["layers"]] == [28_113, 75_170, 76_434, 152_754, 76_383, 5_942]
 
 
 def test_a_broken_topology_names_line_and_field(tmp_path):
@@ -48,7 +48,7 @@ def test_serve_the_scenario():
     d = json.loads(cli("serve", "--scenario", EX / "scenario.toml", "--json").stdout)
     s = d["summary"]
     assert d["requests"] == 11_661 and s["served"] == 11_153
-    assert round(s["mean_ms"], 2) == 1.23 and round(s["slo_attainment"], 3) == 0.938
+    assert round(s["mean_ms"], 2) == 1.22 and round(s["slo_attainment"], 3) == 0.938
     assert set(s["exits_per_head"]) == {"tinycnn", "digits"}
 
 
@@ -57,8 +57,8 @@ def test_compare_and_sweep(tmp_path):
     s = d["summary"]
     # on this workload fluid is level with PREMA (a little behind as a scheduler alone) and ahead of the
     # throughput-maximising baselines
-    assert round(s["system"]["vs_best"]["avg_latency_ratio"], 2) == 0.99
-    assert round(s["system"]["vs_throughput"]["avg_latency_ratio"], 2) == 1.71
+    assert round(s["system"]["vs_best"]["avg_latency_ratio"], 2) == 0.97
+    assert round(s["system"]["vs_throughput"]["avg_latency_ratio"], 2) == 1.70
     assert round(s["scheduler_only"]["vs_preemptive"]["avg_latency_ratio"], 2) == 0.91
     assert round(s["system"]["vs_best"]["tail_ratio"], 2) == 1.00
     assert all(a["attainable"] for a in d["attainable"].values()) and len(d["seeds"]) == 10
@@ -69,7 +69,7 @@ def test_compare_and_sweep(tmp_path):
     rows = list(csv.DictReader((tmp_path / "sw" / "results.csv").open()))
     got = {(r["label"], r["scheduler"]): (round(float(r["perf_b1_ms"]), 3), round(float(r["slo_attainment"]), 3))
            for r in rows}
-    assert got[("4x4", "fluid")] == (4.154, 0.938) and got[("8x8", "fcfs")] == (1.099, 1.0)
+    assert got[("4x4", "fluid")] == (4.153, 0.938) and got[("8x8", "fcfs")] == (1.099, 1.0)
     assert len(rows) == 6
 
 
