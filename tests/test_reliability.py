@@ -246,8 +246,11 @@ def test_sigint_during_publication_waits_until_it_is_done(tmp_path, monkeypatch)
             signal.raise_signal(signal.SIGINT)
         return real(src, dst)
     monkeypatch.setattr(outputs.os, "replace", replace_and_signal)
-    # Python's own SIGINT disposition, as in a command's process (a pytest-xdist worker
-    # may have been left another by an earlier in-process CLI run)
+    # Python's own SIGINT disposition, as in a command started from a terminal. A process
+    # started in the background by a non-interactive shell (``cmd &``, as CI runners and
+    # job tools do) inherits SIGINT ignored, and Python keeps it so: under such a test run
+    # the signal would be ignored (test below), which is right for the command but not
+    # what this test is about.
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _publish_interrupted(out)
@@ -255,6 +258,30 @@ def test_sigint_during_publication_waits_until_it_is_done(tmp_path, monkeypatch)
         signal.signal(signal.SIGINT, old)
     assert sent and sorted(snapshot(out)) == ["a", "b", "c", manifest_name("t")]
     assert check_manifest(out, "t") == []
+
+
+def test_an_ignored_sigint_stays_ignored_through_publication(tmp_path, monkeypatch):
+    """A command run with SIGINT ignored (``nohup``, ``cmd &`` in a script) publishes and
+    goes on: holding the signal must not turn an ignored one into an interrupt."""
+    out = tmp_path / "o"
+    import fluidnpu.outputs as outputs
+    real, sent = os.replace, []
+
+    def replace_and_signal(src, dst):
+        if not sent:
+            sent.append(1)
+            signal.raise_signal(signal.SIGINT)
+        return real(src, dst)
+    monkeypatch.setattr(outputs.os, "replace", replace_and_signal)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with staged_output(out, "t") as st:
+            for n in "abc":
+                (st.path / n).write_text(f"new {n}\n")
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert sent and sorted(snapshot(out)) == ["a", "b", "c", manifest_name("t")]
 
 
 def _publish_interrupted(out):
