@@ -77,12 +77,17 @@ def main():
                     help="RTL crops: rows so that the ideal compute is about this many cycles")
     ap.add_argument("--cols", type=int, default=128, help="RTL crops: at most this many columns")
     ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--rtl-full", type=int, default=0, metavar="CYCLES",
+                    help="also run the whole layer on the RTL with its best policy when the model "
+                         "gives at most CYCLES cycles (bit-exact, cycle-equal; 0: off)")
+    ap.add_argument("--only", default=None,
+                    help="run only the shapes whose name contains this (and skip the speed runs)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--config", default=None, help="hardware config TOML (default: HwConfig())")
     args = ap.parse_args()
     cfg = load_hw_config(args.config) if args.config else HwConfig()
 
-    for sim, rows in (("icarus", 16), ("verilator", 128)):
+    for sim, rows in (() if args.only else (("icarus", 16), ("verilator", 128))):
         cyc, dt = sim_speed(cfg, sim, rows)
         print(f"simulation speed, {sim}: {cyc} cycles in {dt:.1f} s = {cyc / dt:,.0f} cycles/s "
               f"({cfg.tc} x {cfg.tp}, cocotb memory model included)")
@@ -92,7 +97,10 @@ def main():
     rng = np.random.default_rng(1)
     rows = []
     below = []      # (layer, B_P, k, roofline efficiency, lane bound) of compute-bound layers
+    full_rtl = []
     for name, R_full, P, C, bq in SHAPES:
+        if args.only and args.only not in name:
+            continue
         out_mode = OUT_REQUANT if bq else 0
         # Full layer, every policy, from the cycle model (proven equal to the RTL).
         per = sorted((layer_cycles(cfg, R_full, P, C, bp=bp, k=k, bias=bq, out_mode=out_mode), bp, k)
@@ -139,9 +147,24 @@ def main():
               f"(tiled roofline {tiled} cycles: {tiled / best_cyc:.3f}), "
               f"worst policy {per[-1][0]} cycles; RTL on {R}x{P}x{Cc}: {len(cases)} policies bit-exact and equal to the "
               f"model ({dt:.0f} s), best policy {crop_best} cycles, roofline eff. {crop_roof / crop_best:.3f}")
+        if best_cyc <= args.rtl_full:
+            xf = rng.integers(-128, 128, (R_full, P))
+            wf = rng.integers(-128, 128, (P, C))
+            bf = rng.integers(-20000, 20000, C) if bq else None
+            t = time.perf_counter()
+            r = run_gemm(cfg, xf, wf, bias=bf, out_mode=out_mode, mult=181, shift=shift, relu=bq,
+                         bp=bp, k=k, sim=args.sim)
+            ref = gemm_reference(cfg, xf, wf, bf, out_mode=out_mode, mult=181, shift=shift, relu=bq)
+            assert np.array_equal(r.out, ref), f"{name}: whole layer differs from numpy"
+            assert r.cycles == best_cyc, f"{name}: RTL {r.cycles} cycles, model {best_cyc}"
+            full_rtl.append((name, bp, k, r.cycles, roof / r.cycles))
+            print(f"    whole layer on the RTL ({args.sim}), (B_P, k) = ({bp}, {k}): {r.cycles} cycles "
+                  f"= the model, bit-exact, roofline eff. {roof / r.cycles:.3f} ({time.perf_counter() - t:.0f} s)")
         print("    every policy, full layer, roofline eff.: "
               + " ".join(f"({b},{kk}) {e:.3f}" for (b, kk), e in effs.items()))
 
+    for name, b, kk, cyc, eff in full_rtl:
+        print(f"whole layer on the RTL: {name} ({b}, {kk}): {cyc} cycles, roofline eff. {eff:.3f}")
     print(f"\ncompute-bound layers: {len(below)} (layer, policy) pairs below 0.9 of the roofline"
           + (" (lane bound: the most the policy's lanes allow on this P)" if below else ""))
     for name, b, kk, e, lb in below:
