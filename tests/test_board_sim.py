@@ -82,3 +82,33 @@ def test_host_driver_catch_up_and_merge_bit_exact():
     kinds = [e["kind"] for e in bus.run.events]
     assert kinds.count("accept") >= 2 and ("merge" in kinds or "resume" in kinds), kinds
     assert bus.run.final_status["free"] == SMALL.b_max
+
+
+#: the small NPU the `fluidnpu network` tests run digits on (tests/test_network_cli.py)
+DIGITS_CFG = HwConfig(tr=8, x_buf_elems=4096, w_buf_elems=2048, b_max=8, net_entries=8, max_classes=16)
+
+
+@pytest.mark.rtl
+def test_digits_through_the_host_driver():
+    """The shipped digits CNN, test images 12..19 (image 16 takes the second exit) in two
+    waves of four: through the host driver on the wrapped NPU, exit and class of every
+    image equal the digits module's own integer reference, and exits, classes, logits and
+    top-2 equal the FBE reference (check_run)."""
+    from fluidnpu.hw.bus_runner import run_network_wishbone
+    from fluidnpu.sim.workloads.digits import exit_decisions, integer_logits
+    from fluidnpu.sim.workloads.weights import load_network
+    net = load_network("digits")
+    l0 = net.model.layers[0]
+    x = np.asarray(net.weights["test:x"])[12:20]
+    xs = list(x.reshape(len(x), l0.r, l0.p))
+    prog = compile_network(DIGITS_CFG, net.model, net.weights, net.thresholds, net.criteria,
+                           n_inputs=len(xs), tag_space=len(xs))
+    crit = [("max" if c == 1 else "margin") for c in prog.criteria]
+    refs = [reference_sample(DIGITS_CFG, prog.model, prog.weights, prog.thresholds, crit, s) for s in xs]
+    bus = run_network_wishbone(make_job(prog, xs, [0] * 4 + [1500] * 4), sim="icarus", mem=MEM)
+    outs = sorted(check_run(prog, refs, bus.run), key=lambda o: o.index)
+    ex, pred = exit_decisions(integer_logits(net.model, net.weights, x), net.thresholds, net.criteria)
+    assert [o.exit for o in outs] == ex.tolist() and [o.cls for o in outs] == pred.tolist()
+    assert len(set(ex.tolist())) == 2
+    kinds = [e["kind"] for e in bus.run.events]
+    assert kinds.count("accept") >= 2 and ("merge" in kinds or "resume" in kinds), kinds
