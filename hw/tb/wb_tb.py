@@ -25,10 +25,10 @@ import numpy as np
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
 
 from fluidnpu.hw.tb.common import load_params
-from fluidnpu.hw.tb.wb_csr import Csr, CsrError
+from fluidnpu.hw.tb.wb_csr import Csr
 from fluidnpu.hw.tb.wb_memory import WishboneMemory
 
 RESET_CYCLES = 5
