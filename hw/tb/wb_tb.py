@@ -6,7 +6,7 @@ The run directory (``FLUIDNPU_RUN_DIR``, written by :mod:`fluidnpu.hw.bus_runner
 cycles}, ...]}``), ``mem.npy`` and ``regs.py``: the Python register module that
 ``fluidnpu regmap --format py`` generates, which the bench uses as a host driver would.
 
-The CSR port is driven by cocotbext-wishbone's ``WishboneMaster`` in classic mode (it
+The CSR port is driven by :class:`~fluidnpu.hw.tb.wb_csr.Csr` with classic cycles (it
 holds STB until ACK; the slave accepts classic and pipelined masters alike); memory is
 a :class:`~fluidnpu.hw.tb.wb_memory.WishboneMemory`. Per layer: write the DESC window,
 write PUSH.CMD, poll DONE_COUNT until it counts the layer, read LAST_CYCLES. Checks:
@@ -25,9 +25,10 @@ import numpy as np
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
 
 from fluidnpu.hw.tb.common import load_params
+from fluidnpu.hw.tb.wb_csr import Csr
 from fluidnpu.hw.tb.wb_memory import WishboneMemory
 
 RESET_CYCLES = 5
@@ -45,48 +46,6 @@ def _regs():
     sys.modules[spec.name] = mod          # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
-
-
-class Csr:
-    """32-bit register reads and writes on the CSR slave, one classic Wishbone cycle each:
-    CYC, STB and the request are driven after a rising edge and held until ACK is seen
-    (sampled in the ReadOnly phase), then dropped. Raises after ``timeout`` cycles
-    without ACK."""
-
-    def __init__(self, dut, timeout: int = 100):
-        self.dut, self.timeout = dut, timeout
-        self.edge = RisingEdge(dut.clk)
-        for n in ("cyc", "stb", "we", "adr", "dat_w", "sel"):
-            getattr(dut, f"csr__{n}").value = 0
-
-    async def _cycle(self, offset: int, we: int, value: int = 0) -> int:
-        d = self.dut
-        await self.edge
-        d.csr__adr.value = offset >> 2
-        d.csr__we.value = we
-        d.csr__dat_w.value = value & 0xFFFFFFFF
-        d.csr__sel.value = 0xF
-        d.csr__cyc.value = 1
-        d.csr__stb.value = 1
-        for _ in range(self.timeout):
-            await ReadOnly()
-            if int(d.csr__err.value):
-                raise BenchError(f"CSR {'write' if we else 'read'} {offset:#x}: ERR")
-            if int(d.csr__ack.value):
-                data = int(d.csr__dat_r.value)
-                await self.edge
-                d.csr__cyc.value = 0
-                d.csr__stb.value = 0
-                d.csr__we.value = 0
-                return data
-            await self.edge
-        raise BenchError(f"CSR {'write' if we else 'read'} {offset:#x}: no ACK in {self.timeout} cycles")
-
-    async def write(self, offset: int, value: int) -> None:
-        await self._cycle(offset, 1, value)
-
-    async def read(self, offset: int) -> int:
-        return await self._cycle(offset, 0)
 
 
 async def run(dut) -> None:
