@@ -65,11 +65,11 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
     fits = [[desc.p <= cfg.chunk_max(1 << lk, rows) for rows in rows_of] for lk in ks]
     rs_k = []
     for lk in ks:
-        v = Const(0, range(n_rs))
+        v = Const(0, range(n_rs + 1))
         for r in reversed(range(n_rs)):
             v = Mux(fits[lk][r], r, v)
         rs_k.append(v)
-    rs = Signal(range(n_rs), name="lp_rs")
+    rs = Signal(range(n_rs + 1), name="lp_rs")       # (never 0 bits wide: lint)
     m.d.comb += rs.eq(Array(rs_k)[desc.log2_k])
     ct_one = Array(desc.c <= (cfg.tc >> lk) for lk in ks)[desc.log2_k]
     ch_one = Array(fits[lk][-1] for lk in ks)[desc.log2_k]
