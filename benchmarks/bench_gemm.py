@@ -111,8 +111,8 @@ def main():
         # the roofline of the bytes the best policy's tiling really moves
         tiled = max(math.ceil(macs / cfg.lanes),
                     tiled_traffic(cfg, R_full, P, C, bp=bp, k=k, bias=bq, out_mode=out_mode).cycles)
-        effs = {(b, kk): roof / layer_cycles(cfg, R_full, P, C, bp=b, k=kk, bias=bq, out_mode=out_mode)
-                for b, kk in cfg.policies}
+        cyc_of = {(b, kk): c for c, b, kk in per}
+        effs = {pol: roof / cyc_of[pol] for pol in cfg.policies}
         compute_bound = roof <= math.ceil(macs / cfg.lanes)
         if compute_bound:
             for (b, kk), e in effs.items():
@@ -140,7 +140,7 @@ def main():
                 crop_best = r.cycles
         crop_roof = roofline_cycles(cfg, R, P, Cc, bq, out_mode)
         rows.append((name, R_full, P, C, bp, k, best_cyc, macs / (best_cyc * cfg.lanes), roof / best_cyc,
-                     tiled / best_cyc, per[-1][0], roof <= math.ceil(macs / cfg.lanes), f"{R}x{P}x{Cc}",
+                     tiled / best_cyc, per[-1][0], compute_bound, f"{R}x{P}x{Cc}",
                      crop_best, crop_roof / crop_best))
         print(f"{name}: R={R_full} P={P} C={C}: best (B_P,k)=({bp},{k}) {best_cyc} cycles, "
               f"utilisation {macs / (best_cyc * cfg.lanes):.3f}, roofline efficiency {roof / best_cyc:.3f} "

@@ -33,6 +33,17 @@ class BusGemmRun:
     mem_stats: dict
 
 
+def _run_bench(sim: str, bdir: Path, top: str, module: str, rdir: Path, what: str) -> dict:
+    """Run a bench of this module in ``rdir`` (it finds the folder in ``FLUIDNPU_RUN_DIR``)
+    and return the ``result.json`` it wrote; any failed cocotb test is a :class:`SimError`."""
+    res = run_cocotb(sim, bdir, top, module, rdir, extra_env={"FLUIDNPU_RUN_DIR": str(rdir)})
+    bad = {k: v for k, v in res.items() if v is not None}
+    if bad:
+        raise SimError(f"{sim}: {what} failed (run dir {rdir}): {bad}\n"
+                       f"(simulator log: {rdir / 'sim.log'})")
+    return json.loads((rdir / "result.json").read_text())
+
+
 def build_wishbone_core(cfg: HwConfig, sim: str) -> Path:
     def make_verilog() -> str:
         from amaranth.back import verilog
@@ -73,14 +84,8 @@ def run_gemms_wishbone(cfg: HwConfig, layers: Sequence[dict], *, sim: str = "ica
         (rdir / "regs.py").write_text(to_python(regmap(cfg, "core")))
         (rdir / "params.json").write_text(json.dumps({"cfg": cfg.to_dict(), "timing": mem.to_dict(),
                                                       "layers": specs}, indent=1))
-        res = run_cocotb(sim, bdir, TOP_WB, "fluidnpu.hw.tb.wb_tb", rdir,
-                         extra_env={"FLUIDNPU_RUN_DIR": str(rdir)})
-        bad = {k: v for k, v in res.items() if v is not None}
-        if bad:
-            raise SimError(f"{sim}: the Wishbone bench failed (run dir {rdir}): {bad}\n"
-                           f"(simulator log: {rdir / 'sim.log'})")
+        summary = _run_bench(sim, bdir, TOP_WB, "fluidnpu.hw.tb.wb_tb", rdir, "the Wishbone bench")
         out_mem = np.load(rdir / "out.npy")
-        summary = json.loads((rdir / "result.json").read_text())
         run = BusGemmRun(outs=[im.read_out(out_mem) for im in images], cycles=summary["cycles"],
                          images=images, mem=out_mem, mem_stats=summary["mem_stats"])
         if tmp:
@@ -134,13 +139,7 @@ def run_network_wishbone(job, *, sim: str = "icarus", mem: MemTiming = MemTiming
             "cfg": job.cfg.to_dict(), "timing": mem.to_dict(), "entries": [hex(e) for e in job.entries],
             "table": [list(t) for t in job.table], "res_addr": job.res_addr, "res_shift": job.res_shift,
             "arrivals": [list(a) for a in job.arrivals], "max_cycles": job.max_cycles}))
-        res = run_cocotb(sim, bdir, TOP_NPU_WB, "fluidnpu.hw.tb.board_tb", rdir,
-                         extra_env={"FLUIDNPU_RUN_DIR": str(rdir)})
-        bad = {k: v for k, v in res.items() if v is not None}
-        if bad:
-            raise SimError(f"{sim}: the host-driver bench failed (run dir {rdir}): {bad}\n"
-                           f"(simulator log: {rdir / 'sim.log'})")
-        out = json.loads((rdir / "result.json").read_text())
+        out = _run_bench(sim, bdir, TOP_NPU_WB, "fluidnpu.hw.tb.board_tb", rdir, "the host-driver bench")
         run = NetworkRun(results=out["results"], events=out["events"], violations=[], lost=[],
                          max_b=out["max_b"], final_status=out["final_fbe"], cycles=out["end"],
                          cycle0=out["cycle0"], mem=np.load(rdir / "out.npy"), sim=sim,

@@ -233,10 +233,9 @@ def test_publication_is_all_or_nothing(tmp_path, monkeypatch):
     assert snapshot(out) == before and check_manifest(out, "t") == []
 
 
-def test_sigint_during_publication_waits_until_it_is_done(tmp_path, monkeypatch):
-    """SIGINT arriving while the files are moved in is held: the new result is published
-    whole, then the KeyboardInterrupt comes."""
-    out = tmp_path / "o"
+def _sigint_at_first_replace(monkeypatch) -> list:
+    """Make the first ``os.replace`` of a publication raise SIGINT just before it renames;
+    the returned list is non-empty once it has."""
     import fluidnpu.outputs as outputs
     real, sent = os.replace, []
 
@@ -246,6 +245,14 @@ def test_sigint_during_publication_waits_until_it_is_done(tmp_path, monkeypatch)
             signal.raise_signal(signal.SIGINT)
         return real(src, dst)
     monkeypatch.setattr(outputs.os, "replace", replace_and_signal)
+    return sent
+
+
+def test_sigint_during_publication_waits_until_it_is_done(tmp_path, monkeypatch):
+    """SIGINT arriving while the files are moved in is held: the new result is published
+    whole, then the KeyboardInterrupt comes."""
+    out = tmp_path / "o"
+    sent = _sigint_at_first_replace(monkeypatch)
     # Python's own SIGINT disposition, as in a command started from a terminal. A process
     # started in the background by a non-interactive shell (``cmd &``, as CI runners and
     # job tools do) inherits SIGINT ignored, and Python keeps it so: under such a test run
@@ -264,15 +271,7 @@ def test_an_ignored_sigint_stays_ignored_through_publication(tmp_path, monkeypat
     """A command run with SIGINT ignored (``nohup``, ``cmd &`` in a script) publishes and
     goes on: holding the signal must not turn an ignored one into an interrupt."""
     out = tmp_path / "o"
-    import fluidnpu.outputs as outputs
-    real, sent = os.replace, []
-
-    def replace_and_signal(src, dst):
-        if not sent:
-            sent.append(1)
-            signal.raise_signal(signal.SIGINT)
-        return real(src, dst)
-    monkeypatch.setattr(outputs.os, "replace", replace_and_signal)
+    sent = _sigint_at_first_replace(monkeypatch)
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with staged_output(out, "t") as st:
