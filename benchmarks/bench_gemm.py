@@ -22,7 +22,7 @@ import numpy as np
 
 from fluidnpu.hw.config import HwConfig, load_hw_config
 from fluidnpu.hw.interface import OUT_REQUANT
-from fluidnpu.hw.layout import compulsory_bytes
+from fluidnpu.metrics import roofline
 from fluidnpu.hw.reference import gemm_reference
 from fluidnpu.hw.gemm_runner import GemmCase, run_gemm, run_gemms
 from fluidnpu.sim.cycle_model import layer_cycles
@@ -51,9 +51,7 @@ def lane_bound(cfg: HwConfig, P: int, bp: int, k: int) -> float:
 
 
 def roofline_cycles(cfg: HwConfig, R: int, P: int, C: int, bias: bool, out_mode: int) -> int:
-    macs = R * P * C
-    return max(math.ceil(macs / cfg.lanes),
-               math.ceil(compulsory_bytes(cfg, R, P, C, bias, out_mode) / cfg.mem_bytes))
+    return roofline(cfg, R, P, C, bias=bias, requant=out_mode == OUT_REQUANT).cycles
 
 
 def sim_speed(cfg: HwConfig, sim: str, rows: int) -> tuple[int, float]:

@@ -1,7 +1,10 @@
 """Performance figures of one GEMM layer: MACs, utilisation and a compute/memory roofline.
 
 Byte counts follow the host memory layout of ``docs/architecture.md``: every row is
-padded to a multiple of ``mem_bytes`` and every array starts beat-aligned.
+padded to a multiple of ``mem_bytes`` and every array starts beat-aligned. The core's
+memory port has a read and a write channel of one ``mem_bytes`` beat per cycle each
+(``docs/architecture.md``, "The memory port"), so the memory bound is the larger of the
+read beats and the write beats, not their sum: a bound the core could beat is no bound.
 """
 from __future__ import annotations
 
@@ -9,15 +12,12 @@ from dataclasses import dataclass
 
 from fluidnpu.hw.config import HwConfig
 
-__all__ = ["Roofline", "out_elem_bytes", "compulsory_bytes", "roofline", "gemm_metrics"]
+__all__ = ["Roofline", "out_elem_bytes", "compulsory_traffic", "compulsory_bytes", "roofline",
+           "gemm_metrics"]
 
 
 def _ceil_div(n: int, d: int) -> int:
     return -(-n // d)
-
-
-def _roundup(n: int, m: int) -> int:
-    return _ceil_div(n, m) * m
 
 
 def out_elem_bytes(cfg: HwConfig, requant: bool) -> int:
@@ -25,14 +25,18 @@ def out_elem_bytes(cfg: HwConfig, requant: bool) -> int:
     return cfg.elem_bytes if requant else 4
 
 
+def compulsory_traffic(cfg: HwConfig, r: int, p: int, c: int, *, bias: bool,
+                       requant: bool) -> tuple[int, int]:
+    """``(read_bytes, write_bytes)`` that must cross the memory port at least once: X, W
+    and bias read, O written, padded rows (:func:`fluidnpu.hw.layout.compulsory_traffic`)."""
+    from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
+    from fluidnpu.hw.layout import compulsory_traffic as traffic
+    return traffic(cfg, r, p, c, bias, OUT_REQUANT if requant else OUT_RAW)
+
+
 def compulsory_bytes(cfg: HwConfig, r: int, p: int, c: int, *, bias: bool, requant: bool) -> int:
     """Bytes that must cross the memory port at least once: X, W, bias and O, padded rows."""
-    m, eb = cfg.mem_bytes, cfg.elem_bytes
-    x = r * _roundup(p * eb, m)
-    w = c * _roundup(p * eb, m)
-    b = _roundup(4 * c, m) if bias else 0
-    o = r * _roundup(c * out_elem_bytes(cfg, requant), m)
-    return x + w + b + o
+    return sum(compulsory_traffic(cfg, r, p, c, bias=bias, requant=requant))
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,8 @@ class Roofline:
 
     macs: int
     compute_cycles: int
-    bytes: int
-    memory_cycles: int
+    bytes: int             #: read and write bytes together
+    memory_cycles: int     #: the busier channel's beats (reads and writes overlap)
 
     @property
     def cycles(self) -> int:
@@ -59,9 +63,9 @@ def roofline(cfg: HwConfig, r: int, p: int, c: int, *, bias: bool, requant: bool
     if min(r, p, c) < 1:
         raise ValueError(f"shape ({r}, {p}, {c}): every dimension must be at least 1")
     macs = r * p * c
-    nbytes = compulsory_bytes(cfg, r, p, c, bias=bias, requant=requant)
-    return Roofline(macs=macs, compute_cycles=_ceil_div(macs, cfg.lanes),
-                    bytes=nbytes, memory_cycles=_ceil_div(nbytes, cfg.mem_bytes))
+    rd, wr = compulsory_traffic(cfg, r, p, c, bias=bias, requant=requant)
+    return Roofline(macs=macs, compute_cycles=_ceil_div(macs, cfg.lanes), bytes=rd + wr,
+                    memory_cycles=max(_ceil_div(rd, cfg.mem_bytes), _ceil_div(wr, cfg.mem_bytes)))
 
 
 def gemm_metrics(cfg: HwConfig, r: int, p: int, c: int, cycles: int, *,

@@ -22,6 +22,7 @@ import numpy as np
 
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_REQUANT
+from fluidnpu.hw.layout import compulsory_traffic
 from fluidnpu.hw.runner import MemTiming
 from fluidnpu.sim.cycle_model import layer_cycles
 from fluidnpu.sim.fbe_model import ENTRY_POST, ENTRY_PRE, EXIT_POST, exit_test_cycles
@@ -130,11 +131,11 @@ def _command_cycles(cfg, R, p, c, bp, k, mem) -> tuple[int, int]:
 
 
 def _roofline(cfg: HwConfig, R: int, p: int, c: int, groups: int) -> int:
-    M, eb = cfg.mem_bytes, cfg.elem_bytes
-    cg = c // groups
-    stride_p = math.ceil(p * eb / M) * M
-    byts = groups * (R * stride_p + cg * stride_p + math.ceil(4 * cg / M) * M + R * math.ceil(cg * eb / M) * M)
-    return max(math.ceil(R * p * c / cfg.lanes), math.ceil(byts / M))
+    """The compulsory roofline of ``groups`` GEMMs of ``R x p x c/groups`` (bias,
+    requantised): the MAC array's cycles or the busier memory channel's beats."""
+    rd, wr = compulsory_traffic(cfg, R, p, c // groups, True, OUT_REQUANT)
+    M = cfg.mem_bytes
+    return max(math.ceil(R * p * c / cfg.lanes), groups * max(rd // M, wr // M))
 
 
 def _tiled_roofline(cfg: HwConfig, layer: GemmLayer, batch: int,

@@ -39,8 +39,9 @@ class Traffic:
 
     @property
     def cycles(self) -> int:
-        """Port cycles at one beat per cycle (reads and writes share the roofline's port)."""
-        return self.read_beats + self.write_beats
+        """Port cycles: the busier channel's beats (the read and the write channel each
+        take one beat per cycle, side by side)."""
+        return max(self.read_beats, self.write_beats)
 
 
 def tiled_traffic(cfg: HwConfig, R: int, P: int, C: int, *, bp: int, k: int, bias: bool,

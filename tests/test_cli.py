@@ -492,7 +492,9 @@ def test_roofline_demo_shape_compute_bound():
     # X 37*304 + W 23*304 + bias 96 + O 37*24 (int8 rows padded to 8 bytes)
     assert metrics.compulsory_bytes(cfg, 37, 300, 23, bias=True, requant=True) == 19224
     rl = metrics.roofline(cfg, 37, 300, 23, bias=True, requant=True)
-    assert (rl.macs, rl.compute_cycles, rl.memory_cycles, rl.cycles) == (255300, 3990, 2403, 3990)
+    # reads 18336 bytes (2292 beats) beside writes of 888 (111 beats): the read channel's
+    assert metrics.compulsory_traffic(cfg, 37, 300, 23, bias=True, requant=True) == (18336, 888)
+    assert (rl.macs, rl.compute_cycles, rl.memory_cycles, rl.cycles) == (255300, 3990, 2292, 3990)
     assert rl.bound == "compute"
     # raw output: O rows of 23 int32 = 92 bytes, padded to 96
     assert metrics.compulsory_bytes(cfg, 37, 300, 23, bias=True, requant=False) == 21888
@@ -502,8 +504,14 @@ def test_roofline_memory_bound_small_config():
     cfg = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
     # X 3 rows of 5 -> 8 bytes, W 2 rows of 5 -> 8 bytes, O 3 rows of 2 -> 4 bytes
     rl = metrics.roofline(cfg, 3, 5, 2, bias=False, requant=True)
-    assert rl.bytes == 24 + 16 + 12 and rl.memory_cycles == 13
-    assert rl.compute_cycles == 2 and rl.cycles == 13 and rl.bound == "memory"
+    # 40 bytes read (10 beats) and 12 written (3 beats) on channels of their own
+    assert rl.bytes == 24 + 16 + 12 and rl.memory_cycles == 10
+    assert rl.compute_cycles == 2 and rl.cycles == 10 and rl.bound == "memory"
+    # a layer that writes more than it reads is bound by the write channel: 64 x 1 x 64,
+    # X and W rows of 1 padded to 4 bytes (128 read beats), O rows of 64 raw int32 (4096)
+    rl = metrics.roofline(cfg, 64, 1, 64, bias=False, requant=False)
+    assert metrics.compulsory_traffic(cfg, 64, 1, 64, bias=False, requant=False) == (512, 16384)
+    assert rl.memory_cycles == 4096 and rl.bound == "memory"
 
 
 def test_roofline_wide_elements():

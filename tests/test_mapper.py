@@ -61,6 +61,17 @@ def test_long_layers_split_at_the_descriptor_limit_and_groups_run_separately():
     assert q.cycles == 32 * layer_cycles(CFG, 100, 9, 1, bp=1, k=8, bias=True, out_mode=OUT_REQUANT)
 
 
+def test_plans_never_beat_their_rooflines():
+    """Depthwise layers (many small groups) write as much as they read: with reads and
+    writes added up, their roofline sat above their cycles (efficiency up to 1.29)."""
+    dw = GemmLayer("dw", r=56 * 56, p=9, c=144, groups=144)
+    for cfg in (HwConfig(), CFG):
+        for b in (1, 8):
+            p = plan_layer(cfg, dw, b)
+            assert p.roofline_cycles <= p.roofline_cycles_tiled <= p.cycles + p.fbe_cycles
+            assert 0.5 < p.roofline_efficiency <= 1
+
+
 def test_tables_round_trip(tmp_path):
     m = zoo.load("tiny")
     plan = map_model(CFG, m, "fluid", b_max=4)
