@@ -152,10 +152,18 @@ def generate(config_path, sets, output, rtlil, top, bus):
     _print_config(cfg, f"{TOPS[top]} parameters")
     name, text = _hdl_text(cfg, rtlil, top, bus)
     extra = _regmap_files(cfg, top, output) if bus != "none" else {}
-    size = atomic_write(output, text)
+    if extra:
+        # the top and its register files are one result: published together (an interrupt
+        # leaves the old set or the new one, never a new top beside old register files)
+        from fluidnpu.outputs import staged_output
+        with staged_output(output.parent, "generate", manifest=False) as st:
+            for path, body in {output: text, **extra}.items():
+                atomic_write(st.path / path.name, body)
+    else:
+        atomic_write(output, text)
+    size = output.stat().st_size
     click.echo(f"wrote {output} ({'RTLIL' if rtlil else 'Verilog'}, module {name}, {size:,} bytes)")
-    for path, body in extra.items():
-        atomic_write(path, body)
+    for path in extra:
         click.echo(f"wrote {path} (register map)")
 
 

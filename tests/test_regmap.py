@@ -173,3 +173,33 @@ def test_generate_bus_rejects_unknown_bus_before_writing(tmp_path):
     r = run("generate", "--bus", "axi", "-o", out)
     assert r.exit_code == 2 and "'none', 'wishbone'" in r.output
     assert not out.exists()
+
+
+def test_generate_bus_publishes_the_top_and_its_map_together(tmp_path, monkeypatch):
+    """A failure while the four files are moved in (here: the disk fills at the second)
+    leaves the previous top and register files as they were, none of the new ones."""
+    import os
+
+    import fluidnpu.cli as cli
+    import fluidnpu.outputs as outputs
+    # the Verilog itself is not what is tested: a stand-in saves two elaborations
+    monkeypatch.setattr(cli, "_hdl_text", lambda cfg, rtlil, top, bus="none":
+                        ("fluidnpu_core_wb", f"// b_max {cfg.b_max}\n"))
+    out = tmp_path / "npu_wb.v"
+    small = ["--set", "tc=4", "--set", "tp=4", "--set", "tr=8", "--set", "x_buf_elems=1024",
+             "--set", "w_buf_elems=512"]
+    assert run("generate", "--bus", "wishbone", *small, "-o", out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert len(before) == 4
+    real, moved = os.replace, []
+
+    def failing(src, dst):
+        if os.path.dirname(os.path.abspath(dst)) == str(tmp_path):     # publication, not staging
+            moved.append(dst)
+            if len(moved) == 2:
+                raise OSError(28, "No space left on device")
+        return real(src, dst)
+    monkeypatch.setattr(outputs.os, "replace", failing)
+    r = run("generate", "--bus", "wishbone", *small, "--set", "b_max=4", "-o", out)
+    assert r.exit_code != 0 and len(moved) >= 2          # the second failed; then the rollback
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
