@@ -32,8 +32,9 @@ multiple of ``F`` (so no beat straddles two memory words), rows and columns insi
 
 Pipeline (one register between stages, one global enable ``~stall``):
 
-* ``s0``: beat counters over the held entry; select the value and bias lines; read the
-  partial-sum line; lane mask; whether the beats ahead write the line it reads.
+* ``s0``: beat counters over the held entry (its sums in a row shift register: a beat
+  reads row 0, which moves on at the end of each row); select the value and bias lines;
+  read the partial-sum line; lane mask; whether the beats ahead write the line it reads.
 * ``s1``: ``y = v + partial (unless first) + bias (if last)`` (carry-save, one carry
   chain); byte strobes.
 * ``s1``/``s2`` also hold ``row`` and ``os / M`` in a multiplier's input registers and
@@ -58,7 +59,7 @@ read-modify-write.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -141,6 +142,23 @@ class Drain(wiring.Component):
         dw = cfg.mem_bytes // (4 if out_mode == OUT_RAW else cfg.elem_bytes)
         return nrows * -(-ncols // dw)
 
+    @staticmethod
+    def _load_rows(m, rows, new, take, shift) -> None:
+        """The row shift register: row ``j`` loads row ``j`` of an accepted entry
+        (``take``), else moves down to ``j - 1`` when the held entry's row ends (``shift``).
+
+        Row ``j`` uses the enables of slice ``j * len(take) // len(rows)``, so each enable
+        drives at most a few rows' flip-flops."""
+        n, k = len(rows), len(take)
+        vals = data.ArrayLayout(rows.shape().elem_shape, n)(new.vals.as_value())
+        for j in range(n):
+            i = j * k // n
+            with m.If(take[i]):
+                m.d.sync += rows[j].eq(vals[j])
+            if j + 1 < n:
+                with m.Elif(shift[i]):
+                    m.d.sync += rows[j].eq(rows[j + 1])
+
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
@@ -169,7 +187,13 @@ class Drain(wiring.Component):
             return out
 
         # -- entry register and beat counters (s0) ---------------------------------------------
-        e = Signal(stage_layout(cfg), name="s0_entry")
+        # The entry's sums live in a row shift register (``s0_rows``; row 0 is the row being
+        # drained): a beat reads row 0 only, so no wide select spans the entry; its other
+        # fields in ``e``.
+        rest = data.StructLayout({n: f.shape for n, f in stage_layout(cfg) if n != "vals"})
+        e = Signal(rest, name="s0_entry")
+        rows_lay = data.ArrayLayout(data.ArrayLayout(lane, cfg.tc), cfg.tp)
+        s0_rows = Signal(rows_lay, name="s0_rows")
         e_valid = Signal(name="s0_entry_valid")
         e_raw = Signal(name="s0_raw")
         e_relu = Signal(name="s0_relu")
@@ -206,6 +230,7 @@ class Drain(wiring.Component):
         n_take = self.entry_slices(cfg)
         e_valid_rep = [Signal(name=f"s0_entry_valid_rep{i}") for i in range(n_take)]
         s0_last_rep = [Signal(name=f"s0_last_rep{i}") for i in range(n_take)]
+        s0_row_end_rep = [Signal(name=f"s0_row_end_rep{i}") for i in range(n_take)]
         # The partial-sum line address (``Cat(line, trow)``) as a register copy per lane
         # (``_rep``: each drives only its lane's LUT RAM), following s0_u0 and s0_trow.
         ltr, nline = log2(cfg.tr), log2(cfg.tc // E)
@@ -218,6 +243,7 @@ class Drain(wiring.Component):
             m.d.sync += [s0_row_end.eq(nxt_row_end), s0_last_row.eq(nxt_last_row),
                          s0_last.eq(nxt_row_end & nxt_last_row)]
             m.d.sync += [r.eq(nxt_row_end & nxt_last_row) for r in s0_last_rep]
+            m.d.sync += [r.eq(nxt_row_end) for r in s0_row_end_rep]
             with m.If(s0_row_end):
                 m.d.sync += [s0_u0.eq(0), s0_rem.eq(e.ncols), s0_col.eq(e.c0), s0_i.eq(s0_i + 1),
                              s0_row.eq(s0_row + 1), s0_trow.eq(s0_trow + 1)]
@@ -245,6 +271,7 @@ class Drain(wiring.Component):
                 s0_last.eq(row1 & (new.nrows <= 1)),
                 *[r.eq(1) for r in e_valid_rep],
                 *[r.eq(row1 & (new.nrows <= 1)) for r in s0_last_rep],
+                *[r.eq(row1) for r in s0_row_end_rep],
                 e_raw.eq(raw), e_relu.eq(lay.relu), e_bias_en.eq(lay.bias_en),
                 e_mult.eq(Mux(raw, 1, lay.mult)),
                 e_shift.eq(Mux(raw, 0, Mux(lay.shift > W, W, lay.shift))),
@@ -252,13 +279,16 @@ class Drain(wiring.Component):
                 e_oaddr.eq(lay.o_addr),
             ]
             m.d.sync += paddr_to(Const(0, len(s0_u0)), new.trow0)
-        load_in_slices(m, e, new, [self.stage_valid_rep[i] & go & (~v | last)
-                                   for i, (v, last) in enumerate(zip(e_valid_rep, s0_last_rep))])
+        take = [self.stage_valid_rep[i] & go & (~v | last)
+                for i, (v, last) in enumerate(zip(e_valid_rep, s0_last_rep))]
+        self._load_rows(m, s0_rows, new, take,
+                        [v & go & end for v, end in zip(e_valid_rep, s0_row_end_rep)])
+        load_in_slices(m, e, Cat(*(Value.cast(getattr(new, n)) for n, _ in rest)), take)
 
         s0_line = s0_u0[lE:lE + log2(lpr)]                 # line within the tile row
-        vlines = data.ArrayLayout(line, cfg.tc * cfg.tp // E)(e.vals.as_value())
+        vlines = data.ArrayLayout(line, lpr)(s0_rows[0].as_value())
         blines = data.ArrayLayout(data.ArrayLayout(signed(32), E), lpr)(e.bias.as_value())
-        s0_v = vlines[Cat(s0_line, s0_i[:log2(cfg.tp)])]
+        s0_v = vlines[s0_line] if lpr > 1 else vlines[0]
         s0_b = blines[s0_line]
         s0_colbyte = Mux(e_raw, s0_col << 2, s0_col << leb)
 
