@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from amaranth.lib import data
 
 from .config import HwConfig
-from .fbe_layout import (admit_layout, event_layout, prog_write_layout, result_layout,
-                         status_layout, table_write_layout)
+from .fbe_layout import (EVENT_NAMES, MODE_NAMES, REFUSE_NAMES, admit_layout, event_layout,
+                         prog_write_layout, result_layout, status_layout, table_write_layout)
 from .interface import layer_desc_layout
 
 __all__ = ["Field", "Register", "Window", "RegMap", "regmap", "REGMAP_VERSION", "ID_VALUE",
@@ -44,13 +44,15 @@ ACCESS = ("ro", "rw", "wo")
 
 @dataclass(frozen=True)
 class Field:
-    """``width`` bits at ``lsb`` of a register; ``signed``: two's complement."""
+    """``width`` bits at ``lsb`` of a register; ``signed``: two's complement; ``codes``:
+    the named values of an enumerated field, ``(name, value)`` pairs."""
 
     name: str
     lsb: int
     width: int
     desc: str = ""
     signed: bool = False
+    codes: tuple[tuple[str, int], ...] = ()
 
     @property
     def mask(self) -> int:
@@ -88,6 +90,10 @@ class Register:
             if used & f.mask:
                 raise ValueError(f"register {self.name}: field {f.name} overlaps another field")
             used |= f.mask
+            for code, v in f.codes:
+                if not 0 <= v < 1 << f.width:
+                    raise ValueError(f"register {self.name}: field {f.name} code {code} = {v} "
+                                     f"does not fit its {f.width} bits")
         if self.reset & ~used:
             raise ValueError(f"register {self.name}: reset {self.reset:#x} sets bits outside its fields")
 
@@ -190,9 +196,11 @@ class _Builder:
         self.regs.append(Register(name, offset, access, desc, tuple(fields), reset, effect, window))
 
     def window(self, name: str, layout: data.StructLayout, offset: int, kind: str, desc: str,
-               bit: int | None = None, field_desc: dict | None = None) -> int:
-        """Lay ``layout`` out in registers from ``offset``; return the next free offset."""
-        field_desc = field_desc or {}
+               bit: int | None = None, field_desc: dict | None = None,
+               field_codes: dict | None = None) -> int:
+        """Lay ``layout`` out in registers from ``offset``; return the next free offset.
+        ``field_codes``: structure field -> its named values (:attr:`Field.codes`)."""
+        field_desc, field_codes = field_desc or {}, field_codes or {}
         access = "rw" if kind in ("push", "live") else "ro"
         parts: list[Part] = []
         per_reg: dict[int, list[Field]] = {}
@@ -211,7 +219,7 @@ class _Builder:
                 parts.append(part)
                 per_reg.setdefault(reg, []).append(
                     Field(fname.upper(), used, w, field_desc.get(src, src.replace("_", " ")),
-                          signed and last))
+                          signed and last, tuple(field_codes.get(src, ()))))
                 used += w
         regs = sorted(per_reg)
         sep = "_" if name[-1].isdigit() else ""
@@ -282,6 +290,11 @@ def _core_map(cfg: HwConfig) -> RegMap:
 
 
 STREAMS_IN = ("PROG", "TABLE", "ADMIT", "PREEMPT")
+
+
+def _codes(names) -> tuple[tuple[str, int], ...]:
+    """Named values ``0, 1, ...`` of an enumerated field, from :mod:`.fbe_layout`'s names."""
+    return tuple((n.upper(), v) for v, n in enumerate(names))
 STREAMS_OUT = ("RESULT", "EVENT")
 
 
@@ -313,11 +326,15 @@ def _npu_map(cfg: HwConfig) -> RegMap:
                    "control table write: policy word for (batch size B, column LID)", bit=1)
     off = b.window("ADMIT", admit_layout(cfg), off, "push", "stage a sample: tag and input address", bit=2)
     off = b.window("FBE", status_layout(cfg), (off + 0xF) & ~0xF, "view",
-                   "the FBE's registers (docs/fbe.md)")
+                   "the FBE's registers (docs/fbe.md)", field_codes={"mode": _codes(MODE_NAMES)})
     off = b.window("RESULT", result_layout(cfg), (off + 0xF) & ~0xF, "pop",
                    "the oldest result (valid while STATUS.RESULT_VALID)", bit=0)
     off = b.window("EVENT", event_layout(cfg), (off + 0xF) & ~0xF, "pop",
-                   "the oldest event (valid while STATUS.EVENT_VALID)", bit=1)
+                   "the oldest event (valid while STATUS.EVENT_VALID)", bit=1,
+                   field_desc={"info": "exit id (EXIT), or refusal reason (REFUSE: "
+                                       + ", ".join(f"{v} {n}" for v, n in sorted(REFUSE_NAMES.items()))
+                                       + ")"},
+                   field_codes={"kind": _codes(EVENT_NAMES)})
     b.window("PROG", prog_write_layout(cfg), max(0x100, (off + 0x3F) & ~0x3F), "push",
              "program entry write: entry IDX of the descriptor memory (docs/fbe.md)", bit=0)
     return RegMap("npu", cfg, tuple(sorted(b.regs, key=lambda r: r.offset)), tuple(b.windows))

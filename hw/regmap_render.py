@@ -73,8 +73,10 @@ def to_markdown(maps: list[RegMap], *, title: str = "Register maps", intro: str 
                 "| register | field | bits | signed | description |", "|---|---|---|---|---|"]
         for r in m.registers:
             for f in r.fields:
+                desc = f.desc + (". Codes: " + ", ".join(f"{v} `{n}`" for n, v in f.codes)
+                                 if f.codes else "")
                 out.append(f"| `{r.name}` | `{f.name}` | {_bits(f)} | {'yes' if f.signed else 'no'} | "
-                           f"{f.desc.replace('|', '/')} |")
+                           f"{desc.replace('|', '/')} |")
         out.append("")
     return "\n".join(out)
 
@@ -98,6 +100,7 @@ def to_c(m: RegMap) -> str:
             out.append(f"#define {n}_SHIFT {f.lsb}u")
             out.append(f"#define {n}_WIDTH {f.width}u")
             out.append(f"#define {n}_MASK 0x{f.mask:08x}u")
+            out += [f"#define {n}_{code} {v}u" for code, v in f.codes]
         out.append("")
     out += [f"#endif /* {guard} */", ""]
     return "\n".join(out)
@@ -199,6 +202,17 @@ def to_python(m: RegMap) -> str:
         regs = ", ".join(f"0x{r:03x}" for r in w.regs)
         out.append(f"    {w.name!r}: {{'kind': {w.kind!r}, 'bit': {w.bit!r}, 'size': {w.size}, "
                    f"'regs': ({regs},), 'parts': ({parts},)}},")
+    out.append("}")
+    out += ["", "#: the named values of enumerated fields: window -> field -> {name: value}", "CODES = {"]
+    for w in m.windows:
+        regs = {r.offset: r for r in m.registers}
+        per = {p.source: next(f.codes for f in regs[p.reg].fields if f.name == p.field.upper())
+               for p in w.parts}
+        per = {src: c for src, c in per.items() if c}
+        if per:
+            inner = ", ".join(f"{src!r}: {{{', '.join(f'{n.lower()!r}: {v}' for n, v in c)}}}"
+                              for src, c in per.items())
+            out.append(f"    {w.name!r}: {{{inner}}},")
     out.append("}")
     out.append(_PY_TAIL)
     return "\n".join(out)

@@ -80,6 +80,31 @@ def test_c_header_python_module_and_markdown_agree(top, cfg_name, tmp_path):
     assert py.RESET["ID"] == ID_VALUE
 
 
+def test_event_kinds_and_fbe_modes_are_named_in_all_three(tmp_path):
+    """A host needs the event kinds to read EVENT windows: the C header, the Python module
+    and the page name them with the values the FBE's RTL emits (fbe_layout)."""
+    from fluidnpu.hw import fbe_layout as fl
+    rm = regmap(HwConfig(), "npu")
+    c = _parse_c(to_c(rm))
+    py = _load_py(to_python(rm), tmp_path, "regs_codes")
+    md = to_markdown([rm])
+    kinds = {"layer_start": fl.EV_LAYER_START, "layer_done": fl.EV_LAYER_DONE, "exit": fl.EV_EXIT,
+             "accept": fl.EV_ACCEPT, "refuse": fl.EV_REFUSE, "merge": fl.EV_MERGE,
+             "resume": fl.EV_RESUME, "idle": fl.EV_IDLE}
+    assert py.CODES["EVENT"]["kind"] == kinds
+    assert py.CODES["FBE"]["mode"] == {n: i for i, n in enumerate(fl.MODE_NAMES)}
+    assert set(py.CODES) == {"EVENT", "FBE"}
+    reg = rm.at(rm.window("EVENT").parts[0].reg).name        # the register holding KIND
+    for name, v in kinds.items():
+        assert c[f"FNPU_NPU_{reg}_KIND_{name.upper()}"] == v
+        assert f"{v} `{name.upper()}`" in md
+    got = py.unpack("EVENT", py.pack("EVENT", {"kind": fl.EV_EXIT, "count": 3, "cycle": 77}))
+    assert got["kind"] == py.CODES["EVENT"]["kind"]["exit"] and got["cycle"] == 77
+    with pytest.raises(ValueError, match="code BIG = 8 does not fit its 3 bits"):
+        from fluidnpu.hw.regmap import Field, Register
+        Register("X", 0, "ro", "x", (Field("K", 0, 3, codes=(("BIG", 8),)),))
+
+
 @pytest.mark.parametrize("cfg_name", sorted(CFGS))
 def test_windows_hold_the_port_structures_bit_for_bit(cfg_name, tmp_path):
     """Every bit of each structure is in exactly one register field, and the generated
