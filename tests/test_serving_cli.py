@@ -50,9 +50,16 @@ def test_default_tables_are_the_mappers(default):
             assert t == map_model(HwConfig(), m, hw).latency_table()
     # cached in-process: the same objects come back
     assert serving_tables(sc)["fluid"]["mobilenetv2"] is tabs["fluid"]["mobilenetv2"]
-    # fluid hardware is never slower, and strictly faster on MobileNetV2's depthwise layers
+    # fluid hardware is never slower (every layer and head, every batch size: its policies
+    # include rbatch's), and strictly faster on MobileNetV2's depthwise and short-P layers.
+    # Measured with stage_entries = 8 (the default since 3 Dec 2026): MobileNetV2 at batch 1
+    # 25,745,536 / 27,147,397 cycles = 0.948 (`fluidnpu perf --model mobilenetv2 --policy
+    # auto|rbatch`); with the old 2-deep stage FIFO the rbatch baseline was 37.4 M (0.69).
+    for m in sc.models:
+        f, r = tabs["fluid"][m.name], tabs["rbatch"][m.name]
+        assert (f.layer_cycles <= r.layer_cycles).all() and (f.head_cycles <= r.head_cycles).all(), m.name
     mb = tabs["fluid"]["mobilenetv2"].batch1_latency_s()
-    assert mb < 0.8 * tabs["rbatch"]["mobilenetv2"].batch1_latency_s()
+    assert mb < 0.95 * tabs["rbatch"]["mobilenetv2"].batch1_latency_s()
 
 
 def test_serve_on_another_hardware_configuration(repo_root):
