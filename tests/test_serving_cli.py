@@ -331,8 +331,10 @@ def test_scheduler_only_is_computed_on_identical_hardware(small_compare):
                                      c["hardware"]["fluid"]["fluid"]["mean_ms_per_seed"][si]) for c in d["cells"]]))
     mixed = float(np.exp(np.mean(mixed)))
     assert mixed == pytest.approx(s["system"]["vs_preemptive"]["avg_latency_ratio"])
+    # the two differ by the fluid hardware's gain on this scenario: 1.5 % (log 0.0148) with the default
+    # stage_entries = 8 (3 Dec 2026; over 3 % with the 2-deep stage FIFO, which slowed the rbatch hardware)
     assert abs(np.log(mixed / s["scheduler_only"]["by_hardware"]["rbatch"]["vs_preemptive"]["avg_latency_ratio"])) \
-        > 0.03
+        > 0.01
 
 
 def test_summarise_refuses_runs_on_the_wrong_hardware(default, tmp_path):
