@@ -3,14 +3,15 @@ efficiency of layer shapes from real CNNs with every legal (B_P, k).
 
 Run on demand (minutes; not part of ``make test``)::
 
-    .venv/bin/python benchmarks/bench_gemm.py [--sim verilator] [--rows N] [--markdown] \
-        [--config examples/hw_8x8.toml]
+    .venv/bin/python benchmarks/bench_gemm.py [--sim verilator] [--budget N] [--markdown] \
+        [--config examples/hw_8x8.toml] [--model-only]
 
 Full-size figures come from the cycle model (sim/cycle_model.py), which equals the
 RTL cycle for cycle; the benchmark re-proves that on the way: every policy of every
-shape also runs on the RTL on a crop of the layer (R <= ``--rows``), bit-exact against
-numpy and with exactly the model's cycle count. (RTL simulation runs a few thousand
-cycles per second with the cocotb memory model, too slow for the full layers.)
+shape also runs on the RTL on a crop of the layer (sized by ``--budget``), bit-exact
+against numpy and with exactly the model's cycle count. (RTL simulation runs a few
+thousand cycles per second with the cocotb memory model, too slow for the full layers.)
+``--model-only`` prints the full-layer figures alone, in seconds, without that proof.
 """
 from __future__ import annotations
 
@@ -75,6 +76,9 @@ def main():
                     help="RTL crops: rows so that the ideal compute is about this many cycles")
     ap.add_argument("--cols", type=int, default=128, help="RTL crops: at most this many columns")
     ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--model-only", action="store_true",
+                    help="full-layer figures from the cycle model only: no simulation speed runs, "
+                         "no RTL crops (seconds instead of minutes; the RTL == model proof is skipped)")
     ap.add_argument("--rtl-full", type=int, default=0, metavar="CYCLES",
                     help="also run the whole layer on the RTL with its best policy when the model "
                          "gives at most CYCLES cycles (bit-exact, cycle-equal; 0: off)")
@@ -85,7 +89,9 @@ def main():
     args = ap.parse_args()
     cfg = load_hw_config(args.config) if args.config else HwConfig()
 
-    for sim, rows in (() if args.only else (("icarus", 16), ("verilator", 128))):
+    if args.model_only and (args.speed_only or args.rtl_full):
+        ap.error("--model-only runs no RTL: it excludes --speed-only and --rtl-full")
+    for sim, rows in (() if args.only or args.model_only else (("icarus", 16), ("verilator", 128))):
         cyc, dt = sim_speed(cfg, sim, rows)
         print(f"simulation speed, {sim}: {cyc} cycles in {dt:.1f} s = {cyc / dt:,.0f} cycles/s "
               f"({cfg.tc} x {cfg.tp}, cocotb memory model included)")
@@ -117,6 +123,16 @@ def main():
                 if e < 0.9:
                     below.append((name, b, kk, e, lane_bound(cfg, P, b, kk)))
         # RTL: every policy on a crop of the layer, bit-exact and cycle-equal to the model.
+        if args.model_only:
+            rows.append((name, R_full, P, C, bp, k, best_cyc, macs / (best_cyc * cfg.lanes), roof / best_cyc,
+                         tiled / best_cyc, per[-1][0], compute_bound, "-", None, None))
+            print(f"{name}: R={R_full} P={P} C={C}: best (B_P,k)=({bp},{k}) {best_cyc} cycles, "
+                  f"utilisation {macs / (best_cyc * cfg.lanes):.3f}, roofline efficiency {roof / best_cyc:.3f} "
+                  f"(tiled roofline {tiled} cycles: {tiled / best_cyc:.3f}), worst policy {per[-1][0]} cycles "
+                  f"(cycle model only)")
+            print("    every policy, full layer, roofline eff.: "
+                  + " ".join(f"({b},{kk}) {e:.3f}" for (b, kk), e in effs.items()))
+            continue
         R = min(R_full, max(cfg.tr, args.budget * cfg.lanes // (P * C)))
         Cc = min(C, args.cols, max(4 * cfg.tc, args.budget * cfg.lanes // (R * P)))
         x = rng.integers(-128, 128, (R, P))
@@ -172,8 +188,9 @@ def main():
         print("\n| layer | R | P | C | best (B_P, k) | cycles | utilisation | roofline eff. | tiled roofline eff. | worst policy | bound | RTL crop RxPxC | RTL cycles | RTL roofline eff. |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name, Rf, P, C, bp, k, cyc, util, eff, teff, worst, cb, R, rc, reff in rows:
+            rtl = "- | -" if rc is None else f"{rc} | {reff:.3f}"
             print(f"| {name} | {Rf} | {P} | {C} | ({bp}, {k}) | {cyc} | {util:.3f} | {eff:.3f} | {teff:.3f} | "
-                  f"{worst} | {'compute' if cb else 'memory'} | {R} | {rc} | {reff:.3f} |")
+                  f"{worst} | {'compute' if cb else 'memory'} | {R} | {rtl} |")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ class HwConfig:
     w_buf_elems: int = 16384    #: weight buffer, elements per slot
     mem_bytes: int = 4          #: memory port width, bytes per beat
     rd_outstanding: int = 32    #: read requests in flight at most
-    stage_entries: int = 2      #: PE-array groups between issue and drain at most (stage FIFO)
+    stage_entries: int = 8      #: PE-array groups between issue and drain at most (stage FIFO)
     mult_width: int = 16        #: signed requantisation multiplier width, bits
     addr_width: int = 32        #: byte address width
     dim_width: int = 16         #: width of the R, P, C fields of a layer descriptor

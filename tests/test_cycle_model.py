@@ -22,7 +22,9 @@ from fluidnpu.sim.cycle_model import (CycleModelError, LayerTiming, layer_cycles
 from fluidnpu.sim.traffic import tiled_traffic
 
 BIG = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core (examples/hw_8x8.toml)
-SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
+# the shallowest stage FIFO (2, the default until 3 Dec 2026): the most credit stalls, so the RTL
+# tests below keep the credit-limited regime covered beside the default's 8 entries
+SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4, stage_entries=2)
 # a deeper stage FIFO (more groups in flight), of a depth that is not a power of two
 SMALL_S5 = SMALL.replace(stage_entries=5)
 # sixteen PEs: the X copy network's four levels in two stages
@@ -275,7 +277,7 @@ def test_deeper_stage_fifo():
         assert b.cycles <= a.cycles and b.credit_stall <= a.credit_stall, (R, P, C, kw)
     # one-cycle groups (P of one step per chunk) wait for the drain with two credits
     kw = dict(bp=1, k=1, bias=False, out_mode=OUT_RAW, mem=MemTiming(latency=1))
-    a = layer_timing(BIG, 256, 8, 64, **kw)
+    a = layer_timing(BIG.replace(stage_entries=2), 256, 8, 64, **kw)
     b = layer_timing(BIG.replace(stage_entries=16), 256, 8, 64, **kw)
     assert a.credit_stall > 0 and b.credit_stall < a.credit_stall and b.cycles < a.cycles
 

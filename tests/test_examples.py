@@ -48,19 +48,21 @@ def test_serve_the_scenario():
     d = json.loads(cli("serve", "--scenario", EX / "scenario.toml", "--json").stdout)
     s = d["summary"]
     assert d["requests"] == 11_661 and s["served"] == 11_153
-    assert round(s["mean_ms"], 2) == 1.22 and round(s["slo_attainment"], 3) == 0.938
+    # docs/own_model.md, "Serve a scenario" (3 Dec 2026, stage_entries = 8; 0.938 with the 2-deep stage FIFO)
+    assert round(s["mean_ms"], 2) == 1.22 and round(s["slo_attainment"], 3) == 0.939
     assert set(s["exits_per_head"]) == {"tinycnn", "digits"}
 
 
 def test_compare_and_sweep(tmp_path):
     d = json.loads(cli("compare", "--scenario", EX / "scenario.toml", "--out", tmp_path / "cmp", "--json").stdout)
     s = d["summary"]
-    # on this workload fluid is level with PREMA (a little behind as a scheduler alone) and ahead of the
-    # throughput-maximising baselines
-    assert round(s["system"]["vs_best"]["avg_latency_ratio"], 2) == 0.97
-    assert round(s["system"]["vs_throughput"]["avg_latency_ratio"], 2) == 1.70
+    # on this workload fluid is behind PREMA (8 % as a system, 9 % as a scheduler alone) and ahead of the
+    # throughput-maximising baselines; docs/own_model.md's figures (3 Dec 2026, stage_entries = 8: the
+    # system ratios were 0.97, 1.70 and tail 1.00 with the 2-deep stage FIFO, which slowed the rbatch baseline)
+    assert round(s["system"]["vs_best"]["avg_latency_ratio"], 2) == 0.92
+    assert round(s["system"]["vs_throughput"]["avg_latency_ratio"], 2) == 1.59
     assert round(s["scheduler_only"]["vs_preemptive"]["avg_latency_ratio"], 2) == 0.91
-    assert round(s["system"]["vs_best"]["tail_ratio"], 2) == 1.00
+    assert round(s["system"]["vs_best"]["tail_ratio"], 2) == 0.98
     assert all(a["attainable"] for a in d["attainable"].values()) and len(d["seeds"]) == 10
     spread = [e["mean_ms_ci95"] + e["attainment_ci95"] for c in d["cells"] for hw in c["hardware"].values()
               for e in hw.values()]
@@ -69,7 +71,8 @@ def test_compare_and_sweep(tmp_path):
     rows = list(csv.DictReader((tmp_path / "sw" / "results.csv").open()))
     got = {(r["label"], r["scheduler"]): (round(float(r["perf_b1_ms"]), 3), round(float(r["slo_attainment"]), 3))
            for r in rows}
-    assert got[("4x4", "fluid")] == (4.153, 0.938) and got[("8x8", "fcfs")] == (1.099, 1.0)
+    # docs/own_model.md, "Sweep the hardware" (3 Dec 2026, stage_entries = 8; 0.938 with the 2-deep FIFO)
+    assert got[("4x4", "fluid")] == (4.153, 0.939) and got[("8x8", "fcfs")] == (1.099, 1.0)
     assert len(rows) == 6
 
 

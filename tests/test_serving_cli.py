@@ -50,9 +50,16 @@ def test_default_tables_are_the_mappers(default):
             assert t == map_model(HwConfig(), m, hw).latency_table()
     # cached in-process: the same objects come back
     assert serving_tables(sc)["fluid"]["mobilenetv2"] is tabs["fluid"]["mobilenetv2"]
-    # fluid hardware is never slower, and strictly faster on MobileNetV2's depthwise layers
+    # fluid hardware is never slower (every layer and head, every batch size: its policies
+    # include rbatch's), and strictly faster on MobileNetV2's depthwise and short-P layers.
+    # Measured with stage_entries = 8 (the default since 3 Dec 2026): MobileNetV2 at batch 1
+    # 25,745,536 / 27,147,397 cycles = 0.948 (`fluidnpu perf --model mobilenetv2 --policy
+    # auto|rbatch`); with the old 2-deep stage FIFO the rbatch baseline was 37.4 M (0.69).
+    for m in sc.models:
+        f, r = tabs["fluid"][m.name], tabs["rbatch"][m.name]
+        assert (f.layer_cycles <= r.layer_cycles).all() and (f.head_cycles <= r.head_cycles).all(), m.name
     mb = tabs["fluid"]["mobilenetv2"].batch1_latency_s()
-    assert mb < 0.8 * tabs["rbatch"]["mobilenetv2"].batch1_latency_s()
+    assert mb < 0.95 * tabs["rbatch"]["mobilenetv2"].batch1_latency_s()
 
 
 def test_serve_on_another_hardware_configuration(repo_root):
@@ -324,8 +331,10 @@ def test_scheduler_only_is_computed_on_identical_hardware(small_compare):
                                      c["hardware"]["fluid"]["fluid"]["mean_ms_per_seed"][si]) for c in d["cells"]]))
     mixed = float(np.exp(np.mean(mixed)))
     assert mixed == pytest.approx(s["system"]["vs_preemptive"]["avg_latency_ratio"])
+    # the two differ by the fluid hardware's gain on this scenario: 1.5 % (log 0.0148) with the default
+    # stage_entries = 8 (3 Dec 2026; over 3 % with the 2-deep stage FIFO, which slowed the rbatch hardware)
     assert abs(np.log(mixed / s["scheduler_only"]["by_hardware"]["rbatch"]["vs_preemptive"]["avg_latency_ratio"])) \
-        > 0.03
+        > 0.01
 
 
 def test_summarise_refuses_runs_on_the_wrong_hardware(default, tmp_path):
