@@ -24,7 +24,7 @@ import importlib
 from dataclasses import dataclass
 
 __all__ = ["BoardExtraMissing", "require_litex", "BoardSpec", "BOARDS", "NPU_CSR_BASE", "NPU_CSR_SIZE",
-           "MAIN_RAM_BASE", "SYS_CLK_RANGE_MHZ", "BAUD_RANGE", "make_soc", "npu_verilog", "sdram_init_sequence"]
+           "MAIN_RAM_BASE", "SYS_CLK_RANGE_MHZ", "BAUD_RANGE", "make_soc", "pipelined_to_classic", "npu_verilog", "sdram_init_sequence"]
 
 NPU_CSR_BASE = 0x3000_0000
 NPU_CSR_SIZE = 0x1000
@@ -102,6 +102,37 @@ def make_soc(cfg, npu_v_path: str, *, board: str = "ulx3s-85f", sys_clk_mhz: flo
     return _build_soc_class()(cfg, npu_v_path, spec, sys_clk_mhz * 1e6, baud, mem_offset)
 
 
+def pipelined_to_classic():
+    """The class ``PipelinedToClassic(adr_width, data_width, base_words, window_words)``: a
+    Wishbone B4 pipelined master's signals (``adr dat_w dat_r sel cyc stb we ack err
+    stall``, word addresses) onto LiteX's classic :class:`wishbone.Interface` ``classic``
+    (docs/bus.md's two-gate adapter: ``stall = req & ~ack``, answers passed through, so
+    one access at a time, answered in the cycle it is taken), the address moved by
+    ``base_words``; a request at or beyond ``window_words`` is answered with ERR at once
+    and never reaches the bus."""
+    from litex.soc.interconnect import wishbone
+    from migen import Module, Signal
+
+    class PipelinedToClassic(Module):
+        def __init__(self, adr_width: int, data_width: int, base_words: int, window_words: int):
+            self.adr, self.dat_w, self.dat_r = Signal(adr_width), Signal(data_width), Signal(data_width)
+            self.sel = Signal(data_width // 8)
+            self.cyc, self.stb, self.we, self.ack, self.err, self.stall = (Signal() for _ in range(6))
+            self.classic = m = wishbone.Interface(data_width=data_width, address_width=32, addressing="word")
+            req, inside = Signal(), Signal()
+            self.comb += [
+                req.eq(self.cyc & self.stb),
+                inside.eq(self.adr < window_words),
+                m.adr.eq(base_words + self.adr), m.dat_w.eq(self.dat_w), m.sel.eq(self.sel), m.we.eq(self.we),
+                m.cyc.eq(req & inside), m.stb.eq(req & inside),
+                self.ack.eq(m.ack & inside),
+                self.err.eq((m.err & inside) | (req & ~inside)),
+                self.stall.eq(req & inside & ~m.ack & ~m.err),
+                self.dat_r.eq(m.dat_r),
+            ]
+    return PipelinedToClassic
+
+
 def _build_soc_class():
     """The SoC class (defined here so that migen and LiteX are imported only when used)."""
     from litedram import modules as litedram_modules
@@ -113,41 +144,25 @@ def _build_soc_class():
     from litex_boards.targets.radiona_ulx3s import _CRG
     from migen import ClockSignal, Instance, Module, ResetSignal, Signal
 
-    class NpuBridge(Module):
-        """The ``fluidnpu_npu_wb`` instance and the glue to LiteX's classic Wishbone.
+    PipelinedToClassic = pipelined_to_classic()
 
-        ``csr``: a classic slave (the NPU's CSR slave, which keeps STALL up while it
-        answers, so a classic master is taken once per access). ``master``: the NPU's
-        pipelined master through the two-gate adapter of docs/bus.md (``stall = req &
-        ~ack``, answers passed through), its word address moved to the SDRAM window;
-        a request outside the window is answered with ERR at once."""
+    class NpuBridge(Module):
+        """The ``fluidnpu_npu_wb`` instance and its glue to LiteX's classic Wishbone:
+        ``csr``, a classic slave (the NPU's CSR slave keeps STALL up while it answers, so a
+        classic master is taken once per access), and ``master``, the NPU's pipelined
+        memory master through :func:`pipelined_to_classic`."""
 
         def __init__(self, cfg, base_words: int, window_words: int):
             aw, dw = _npu_ports(cfg)
             self.csr = wishbone.Interface(data_width=32, address_width=32, addressing="word")
-            self.master = wishbone.Interface(data_width=32, address_width=32, addressing="word")
-            adr, dat_w, dat_r = Signal(aw), Signal(dw), Signal(dw)
-            sel = Signal(dw // 8)
-            cyc, stb, we, ack, err, stall = (Signal() for _ in range(6))
-            req = Signal()
-            inside = Signal()
-            m = self.master
-            self.comb += [
-                req.eq(cyc & stb),
-                inside.eq(adr < window_words),
-                m.adr.eq(base_words + adr), m.dat_w.eq(dat_w), m.sel.eq(sel), m.we.eq(we),
-                m.cyc.eq(req & inside), m.stb.eq(req & inside),
-                ack.eq(m.ack & inside),
-                err.eq((m.err & inside) | (req & ~inside)),
-                stall.eq(req & inside & ~m.ack & ~m.err),
-                dat_r.eq(m.dat_r),
-            ]
+            self.submodules.adapter = a = PipelinedToClassic(aw, dw, base_words, window_words)
+            self.master = a.classic
             self.specials += Instance(
                 "fluidnpu_npu_wb",
                 i_clk=ClockSignal("sys"), i_rst=ResetSignal("sys"),
-                o_bus__adr=adr, o_bus__dat_w=dat_w, i_bus__dat_r=dat_r, o_bus__sel=sel,
-                o_bus__cyc=cyc, o_bus__stb=stb, o_bus__we=we,
-                i_bus__ack=ack, i_bus__err=err, i_bus__stall=stall,
+                o_bus__adr=a.adr, o_bus__dat_w=a.dat_w, i_bus__dat_r=a.dat_r, o_bus__sel=a.sel,
+                o_bus__cyc=a.cyc, o_bus__stb=a.stb, o_bus__we=a.we,
+                i_bus__ack=a.ack, i_bus__err=a.err, i_bus__stall=a.stall,
                 i_csr__adr=self.csr.adr[:10], i_csr__dat_w=self.csr.dat_w, o_csr__dat_r=self.csr.dat_r,
                 i_csr__sel=self.csr.sel, i_csr__cyc=self.csr.cyc, i_csr__stb=self.csr.stb,
                 i_csr__we=self.csr.we, o_csr__ack=self.csr.ack, o_csr__err=self.csr.err,
