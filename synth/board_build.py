@@ -44,16 +44,19 @@ class TimingFailed(BoardBuildError):
         self.info = info
 
 
-def _keep_replicas(ys: Path) -> None:
-    """Insert the flow's replica-keeping step (:data:`fluidnpu.synth.flow.KEEP_REPLICAS`)
-    before LiteX's ``synth_ecp5``: the NPU's per-PE copies of control registers must not be
-    merged back (docs/synthesis.md)."""
+def _edit_script(ys: Path, npu_v: Path, npu_il: Path) -> None:
+    """LiteX's yosys script, two changes: the NPU is read as RTLIL (``npu_il``, the same
+    design as ``npu_v``; yosys 0.23's Verilog front end takes minutes per buffer bank on
+    Amaranth's memories), and the flow's replica-keeping step
+    (:data:`fluidnpu.synth.flow.KEEP_REPLICAS`) runs before ``synth_ecp5``: the NPU's
+    per-PE copies of control registers must not be merged back (docs/synthesis.md)."""
     from .flow import KEEP_REPLICAS
     text = ys.read_text()
-    if "synth_ecp5" not in text:
-        raise BoardBuildError(f"{ys}: LiteX's yosys script has no synth_ecp5 step")
-    ys.write_text(text.replace("synth_ecp5", f"hierarchy -top {BUILD_NAME}\nproc\n{KEEP_REPLICAS}\nsynth_ecp5", 1)
-                  + "\ntee -o soc_stat.txt stat\n")
+    read_v = f"read_verilog {npu_v}"
+    if "synth_ecp5" not in text or read_v not in text.splitlines():
+        raise BoardBuildError(f"{ys}: LiteX's yosys script lacks '{read_v}' or synth_ecp5")
+    text = text.replace(read_v, f"read_rtlil {npu_il}", 1)
+    ys.write_text(text.replace("synth_ecp5", f"hierarchy -top {BUILD_NAME}\nproc\n{KEEP_REPLICAS}\nsynth_ecp5", 1))
 
 
 def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 50.0,
@@ -86,16 +89,18 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         t = time.monotonic()
         npu_v = root / "npu_wb.v"
         npu_v.write_text(npu_verilog(cfg))
+        npu_il = root / "npu_wb.il"
+        npu_il.write_text(npu_verilog(cfg, rtlil=True))
         _write_regs(cfg, root)
         say("litex", f"LiteX SoC for {board} at {sys_clk_mhz:g} MHz, UARTBone at {baud} baud")
-        soc = make_soc(cfg, str(npu_v), board=board, sys_clk_mhz=sys_clk_mhz, baud=baud)
+        soc = _quiet(lambda: make_soc(cfg, str(npu_v), board=board, sys_clk_mhz=sys_clk_mhz, baud=baud))
         from litex.soc.integration.builder import Builder
         builder = Builder(soc, output_dir=str(root / "litex"), compile_software=False, compile_gateware=False,
                           csr_json=str(root / "csr.json"), csr_csv=str(root / "csr.csv"))
         _quiet(lambda: builder.build(build_name=BUILD_NAME, run=False, seed=seed))
         gw = root / "litex" / "gateware"
         tc = soc.platform.toolchain
-        _keep_replicas(gw / f"{BUILD_NAME}.ys")
+        _edit_script(gw / f"{BUILD_NAME}.ys", npu_v, npu_il)
         stage_s["generate"] = round(time.monotonic() - t, 2)
 
         say("yosys", f"yosys ({versions['yosys']}) -> {gw / 'yosys.log'}")

@@ -67,12 +67,12 @@ class BoardSpec:
 BOARDS = {"ulx3s-85f": BoardSpec("ulx3s-85f", "LFE5U-85F", "2.0", "MT48LC16M16", 32 << 20, "radiona_ulx3s")}
 
 
-def npu_verilog(cfg) -> str:
-    """The Verilog of ``fluidnpu_npu_wb`` for the hardware configuration ``cfg``."""
-    from amaranth.back import verilog
+def npu_verilog(cfg, rtlil: bool = False) -> str:
+    """The Verilog (or RTLIL) of ``fluidnpu_npu_wb`` for the hardware configuration ``cfg``."""
+    from amaranth.back import rtlil as rtlil_back, verilog
 
     from fluidnpu.hw.bus_top import WishboneNPU
-    return verilog.convert(WishboneNPU(cfg), name="fluidnpu_npu_wb")
+    return (rtlil_back if rtlil else verilog).convert(WishboneNPU(cfg), name="fluidnpu_npu_wb")
 
 
 def _npu_ports(cfg):

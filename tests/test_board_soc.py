@@ -77,7 +77,7 @@ def test_adapter_moves_addresses_and_answers_outside_with_err():
 def test_soc_generates_with_the_npu_on_its_bus(tmp_path):
     """LiteX generates the SoC (no tools run): the NPU instance in the Verilog, its CSR
     region and the SDRAM where docs/board.md says, and the yosys script the build edits."""
-    from fluidnpu.synth.board_build import _keep_replicas, _litex_csrs
+    from fluidnpu.synth.board_build import _edit_script, _litex_csrs
     from fluidnpu.synth.board_build import _quiet
     from litex.soc.integration.builder import Builder
     v = tmp_path / "npu_wb.v"
@@ -97,9 +97,10 @@ def test_soc_generates_with_the_npu_on_its_bus(tmp_path):
     assert {"sdram_dfii_control", "sdram_dfii_pi0_command_issue", "ctrl_scratch"} <= set(csrs)
     assert soc.fluidnpu["npu_mem_offset"] == 0 and soc.fluidnpu["baud"] == 1_000_000
     ys = gw / "soc.ys"
-    _keep_replicas(ys)
+    _edit_script(ys, v, tmp_path / "npu_wb.il")
     script = ys.read_text()
-    assert script.index("setattr -set keep 1") < script.index("synth_ecp5") and f"read_verilog {v}" in script
+    assert script.index("setattr -set keep 1") < script.index("synth_ecp5")
+    assert f"read_rtlil {tmp_path / 'npu_wb.il'}" in script and f"read_verilog {v}" not in script
     assert "--85k" in soc.platform.toolchain.pnr_opts
 
 
