@@ -141,6 +141,8 @@ def _check_port(ctx, param, value: str):
 @click.option("--requests", "n_requests", type=click.IntRange(min=1), default=40, show_default=True,
               help="Number of requests (the first N of the scenario's draw).")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--load", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Every device's arrival rate times this (the UART host is slow: docs/board.md).")
 @click.option("--baud", type=click.IntRange(9600, 3_000_000), default=None,
               help="The UART's rate [default: the one the bitstream was built for]; must equal it.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
@@ -148,7 +150,7 @@ def _check_port(ctx, param, value: str):
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), callback=_out_dir,
               help="Write requests.csv and summary.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def run_cmd(port, build, model, scenario_path, scheduler, n_requests, seed, baud, timeout, out, as_json):
+def run_cmd(port, build, model, scenario_path, scheduler, n_requests, seed, load, baud, timeout, out, as_json):
     """Serve a trace of requests on the board: load the network into the SDRAM, let the
     scheduler drive admissions, preemptions and merges through the NPU's CSRs over
     UARTBone, read back every result, check it against the numpy reference and print the
@@ -161,7 +163,7 @@ def run_cmd(port, build, model, scenario_path, scheduler, n_requests, seed, baud
     from fluidnpu.board.driver import load_regs
     from fluidnpu.board.serve import run_on_transport
     from fluidnpu.board.uartbone import UartBone, UartBoneError, UartBoneTransport, init_sdram
-    s = _setup(info, scenario_path, model, scheduler, n_requests, seed)
+    s = _setup(info, scenario_path, model, scheduler, n_requests, seed, load)
     if len(s.mem_image) > info["npu_mem_bytes"]:
         raise click.UsageError(f"the network and {n_requests} requests need {len(s.mem_image)} bytes; the NPU "
                                f"sees {info['npu_mem_bytes']} bytes of SDRAM")
@@ -175,8 +177,10 @@ def run_cmd(port, build, model, scenario_path, scheduler, n_requests, seed, baud
                                           mem_base=info["main_ram_base"] + info["npu_mem_offset"],
                                           mem_size=info["npu_mem_bytes"])
             _check_memory(transport, len(s.mem_image))
-            rec = run_on_transport(s, transport, regs, engine=f"board:{info['board']}",
-                                   timeout_cycles=int(10 * f), progress=None if as_json else _progress(len(s.requests)))
+            # the host spends ~0.1 ms per register access at 1 Mbaud: give each request seconds
+            rec = run_on_transport(s, transport, regs, engine=f"board:{info['board']}", timeout_cycles=int(10 * f),
+                                   max_cycles=int(f * (30 + 2 * len(s.requests))) + int(s.arrival_cycle[-1]),
+                                   progress=None if as_json else _progress(len(s.requests)))
     except (UartBoneError, OSError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
@@ -187,7 +191,7 @@ def run_cmd(port, build, model, scenario_path, scheduler, n_requests, seed, baud
     model_rec = run_model(s)
     agr = agreement(model_rec, rec)
     res = {"board": info["board"], "port": port, "build": str(bdir), "scheduler": scheduler, "model": model,
-           "requests": len(s.requests), "seed": seed, "sys_clk_mhz": info["sys_clk_mhz"], "config": s.cfg.key(),
+           "requests": len(s.requests), "seed": seed, "load": load, "sys_clk_mhz": info["sys_clk_mhz"], "config": s.cfg.key(),
            "summary": rec.result.summary(), "board_run": {"cycles": rec.extra["dut_cycles"],
                                                           "wall_s": time.perf_counter() - t0,
                                                           "register_accesses": rec.extra["accesses"],
@@ -210,7 +214,7 @@ def _run_errors():
     return DriverError, CosimError
 
 
-def _setup(info, scenario_path, model, scheduler, n_requests, seed):
+def _setup(info, scenario_path, model, scheduler, n_requests, seed, load):
     """The co-simulation setup for the board's NPU (its configuration, clocked at the SoC's clock)."""
     import dataclasses
 
@@ -219,7 +223,7 @@ def _setup(info, scenario_path, model, scheduler, n_requests, seed):
     from fluidnpu.sched import SchedulerError
     from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, prepare
     from fluidnpu.sim.network import NetworkError
-    from fluidnpu.sim.serving import ScenarioError, load_scenario
+    from fluidnpu.sim.serving import ScenarioError, load_scenario, scale_rates
     from fluidnpu.sim.workloads.errors import WorkloadError
     try:
         cfg = dataclasses.replace(HwConfig(**info["config"]), clock_mhz=float(info["sys_clk_mhz"]))
@@ -228,6 +232,8 @@ def _setup(info, scenario_path, model, scheduler, n_requests, seed):
         if names != [model]:
             raise click.BadParameter(f"{model}: the scenario {scenario_path or DEFAULT_SCENARIO} serves {names}; "
                                      f"give a scenario of {model!r} with --scenario", param_hint="--model")
+        if load != 1.0:
+            sc = scale_rates(sc, load)
         return prepare(sc, (scheduler, {}), cfg=cfg, requests=n_requests, seed=seed, mem=MemTiming(latency=20))
     except (ConfigError, ScenarioError, SchedulerError, NetworkError, WorkloadError) as e:
         raise click.UsageError(str(e)) from None

@@ -112,8 +112,11 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         except ValueError as e:
             raise ToolFailed(f"yosys: {e} (log: {gw / 'yosys.log'})", gw / "yosys.log") from None
 
+        # LiteX's options (device, package, speed, seed, --timing-allow-fail) and the flow's
+        # router2: router1 takes hours on the NPU (synth/targets.py)
         args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg", f"{BUILD_NAME}.config",
-                *tc.pnr_opts.split(), "--report", "report.json", "--log", "nextpnr.log", "--quiet"]
+                *tc.pnr_opts.split(), "--router", "router2", "--report", "report.json", "--log", "nextpnr.log",
+                "--quiet"]
         say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), seed {seed} -> {gw / 'nextpnr.log'}")
         stage_s["nextpnr"] = round(run_tool("nextpnr-ecp5", args, cwd=gw, log=gw / "nextpnr.log",
                                             outputs=[gw / "report.json", gw / f"{BUILD_NAME}.config"],
