@@ -153,6 +153,8 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
             info["files"].pop("bitstream")
         for name in _DROP:
             (gw / name).unlink(missing_ok=True)
+        ys = gw / f"{BUILD_NAME}.ys"            # name the published files, not the staging folder
+        ys.write_text(ys.read_text().replace(f"{gw}/", "").replace(f"{root}/", "../../"))
         (gw / f"{BUILD_NAME}.svf").unlink(missing_ok=True)
         info["elapsed_s"] = round(time.monotonic() - t0, 1)
         st.extra["timing_met"] = not failed
