@@ -11,7 +11,8 @@ The address map (byte addresses on the SoC bus, the ones UARTBone reaches):
 
 * ``NPU_CSR_BASE`` (0x30000000, 4 KiB): the NPU's CSR slave (docs/registers.md offsets);
 * ``MAIN_RAM_BASE`` (0x40000000): the SDRAM (32 MiB on the ULX3S's MT48LC16M16);
-  the NPU's memory master sees the SDRAM from ``MAIN_RAM_BASE + mem_offset``: NPU byte
+  the NPU's memory master (through a registered pipelined-to-classic adapter) sees the
+  SDRAM from ``MAIN_RAM_BASE + mem_offset``: NPU byte
   address ``a`` is SoC address ``MAIN_RAM_BASE + mem_offset + a``; an NPU access at or
   beyond the SDRAM's end is answered with ERR (``ERROR.BUS`` in the NPU's CSRs);
 * LiteX's own CSRs (the SDRAM controller's DFI injector, ``ctrl``) at 0x00000000; their
@@ -105,13 +106,21 @@ def make_soc(cfg, npu_v_path: str, *, board: str = "ulx3s-85f", sys_clk_mhz: flo
 def pipelined_to_classic():
     """The class ``PipelinedToClassic(adr_width, data_width, base_words, window_words)``: a
     Wishbone B4 pipelined master's signals (``adr dat_w dat_r sel cyc stb we ack err
-    stall``, word addresses) onto LiteX's classic :class:`wishbone.Interface` ``classic``
-    (docs/bus.md's two-gate adapter: ``stall = req & ~ack``, answers passed through, so
-    one access at a time, answered in the cycle it is taken), the address moved by
-    ``base_words``; a request at or beyond ``window_words`` is answered with ERR at once
-    and never reaches the bus."""
+    stall``, word addresses) onto LiteX's classic :class:`wishbone.Interface` ``classic``,
+    one access in flight, **registered both ways**: a request is taken into registers
+    (``stall`` is the "busy" register, never a function of the bus), the classic cycle
+    runs from them with the address moved by ``base_words``, and its answer (ACK or ERR
+    with the read data) reaches the master one cycle later from registers. A request at
+    or beyond ``window_words`` is answered with ERR in the next cycle and never reaches
+    the bus.
+
+    Why registered: docs/bus.md's two-gate adapter (``stall = req & ~ack``) closes a
+    combinational path from the NPU's request arbiter through the address adder, LiteX's
+    crossbar and the L2 cache's tag check back into the NPU's stall logic; on the ULX3S
+    that path (25 ns, 21 logic levels) held the SoC to 40 MHz. Registering costs two
+    cycles per access."""
     from litex.soc.interconnect import wishbone
-    from migen import Module, Signal
+    from migen import If, Module, Signal
 
     class PipelinedToClassic(Module):
         def __init__(self, adr_width: int, data_width: int, base_words: int, window_words: int):
@@ -119,16 +128,25 @@ def pipelined_to_classic():
             self.sel = Signal(data_width // 8)
             self.cyc, self.stb, self.we, self.ack, self.err, self.stall = (Signal() for _ in range(6))
             self.classic = m = wishbone.Interface(data_width=data_width, address_width=32, addressing="word")
-            req, inside = Signal(), Signal()
+            busy, ack_r, err_r = Signal(), Signal(), Signal()
+            r_adr, r_we, r_dat_w, r_sel = Signal(len(m.adr)), Signal(), Signal(data_width), Signal(data_width // 8)
+            r_dat_r = Signal(data_width)
+            take = Signal()
             self.comb += [
-                req.eq(self.cyc & self.stb),
-                inside.eq(self.adr < window_words),
-                m.adr.eq(base_words + self.adr), m.dat_w.eq(self.dat_w), m.sel.eq(self.sel), m.we.eq(self.we),
-                m.cyc.eq(req & inside), m.stb.eq(req & inside),
-                self.ack.eq(m.ack & inside),
-                self.err.eq((m.err & inside) | (req & ~inside)),
-                self.stall.eq(req & inside & ~m.ack & ~m.err),
-                self.dat_r.eq(m.dat_r),
+                take.eq(self.cyc & self.stb & ~busy),
+                self.stall.eq(busy), self.ack.eq(ack_r), self.err.eq(err_r), self.dat_r.eq(r_dat_r),
+                m.cyc.eq(busy), m.stb.eq(busy), m.adr.eq(r_adr), m.we.eq(r_we), m.dat_w.eq(r_dat_w),
+                m.sel.eq(r_sel),
+            ]
+            self.sync += [
+                ack_r.eq(0), err_r.eq(0),
+                If(busy & (m.ack | m.err),
+                   busy.eq(0), ack_r.eq(m.ack), err_r.eq(~m.ack), r_dat_r.eq(m.dat_r)),
+                If(take,
+                   If(self.adr < window_words,
+                      busy.eq(1), r_adr.eq(base_words + self.adr), r_we.eq(self.we), r_dat_w.eq(self.dat_w),
+                      r_sel.eq(self.sel),
+                   ).Else(err_r.eq(1))),
             ]
     return PipelinedToClassic
 

@@ -20,9 +20,10 @@ SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=
 
 
 def _adapter_run(requests, base=16, window=32):
-    """Issue pipelined requests ``(adr, we, data)`` one after the other (each held while
-    STALL); returns ``(answers, sram words, cycles stalled)`` where an answer is
-    ``("ack" | "err", read data)``."""
+    """A pipelined master issuing ``(adr, we, data)`` one at a time: held while STALL, taken
+    in the first cycle without STALL, then waiting for its answer. Returns ``(answers, sram
+    words, cycles stalled, cycles from take to answer)``; an answer is ``("ack" | "err",
+    read data)``."""
     from litex.soc.interconnect import wishbone
     from migen import Module
     from migen.sim import run_simulation
@@ -34,7 +35,7 @@ def _adapter_run(requests, base=16, window=32):
 
     dut = Dut()
     a = dut.a
-    answers, mem, stalls = [], [], [0]
+    answers, mem, stalls, waits = [], [], [0], []
 
     def bench():
         for adr, we, data in requests:
@@ -45,33 +46,80 @@ def _adapter_run(requests, base=16, window=32):
             yield a.dat_w.eq(data)
             yield a.sel.eq(0xF)
             yield
-            while True:
-                ack, err, stall = (yield a.ack), (yield a.err), (yield a.stall)
-                if ack or err:
-                    assert not stall
-                    answers.append(("ack" if ack else "err", (yield a.dat_r)))
-                    break
-                assert stall, "neither answered nor stalled: the request would be lost"
+            while (yield a.stall):
+                assert not (yield a.ack) and not (yield a.err)
                 stalls[0] += 1
                 yield
-            yield a.stb.eq(0)
+            yield a.stb.eq(0)                   # taken in this cycle
+            n = 0
+            while True:
+                yield
+                n += 1
+                if (yield a.ack) or (yield a.err):
+                    answers.append(("ack" if (yield a.ack) else "err", (yield a.dat_r)))
+                    break
+                assert n < 50, "no answer"
+            waits.append(n)
             yield a.cyc.eq(0)
-            yield
+        yield
         for i in range(64):
             mem.append((yield dut.sram.mem[i]))
 
     run_simulation(dut, bench())
-    return answers, mem, stalls[0]
+    return answers, mem, stalls[0], waits
 
 
 def test_adapter_moves_addresses_and_answers_outside_with_err():
     reqs = [(0, 1, 0x11111111), (5, 1, 0x55555555), (31, 1, 0x31313131), (32, 1, 0xDEAD), (5, 0, 0), (40, 0, 0)]
-    answers, mem, stalls = _adapter_run(reqs, base=16, window=32)
+    answers, mem, stalls, waits = _adapter_run(reqs, base=16, window=32)
     assert [k for k, _ in answers] == ["ack", "ack", "ack", "err", "ack", "err"]
     assert answers[4][1] == 0x55555555
     assert mem[16] == 0x11111111 and mem[21] == 0x55555555 and mem[47] == 0x31313131
     assert 0xDEAD not in mem                    # the access outside the window never reached the bus
-    assert stalls >= 4                          # the SRAM answers a cycle later: STALL held each request
+    # registered both ways: SRAM (answers a cycle after its request) + 2; ERR outside: next cycle
+    assert waits == [3, 3, 3, 1, 3, 1]
+
+
+def test_adapter_stalls_a_second_request_while_busy():
+    """A master that keeps STB up for its next request while the first is on the bus is
+    stalled until the first is answered (one access in flight)."""
+    from migen import Module
+    from migen.sim import run_simulation
+    from litex.soc.interconnect import wishbone
+
+    class Dut(Module):
+        def __init__(self):
+            self.submodules.a = pipelined_to_classic()(30, 32, 0, 64)
+            self.submodules.sram = wishbone.SRAM(4 * 64, bus=self.a.classic)
+
+    dut = Dut()
+    a = dut.a
+    seen = []
+
+    def bench():
+        yield a.cyc.eq(1)
+        yield a.stb.eq(1)
+        yield a.adr.eq(3)
+        yield a.we.eq(1)
+        yield a.dat_w.eq(0xABCD)
+        yield a.sel.eq(0xF)
+        yield
+        assert not (yield a.stall)               # the first is taken at once
+        yield a.adr.eq(4)                        # the next request follows immediately
+        yield a.dat_w.eq(0x1234)
+        for _ in range(8):
+            yield
+            seen.append(((yield a.stall), (yield a.ack)))
+        yield a.stb.eq(0)
+        yield a.cyc.eq(0)
+        for _ in range(6):
+            yield
+        seen.append(((yield dut.sram.mem[3]), (yield dut.sram.mem[4])))
+
+    run_simulation(dut, bench())
+    assert seen[0] == (1, 0)                     # busy with the first: the second is held
+    assert (0, 1) in seen[:4]                    # the first answered, the second taken
+    assert seen[-1] == (0xABCD, 0x1234)
 
 
 def test_soc_generates_with_the_npu_on_its_bus(tmp_path):
