@@ -157,3 +157,21 @@ def test_soc_generates_with_the_npu_on_its_bus(tmp_path):
 def test_soc_refuses_bad_options(kw, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         make_soc(SMALL, str(tmp_path / "x.v"), **kw)
+
+
+def test_build_interrupted_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C while a tool runs: the output folder is not created and no staging folder
+    is left (the build is staged and published at the end)."""
+    from fluidnpu.synth import board_build
+    monkeypatch.setattr(board_build, "find_tool", lambda key: [key])
+    monkeypatch.setattr(board_build, "tool_version", lambda key: "test")
+    ran = []
+
+    def interrupted(key, args, **kw):
+        ran.append(key)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(board_build, "run_tool", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        board_build.build_board(SMALL, tmp_path / "out")
+    assert ran == ["yosys"]
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
