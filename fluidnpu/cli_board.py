@@ -35,7 +35,7 @@ def _build_errors():
 @click.option("--board", "board_name", type=click.Choice(BOARD_NAMES), default="ulx3s-85f", show_default=True,
               help="The board (LiteX-Boards' platform, its SDRAM and CRG).")
 @config_options
-@click.option("--sys-clk-mhz", type=click.FloatRange(25, 100), default=50.0, show_default=True,
+@click.option("--sys-clk-mhz", type=click.FloatRange(25, 100), default=40.0, show_default=True,
               help="The SoC's clock (NPU, bus, SDRAM), MHz.")
 @click.option("--baud", type=click.IntRange(9600, 3_000_000), default=1_000_000, show_default=True,
               help="The UARTBone's rate, baud (board run uses the same).")

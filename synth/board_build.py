@@ -59,7 +59,7 @@ def _edit_script(ys: Path, npu_v: Path, npu_il: Path) -> None:
     ys.write_text(text.replace("synth_ecp5", f"hierarchy -top {BUILD_NAME}\nproc\n{KEEP_REPLICAS}\nsynth_ecp5", 1))
 
 
-def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 50.0,
+def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 40.0,
                 baud: int = 1_000_000, seed: int = 1, timeout: float | None = None,
                 progress: Callable[[str, str], None] | None = None) -> dict:
     """Build the SoC with the NPU of ``cfg`` into ``out_dir``; returns board.json's content.

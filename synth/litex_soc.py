@@ -81,7 +81,7 @@ def _npu_ports(cfg):
     return cfg.addr_width - log2(cfg.mem_bytes), 8 * cfg.mem_bytes
 
 
-def make_soc(cfg, npu_v_path: str, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 50.0,
+def make_soc(cfg, npu_v_path: str, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 40.0,
              baud: int = 1_000_000, mem_offset: int = 0):
     """The SoC (a LiteX ``SoCCore``) with the NPU's Verilog at ``npu_v_path`` as a source.
 
