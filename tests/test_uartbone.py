@@ -20,12 +20,15 @@ SRAM_BYTES = 4096
 
 
 class SimLink:
-    """pyserial's ``write``/``read`` on two byte queues the simulation serves."""
+    """pyserial's ``write``/``read`` on two byte queues the simulation serves. A read gives
+    up once the simulation has run ``idle_cycles`` cycles without sending a byte (the
+    bridge answers within tens of cycles), however slow the machine is."""
 
-    def __init__(self, timeout=5.0):
+    def __init__(self, idle_cycles=5000):
         self.rx: queue.Queue = queue.Queue()    # bytes from the bridge
         self.tx: queue.Queue = queue.Queue()    # bytes to the bridge
-        self.timeout = timeout
+        self.idle_cycles = idle_cycles
+        self.cycle = 0                          # advanced by the simulation
 
     def write(self, data: bytes) -> int:
         for b in data:
@@ -34,11 +37,14 @@ class SimLink:
 
     def read(self, n: int) -> bytes:
         out = b""
-        try:
-            while len(out) < n:
-                out += bytes([self.rx.get(timeout=self.timeout)])
-        except queue.Empty:
-            pass
+        start = self.cycle
+        while len(out) < n:
+            try:
+                out += bytes([self.rx.get(timeout=0.05)])
+                start = self.cycle
+            except queue.Empty:
+                if self.cycle - start > self.idle_cycles and self.tx.empty():
+                    break
         return out
 
     def reset_input_buffer(self):
@@ -86,6 +92,7 @@ def run_with_bridge(body, *, sram_init=None):
             yield sink.valid.eq(cur is not None)
             yield sink.data.eq(cur or 0)
             yield
+            link.cycle += 1
             if cur is not None and (yield sink.ready):
                 cur = None
             if (yield source.valid):
@@ -108,7 +115,7 @@ def test_words_round_trip_and_layout():
     data = [0x01020304, 0xA0B0C0D0, 0xDEADBEEF] + list(range(20))
 
     def body(link):
-        bone = UartBone("sim", link=link, max_words=7, timeout=5)
+        bone = UartBone("sim", link=link, max_words=7, timeout=0.1)
         bone.write_words(0x40, data)
         return bone.read_words(0x40, len(data)), bone.commands
 
@@ -125,7 +132,7 @@ def test_transport_csr_and_unaligned_memory():
     init = [0x11223344] * (SRAM_BYTES // 4)
 
     def body(link):
-        t = UartBoneTransport(UartBone("sim", link=link, max_words=16, timeout=5), csr_base=0x100,
+        t = UartBoneTransport(UartBone("sim", link=link, max_words=16, timeout=0.1), csr_base=0x100,
                               mem_base=0x800, mem_size=0x400, csr_size=0x100)
         t.write32(0x8, 0xCAFEF00D)
         r = t.read32(0x8)
