@@ -136,10 +136,14 @@ class NPUCore(wiring.Component):
         ]
         wiring.connect(m, drain.wr_req, flipped(self.mem.wr_req))
         # The drain's copies of ``stage.valid`` (``r_rdy = level != 0``): registers of the
-        # FIFO's next level being non-zero, from a mirror of its level.
+        # FIFO's next level being non-zero, from a mirror of its level. A push is
+        # ``pe.out_valid`` alone: the compute issue's credit (below) keeps the groups in
+        # flight within ``stage_entries``, so the FIFO is never full when one arrives, and
+        # the mirror need not read ``w_rdy`` (``w_en & w_rdy`` is the FIFO's write enable,
+        # a net to every LUT RAM of the FIFO: the 4 x 4's worst path with 8 entries).
         st_level = Signal(range(cfg.stage_entries + 1), name="st_level")
         st_next = Signal(range(cfg.stage_entries + 2), name="st_level_next")
-        m.d.comb += st_next.eq(st_level + (stage.w_en & stage.w_rdy) - (stage.r_en & stage.r_rdy))
+        m.d.comb += st_next.eq(st_level + pe.out_valid - (stage.r_en & stage.r_rdy))
         m.d.sync += st_level.eq(st_next)
         for i in range(Drain.entry_slices(cfg)):
             rep = Signal(name=f"st_valid_rep{i}")
