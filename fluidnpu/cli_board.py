@@ -261,19 +261,11 @@ def _progress(n):
 
 
 def _print_run(res, rec, model_rec):
-    from rich.console import Console
-    from rich.table import Table
+    from fluidnpu.cli_cosim import print_engines
     click.echo("", err=True)
-    t = Table(title=f"{res['model']} on {res['board']}: {res['scheduler']}, {res['requests']} requests, "
-                    f"seed {res['seed']}, SoC at {res['sys_clk_mhz']:g} MHz")
-    for col in ("engine", "served", "mean us", "p99 us", "SLO", "util", "batch", "preempt", "merge"):
-        t.add_column(col, justify="left" if col == "engine" else "right")
-    for name, r in (("board", rec), ("FBE mode", model_rec)):
-        s = r.result.summary()
-        t.add_row(name, f"{s['served']}", f"{s['mean_ms'] * 1e3:.2f}", f"{s['p99_ms'] * 1e3:.2f}",
-                  f"{s['slo_attainment']:.3f}", f"{s['utilisation']:.3f}", f"{s['mean_batch_size']:.2f}",
-                  str(s["preemptions"]), str(s["merges"]))
-    Console().print(t)
+    print_engines(f"{res['model']} on {res['board']}: {res['scheduler']}, {res['requests']} requests, "
+                  f"seed {res['seed']}, SoC at {res['sys_clk_mhz']:g} MHz",
+                  (("board", rec), ("FBE mode", model_rec)))
     s = res["summary"]
     click.echo("exits per head: " + "; ".join(f"{k} {v}" for k, v in s["exits_per_head"].items()))
     b = res["board_run"]
