@@ -261,7 +261,7 @@ def _progress(n):
 
 
 def _print_run(res, rec, model_rec):
-    from fluidnpu.cli_cosim import print_engines
+    from fluidnpu.cli_common import print_engines
     click.echo("", err=True)
     print_engines(f"{res['model']} on {res['board']}: {res['scheduler']}, {res['requests']} requests, "
                   f"seed {res['seed']}, SoC at {res['sys_clk_mhz']:g} MHz",

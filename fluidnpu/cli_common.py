@@ -18,7 +18,7 @@ from fluidnpu.hw.config import HwConfig, load_hw_config
 from fluidnpu.outputs import atomic_write  # the one atomic writer (docs/reliability.md), re-exported
 
 __all__ = ["config_options", "load_config", "atomic_write", "fail", "jsonable", "stderr_console", "null",
-           "EXTRAS", "MissingExtra", "need_extra"]
+           "EXTRAS", "MissingExtra", "need_extra", "print_engines"]
 
 
 def config_options(f):
@@ -99,3 +99,18 @@ def need_extra(extra: str, what: str) -> None:
     except ImportError:
         raise MissingExtra(f"{what} needs {adds}, not installed here: install fluidnpu[{extra}] "
                            f"(pip install 'fluidnpu[{extra}]')") from None
+
+
+def print_engines(title: str, engines) -> None:
+    """The serving metrics of each ``(name, record)`` engine as one table (cosim, board run)."""
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=title)
+    for col in ("engine", "served", "mean us", "p99 us", "SLO", "util", "batch", "preempt", "merge"):
+        t.add_column(col, justify="left" if col == "engine" else "right")
+    for name, rec in engines:
+        s = rec.result.summary()
+        t.add_row(name, f"{s['served']}", f"{s['mean_ms'] * 1e3:.2f}", f"{s['p99_ms'] * 1e3:.2f}",
+                  f"{s['slo_attainment']:.3f}", f"{s['utilisation']:.3f}", f"{s['mean_batch_size']:.2f}",
+                  str(s["preemptions"]), str(s["merges"]))
+    Console().print(t)

@@ -175,22 +175,8 @@ def cosim(scenario_path, scheduler, knob_items, sim, n_requests, seed, load, con
         sys.exit(1)
 
 
-def print_engines(title: str, engines) -> None:
-    """The serving metrics of each ``(name, record)`` engine as one table (cosim, board run)."""
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=title)
-    for col in ("engine", "served", "mean us", "p99 us", "SLO", "util", "batch", "preempt", "merge"):
-        t.add_column(col, justify="left" if col == "engine" else "right")
-    for name, rec in engines:
-        s = rec.result.summary()
-        t.add_row(name, f"{s['served']}", f"{s['mean_ms'] * 1e3:.2f}", f"{s['p99_ms'] * 1e3:.2f}",
-                  f"{s['slo_attainment']:.3f}", f"{s['utilisation']:.3f}", f"{s['mean_batch_size']:.2f}",
-                  str(s["preemptions"]), str(s["merges"]))
-    Console().print(t)
-
-
 def _print(out, rtl, model, tables, agr):
+    from fluidnpu.cli_common import print_engines
     print_engines(f"{out['scenario']}: {out['scheduler']}, {out['requests']} requests, seed {out['seed']}, "
                   f"RTL on {out['sim']}", (("RTL", rtl), ("FBE mode", model), ("tables", tables)))
     s = out["summary"]
