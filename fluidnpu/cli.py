@@ -236,8 +236,12 @@ def regmap(config_path, sets, top, fmt, out_path):
 @click.option("--pack-only", is_flag=True, help="Stop nextpnr after packing: resources and fit, no Fmax.")
 @click.option("--placer", type=click.Choice(["heap", "static"]), default="heap", show_default=True,
               help="nextpnr's placer; static spreads large, dense designs better (docs/synthesis.md).")
+@click.option("--floorplan", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
+              help="auto: each operand memory's block RAMs side by side in one row (ECP5); "
+                   "none: nextpnr places them.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, placer, as_json):
+def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, placer, floorplan,
+          as_json):
     """Synthesise the NPU (yosys, nextpnr): LUTs, FFs, DSPs, BRAMs, Fmax, fit."""
     from fluidnpu.synth import TARGETS, SynthError, synthesize
     from fluidnpu.synth.flow import parse_seeds
@@ -260,7 +264,8 @@ def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only,
             click.echo(f"[{stage}] {message}", err=True)
     try:
         r = synthesize(cfg, target, out_dir, seed=seed, seeds=seeds, jobs=jobs,
-                       pack_only=pack_only, progress=progress, placer=placer)
+                       pack_only=pack_only, progress=progress, placer=placer,
+                       floorplan=floorplan)
     except SynthError as e:
         fail(e)
     except ValueError as e:

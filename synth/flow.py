@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 
 from fluidnpu.hw.config import HwConfig
 
+from .floorplan import FLOORPLANS, apply_floorplan
 from .parse import overflowing, parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import SynthResult, resources_from
 from .targets import TARGETS, Target, get_target
@@ -66,7 +67,8 @@ check
 #: the synth/ modules that shape a result (the design's top, the flow, the targets, the
 #: parsing); the sweep runner, the tool lookup and the CLI do not, so editing them keeps
 #: the cache (tool versions are part of the key anyway)
-FLOW_MODULES = ("__init__.py", "flow.py", "parse.py", "result.py", "targets.py", "top.py")
+FLOW_MODULES = ("__init__.py", "floorplan.py", "flow.py", "parse.py", "result.py", "targets.py",
+                "top.py")
 
 
 def sources_hash() -> str:
@@ -169,7 +171,8 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                progress: Progress | None = None, use_cache: bool = True,
                bitstream: bool = True, pack_only: bool = False,
                ram_bytes: int = DEFAULT_RAM_BYTES,
-               timeout: float | None = None, placer: str = "heap") -> SynthResult:
+               timeout: float | None = None, placer: str = "heap",
+               floorplan: str = "auto") -> SynthResult:
     """Synthesise ``cfg`` for ``target`` and return its resources, Fmax and fit.
 
     * ``out_dir``: folder for the design, logs (``yosys.log``, ``nextpnr.log``),
@@ -192,6 +195,9 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     * ``placer``: nextpnr's placer, ``"heap"`` (its default, analytic) or ``"static"``
       (electrostatic; on large, dense designs it spreads cells better and routing
       converges where HeAP's placement leaves it congested, docs/synthesis.md).
+    * ``floorplan``: ``"auto"`` pins each operand memory's block RAMs side by side in one
+      row of an ECP5 (:mod:`fluidnpu.synth.floorplan`; what it did is in ``floorplan``
+      of the result), ``"none"`` leaves them to nextpnr.
 
     A design that nextpnr cannot place for lack of resources gives ``fits=False`` and
     a ``reason``; a missing tool raises :class:`~fluidnpu.synth.tools.ToolMissing`
@@ -216,6 +222,8 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                          "gives the same result; give one seed")
     if placer not in PLACERS:
         raise ValueError(f"placer = {placer!r}: must be one of {', '.join(PLACERS)}")
+    if floorplan not in FLOORPLANS:
+        raise ValueError(f"floorplan = {floorplan!r}: must be one of {', '.join(FLOORPLANS)}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs = {jobs!r}: must be a positive integer")
     seed = seeds[0]
@@ -229,7 +237,8 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                "bitstream": bool(bitstream) if tgt.is_board else None,
                "pack_only": bool(pack_only) if tgt.is_board else None,
                # (only then a key: cached results of HeAP runs keep their keys)
-               **({"placer": placer} if tgt.is_board and placer != "heap" else {})}
+               **({"placer": placer} if tgt.is_board and placer != "heap" else {}),
+               "floorplan": floorplan if tgt.family == "ecp5" and tgt.is_board else None}
     key = cache_key(cfg, target, versions, **options)
     cfile = cache_dir() / f"{key}.json"
     out = Path(out_dir) if out_dir is not None else _default_out_dir(target, key)
@@ -280,6 +289,10 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     except ValueError as e:
         raise ToolFailed(f"yosys: {e} (log: {ylog})", ylog) from None
     cells = stat["by_type"]
+    fplan = None
+    if floorplan == "auto" and tgt.is_board and tgt.family == "ecp5" and tgt.ebr_device:
+        fplan = apply_floorplan(out / "top.json", tgt.ebr_device)
+        say("floorplan", fplan.summary() if fplan else "no operand memories to pin")
 
     fits: bool | None = None
     reason = ""
@@ -310,7 +323,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
         timing_met=(fmax >= target_mhz) if (fmax is not None and target_mhz) else None,
         util=shares, available={k: v for k, v in available.items() if v},
         resources=util, cells=cells,
-        critical_path=crit, config=cfg.to_dict(), cfg_key=cfg.key(), tool_versions=versions,
+        critical_path=crit, floorplan=fplan.rows if fplan else None, config=cfg.to_dict(), cfg_key=cfg.key(), tool_versions=versions,
         seed=seed if tgt.is_board else None, seed_fmax=seed_fmax,
         routed=(fmax is not None) if (tgt.is_board and fits and not pack_only) else None,
         fmax_placed_mhz=round(placed, 2) if placed is not None else None,

@@ -28,6 +28,7 @@ class SynthResult:
     resources: dict = field(default_factory=dict)  #: nextpnr's table {bel: {used, available}}
     cells: dict = field(default_factory=dict)      #: yosys cell counts by type
     critical_path: dict | None = None              #: summary of nextpnr's critical path
+    floorplan: dict | None = None   #: ECP5: block-RAM row -> memories pinned there (synth.floorplan)
     config: dict = field(default_factory=dict)
     cfg_key: str = ""
     tool_versions: dict = field(default_factory=dict)

@@ -28,7 +28,7 @@ class SweepError(ValueError):
 AXES = ("model", "scenario", "scheduler", "mapping", "seed")
 _TOP = {"name", "base", "grid", "hw", "synth", "perf", "serve", "scenario", "plot", "seed", "description"}
 _SYNTH_KEYS = {"target", "pack_only", "seed", "seeds", "target_mhz", "timeout_s", "max_parallel",
-               "bitstream", "placer"}
+               "bitstream", "placer", "floorplan"}
 _PERF_KEYS = {"batches"}
 _SERVE_KEYS = {"b_max", "slo_reference"}
 _PLOT_KEYS = {"x", "y"}
@@ -279,6 +279,12 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
                 raise SweepError(f"{where}: synth.placer = {s['placer']!r}: must be one of "
                                  f"{', '.join(PLACERS)}")
             synth["placer"] = s["placer"]
+        if "floorplan" in s:    # (only then a key)
+            from .floorplan import FLOORPLANS
+            if s["floorplan"] not in FLOORPLANS:
+                raise SweepError(f"{where}: synth.floorplan = {s['floorplan']!r}: must be one of "
+                                 f"{', '.join(FLOORPLANS)}")
+            synth["floorplan"] = s["floorplan"]
         for k in ("target_mhz", "timeout_s"):
             if synth[k] is not None:
                 _pos_num(where, f"synth.{k}", synth[k])

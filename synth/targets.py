@@ -25,6 +25,7 @@ class Target:
     #: what a design may use, for shares when nextpnr gives no table (bel -> count)
     capacity: dict = field(default_factory=dict)
     synth_opts: str = ""                 #: extra options of yosys' synth_<family>
+    ebr_device: str | None = None        #: ECP5: key of the device's block-RAM sites (synth.floorplan)
     button: str = "button"
     leds: int = 8
 
@@ -62,7 +63,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            nextpnr="nextpnr-ecp5", nextpnr_args=("--85k", "--package", "CABGA381", "--speed", "6",
                                                   # router1 needs hours for the default core
                                                   "--router", "router2"),
-           pack="ecppack",
+           pack="ecppack", ebr_device="85k",
            capacity={"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156,
                      "DP16KD": 208}),
     Target("icebreaker", "ice40", "iCE40UP5K-SG48",

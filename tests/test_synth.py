@@ -61,13 +61,15 @@ def opt(flag):
 kind = "{name}"
 if kind == "yosys":
     shutil.copy(os.environ["FAKE_YOSYS_LOG"], opt("-l"))
-    Path("top.json").write_text("{{}}")
+    net = os.environ.get("FAKE_YOSYS_NETLIST")
+    Path("top.json").write_text(Path(net).read_text() if net else "{{}}")
     sys.exit(int(os.environ.get("FAKE_YOSYS_RC", "0")))
 if kind == "nextpnr":
     import json
     shutil.copy(os.environ["FAKE_NEXTPNR_LOG"], opt("--log"))
     with open(count.parent / "nextpnr.args", "a") as f:
         f.write(" ".join(args) + "\n")
+    shutil.copy(opt("--json"), count.parent / "nextpnr.in.json")
     seed = opt("--seed")
     if os.environ.get("FAKE_NEXTPNR_SLEEP"):       # a run that outlasts the timeout
         import time
@@ -284,6 +286,37 @@ def test_flow_board_with_fake_tools(fake_tools, tmp_path):
     assert fake_tools("nextpnr") == 2
     synthesize(SMALL, "ulx3s-85f", tmp_path / "d", use_cache=False)
     assert fake_tools("nextpnr") == 3
+
+
+def test_flow_floorplan_option(fake_tools, tmp_path, monkeypatch):
+    """The default pins the operand memories' blocks in the netlist nextpnr reads (and says
+    where in the result); ``none`` leaves the netlist as yosys wrote it; the option is part
+    of the cache key and a bad value is refused before any tool runs."""
+    cell = {"type": "DP16KD", "attributes": {}, "parameters": {}, "connections": {}}
+    cells = {f"harness.core.bufs.{w}mem{g}.bram{i}": dict(cell)
+             for w, n in (("x", 4), ("w", 1)) for g in range(2) for i in range(n)}
+    cells["harness.ram.0.0"] = dict(cell)
+    net = tmp_path / "netlist.json"
+    net.write_text(json.dumps({"modules": {"top": {"cells": cells}}}))
+    monkeypatch.setenv("FAKE_YOSYS_NETLIST", str(net))
+    seen = tmp_path / "counts" / "nextpnr.in.json"
+
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
+    got = json.loads(seen.read_text())["modules"]["top"]["cells"]
+    bels = {n: c["attributes"].get("BEL") for n, c in got.items()}
+    assert bels.pop("harness.ram.0.0") is None          # not an operand memory: nextpnr's
+    assert all(b and b.endswith(tuple(f"EBR{z}" for z in range(4))) for b in bels.values())
+    assert len(set(bels.values())) == len(bels) == 10
+    assert r.floorplan == {"Y46": ["w0", "x0", "x1", "w1"]}
+
+    r2 = synthesize(SMALL, "ulx3s-85f", tmp_path / "b", floorplan="none")
+    assert not r2.cached and r2.floorplan is None and fake_tools("nextpnr") == 2
+    got = json.loads(seen.read_text())["modules"]["top"]["cells"]
+    assert not any(c["attributes"] for c in got.values())
+    assert synthesize(SMALL, "ulx3s-85f", tmp_path / "c", floorplan="none").cached
+    with pytest.raises(ValueError, match="floorplan = 'rows'"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "d", floorplan="rows")
+    assert fake_tools("yosys") == 2
 
 
 def test_flow_placer_option(fake_tools, tmp_path):
