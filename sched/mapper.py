@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,8 @@ from fluidnpu.hw.interface import OUT_REQUANT
 from fluidnpu.hw.layout import compulsory_traffic
 from fluidnpu.hw.runner import MemTiming
 from fluidnpu.sim.cycle_model import layer_cycles
-from fluidnpu.sim.fbe_model import ENTRY_POST, ENTRY_PRE, EXIT_POST, exit_test_cycles
+from fluidnpu.sim.fbe_model import (ENTRY_POST, ENTRY_PRE, EXIT_POST, REQ_CYCLES, alloc_cycles, exit_leave_extra,
+                                    exit_test_cycles, merge_cycles)
 from fluidnpu.sim.latency import LatencyTable
 from fluidnpu.sim.traffic import tiled_traffic
 from fluidnpu.sim.workloads.model import EEModel, GemmLayer
@@ -215,6 +216,12 @@ class ModelPlan:
     b_max: int
     layers: list[list[LayerPlan]]     #: [b-1][layer]
     heads: list[list[list[LayerPlan]]]  #: [b-1][exit][head layer]
+    mem: MemTiming = field(default_factory=MemTiming)   #: the memory timing the plans were made for
+
+    def exit_leave_cycles(self) -> list[int]:
+        """Per head: the cycles each sample that leaves there adds to the head's exit test
+        (its result written), on top of :meth:`head_cycles`."""
+        return [exit_leave_extra(self.cfg, e.layers[-1].c, self.mem) for e in self.model.exits]
 
     def head_cycles(self, b: int, i: int) -> int:
         """Head ``i`` at batch ``b`` with its exit test (nobody leaving), FBE included."""
@@ -223,14 +230,20 @@ class ModelPlan:
     def exit_path_cycles(self, b: int) -> list[int]:
         """Cycles for a batch of ``b`` that all leave at exit i (heads on the way included)."""
         out = []
+        leave = self.exit_leave_cycles()
         for i in range(self.model.n_exits):
             last = self.model.exit_layer(i)
             cyc = sum(p.total_cycles for p in self.layers[b - 1][:last + 1])
             cyc += sum(self.head_cycles(b, j) for j in range(min(i + 1, len(self.model.exits))))
+            if i < len(self.model.exits):
+                cyc += b * leave[i]
             out.append(cyc)
         return out
 
     def latency_table(self) -> LatencyTable:
+        """The serving simulator's table: every (batch, op), the cycles a leaving sample adds
+        at each head, and the FBE's own cost of a preemption (REQ, ALLOC of one sample) and
+        of a merge (MERGE of one sample) from :mod:`fluidnpu.sim.fbe_model`."""
         lc = np.zeros((self.b_max + 1, len(self.model.layers)), dtype=np.int64)
         hc = np.zeros((self.b_max + 1, len(self.model.exits)), dtype=np.int64)
         for b in range(1, self.b_max + 1):
@@ -238,6 +251,8 @@ class ModelPlan:
             hc[b] = [self.head_cycles(b, i) for i in range(len(self.model.exits))]
         return LatencyTable.for_model(self.model, hardware=self.hardware, clock_mhz=self.cfg.clock_mhz,
                                       layer_cycles=lc, head_cycles=hc, peak_macs_per_cycle=self.cfg.lanes,
+                                      exit_leave_cycles=tuple(self.exit_leave_cycles()),
+                                      preempt_cycles=REQ_CYCLES + alloc_cycles(1), merge_cycles=merge_cycles(1),
                                       source=f"cycle model, mapper ({self.hardware}), {self.cfg.key()}")
 
     def table_rows(self):
@@ -300,7 +315,7 @@ def map_model(cfg: HwConfig, model: EEModel, hardware: str = "fluid", *, b_max: 
                           exit_classes=L.c if j == len(e.layers) - 1 else 0)
                for j, L in enumerate(e.layers)] for e in model.exits]
              for b in bs]
-    return ModelPlan(cfg=cfg, model=model, hardware=hardware, b_max=b_max, layers=layers, heads=heads)
+    return ModelPlan(cfg=cfg, model=model, hardware=hardware, b_max=b_max, layers=layers, heads=heads, mem=mem)
 
 
 def ablation(cfg: HwConfig, model: EEModel, batches, *, mem: MemTiming = MemTiming()) -> dict:

@@ -47,6 +47,11 @@ class LatencyTable:
     ``layer_cycles[b, l]`` and ``head_cycles[b, h]`` for ``b = 1 .. b_max`` (row 0 is
     unused and kept at zero). ``head_after[h]`` is the backbone layer after which head
     ``h`` runs (as in :class:`~fluidnpu.sim.workloads.model.EEModel`).
+
+    A head's cycles are for a batch that all stays (its exit test reads every sample's
+    logits); ``exit_leave_cycles[h]`` is what each sample that *leaves* there adds (the
+    FBE's exit unit writes its result: ``sim.fbe_model.exit_leave_extra``). The final
+    layer's cycles already count every sample leaving.
     """
     model: str
     hardware: str
@@ -59,6 +64,7 @@ class LatencyTable:
     peak_macs_per_cycle: int | None = None   #: for MAC utilisation; None if unknown
     source: str = ""                 #: where the numbers come from
     meta: dict = field(default_factory=dict)
+    exit_leave_cycles: tuple[int, ...] = ()  #: per head: extra cycles per sample leaving there (() = none)
 
     def __post_init__(self):
         def bad(name, value, rule):
@@ -99,6 +105,17 @@ class LatencyTable:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 bad(name, v, "must be a non-negative integer")
+        el = self.exit_leave_cycles
+        try:
+            el = tuple(el) if len(el) else (0,) * hc.shape[1]
+        except TypeError:
+            bad("exit_leave_cycles", el, f"must list one whole number of cycles per head ({hc.shape[1]})")
+        if len(el) != hc.shape[1]:
+            bad("exit_leave_cycles", el, f"must list one whole number of cycles per head ({hc.shape[1]})")
+        for i, v in enumerate(el):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                bad(f"exit_leave_cycles[{i}]", v, "must be a non-negative integer")
+        object.__setattr__(self, "exit_leave_cycles", tuple(int(v) for v in el))
         p = self.peak_macs_per_cycle
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1):
             bad("peak_macs_per_cycle", p, "must be a positive integer or None")
@@ -113,9 +130,9 @@ class LatencyTable:
         if not isinstance(other, LatencyTable):
             return NotImplemented
         return (self.model, self.hardware, self.clock_mhz, self.head_after, self.preempt_cycles,
-                self.merge_cycles, self.peak_macs_per_cycle) == \
+                self.merge_cycles, self.peak_macs_per_cycle, self.exit_leave_cycles) == \
                (other.model, other.hardware, other.clock_mhz, other.head_after, other.preempt_cycles,
-                other.merge_cycles, other.peak_macs_per_cycle) and \
+                other.merge_cycles, other.peak_macs_per_cycle, other.exit_leave_cycles) and \
             np.array_equal(self.layer_cycles, other.layer_cycles) and \
             np.array_equal(self.head_cycles, other.head_cycles)
 
@@ -152,7 +169,8 @@ class LatencyTable:
         """Isolated batch-1 cycles for a sample leaving at exit ``exit_index``.
 
         ``None`` (or ``n_heads``) means the full network: every backbone layer and every
-        head on the way (a sample runs each head it passes). This is the SLO base.
+        head on the way (a sample runs each head it passes). This is the SLO base. An
+        early exit adds that head's ``exit_leave_cycles``.
         """
         nh = self.n_heads
         i = nh if exit_index is None else exit_index
@@ -160,7 +178,8 @@ class LatencyTable:
             raise LatencyTableError(f"latency table {self.model!r}: exit_index = {exit_index!r}: "
                                     f"must be from 0 to {nh} (or None for the full network)")
         last = self.head_after[i] if i < nh else self.n_layers - 1
-        return int(self.layer_cycles[1, :last + 1].sum() + self.head_cycles[1, :min(i + 1, nh)].sum())
+        leave = self.exit_leave_cycles[i] if i < nh else 0
+        return int(self.layer_cycles[1, :last + 1].sum() + self.head_cycles[1, :min(i + 1, nh)].sum()) + leave
 
     def batch1_latency_s(self, exit_index: int | None = None) -> float:
         return self.seconds(self.batch1_latency_cycles(exit_index))
@@ -173,7 +192,7 @@ class LatencyTable:
                 "layer_cycles": self.layer_cycles[1:].tolist(), "head_cycles": self.head_cycles[1:].tolist(),
                 "preempt_cycles": int(self.preempt_cycles), "merge_cycles": int(self.merge_cycles),
                 "peak_macs_per_cycle": None if self.peak_macs_per_cycle is None else int(self.peak_macs_per_cycle),
-                "source": self.source, "meta": self.meta}
+                "exit_leave_cycles": list(self.exit_leave_cycles), "source": self.source, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "latency table") -> "LatencyTable":
@@ -201,7 +220,7 @@ class LatencyTable:
                        head_cycles=hc_a, head_after=tuple(d["head_after"]),
                        preempt_cycles=d.get("preempt_cycles", 0), merge_cycles=d.get("merge_cycles", 0),
                        peak_macs_per_cycle=d.get("peak_macs_per_cycle"), source=d.get("source", ""),
-                       meta=d.get("meta") or {})
+                       meta=d.get("meta") or {}, exit_leave_cycles=d.get("exit_leave_cycles") or ())
         except LatencyTableError as e:
             raise LatencyTableError(f"{where}: {e}") from None
 

@@ -282,9 +282,9 @@ TABLES_SCHEDULERS = [("fluid", {}), ("lazy", {}), ("fcfs", {}), ("clipper", {}),
 def test_tables_model_error_is_bounded():
     """The bound docs/cosim.md gives for the default serving simulator (mapper tables)
     against the FBE mode (equal to the RTL, tests above): on the default scenario, 200
-    requests, seeds 1-3, loads 0.5/1.0/1.5, five schedulers, it is optimistic in mean
-    latency by at most 20 %, within 20 % in p99 on all runs but one, and overstates SLO
-    attainment by at most 0.15. A bias pushed into the tables (+30 % per layer) breaks it."""
+    requests, seeds 1-3, loads 0.5/1.0/1.5, five schedulers, mean latency within 10 %,
+    p99 within 20 % on every run, SLO attainment within 0.05. Tables 30 % slower per layer,
+    or without the cycles of the samples that leave at a head, break it (next test)."""
     from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, metric_errors, run_tables
     from fluidnpu.sim.serving import load_scenario, scale_rates
     base = load_scenario(DEFAULT_SCENARIO)
@@ -299,24 +299,27 @@ def test_tables_model_error_is_bounded():
                     worst[key] = [min(lo, e[key]), max(hi, e[key])]
                 if not -0.20 <= e["p99_ms"] <= 0.20:
                     p99_outside.append((k, seed, sched[0], e["p99_ms"]))
-    assert -0.20 <= worst["mean_ms"][0] and worst["mean_ms"][1] <= 0.0, worst
-    # p99 of 190 requests rests on the two slowest. Measured 3 Dec 2026 (stage_entries = 8): 44 of
-    # the 45 runs within 16.4 % low to 11.7 % high; one, fluid at load 1.5 seed 2, 53 % low (the
-    # FBE mode has three requests of 298-348 us, the tables one of 268 us: another decision path in
-    # overload; with the 2-deep stage FIFO that run was 8.7 % low and every run within 16.1 %)
-    assert -0.55 <= worst["p99_ms"][0] and worst["p99_ms"][1] <= 0.20, worst
-    assert len(p99_outside) <= 1, p99_outside
-    assert -0.01 <= worst["slo_attainment"][0] and worst["slo_attainment"][1] <= 0.15, worst
-    assert worst["mean_ms"][0] < -0.05                 # the bound is not vacuous: the models differ
+    # Measured 3 Dec 2026 (stage_entries = 8, tables with each head's leave cycles and the FBE's
+    # preempt/merge cycles): mean -3.5 % to +8.6 %, p99 -5.7 % to +6.5 %, SLO -0.005 to +0.021.
+    # Before, the tables charged no result write for the 94 % of samples that leave at head 0
+    # (31 cycles each): mean -15.6 % to -1.1 %, SLO up to +0.147, and p99 -53 % in fluid at load
+    # 1.5 seed 2 (the FBE mode starves three final-exit requests behind catch-ups, 298-348 us, the
+    # tables one). That run's p99 rests on such starvation chains: moving each arrival by up to
+    # +-20 cycles, the tables still miss it by -49 % on 2 of 4 traces (docs/cosim.md).
+    assert -0.10 <= worst["mean_ms"][0] and worst["mean_ms"][1] <= 0.10, worst
+    assert not p99_outside, p99_outside
+    assert -0.05 <= worst["slo_attainment"][0] and worst["slo_attainment"][1] <= 0.05, worst
+    assert max(-worst["mean_ms"][0], worst["mean_ms"][1]) > 0.02   # not vacuous: the two models differ
 
 
 
 def test_tables_bound_has_teeth(monkeypatch):
-    """Tables 30 % slower per layer than the mapper's break the bound above."""
+    """Tables 30 % slower per layer than the mapper's break the bound above, and so do
+    tables that charge nothing for a sample leaving at a head (the cause of the old -53 %)."""
     from dataclasses import replace as dc_replace
 
-    from fluidnpu.sim.cosim.run import metric_errors, run_tables
-    from fluidnpu.sim.serving import tables
+    from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, metric_errors, run_tables
+    from fluidnpu.sim.serving import load_scenario, scale_rates, tables
     real = tables.mapper_table
 
     def slower(*a, **kw):
@@ -325,7 +328,14 @@ def test_tables_bound_has_teeth(monkeypatch):
                           head_cycles=np.ceil(t.head_cycles * 1.3).astype(t.head_cycles.dtype))
     monkeypatch.setattr(tables, "mapper_table", slower)
     s = prepare(None, ("fluid", {}), requests=200, seed=1)
-    assert metric_errors(run_model(s), run_tables(s, "fluid"))["mean_ms"] > 0.0
+    assert metric_errors(run_model(s), run_tables(s, "fluid"))["mean_ms"] > 0.10
+    # measured: -15.6 % without the leave cycles, +0.9 % with them (clipper, load 1.5, seed 2)
+    s = prepare(scale_rates(load_scenario(DEFAULT_SCENARIO), 1.5), ("clipper", {}), requests=200, seed=2)
+    m = run_model(s)
+    monkeypatch.setattr(tables, "mapper_table", real)
+    assert abs(metric_errors(m, run_tables(s, "fluid"))["mean_ms"]) <= 0.10
+    monkeypatch.setattr(tables, "mapper_table", lambda *a, **kw: dc_replace(real(*a, **kw), exit_leave_cycles=()))
+    assert metric_errors(m, run_tables(s, "fluid"))["mean_ms"] < -0.10
 
 
 def test_cosim_scenario_with_a_model_file(tmp_path):

@@ -32,6 +32,11 @@ def test_batch1_latency_hand_computed():
     assert t.seconds(4) == pytest.approx(2e-6)
     with pytest.raises(LatencyTableError, match="exit_index = 3"):
         t.batch1_latency_cycles(3)
+    # a sample leaving at a head pays that head's leave cycles; the full network has none
+    u = table(exit_leave_cycles=(7, 9))
+    assert u.exit_leave_cycles == (7, 9) and t.exit_leave_cycles == (0, 0)
+    assert u.batch1_latency_cycles(0) == 10 + 3 + 7 and u.batch1_latency_cycles(1) == 68 + 9
+    assert u.batch1_latency_cycles() == 108
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -44,6 +49,9 @@ def test_batch1_latency_hand_computed():
     (dict(layer_cycles=np.array([1.5, 2.0])), "2-D"),
     (dict(preempt_cycles=-1), "preempt_cycles = -1"),
     (dict(peak_macs_per_cycle=0), "peak_macs_per_cycle = 0"),
+    (dict(exit_leave_cycles=(3,)), r"exit_leave_cycles = \(3,\): must list one whole number of cycles per head \(2\)"),
+    (dict(exit_leave_cycles=(3, -1)), r"exit_leave_cycles\[1\] = -1"),
+    (dict(exit_leave_cycles=5), "exit_leave_cycles = 5"),
 ])
 def test_validation_errors(kw, match):
     with pytest.raises(LatencyTableError, match=match):
@@ -59,12 +67,17 @@ def test_row_zero_ignored_and_read_only():
 
 
 def test_json_round_trip(tmp_path):
-    t = table(preempt_cycles=7, merge_cycles=3, peak_macs_per_cycle=64, source="unit test")
+    t = table(preempt_cycles=7, merge_cycles=3, peak_macs_per_cycle=64, source="unit test",
+              exit_leave_cycles=(4, 5))
     p = tmp_path / "t.json"
     t.save(p)
     u = LatencyTable.load(p)
-    assert u == t and u.source == "unit test" and u.preempt_cycles == 7
-    assert u != table()
+    assert u == t and u.source == "unit test" and u.preempt_cycles == 7 and u.exit_leave_cycles == (4, 5)
+    assert u != table() and t != table(preempt_cycles=7, merge_cycles=3, peak_macs_per_cycle=64)
+    d = json.loads(p.read_text())
+    del d["exit_leave_cycles"]                  # files written before the field: no leave cycles
+    p.write_text(json.dumps(d))
+    assert LatencyTable.load(p).exit_leave_cycles == (0, 0)
     d = json.loads(p.read_text())
     d["format"] = "other"
     p.write_text(json.dumps(d))

@@ -25,7 +25,8 @@ def cases(draw):
     lc = rng.integers(1, 50, size=(b_max + 1, n_layers)).cumsum(0)      # non-decreasing in b
     hc = rng.integers(1, 10, size=(b_max + 1, len(heads))).cumsum(0)
     tab = LatencyTable.for_model(model, "rbatch", 1.0, lc, hc, preempt_cycles=int(rng.integers(0, 5)),
-                                 merge_cycles=int(rng.integers(0, 5)))
+                                 merge_cycles=int(rng.integers(0, 5)),
+                                 exit_leave_cycles=tuple(rng.integers(0, 5, size=len(heads)).tolist()))
     gaps = draw(st.lists(st.sampled_from([0.0, 0.0, 1e-6, 5e-6, 2e-5, 5e-5, 1e-4]), min_size=1, max_size=80))
     times = tuple(np.cumsum(gaps).tolist())
     slo = draw(st.sampled_from([0.01, 0.05, 1.0]))

@@ -128,6 +128,23 @@ def test_exits_leave_at_their_head_and_batch_shrinks():
     assert sizes == [8, 8 - k]
 
 
+def test_samples_leaving_at_a_head_cost_their_exit_leave_cycles():
+    """Each sample that leaves at a head adds the table's ``exit_leave_cycles`` (its result
+    written by the exit unit): the k leavers finish k x 7 us after the head, and the rest
+    of the batch starts its next op that much later. Nothing else changes."""
+    m = mk_model(n_layers=3, heads=(0,), probs=(0.5, 0.5))
+    sc = Scenario((Device("d", m, TraceReplay(times=(0.0,) * 8), slo_ms=10.0),), duration_s=1.0)
+    base = run(sc, ("dynamic", {"max_batch": 8, "max_delay_ms": 0}), mk_table(m), seed=1, check=True)
+    res = run(sc, ("dynamic", {"max_batch": 8, "max_delay_ms": 0}), mk_table(m, exit_leave_cycles=(7,)), seed=1,
+              check=True)
+    k = int((res.exit == 0).sum())
+    assert 0 < k < 8 and np.array_equal(res.exit, base.exit)
+    assert res.finish == pytest.approx(base.finish + 7 * k * 1e-6)
+    assert res.busy_s == pytest.approx(base.busy_s + 7 * k * 1e-6)
+    assert [s for *_, s, _ in res.op_log] == [s for *_, s, _ in base.op_log]
+    assert mk_table(m, exit_leave_cycles=(7,)).batch1_latency_cycles(0) == mk_table(m).batch1_latency_cycles(0) + 7
+
+
 class Scripted(Scheduler):
     """Start 2 requests; when the third arrives, preempt for catch-up at the current boundary."""
     name = "scripted"
@@ -258,7 +275,8 @@ def test_work_conserving_shortcuts_change_nothing(sched):
     a scheduler without the promise is asked every time (and, here, answers the same)."""
     from fluidnpu.sched import make
     m, m2 = mk_model(), mk_model(n_layers=3, heads=(0,), probs=(0.5, 0.5), name="n")
-    tabs = [mk_table(m, preempt_cycles=5, merge_cycles=3), mk_table(m2, base=40, preempt_cycles=5)]
+    tabs = [mk_table(m, preempt_cycles=5, merge_cycles=3, exit_leave_cycles=(4, 9)),
+            mk_table(m2, base=40, preempt_cycles=5, exit_leave_cycles=(6,))]
     sc = Scenario(devices=(Device("a", m, Poisson(400.0), slo_mult=3), Device("b", m2, Poisson(900.0), slo_mult=4),
                            Device("c", m, MMPP2((100.0, 2500.0), (0.05, 0.02)), slo_mult=5)),
                   duration_s=2.0, warmup_s=0.2)

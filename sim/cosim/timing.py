@@ -113,6 +113,11 @@ class FbeTiming:
             out += self.entry_cycles(i, b, b if final else 0)
         return out
 
+    def _head_exit_entries(self) -> list[int]:
+        """Per head (exit id order), the entry whose exit test it is."""
+        at = {x: i for i, x in enumerate(self.exit_id) if x is not None}
+        return [at[h] for h in range(len(self.prog.model.exits))]
+
     def latency_table(self) -> LatencyTable:
         """The serving simulator's table for this program (what the schedulers predict with)."""
         model = self.prog.model
@@ -125,6 +130,8 @@ class FbeTiming:
                 (lc if kind == "layer" else hc)[b, j] = self.op_cycles(op, b)
         return LatencyTable.for_model(model, hardware="fbe", clock_mhz=self.cfg.clock_mhz, layer_cycles=lc,
                                       head_cycles=hc, peak_macs_per_cycle=self.cfg.lanes,
+                                      exit_leave_cycles=tuple(self.exit_leave[i] - self.exit_stay[i]
+                                                              for i in self._head_exit_entries()),
                                       preempt_cycles=self.start_bound(0, 1) - 1, merge_cycles=merge_cycles(1) + 1,
                                       source=f"FBE step-mode timing (sim.cosim.timing), {self.cfg.key()}, "
                                              f"memory latency {self.mem.latency}")

@@ -33,6 +33,9 @@ class ModelPlan:
     * ``op_exit[i]``: exit index taken after op ``i`` (heads, and the final layer =
       ``n_heads``), else -1. ``alive[i]``: probability that a sample reaches op ``i``;
       ``exit_at[i]``: probability that it leaves right after op ``i``.
+    * ``leave_s[h]``: seconds each sample leaving at exit ``h`` adds after the op (the
+      table's ``exit_leave_cycles``; 0 for the final exit, whose cycles count everyone
+      leaving).
     * ``b_max``, ``preempt_s``, ``merge_s``, ``iso_s`` (batch-1 full-network latency
       on this table), ``slo_base_s`` (the SLO base from the reference table).
     """
@@ -82,6 +85,7 @@ class ModelPlan:
         self.alive = np.clip(1.0 - np.concatenate(([0.0], np.cumsum(exit_at))), 0.0, 1.0)
         self.alive[-1] = 0.0
         self.exit_op = [i for i in range(n) if op_exit[i] >= 0]   # op index of exit h
+        self.leave_s = [c / (table.clock_mhz * 1e6) for c in table.exit_leave_cycles] + [0.0]
         self.preempt_s = table.preempt_cycles / (table.clock_mhz * 1e6)
         self.merge_s = table.merge_cycles / (table.clock_mhz * 1e6)
         self.iso_s = table.batch1_latency_s()

@@ -188,8 +188,10 @@ class Simulator:
             return None
         n_ex = max(p.n_exits for p in self.plans)
         segs, ops, macs = [], np.zeros((len(self.plans), n_ex), np.int64), np.zeros((len(self.plans), n_ex), np.int64)
+        leave = np.zeros((len(self.plans), n_ex))
         for m, pl in enumerate(self.plans):
             c = pl.cum[1]
+            leave[m, :pl.n_exits] = pl.leave_s
             for h in range(pl.n_exits):
                 p, k = 0, 0
                 while True:
@@ -208,6 +210,7 @@ class Simulator:
         fin = arr.copy()
         for d in segs:
             fin = fin + d[mi, ei]
+        fin = fin + leave[mi, ei]                             # as the loop adds it: after the exit op
         nxt = np.append(arr[1:], INF)
         lone = (arr >= self.warmup_t) & (fin + (1e-9 + 4e-15 * np.abs(fin)) < nxt)
         busy = np.concatenate(([0.0], np.cumsum(np.where(lone, fin - arr, 0.0))))
@@ -358,6 +361,15 @@ class Simulator:
             if h >= 0:
                 g = run._groups[h]
                 if g:
+                    lv = pl.leave_s[h]
+                    if lv:                                    # the leaving samples' results are written
+                        t1 = t + len(g) * lv
+                        bt += t1 - t
+                        if t >= tw:
+                            bw += t1 - t
+                        elif t1 > tw:
+                            bw += t1 - tw
+                        t = t1
                     for r in g:
                         if check and (drawn[r] != h or fin[r] == fin[r]):
                             raise SimulationError(f"invariant: request {r} (drawn exit {drawn[r]}) "
