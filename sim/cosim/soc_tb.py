@@ -27,7 +27,6 @@ from cocotb.clock import Clock
 from cocotb.task import bridge, resume
 from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
-from cocotbext.uart import UartSink, UartSource
 
 from fluidnpu.board.driver import load_regs
 from fluidnpu.board.serve import run_on_transport
@@ -120,6 +119,7 @@ class SimSerial:
     passed without all of them (then returns what came, as pyserial does)."""
 
     def __init__(self, dut, baud: int, clk_ns: float, timeout_bytes: int = 64):
+        from cocotbext.uart import UartSink, UartSource     # the board extra's; the stream link needs none
         self.src = UartSource(dut.serial_rx, baud=baud, bits=8, stop_bits=1)
         self.sink = UartSink(dut.serial_tx, baud=baud, bits=8, stop_bits=1)
         for model in (self.src, self.sink):
