@@ -316,7 +316,7 @@ def _print_run(res, rec, model_rec):
                f"{b['wall_s']:.1f} s; {b['samples_checked']} results bit-exact with the numpy reference")
     a = res["agreement_detail"]
     click.echo(f"completion cycles equal to the FBE mode's on {a['requests'] - a['mismatches']} of {a['requests']} "
-               f"requests (max difference {a['max_abs_diff_cycles']} cycles: the host decides over the UART, "
-               f"docs/board.md)")
+               f"requests (max difference {a['max_abs_diff_cycles']} cycles: the host decides through the bridge and "
+               f"the SoC's SDRAM path is not the cycle model's memory; docs/board.md)")
     for f in res.get("files", []):
         click.echo(f"wrote {f}")
