@@ -12,9 +12,9 @@ them into the cycle model's :class:`~fluidnpu.hw.runner.MemTiming`;
 * ``ulx3s-sdram``: the ULX3S SoC's path to its SDRAM (synth/litex_soc.py: the registered
   pipelined-to-classic adapter, LiteX's 8 KiB L2 cache, LiteDRAM's controller and the
   board's MT48LC16M16), one 32-bit access at a time, measured in migen's simulator with
-  LiteDRAM's PHY model. The cycle model's read latency and request interval are the
-  sequential figures rounded up: reads every 8 cycles with 8 cycles of latency, writes
-  every 8 cycles. What it leaves out (so it is a lower bound on the board's cycles):
+  LiteDRAM's PHY model at the SoC's 40 MHz. The cycle model's read latency and request
+  interval are the sequential figures rounded up: reads every 8 cycles with 8 cycles of
+  latency, writes every 8 cycles. What it leaves out (so it is a lower bound on the board's cycles):
   the SoC's one master serialises reads and writes, the cycle model overlaps them;
   random reads (25 cycles, a cache line's refill) are slower than sequential ones.
 """
@@ -42,10 +42,11 @@ class MemoryPreset:
 
 
 def _sdram_preset() -> MemoryPreset:
-    # benchmarks/bench_board_sdram.py, 2026-12-03 (commit 9f93754): cycles per 32-bit access,
-    # one access in flight, 64 accesses per pattern, SoC clock 50 MHz
-    measured = {"read_sequential": 7.72, "write_sequential": 7.52, "read_random": 25.12, "clock_mhz": 50.0,
-                "accesses_per_pattern": 64, "date": "2026-12-03", "commit": "9f93754",
+    # benchmarks/bench_board_sdram.py --words 64 --sys-clk-mhz 40, 2026-12-03 (commit fa9dceb):
+    # cycles per 32-bit access, one access in flight, 64 accesses per pattern, at the board
+    # build's default SoC clock (at 50 MHz, commit 9f93754: 7.72, 7.52, 25.12)
+    measured = {"read_sequential": 7.62, "write_sequential": 7.64, "read_random": 25.23, "clock_mhz": 40.0,
+                "accesses_per_pattern": 64, "date": "2026-12-03", "commit": "fa9dceb",
                 "source": "benchmarks/bench_board_sdram.py"}
     timing = MemTiming(latency=math.ceil(measured["read_sequential"]),
                        interval=math.ceil(max(measured["read_sequential"], measured["write_sequential"])))
