@@ -146,7 +146,7 @@ class SimSerial:
                 have, idle_since = self.sink.count(), get_sim_time("ns")
             elif self.src.empty() and get_sim_time("ns") - idle_since > self.timeout_ns:
                 break
-        return self.sink.read_nowait(n)
+        return self.sink.read_nowait(min(n, self.sink.count()))
 
     def write(self, data) -> int:
         data = bytes(data)
@@ -178,6 +178,8 @@ async def serve(dut):
     clk_ns = 1e3 / info["sys_clk_mhz"]
     Clock(dut.sys_clk, clk_ns, unit="ns").start(start_high=False)
     dut.sim_trace.value = 0
+    if link_kind == "uart":
+        dut.serial_rx.value = 1          # the line idles high from the start, as on the board
     dut.sys_rst.value = 1
     await ClockCycles(dut.sys_clk, 8)
     dut.sys_rst.value = 0
