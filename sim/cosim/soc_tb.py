@@ -56,7 +56,6 @@ class StreamSerial:
         self._read = resume(self._aread)
         self.sleep = resume(_asleep)
         self.bytes_out = self.bytes_in = self.writes = 0
-        self.log = logging.getLogger("cocotb.soc_tb.link")
 
     async def _awrite(self, data: bytes) -> None:
         await self.edge
@@ -131,7 +130,6 @@ class SimSerial:
         self._read = resume(self._aread)
         self.sleep = resume(_asleep)
         self.bytes_out = self.bytes_in = self.writes = 0
-        self.log = logging.getLogger("cocotb.soc_tb.link")
 
     async def _awrite(self, data: bytes) -> None:
         await self.src.write(data)
@@ -153,9 +151,6 @@ class SimSerial:
         self._write(data)
         self.bytes_out += len(data)
         self.writes += 1
-        if self.writes % 500 == 0:
-            self.log.info("%d commands, %d bytes out, %d in, cycle %d", self.writes, self.bytes_out, self.bytes_in,
-                          self.cycle())
         return len(data)
 
     def read(self, n: int) -> bytes:
