@@ -27,7 +27,7 @@ from dataclasses import dataclass
 __all__ = ["BoardExtraMissing", "require_litex", "BoardSpec", "BOARDS", "NPU_CSR_BASE", "NPU_CSR_SIZE",
            "MAIN_RAM_BASE", "SIM_TOP", "SIM_LINKS", "sim_baud_max", "SYS_CLK_RANGE_MHZ", "BAUD_RANGE", "make_soc", "pipelined_to_classic", "npu_verilog", "sdram_init_sequence"]
 
-#: the simulated SoC's top module (``make_soc(..., sim=True)``)
+#: the simulated SoC's top module (``make_soc(..., sim="stream" | "uart")``)
 SIM_TOP = "fluidnpu_soc_sim"
 #: the simulated SoC's host links (``make_soc(..., sim=...)``)
 SIM_LINKS = ("uart", "stream")
