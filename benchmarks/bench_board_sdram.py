@@ -9,7 +9,9 @@ reads, then sequential writes, then reads at random addresses; it prints cycles 
 
     .venv/bin/python benchmarks/bench_board_sdram.py [--words 2048] [--sys-clk-mhz 50]
 
-Needs the ``board`` extra. docs/board.md has the figures and what they mean per layer.
+Needs the ``board`` extra. docs/board.md has the figures and what they mean per layer;
+the figures the serving simulator uses (``fluidnpu serve --memory ulx3s-sdram``) are kept
+in :mod:`fluidnpu.sim.memory`, and this script prints them next to its fresh measurement.
 """
 from __future__ import annotations
 
@@ -118,6 +120,18 @@ def main():
         print(f"  {k:18} {v['cycles_per_word']:6.2f} cycles/word  {v['mb_s']:7.1f} MB/s")
     print(f"  (the NPU's port asks for up to 4 bytes per cycle: {4 * args.sys_clk_mhz:.0f} MB/s; "
           f"the SDRAM's own peak: 2 bytes per cycle, {2 * args.sys_clk_mhz:.0f} MB/s)")
+    from fluidnpu.sim.memory import memory_preset
+    p = memory_preset("ulx3s-sdram")
+    m = p.measured
+    keys = {"read, sequential": "read_sequential", "write, sequential": "write_sequential",
+            "read, random": "read_random"}
+    print(f"the preset 'ulx3s-sdram' (fluidnpu.sim.memory; {m['source']}, {m['date']}, {m['clock_mhz']:g} MHz, "
+          f"commit {m['commit']}) holds " + ", ".join(f"{k} {m[v]:.2f}" for k, v in keys.items())
+          + f" cycles/word -> the cycle model's {p.timing}")
+    off = [k for k, v in keys.items() if k in res and abs(res[k]["cycles_per_word"] - m[v]) > 0.5]
+    if off:
+        print(f"  differs from this run by more than 0.5 cycles/word on: {', '.join(off)} "
+              f"(update MEMORY_PRESETS if this run is the one to keep)")
 
 
 if __name__ == "__main__":

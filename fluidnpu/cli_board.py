@@ -101,7 +101,10 @@ def _summary(info: dict, out: Path) -> str:
 
 
 def _load_build(ctx, param, value: Path):
-    """board run --build: the folder board build wrote (board.json and the register module)."""
+    """board run --build: the folder board build wrote (board.json and the register module);
+    not read with ``--sim soc`` (the simulated SoC is generated from the configuration)."""
+    if ctx.params.get("sim") is not None:
+        return value, None
     f = value / "board.json"
     if not f.is_file():
         raise click.BadParameter(f"{value}: no board.json (build one with 'fluidnpu board build --out {value}')",
@@ -120,8 +123,16 @@ def _load_build(ctx, param, value: Path):
     return value, info
 
 
-def _check_port(ctx, param, value: str):
+def _check_port(ctx, param, value: str | None):
     """A device path must exist (pyserial URLs such as socket://host:port pass)."""
+    if value is None:
+        if ctx.params.get("sim") is None:
+            raise click.UsageError("Missing option '--port' (the board's serial port), or '--sim soc' to run on "
+                                   "the simulated SoC", ctx=ctx)
+        return None
+    if ctx.params.get("sim") is not None:
+        raise click.BadParameter(f"{value}: --sim {ctx.params['sim']} runs no board; give one of --port and --sim",
+                                 ctx=ctx, param=param)
     if "://" not in value and not Path(value).exists():
         raise click.BadParameter(f"{value}: no such serial device (the ULX3S's USB serial is usually "
                                  f"/dev/ttyUSB0; 'ls /dev/ttyUSB*' after plugging it in)", ctx=ctx, param=param)
@@ -129,7 +140,12 @@ def _check_port(ctx, param, value: str):
 
 
 @board.command("run")
-@click.option("--port", required=True, callback=_check_port,
+@click.option("--sim", type=click.Choice(("soc", "soc-uart")), is_eager=True,
+              help="Run on the simulated SoC instead of a board: the board build's LiteX SoC with LiteDRAM's "
+                   "SDRAM model under Verilator (the co-simulation's NPU configuration at 40 MHz; docs/board.md); "
+                   "soc: the host's bytes on UARTBone's byte streams; soc-uart: on the UART's pins at --baud "
+                   "(bit level, many times slower to simulate). Needs no --port or --build.")
+@click.option("--port", callback=_check_port,
               help="The board's serial port (a device, or a pyserial URL such as socket://HOST:PORT).")
 @click.option("--build", "build", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True, callback=_load_build, help="The folder 'fluidnpu board build' wrote.")
@@ -143,26 +159,30 @@ def _check_port(ctx, param, value: str):
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--load", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Every device's arrival rate times this (the UART host is slow: docs/board.md).")
-@click.option("--baud", type=click.IntRange(9600, 3_000_000), default=None,
-              help="The UART's rate [default: the one the bitstream was built for]; must equal it.")
+@click.option("--baud", type=click.IntRange(9600, 5_000_000), default=None,
+              help="The UART's rate [default: the one the bitstream was built for]; must equal it. With --sim "
+                   "soc: the simulated SoC's rate [default 1000000, the board build's], at most 5000000.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Seconds to wait for an answer of the board before giving up.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), callback=_out_dir,
               help="Write requests.csv and summary.json here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def run_cmd(port, build, model, scenario_path, scheduler, n_requests, seed, load, baud, timeout, out, as_json):
+def run_cmd(sim, port, build, model, scenario_path, scheduler, n_requests, seed, load, baud, timeout, out, as_json):
     """Serve a trace of requests on the board: load the network into the SDRAM, let the
     scheduler drive admissions, preemptions and merges through the NPU's CSRs over
     UARTBone, read back every result, check it against the numpy reference and print the
-    metrics of ``fluidnpu cosim``, next to the serving simulator's FBE mode on the same trace."""
+    metrics of ``fluidnpu cosim``, next to the serving simulator's FBE mode on the same trace
+    (with the board's memory timing, ``serve --memory ulx3s-sdram``)."""
     need_extra("board", "fluidnpu board run")
+    if sim is not None:
+        return _run_sim(sim, model, scenario_path, scheduler, n_requests, seed, load, baud, out, as_json)
     bdir, info = build
     if baud is not None and baud != info["baud"]:
         raise click.BadParameter(f"{baud}: the bitstream in {bdir} was built for {info['baud']} baud",
                                  param_hint="--baud")
     from fluidnpu.board.driver import load_regs
     from fluidnpu.board.serve import run_on_transport
-    from fluidnpu.board.uartbone import UartBone, UartBoneError, UartBoneTransport, init_sdram
+    from fluidnpu.board.uartbone import UartBone, UartBoneError, UartBoneTransport, check_memory, init_sdram
     s = _setup(info, scenario_path, model, scheduler, n_requests, seed, load)
     if len(s.mem_image) > info["npu_mem_bytes"]:
         raise click.UsageError(f"the network and {n_requests} requests need {len(s.mem_image)} bytes; the NPU "
@@ -176,7 +196,7 @@ def run_cmd(port, build, model, scenario_path, scheduler, n_requests, seed, load
             transport = UartBoneTransport(bone, csr_base=info["npu_csr_base"],
                                           mem_base=info["main_ram_base"] + info["npu_mem_offset"],
                                           mem_size=info["npu_mem_bytes"])
-            _check_memory(transport, len(s.mem_image))
+            check_memory(transport, len(s.mem_image))
             # the host spends ~0.1 ms per register access at 1 Mbaud: give each request seconds
             rec = run_on_transport(s, transport, regs, engine=f"board:{info['board']}", timeout_cycles=int(10 * f),
                                    max_cycles=int(f * (30 + 2 * len(s.requests))) + int(s.arrival_cycle[-1]),
@@ -187,13 +207,49 @@ def run_cmd(port, build, model, scenario_path, scheduler, n_requests, seed, load
     except _run_errors() as e:
         click.echo(f"error: the run stopped: {e}", err=True)
         sys.exit(1)
+    _report(rec, s, {"board": info["board"], "port": port, "build": str(bdir)}, scheduler, model, seed, load,
+            info["sys_clk_mhz"], time.perf_counter() - t0, out, as_json)
+
+
+def _run_sim(sim, model, scenario_path, scheduler, n_requests, seed, load, baud, out, as_json):
+    """``board run --sim soc|soc-uart``: the same serving code on the simulated SoC (sim/cosim/soc.py)."""
+    from fluidnpu.hw.runner import SimError
+    from fluidnpu.sim.cosim.run import COSIM_CONFIG
+    from fluidnpu.sim.cosim.soc import SOC_SIM_BAUD, SOC_SIM_CLK_MHZ, run_soc_sim
+    info = {"config": COSIM_CONFIG.to_dict(), "sys_clk_mhz": SOC_SIM_CLK_MHZ}
+    s = _setup(info, scenario_path, model, scheduler, n_requests, seed, load)
+    link = "uart" if sim == "soc-uart" else "stream"
+    if link == "stream" and baud is not None:
+        raise click.BadParameter(f"{baud}: --sim soc has no UART (the host's bytes go on the bridge's byte "
+                                 f"streams); --baud applies to --sim soc-uart", param_hint="--baud")
+    baud = SOC_SIM_BAUD if baud is None else baud
+    if not as_json:
+        click.echo(f"simulating the SoC (Verilator; a new configuration builds its model first, minutes): "
+                   f"{len(s.requests)} requests, " + (f"UART at {baud} baud" if link == "uart" else
+                                                      "host bytes on the bridge's streams"), err=True)
+    t0 = time.perf_counter()
+    try:
+        rec = run_soc_sim(s, link=link, baud=baud)
+    except SimError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except _run_errors() as e:
+        click.echo(f"error: the run stopped: {e}", err=True)
+        sys.exit(1)
+    _report(rec, s, {"board": f"ulx3s-85f (simulated SoC, {link} link)", "link": link,
+                     "baud": baud if link == "uart" else None}, scheduler, model, seed, load,
+            SOC_SIM_CLK_MHZ, time.perf_counter() - t0, out, as_json)
+
+
+def _report(rec, s, where: dict, scheduler, model, seed, load, sys_clk_mhz, wall_s, out, as_json):
+    """The run's metrics next to the FBE mode's on the same trace; written to ``out``, printed."""
     from fluidnpu.sim.cosim.run import agreement, run_model
     model_rec = run_model(s)
     agr = agreement(model_rec, rec)
-    res = {"board": info["board"], "port": port, "build": str(bdir), "scheduler": scheduler, "model": model,
-           "requests": len(s.requests), "seed": seed, "load": load, "sys_clk_mhz": info["sys_clk_mhz"], "config": s.cfg.key(),
-           "summary": rec.result.summary(), "board_run": {"cycles": rec.extra["dut_cycles"],
-                                                          "wall_s": time.perf_counter() - t0,
+    res = {**where, "scheduler": scheduler, "model": model,
+           "requests": len(s.requests), "seed": seed, "load": load, "sys_clk_mhz": sys_clk_mhz, "config": s.cfg.key(),
+           "memory": "ulx3s-sdram", "summary": rec.result.summary(), "board_run": {"cycles": rec.extra["dut_cycles"],
+                                                          "wall_s": wall_s,
                                                           "register_accesses": rec.extra["accesses"],
                                                           "samples_checked": rec.extra["logits_ok"]},
            "serve_fbe_mode": model_rec.result.summary(), "agreement": agr["agreement"], "agreement_detail": agr}
@@ -219,8 +275,8 @@ def _setup(info, scenario_path, model, scheduler, n_requests, seed, load):
     import dataclasses
 
     from fluidnpu.hw.config import ConfigError, HwConfig
-    from fluidnpu.hw.runner import MemTiming
     from fluidnpu.sched import SchedulerError
+    from fluidnpu.sim.memory import memory_timing
     from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, prepare
     from fluidnpu.sim.network import NetworkError
     from fluidnpu.sim.serving import ScenarioError, load_scenario, scale_rates
@@ -234,24 +290,11 @@ def _setup(info, scenario_path, model, scheduler, n_requests, seed, load):
                                      f"give a scenario of {model!r} with --scenario", param_hint="--model")
         if load != 1.0:
             sc = scale_rates(sc, load)
-        return prepare(sc, (scheduler, {}), cfg=cfg, requests=n_requests, seed=seed, mem=MemTiming(latency=20))
+        # the board's memory timing: the mapper picks the FBE's policies for it and the FBE
+        # mode's comparison row models it
+        return prepare(sc, (scheduler, {}), cfg=cfg, requests=n_requests, seed=seed, mem=memory_timing("ulx3s-sdram"))
     except (ConfigError, ScenarioError, SchedulerError, NetworkError, WorkloadError) as e:
         raise click.UsageError(str(e)) from None
-
-
-def _check_memory(transport, n: int) -> None:
-    """Write and read back a pattern at the start and the end of the NPU's area: an SDRAM
-    that did not come up fails here, not as wrong logits later."""
-    import numpy as np
-    from fluidnpu.board.uartbone import UartBoneError
-    pat = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
-    for addr in (0, max(0, n - 64)):
-        transport.write_mem(addr, pat)
-        got = transport.read_mem(addr, 64)
-        if got != pat:
-            bad = next(i for i in range(64) if got[i] != pat[i])
-            raise UartBoneError(f"SDRAM check at NPU address {addr:#x}: byte {bad} read {got[bad]:#04x}, wrote "
-                                f"{pat[bad]:#04x} (the SDRAM did not come up: check the board's SDRAM module)")
 
 
 def _progress(n):
@@ -273,7 +316,7 @@ def _print_run(res, rec, model_rec):
                f"{b['wall_s']:.1f} s; {b['samples_checked']} results bit-exact with the numpy reference")
     a = res["agreement_detail"]
     click.echo(f"completion cycles equal to the FBE mode's on {a['requests'] - a['mismatches']} of {a['requests']} "
-               f"requests (max difference {a['max_abs_diff_cycles']} cycles: the host decides over the UART, "
-               f"docs/board.md)")
+               f"requests (max difference {a['max_abs_diff_cycles']} cycles: the host decides through the bridge and "
+               f"the SoC's SDRAM path is not the cycle model's memory; docs/board.md)")
     for f in res.get("files", []):
         click.echo(f"wrote {f}")

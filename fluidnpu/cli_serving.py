@@ -18,6 +18,7 @@ import click
 from fluidnpu.cli_common import config_options, jsonable, load_config, null, stderr_console
 from fluidnpu.outputs import out_dir as _out_dir, staged_output
 from fluidnpu.sched import SCHEDULERS
+from fluidnpu.sim.memory import DEFAULT_MEMORY, MEMORY_PRESETS
 
 __all__ = ["serve", "compare"]
 
@@ -58,6 +59,10 @@ def _requests_cap(ctx, param, value):
               help="Hardware variant of the latency tables (default: fluid for the fluid scheduler, rbatch "
                    "otherwise); fbe: the FBE mode, cycle-exact with the RTL (single-model scenarios with "
                    "weights, default the co-simulation's scenario; docs/cosim.md).")
+@click.option("--memory", type=click.Choice(tuple(MEMORY_PRESETS)), default=DEFAULT_MEMORY, show_default=True,
+              help="The memory timing the cycle model gives the NPU's port: "
+                   + "; ".join(f"{k}: {p.summary}" for k, p in MEMORY_PRESETS.items())
+                   + " (docs/serving.md, docs/board.md).")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
               help="Seed of the arrival and exit draws (the same for every scheduler).")
 @click.option("--requests", "n_requests", type=click.IntRange(min=1), callback=_requests_cap,
@@ -70,7 +75,7 @@ def _requests_cap(ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @config_options
 @_user_errors
-def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, as_json, config_path, sets):
+def serve(scenario_path, scheduler, hardware, memory, seed, n_requests, load, out_dir, as_json, config_path, sets):
     """Simulate one scheduler serving a scenario; latency, SLO attainment, utilisation."""
     from fluidnpu.sim.serving import draw_requests, generate_requests, load_scenario, run, scale_rates, slo_bases
     from fluidnpu.sim.serving.compare import DEFAULT_SCENARIO, load_with_spec, serving_tables
@@ -79,12 +84,13 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
     given = config_path is not None or bool(sets)
     cfg = load_config(config_path, sets)
     hw = hardware or ("fluid" if scheduler == "fluid" else "rbatch")
+    mem = MEMORY_PRESETS[memory].timing
     con = stderr_console()
     if hw == "fbe":
         from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO as FBE_SCENARIO, prepare, run_model
         scenario_path = scenario_path or FBE_SCENARIO
         sc_in = scenario_path if load == 1.0 else scale_rates(load_scenario(scenario_path), load)
-        s = prepare(sc_in, scheduler, requests=n_requests, seed=seed,
+        s = prepare(sc_in, scheduler, requests=n_requests, seed=seed, mem=mem,
                     **({"cfg": cfg} if given else {}))
         sc, reqs = s.scenario, s.requests
         rec = run_model(s)
@@ -95,7 +101,7 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
         if load != 1.0:
             sc = scale_rates(sc, load)
         with con.status("mapping the models (cycle model)...", spinner="dots") if not as_json else null():
-            tabs = serving_tables(sc, cfg)
+            tabs = serving_tables(sc, cfg, mem=mem)
         ref = tabs["rbatch"]
         if n_requests is not None:
             sc, reqs = draw_requests(sc, n_requests, seed, slo_bases(sc, ref))
@@ -110,7 +116,7 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
         tab_src = {m: t.source for m, t in tabs[hw].items()}
     summ = res.summary()
     out = {"scenario": sc.name, "scenario_file": str(scenario_path or DEFAULT_SCENARIO), "scheduler": scheduler,
-           "knobs": res.knobs, "hardware": hw, "seed": seed, "load": load, "requests": len(reqs),
+           "knobs": res.knobs, "hardware": hw, "memory": memory, "memory_timing": mem.to_dict(), "seed": seed, "load": load, "requests": len(reqs),
            "tables": tab_src, "summary": summ, "per_device": res.per_device(),
            "wall_s": time.perf_counter() - t0, "simulation_s": sim_s}
     if out_dir is not None:
@@ -123,7 +129,7 @@ def serve(scenario_path, scheduler, hardware, seed, n_requests, load, out_dir, a
         return
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"{sc.name}: {scheduler} on {hw} hardware, seed {seed}, {len(reqs):,} requests")
+    t = Table(title=f"{sc.name}: {scheduler} on {hw} hardware, {memory} memory, seed {seed}, {len(reqs):,} requests")
     for col in ("device", "requests", "mean ms", "p50", "p95", "p99", "SLO"):
         t.add_column(col, justify="left" if col == "device" else "right")
 

@@ -291,13 +291,14 @@ endmodule
 
 
 def build_design(sim: str, top: str, key: str, make_verilog: Callable[[], str], *,
-                 waves: bool = False) -> Path:
+                 waves: bool = False, jobs: int | None = None) -> Path:
     """Build (or reuse) a simulator model of ``top`` and return its build directory.
 
     ``key`` must identify the design's source completely (it is hashed into the directory
     name together with the simulator and tool versions); ``make_verilog`` is called only
     when a build is needed. Icarus builds always contain a wave dump module (enabled at
-    run time); Verilator builds with tracing are separate (``waves=True``).
+    run time); Verilator builds with tracing are separate (``waves=True``). ``jobs``: the
+    C++ compiler jobs of a Verilator build (default: cocotb's, up to the core count).
     """
     _check_sim(sim)
     waves = bool(waves) and sim == "verilator"
@@ -335,8 +336,12 @@ def build_design(sim: str, top: str, key: str, make_verilog: Callable[[], str], 
         from cocotb_tools.runner import get_runner
 
         def build():
+            import cocotb_tools.runner as cocotb_runner
+            saved_jobs = cocotb_runner.MAX_PARALLEL_BUILD_JOBS
             with _environ(_sim_environ(sim), remove=["PYTEST_CURRENT_TEST"]):
                 runner = _grouped(get_runner(sim))
+                if jobs is not None:
+                    cocotb_runner.MAX_PARALLEL_BUILD_JOBS = int(jobs)
                 try:
                     runner.build(sources=sources, hdl_toplevel=top, build_dir=bdir, always=True,
                                  build_args=build_args, timescale=TIMESCALE, waves=waves,
@@ -344,6 +349,8 @@ def build_design(sim: str, top: str, key: str, make_verilog: Callable[[], str], 
                 except (Exception, SystemExit) as e:
                     raise SimError(f"{sim} build of {top} in {bdir} failed: {e}\n--- {log} "
                                    f"(tail) ---\n{_tail(log)}") from None
+                finally:
+                    cocotb_runner.MAX_PARALLEL_BUILD_JOBS = saved_jobs
 
         build()
         patched = 0

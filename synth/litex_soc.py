@@ -25,8 +25,12 @@ import importlib
 from dataclasses import dataclass
 
 __all__ = ["BoardExtraMissing", "require_litex", "BoardSpec", "BOARDS", "NPU_CSR_BASE", "NPU_CSR_SIZE",
-           "MAIN_RAM_BASE", "SYS_CLK_RANGE_MHZ", "BAUD_RANGE", "make_soc", "pipelined_to_classic", "npu_verilog", "sdram_init_sequence"]
+           "MAIN_RAM_BASE", "SIM_TOP", "SIM_LINKS", "sim_baud_max", "SYS_CLK_RANGE_MHZ", "BAUD_RANGE", "make_soc", "pipelined_to_classic", "npu_verilog", "sdram_init_sequence"]
 
+#: the simulated SoC's top module (``make_soc(..., sim="stream" | "uart")``)
+SIM_TOP = "fluidnpu_soc_sim"
+#: the simulated SoC's host links (``make_soc(..., sim=...)``)
+SIM_LINKS = ("uart", "stream")
 NPU_CSR_BASE = 0x3000_0000
 NPU_CSR_SIZE = 0x1000
 MAIN_RAM_BASE = 0x4000_0000
@@ -34,6 +38,13 @@ MAIN_RAM_BASE = 0x4000_0000
 SYS_CLK_RANGE_MHZ = (25.0, 100.0)
 #: UART rates a UARTBone can be built for (the ULX3S's FT231X reaches 3 Mbaud)
 BAUD_RANGE = (9600, 3_000_000)
+
+
+def sim_baud_max(sys_clk_mhz: float) -> int:
+    """The fastest UART the simulated SoC is built for: 8 SoC clocks a bit (LiteX's UART
+    samples each bit once, from a phase accumulator; the board's FT231X stops at 3 Mbaud,
+    a simulation need not)."""
+    return int(sys_clk_mhz * 1e6 / 8)
 
 
 class BoardExtraMissing(RuntimeError):
@@ -82,25 +93,40 @@ def _npu_ports(cfg):
 
 
 def make_soc(cfg, npu_v_path: str, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 40.0,
-             baud: int = 1_000_000, mem_offset: int = 0):
+             baud: int = 1_000_000, mem_offset: int = 0, sim: str | None = None):
     """The SoC (a LiteX ``SoCCore``) with the NPU's Verilog at ``npu_v_path`` as a source.
 
     ``mem_offset``: byte offset in the SDRAM of the NPU's address 0 (a multiple of 4 KiB).
+    ``sim``: the same SoC for simulation (:data:`SIM_TOP`), one of :data:`SIM_LINKS`: a
+    LiteX ``SimPlatform`` whose pads are the clock, a reset and the host link, a plain
+    clock domain instead of the board's PLL, and LiteDRAM's ``SDRAMPHYModel`` (the board's
+    SDRAM module and the board's PHY settings, so the controller's timings in cycles are
+    the board's) instead of ``GENSDRPHY`` on the SDRAM pins; everything else (LiteDRAM's
+    controller, the L2 cache, the crossbar, UARTBone's Stream2Wishbone bridge, the NPU and
+    its adapter) is the board's code. The host link: ``"uart"``, the board's UART PHY on
+    two pins ``serial_rx``/``serial_tx`` at ``baud``; ``"stream"``, LiteX's
+    ``RS232PHYModel`` instead (the byte streams ``serial_sink_*`` into the bridge and
+    ``serial_source_*`` out of it, valid/ready/data, one byte a cycle at most), for
+    simulations too short for bit timing (docs/board.md).
     """
     require_litex()
     spec = BOARDS[board]
     lo, hi = SYS_CLK_RANGE_MHZ
     if not lo <= sys_clk_mhz <= hi:
         raise ValueError(f"sys_clk_mhz = {sys_clk_mhz}: must be from {lo:g} to {hi:g}")
-    if not BAUD_RANGE[0] <= baud <= BAUD_RANGE[1]:
-        raise ValueError(f"baud = {baud}: must be from {BAUD_RANGE[0]} to {BAUD_RANGE[1]}")
+    if sim is not None and sim not in SIM_LINKS:
+        raise ValueError(f"sim = {sim!r}: must be None or one of {', '.join(SIM_LINKS)}")
+    top = sim_baud_max(sys_clk_mhz) if sim else BAUD_RANGE[1]
+    if not BAUD_RANGE[0] <= baud <= top:
+        raise ValueError(f"baud = {baud}: must be from {BAUD_RANGE[0]} to {top}"
+                         + (" (8 SoC clocks per bit at least)" if sim else ""))
     if mem_offset % 4096 or not 0 <= mem_offset < spec.sdram_bytes:
         raise ValueError(f"mem_offset = {mem_offset:#x}: must be a multiple of 0x1000 inside the "
                          f"{spec.sdram_bytes >> 20} MiB SDRAM")
     if 8 * cfg.mem_bytes != 32:
         raise ValueError(f"mem_bytes = {cfg.mem_bytes}: the SoC's bus is 32 bits wide, so the NPU's memory "
                          f"port must be 4 bytes (mem_bytes = 4)")
-    return _build_soc_class()(cfg, npu_v_path, spec, sys_clk_mhz * 1e6, baud, mem_offset)
+    return _build_soc_class()(cfg, npu_v_path, spec, sys_clk_mhz * 1e6, baud, mem_offset, sim)
 
 
 def pipelined_to_classic():
@@ -155,12 +181,16 @@ def _build_soc_class():
     """The SoC class (defined here so that migen and LiteX are imported only when used)."""
     from litedram import modules as litedram_modules
     from litedram.phy import GENSDRPHY
+    from litedram.phy.model import SDRAMPHYModel
+    from litex.build.generic_platform import Pins, Subsignal
+    from litex.build.sim import SimPlatform
     from litex.soc.integration.soc import SoCRegion
     from litex.soc.integration.soc_core import SoCCore
     from litex.soc.interconnect import wishbone
     from litex_boards.platforms import radiona_ulx3s
     from litex_boards.targets.radiona_ulx3s import _CRG
     from migen import ClockSignal, Instance, Module, ResetSignal, Signal
+    from migen.genlib.io import CRG
 
     PipelinedToClassic = pipelined_to_classic()
 
@@ -187,18 +217,45 @@ def _build_soc_class():
                 o_csr__stall=Signal(name="npu_csr_stall"),
             )
 
+    def board_platform(spec):
+        return radiona_ulx3s.Platform(device=spec.device, revision=spec.revision, toolchain="trellis")
+
     class FluidSoC(SoCCore):
-        def __init__(self, cfg, npu_v_path, spec, sys_clk_freq, baud, mem_offset):
-            platform = radiona_ulx3s.Platform(device=spec.device, revision=spec.revision, toolchain="trellis")
-            self.crg = _CRG(platform, sys_clk_freq, sdram_rate="1:1")
+        def __init__(self, cfg, npu_v_path, spec, sys_clk_freq, baud, mem_offset, sim=None):
+            if sim:
+                if sim == "uart":
+                    serial = ("serial", 0, Subsignal("tx", Pins(1)), Subsignal("rx", Pins(1)))
+                else:
+                    serial = ("serial", 0, *(Subsignal(f"{end}_{sig}", Pins(8 if sig == "data" else 1))
+                                             for end in ("source", "sink") for sig in ("valid", "ready", "data")))
+                platform = SimPlatform("SIM", [("sys_clk", 0, Pins(1)), ("sys_rst", 0, Pins(1)), serial],
+                                       name=SIM_TOP)
+                self.crg = CRG(platform.request("sys_clk"), platform.request("sys_rst"))
+            else:
+                platform = board_platform(spec)
+                self.crg = _CRG(platform, sys_clk_freq, sdram_rate="1:1")
             SoCCore.__init__(self, platform, sys_clk_freq, cpu_type=None, integrated_rom_size=0,
                              integrated_sram_size=0, with_uart=False, with_timer=False,
                              bus_interconnect="crossbar", ident="fluidnpu on ULX3S", ident_version=False)
-            self.sdrphy = GENSDRPHY(platform.request("sdram"), sys_clk_freq)
-            self.add_sdram("sdram", phy=self.sdrphy,
-                           module=getattr(litedram_modules, spec.sdram_module)(sys_clk_freq, "1:1"),
+            module = getattr(litedram_modules, spec.sdram_module)(sys_clk_freq, "1:1")
+            if sim:
+                # the board's PHY settings (CL, read latency) taken from a GENSDRPHY made on
+                # the board platform's SDRAM pads and thrown away: only its settings are used
+                board_phy = GENSDRPHY(board_platform(spec).request("sdram"), sys_clk_freq)
+                self.sdrphy = SDRAMPHYModel(module, settings=board_phy.settings, clk_freq=sys_clk_freq)
+            else:
+                self.sdrphy = GENSDRPHY(platform.request("sdram"), sys_clk_freq)
+            self.add_sdram("sdram", phy=self.sdrphy, module=module,
                            origin=MAIN_RAM_BASE, size=spec.sdram_bytes, l2_cache_size=8192)
-            self.add_uartbone(name="uartbone", uart_name="serial", baudrate=baud)
+            if sim == "stream":
+                # add_uartbone's three steps with the stream PHY model in place of the UART's
+                from litex.soc.cores.uart import RS232PHYModel, UARTBone
+                self.add_module(name="uartbone_phy", module=RS232PHYModel(platform.request("serial")))
+                self.add_module(name="uartbone", module=UARTBone(phy=self.uartbone_phy, clk_freq=sys_clk_freq,
+                                                                 address_width=self.bus.address_width))
+                self.bus.add_master(name="uartbone", master=self.uartbone.wishbone)
+            else:
+                self.add_uartbone(name="uartbone", uart_name="serial", baudrate=baud)
             platform.add_source(npu_v_path)
             self.npu = NpuBridge(cfg, (MAIN_RAM_BASE + mem_offset) // 4, (spec.sdram_bytes - mem_offset) // 4)
             self.bus.add_slave("npu", self.npu.csr,

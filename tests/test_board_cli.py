@@ -117,3 +117,28 @@ def test_run_names_the_port_it_cannot_use(build_dir):
     res = run("board", "run", "--build", build_dir, "--port", "/dev/null", "--requests", "2")
     assert res.exit_code == 1, res.output
     assert res.output.startswith("error: /dev/null: cannot open the serial port at 1000000 baud")
+
+
+@pytest.fixture
+def no_sim(monkeypatch):
+    from fluidnpu.sim.cosim import soc
+
+    def boom(*a, **k):
+        raise AssertionError("the simulation started before the options were checked")
+    monkeypatch.setattr(soc, "run_soc_sim", boom)
+
+
+@pytest.mark.parametrize("args, where", [
+    ([], "Missing option '--port'"),
+    (["--sim", "soc", "--port", "/dev/null"], "give one of --port and --sim"),
+    (["--sim", "soc", "--baud", "115200"], "--baud: 115200: --sim soc has no UART"),
+    (["--sim", "soc-uart", "--baud", "6000000"], "6000000 is not in the range"),
+    (["--sim", "fpga"], "'fpga' is not one of 'soc', 'soc-uart'"),
+    (["--sim", "soc", "--model", "resnet8"], "--model: resnet8"),
+])
+def test_run_sim_refuses_bad_options(args, where, no_sim, tmp_path):
+    """`board run --sim`: no --build read (a folder without board.json is given), and the
+    options are checked before the simulator starts; without --sim, --port is required."""
+    res = run("board", "run", *(["--build", tmp_path / "none"] if "--sim" in args else []), *args)
+    assert res.exit_code == 2, res.output
+    assert where in res.output

