@@ -8,7 +8,7 @@ writing results. See docs/architecture.md.
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, flipped
 
 from .buffers import OperandBuffers
@@ -18,6 +18,7 @@ from .interface import (gather_signature, layer_desc_layout, load_in_slices, log
                         mem_port_signature)
 from .loader import Loader
 from .pe_array import PEArray
+from .stage_fifo import StageFIFO
 from .steps import StepIter, derive_layer_params, layer_params_layout
 
 __all__ = ["NPUCore"]
@@ -87,9 +88,12 @@ class NPUCore(wiring.Component):
 
         m.submodules.loader = loader = Loader(cfg)
         m.submodules.bufs = bufs = OperandBuffers(cfg, tag_width=_group_tag_layout(cfg).size)
-        m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size)
         stl = stage_layout(cfg)
-        m.submodules.stage = stage = fifo.SyncFIFO(width=stl.size, depth=cfg.stage_entries)
+        n_sl = Drain.entry_slices(cfg)
+        m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size,
+                                       valid_copies=n_sl)
+        m.submodules.stage = stage = StageFIFO(width=stl.size, depth=cfg.stage_entries,
+                                               slices=n_sl, rdy_copies=n_sl)
         m.submodules.drain = drain = Drain(cfg)
         m.submodules.it = it = StepIter(cfg, lay, lp)
 
@@ -127,6 +131,7 @@ class NPUCore(wiring.Component):
             entry.c0.eq(otag.c0), entry.ncols.eq(otag.ncols),
             entry.first.eq(otag.first_ch), entry.last.eq(otag.last_ch),
             stage.w_data.eq(entry), stage.w_en.eq(pe.out_valid),
+            stage.w_en_rep.eq(pe.out_valid_rep),
             loader.x_free.eq(pe.out_valid & otag.x_free),
             loader.w_free.eq(pe.out_valid & otag.w_free),
             drain.layer.eq(lay),
@@ -135,20 +140,11 @@ class NPUCore(wiring.Component):
             stage.r_en.eq(drain.stage.ready),
         ]
         wiring.connect(m, drain.wr_req, flipped(self.mem.wr_req))
-        # The drain's copies of ``stage.valid`` (``r_rdy = level != 0``): registers of the
-        # FIFO's next level being non-zero, from a mirror of its level. A push is
-        # ``pe.out_valid`` alone: the compute issue's credit (below) keeps the groups in
-        # flight within ``stage_entries``, so the FIFO is never full when one arrives, and
-        # the mirror need not read ``w_rdy`` (``w_en & w_rdy`` is the FIFO's write enable,
-        # a net to every LUT RAM of the FIFO: the 4 x 4's worst path with 8 entries).
-        st_level = Signal(range(cfg.stage_entries + 1), name="st_level")
-        st_next = Signal(range(cfg.stage_entries + 2), name="st_level_next")
-        m.d.comb += st_next.eq(st_level + pe.out_valid - (stage.r_en & stage.r_rdy))
-        m.d.sync += st_level.eq(st_next)
-        for i in range(Drain.entry_slices(cfg)):
-            rep = Signal(name=f"st_valid_rep{i}")
-            m.d.sync += rep.eq(st_next != 0)
-            m.d.comb += drain.stage_valid_rep[i].eq(rep)
+        # The drain's copies of ``stage.valid``: the FIFO's register copies of ``r_rdy``.
+        # A push is ``pe.out_valid`` alone: the compute issue's credit (below) keeps the
+        # groups in flight within ``stage_entries``, so the FIFO is never full when one
+        # arrives (it has no ``w_rdy``, hw/stage_fifo.py).
+        m.d.comb += drain.stage_valid_rep.eq(stage.r_rdy_rep)
 
         # Writes outstanding.
         wr_pending = Signal(range(1 << 16), name="wr_pending")
@@ -244,12 +240,14 @@ class NPUCore(wiring.Component):
             with m.State("START"):
                 m.d.comb += [loader.start.eq(1), it.restart.eq(1)]
                 m.d.sync += [x_cnt.eq(0), w_cnt.eq(0), inflight.eq(0), credit.eq(1),
-                             x_diff.eq(0), w_diff.eq(0)]
+                             x_diff.eq(0), w_diff.eq(0), *(v.eq(0) for v in xline)]
                 m.next = "SETUP"
             with m.State("SETUP"):
                 with m.If(x_ok & w_ok & credit):
                     m.d.comb += [x_take.eq(it.x_new), w_take.eq(it.w_new)]
-                    m.d.sync += [*(v.eq(x_use[0]) for v in xslot), *(v.eq(0) for v in xline),
+                    # (the X line copies were zeroed on the way into SETUP: their enable
+                    # stays off this decision, which fans out to every X memory's copy)
+                    m.d.sync += [*(v.eq(x_use[0]) for v in xslot),
                                  wslot.eq(w_use[0]),
                                  x_cnt.eq(x_cnt + it.x_new), w_cnt.eq(w_cnt + it.w_new),
                                  g.eq(0), s.eq(0), xgrp.eq(0), wline.eq(0), wgrp.eq(0),
@@ -274,6 +272,7 @@ class NPUCore(wiring.Component):
                                 m.next = "FINISH"
                             with m.Else():
                                 m.d.comb += it.advance.eq(1)
+                                m.d.sync += [v.eq(0) for v in xline]
                                 m.next = "SETUP"
                     with m.Else():
                         with m.If(wgrp == lp.bpmask):

@@ -129,8 +129,11 @@ class Drain(wiring.Component):
 
     @staticmethod
     def entry_slices(cfg: HwConfig) -> int:
-        """Slices of the entry register, each loaded under an enable of its own."""
-        return max(1, -(-stage_layout(cfg).size // 256))
+        """Slices of the entry register, each loaded under an enable of its own: about 64
+        flip-flops each, so an enable's LUT can sit beside the flip-flops it drives (with
+        256 per enable the net spanned 13-19 rows of the 4 x 4: its worst path once the
+        block RAMs were floorplanned, docs/synthesis.md)."""
+        return max(1, -(-stage_layout(cfg).size // 64))
 
     @property
     def latency(self) -> int:
@@ -147,17 +150,23 @@ class Drain(wiring.Component):
         """The row shift register: row ``j`` loads row ``j`` of an accepted entry
         (``take``), else moves down to ``j - 1`` when the held entry's row ends (``shift``).
 
-        Row ``j`` uses the enables of slice ``j * len(take) // len(rows)``, so each enable
-        drives at most a few rows' flip-flops."""
+        With at least as many enables as rows, row ``j`` is cut into ``len(take) //
+        len(rows)`` parts, each under enables of its own (slice ``j * per + p``); else row
+        ``j`` uses slice ``j * len(take) // len(rows)``."""
         n, k = len(rows), len(take)
         vals = data.ArrayLayout(rows.shape().elem_shape, n)(new.vals.as_value())
+        per = max(1, k // n)
         for j in range(n):
-            i = j * k // n
-            with m.If(take[i]):
-                m.d.sync += rows[j].eq(vals[j])
-            if j + 1 < n:
-                with m.Elif(shift[i]):
-                    m.d.sync += rows[j].eq(rows[j + 1])
+            cur, src = rows[j].as_value(), vals[j].as_value()
+            w = len(cur)
+            for p in range(per):
+                lo, hi = w * p // per, w * (p + 1) // per
+                i = j * per + p if k >= n else j * k // n
+                with m.If(take[i]):
+                    m.d.sync += cur[lo:hi].eq(src[lo:hi])
+                if j + 1 < n:
+                    with m.Elif(shift[i]):
+                        m.d.sync += cur[lo:hi].eq(rows[j + 1].as_value()[lo:hi])
 
     def elaborate(self, platform):
         m = Module()

@@ -27,9 +27,11 @@ class PEArray(wiring.Component):
     stable while a layer runs, from the cycle before its first ``valid``. ``tag`` travels with ``valid`` and comes out with ``out_vals``.
     """
 
-    def __init__(self, cfg: HwConfig, *, tag_width: int = 1):
+    def __init__(self, cfg: HwConfig, *, tag_width: int = 1, valid_copies: int = 1):
         if not isinstance(tag_width, int) or tag_width < 1:
             raise ValueError(f"tag_width = {tag_width!r}: must be a positive integer")
+        if not isinstance(valid_copies, int) or isinstance(valid_copies, bool) or valid_copies < 1:
+            raise ValueError(f"valid_copies = {valid_copies!r}: must be a positive integer")
         self.cfg = cfg
         self.tag_width = tag_width
         n = cfg.lanes
@@ -44,6 +46,9 @@ class PEArray(wiring.Component):
             "x": In(op),
             "w": In(op),
             "out_valid": Out(1),
+            # copies of ``out_valid`` from registers of their own (each enables one slice
+            # of a wide consumer, e.g. the stage FIFO's)
+            "out_valid_rep": Out(valid_copies),
             "out_tag": Out(tag_width),
             "out_vals": Out(data.ArrayLayout(signed(cfg.acc_width), n)),
         })
@@ -189,5 +194,6 @@ class PEArray(wiring.Component):
             with m.If(valid_rep[u]):
                 m.d.sync += a.eq(Mux(first_rep[u], v, a + v))
             m.d.sync += self.out_vals[idx].eq(Mux(first_rep[u], v, a + v))
-        m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
+        m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag),
+                     *(r.eq(ctl.valid & ctl.last) for r in self.out_valid_rep)]
         return m

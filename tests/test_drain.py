@@ -359,7 +359,7 @@ def test_interface():
     assert lay["vals"].shape == data.ArrayLayout(Shape(32, True), 64)
     assert lay["bias"].shape == data.ArrayLayout(Shape(32, True), 8)
     assert set(dut.signature.members) == {"layer", "stage", "wr_req", "idle", "stage_valid_rep"}
-    assert Drain.entry_slices(cfg) == -(-lay.size // 256) == len(dut.stage_valid_rep)
+    assert Drain.entry_slices(cfg) == -(-lay.size // 64) == len(dut.stage_valid_rep)
     assert Drain.beats(cfg, OUT_RAW, 3, 5) == 3 * 3       # DW = 8 // 4 = 2
     assert Drain.beats(cfg, OUT_REQUANT, 3, 5) == 3       # DW = 8
     assert Drain.beats(CFG_16, OUT_REQUANT, 2, 8) == 4    # DW = 4

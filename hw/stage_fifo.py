@@ -1,0 +1,81 @@
+"""The stage FIFO between the PE array and the drain: a group's sums per entry, in slices.
+
+An entry is a whole group (2,352 bits on the 8 x 8). As one ``SyncFIFO`` its write enable
+(``w_en & w_rdy``, from the level) was one net to every LUT RAM of the FIFO: 15.5 ns of
+wire, the 8 x 8's worst path (docs/synthesis.md). Here the entry is cut into ``slices``
+memories, each with its own write enable (a register copy of the push, ``w_en_rep``) and
+its own pointers, so no net spans the FIFO. There is no ``w_rdy``: the writer must never
+push into a full FIFO (the core's compute issue keeps at most ``depth`` groups in flight).
+
+Timing is that of ``amaranth.lib.fifo.SyncFIFO`` without back-pressure: an entry pushed in
+cycle t can be read (``r_rdy``, ``r_data``) from cycle t + 1 on; ``r_en`` while ``r_rdy``
+pops it. ``r_rdy_rep`` are register copies of ``r_rdy`` (from the next level), one per
+reader slice, for readers that enable wide registers with them.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["StageFIFO"]
+
+
+class StageFIFO(wiring.Component):
+    """``depth`` entries of ``width`` bits in ``slices`` slices; ``rdy_copies`` copies of
+    ``r_rdy`` from registers."""
+
+    def __init__(self, *, width: int, depth: int, slices: int, rdy_copies: int = 1):
+        self._MustUse__silence = True       # a refused FIFO is not an unused elaboratable
+        for name, v, lo in (("width", width, 1), ("depth", depth, 2), ("slices", slices, 1),
+                            ("rdy_copies", rdy_copies, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise ValueError(f"StageFIFO: {name} = {v!r}: must be an integer >= {lo}")
+        if slices > width:
+            raise ValueError(f"StageFIFO: slices = {slices}: must be at most width = {width}")
+        self._MustUse__silence = False
+        self.width, self.depth, self.slices = width, depth, slices
+        super().__init__({
+            "w_data": In(width),
+            "w_en": In(1),                  # the push (for the level)
+            "w_en_rep": In(slices),         # copies of the push, one per slice (registers)
+            "r_en": In(1),
+            "r_data": Out(width),
+            "r_rdy": Out(1),
+            "r_rdy_rep": Out(rdy_copies),
+            "level": Out(range(depth + 1)),
+        })
+
+    def _inc(self, ptr):
+        return Mux(ptr == self.depth - 1, 0, ptr + 1)
+
+    def elaborate(self, platform):
+        m = Module()
+        depth, n = self.depth, self.slices
+        pop = self.r_en & self.r_rdy
+        nxt = Signal(range(depth + 2), name="level_next")
+        m.d.comb += [nxt.eq(self.level + self.w_en - pop), self.r_rdy.eq(self.level != 0)]
+        m.d.sync += [self.level.eq(nxt), *(r.eq(nxt != 0) for r in self.r_rdy_rep)]
+
+        # per slice, a register copy of ``r_rdy`` (equal to it in every cycle) gates the pop
+        s_rdy = [Signal(name=f"rdy_rep{i}") for i in range(n)]
+        m.d.sync += [r.eq(nxt != 0) for r in s_rdy]
+        cut = [self.width * i // n for i in range(n + 1)]
+        outs = []
+        for i in range(n):
+            lo, hi = cut[i], cut[i + 1]
+            mem = memory.Memory(shape=unsigned(hi - lo), depth=depth, init=[])
+            m.submodules[f"slice{i}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port(domain="comb")
+            w_ptr = Signal(range(depth), name=f"w_ptr{i}")
+            r_ptr = Signal(range(depth), name=f"r_ptr{i}")
+            m.d.comb += [wp.en.eq(self.w_en_rep[i]), wp.addr.eq(w_ptr),
+                         wp.data.eq(self.w_data[lo:hi]), rp.addr.eq(r_ptr)]
+            with m.If(self.w_en_rep[i]):
+                m.d.sync += w_ptr.eq(self._inc(w_ptr))
+            with m.If(self.r_en & s_rdy[i]):
+                m.d.sync += r_ptr.eq(self._inc(r_ptr))
+            outs.append(rp.data)
+        m.d.comb += self.r_data.eq(Cat(*outs))
+        return m
