@@ -69,15 +69,22 @@ class WordRAM(wiring.Component):
 
     LATENCY = 2
 
-    def __init__(self, *, depth: int, elems: int, width: int):
-        for name, v in (("depth", depth), ("elems", elems), ("width", width)):
+    def __init__(self, *, depth: int, elems: int, width: int, addr_copies: int = 1):
+        for name, v in (("depth", depth), ("elems", elems), ("width", width),
+                        ("addr_copies", addr_copies)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"WordRAM: {name} = {v!r}: must be a positive integer")
         self.depth, self.elems, self.width = depth, elems, width
+        self.addr_copies = addr_copies
         word = data.ArrayLayout(unsigned(width), elems)
         super().__init__({
             "wr_en": In(elems),
             "wr_addr": In(range(depth)),
+            # copies of ``wr_addr`` (equal to it in every cycle), each from a register of its
+            # own: on ECP5 block ``i`` of ``n`` takes copy ``i * addr_copies // n``, so each
+            # register drives a few neighbouring blocks (a 16-block X memory spans ~36
+            # columns even when floorplanned); elsewhere unused
+            "wr_addr_rep": In(data.ArrayLayout(range(depth), addr_copies)),
             "wr_data": In(word),
             "rd_addr": In(range(depth)),
             "rd_data": Out(word),
@@ -110,9 +117,10 @@ class WordRAM(wiring.Component):
         lo = {36: 5, 18: 4, 9: 3, 4: 2, 2: 1, 1: 0}[mode]     # address bits below the line
         one, zero = Const(1, 1), Const(0, 1)
         clk = ClockSignal("sync")
-        wa = Signal(14, name="wr_addr14")
+        was = [Signal(14, name=f"wr_addr14_{c}") for c in range(self.addr_copies)]
         ra = Signal(14, name="rd_addr14")
-        m.d.comb += [wa.eq(self.wr_addr << lo), ra.eq(self.rd_addr << lo)]
+        m.d.comb += [*(wa.eq(self.wr_addr_rep[c] << lo) for c, wa in enumerate(was)),
+                     ra.eq(self.rd_addr << lo)]
         blocks = []            # (DI bits, DO bits, byte enables or the WE signal)
         if t.per_tile:
             g = -(-self.width // 9)
@@ -139,6 +147,7 @@ class WordRAM(wiring.Component):
                                  self.rd_data[e][s * w:s * w + n].eq(do[:n])]
                     blocks.append((di, do, self.wr_en[e]))
         for i, (di, do, en) in enumerate(blocks):
+            wa = was[i * self.addr_copies // len(blocks)]
             ports = {"i_CLKA": clk, "i_CLKB": clk, "i_CEA": one, "i_CEB": one,
                      "i_OCEA": one, "i_OCEB": one, "i_RSTA": zero, "i_RSTB": zero}
             ports.update({f"i_CS{p}{c}": zero for p in "AB" for c in range(3)})

@@ -22,7 +22,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .bram import WordRAM
+from .bram import WordRAM, ecp5_tiling
 from .config import HwConfig
 from .interface import log2
 
@@ -40,6 +40,13 @@ def elem_write_layout(cfg: HwConfig) -> data.StructLayout:
         "addr": range(depth),        # slot * depth + line
         "data": signed(cfg.data_width),
     })
+
+
+def addr_reps(cfg: HwConfig, which: str) -> int:
+    """Register copies of a memory's write line: one per 4 block RAMs it takes on ECP5."""
+    depth = 2 * (cfg.x_depth if which == "x" else cfg.w_depth)
+    t = ecp5_tiling(depth, cfg.tp, cfg.data_width)
+    return 1 if t is None else max(1, -(-t.tiles // 4))
 
 
 def net_stages(cfg: HwConfig) -> int:
@@ -131,7 +138,9 @@ class OperandBuffers(wiring.Component):
             w2_data = Signal(word, name=f"w2_data{g}")
             w2_x = Signal(tp, name=f"w2_xen{g}")
             w2_w = Signal(tp, name=f"w2_wen{g}")
-            w2_line = Signal(addr_shape, name=f"w2_line{g}")
+            # the line per memory, in copies for the memories' block groups (``addr_reps``)
+            w2_lines = {which: [Signal(addr_shape, name=f"w2_{which}line{g}_rep{c}")
+                                for c in range(addr_reps(cfg, which))] for which in "xw"}
             for j in range(tp):
                 hits = [hit[j * e + i] for i in range(e)]
                 data_or = 0
@@ -140,15 +149,17 @@ class OperandBuffers(wiring.Component):
                 anyhit = Cat(*hits).any()
                 m.d.sync += [w2_data[j].eq(data_or), w2_x[j].eq(anyhit & wx),
                              w2_w[j].eq(anyhit & ~wx)]
-            m.d.sync += w2_line.eq(line)
+            m.d.sync += [r.eq(line) for reps in w2_lines.values() for r in reps]
 
             for which, depth, en, out in (("x", cfg.x_depth, w2_x, xmem),
                                           ("w", cfg.w_depth, w2_w, wmem)):
                 # The loader never writes a slot the compute reads (double buffering), so
                 # the ports never collide (``WordRAM``'s contract).
-                ram = WordRAM(depth=2 * depth, elems=tp, width=dw)
+                reps = w2_lines[which]
+                ram = WordRAM(depth=2 * depth, elems=tp, width=dw, addr_copies=len(reps))
                 m.submodules[f"{which}mem{g}"] = ram
-                m.d.comb += [ram.wr_en.eq(en), ram.wr_addr.eq(w2_line), ram.wr_data.eq(w2_data)]
+                m.d.comb += [ram.wr_en.eq(en), ram.wr_addr.eq(reps[0]), ram.wr_data.eq(w2_data),
+                             *(ram.wr_addr_rep[c].eq(r) for c, r in enumerate(reps))]
                 out.append(ram)
         return xmem, wmem
 
