@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import pickle
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -132,10 +130,9 @@ def run_soc_sim(s: CosimSetup, *, link: str = "stream", baud: int = SOC_SIM_BAUD
     ``extra`` has the link's byte and command counts and the cycles at which the SDRAM
     was up, the memory checked and the run ended. Raises :class:`SimError` when the bench
     fails."""
-    from fluidnpu.hw.regmap import regmap
-    from fluidnpu.hw.regmap_render import to_python
-    from fluidnpu.hw.runner import run_cocotb, run_folder
     from fluidnpu.synth.litex_soc import SIM_TOP
+
+    from .board import serve_in_cocotb
     from fluidnpu.synth.litex_soc import SIM_LINKS
     if link not in SIM_LINKS:
         raise ValueError(f"link = {link!r}: must be one of {', '.join(SIM_LINKS)}")
@@ -144,18 +141,7 @@ def run_soc_sim(s: CosimSetup, *, link: str = "stream", baud: int = SOC_SIM_BAUD
     if len(s.mem_image) > info["npu_mem_bytes"]:
         raise ValueError(f"the network and its requests need {len(s.mem_image)} bytes; the NPU sees "
                          f"{info['npu_mem_bytes']} bytes of SDRAM")
-    with run_folder(run_dir, "fluidnpu-socsim-") as (rdir, tmp):
-        (rdir / "regs.py").write_text(to_python(regmap(s.cfg, "npu")))
-        (rdir / "setup.pickle").write_bytes(pickle.dumps({"setup": s, "info": info, "baud": baud, "link": link,
-                                                          "engine": f"soc-sim:{link}", "max_cycles": max_cycles}))
-        res = run_cocotb("verilator", bdir, SIM_TOP, "fluidnpu.sim.cosim.soc_tb", rdir,
-                         extra_env={"FLUIDNPU_RUN_DIR": str(rdir)})
-        out = rdir / "result.pickle"
-        err = res.get("serve", "cocotb test 'serve' did not run")
-        if err is not None or not out.exists():
-            raise SimError(f"verilator: the simulated SoC failed (run dir {rdir}): {err}\n"
-                           f"(simulator log: {rdir / 'sim.log'})")
-        rec = pickle.loads(out.read_bytes())
-        if tmp:
-            shutil.rmtree(rdir, ignore_errors=True)
-    return rec
+    return serve_in_cocotb("verilator", bdir, SIM_TOP, "fluidnpu.sim.cosim.soc_tb", s, run_dir,
+                           prefix="fluidnpu-socsim-", what="the simulated SoC",
+                           payload={"info": info, "baud": baud, "link": link,
+                                    "engine": f"soc-sim:{link}", "max_cycles": max_cycles})

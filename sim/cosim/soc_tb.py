@@ -33,7 +33,26 @@ from fluidnpu.board.serve import run_on_transport
 from fluidnpu.board.uartbone import UartBone, UartBoneTransport, check_memory, init_sdram
 
 
-class StreamSerial:
+class _CountingLink:
+    """pyserial's ``write``/``read`` over a link's ``_write``/``_read`` (blocking calls into
+    the simulation), counting the bytes and writes each way (``extra`` of the record)."""
+
+    bytes_out = bytes_in = writes = 0
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        self._write(data)
+        self.bytes_out += len(data)
+        self.writes += 1
+        return len(data)
+
+    def read(self, n: int) -> bytes:
+        out = self._read(n)
+        self.bytes_in += len(out)
+        return bytes(out)
+
+
+class StreamSerial(_CountingLink):
     """pyserial's ``write``/``read``/``reset_input_buffer`` on the simulated SoC's byte
     streams (``make_soc(..., sim="stream")``: LiteX's ``RS232PHYModel`` in place of the
     UART PHY): a write hands the bytes to the bridge's sink, one per cycle as it takes
@@ -87,18 +106,6 @@ class StreamSerial:
         self.rx_ready.value = 0
         return bytes(out)
 
-    def write(self, data) -> int:
-        data = bytes(data)
-        self._write(data)
-        self.bytes_out += len(data)
-        self.writes += 1
-        return len(data)
-
-    def read(self, n: int) -> bytes:
-        out = self._read(n)
-        self.bytes_in += len(out)
-        return out
-
     def reset_input_buffer(self) -> None:
         pass                # nothing is taken from the bridge outside a read
 
@@ -111,7 +118,7 @@ async def _asleep(seconds: float) -> None:
         await Timer(max(1, round(seconds * 1e9)), "ns")
 
 
-class SimSerial:
+class SimSerial(_CountingLink):
     """pyserial's ``write``/``read``/``reset_input_buffer`` on the simulated UART pins: a
     write queues the bytes (cocotbext-uart sends them while the simulation runs); a read
     runs the simulation until ``n`` bytes came back or ``timeout_bytes`` byte times
@@ -145,18 +152,6 @@ class SimSerial:
             elif self.src.empty() and get_sim_time("ns") - idle_since > self.timeout_ns:
                 break
         return self.sink.read_nowait(min(n, self.sink.count()))
-
-    def write(self, data) -> int:
-        data = bytes(data)
-        self._write(data)
-        self.bytes_out += len(data)
-        self.writes += 1
-        return len(data)
-
-    def read(self, n: int) -> bytes:
-        out = self._read(n)
-        self.bytes_in += len(out)
-        return bytes(out)
 
     def reset_input_buffer(self) -> None:
         self.sink.clear()
