@@ -238,7 +238,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                "pack_only": bool(pack_only) if tgt.is_board else None,
                # (only then a key: cached results of HeAP runs keep their keys)
                **({"placer": placer} if tgt.is_board and placer != "heap" else {}),
-               "floorplan": floorplan if tgt.family == "ecp5" and tgt.is_board else None}
+               "floorplan": floorplan if tgt.ebr_device else None}
     key = cache_key(cfg, target, versions, **options)
     cfile = cache_dir() / f"{key}.json"
     out = Path(out_dir) if out_dir is not None else _default_out_dir(target, key)
@@ -290,7 +290,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
         raise ToolFailed(f"yosys: {e} (log: {ylog})", ylog) from None
     cells = stat["by_type"]
     fplan = None
-    if floorplan == "auto" and tgt.is_board and tgt.family == "ecp5" and tgt.ebr_device:
+    if floorplan == "auto" and tgt.ebr_device:
         fplan = apply_floorplan(out / "top.json", tgt.ebr_device)
         say("floorplan", fplan.summary() if fplan else "no operand memories to pin")
 
@@ -323,7 +323,8 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
         timing_met=(fmax >= target_mhz) if (fmax is not None and target_mhz) else None,
         util=shares, available={k: v for k, v in available.items() if v},
         resources=util, cells=cells,
-        critical_path=crit, floorplan=fplan.rows if fplan else None, config=cfg.to_dict(), cfg_key=cfg.key(), tool_versions=versions,
+        critical_path=crit, floorplan=fplan.rows if fplan else None,
+        config=cfg.to_dict(), cfg_key=cfg.key(), tool_versions=versions,
         seed=seed if tgt.is_board else None, seed_fmax=seed_fmax,
         routed=(fmax is not None) if (tgt.is_board and fits and not pack_only) else None,
         fmax_placed_mhz=round(placed, 2) if placed is not None else None,

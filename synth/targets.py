@@ -25,7 +25,8 @@ class Target:
     #: what a design may use, for shares when nextpnr gives no table (bel -> count)
     capacity: dict = field(default_factory=dict)
     synth_opts: str = ""                 #: extra options of yosys' synth_<family>
-    ebr_device: str | None = None        #: ECP5: key of the device's block-RAM sites (synth.floorplan)
+    #: board targets on an ECP5 with a site table: the key of its block-RAM sites (synth.floorplan)
+    ebr_device: str | None = None
     button: str = "button"
     leds: int = 8
 
