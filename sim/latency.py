@@ -109,9 +109,10 @@ class LatencyTable:
         try:
             el = tuple(el) if len(el) else (0,) * hc.shape[1]
         except TypeError:
-            bad("exit_leave_cycles", el, f"must list one whole number of cycles per head ({hc.shape[1]})")
-        if len(el) != hc.shape[1]:
-            bad("exit_leave_cycles", el, f"must list one whole number of cycles per head ({hc.shape[1]})")
+            el = None
+        if el is None or len(el) != hc.shape[1]:
+            bad("exit_leave_cycles", self.exit_leave_cycles,
+                f"must list one whole number of cycles per head ({hc.shape[1]})")
         for i, v in enumerate(el):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 bad(f"exit_leave_cycles[{i}]", v, "must be a non-negative integer")
