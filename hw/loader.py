@@ -32,7 +32,12 @@ def _tag_layout(cfg: HwConfig) -> data.StructLayout:
         "slot": 1,
         "last": 1,                                   # last beat of this load
         "idx": range(max(cfg.tr, cfg.tc)),           # X: row in tile; W: unit
-        "pl0": unsigned(dim + 1),                    # chunk element of the beat's first element
+        # the beat's first element (chunk element pl0, a multiple of E) decoded at issue:
+        # its reduction step pl0 >> ls and its unit lane (q = pl0 & smask: q >> lseg,
+        # q & segmask); element e of the beat ORs in e's own (pl0 has no bits below E)
+        "s0": unsigned(dim + 1),
+        "j0": range(cfg.tc),
+        "lo0": range(cfg.tp),
         "nvalid": range(cfg.elems_per_beat + 1),     # elements of the beat inside the chunk
         "abase": unsigned(dim + log2(cfg.tr) + 1),   # X: g * n_s
         "bcol0": signed(dim + 2),                    # B: unit of the beat's first word
@@ -113,6 +118,12 @@ class Loader(wiring.Component):
 
         tag = Signal(tagl, name="rq_tag")
         m.d.comb += tags.w_data.eq(tag)
+
+        def issue_pl0():
+            """The tag's decode of the beat's first element (see ``_tag_layout``)."""
+            q0 = pl0 & lp.smask
+            return [tag.s0.eq(pl0 >> lp.ls), tag.j0.eq(q0 >> lp.lseg),
+                    tag.lo0.eq(q0 & lp.segmask)]
         m.d.comb += self.rd_addr.eq(addr)
         fire = Signal(name="rq_fire")
         m.d.comb += fire.eq(self.rd_valid & self.rd_ready)
@@ -189,7 +200,7 @@ class Loader(wiring.Component):
                 m.d.comb += [self.rd_valid.eq(tags.w_rdy),
                              tag.kind.eq(KIND_X), tag.slot.eq(x_issued[0]),
                              tag.last.eq(last_beat & last_row), tag.idx.eq(idx),
-                             tag.pl0.eq(pl0), tag.nvalid.eq(nvalid), tag.abase.eq(abase)]
+                             *issue_pl0(), tag.nvalid.eq(nvalid), tag.abase.eq(abase)]
 
                 m.d.comb += self.g_idx.eq(g_j + 1)
                 nx_j = Mux(g_wrap, g_j + 1, g_j)
@@ -223,7 +234,7 @@ class Loader(wiring.Component):
                 m.d.comb += [self.rd_valid.eq(tags.w_rdy),
                              tag.kind.eq(KIND_W), tag.slot.eq(w_issued[0]),
                              tag.last.eq(last_beat & last_col & ~need_bias), tag.idx.eq(idx),
-                             tag.pl0.eq(pl0), tag.nvalid.eq(nvalid)]
+                             *issue_pl0(), tag.nvalid.eq(nvalid)]
 
                 def w_last():
                     with m.If(need_bias):
@@ -259,18 +270,18 @@ class Loader(wiring.Component):
         r1 = Signal(data.StructLayout({"valid": 1, "tag": tagl, "beat": 8 * M}), name="r1")
         m.d.sync += [r1.valid.eq(self.resp_valid), r1.tag.eq(rtag), r1.beat.eq(self.resp_data)]
 
-        # Stage r0 (the response cycle; the tag comes from the tag FIFO): per element, the
-        # reduction step ``s`` and the lane within the unit (``j``, ``lo``); registered in r1.
-        smask, segmask, bpmask, fmask = lp.smask, lp.segmask, lp.bpmask, lp.fmask
+        # Stage r0 (the response cycle; the tag comes from the tag FIFO, a LUT-RAM read): per
+        # element, the reduction step ``s`` and the lane within the unit (``j``, ``lo``),
+        # registered in r1. The shifts were done at issue (``s0``, ``j0``, ``lo0``); here
+        # only element e's own part, a function of the layer's parameters, is ORed in.
+        segmask, bpmask, fmask = lp.segmask, lp.bpmask, lp.fmask
         r1_s, r1_j, r1_lo = [], [], []
         for e in range(E):
-            pl = Signal(cfg.dim_width + 2, name=f"r0_pl{e}")
-            q = Signal(cfg.dim_width + 2, name=f"r0_q{e}")
-            m.d.comb += [pl.eq(rtag.pl0 | e), q.eq(pl & smask)]     # pl0 is a multiple of E
+            es, ej, elo = self._elem_lane(m, lp, e)
             rs_ = Signal(cfg.dim_width + 2, name=f"r1_s{e}")
             rj = Signal(range(cfg.tc), name=f"r1_j{e}")
             rlo = Signal(range(cfg.tp), name=f"r1_l{e}")
-            m.d.sync += [rs_.eq(pl >> lp.ls), rj.eq(q >> lp.lseg), rlo.eq(q & segmask)]
+            m.d.sync += [rs_.eq(rtag.s0 | es), rj.eq(rtag.j0 | ej), rlo.eq(rtag.lo0 | elo)]
             r1_s.append(rs_), r1_j.append(rj), r1_lo.append(rlo)
         # bias: which unit each 32-bit word of the beat belongs to (one-hot)
         r1_bhit = Signal(data.ArrayLayout(cfg.tc, M // 4), name="r1_bhit")
@@ -321,3 +332,15 @@ class Loader(wiring.Component):
         with m.Else():
             m.d.sync += [self.x_done.eq(self.x_done + done_x), self.w_done.eq(self.w_done + done_w)]
         return m
+
+    def _elem_lane(self, m, lp, e: int):
+        """Element ``e`` of a beat's own part of its reduction step and unit lane: functions
+        of ``e`` and the layer's parameters only (``lp`` is registered for the layer)."""
+        w = max(1, log2(self.cfg.elems_per_beat) + 1)
+        c = Const(e, w)
+        es = Signal(w, name=f"r0_es{e}")
+        ej = Signal(range(self.cfg.tc), name=f"r0_ej{e}")
+        elo = Signal(range(self.cfg.tp), name=f"r0_elo{e}")
+        m.d.comb += [es.eq(c >> lp.ls), ej.eq((c & lp.smask) >> lp.lseg),
+                     elo.eq(c & lp.smask & lp.segmask)]
+        return es, ej, elo
