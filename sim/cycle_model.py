@@ -35,13 +35,13 @@ START_CYCLES = 3
 
 def pipe_latency(cfg: HwConfig) -> int:
     """Last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
-    ``OperandBuffers.latency`` (memory read, output register, then the X copy network's
-    stages, two levels each and at least one: 2 + max(1, ceil(log2(tc) / 2))) +
-    ``PEArray.latency`` (multiply with operand and product registers, adder tree in two
-    stages, one stage per level of the stacking tree, accumulate: 5 + log2(tc)); 10 for the
-    default 4 x 4, 12 for the 8 x 8."""
+    ``OperandBuffers.latency`` (request register, memory read, output register, then the X
+    copy network's stages, two levels each and at least one: 3 + max(1, ceil(log2(tc) / 2)))
+    + ``PEArray.latency`` (multiply with operand and product registers, adder tree in two
+    stages, one stage per level of the stacking tree, accumulate: 5 + log2(tc)); 11 for the
+    default 4 x 4, 13 for the 8 x 8."""
     ltc = cfg.tc.bit_length() - 1
-    return 2 + max(1, -(-ltc // 2)) + 5 + ltc
+    return 3 + max(1, -(-ltc // 2)) + 5 + ltc
 
 #: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1

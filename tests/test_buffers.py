@@ -74,7 +74,7 @@ def test_invariant_check_can_fail():
 
 def test_latency_follows_the_network():
     assert [net_stages(HwConfig(tc=tc, tp=4, mem_bytes=4)) for tc in (4, 8, 16, 32)] == [1, 2, 2, 3]
-    assert OperandBuffers.latency_for(HwConfig(tc=8, tp=8, mem_bytes=8)) == 4
+    assert OperandBuffers.latency_for(HwConfig(tc=8, tp=8, mem_bytes=8)) == 5
 
 
 _SMALL = dict(tr=8, x_buf_elems=2048, w_buf_elems=1024)
