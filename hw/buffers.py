@@ -114,7 +114,7 @@ class OperandBuffers(wiring.Component):
         """The read request registered as it enters (``q_``), the addresses in one copy per
         memory (``_rep``): the compute issue's decision drives only these registers, which
         nextpnr can keep beside it, and each copy has a cycle to reach its memory (the
-        issue's decision to the W request was the 4 x 4's worst path on 66f0d21 seed 1,
+        issue's decision to the W request was the 4 x 4's worst path on 996aa36 seed 1,
         8.97 of 11.03 ns routing across the device)."""
         cfg = self.cfg
         q = {}

@@ -119,11 +119,24 @@ class Loader(wiring.Component):
         tag = Signal(tagl, name="rq_tag")
         m.d.comb += tags.w_data.eq(tag)
 
+        # The tag's decode of the beat's first element (see ``_tag_layout``), kept in
+        # registers beside ``pl0`` and computed from its next value, so the tag's path into
+        # the tag FIFO is a select of registers, not an adder and shifts.
+        pl0_s0 = Signal(tagl["s0"].shape, name="rq_pl0_s0")
+        pl0_j0 = Signal(tagl["j0"].shape, name="rq_pl0_j0")
+        pl0_lo0 = Signal(tagl["lo0"].shape, name="rq_pl0_lo0")
+
+        def set_pl0(v):
+            if isinstance(v, int):
+                assert v == 0
+                return [pl0.eq(0), pl0_s0.eq(0), pl0_j0.eq(0), pl0_lo0.eq(0)]
+            q0 = v & lp.smask
+            return [pl0.eq(v), pl0_s0.eq(v >> lp.ls), pl0_j0.eq(q0 >> lp.lseg),
+                    pl0_lo0.eq(q0 & lp.segmask)]
+
         def issue_pl0():
-            """The tag's decode of the beat's first element (see ``_tag_layout``)."""
-            q0 = pl0 & lp.smask
-            return [tag.s0.eq(pl0 >> lp.ls), tag.j0.eq(q0 >> lp.lseg),
-                    tag.lo0.eq(q0 & lp.segmask)]
+            return [tag.s0.eq(pl0_s0), tag.j0.eq(pl0_j0), tag.lo0.eq(pl0_lo0)]
+
         m.d.comb += self.rd_addr.eq(addr)
         fire = Signal(name="rq_fire")
         m.d.comb += fire.eq(self.rd_valid & self.rd_ready)
@@ -137,9 +150,9 @@ class Loader(wiring.Component):
             """After a request transfers: next beat, or next row (X) / column (W) of the load."""
             with m.If(fire):
                 with m.If(~last_beat):
-                    m.d.sync += [beat.eq(beat + 1), pl0.eq(pl0 + E), addr.eq(addr + M)]
+                    m.d.sync += [beat.eq(beat + 1), *set_pl0((pl0 + E)[:len(pl0)]), addr.eq(addr + M)]
                 with m.Else():
-                    m.d.sync += [beat.eq(0), pl0.eq(0), idx.eq(idx + 1),
+                    m.d.sync += [beat.eq(0), *set_pl0(0), idx.eq(idx + 1),
                                  addr.eq(row_addr + lp.stride), row_addr.eq(row_addr + lp.stride)]
                     on_row_end()
                     with m.If(last_item):
@@ -189,7 +202,7 @@ class Loader(wiring.Component):
             with m.State("XWAIT"):
                 m.d.comb += self.g_idx.eq(s_j)
                 start_addr = Mux(gather, self.g_addr + gp_off, x_base)
-                m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0), abase.eq(0),
+                m.d.sync += [idx.eq(0), beat.eq(0), *set_pl0(0), abase.eq(0),
                              addr.eq(start_addr), row_addr.eq(start_addr),
                              g_j.eq(s_j), g_rr.eq(s_rr), g_off.eq(s_off), g_wrap.eq(s_rr == rs_m1),
                              t_j.eq(s_j), t_rr.eq(s_rr), t_off.eq(s_off)]
@@ -225,7 +238,7 @@ class Loader(wiring.Component):
                 advance(last_beat, last_row, x_row_end, x_last)
             with m.State("WWAIT"):
                 start_addr = w_base
-                m.d.sync += [idx.eq(0), beat.eq(0), pl0.eq(0),
+                m.d.sync += [idx.eq(0), beat.eq(0), *set_pl0(0),
                              addr.eq(start_addr), row_addr.eq(start_addr)]
                 with m.If(~w_out[1]):
                     m.next = "WISS"
