@@ -282,36 +282,41 @@ TABLES_SCHEDULERS = [("fluid", {}), ("lazy", {}), ("fcfs", {}), ("clipper", {}),
 def test_tables_model_error_is_bounded():
     """The bound docs/cosim.md gives for the default serving simulator (mapper tables)
     against the FBE mode (equal to the RTL, tests above): on the default scenario, 200
-    requests, seeds 1-3, loads 0.5/1.0/1.5, five schedulers, mean latency within 10 %,
-    p99 within 20 % on every run, SLO attainment within 0.05. Tables 30 % slower per layer,
-    or without the cycles of the samples that leave at a head, break it (next test)."""
+    requests, seeds 1-3, loads 0.5/1.0/1.5, five schedulers, mean latency within 10 % and
+    SLO attainment within 0.05 on every run, p99 within 10 % over each (load, scheduler)'s
+    600 requests. Tables 30 % slower per layer, or without the cycles of the samples that
+    leave at a head, break it (next test)."""
     from fluidnpu.sim.cosim.run import DEFAULT_SCENARIO, metric_errors, run_tables
     from fluidnpu.sim.serving import load_scenario, scale_rates
     base = load_scenario(DEFAULT_SCENARIO)
-    worst = {"mean_ms": [0.0, 0.0], "p99_ms": [0.0, 0.0], "slo_attainment": [0.0, 0.0]}
+    worst = {"mean_ms": [0.0, 0.0], "slo_attainment": [0.0, 0.0]}
     p99_outside = []
     for k in (0.5, 1.0, 1.5):
-        for seed in (1, 2, 3):
-            for sched in TABLES_SCHEDULERS:
+        for sched in TABLES_SCHEDULERS:
+            lat = {"fbe": [], "tables": []}
+            for seed in (1, 2, 3):
                 s = prepare(scale_rates(base, k), sched, requests=200, seed=seed)
-                e = metric_errors(run_model(s), run_tables(s, "fluid"))
+                ref, tab = run_model(s), run_tables(s, "fluid")
+                e = metric_errors(ref, tab)
                 for key, (lo, hi) in worst.items():
                     worst[key] = [min(lo, e[key]), max(hi, e[key])]
-                if not -0.20 <= e["p99_ms"] <= 0.20:
-                    p99_outside.append((k, seed, sched[0], e["p99_ms"]))
-    # Measured 3 Dec 2026 (stage_entries = 8, tables with each head's leave cycles and the FBE's
-    # preempt/merge cycles): mean -3.5 % to +8.6 %, p99 -5.7 % to +6.5 %, SLO -0.005 to +0.021.
-    # Before, the tables charged no result write for the 94 % of samples that leave at head 0
-    # (31 cycles each): mean -15.6 % to -1.1 %, SLO up to +0.147, and p99 -53 % in fluid at load
-    # 1.5 seed 2 (the FBE mode starves three final-exit requests behind catch-ups, 298-348 us, the
-    # tables one). That run's p99 rests on such starvation chains: on 4 copies of its trace with
-    # each arrival moved by up to +-20 cycles the tables are 49 % low on 2 and 23 % high on 1, so a
-    # few cycles' change in either model can flip it again (docs/cosim.md, "What is left").
+                lat["fbe"].append(ref.result.latency_s)
+                lat["tables"].append(tab.result.latency_s)
+            a, b = (np.nanpercentile(np.concatenate(v), 99) for v in lat.values())
+            if not -0.10 <= (b - a) / a <= 0.10:
+                p99_outside.append((k, sched[0], (b - a) / a))
+    # Measured 3 Dec 2026 on 9ed6a51 (pipe_latency 11): mean -3.5 % to +8.6 %, pooled p99
+    # -5.6 % to +8.1 %, SLO within 0.03. The p99 of one 200-request run is its second-slowest
+    # request: in overload it rests on which two or three requests the scheduler starves
+    # behind catch-ups, and one extra pipeline cycle per layer flipped fluid at load 1.5 seed 2
+    # from -0.3 % to +23.6 % (the tables starve requests 162 and 176 for 428 and 302 us where
+    # the FBE mode starves 156 and 162 for 290 and 240 us); every other run stays within 11 %
+    # (docs/cosim.md, "What is left is chaos, not bias"). So the p99 bound is on the pooled
+    # requests of the three seeds, tighter (10 %) than the per-run bound it replaces (20 %).
     assert -0.10 <= worst["mean_ms"][0] and worst["mean_ms"][1] <= 0.10, worst
     assert not p99_outside, p99_outside
     assert -0.05 <= worst["slo_attainment"][0] and worst["slo_attainment"][1] <= 0.05, worst
     assert max(-worst["mean_ms"][0], worst["mean_ms"][1]) > 0.02   # not vacuous: the two models differ
-
 
 
 def test_tables_bound_has_teeth(monkeypatch):
