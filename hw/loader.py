@@ -114,7 +114,12 @@ class Loader(wiring.Component):
         # bias beats - 1, registered: the bias load starts at least three cycles after a step
         nbb_m1 = Signal(cfg.dim_width + 1, name="rq_nbb_m1")
         m.d.sync += nbb_m1.eq(((boff + (it.ncols << 2) + M - 1) >> lm) - 1)
-        need_bias = d.bias_en & it.last_ch
+        # the step loads bias, registered: the step's flags change only on the iterator's
+        # advance (NEXT) or restart, at least two cycles before the W issue reads this
+        # (it.last_ch -> need_bias -> the tag's ``last`` was the 4 x 4's worst path on
+        # 292ead2 seeds 1 and 3)
+        need_bias = Signal(name="rq_need_bias")
+        m.d.sync += need_bias.eq(d.bias_en & it.last_ch)
 
         tag = Signal(tagl, name="rq_tag")
         m.d.comb += tags.w_data.eq(tag)
