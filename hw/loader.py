@@ -44,6 +44,15 @@ def _tag_layout(cfg: HwConfig) -> data.StructLayout:
     })
 
 
+def _lane_decode(lp, v):
+    """Chunk element ``v``'s reduction step and lane within its unit under the layer's
+    policy: ``v >> ls``, ``q >> lseg`` and ``q & segmask`` with ``q = v & smask``. Shifts and
+    masks act bit by bit, so the decode of ``a | b`` is the OR of their decodes: how a beat's
+    first element (at issue) and each element's offset (at the response) combine."""
+    q = v & lp.smask
+    return v >> lp.ls, q >> lp.lseg, q & lp.segmask
+
+
 class Loader(wiring.Component):
     """Load engine; ``x_done``/``w_done`` count completed loads, ``x_free``/``w_free``
     pulses (from the compute) return slots."""
@@ -132,12 +141,10 @@ class Loader(wiring.Component):
         pl0_lo0 = Signal(tagl["lo0"].shape, name="rq_pl0_lo0")
 
         def set_pl0(v):
-            if isinstance(v, int):
-                assert v == 0
-                return [pl0.eq(0), pl0_s0.eq(0), pl0_j0.eq(0), pl0_lo0.eq(0)]
-            q0 = v & lp.smask
-            return [pl0.eq(v), pl0_s0.eq(v >> lp.ls), pl0_j0.eq(q0 >> lp.lseg),
-                    pl0_lo0.eq(q0 & lp.segmask)]
+            if isinstance(v, int):              # 0: its decode is 0, no logic
+                return [pl0.eq(v), pl0_s0.eq(v), pl0_j0.eq(v), pl0_lo0.eq(v)]
+            return [pl0.eq(v), *(r.eq(x) for r, x in zip((pl0_s0, pl0_j0, pl0_lo0),
+                                                           _lane_decode(lp, v)))]
 
         def issue_pl0():
             return [tag.s0.eq(pl0_s0), tag.j0.eq(pl0_j0), tag.lo0.eq(pl0_lo0)]
@@ -359,6 +366,5 @@ class Loader(wiring.Component):
         es = Signal(w, name=f"r0_es{e}")
         ej = Signal(range(self.cfg.tc), name=f"r0_ej{e}")
         elo = Signal(range(self.cfg.tp), name=f"r0_elo{e}")
-        m.d.comb += [es.eq(c >> lp.ls), ej.eq((c & lp.smask) >> lp.lseg),
-                     elo.eq(c & lp.smask & lp.segmask)]
+        m.d.comb += [r.eq(x) for r, x in zip((es, ej, elo), _lane_decode(lp, c))]
         return es, ej, elo
