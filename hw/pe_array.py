@@ -9,7 +9,7 @@ index ``i*tc + u``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -194,6 +194,10 @@ class PEArray(wiring.Component):
             with m.If(valid_rep[u]):
                 m.d.sync += a.eq(Mux(first_rep[u], v, a + v))
             m.d.sync += self.out_vals[idx].eq(Mux(first_rep[u], v, a + v))
+        # one register per copy (a multi-bit register's identical bits would be one flip-flop
+        # after synthesis; the flow keeps signals named ``*_rep*`` apart)
+        v_rep = [Signal(name=f"out_valid_rep{i}") for i in range(len(self.out_valid_rep))]
         m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag),
-                     *(r.eq(ctl.valid & ctl.last) for r in self.out_valid_rep)]
+                     *(r.eq(ctl.valid & ctl.last) for r in v_rep)]
+        m.d.comb += self.out_valid_rep.eq(Cat(v_rep))
         return m

@@ -546,3 +546,31 @@ def test_flow_pack_only(fake_tools, tmp_path, monkeypatch):
     assert r.fits is False and "MULT18X18D 200/156" in r.reason
     assert r.fmax_mhz is None and r.dsps == 200
     assert fake_tools("pack") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="Debian's yosys is not installed")
+def test_register_replicas_survive_synthesis(tmp_path):
+    """Every ``*_rep*`` register copy (a high-fanout control register duplicated so that each
+    copy drives a local net) is still its own flip-flop after ``synth_ecp5`` with the flow's
+    keep step. A multi-bit replica register was merged into one flip-flop before 3 Dec 2026
+    (the PE array's ``out_valid_rep``, the stage FIFO's ``r_rdy_rep``): 11 copies, one net,
+    the 4 x 4's worst path."""
+    import re
+    import subprocess
+
+    from amaranth.back import rtlil
+
+    from fluidnpu.hw.core import NPUCore
+    from fluidnpu.synth.flow import KEEP_REPLICAS
+    (tmp_path / "top.il").write_text(rtlil.convert(NPUCore(TINY), name="top"))
+    subprocess.run(["yosys", "-q", "-p", f"read_rtlil top.il; {KEEP_REPLICAS}; "
+                    "synth_ecp5 -top top -json top.json"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    nets = json.loads((tmp_path / "top.json").read_text())["modules"]["top"]["netnames"]
+    reps = {n: [b for b in v["bits"] if isinstance(b, int)] for n, v in nets.items()
+            if re.search(r"_rep\d*$", n)}
+    checked = [n for n in ("pe.out_valid_rep", "stage.r_rdy_rep") if n in reps]
+    assert len(checked) == 2, sorted(reps)
+    merged = {n: len(b) - len(set(b)) for n, b in reps.items() if len(set(b)) < len(b)}
+    assert not merged, merged
