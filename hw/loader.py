@@ -153,8 +153,14 @@ class Loader(wiring.Component):
         fire = Signal(name="rq_fire")
         m.d.comb += fire.eq(self.rd_valid & self.rd_ready)
         m.d.comb += tags.w_en.eq(fire)
+        # ``beat == it.nb_m1`` kept in a register (``it.nb_m1`` is a select on ``it.last_ch``,
+        # and the compare fed the enables of the walk's counters: the 4 x 4's worst path on
+        # d553c2c seed 1). Its inputs, registered from the step's sizes, are current from
+        # XWAIT (WWAIT) on: the step's flags change only on the iterator's advance (NEXT).
+        nb_zero = Signal(name="rq_nb_zero")
+        nb_m2 = Signal(len(it.nb_m1), name="rq_nb_m2")
+        m.d.sync += [nb_zero.eq(it.nb_m1 == 0), nb_m2.eq(it.nb_m1 - 1)]
         last_beat = Signal(name="rq_last_beat")
-        m.d.comb += last_beat.eq(beat == it.nb_m1)
         nvalid = Signal(range(E + 1), name="rq_nvalid")
         m.d.comb += nvalid.eq(Mux(last_beat, it.nv_last, E))
 
@@ -162,9 +168,10 @@ class Loader(wiring.Component):
             """After a request transfers: next beat, or next row (X) / column (W) of the load."""
             with m.If(fire):
                 with m.If(~last_beat):
-                    m.d.sync += [beat.eq(beat + 1), *set_pl0((pl0 + E)[:len(pl0)]), addr.eq(addr + M)]
+                    m.d.sync += [beat.eq(beat + 1), *set_pl0((pl0 + E)[:len(pl0)]), addr.eq(addr + M),
+                                 last_beat.eq(beat == nb_m2)]
                 with m.Else():
-                    m.d.sync += [beat.eq(0), *set_pl0(0), idx.eq(idx + 1),
+                    m.d.sync += [beat.eq(0), *set_pl0(0), idx.eq(idx + 1), last_beat.eq(nb_zero),
                                  addr.eq(row_addr + lp.stride), row_addr.eq(row_addr + lp.stride)]
                     on_row_end()
                     with m.If(last_item):
@@ -214,7 +221,7 @@ class Loader(wiring.Component):
             with m.State("XWAIT"):
                 m.d.comb += self.g_idx.eq(s_j)
                 start_addr = Mux(gather, self.g_addr + gp_off, x_base)
-                m.d.sync += [idx.eq(0), beat.eq(0), *set_pl0(0), abase.eq(0),
+                m.d.sync += [idx.eq(0), beat.eq(0), last_beat.eq(nb_zero), *set_pl0(0), abase.eq(0),
                              addr.eq(start_addr), row_addr.eq(start_addr),
                              g_j.eq(s_j), g_rr.eq(s_rr), g_off.eq(s_off), g_wrap.eq(s_rr == rs_m1),
                              t_j.eq(s_j), t_rr.eq(s_rr), t_off.eq(s_off)]
@@ -233,7 +240,9 @@ class Loader(wiring.Component):
                 nx_off = Mux(g_wrap, 0, g_off + lp.stride)
 
                 def x_row_end():
-                    with m.If(((idx + 1) & ((1 << lp.lbp) - 1)) == 0):
+                    # the row ends its group of B_P rows: ``(idx + 1) % B_P == 0`` without the
+                    # adder (``lp.lbp`` -> adder -> compare was the 4 x 4's worst path)
+                    with m.If((idx & lp.bpmask) == lp.bpmask):
                         m.d.sync += abase.eq(abase + it.n_s)
                     m.d.sync += [g_j.eq(nx_j), g_rr.eq(nx_rr), g_off.eq(nx_off),
                                  g_wrap.eq(Mux(g_wrap, rs_is1, g_rr == rs_m2))]
@@ -250,7 +259,7 @@ class Loader(wiring.Component):
                 advance(last_beat, last_row, x_row_end, x_last)
             with m.State("WWAIT"):
                 start_addr = w_base
-                m.d.sync += [idx.eq(0), beat.eq(0), *set_pl0(0),
+                m.d.sync += [idx.eq(0), beat.eq(0), last_beat.eq(nb_zero), *set_pl0(0),
                              addr.eq(start_addr), row_addr.eq(start_addr)]
                 with m.If(~w_out[1]):
                     m.next = "WISS"
