@@ -238,14 +238,21 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
     hw_list = []
     for i, e in enumerate(hw_entries):
         w = f"{where}: hw[{i}]"
-        _check_keys(w, e, set(hwf) | {"label"}, "[[hw]]")
+        _check_keys(w, e, set(hwf) | {"label", "placer"}, "[[hw]]")
         clash = sorted(set(e) & set(axes))
         if clash:
             raise SweepError(f"{w}: {', '.join(clash)} is set both here and in [grid]: give it in one place")
         label = e.get("label")
         if label is not None and (not isinstance(label, str) or not label):
             raise SweepError(f"{w}: label = {label!r}: must be a non-empty string")
-        hw_list.append((label, {k: v for k, v in e.items() if k != "label"}))
+        placer = e.get("placer")         # this row's nextpnr placer, over synth.placer
+        if placer is not None:
+            from .flow import PLACERS
+            if placer not in PLACERS:
+                raise SweepError(f"{w}: placer = {placer!r}: must be one of {', '.join(PLACERS)}")
+            if "synth" not in d:
+                raise SweepError(f"{w}: placer = {placer!r}: a row's placer needs a [synth] section")
+        hw_list.append((label, placer, {k: v for k, v in e.items() if k not in ("label", "placer")}))
 
     # sections
     synth = None
@@ -379,7 +386,7 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
     cfgs: dict[str, Any] = {}
     checked_scen: set = set()
     opts = {"synth": synth, "perf": perf, "serve": serve}
-    for (label, hw_fixed), hw_vals in itertools.product(hw_list, itertools.product(*(axes[k] for k in hw_axes))):
+    for (label, placer, hw_fixed), hw_vals in itertools.product(hw_list, itertools.product(*(axes[k] for k in hw_axes))):
         hw_over = dict(hw_fixed)
         hw_over.update(zip(hw_axes, hw_vals))
         try:
@@ -393,8 +400,10 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
         hw_label = (f"{label} {axis_part}" if axis_part else label) if label else (_fmt_over(hw_over) or "base")
         sid = None
         if synth is not None:
-            sjob = {"kind": "synth", "hw": hw, "synth": synth, "label": hw_label}
-            sid = "s" + _digest({"cfg": cfg.key(), "synth": synth})
+            # a row's own placer (only then a key, as for synth.placer)
+            row_synth = synth if placer is None else {**synth, "placer": placer}
+            sjob = {"kind": "synth", "hw": hw, "synth": row_synth, "label": hw_label}
+            sid = "s" + _digest({"cfg": cfg.key(), "synth": row_synth})
             sjob["id"] = sid
             synth_jobs.setdefault(sid, sjob)
         for vals in itertools.product(*(axes[k] for k in other_axes)):

@@ -115,6 +115,8 @@ BAD = [
     ("[synth]\nseeds = '4-2'\n", "synth.seeds = '4-2': the range '4-2' is empty"),
     ("[synth]\nseeds = 3\n", "synth.seeds = 3: must be a list of non-negative integers"),
     ("[synth]\nplacer = 'sa'\n", "synth.placer = 'sa': must be one of heap, static"),
+    ("[[hw]]\nplacer = 'sa'\n[synth]\n", "hw[0]: placer = 'sa': must be one of heap, static"),
+    ("[[hw]]\nplacer = 'static'\n[grid]\nmodel = 'tiny'\n[perf]\n", "a row's placer needs a [synth] section"),
     ("[synth]\nseeds = [1, 2]\npack_only = true\n", "pack_only stops before placement"),
 ]
 
@@ -361,3 +363,17 @@ def test_a_failing_task_is_a_record(tmp_path):
     sw = load_sweep(Path(__file__).parents[1] / "examples" / "own_model" / "sweep.toml")
     good = evaluate_point(sw.points[0].job)
     assert good["ok"] is True and good["metrics"]["perf_b1_cycles"] > 0
+
+
+def test_a_row_may_set_its_own_placer(tmp_path):
+    """``placer`` in an [[hw]] row overrides synth.placer for that row's synthesis only (the
+    8 x 4 routes with the static placer, the 4 x 4 keeps HeAP); a row without it keeps the
+    job id it had before rows could set one."""
+    base = "[[hw]]\nlabel = 'a'\n[[hw]]\nlabel = 'b'\ntc = 8\n{extra}[synth]\ntarget = 'ulx3s-85f'\n"
+    plain = load_sweep(write(tmp_path, base.format(extra=""), "plain.toml"))
+    mixed = load_sweep(write(tmp_path, base.format(extra="placer = 'static'\n"), "mixed.toml"))
+    placers = {j["label"]: j["synth"].get("placer") for j in mixed.synth_jobs.values()}
+    assert placers == {"a": None, "b": "static"}
+    ids = {j["label"]: sid for sid, j in plain.synth_jobs.items()}
+    mids = {j["label"]: sid for sid, j in mixed.synth_jobs.items()}
+    assert mids["a"] == ids["a"] and mids["b"] != ids["b"]
