@@ -1,7 +1,7 @@
 """Layouts and signatures shared by the NPU core, its blocks and its testbenches."""
 from __future__ import annotations
 
-from amaranth.hdl import Value, signed, unsigned
+from amaranth.hdl import Cat, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,6 +31,17 @@ def load_in_slices(m, dst, src, enables) -> None:
     for i, en in enumerate(enables):
         with m.If(en):
             m.d.sync += dst[cut[i]:cut[i + 1]].eq(src[cut[i]:cut[i + 1]])
+
+
+def register_copies(m, port, value, *, name: str) -> None:
+    """Drive each bit of ``port`` from a register of its own (``name<i>``) holding ``value``.
+
+    Register replicas split a high-fanout control net; they must be separate signals: the
+    identical bits of one multi-bit register become one flip-flop after synthesis, despite
+    the flow's keep step for ``*_rep*`` signals (tests/test_synth.py checks)."""
+    regs = [Signal(name=f"{name}{i}") for i in range(len(port))]
+    m.d.sync += [r.eq(value) for r in regs]
+    m.d.comb += port.eq(Cat(regs))
 
 
 def layer_desc_layout(cfg: HwConfig) -> data.StructLayout:

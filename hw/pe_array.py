@@ -9,13 +9,13 @@ index ``i*tc + u``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
 from .dsp import Multiplier
-from .interface import log2
+from .interface import log2, register_copies
 
 __all__ = ["PEArray"]
 
@@ -194,10 +194,6 @@ class PEArray(wiring.Component):
             with m.If(valid_rep[u]):
                 m.d.sync += a.eq(Mux(first_rep[u], v, a + v))
             m.d.sync += self.out_vals[idx].eq(Mux(first_rep[u], v, a + v))
-        # one register per copy (a multi-bit register's identical bits would be one flip-flop
-        # after synthesis; the flow keeps signals named ``*_rep*`` apart)
-        v_rep = [Signal(name=f"out_valid_rep{i}") for i in range(len(self.out_valid_rep))]
-        m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag),
-                     *(r.eq(ctl.valid & ctl.last) for r in v_rep)]
-        m.d.comb += self.out_valid_rep.eq(Cat(v_rep))
+        m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
+        register_copies(m, self.out_valid_rep, ctl.valid & ctl.last, name="out_valid_rep")
         return m

@@ -18,6 +18,8 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from .interface import register_copies
+
 __all__ = ["StageFIFO"]
 
 
@@ -55,11 +57,8 @@ class StageFIFO(wiring.Component):
         pop = self.r_en & self.r_rdy
         nxt = Signal(range(depth + 2), name="level_next")
         m.d.comb += [nxt.eq(self.level + self.w_en - pop), self.r_rdy.eq(self.level != 0)]
-        # ``r_rdy_rep``: one register per copy (a multi-bit register's identical bits would be
-        # one flip-flop after synthesis; the flow keeps signals named ``*_rep*`` apart)
-        o_rdy = [Signal(name=f"r_rdy_rep{i}") for i in range(len(self.r_rdy_rep))]
-        m.d.sync += [self.level.eq(nxt), *(r.eq(nxt != 0) for r in o_rdy)]
-        m.d.comb += self.r_rdy_rep.eq(Cat(o_rdy))
+        m.d.sync += self.level.eq(nxt)
+        register_copies(m, self.r_rdy_rep, nxt != 0, name="r_rdy_rep")
 
         # per slice, a register copy of ``r_rdy`` (equal to it in every cycle) gates the pop
         s_rdy = [Signal(name=f"rdy_rep{i}") for i in range(n)]

@@ -113,6 +113,11 @@ def _bool(where, name, v):
     return v
 
 
+def _one_of(where, name, v, allowed) -> None:
+    if v not in allowed:
+        raise SweepError(f"{where}: {name} = {v!r}: must be one of {', '.join(allowed)}")
+
+
 def _pos_num(where, name, v, integer=False):
     ok = not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0 and (not integer or isinstance(v, int))
     if not ok:
@@ -248,8 +253,7 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
         placer = e.get("placer")         # this row's nextpnr placer, over synth.placer
         if placer is not None:
             from .flow import PLACERS
-            if placer not in PLACERS:
-                raise SweepError(f"{w}: placer = {placer!r}: must be one of {', '.join(PLACERS)}")
+            _one_of(w, "placer", placer, PLACERS)
             if "synth" not in d:
                 raise SweepError(f"{w}: placer = {placer!r}: a row's placer needs a [synth] section")
         hw_list.append((label, placer, {k: v for k, v in e.items() if k not in ("label", "placer")}))
@@ -259,8 +263,7 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
     if "synth" in d:
         s = _check_keys(where, d["synth"], _SYNTH_KEYS, "[synth]")
         target = s.get("target", "ulx3s-85f")
-        if target not in TARGETS:
-            raise SweepError(f"{where}: synth.target = {target!r}: must be one of {', '.join(TARGETS)}")
+        _one_of(where, "synth.target", target, TARGETS)
         synth = {"target": target, "pack_only": _bool(where, "synth.pack_only", s.get("pack_only", False)),
                  "bitstream": _bool(where, "synth.bitstream", s.get("bitstream", True)),
                  "seed": s.get("seed", 1), "target_mhz": s.get("target_mhz"),
@@ -282,15 +285,11 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
             synth["seeds"], synth["seed"] = list(seeds), seeds[0]
         if "placer" in s:       # (only then a key, as for seeds)
             from .flow import PLACERS
-            if s["placer"] not in PLACERS:
-                raise SweepError(f"{where}: synth.placer = {s['placer']!r}: must be one of "
-                                 f"{', '.join(PLACERS)}")
+            _one_of(where, "synth.placer", s["placer"], PLACERS)
             synth["placer"] = s["placer"]
         if "floorplan" in s:    # (only then a key)
             from .floorplan import FLOORPLANS
-            if s["floorplan"] not in FLOORPLANS:
-                raise SweepError(f"{where}: synth.floorplan = {s['floorplan']!r}: must be one of "
-                                 f"{', '.join(FLOORPLANS)}")
+            _one_of(where, "synth.floorplan", s["floorplan"], FLOORPLANS)
             synth["floorplan"] = s["floorplan"]
         for k in ("target_mhz", "timeout_s"):
             if synth[k] is not None:
@@ -365,8 +364,7 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
             except tomllib.TOMLDecodeError as e:
                 raise SweepError(f"{where}: scenario file {q}: not valid TOML ({e})") from None
     for m in axes.get("mapping", []):
-        if m not in HARDWARE:
-            raise SweepError(f"{where}: grid.mapping = {m!r}: must be one of {', '.join(HARDWARE)}")
+        _one_of(where, "grid.mapping", m, HARDWARE)
     models = [_resolve_model_ref(where, m, base_dir) for m in axes.get("model", [])]
     if models:
         axes["model"] = models

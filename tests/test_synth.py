@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -556,9 +558,6 @@ def test_register_replicas_survive_synthesis(tmp_path):
     keep step. A multi-bit replica register was merged into one flip-flop before 3 Dec 2026
     (the PE array's ``out_valid_rep``, the stage FIFO's ``r_rdy_rep``): 11 copies, one net,
     the 4 x 4's worst path."""
-    import re
-    import subprocess
-
     from amaranth.back import rtlil
 
     from fluidnpu.hw.core import NPUCore
