@@ -123,6 +123,7 @@ class NPUCore(wiring.Component):
         # PE array -> stage FIFO -> drain.
         otag = Signal(_group_tag_layout(cfg), name="acc_tag")
         entry = Signal(stl, name="acc_entry")
+        beats = Drain.entry_beats(cfg, lay, otag.nrows, otag.ncols)
         m.d.comb += [
             otag.eq(pe.out_tag),
             entry.vals.eq(pe.out_vals),
@@ -130,6 +131,7 @@ class NPUCore(wiring.Component):
             entry.row0.eq(otag.row0), entry.trow0.eq(otag.trow0), entry.nrows.eq(otag.nrows),
             entry.c0.eq(otag.c0), entry.ncols.eq(otag.ncols),
             entry.first.eq(otag.first_ch), entry.last.eq(otag.last_ch),
+            *[getattr(entry, n).eq(v) for n, v in beats.items()],
             stage.w_data.eq(entry), stage.w_en.eq(pe.out_valid),
             stage.w_en_rep.eq(pe.out_valid_rep),
             loader.x_free.eq(pe.out_valid & otag.x_free),
@@ -137,7 +139,7 @@ class NPUCore(wiring.Component):
             drain.layer.eq(lay),
             drain.stage.payload.eq(stage.r_data),
             drain.stage.valid.eq(stage.r_rdy),
-            stage.r_en.eq(drain.stage.ready),
+            stage.r_en.eq(drain.stage.ready), stage.r_en_rep.eq(drain.stage_ready_rep),
         ]
         wiring.connect(m, drain.wr_req, flipped(self.mem.wr_req))
         # The drain's copies of ``stage.valid``: the FIFO's register copies of ``r_rdy``.

@@ -83,6 +83,13 @@ def stage_layout(cfg: HwConfig) -> data.StructLayout:
         "ncols": unsigned(log2(cfg.tc) + 1),   # 1 .. F columns present
         "first": unsigned(1),                  # first chunk of this (row tile, column tile)
         "last": unsigned(1),                   # last chunk: post-process and write
+        # The entry's beat counts, stored by its writer (Drain.entry_beats) so that the
+        # drain's accept reads them as bits instead of deriving them from the FIFO's output
+        "nb_m1": unsigned(max(1, log2(cfg.tc))),             # beats per row - 1
+        "row1": unsigned(1),                   # a row is one beat
+        "row2": unsigned(1),                   # a row is at most two beats
+        "last1": unsigned(1),                  # the entry is one beat
+        "last2": unsigned(1),                  # the entry is two beats
     })
 
 
@@ -125,6 +132,10 @@ class Drain(wiring.Component):
             # one slice of the wide entry register, so no single net from the FIFO's level
             # reaches thousands of enables (the 8 x 8's worst path, docs/synthesis.md).
             "stage_valid_rep": In(self.entry_slices(cfg)),
+            # Copies of ``stage.ready``, equal to it in every cycle, one per slice, each
+            # from the slice's own copies of ``s0_entry_valid`` and ``s0_last``: for the
+            # stage FIFO's per-slice pops (hw/stage_fifo.py ``r_en_rep``).
+            "stage_ready_rep": Out(self.entry_slices(cfg)),
         })
 
     @staticmethod
@@ -138,6 +149,30 @@ class Drain(wiring.Component):
     @property
     def latency(self) -> int:
         return self.LATENCY
+
+    @staticmethod
+    def entry_beats(cfg: HwConfig, layer, nrows, ncols) -> dict:
+        """The beat fields of a stage entry (``nb_m1`` ... ``last2``), as values for its
+        writer to store with it. The drain's accept and its 21 slice copies (8 x 4) read
+        them as stored bits: derived from the FIFO's output and ``layer`` at the accept,
+        they were the 8 x 4's worst path. Compares only (no product of rows and beats:
+        its adders were the next worst path, into the stage FIFO's write data)."""
+        raw = layer.out_mode == OUT_RAW
+        dwr, dwe = cfg.mem_bytes // 4, cfg.elems_per_beat
+        n1 = ncols - 1
+        nb_m1 = Mux(raw, n1 >> log2(dwr), n1 >> log2(dwe))
+        row1 = Mux(raw, ncols <= dwr, ncols <= dwe)
+        row2 = Mux(raw, ncols <= 2 * dwr, ncols <= 2 * dwe)
+        return dict(nb_m1=nb_m1, row1=row1, row2=row2, last1=row1 & (nrows == 1),
+                    last2=(row1 & (nrows == 2)) | (row2 & ~row1 & (nrows == 1)))
+
+    @staticmethod
+    def entry_beats_ints(cfg: HwConfig, out_mode: int, nrows: int, ncols: int) -> dict:
+        """:meth:`entry_beats` for Python ints (testbenches that write entries)."""
+        nb = Drain.beats(cfg, out_mode, 1, ncols)
+        beats = nrows * nb
+        return dict(nb_m1=nb - 1, row1=int(nb == 1), row2=int(nb <= 2),
+                    last1=int(beats == 1), last2=int(beats == 2))
 
     @staticmethod
     def beats(cfg: HwConfig, out_mode: int, nrows: int, ncols: int) -> int:
@@ -211,27 +246,24 @@ class Drain(wiring.Component):
         e_shift = Signal(range(W + 1), name="s0_shift")
         e_os = Signal(cfg.dim_width + 3, name="s0_os")
         e_oaddr = Signal(cfg.addr_width, name="s0_oaddr")
-        s0_i = Signal(range(cfg.tp + 1))          # row of the entry
         s0_u0 = Signal(range(cfg.tc + 1))         # first unit of the beat
         s0_rem = Signal(range(cfg.tc + 1))        # units of the row from u0 on
         s0_col = Signal(cfg.dim_width)            # c0 + u0
         s0_row = Signal(cfg.dim_width)            # row0 + i
         s0_trow = Signal(log2(cfg.tr) + 1)        # trow0 + i
         s0_row_end = Signal()                     # the beat ends its row (rem <= DW)
-        s0_last_row = Signal()                    # i == nrows - 1
-        e_row1 = Signal(name="s0_row1")           # a row is one beat (ncols <= DW)
+        s0_last = Signal()                        # the beat is the entry's last
+        s0_rb = Signal.like(e.nb_m1, name="s0_rb")           # beats of the row after this one
+        s0_rl = Signal.like(e.nrows, name="s0_rl")           # rows of the entry after this one
+        s0_e1 = Signal(name="s0_e1")              # s0_row_end after the next beat
+        s0_f1 = Signal(name="s0_f1")              # s0_last after the next beat
 
         # -- s0: issue one beat per cycle ------------------------------------------------------
-        # Whether the beat ends its row, is in the last row, is the last: registers, computed
-        # one beat ahead, so that stage.ready and the enables are shallow.
+        # Whether the beat ends its row and whether it is the last are registers, and so are
+        # their values for the next beat (``s0_e1``, ``s0_f1``, from the beat counters two
+        # beats ahead): stage.ready and the slice enables are shallow, and the slices' copies
+        # load a register, not a sum (the 8 x 4's worst path was such a sum, 5 ns away).
         s0_dw = Mux(e_raw, DWR, E)
-        s0_last = Signal()
-        nxt_row_end = Signal()
-        nxt_last_row = Signal()
-        with m.If(s0_row_end):
-            m.d.comb += [nxt_row_end.eq(e_row1), nxt_last_row.eq(s0_i + 2 >= e.nrows)]
-        with m.Else():
-            m.d.comb += [nxt_row_end.eq(s0_rem <= 2 * s0_dw), nxt_last_row.eq(s0_last_row)]
         m.d.comb += self.stage.ready.eq(go & (~e_valid | s0_last))
         # The entry register is wide (every sum of a group): its load enable is computed
         # once per slice of it from register copies of ``e_valid`` and ``s0_last``
@@ -249,12 +281,15 @@ class Drain(wiring.Component):
             return [r.eq(Cat(u0[lE:lE + nline], trow[:ltr])) for r in paddr_rep]
 
         with m.If(e_valid & go):
-            m.d.sync += [s0_row_end.eq(nxt_row_end), s0_last_row.eq(nxt_last_row),
-                         s0_last.eq(nxt_row_end & nxt_last_row)]
-            m.d.sync += [r.eq(nxt_row_end & nxt_last_row) for r in s0_last_rep]
-            m.d.sync += [r.eq(nxt_row_end) for r in s0_row_end_rep]
+            # two beats ahead: the beat after the next ends its row (e1'), and is the last if
+            # it also ends the last row (the rows left after it: rl - row_end - e1 == 0)
+            e1_nxt = Mux(s0_rb == 0, e.nb_m1 <= 1, Mux(s0_rb == 1, e.nb_m1 == 0, s0_rb == 2))
+            m.d.sync += [s0_row_end.eq(s0_e1), s0_last.eq(s0_f1), s0_e1.eq(e1_nxt),
+                         s0_f1.eq(e1_nxt & (s0_rl == s0_row_end + s0_e1)),
+                         s0_rb.eq(Mux(s0_rb == 0, e.nb_m1, s0_rb - 1)),
+                         s0_rl.eq(s0_rl - s0_row_end)]
             with m.If(s0_row_end):
-                m.d.sync += [s0_u0.eq(0), s0_rem.eq(e.ncols), s0_col.eq(e.c0), s0_i.eq(s0_i + 1),
+                m.d.sync += [s0_u0.eq(0), s0_rem.eq(e.ncols), s0_col.eq(e.c0),
                              s0_row.eq(s0_row + 1), s0_trow.eq(s0_trow + 1)]
                 m.d.sync += paddr_to(Const(0, len(s0_u0)), s0_trow + 1)
             with m.Else():
@@ -263,24 +298,19 @@ class Drain(wiring.Component):
                 m.d.sync += paddr_to((s0_u0 + s0_dw)[:len(s0_u0)], s0_trow)
             with m.If(s0_last):
                 m.d.sync += e_valid.eq(0)
-                m.d.sync += [r.eq(0) for r in e_valid_rep]
 
         # Accepting an entry (possibly in the cycle of the previous entry's last beat) resets
         # the beat counters and captures the layer fields the entry needs.
         lay, new = self.layer, self.stage.payload
         raw = lay.out_mode == OUT_RAW
         ob_bytes = Mux(raw, lay.c << 2, lay.c << leb)
-        row1 = new.ncols <= Mux(raw, DWR, E)
         with m.If(self.stage.valid & self.stage.ready):
             m.d.sync += [
                 e_valid.eq(1),
-                s0_i.eq(0), s0_u0.eq(0), s0_rem.eq(new.ncols), s0_col.eq(new.c0),
+                s0_u0.eq(0), s0_rem.eq(new.ncols), s0_col.eq(new.c0),
                 s0_row.eq(new.row0), s0_trow.eq(new.trow0),
-                s0_row_end.eq(row1), s0_last_row.eq(new.nrows <= 1), e_row1.eq(row1),
-                s0_last.eq(row1 & (new.nrows <= 1)),
-                *[r.eq(1) for r in e_valid_rep],
-                *[r.eq(row1 & (new.nrows <= 1)) for r in s0_last_rep],
-                *[r.eq(row1) for r in s0_row_end_rep],
+                s0_row_end.eq(new.row1), s0_last.eq(new.last1), s0_e1.eq(new.row2),
+                s0_f1.eq(new.last2), s0_rb.eq(new.nb_m1), s0_rl.eq(new.nrows - 1),
                 e_raw.eq(raw), e_relu.eq(lay.relu), e_bias_en.eq(lay.bias_en),
                 e_mult.eq(Mux(raw, 1, lay.mult)),
                 e_shift.eq(Mux(raw, 0, Mux(lay.shift > W, W, lay.shift))),
@@ -288,8 +318,20 @@ class Drain(wiring.Component):
                 e_oaddr.eq(lay.o_addr),
             ]
             m.d.sync += paddr_to(Const(0, len(s0_u0)), new.trow0)
-        take = [self.stage_valid_rep[i] & go & (~v | last)
-                for i, (v, last) in enumerate(zip(e_valid_rep, s0_last_rep))]
+        m.d.comb += self.stage_ready_rep.eq(Cat(go & (~v | last)
+                                                for v, last in zip(e_valid_rep, s0_last_rep)))
+        take = [self.stage_valid_rep[i] & self.stage_ready_rep[i] for i in range(n_take)]
+        # Each slice's copies follow e_valid, s0_last and s0_row_end under the slice's own
+        # ``take`` (equal to stage.valid & stage.ready): one shared accept decision fanned
+        # out to the copies was the 8 x 4's worst path (5 ns of routing to a far slice).
+        for i in range(n_take):
+            with m.If(take[i]):
+                m.d.sync += [e_valid_rep[i].eq(1), s0_last_rep[i].eq(new.last1),
+                             s0_row_end_rep[i].eq(new.row1)]
+            with m.Elif(e_valid_rep[i] & go):
+                m.d.sync += [s0_last_rep[i].eq(s0_f1), s0_row_end_rep[i].eq(s0_e1)]
+                with m.If(s0_last_rep[i]):
+                    m.d.sync += e_valid_rep[i].eq(0)
         self._load_rows(m, s0_rows, new, take,
                         [v & go & end for v, end in zip(e_valid_rep, s0_row_end_rep)])
         load_in_slices(m, e, Cat(*(Value.cast(getattr(new, n)) for n, _ in rest)), take)
@@ -367,8 +409,14 @@ class Drain(wiring.Component):
                    shd=s1["shift"] + (cfg.data_width - 1),
                    **{f: s1[f] for f in ("colword", "oaddr", "boff", "off", "raw",
                                          "relu", "shift", "mult")})
-        # write back from s2 (once: held while stalled)
-        m.d.comb += [wp.addr.eq(s2["waddr"]) for wp in p_wp]
+        # write back from s2 (once: held while stalled), each lane's memory from a copy of
+        # the line address beside it (``_rep``): one register drove every lane's LUT RAMs,
+        # 12 ns of routing on an 8 x 4 placement.
+        for l, wp in enumerate(p_wp):
+            waddr = Signal.like(s1["waddr"], name=f"s2_waddr_rep{l}")
+            with m.If(go):
+                m.d.sync += waddr.eq(s1["waddr"])
+            m.d.comb += wp.addr.eq(waddr)
         m.d.comb += [wp.data.eq(s2_y[l]) for l, wp in enumerate(p_wp)]
         m.d.comb += [wp.en.eq(s2["wr"] & go & s2["mask"][l]) for l, wp in enumerate(p_wp)]
 

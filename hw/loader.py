@@ -317,10 +317,16 @@ class Loader(wiring.Component):
             rlo = Signal(range(cfg.tp), name=f"r1_l{e}")
             m.d.sync += [rs_.eq(rtag.s0 | es), rj.eq(rtag.j0 | ej), rlo.eq(rtag.lo0 | elo)]
             r1_s.append(rs_), r1_j.append(rj), r1_lo.append(rlo)
-        # bias: which unit each 32-bit word of the beat belongs to (one-hot)
-        r1_bhit = Signal(data.ArrayLayout(cfg.tc, M // 4), name="r1_bhit")
-        for wd in range(M // 4):
-            m.d.sync += r1_bhit[wd].eq(Cat(rtag.bcol0 == u - wd for u in range(cfg.tc)))
+        # bias: the write enable of each (slot, word, unit), decoded here and registered so
+        # that each enable is one flip-flop that can sit beside the 32 it drives (decoded
+        # in r1, the 8 x 4's worst path ran 26 rows from the decode to the bias registers).
+        r1_bwe = Signal(data.ArrayLayout(data.ArrayLayout(cfg.tc, M // 4), 2), name="r1_bwe")
+        is_b0 = self.resp_valid & (rtag.kind == KIND_B)
+        for slot in range(2):
+            for wd in range(M // 4):
+                m.d.sync += r1_bwe[slot][wd].eq(Cat(is_b0 & (rtag.slot == slot)
+                                                    & (rtag.bcol0 == u - wd)
+                                                    for u in range(cfg.tc)))
 
         # Stage r1: bank and line of every element.
         t = r1.tag
@@ -349,7 +355,7 @@ class Loader(wiring.Component):
             word = r1.beat[32 * wd: 32 * (wd + 1)].as_signed()
             for slot in range(2):
                 for u in range(cfg.tc):
-                    with m.If(r1.valid & (t.kind == KIND_B) & (t.slot == slot) & r1_bhit[wd][u]):
+                    with m.If(r1_bwe[slot][wd][u]):
                         m.d.sync += self.bias[slot][u].eq(word)
 
         # Load completion counts, visible the cycle after the last beat is written into the

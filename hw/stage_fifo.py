@@ -9,8 +9,13 @@ push into a full FIFO (the core's compute issue keeps at most ``depth`` groups i
 
 Timing is that of ``amaranth.lib.fifo.SyncFIFO`` without back-pressure: an entry pushed in
 cycle t can be read (``r_rdy``, ``r_data``) from cycle t + 1 on; ``r_en`` while ``r_rdy``
-pops it. ``r_rdy_rep`` are register copies of ``r_rdy`` (from the next level), one per
-reader slice, for readers that enable wide registers with them.
+pops it. ``r_rdy_rep`` are register copies of ``r_rdy``, one per reader slice, for
+readers that enable wide registers with them.
+
+Each copy of ``r_rdy`` (the slices' own and the reader's) computes its next value itself,
+from the push and pop copies of its slice (``w_en_rep``, ``r_en_rep``: the reader's copies
+of ``r_en``) and two level flags: one next-level decision fanned out to 42 copies was the
+8 x 4's worst path (4 Dec 2026, docs/synthesis.md).
 """
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from .interface import register_copies
 
 __all__ = ["StageFIFO"]
 
@@ -42,6 +46,7 @@ class StageFIFO(wiring.Component):
             "w_en": In(1),                  # the push (for the level)
             "w_en_rep": In(slices),         # copies of the push, one per slice (registers)
             "r_en": In(1),
+            "r_en_rep": In(slices),         # copies of r_en, one per slice (equal to it)
             "r_data": Out(width),
             "r_rdy": Out(1),
             "r_rdy_rep": Out(rdy_copies),
@@ -58,11 +63,21 @@ class StageFIFO(wiring.Component):
         nxt = Signal(range(depth + 2), name="level_next")
         m.d.comb += [nxt.eq(self.level + self.w_en - pop), self.r_rdy.eq(self.level != 0)]
         m.d.sync += self.level.eq(nxt)
-        register_copies(m, self.r_rdy_rep, nxt != 0, name="r_rdy_rep")
+        # level == 0 and level == 1, registered: with a copy's own push and pop they give
+        # its next value (nxt != 0 = push | level > 1 | level == 1 & ~pop)
+        zero = Signal(name="level_zero", init=1)
+        one = Signal(name="level_one")
+        m.d.sync += [zero.eq(nxt == 0), one.eq(nxt == 1)]
 
-        # per slice, a register copy of ``r_rdy`` (equal to it in every cycle) gates the pop
-        s_rdy = [Signal(name=f"rdy_rep{i}") for i in range(n)]
-        m.d.sync += [r.eq(nxt != 0) for r in s_rdy]
+        def copy_of_rdy(name, i):
+            r = Signal(name=name)
+            m.d.sync += r.eq(self.w_en_rep[i] | (~zero & ~(self.r_en_rep[i] & r & one)))
+            return r
+
+        # per slice, a copy of ``r_rdy`` (equal to it in every cycle) gates the pop
+        s_rdy = [copy_of_rdy(f"rdy_rep{i}", i) for i in range(n)]
+        m.d.comb += self.r_rdy_rep.eq(Cat(copy_of_rdy(f"r_rdy_rep{j}", j * n // len(self.r_rdy_rep))
+                                          for j in range(len(self.r_rdy_rep))))
         cut = [self.width * i // n for i in range(n + 1)]
         outs = []
         for i in range(n):
@@ -77,7 +92,7 @@ class StageFIFO(wiring.Component):
                          wp.data.eq(self.w_data[lo:hi]), rp.addr.eq(r_ptr)]
             with m.If(self.w_en_rep[i]):
                 m.d.sync += w_ptr.eq(self._inc(w_ptr))
-            with m.If(self.r_en & s_rdy[i]):
+            with m.If(self.r_en_rep[i] & s_rdy[i]):
                 m.d.sync += r_ptr.eq(self._inc(r_ptr))
             outs.append(rp.data)
         m.d.comb += self.r_data.eq(Cat(*outs))

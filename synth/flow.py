@@ -43,8 +43,12 @@ _HW_DIR = Path(__import__("fluidnpu.hw", fromlist=["config"]).__file__).resolve(
 #: run right after reading the design: the flip-flops of signals named ``*_rep*`` are
 #: register replicas (hw/pe_array.py: one copy of a high-fanout control register per PE, so
 #: that each copy drives a small, local net); ``keep`` stops yosys from merging the
-#: identical copies back into one.
-KEEP_REPLICAS = "setattr -set keep 1 w:*_rep* %ci1 t:$dff %i"
+#: identical copies back into one. ``%a`` adds the wires aliased to a replica: when a copy
+#: drives a port directly (the drain's ``s0_paddr_rep*`` are the partial-sum memories' read
+#: addresses), Amaranth names the flip-flop's net after the port and the replica's name is
+#: only an alias, which ``%ci1`` alone does not follow (the copies were merged until 4 Dec
+#: 2026).
+KEEP_REPLICAS = "setattr -set keep 1 w:*_rep* %a %ci1 t:$dff %i"
 
 #: the generic target's yosys script: ``synth -flatten -lut 4`` without ``memory_map``
 #: (the buffers would become hundreds of thousands of flip-flops); memories stay cells.

@@ -294,13 +294,18 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
                 if layer is not cur_layer:
                     ctx.set(dut.layer.as_value(), pack(ly_layout, layer.desc))
                     cur_layer = layer
-                ctx.set(dut.stage.payload.as_value(), pack(st_layout, entry))
+                beats = Drain.entry_beats_ints(cfg, layer.desc["out_mode"], entry["nrows"],
+                                               entry["ncols"])
+                ctx.set(dut.stage.payload.as_value(), pack(st_layout, {**entry, **beats}))
                 offering = True
             ctx.set(dut.stage.valid, offering)
             ctx.set(dut.stage_valid_rep, -int(offering) & ((1 << Drain.entry_slices(cfg)) - 1))
             wr_ready = rnd.random() < ready_prob
             ctx.set(dut.wr_req.ready, wr_ready)
             s_ready = ctx.get(dut.stage.ready)
+            n_sl = Drain.entry_slices(cfg)
+            assert ctx.get(dut.stage_ready_rep) == -int(s_ready) & ((1 << n_sl) - 1), (
+                f"cycle {cycle}: the copies of stage.ready differ from it")
             w_valid = ctx.get(dut.wr_req.valid)
             idle = ctx.get(dut.idle)
             trace.idle.append(idle)
@@ -355,10 +360,12 @@ def test_interface():
     assert Drain.LATENCY == dut.latency == 9
     lay = stage_layout(cfg)
     assert [name for name, _ in lay] == ["vals", "bias", "row0", "trow0", "nrows", "c0", "ncols",
-                                          "first", "last"]
+                                          "first", "last", "nb_m1", "row1", "row2",
+                                          "last1", "last2"]
     assert lay["vals"].shape == data.ArrayLayout(Shape(32, True), 64)
     assert lay["bias"].shape == data.ArrayLayout(Shape(32, True), 8)
-    assert set(dut.signature.members) == {"layer", "stage", "wr_req", "idle", "stage_valid_rep"}
+    assert set(dut.signature.members) == {"layer", "stage", "wr_req", "idle", "stage_valid_rep",
+                                             "stage_ready_rep"}
     assert Drain.entry_slices(cfg) == -(-lay.size // 64) == len(dut.stage_valid_rep)
     assert Drain.beats(cfg, OUT_RAW, 3, 5) == 3 * 3       # DW = 8 // 4 = 2
     assert Drain.beats(cfg, OUT_REQUANT, 3, 5) == 3       # DW = 8

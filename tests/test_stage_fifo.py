@@ -29,6 +29,7 @@ def test_matches_a_queue(width, depth, slices):
             ctx.set(dut.w_en_rep, (1 << slices) - 1 if push else 0)
             ctx.set(dut.w_data, data)
             ctx.set(dut.r_en, pop)
+            ctx.set(dut.r_en_rep, (1 << slices) - 1 if pop else 0)
             rdy, lvl = ctx.get(dut.r_rdy), ctx.get(dut.level)
             reps = ctx.get(dut.r_rdy_rep)
             if rdy != bool(q) or lvl != len(q) or reps != (0b111 if q else 0):

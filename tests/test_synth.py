@@ -573,3 +573,14 @@ def test_register_replicas_survive_synthesis(tmp_path):
     assert len(checked) == 2, sorted(reps)
     merged = {n: len(b) - len(set(b)) for n, b in reps.items() if len(set(b)) < len(b)}
     assert not merged, merged
+    # The copies of one register (``<name>_rep0``, ``<name>_rep1``, ...) are apart too: the
+    # drain's read-address copies were one register until 4 Dec 2026, because each drives
+    # a memory port and so its name was only an alias in the netlist.
+    groups = {}
+    for n, b in reps.items():
+        if re.search(r"_rep\d+$", n):           # a copy, not a port gathering the copies
+            groups.setdefault(re.sub(r"\d+$", "", n), []).append(b)
+    assert "drain.s0_paddr_rep" in groups and len(groups["drain.s0_paddr_rep"]) == 2, sorted(groups)
+    shared = {g: sum(map(len, c)) - len(set().union(*c)) for g, c in groups.items()
+              if len(set().union(*c)) < sum(map(len, c))}
+    assert not shared, shared
