@@ -185,15 +185,18 @@ class NPUCore(wiring.Component):
         w_use = Signal.like(loader.w_done, name="ci_w_use")
         m.d.comb += [x_use.eq(Mux(it.x_new, x_cnt, x_cnt - 1)),
                      w_use.eq(Mux(it.w_new, w_cnt, w_cnt - 1))]
-        # X slot and line: a copy per X memory (``_rep``, kept apart by the synthesis flow)
-        xslot = [Signal(name=f"ci_xslot_rep{i}") for i in range(cfg.tc)]
+        # X slot and line: one register each, beside the decision that moves them. The read
+        # request stage (OperandBuffers, ``q_xaddr_rep``) copies the address once per X
+        # memory, so each long wire runs register to register. (A copy per memory here, from
+        # before that stage existed, spread the decision over 8 x 22 counter bits: the 8 x 4's
+        # worst path on both seeds, 5-6.6 ns of wire into the copies' next-value LUTs.)
+        xslot = Signal(name="ci_xslot")
         wslot = Signal(name="ci_wslot")
         g = Signal(range(cfg.tr + 1), name="ci_g")
         s = Signal(cfg.dim_width + 1, name="ci_s")
         # The virtual X line a = g*n_s + s and the W step s as (line, group) pairs, a = xline*F
         # + xgrp and s = wline*B_P + wgrp, counted directly (no shifts on the bank addresses).
-        xline = [Signal(cfg.dim_width + log2(cfg.tr) + 1, name=f"ci_xline_rep{i}")
-                 for i in range(cfg.tc)]
+        xline = Signal(cfg.dim_width + log2(cfg.tr) + 1, name="ci_xline")
         xgrp = Signal(range(cfg.tc), name="ci_xgrp")
         wline = Signal(cfg.dim_width + 1, name="ci_wline")
         wgrp = Signal(range(cfg.tp), name="ci_wgrp")
@@ -215,7 +218,7 @@ class NPUCore(wiring.Component):
             tag.wslot.eq(wslot),
             tag.x_free.eq(last_g & it.x_last_use), tag.w_free.eq(last_g & it.w_last_use),
             bufs.rd_tag.eq(tag),
-            *(bufs.rd_xaddr[i].eq((xslot[i] << log2(cfg.x_depth)) | xline[i]) for i in range(cfg.tc)),
+            *(bufs.rd_xaddr[i].eq((xslot << log2(cfg.x_depth)) | xline) for i in range(cfg.tc)),
             bufs.rd_xgrp.eq(xgrp),
             bufs.rd_waddr.eq((wslot << log2(cfg.w_depth)) | wline),
             bufs.rd_wgrp.eq(wgrp),
@@ -242,7 +245,7 @@ class NPUCore(wiring.Component):
             with m.State("START"):
                 m.d.comb += [loader.start.eq(1), it.restart.eq(1)]
                 m.d.sync += [x_cnt.eq(0), w_cnt.eq(0), inflight.eq(0), credit.eq(1),
-                             x_diff.eq(0), w_diff.eq(0), *(v.eq(0) for v in xline)]
+                             x_diff.eq(0), w_diff.eq(0), xline.eq(0)]
                 m.next = "SETUP"
             with m.State("SETUP"):
                 # The step's counters and slots are loaded in every SETUP cycle, not under
@@ -252,8 +255,8 @@ class NPUCore(wiring.Component):
                 # the credit) then drives only the state, the load counts and the takes. It
                 # fanned out to every counter's enable: the 4 x 4's worst path on 9ed6a51
                 # seeds 1 and 2 (4 ns of wire from the decision to the counters).
-                # (The X line copies were zeroed on the way into SETUP.)
-                m.d.sync += [*(v.eq(x_use[0]) for v in xslot),
+                # (The X line was zeroed on the way into SETUP.)
+                m.d.sync += [xslot.eq(x_use[0]),
                              wslot.eq(w_use[0]),
                              g.eq(0), s.eq(0), xgrp.eq(0), wline.eq(0), wgrp.eq(0),
                              rem.eq(it.len), trow0.eq(0),
@@ -267,7 +270,7 @@ class NPUCore(wiring.Component):
                 m.d.comb += [bufs.rd_valid.eq(go), start_g.eq(go & s_zero)]
                 with m.If(go):
                     with m.If(xgrp == lp.fmask):
-                        m.d.sync += [xgrp.eq(0), *(v.eq(v + 1) for v in xline)]
+                        m.d.sync += [xgrp.eq(0), xline.eq(xline + 1)]
                     with m.Else():
                         m.d.sync += xgrp.eq(xgrp + 1)
                     with m.If(last_s):
@@ -280,7 +283,7 @@ class NPUCore(wiring.Component):
                                 m.next = "FINISH"
                             with m.Else():
                                 m.d.comb += it.advance.eq(1)
-                                m.d.sync += [v.eq(0) for v in xline]
+                                m.d.sync += xline.eq(0)
                                 m.next = "SETUP"
                     with m.Else():
                         with m.If(wgrp == lp.bpmask):

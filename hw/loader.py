@@ -317,15 +317,19 @@ class Loader(wiring.Component):
             rlo = Signal(range(cfg.tp), name=f"r1_l{e}")
             m.d.sync += [rs_.eq(rtag.s0 | es), rj.eq(rtag.j0 | ej), rlo.eq(rtag.lo0 | elo)]
             r1_s.append(rs_), r1_j.append(rj), r1_lo.append(rlo)
-        # bias: the write enable of each (slot, word, unit), decoded here and registered so
-        # that each enable is one flip-flop that can sit beside the 32 it drives (decoded
-        # in r1, the 8 x 4's worst path ran 26 rows from the decode to the bias registers).
-        r1_bwe = Signal(data.ArrayLayout(data.ArrayLayout(cfg.tc, M // 4), 2), name="r1_bwe")
-        is_b0 = self.resp_valid & (rtag.kind == KIND_B)
+        # bias: written from r2, the write enable of each (slot, word, unit) decoded in r1
+        # from the registered tag and registered, so that each enable is one flip-flop that
+        # can sit beside the 32 it drives. (Decoded in r1 and used there, the 8 x 4's worst
+        # path ran 26 rows to the bias registers; decoded in r0, from the tag FIFO's read.)
+        # The bias is read only once the load's done count moves (r3, below).
+        r2_bwe = Signal(data.ArrayLayout(data.ArrayLayout(cfg.tc, M // 4), 2), name="r2_bwe")
+        r2_bword = Signal(8 * M, name="r2_bword")
+        is_b1 = r1.valid & (r1.tag.kind == KIND_B)
+        m.d.sync += r2_bword.eq(r1.beat)
         for slot in range(2):
             for wd in range(M // 4):
-                m.d.sync += r1_bwe[slot][wd].eq(Cat(is_b0 & (rtag.slot == slot)
-                                                    & (rtag.bcol0 == u - wd)
+                m.d.sync += r2_bwe[slot][wd].eq(Cat(is_b1 & (r1.tag.slot == slot)
+                                                    & (r1.tag.bcol0 == u - wd)
                                                     for u in range(cfg.tc)))
 
         # Stage r1: bank and line of every element.
@@ -352,10 +356,10 @@ class Loader(wiring.Component):
         m.d.sync += self.wr_x.eq(is_x)
 
         for wd in range(M // 4):
-            word = r1.beat[32 * wd: 32 * (wd + 1)].as_signed()
+            word = r2_bword[32 * wd: 32 * (wd + 1)].as_signed()
             for slot in range(2):
                 for u in range(cfg.tc):
-                    with m.If(r1_bwe[slot][wd][u]):
+                    with m.If(r2_bwe[slot][wd][u]):
                         m.d.sync += self.bias[slot][u].eq(word)
 
         # Load completion counts, visible the cycle after the last beat is written into the

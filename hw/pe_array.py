@@ -9,7 +9,7 @@ index ``i*tc + u``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -82,11 +82,10 @@ class PEArray(wiring.Component):
 
         # The policy and the accumulate stage's controls drive a multiplexer or an adder in
         # every lane: one register copy per PE (``_rep``, kept apart by the synthesis flow)
-        # keeps each of those nets local. The policy copies lag ``lbp``/``lk`` by a cycle.
+        # keeps each of those nets local. The policy copies lag ``lbp``/``lk`` by a cycle
+        # (so do the compacting select's, below).
         lbp_rep = [Signal.like(self.lbp, name=f"s0_lbp_rep{pe}") for pe in range(tc)]
-        lk_rep = [Signal.like(self.lk, name=f"s0_lk_rep{u}") for u in range(tc)]
         m.d.sync += [r.eq(self.lbp) for r in lbp_rep]
-        m.d.sync += [r.eq(self.lk) for r in lk_rep]
 
         ctl = Signal(ctl_layout, name="s0_ctl")
         m.d.comb += [ctl.valid.eq(self.valid), ctl.first.eq(self.first),
@@ -175,17 +174,26 @@ class PEArray(wiring.Component):
         m.d.sync += [r.eq(ctl_before.first) for r in first_rep]
         m.d.sync += [r.eq(ctl_before.valid) for r in valid_rep]
 
+        # The compacting select: unit u takes PE ``u << lk``. Its select is a registered
+        # one-hot of the legal ``lk`` values, one copy per (unit, lane) (``_rep``): a decode
+        # of one ``lk`` copy per unit fanned out to the unit's tp * acc_width mux bits was
+        # the 4 x 4's worst path after 54bed03 (seed 1: decode LUT, 3.95 ns of wire, the
+        # select, the accumulator's carry chain). Unit 0 always takes PE 0.
         comp = [Signal(signed(aw), name=f"s{self.latency}_unit_{idx}") for idx in range(tc * tp)]
-        for i in range(tp):
-            for u in range(tc):
+        for u in range(tc):
+            legal = [lk for lk in range(ltc + 1) if (u << lk) < tc]
+            for i in range(tp):
                 sig = comp[i * tc + u]
-                with m.Switch(lk_rep[u]):
-                    for lk in range(ltc + 1):
-                        if (u << lk) < tc:
-                            with m.Case(lk):
-                                m.d.comb += sig.eq(cur[u << lk][i])
-                    with m.Default():
-                        m.d.comb += sig.eq(0)
+                if u == 0:
+                    m.d.comb += sig.eq(cur[0][i])
+                    continue
+                sel = Signal(len(legal), name=f"s0_csel_u{u}_rep{i}")
+                m.d.sync += sel.eq(Cat(self.lk == lk for lk in legal))
+                terms = [Mux(sel[j], cur[u << lk][i], 0) for j, lk in enumerate(legal)]
+                value = terms[0]
+                for t in terms[1:]:
+                    value = value | t
+                m.d.comb += sig.eq(value)
 
         # Accumulate over the cycles of a group; emit on the group's last cycle.
         acc = [Signal(signed(aw), name=f"acc_{idx}") for idx in range(tc * tp)]

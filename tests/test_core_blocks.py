@@ -49,6 +49,9 @@ SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=
     ((9, 13, 6), 2, 1, True, True),
     ((3, 300, 5), 1, 4, True, False),       # three reduction chunks
     ((10, 20, 10), 4, 2, False, True),
+    # three column tiles of one row tile: the next tile's bias lands while this tile's
+    # groups still leave the array (a bias written into both weight slots shows)
+    ((16, 20, 12), 2, 1, True, True),
 ])
 def test_core_in_amaranth_simulator(shape, bp, k, bias, requant):
     """The whole core on the Python simulator: a fast check independent of cocotb."""
