@@ -234,8 +234,9 @@ def regmap(config_path, sets, top, fmt, out_path):
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Seed sweep: place-and-route runs at once (default: one per CPU).")
 @click.option("--pack-only", is_flag=True, help="Stop nextpnr after packing: resources and fit, no Fmax.")
-@click.option("--placer", type=click.Choice(["heap", "static"]), default="heap", show_default=True,
-              help="nextpnr's placer; static spreads large, dense designs better (docs/synthesis.md).")
+@click.option("--placer", type=click.Choice(["auto", "heap", "static"]), default="auto", show_default=True,
+              help="nextpnr's placer; auto is static on ECP5 (it spreads large, dense designs "
+                   "better: docs/synthesis.md) and HeAP on iCE40.")
 @click.option("--floorplan", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
               help="auto: each operand memory's block RAMs side by side in one row (ECP5); "
                    "none: nextpnr places them.")

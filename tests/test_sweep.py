@@ -114,8 +114,8 @@ BAD = [
     ("[synth]\nseed = 1\nseeds = [1, 2]\n", "synth.seed and synth.seeds are both given"),
     ("[synth]\nseeds = '4-2'\n", "synth.seeds = '4-2': the range '4-2' is empty"),
     ("[synth]\nseeds = 3\n", "synth.seeds = 3: must be a list of non-negative integers"),
-    ("[synth]\nplacer = 'sa'\n", "synth.placer = 'sa': must be one of heap, static"),
-    ("[[hw]]\nplacer = 'sa'\n[synth]\n", "hw[0]: placer = 'sa': must be one of heap, static"),
+    ("[synth]\nplacer = 'sa'\n", "synth.placer = 'sa': must be one of auto, heap, static"),
+    ("[[hw]]\nplacer = 'sa'\n[synth]\n", "hw[0]: placer = 'sa': must be one of auto, heap, static"),
     ("[[hw]]\nplacer = 'static'\n[grid]\nmodel = 'tiny'\n[perf]\n", "a row's placer needs a [synth] section"),
     ("[synth]\nseeds = [1, 2]\npack_only = true\n", "pack_only stops before placement"),
 ]

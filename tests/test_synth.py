@@ -322,18 +322,28 @@ def test_flow_floorplan_option(fake_tools, tmp_path, monkeypatch):
 
 
 def test_flow_placer_option(fake_tools, tmp_path):
-    """--placer static reaches nextpnr (HeAP, its default, passes nothing), is part of the
-    cache key, and a placer nextpnr lacks is refused before any tool runs."""
+    """The default (auto) is the static placer on ECP5, the same run (and cache entry) as
+    --placer static; heap passes nothing (nextpnr's default) and is a run of its own; a
+    placer nextpnr lacks is refused before any tool runs."""
     args = tmp_path / "counts" / "nextpnr.args"
     synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
-    assert "--placer" not in args.read_text()
-    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "b", placer="static")
-    assert not r.cached and fake_tools("nextpnr") == 2
     assert args.read_text().splitlines()[-1].count("--placer static") == 1
-    assert synthesize(SMALL, "ulx3s-85f", tmp_path / "c", placer="static").cached
+    assert synthesize(SMALL, "ulx3s-85f", tmp_path / "b", placer="static").cached
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "c", placer="heap")
+    assert not r.cached and fake_tools("nextpnr") == 2
+    assert "--placer" not in args.read_text().splitlines()[-1]
     with pytest.raises(ValueError, match="placer = 'sa'"):
         synthesize(SMALL, "ulx3s-85f", tmp_path / "d", placer="sa")
     assert fake_tools("nextpnr") == 2 and fake_tools("yosys") == 2
+
+
+def test_auto_placer_is_static_on_ecp5_only():
+    from fluidnpu.synth.flow import resolve_placer
+    assert resolve_placer("auto", "ecp5") == "static"
+    assert resolve_placer("auto", "ice40") == "heap"
+    assert resolve_placer("heap", "ecp5") == "heap" and resolve_placer("static", "ice40") == "static"
+    with pytest.raises(ValueError, match="placer = 'sa': must be one of auto, heap, static"):
+        resolve_placer("sa", "ecp5")
 
 
 def test_flow_seed_sweep_keeps_the_best(fake_tools, tmp_path, monkeypatch):
