@@ -338,7 +338,11 @@ def build_design(sim: str, top: str, key: str, make_verilog: Callable[[], str], 
         def build():
             import cocotb_tools.runner as cocotb_runner
             saved_jobs = cocotb_runner.MAX_PARALLEL_BUILD_JOBS
-            with _environ(_sim_environ(sim), remove=["PYTEST_CURRENT_TEST"]):
+            # the compilers' temporary files (iverilog's ivrlg*) in a folder of the build's
+            # own, removed however the build ends: Ctrl-C kills the compiler before it
+            # cleans up, and its files were left in the user's TMPDIR
+            ctmp = Path(tempfile.mkdtemp(prefix="ctmp-", dir=bdir))
+            with _environ({**_sim_environ(sim), "TMPDIR": str(ctmp)}, remove=["PYTEST_CURRENT_TEST"]):
                 runner = _grouped(get_runner(sim))
                 if jobs is not None:
                     cocotb_runner.MAX_PARALLEL_BUILD_JOBS = int(jobs)
@@ -351,6 +355,7 @@ def build_design(sim: str, top: str, key: str, make_verilog: Callable[[], str], 
                                    f"(tail) ---\n{_tail(log)}") from None
                 finally:
                     cocotb_runner.MAX_PARALLEL_BUILD_JOBS = saved_jobs
+                    shutil.rmtree(ctmp, ignore_errors=True)
 
         build()
         patched = 0

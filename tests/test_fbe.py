@@ -107,7 +107,7 @@ def test_odd_requests_have_defined_outcomes():
     preempt offered during a catch-up waits (queued) and is taken after the merge."""
     rng, prog, xs, _ = setup(SMALL, 7, 9, 1)
     arrivals = [0, 0, 0, 0, 0, 400, 400, 400, 400]
-    sched = {"mode": "schedule", "preempts": [[0, 0], [5, 9], [10, 3], [300, 2], [665, 2], [670, 1], [671, 1],
+    sched = {"mode": "schedule", "preempts": [[0, 0], [5, 9], [10, 3], [300, 2], [520, 2], [525, 1], [526, 1],
                                               [2000, 3], [4000, 1], [4001, 1], [4002, 1], [4003, 1]]}
     outs, run, refs = run_samples(prog, xs, arrivals, sim="icarus", sched=sched)
     assert len(outs) == len(xs)
@@ -117,10 +117,13 @@ def test_odd_requests_have_defined_outcomes():
     assert ev[1] == ("refuse", 7, REFUSE_SAMPLES)          # 9 does not fit the 3-bit port: 7
     assert ev[2] == ("accept", 3, 0)
     assert ev[3] == ("refuse", 2, REFUSE_SLOTS)            # 3 running + 2 > 4 slots
-    # 665 (after the first exit, at about 660, freed a slot): B_incr = 2 starts a catch-up;
-    # 670 and 671 are offered during it: they wait (no refusal) and the first is taken
-    # right after that catch-up resumes or merges
+    # 520 (decided after the first exit, at 569, freed a slot): B_incr = 2 with exactly 2
+    # slots free is taken and starts a catch-up; 525 and 526 wait (no refusal) and the
+    # first is taken right after that catch-up resumes or merges
     assert ev[4] == ("accept", 2, 0)
+    acc2 = next(e for e in run.events if e["kind"] == "accept" and e["count"] == 2)
+    exited = sum(e["count"] for e in run.events if e["kind"] == "exit" and e["cycle"] < acc2["cycle"])
+    assert SMALL.b_max - (3 - exited) == 2, "the scenario drifted: not exactly 2 slots free"
     assert ev[5][0] in ("merge", "resume") and ev[6] == ("accept", 1, 0)
     # every accept while a batch runs is a catch-up, closed by a merge or a resume before
     # the main context runs another layer

@@ -569,6 +569,14 @@ def test_stop_simulators_ends_a_simulation_running_in_a_thread(tmp_path):
     assert not alive(sleeper)
 
 
+def _argv0(pid: int) -> str:
+    """The program name a process was started as ('' if it is gone)."""
+    try:
+        return Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")).name
+    except OSError:
+        return ""
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -604,6 +612,37 @@ def test_sweep_workers_end_when_the_sweep_is_killed(tmp_path):
 
 
 @pytest.mark.rtl
+def test_ctrl_c_during_a_build_leaves_no_compiler_files(tmp_path):
+    """Ctrl-C while Icarus compiles an uncached build: iverilog dies before removing its
+    temporary files, which go to a folder of the build's own (removed), not to TMPDIR."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    x = npy(tmp_path / "x.npy", np.ones((4, 8), np.int8))
+    w = npy(tmp_path / "w.npy", np.ones((8, 4), np.int8))
+    env = {**os.environ, "TMPDIR": str(tmp), "FLUIDNPU_BUILD_DIR": str(tmp_path / "build")}
+    p = subprocess.Popen([sys.executable, "-m", "fluidnpu", "gemm", "--x", str(x), "--w", str(w), "--out",
+                          str(tmp_path / "o.npy")], env=env,
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    t0, comp = time.monotonic(), []
+    while not comp and p.poll() is None and time.monotonic() - t0 < 600:
+        # iverilog's compiler proper (ivl, its child) runs: its temporary files exist
+        tree, todo = [], [p.pid]
+        while todo:
+            kids = _children(todo.pop())
+            tree += kids
+            todo += kids
+        comp = [k for k in tree if _argv0(k) == "ivl"]
+        time.sleep(0.02)
+    assert comp, "the compiler did not start"
+    os.killpg(p.pid, signal.SIGINT)
+    assert p.wait(60) == 1
+    time.sleep(0.2)
+    assert list(tmp.iterdir()) == []
+    assert not list((tmp_path / "build").rglob("ctmp-*"))
+
+
+@pytest.mark.rtl
 def test_ctrl_c_during_gemm_leaves_no_folder_and_no_simulator(tmp_path):
     """The reported case: Ctrl-C at the terminal (SIGINT to the foreground process group)
     while Icarus runs a GEMM."""
@@ -618,7 +657,10 @@ def test_ctrl_c_during_gemm_leaves_no_folder_and_no_simulator(tmp_path):
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0, sims = time.monotonic(), []
     while not sims and p.poll() is None and time.monotonic() - t0 < 600:
-        sims = [k for k in _children(p.pid) if "vvp" in Path(f"/proc/{k}/cmdline").read_bytes().decode(errors="replace")]
+        # the simulator itself (argv[0] is vvp), not the compiler building it (iverilog's
+        # command line names its sim.vvp output): Ctrl-C while an uncached build compiles
+        # left iverilog's temporary files, and this test then failed
+        sims = [k for k in _children(p.pid) if _argv0(k) == "vvp"]
         time.sleep(0.05)
     assert sims, "the simulator did not start"
     os.killpg(p.pid, signal.SIGINT)                              # what the terminal does
