@@ -171,6 +171,25 @@ class HwConfig:
             rows //= 2
         return rows if P <= self.x_buf_elems // rows else self.tr
 
+    @staticmethod
+    def row_tile_sizes(R: int, rows: int) -> tuple[int, ...]:
+        """Rows of each row tile of an ``R``-row layer tiled at ``rows`` (:meth:`tile_rows`).
+
+        Every tile is full but the last two: when the remainder ``rl = R - (n-1)*rows``
+        is under half a tile, the last two tiles take ``rows/2`` and ``rows/2 + rl`` rows
+        instead of ``rows`` and ``rl``. A tile of a row or two computes a column tile in a
+        few cycles while the next column tile's weights take a whole load; balanced, each
+        of the two computes at least half a full tile's cycles (ResNet-18's 49 x 2304 x 512
+        on the 8 x 4: 49 = 16 + 16 + 8 + 9 instead of 16 + 16 + 16 + 1). The split keeps
+        the tile count, the bytes moved and the array cycles (B_P and ``rows`` are powers of
+        two, so the groups per tile add up the same); ``rows/2`` is a power of two, so the
+        hardware's row offset stays a shift."""
+        n = -(-R // rows)
+        rl = R - (n - 1) * rows
+        if n >= 2 and rl < rows // 2:
+            return (rows,) * (n - 2) + (rows // 2, rows // 2 + rl)
+        return (rows,) * (n - 1) + (rl,)
+
     def chunk_max(self, k: int, rows: int | None = None) -> int:
         """Longest reduction chunk (elements of P) the buffers hold at stacking ``k`` with
         row tiles of ``rows`` rows (``tr`` if not given)."""

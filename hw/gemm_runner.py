@@ -79,8 +79,7 @@ def policy_compute_cycles(cfg: HwConfig, R: int, P: int, C: int, bp: int, k: int
     cm = cfg.chunk_max(k, tr)
     chunks = [P] if P <= cm else [min(cm, P - i * cm) for i in range(_ceil(P, cm))]
     total = 0
-    for rt in range(_ceil(R, tr)):
-        rows = min(tr, R - rt * tr)
+    for rows in cfg.row_tile_sizes(R, tr):
         n_g = _ceil(rows, bp)
         total += _ceil(C, F) * sum(n_g * _ceil(ln, S) for ln in chunks)
     return total

@@ -5,7 +5,8 @@ chunk); see docs/architecture.md. Everything here is shifts, adds and compares: 
 tile sizes and the run-time policy are powers of two.
 
 Timing: every tile but the last of its kind is full, so a step's sizes are one of two
-per-layer values chosen by a ``last_*`` flag. The flags are registers updated with the
+per-layer values chosen by a ``last_*`` flag (row tiles: three, the one before the last
+may be a half tile, ``pen``; see ``HwConfig.row_tile_sizes``). The flags are registers updated with the
 step counters, and the per-layer values are registers recomputed from ``lp`` (one and
 two cycles after it), so no per-step size is more than a multiplexer away from a flop.
 """
@@ -42,7 +43,9 @@ def layer_params_layout(cfg: HwConfig) -> data.StructLayout:
         "ltr": range(log2(cfg.tr) + 1),          # log2 rows of a row tile (HwConfig.tile_rows)
         "trm1": range(cfg.tr),                   # rows of a row tile - 1
         "rt_one": 1, "ct_one": 1, "ch_one": 1,   # one row tile / column tile / chunk
-        "rm": unsigned(max(1, log2(cfg.tr))),    # (R - 1) mod rows: rows of the last row tile - 1
+        "rbal": 1,                               # balanced last two row tiles (row_tile_sizes)
+        "rpen0": 1,                              # ... and the first row tile is the first of them
+        "rm": unsigned(max(1, log2(cfg.tr))),    # rows of the last row tile - 1
         "cmod": unsigned(max(1, log2(cfg.tc))),  # (C - 1) mod F
         "pm": unsigned(dim),                     # (P - 1) mod chunk_max
         "stride": unsigned(cfg.addr_width),  # bytes per X row and per W row
@@ -86,6 +89,15 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
     lseg = Signal.like(lp.lseg, name="lp_lseg")
     m.d.comb += [ls.eq(desc.log2_k + ltp - desc.log2_bp), lseg.eq(ltp - desc.log2_bp)]
     pbytes = desc.p * cfg.elem_bytes
+    # The last two row tiles are balanced (HwConfig.row_tile_sizes) when the remainder is
+    # under half a tile: rows/2 and rows/2 + remainder instead of rows and remainder.
+    rm_raw = Signal(max(1, ltr), name="lp_rm_raw")
+    m.d.comb += rm_raw.eq(((desc.r - 1)[:max(1, ltr)] & (trows - 1)) if ltr else 0)
+    rt_one = Signal(name="lp_rt_one")
+    m.d.comb += rt_one.eq(Array(desc.r <= rows for rows in rows_of)[rs])
+    rbal = Signal(name="lp_rbal")
+    m.d.comb += rbal.eq(~rt_one & Array((rm_raw < rows // 2 - 1) if rows >= 4 else Const(0)
+                                        for rows in rows_of)[rs])
     m.d.comb += [
         lp.lbp.eq(desc.log2_bp),
         lp.lk.eq(desc.log2_k),
@@ -99,10 +111,12 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
         lp.kmask.eq((1 << desc.log2_k) - 1), lp.segmask.eq((1 << lseg) - 1),
         lp.ltr.eq(ltr - rs),
         lp.trm1.eq(trows - 1),
-        lp.rt_one.eq(Array(desc.r <= rows for rows in rows_of)[rs]),
+        lp.rt_one.eq(rt_one),
+        lp.rbal.eq(rbal),
+        lp.rpen0.eq(rbal & Array(desc.r <= 2 * rows for rows in rows_of)[rs]),
         lp.ct_one.eq(ct_one),
         lp.ch_one.eq(ch_one),
-        lp.rm.eq(((desc.r - 1)[:max(1, ltr)] & (trows - 1)) if ltr else 0),
+        lp.rm.eq(rm_raw + Mux(rbal, trows >> 1, 0)),
         lp.cmod.eq((desc.c - 1)[:len(lp.cmod)] & cmask),
         lp.pm.eq((desc.p - 1)[:dim] & pmask),
         lp.stride.eq(((pbytes + cfg.mem_bytes - 1) >> lm) << lm),
@@ -199,6 +213,12 @@ class StepIter(Elaboratable):
         stride_f = reg("stride_f", cfg.addr_width, lp.stride << lp.lf)
         stride_r = reg("stride_r", cfg.addr_width, lp.stride << lp.ltr)     # bytes per row tile
         trows = reg("trows", range(cfg.tr + 1), lp.trm1 + 1)
+        # the first of two balanced last row tiles (``pen``): half a tile
+        trm1_h = reg("trm1_h", range(cfg.tr), lp.trm1 >> 1)
+        stride_rh = reg("stride_rh", cfg.addr_width, (lp.stride << lp.ltr) >> 1)
+        trows_h = reg("trows_h", range(cfg.tr + 1), (lp.trm1 >> 1) + 1)
+        ngh_m1 = reg("ngh_m1", range(cfg.tr), (lp.trm1 >> 1) >> lp.lbp)
+        nrh = reg("nrh", range(cfg.tp + 1), ((lp.trm1 >> 1) & lp.bpmask) + 1)
         p_step = reg("p_step", cfg.addr_width, cm_c * eb)
         # second stage (valid two cycles after restart, before the first advance)
         nsf_m2 = reg("nsf_m2", dim + 1, nsf - 2)
@@ -206,6 +226,8 @@ class StepIter(Elaboratable):
         ngf_m2 = reg("ngf_m2", range(cfg.tr + 1), ngf_m1 - 1)
         ngl_m2 = reg("ngl_m2", range(cfg.tr + 1), ngl_m1 - 1)
         n_rt_m2 = reg("n_rt_m2", dim, n_rt_m1 - 1)
+        n_rt_m3 = reg("n_rt_m3", dim, n_rt_m1 - 2)
+        ngh_m2 = reg("ngh_m2", range(cfg.tr + 1), ngh_m1 - 1)
         n_ct_m2 = reg("n_ct_m2", dim, n_ct_m1 - 1)
         n_ch_m2 = reg("n_ch_m2", dim, n_ch_m1 - 1)
 
@@ -218,6 +240,7 @@ class StepIter(Elaboratable):
         # updated with the flags they follow (the compute issue's SETUP tests them).
         x_new = Signal(name="it_x_new")
         w_new = Signal(name="it_w_new")
+        pen = Signal(name="it_pen")                # this row tile is the first balanced one
 
         with m.If(self.restart):
             m.d.sync += [self.rt.eq(0), self.ct.eq(0), self.ch.eq(0),
@@ -225,7 +248,8 @@ class StepIter(Elaboratable):
                          self.row_off.eq(0), self.col_off.eq(0), self.p_off.eq(0),
                          first_rt.eq(1), self.first_ct.eq(1), self.first_ch.eq(1),
                          self.last_rt.eq(lp.rt_one), self.last_ct.eq(lp.ct_one),
-                         self.last_ch.eq(lp.ch_one), x_new.eq(1), w_new.eq(1)]
+                         self.last_ch.eq(lp.ch_one), x_new.eq(1), w_new.eq(1),
+                         pen.eq(lp.rpen0)]
         with m.Elif(self.advance):
             with m.If(~self.last_ch):
                 m.d.sync += [self.ch.eq(self.ch + 1), self.p0.eq(self.p0 + cm),
@@ -242,25 +266,27 @@ class StepIter(Elaboratable):
                 with m.Else():
                     m.d.sync += [self.ct.eq(0), self.c0.eq(0), self.col_off.eq(0),
                                  self.first_ct.eq(1), self.last_ct.eq(lp.ct_one),
-                                 self.rt.eq(self.rt + 1), self.r0.eq(self.r0 + trows),
-                                 self.row_off.eq(self.row_off + stride_r),
+                                 self.rt.eq(self.rt + 1),
+                                 self.r0.eq(self.r0 + Mux(pen, trows_h, trows)),
+                                 self.row_off.eq(self.row_off + Mux(pen, stride_rh, stride_r)),
+                                 pen.eq(lp.rbal & (self.rt == n_rt_m3)),
                                  first_rt.eq(0), self.last_rt.eq(self.rt == n_rt_m2),
                                  x_new.eq(1), w_new.eq(~single)]
 
         lr, lc, lh = self.last_rt, self.last_ct, self.last_ch
         m.d.comb += [
-            self.rows.eq(Mux(lr, rows_last, trows)),
+            self.rows.eq(Mux(lr, rows_last, Mux(pen, trows_h, trows))),
             self.ncols.eq(Mux(lc, ncols_last, f)),
             self.len.eq(Mux(lh, len_last, cm)),
             self.n_s.eq(Mux(lh, nsl, nsf)),
-            self.n_g.eq(Mux(lr, ngl_m1, ngf_m1) + 1),
-            self.rows_m1.eq(Mux(lr, lp.rm, lp.trm1)),
+            self.n_g.eq(Mux(lr, ngl_m1, Mux(pen, ngh_m1, ngf_m1)) + 1),
+            self.rows_m1.eq(Mux(lr, lp.rm, Mux(pen, trm1_h, lp.trm1))),
             self.ncols_m1.eq(Mux(lc, lp.cmod, lp.fmask)),
             self.ns_one.eq(Mux(lh, nsl_one, nsf_one)),
             self.ns_m2.eq(Mux(lh, nsl_m2, nsf_m2)),
-            self.ng_one.eq(Mux(lr, ngl_m1 == 0, ngf_m1 == 0)),
-            self.ng_m2.eq(Mux(lr, ngl_m2, ngf_m2)),
-            self.nr_last.eq(Mux(lr, nrl, nrf)),
+            self.ng_one.eq(Mux(lr, ngl_m1 == 0, Mux(pen, ngh_m1 == 0, ngf_m1 == 0))),
+            self.ng_m2.eq(Mux(lr, ngl_m2, Mux(pen, ngh_m2, ngf_m2))),
+            self.nr_last.eq(Mux(lr, nrl, Mux(pen, nrh, nrf))),
             self.nb_m1.eq(Mux(lh, nbl_m1, nbf_m1)),
             self.nv_last.eq(Mux(lh, nvl, E)),
             self.step_s.eq(lp.s),

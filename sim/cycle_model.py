@@ -309,7 +309,10 @@ class _Layer:
         self.S = S = k * seg
         self.F = F = tc // k
         self.cm = cm = cfg.chunk_max(k, tr)
-        self.n_rt = _ceil(R, tr)
+        self.rows = cfg.row_tile_sizes(R, tr)
+        self.n_rt = len(self.rows)
+        # the first of two balanced last row tiles, if they are balanced (else -1)
+        self.pen = self.n_rt - 2 if self.n_rt >= 2 and self.rows[-2] != tr else -1
         self.n_ct = _ceil(C, F)
         self.n_ch = _ceil(P, cm)
         self.rt_len = self.n_ct * self.n_ch
@@ -336,7 +339,7 @@ class _Layer:
             ncols = min(self.F, self.C - c0)
             boff = (c0 * 4) & (M - 1)
             nbb = (boff + ncols * 4 + M - 1) // M
-        key = (rt == 0, last_rt, ct == 0, last_ct, last_ch, nbb)
+        key = (rt == 0, last_rt, rt == self.pen, ct == 0, last_ct, last_ch, nbb)
         v = self._cache.get(key)
         if v is None:
             v = self._cache[key] = self._make(rt, ct, ch, nbb)
@@ -344,7 +347,7 @@ class _Layer:
 
     def _make(self, rt, ct, ch, nbb):
         tr, M, eb, bp = self.tr, self.M, self.eb, self.bp
-        rows = min(tr, self.R - rt * tr)
+        rows = self.rows[rt]
         ncols = min(self.F, self.C - ct * self.F)
         ln = min(self.cm, self.P - ch * self.cm)
         n_s = _ceil(ln, self.S)
@@ -370,8 +373,9 @@ class _Layer:
         A step's class depends on its chunk only through "last chunk", on its column tile
         only through "first" (X loaded only when ``n_ch == 1``) and "last" (X freed when
         ``n_ch == 1``, fewer columns when ``F`` does not divide ``C``), and on its row tile
-        only through "first" (W loaded once per layer when ``n_ct == n_ch == 1``) and
-        "last" (fewer rows when ``tr`` does not divide ``R``; W freed in the single case).
+        only through "first" (W loaded once per layer when ``n_ct == n_ch == 1``), "last"
+        (fewer rows when ``tr`` does not divide ``R``; W freed in the single case) and the
+        half tile before the last when the last two are balanced (``pen``).
         """
         n_ch, n_ct, n_rt = self.n_ch, self.n_ct, self.n_rt
         rt, rem = divmod(j, self.rt_len)
@@ -395,12 +399,17 @@ class _Layer:
         else:
             # same column tile class: only the row tile classes can differ
             last0 = (n_rt - 1) * n_ct                 # first tile of the last row tile
+            tail0 = self.pen * n_ct if self.pen >= 0 else last0   # ... of the pen tile
             if rt0 and u - kk < n_ct:
                 return j
             if not rtl or u - kk >= last0:
                 vend = n_rt * n_ct
-            elif u < last0:
+            elif u - kk >= tail0:                     # both in the pen row tile
+                if u >= last0:
+                    return j
                 vend = last0
+            elif u < tail0:
+                vend = tail0
             else:
                 return j
         return max(j, min(vend * n_ch, self.n_steps - 1))
@@ -544,9 +553,7 @@ def _layer_timing(cfg, R, P, C, bp, k, bias, out_mode, mem, extrapolate) -> Laye
     # sum over steps of n_g * n_s, in closed form over the tiling
     tr, S, cm = lay.tr, lay.S, lay.cm
     chunks_ns = (lay.n_ch - 1) * _ceil(cm, S) + _ceil(P - (lay.n_ch - 1) * cm, S)
-    full_g = _ceil(tr, bp)
-    last_rows = R - (lay.n_rt - 1) * tr
-    g_total = (lay.n_rt - 1) * full_g + _ceil(last_rows, bp)
+    g_total = sum(_ceil(r, bp) for r in lay.rows)
     issue = g_total * lay.n_ct * chunks_ns
     assert n_groups == g_total * lay.n_ct * lay.n_ch, "group count does not add up"
     setup = lay.n_steps

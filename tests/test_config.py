@@ -122,6 +122,29 @@ def test_tile_rows():
     assert HwConfig(tc=16, tp=16, mem_bytes=16).tr_min == 32
 
 
+def test_row_tile_sizes():
+    """Full tiles, then the last two balanced when the remainder is under half a tile."""
+    rts = HwConfig.row_tile_sizes
+    assert rts(49, 16) == (16, 16, 8, 9)         # ResNet-18 layer4 at batch 1 on the 8 x 4
+    assert rts(48, 16) == (16, 16, 16)
+    assert rts(56, 16) == (16, 16, 16, 8)        # remainder of half a tile: as it is
+    assert rts(55, 16) == (16, 16, 8, 15) and rts(57, 16) == (16, 16, 16, 9)
+    assert rts(20, 16) == (8, 12)                # two tiles: the half tile first
+    assert rts(5, 16) == (5,) and rts(16, 16) == (16,)
+    assert rts(3, 2) == (2, 1) and rts(4, 1) == (1, 1, 1, 1)   # no half of 2 or 1 rows
+    from itertools import product
+    for R, T in product(range(1, 80), (1, 2, 4, 8, 16, 32)):
+        sizes = rts(R, T)
+        assert sum(sizes) == R and len(sizes) == -(-R // T) and max(sizes) <= T, (R, T, sizes)
+        if len(sizes) >= 2:
+            assert min(sizes) >= T // 2, (R, T, sizes)
+            assert all(s == T for s in sizes[:-2]), (R, T, sizes)
+        for bp in (1, 2, 4, 8):                  # the array's groups add up the same
+            if bp <= T:
+                plain = (T,) * (len(sizes) - 1) + (R - (len(sizes) - 1) * T,)
+                assert sum(-(-s // bp) for s in sizes) == sum(-(-s // bp) for s in plain)
+
+
 def test_derived_values_of_wide_data():
     cfg = HwConfig(data_width=12, acc_width=32, tc=4, tp=16, mem_bytes=8)
     assert cfg.elem_bytes == 2 and cfg.elems_per_beat == 4

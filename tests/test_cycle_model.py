@@ -67,6 +67,12 @@ def _shape(cfg, rng, kind, k):
         return r(1, tr), r(1, 2 * tp), r(4 * F, 8 * F)
     if kind == "many":          # many row and column tiles: the extrapolation at work
         return r(8 * tr, 14 * tr), r(1, 2 * tp), r(3 * F, 5 * F)
+    if kind == "tail":          # the last two row tiles balanced (HwConfig.row_tile_sizes)
+        P = r(1, 3 * tp) if rng.random() < 0.6 else r(1, cm)
+        T = cfg.tile_rows(P, k)
+        if T < 4:
+            return None
+        return r(1, 4) * T + r(1, T // 2 - 1), P, r(1, 2 * F + 1)
     if kind == "tall":          # tall row tiles (fewer rows, one chunk); None if k has none
         lo = cfg.x_buf_elems // tr + 1
         hi = min(cfg.x_buf_elems // cfg.tr_min, cfg.w_buf_elems // tc * k)
@@ -163,8 +169,12 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
     ("tall", 11, ODD_MEMS, ("tall",), 40_000, 15, 6_000),
     ("8x8", 12, BASIC_MEMS[:3], ("tall",), 60_000, 6, 25_000),
     ("default", 13, BASIC_MEMS, ("tall",), 160_000, 8, 40_000),
+    ("small", 14, BASIC_MEMS + ODD_MEMS, ("tail",), 40_000, 20, 4_000),
+    ("tall", 15, BASIC_MEMS, ("tail", "tall"), 40_000, 12, 6_000),
+    ("8x8", 16, BASIC_MEMS[:3], ("tail",), 40_000, 8, 8_000),
 ], ids=["small-basic", "small-odd", "small-many", "small-s5", "8x8-basic", "8x8-odd",
-        "8x8-many", "16x4-basic", "tall-basic", "tall-odd", "8x8-tall", "default"])
+        "8x8-many", "16x4-basic", "tall-basic", "tall-odd", "8x8-tall", "default",
+        "small-tail", "tall-tail", "8x8-tail"])
 def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
     cfg = CFGS[cfg_name]
     _compare(cfg, _cases(cfg, seed, mems, kinds, budget, n, max_cyc), tmp_path)

@@ -208,8 +208,32 @@ def big_cases() -> list[GemmCase]:
     return cases
 
 
+def tail_cases(cfg_name: str) -> list[GemmCase]:
+    """Layers whose last row tile has under half a tile of rows, so the last two are
+    balanced (``HwConfig.row_tile_sizes``): with the half tile first, in the middle and
+    with tall row tiles, over the policies; the row offsets of the half tile must be right."""
+    cfg = CFGS[cfg_name]
+    rng = np.random.default_rng(4711)
+    pol = list(cfg.policies)
+    cases = []
+    for i, (n_full, deep) in enumerate([(1, False), (2, False), (3, False), (2, True), (1, True)]):
+        bp, k = pol[(3 * i + 1) % len(pol)]
+        P = int(rng.integers(2, 3 * cfg.tp + 2))
+        if deep:    # tall row tiles (fewer than tr rows) where the buffers allow it at this k
+            P = min(cfg.x_buf_elems // cfg.tr_min, cfg.w_buf_elems // cfg.tc * k)
+        T = cfg.tile_rows(P, k)
+        R = n_full * T + int(rng.integers(1, T // 2))
+        sizes = cfg.row_tile_sizes(R, T)
+        assert len(sizes) == n_full + 1 and sizes[-2] == T // 2, (R, T, sizes)
+        C = int(rng.integers(1, 2 * (cfg.tc // k) + 2))
+        x, w = _operands(cfg, rng, R, P, C)
+        cases.append(_finish_case(cfg, rng, x, w, bp=bp, k=k, name=f"tail {sizes}"))
+    return cases
+
+
 GROUPS = {
     "policies": policy_cases,
+    "tails": tail_cases,
     "extremes": extreme_cases,
     "backpressure": backpressure_cases,
 }
