@@ -31,13 +31,13 @@ class HwConfig:
     Buffer sizes are in elements per slot (each buffer is double-buffered).
     """
 
-    tc: int = 4                 #: processing elements (T_C)
+    tc: int = 8                 #: processing elements (T_C); 8 x 4 the default since 4 Dec 2026
     tp: int = 4                 #: lanes per PE (T_P)
     tr: int = 32                #: rows per input tile (T_R)
     data_width: int = 8         #: signed operand width, bits
     acc_width: int = 32         #: accumulator width, bits (wraps modulo 2**acc_width)
-    x_buf_elems: int = 65536    #: input buffer, elements per slot
-    w_buf_elems: int = 16384    #: weight buffer, elements per slot
+    x_buf_elems: int = 131072   #: input buffer, elements per slot (16-row tiles hold P = 8192)
+    w_buf_elems: int = 32768    #: weight buffer, elements per slot (4096 per PE: P = 2304 at k = 1 in one chunk)
     mem_bytes: int = 4          #: memory port width, bytes per beat
     rd_outstanding: int = 32    #: read requests in flight at most
     stage_entries: int = 8      #: PE-array groups between issue and drain at most (stage FIFO)

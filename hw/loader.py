@@ -122,7 +122,8 @@ class Loader(wiring.Component):
         m.d.comb += boff.eq((it.c0 << 2) & (M - 1))
         # bias beats - 1, registered: the bias load starts at least three cycles after a step
         nbb_m1 = Signal(cfg.dim_width + 1, name="rq_nbb_m1")
-        m.d.sync += nbb_m1.eq(((boff + (it.ncols << 2) + M - 1) >> lm) - 1)
+        nbb_m2 = Signal(cfg.dim_width + 1, name="rq_nbb_m2")
+        m.d.sync += [nbb_m1.eq(((boff + (it.ncols << 2) + M - 1) >> lm) - 1), nbb_m2.eq(nbb_m1 - 1)]
         # the step loads bias, registered: the step's flags change only on the iterator's
         # advance (NEXT) or restart, at least two cycles before the W issue reads this
         # (it.last_ch -> need_bias -> the tag's ``last`` was the 4 x 4's worst path on
@@ -161,6 +162,14 @@ class Loader(wiring.Component):
         nb_m2 = Signal(len(it.nb_m1), name="rq_nb_m2")
         m.d.sync += [nb_zero.eq(it.nb_m1 == 0), nb_m2.eq(it.nb_m1 - 1)]
         last_beat = Signal(name="rq_last_beat")
+        # Likewise the load's last row (X: ``idx == rows - 1``), column (W: ``idx == ncols -
+        # 1``) or bias beat (``beat == nbb - 1``), one register kept with ``idx`` / ``beat``
+        # from values registered beside it: the compares fed the walk's state and the
+        # iterator's counters (the 4 x 4's and the 8 x 4's worst paths on d2c1c7d, seed 1).
+        last_item = Signal(name="rq_last_item")
+        rows_m2 = Signal(len(it.rows_m1), name="rq_rows_m2")
+        ncols_m2 = Signal(len(it.ncols_m1), name="rq_ncols_m2")
+        m.d.sync += [rows_m2.eq(it.rows_m1 - 1), ncols_m2.eq(it.ncols_m1 - 1)]
         nvalid = Signal(range(E + 1), name="rq_nvalid")
         m.d.comb += nvalid.eq(Mux(last_beat, it.nv_last, E))
 
@@ -222,13 +231,14 @@ class Loader(wiring.Component):
                 m.d.comb += self.g_idx.eq(s_j)
                 start_addr = Mux(gather, self.g_addr + gp_off, x_base)
                 m.d.sync += [idx.eq(0), beat.eq(0), last_beat.eq(nb_zero), *set_pl0(0), abase.eq(0),
+                             last_item.eq(it.rows_m1 == 0),
                              addr.eq(start_addr), row_addr.eq(start_addr),
                              g_j.eq(s_j), g_rr.eq(s_rr), g_off.eq(s_off), g_wrap.eq(s_rr == rs_m1),
                              t_j.eq(s_j), t_rr.eq(s_rr), t_off.eq(s_off)]
                 with m.If(~x_out[1]):
                     m.next = "XISS"
             with m.State("XISS"):
-                last_row = idx == it.rows_m1
+                last_row = last_item
                 m.d.comb += [self.rd_valid.eq(tags.w_rdy),
                              tag.kind.eq(KIND_X), tag.slot.eq(x_issued[0]),
                              tag.last.eq(last_beat & last_row), tag.idx.eq(idx),
@@ -245,7 +255,8 @@ class Loader(wiring.Component):
                     with m.If((idx & lp.bpmask) == lp.bpmask):
                         m.d.sync += abase.eq(abase + it.n_s)
                     m.d.sync += [g_j.eq(nx_j), g_rr.eq(nx_rr), g_off.eq(nx_off),
-                                 g_wrap.eq(Mux(g_wrap, rs_is1, g_rr == rs_m2))]
+                                 g_wrap.eq(Mux(g_wrap, rs_is1, g_rr == rs_m2)),
+                                 last_item.eq(idx == rows_m2)]
                     with m.If(gather & g_wrap):
                         m.d.sync += [addr.eq(self.g_addr + it.p_off), row_addr.eq(self.g_addr + it.p_off)]
 
@@ -260,11 +271,12 @@ class Loader(wiring.Component):
             with m.State("WWAIT"):
                 start_addr = w_base
                 m.d.sync += [idx.eq(0), beat.eq(0), last_beat.eq(nb_zero), *set_pl0(0),
-                             addr.eq(start_addr), row_addr.eq(start_addr)]
+                             addr.eq(start_addr), row_addr.eq(start_addr),
+                             last_item.eq(it.ncols_m1 == 0)]
                 with m.If(~w_out[1]):
                     m.next = "WISS"
             with m.State("WISS"):
-                last_col = idx == it.ncols_m1
+                last_col = last_item
                 m.d.comb += [self.rd_valid.eq(tags.w_rdy),
                              tag.kind.eq(KIND_W), tag.slot.eq(w_issued[0]),
                              tag.last.eq(last_beat & last_col & ~need_bias), tag.idx.eq(idx),
@@ -272,20 +284,23 @@ class Loader(wiring.Component):
 
                 def w_last():
                     with m.If(need_bias):
-                        m.d.sync += [beat.eq(0), addr.eq(d.b_addr + (((it.c0 << 2) >> lm) << lm))]
+                        m.d.sync += [beat.eq(0), addr.eq(d.b_addr + (((it.c0 << 2) >> lm) << lm)),
+                                     last_item.eq(nbb_m1 == 0)]
                         m.next = "BISS"
                     with m.Else():
                         m.d.comb += w_iss.eq(1)
                         m.d.sync += w_issued.eq(w_issued + 1)
                         m.next = "NEXT"
-                advance(last_beat, last_col, lambda: None, w_last)
+                def w_col_end():
+                    m.d.sync += last_item.eq(idx == ncols_m2)
+                advance(last_beat, last_col, w_col_end, w_last)
             with m.State("BISS"):
-                last_bbeat = beat == nbb_m1
+                last_bbeat = last_item
                 m.d.comb += [self.rd_valid.eq(tags.w_rdy),
                              tag.kind.eq(KIND_B), tag.slot.eq(w_issued[0]), tag.last.eq(last_bbeat),
                              tag.bcol0.eq(_signed(beat << (lm - 2)) - _signed(boff >> 2))]
                 with m.If(fire):
-                    m.d.sync += [beat.eq(beat + 1), addr.eq(addr + M)]
+                    m.d.sync += [beat.eq(beat + 1), addr.eq(addr + M), last_item.eq(beat == nbb_m2)]
                     with m.If(last_bbeat):
                         m.d.comb += w_iss.eq(1)
                         m.d.sync += w_issued.eq(w_issued + 1)

@@ -50,8 +50,8 @@ def test_config_json_default():
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["hw"] == HwConfig().to_dict()
-    assert d["derived"]["policies"] == 9
-    assert d["derived"]["lanes"] == 16
+    assert d["derived"]["policies"] == 12                 # the 8 x 4: B_P in 1, 2, 4; k in 1 .. 8
+    assert d["derived"]["lanes"] == 32
     assert HwConfig.from_dict(d) == HwConfig()
 
 
@@ -72,8 +72,8 @@ def test_config_table():
         cells = [c.strip() for c in re.split(r"[│|┃]", line) if c.strip()]
         if len(cells) == 2:
             rows[cells[0]] = cells[1]
-    assert rows["tr"] == "32" and rows["tc"] == "4"
-    assert rows["policies"] == "9" and rows["x_depth"] == "4096"
+    assert rows["tr"] == "32" and rows["tc"] == "8"
+    assert rows["policies"] == "12" and rows["x_depth"] == "4096"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -416,8 +416,8 @@ def fake_core(monkeypatch):
 @pytest.mark.parametrize("corrupt", [False, True])
 def test_demo_flow_with_stand_ins(tmp_path, monkeypatch, corrupt):
     fake_core(monkeypatch)
-    # the demo GEMM's roofline on the default 4 x 4 core is 15 957 cycles (compute bound)
-    calls = fake_runner(monkeypatch, cycles=31914, corrupt=corrupt)
+    # the demo GEMM's roofline on the default 8 x 4 core is 7 979 cycles (compute bound)
+    calls = fake_runner(monkeypatch, cycles=15958, corrupt=corrupt)
     r = run("demo", "--out-dir", tmp_path / "out")
     assert "module fluidnpu_core" in (tmp_path / "out" / "npu.v").read_text()
     (c,) = calls
@@ -427,7 +427,7 @@ def test_demo_flow_with_stand_ins(tmp_path, monkeypatch, corrupt):
     else:
         assert r.exit_code == 0, r.output
         assert "PASS bit-exact" in r.output
-        assert "cycles 31914" in r.output and "roofline efficiency 50.0%" in r.output
+        assert "cycles 15958" in r.output and "roofline efficiency 50.0%" in r.output
 
 
 def test_generate_with_stand_in_core(tmp_path, monkeypatch):

@@ -64,7 +64,8 @@ def test_config_error_is_a_value_error():
 
 def test_defaults_are_valid_and_as_documented():
     cfg = HwConfig()
-    assert (cfg.tc, cfg.tp, cfg.tr) == (4, 4, 32)
+    assert (cfg.tc, cfg.tp, cfg.tr) == (8, 4, 32)           # the 4 x 4 until 4 Dec 2026
+    assert (cfg.x_buf_elems, cfg.w_buf_elems) == (131072, 32768)
     assert (cfg.data_width, cfg.acc_width, cfg.mem_bytes) == (8, 32, 4)
 
 
@@ -90,22 +91,24 @@ def test_frozen():
 
 def test_derived_values_of_default():
     cfg = HwConfig()
-    assert cfg.lanes == 16
+    assert cfg.lanes == 32
     assert cfg.elem_bytes == 1
-    assert cfg.elems_per_beat == 4
+    assert cfg.elems_per_beat == 4                          # min(tc, tp, mem_bytes)
     assert cfg.x_depth == 4096 and cfg.w_depth == 1024
-    assert cfg.bp_choices == (1, 2, 4) and cfg.k_choices == (1, 2, 4)
-    assert len(cfg.policies) == 9 and len(set(cfg.policies)) == 9
+    assert cfg.bp_choices == (1, 2, 4) and cfg.k_choices == (1, 2, 4, 8)
+    assert len(cfg.policies) == 12 and len(set(cfg.policies)) == 12
     assert (cfg.data_min, cfg.data_max) == (-128, 127)
-    assert cfg.chunk_max(1) == 2048 and cfg.chunk_max(4) == 2048
+    # X holds 131072 / 32 rows; W 32768 / 8 PEs * k
+    assert cfg.chunk_max(1) == 4096 and cfg.chunk_max(8) == 4096
+    assert cfg.tr_min == 16 and cfg.tile_rows(2304, 1) == 32 and cfg.tile_rows(4608, 2) == 16
     assert cfg.ns_per_cycle() == pytest.approx(10.0)
 
 
 def test_tile_rows():
-    """Tall row tiles, worked by hand on the default (X 65536, W 16384 elements per slot, tr
-    32, tr_min = 2 * 16 lanes / 4 elements per beat = 8): fewer rows only when they let
-    both buffers hold all of P."""
-    cfg = HwConfig()
+    """Tall row tiles, worked by hand on the 4 x 4 (the default until 4 Dec 2026: X 65536,
+    W 16384 elements per slot, tr 32, tr_min = 2 * 16 lanes / 4 elements per beat = 8):
+    fewer rows only when they let both buffers hold all of P."""
+    cfg = HwConfig(tc=4, x_buf_elems=65536, w_buf_elems=16384)
     assert cfg.tr_min == 8
     # X holds 65536 / rows elements of P; W holds 16384 / 4 * k
     assert cfg.tile_rows(2048, 1) == 32 and cfg.chunk_max(1, 32) == 2048
@@ -150,7 +153,7 @@ def test_derived_values_of_wide_data():
     assert cfg.elem_bytes == 2 and cfg.elems_per_beat == 4
     assert (cfg.data_min, cfg.data_max) == (-2048, 2047)
     assert cfg.policies == tuple((bp, k) for bp in (1, 2, 4, 8, 16) for k in (1, 2, 4))
-    assert cfg.chunk_max(1) == min(65536 // 32, 16384 // 4)
+    assert cfg.chunk_max(1) == min(131072 // 32, 32768 // 4)
 
 
 def test_key_ignores_clock_only():

@@ -32,7 +32,8 @@ def site(bel):
     return y, row.index(bel)
 
 
-CONFIGS = {"4x4": HwConfig(), "8x8": HwConfig(tc=8, tp=8, mem_bytes=8),
+CONFIGS = {"4x4": HwConfig(tc=4, x_buf_elems=65536, w_buf_elems=16384), "default 8x4": HwConfig(),
+           "8x8": HwConfig(tc=8, tp=8, mem_bytes=8),
            "16x8": HwConfig(tc=16, tp=8, mem_bytes=8)}
 
 
@@ -63,8 +64,10 @@ def test_memories_are_whole_contiguous_and_paired(name):
         (wy, wi), (xy, xi) = (min(s for _, s in mems[f"{k}{g}"]) for k in "wx")
         wn, xn = len(mems[f"w{g}"]), len(mems[f"x{g}"])
         assert wy == xy and (wi + wn == xi or xi + xn == wi)
-    # the central rows only, as long as the memories fit them
-    assert set(plan.rows) == {"Y46", "Y70"}
+    # the central rows only, as long as the memories fit them (the 4 x 4's 80 blocks); the
+    # default's 160 (X 131072 elements per slot) take the outer rows too
+    n_blocks = len(plan.bels)
+    assert set(plan.rows) == ({"Y46", "Y70"} if n_blocks <= 2 * 52 else {"Y46", "Y70", "Y22", "Y82"}), n_blocks
     assert sum(len(v) for v in plan.rows.values()) == 2 * cfg.tc
 
 

@@ -67,9 +67,10 @@ def test_serve_on_another_hardware_configuration(repo_root):
     base = _json(CliRunner().invoke(main, ["serve", "--requests", "400", "--json"]))
     big = _json(CliRunner().invoke(main, ["serve", "--requests", "400", "--json", "--config",
                                           str(repo_root / "examples" / "hw_8x8.toml")]))
-    assert all("tc=4,tp=4," in src for src in base["tables"].values())
+    assert all("tc=8,tp=4," in src for src in base["tables"].values())
     assert all("tc=8,tp=8," in src for src in big["tables"].values())
-    # 4x the MACs: the same arrivals leave the NPU less busy and are served sooner
+    # 2x the MACs: the same arrivals leave the NPU less busy (0.13 against 0.26 of the time,
+    # 4 Dec 2026) and are served sooner
     assert big["summary"]["utilisation"] < 0.6 * base["summary"]["utilisation"]
     assert big["summary"]["mean_ms"] < base["summary"]["mean_ms"]
     for cmd in (["serve", "--requests", "10"], ["compare", "--requests", "50"]):

@@ -367,9 +367,9 @@ def test_a_failing_task_is_a_record(tmp_path):
 
 def test_a_row_may_set_its_own_placer(tmp_path):
     """``placer`` in an [[hw]] row overrides synth.placer for that row's synthesis only (the
-    8 x 4 routes with the static placer, the 4 x 4 keeps HeAP); a row without it keeps the
-    job id it had before rows could set one."""
-    base = "[[hw]]\nlabel = 'a'\n[[hw]]\nlabel = 'b'\ntc = 8\n{extra}[synth]\ntarget = 'ulx3s-85f'\n"
+    row's configuration may need another placer than the default's); a row without it keeps
+    the job id it had before rows could set one."""
+    base = "[[hw]]\nlabel = 'a'\n[[hw]]\nlabel = 'b'\ntc = 4\n{extra}[synth]\ntarget = 'ulx3s-85f'\n"
     plain = load_sweep(write(tmp_path, base.format(extra=""), "plain.toml"))
     mixed = load_sweep(write(tmp_path, base.format(extra="placer = 'static'\n"), "mixed.toml"))
     placers = {j["label"]: j["synth"].get("placer") for j in mixed.synth_jobs.values()}

@@ -10,7 +10,8 @@ from fluidnpu.metrics import gemm_metrics
 from fluidnpu.sim.cycle_model import CycleModelError
 from fluidnpu.sim.traffic import tiled_traffic
 
-CFG = HwConfig()        # 4 x 4, mem_bytes 4, tr 32, chunk_max(1) = 2048 at 32 rows
+#: the 4 x 4 (the default until 4 Dec 2026), mem_bytes 4, tr 32, chunk_max(1) = 2048 at 32 rows
+CFG = HwConfig(tc=4, x_buf_elems=65536, w_buf_elems=16384)
 
 
 def test_single_step_moves_the_compulsory_bytes():
