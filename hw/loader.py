@@ -328,12 +328,12 @@ class Loader(wiring.Component):
         # the 8 x 4's worst path (96.93 MHz, 8.68 ns of wire). The copy lags ``lp`` by a
         # cycle, long before the first response of a layer (a request leaves after STEP), and
         # every response of a layer arrives before its compute ends (the next ``lp``).
-        lp = Signal.like(self.lp, name="rs_lp")
-        m.d.sync += lp.eq(self.lp)
-        segmask, bpmask, fmask = lp.segmask, lp.bpmask, lp.fmask
+        rs_lp = Signal.like(self.lp, name="rs_lp")
+        m.d.sync += rs_lp.eq(self.lp)
+        segmask, bpmask, fmask = rs_lp.segmask, rs_lp.bpmask, rs_lp.fmask
         r1_s, r1_j, r1_lo = [], [], []
         for e in range(E):
-            es, ej, elo = self._elem_lane(m, lp, e)
+            es, ej, elo = self._elem_lane(m, rs_lp, e)
             rs_ = Signal(cfg.dim_width + 2, name=f"r1_s{e}")
             rj = Signal(range(cfg.tc), name=f"r1_j{e}")
             rlo = Signal(range(cfg.tp), name=f"r1_l{e}")
@@ -362,11 +362,11 @@ class Loader(wiring.Component):
             s, j, lo = r1_s[e], r1_j[e], r1_lo[e]
             a = Signal(tagl["abase"].shape.width + 1, name=f"r1_a{e}")
             m.d.comb += a.eq(t.abase + s)
-            xbank = (((a & fmask) << (lp.lk + ltp)) | (j << ltp)
-                     | ((t.idx & bpmask) << lp.lseg) | lo)
-            xaddr = (t.slot << log2(cfg.x_depth)) | (a >> lp.lf)
-            wbank = (((t.idx << lp.lk) | j) << ltp) | ((s & bpmask) << lp.lseg) | lo
-            waddr = (t.slot << log2(cfg.w_depth)) | (s >> lp.lbp)
+            xbank = (((a & fmask) << (rs_lp.lk + ltp)) | (j << ltp)
+                     | ((t.idx & bpmask) << rs_lp.lseg) | lo)
+            xaddr = (t.slot << log2(cfg.x_depth)) | (a >> rs_lp.lf)
+            wbank = (((t.idx << rs_lp.lk) | j) << ltp) | ((s & bpmask) << rs_lp.lseg) | lo
+            waddr = (t.slot << log2(cfg.w_depth)) | (s >> rs_lp.lbp)
             el = self.wr[e]
             raw = r1.beat[8 * eb * e: 8 * eb * (e + 1)]
             m.d.sync += [

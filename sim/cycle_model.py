@@ -346,7 +346,7 @@ class _Layer:
         return v
 
     def _make(self, rt, ct, ch, nbb):
-        tr, M, eb, bp = self.tr, self.M, self.eb, self.bp
+        M, eb, bp = self.M, self.eb, self.bp
         rows = self.rows[rt]
         ncols = min(self.F, self.C - ct * self.F)
         ln = min(self.cm, self.P - ch * self.cm)
@@ -550,8 +550,8 @@ def _layer_timing(cfg, R, P, C, bp, k, bias, out_mode, mem, extrapolate) -> Laye
     _check(cfg, R, P, C, bp, k, out_mode, mem)
     lay = _Layer(cfg, R, P, C, bp, k, bias, out_mode)
     end, sigma, n_groups, ls, cs, simulated = _simulate(cfg, lay, mem, extrapolate)
-    # sum over steps of n_g * n_s, in closed form over the tiling
-    tr, S, cm = lay.tr, lay.S, lay.cm
+    # sum over steps of n_g * n_s: closed form over the chunks, a sum over the row tiles
+    S, cm = lay.S, lay.cm
     chunks_ns = (lay.n_ch - 1) * _ceil(cm, S) + _ceil(P - (lay.n_ch - 1) * cm, S)
     g_total = sum(_ceil(r, bp) for r in lay.rows)
     issue = g_total * lay.n_ct * chunks_ns
