@@ -9,9 +9,9 @@ a beat that land in one memory land on the same line (checked for every policy i
 tests/test_buffers.py), so each memory takes a beat as one word write with an enable per
 element: no per-bank crossbar.
 
-Fetch: every memory is read at one address per cycle. W stays beside its PE (a local
-``tp``-way select replicates the weights over the ``B_P`` segments and zeroes lanes past
-the end of the reduction). PE ``pe`` takes X group ``(a mod F)*k + pe mod k``; instead of a
+Fetch: every memory is read at one address per cycle. W stays beside its PE (a network
+of ``log2(tp)`` levels inside the word replicates the weights over the ``B_P`` segments;
+lanes past the end of the reduction are zeroed). PE ``pe`` takes X group ``(a mod F)*k + pe mod k``; instead of a
 ``tc``-way read crossbar, X words pass a registered copy network of ``log2(tc)`` levels
 (two per stage): at level ``b``, while ``k <= 2**b``, a PE whose index bit ``b`` differs from
 that bit of ``(a mod F) << log2(k)`` takes the word of the PE ``2**b`` away.
@@ -26,7 +26,7 @@ from .bram import WordRAM, ecp5_tiling
 from .config import HwConfig
 from .interface import log2
 
-__all__ = ["OperandBuffers", "elem_write_layout", "net_stages"]
+__all__ = ["OperandBuffers", "elem_write_layout", "net_stages", "w_stages"]
 
 #: copy-network levels resolved per register stage
 LEVELS_PER_STAGE = 2
@@ -52,6 +52,12 @@ def addr_reps(cfg: HwConfig, which: str) -> int:
 def net_stages(cfg: HwConfig) -> int:
     """Register stages of the X copy network (at least one: the fetch's select stage)."""
     return max(1, -(-log2(cfg.tc) // LEVELS_PER_STAGE))
+
+
+def w_stages(cfg: HwConfig) -> int:
+    """Register stages of the W replication network: its ``log2(tp)`` levels two per stage,
+    in at most the X network's stages (more levels per stage when ``tp`` is the wider)."""
+    return min(net_stages(cfg), max(1, -(-log2(cfg.tp) // LEVELS_PER_STAGE)))
 
 
 class OperandBuffers(wiring.Component):
@@ -131,13 +137,16 @@ class OperandBuffers(wiring.Component):
 
     # ---- write side -------------------------------------------------------------------
     def _write_side(self, m):
-        """Two registers between the loader and the memories, so each long wire has a cycle
-        of its own. w1: per memory index ``g`` a copy (``_rep``, kept apart by the synthesis
-        flow) of the beat's data, which element hits each of its ``tp`` positions and the
-        line of those elements (decoded on the way in). w2: per memory the word (each
-        position an AND-OR select over the beat: at most one element hits a position), an
-        enable per element for X and for W, and the line. A write lands two cycles after
-        the beat; the loader counts a load done one cycle later (docs/cycle_model.md)."""
+        """Three registers between the loader and the memories, so each long wire has a
+        cycle of its own. w0: per memory index ``g`` a plain copy (``_rep``, kept apart by
+        the synthesis flow) of the beat as it leaves the loader: one flip-flop per bit no
+        longer drives the decode of every memory across the block-RAM rows (the 8 x 8's
+        worst path on 085289d: 11.66 ns of wire into ``w1_hit_rep*``). w1: per memory the
+        beat's data, which element hits each of its ``tp`` positions and the line of those
+        elements (decoded from its w0 copy). w2: per memory the word (each position an
+        AND-OR select over the beat: at most one element hits a position), an enable per
+        element for X and for W, and the line. A write lands three cycles after the beat;
+        the loader counts a load done one cycle later (docs/cycle_model.md)."""
         cfg = self.cfg
         tc, tp, dw, e = cfg.tc, cfg.tp, cfg.data_width, cfg.elems_per_beat
         ltp = log2(tp)
@@ -145,17 +154,20 @@ class OperandBuffers(wiring.Component):
         word = data.ArrayLayout(unsigned(dw), tp)
         xmem, wmem = [], []
         for g in range(tc):
+            wr0 = Signal.like(self.wr, name=f"w0_wr_rep{g}")
+            wx0 = Signal(name=f"w0_x_rep{g}")
+            m.d.sync += [wr0.eq(self.wr), wx0.eq(self.wr_x)]
             d_rep = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w1_data_rep{g}")
             hit = Signal(tp * e, name=f"w1_hit_rep{g}")        # [j*e + i]: element i -> position j
             line = Signal(addr_shape, name=f"w1_line_rep{g}")
             wx = Signal(name=f"w1_x_rep{g}")
-            m.d.sync += [d_rep[i].eq(el.data.as_unsigned()) for i, el in enumerate(self.wr)]
+            m.d.sync += [d_rep[i].eq(el.data.as_unsigned()) for i, el in enumerate(wr0)]
             m.d.sync += [hit[j * e + i].eq(el.en & (el.bank == g * tp + j))
-                         for j in range(tp) for i, el in enumerate(self.wr)]
+                         for j in range(tp) for i, el in enumerate(wr0)]
             line_or = 0
-            for el in self.wr:
+            for el in wr0:
                 line_or = line_or | Mux(el.en & ((el.bank >> ltp) == g), el.addr, 0)
-            m.d.sync += [line.eq(line_or), wx.eq(self.wr_x)]
+            m.d.sync += [line.eq(line_or), wx.eq(wx0)]
 
             w2_data = Signal(word, name=f"w2_data{g}")
             w2_x = Signal(tp, name=f"w2_xen{g}")
@@ -228,64 +240,103 @@ class OperandBuffers(wiring.Component):
             for l in range(tp):
                 m.d.comb += self.x[pe * tp + l].eq(cur[pe][l].as_signed())
 
-    # ---- W fetch: delayed read, output register, replication select and lane mask -------
+    # ---- W fetch: delayed read, output register, replication network and lane mask -------
     def _w_fetch(self, m, wmem, rq):
-        """The W read starts ``net_stages - 1`` cycles after the request register (its
-        address and controls delayed), so its single select stage ends with the X
-        network's last."""
+        """The W read starts ``net_stages - w_stages`` cycles after the request register
+        (its address and controls delayed), so the replication network's last stage ends
+        with the X network's last.
+
+        Lane ``l`` of a PE takes element ``(wgrp << lseg) | (l & segmask)`` of its memory's
+        word (the B_P segments share one segment of weights). Instead of a ``tp``-way
+        select per lane, the word passes ``log2(tp)`` levels (``w_stages`` register stages):
+        at level ``b >= lseg`` a lane whose bit ``b`` differs from that bit of ``wgrp <<
+        lseg`` takes the element of the lane ``2**b`` away, like the X copy network. Each
+        element then feeds two multiplexers per level instead of ``tp`` (the 8 x 8's
+        ``tp``-way selects were 3,124 LUTs and the largest share of the router's overuse,
+        7.8 % at iteration 2 on 085289d)."""
         cfg = self.cfg
         tc, tp, dw, n = cfg.tc, cfg.tp, cfg.data_width, cfg.lanes
+        ltp = log2(tp)
+        n_st = w_stages(cfg)
         req = data.StructLayout({"valid": 1, "tag": len(self.rd_tag),
                                  "wgrp": len(self.rd_wgrp), "rem": len(self.rd_rem)})
         r = Signal(req, name="f0_wreq")
         waddr = rq["waddr"]
         m.d.comb += [r.valid.eq(rq["valid"]), r.tag.eq(rq["tag"]), r.wgrp.eq(rq["wgrp"]),
                      r.rem.eq(rq["rem"])]
-        for i in range(net_stages(cfg) - 1):
+        for i in range(net_stages(cfg) - n_st):
             d = Signal(req, name=f"f0_wreq_d{i}")
             m.d.sync += d.eq(r)
             r = d
             wd = [Signal.like(a, name=f"f0_waddr_d{i}_rep{g}") for g, a in enumerate(waddr)]
             m.d.sync += [b.eq(a) for a, b in zip(waddr, wd)]
             waddr = wd
-        wq = []
+        cur = []
         for ram, a in zip(wmem, waddr):
             m.d.comb += ram.rd_addr.eq(a)
-            wq.append(ram.rd_data)
+            cur.append(ram.rd_data)
 
-        f1 = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f1_req")
-        m.d.sync += [f1.valid.eq(r.valid), f1.tag.eq(r.tag)]
-        f2 = Signal.like(f1, name="f2_req")
-        m.d.sync += f2.eq(f1)
-        # Per-layer constants of the selects (stable while a layer runs).
+        # the request's valid and tag, in step with the data
+        f = Signal(data.StructLayout({"valid": 1, "tag": len(self.rd_tag)}), name="f1_req")
+        m.d.sync += [f.valid.eq(r.valid), f.tag.eq(r.tag)]
+        for st in range(n_st):
+            f_n = Signal.like(f, name=f"f{2 + st}_req")
+            m.d.sync += f_n.eq(f)
+            f = f_n
+        # Per-layer constants (stable while a layer runs).
         kmask = Signal(range(tc), name="f0_kmask")
         segmask = Signal(range(tp), name="f0_segmask")
         m.d.sync += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
-        ls_ = [Signal(range(tp), name=f"f0_ls_{l}") for l in range(tp)]
-        m.d.sync += [v.eq(l & segmask) for l, v in enumerate(ls_)]
-        # Stage 2: the W selects and the lane mask, decoded from per-PE copies of the request
-        # (``_rep``) and registered, so stage 3 is only the multiplexers.
-        wsel = [[Signal(range(tp), name=f"f2_wl_rep{pe}_{l}") for l in range(tp)]
-                for pe in range(tc)]
+        # Stage f1 -> f2: per PE (``_rep``) the lane mask and, per level, the two selects
+        # (lanes whose bit b is 0 take from above, lanes whose bit is 1 from below), decoded
+        # from per-PE copies of the request and registered; a later stage's selects are
+        # delayed to its data, so every stage is only multiplexers.
         lmask = Signal(n, name="f2_lmask")
+        sel = {}
         for pe in range(tc):
             wgrp = Signal.like(r.wgrp, name=f"f1_wgrp_rep{pe}")
             rem = Signal.like(r.rem, name=f"f1_rem_rep{pe}")
             lseg = Signal.like(self.lseg, name=f"f0_lseg_rep{pe}")
             m.d.sync += [wgrp.eq(r.wgrp), rem.eq(r.rem), lseg.eq(self.lseg)]
+            blk = Signal(range(tp), name=f"f1_wblk{pe}")          # wgrp << lseg
+            m.d.comb += blk.eq(wgrp << lseg)
+            for b in range(ltp):
+                for side in (0, 1):
+                    s_ = Signal(name=f"f2_wsel_rep{pe}_{b}_{side}")
+                    m.d.sync += s_.eq((lseg <= b) & (blk[b] != side))
+                    sel[pe, b, side] = s_
             for l in range(tp):
-                m.d.sync += wsel[pe][l].eq((wgrp << lseg) | ls_[l])
                 q = Signal(range(n), name=f"f0_q_{pe}_{l}")    # lane's element within S
                 m.d.sync += q.eq(((pe & kmask) << lseg) | (l & segmask))
                 m.d.sync += lmask[pe * tp + l].eq(q < rem)
-        # Stage 3: per-lane replication select and masking (a product with a zero weight is
-        # zero whatever the X lane holds).
-        for pe in range(tc):
-            for l in range(tp):
-                wv = Signal(unsigned(dw), name=f"f2_w_{pe}_{l}")
-                with m.Switch(wsel[pe][l]):
-                    for c in range(tp):
-                        with m.Case(c):
-                            m.d.comb += wv.eq(wq[pe][c])
-                m.d.sync += self.w[pe * tp + l].eq(Mux(lmask[pe * tp + l], wv.as_signed(), 0))
-        m.d.sync += [self.op_valid.eq(f2.valid), self.op_tag.eq(f2.tag)]
+        per = -(-ltp // n_st) if ltp else 0
+        for st in range(n_st):
+            levels = [b for b in range(st * per, (st + 1) * per) if b < ltp]
+            # this stage's selects, delayed to its data (st cycles after stage 0's)
+            for key in [k_ for k_ in sel if k_[1] in levels]:
+                for i in range(st):
+                    d = Signal(name=f"f{3 + i}_wsel_rep{key[0]}_{key[1]}_{key[2]}")
+                    m.d.sync += d.eq(sel[key])
+                    sel[key] = d
+            vals = [[cur[pe][l] for l in range(tp)] for pe in range(tc)]
+            for b in levels:
+                vals = [[Mux(sel[pe, b, (l >> b) & 1], vals[pe][l ^ (1 << b)], vals[pe][l])
+                         for l in range(tp)] for pe in range(tc)]
+            if st == n_st - 1:
+                # the last stage: the lane mask (a product with a zero weight is zero
+                # whatever the X lane holds) and the operand register
+                msk = lmask
+                for i in range(n_st - 1):
+                    d = Signal.like(msk, name=f"f{3 + i}_lmask")
+                    m.d.sync += d.eq(msk)
+                    msk = d
+                for pe in range(tc):
+                    for l in range(tp):
+                        m.d.sync += self.w[pe * tp + l].eq(
+                            Mux(msk[pe * tp + l], vals[pe][l].as_signed(), 0))
+            else:
+                nxt = [Signal(data.ArrayLayout(unsigned(dw), tp), name=f"f{3 + st}_w{pe}")
+                       for pe in range(tc)]
+                m.d.sync += [nxt[pe][l].eq(vals[pe][l]) for pe in range(tc) for l in range(tp)]
+                cur = nxt
+        m.d.sync += [self.op_valid.eq(f.valid), self.op_tag.eq(f.tag)]

@@ -28,7 +28,7 @@ def _group_tag_layout(cfg: HwConfig) -> data.StructLayout:
     return data.StructLayout({
         "first": 1, "last": 1,                 # first / last cycle of the group
         "row0": unsigned(cfg.dim_width),
-        "trow0": unsigned(log2(cfg.tr) + 1),
+        "trow0": unsigned(log2(cfg.tr_max) + 1),
         "nrows": unsigned(log2(cfg.tp) + 1),
         "c0": unsigned(cfg.dim_width),
         "ncols": unsigned(log2(cfg.tc) + 1),
@@ -53,8 +53,8 @@ class NPUCore(wiring.Component):
     (combinational: ``addr`` must follow ``idx`` in the same cycle); unused otherwise.
     """
 
-    #: cycles from accepting a command to the first step setup
-    START_CYCLES = 2
+    #: cycles from accepting a command to the first step setup (PREP, PREP2, START)
+    START_CYCLES = 3
 
     def __init__(self, cfg: HwConfig):
         if not isinstance(cfg, HwConfig):
@@ -192,16 +192,16 @@ class NPUCore(wiring.Component):
         # worst path on both seeds, 5-6.6 ns of wire into the copies' next-value LUTs.)
         xslot = Signal(name="ci_xslot")
         wslot = Signal(name="ci_wslot")
-        g = Signal(range(cfg.tr + 1), name="ci_g")
+        g = Signal(range(cfg.tr_max + 1), name="ci_g")
         s = Signal(cfg.dim_width + 1, name="ci_s")
         # The virtual X line a = g*n_s + s and the W step s as (line, group) pairs, a = xline*F
         # + xgrp and s = wline*B_P + wgrp, counted directly (no shifts on the bank addresses).
-        xline = Signal(cfg.dim_width + log2(cfg.tr) + 1, name="ci_xline")
+        xline = Signal(cfg.dim_width + log2(cfg.tr_max) + 1, name="ci_xline")
         xgrp = Signal(range(cfg.tc), name="ci_xgrp")
         wline = Signal(cfg.dim_width + 1, name="ci_wline")
         wgrp = Signal(range(cfg.tp), name="ci_wgrp")
         rem = Signal(cfg.dim_width + 1, name="ci_rem")
-        trow0 = Signal(log2(cfg.tr) + 2, name="ci_trow0")
+        trow0 = Signal(log2(cfg.tr_max) + 2, name="ci_trow0")
         # Registered loop conditions: s == 0, s == n_s - 1, g == n_g - 1.
         s_zero = Signal(name="ci_s_zero")
         last_s = Signal(name="ci_last_s")
@@ -240,6 +240,10 @@ class NPUCore(wiring.Component):
                     m.d.sync += [en.eq(0) for en in idle_rep]
                     m.next = "PREP"
             with m.State("PREP"):
+                # ``lay`` holds the command; the row tile height's choice is registered
+                # from it (steps.derive_layer_params), then ``lp`` from both
+                m.next = "PREP2"
+            with m.State("PREP2"):
                 m.d.sync += lp.eq(lp_c)
                 m.next = "START"
             with m.State("START"):

@@ -77,7 +77,7 @@ def stage_layout(cfg: HwConfig) -> data.StructLayout:
         "vals": data.ArrayLayout(signed(cfg.acc_width), cfg.tp * cfg.tc),
         "bias": data.ArrayLayout(signed(32), cfg.tc),    # read on last entries (bias_en) only
         "row0": unsigned(cfg.dim_width),       # absolute row of segment 0
-        "trow0": unsigned(log2(cfg.tr) + 1),   # row within the row tile of segment 0
+        "trow0": unsigned(log2(cfg.tr_max) + 1),   # row within the row tile of segment 0
         "nrows": unsigned(log2(cfg.tp) + 1),   # 1 .. B_P rows present
         "c0": unsigned(cfg.dim_width),         # absolute column of unit 0 (a multiple of F)
         "ncols": unsigned(log2(cfg.tc) + 1),   # 1 .. F columns present
@@ -249,7 +249,7 @@ class Drain(wiring.Component):
         s0_rem = Signal(range(cfg.tc + 1))        # units of the row from u0 on
         s0_col = Signal(cfg.dim_width)            # c0 + u0
         s0_row = Signal(cfg.dim_width)            # row0 + i
-        s0_trow = Signal(log2(cfg.tr) + 1)        # trow0 + i
+        s0_trow = Signal(log2(cfg.tr_max) + 1)        # trow0 + i
         s0_row_end = Signal()                     # the beat ends its row (rem <= DW)
         s0_last = Signal()                        # the beat is the entry's last
         s0_rb = Signal.like(e.nb_m1, name="s0_rb")           # beats of the row after this one
@@ -273,6 +273,9 @@ class Drain(wiring.Component):
         s0_row_end_rep = [Signal(name=f"s0_row_end_rep{i}") for i in range(n_take)]
         # The partial-sum line address (``Cat(line, trow)``) as a register copy per lane
         # (``_rep``: each drives only its lane's LUT RAM), following s0_u0 and s0_trow.
+        # Partial sums are kept for row tiles of up to ``tr`` rows: the taller tiles of short
+        # rows (HwConfig.tile_rows, up to tr_max) are one chunk, so every read of theirs is a
+        # first chunk's (zero, no forwarding) and their wrapped lines are never read back.
         ltr, nline = log2(cfg.tr), log2(cfg.tc // E)
         paddr_rep = [Signal(nline + ltr, name=f"s0_paddr_rep{l}") for l in range(E)]
 

@@ -31,7 +31,7 @@ def _tag_layout(cfg: HwConfig) -> data.StructLayout:
         "kind": 2,
         "slot": 1,
         "last": 1,                                   # last beat of this load
-        "idx": range(max(cfg.tr, cfg.tc)),           # X: row in tile; W: unit
+        "idx": range(max(cfg.tr_max, cfg.tc)),       # X: row in tile; W: unit
         # the beat's first element (chunk element pl0, a multiple of E) decoded at issue:
         # its reduction step pl0 >> ls and its unit lane (q = pl0 & smask: q >> lseg,
         # q & segmask); element e of the beat ORs in e's own (pl0 has no bits below E)
@@ -39,7 +39,7 @@ def _tag_layout(cfg: HwConfig) -> data.StructLayout:
         "j0": range(cfg.tc),
         "lo0": range(cfg.tp),
         "nvalid": range(cfg.elems_per_beat + 1),     # elements of the beat inside the chunk
-        "abase": unsigned(dim + log2(cfg.tr) + 1),   # X: g * n_s
+        "abase": unsigned(dim + log2(cfg.tr_max) + 1),  # X: g * n_s
         "bcol0": signed(dim + 2),                    # B: unit of the beat's first word
     })
 
@@ -67,7 +67,7 @@ class Loader(wiring.Component):
             "start": In(1),
             "x_free": In(1),
             "w_free": In(1),
-            "x_done": Out(dim + log2(cfg.tr) + 2),
+            "x_done": Out(dim + log2(cfg.tr_max) + 2),
             "w_done": Out(2 * dim + 2),
             "x_inc": Out(1),            # x_done counts up at the next edge
             "w_inc": Out(1),
@@ -112,7 +112,7 @@ class Loader(wiring.Component):
                          w_out.eq(w_out + w_iss - self.w_free)]
 
         # ---- request generator -------------------------------------------------------
-        idx = Signal(range(max(cfg.tr, cfg.tc) + 1), name="rq_idx")
+        idx = Signal(range(max(cfg.tr_max, cfg.tc) + 1), name="rq_idx")
         beat = Signal(cfg.dim_width + 1, name="rq_beat")
         pl0 = Signal(cfg.dim_width + 1, name="rq_pl0")
         abase = Signal(tagl["abase"].shape, name="rq_abase")
@@ -343,7 +343,7 @@ class Loader(wiring.Component):
         # from the registered tag and registered, so that each enable is one flip-flop that
         # can sit beside the 32 it drives. (Decoded in r1 and used there, the 8 x 4's worst
         # path ran 26 rows to the bias registers; decoded in r0, from the tag FIFO's read.)
-        # The bias is read only once the load's done count moves (r3, below).
+        # The bias is read only once the load's done count moves (r4, below).
         r2_bwe = Signal(data.ArrayLayout(data.ArrayLayout(cfg.tc, M // 4), 2), name="r2_bwe")
         r2_bword = Signal(8 * M, name="r2_bword")
         is_b1 = r1.valid & (r1.tag.kind == KIND_B)
@@ -385,13 +385,16 @@ class Loader(wiring.Component):
                         m.d.sync += self.bias[slot][u].eq(word)
 
         # Load completion counts, visible the cycle after the last beat is written into the
-        # banks (``wr`` reaches them two cycles after it leaves here, OperandBuffers).
+        # banks (``wr`` reaches them three cycles after it leaves here, OperandBuffers).
         done2_x = Signal(name="r2_done_x")
         done2_w = Signal(name="r2_done_w")
         m.d.sync += [done2_x.eq(r1.valid & t.last & is_x), done2_w.eq(r1.valid & t.last & ~is_x)]
-        done_x = Signal(name="r3_done_x")
-        done_w = Signal(name="r3_done_w")
-        m.d.sync += [done_x.eq(done2_x), done_w.eq(done2_w)]
+        done3_x = Signal(name="r3_done_x")
+        done3_w = Signal(name="r3_done_w")
+        m.d.sync += [done3_x.eq(done2_x), done3_w.eq(done2_w)]
+        done_x = Signal(name="r4_done_x")
+        done_w = Signal(name="r4_done_w")
+        m.d.sync += [done_x.eq(done3_x), done_w.eq(done3_w)]
         m.d.comb += [self.x_inc.eq(done_x), self.w_inc.eq(done_w)]
         with m.If(self.start):
             m.d.sync += [self.x_done.eq(0), self.w_done.eq(0)]

@@ -40,12 +40,12 @@ def layer_params_layout(cfg: HwConfig) -> data.StructLayout:
         "f": range(cfg.tc + 1), "fmask": range(cfg.tc),
         "s": range(cfg.lanes + 1), "smask": range(cfg.lanes),
         "kmask": range(cfg.tc), "segmask": range(cfg.tp),
-        "ltr": range(log2(cfg.tr) + 1),          # log2 rows of a row tile (HwConfig.tile_rows)
-        "trm1": range(cfg.tr),                   # rows of a row tile - 1
+        "ltr": range(log2(cfg.tr_max) + 1),      # log2 rows of a row tile (HwConfig.tile_rows)
+        "trm1": range(cfg.tr_max),               # rows of a row tile - 1
         "rt_one": 1, "ct_one": 1, "ch_one": 1,   # one row tile / column tile / chunk
         "rbal": 1,                               # balanced last two row tiles (row_tile_sizes)
         "rpen0": 1,                              # ... and the first row tile is the first of them
-        "rm": unsigned(max(1, log2(cfg.tr))),    # rows of the last row tile - 1
+        "rm": unsigned(max(1, log2(cfg.tr_max))),  # rows of the last row tile - 1
         "cmod": unsigned(max(1, log2(cfg.tc))),  # (C - 1) mod F
         "pm": unsigned(dim),                     # (P - 1) mod chunk_max
         "stride": unsigned(cfg.addr_width),  # bytes per X row and per W row
@@ -53,27 +53,43 @@ def layer_params_layout(cfg: HwConfig) -> data.StructLayout:
 
 
 def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
-    """Drive ``lp`` (a ``layer_params_layout`` view) combinationally from ``desc``."""
-    ltp, ltc, ltr = log2(cfg.tp), log2(cfg.tc), log2(cfg.tr)
+    """Drive ``lp`` (a ``layer_params_layout`` view) from ``desc``: combinationally but for
+    the row tile height's choice, a register, so ``lp`` is valid from the second cycle after
+    ``desc`` settles."""
+    ltp, ltc, ltr = log2(cfg.tp), log2(cfg.tc), log2(cfg.tr_max)
     lm = log2(cfg.mem_bytes)
     dim = cfg.dim_width
     lf = Signal.like(lp.lf, name="lp_lf")
     m.d.comb += lf.eq(ltc - desc.log2_k)
     # Per stacking factor, compares against constants (no variable shifts before a carry chain).
     ks = range(ltc + 1)
-    # Tall row tiles (HwConfig.tile_rows): ``rs`` halvings of tr, the fewest with which the
-    # buffers hold all of P; none if no count down to tr_min does.
-    n_rs = log2(cfg.tr // cfg.tr_min) + 1
-    rows_of = [cfg.tr >> r for r in range(n_rs)]
-    fits = [[desc.p <= cfg.chunk_max(1 << lk, rows) for rows in rows_of] for lk in ks]
+    # Row tiles (HwConfig.tile_rows): ``rs`` halvings of tr_max. Short rows (P <= k*tp)
+    # take tr_max (when it is 2*tr); otherwise the fewest halvings of tr with which the
+    # buffers hold all of P, or tr if no count down to tr_min does. Each test is one
+    # compare of P with a constant of the stacking.
+    n_rs = log2(cfg.tr_max // cfg.tr_min) + 1
+    r_tr = log2(cfg.tr_max // cfg.tr)                 # the halvings that give tr
+    rows_of = [cfg.tr_max >> r for r in range(n_rs)]
+
+    def fit_lim(lk, r):
+        lim = cfg.chunk_max(1 << lk, rows_of[r])
+        return lim if r >= r_tr else min(lim, cfg.tp << lk)
+
+    fits = [[desc.p <= fit_lim(lk, r) for r in range(n_rs)] for lk in ks]
     rs_k = []
     for lk in ks:
-        v = Const(0, range(n_rs + 1))
+        v = Const(r_tr, range(n_rs + 1))
         for r in reversed(range(n_rs)):
             v = Mux(fits[lk][r], r, v)
         rs_k.append(v)
-    rs = Signal(range(n_rs + 1), name="lp_rs")       # (never 0 bits wide: lint)
-    m.d.comb += rs.eq(Array(rs_k)[desc.log2_k])
+    # The choice is registered (``lp_rs``, following ``desc`` every cycle): the chain P
+    # compare -> height -> the values selected by it was the 8 x 4's worst path (10-11 ns
+    # from the core's ``lay`` to ``lp``, 4 Dec 2026), so ``lp`` is valid two cycles after
+    # ``desc`` settles (the core's PREP and PREP2).
+    rs_c = Signal(range(n_rs + 1), name="lp_rs_c")   # (never 0 bits wide: lint)
+    m.d.comb += rs_c.eq(Array(rs_k)[desc.log2_k])
+    rs = Signal(range(n_rs + 1), name="lp_rs")
+    m.d.sync += rs.eq(rs_c)
     ct_one = Array(desc.c <= (cfg.tc >> lk) for lk in ks)[desc.log2_k]
     ch_one = Array(fits[lk][-1] for lk in ks)[desc.log2_k]
     lcm = Signal.like(lp.lcm, name="lp_lcm")
@@ -82,7 +98,7 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
     pmask = Signal(dim, name="lp_pmask")
     m.d.comb += pmask.eq(Array(Array(min(cfg.chunk_max(1 << lk, rows), 1 << dim) - 1
                                      for rows in rows_of) for lk in ks)[desc.log2_k][rs])
-    trows = Signal(range(cfg.tr + 1), name="lp_trows")
+    trows = Signal(range(cfg.tr_max + 1), name="lp_trows")
     m.d.comb += trows.eq(Array(rows_of)[rs])
     cmask = Array((cfg.tc >> lk) - 1 for lk in ks)[desc.log2_k]
     ls = Signal.like(lp.ls, name="lp_ls")
@@ -91,13 +107,27 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
     pbytes = desc.p * cfg.elem_bytes
     # The last two row tiles are balanced (HwConfig.row_tile_sizes) when the remainder is
     # under half a tile: rows/2 and rows/2 + remainder instead of rows and remainder.
-    rm_raw = Signal(max(1, ltr), name="lp_rm_raw")
-    m.d.comb += rm_raw.eq(((desc.r - 1)[:max(1, ltr)] & (trows - 1)) if ltr else 0)
+    # Computed for every candidate tile height from R alone, in parallel with the choice
+    # of the height from P, then selected by it: the chain P compare -> height -> R's
+    # remainder -> compare -> add was the 8 x 4's worst path once short rows added a
+    # height (11.07 ns, 4 Dec 2026).
+    rl_w = max(1, ltr)
+    rt_one_c, rbal_c, rm_c, rpen0_c = [], [], [], []
+    for rows in rows_of:
+        raw = Signal(rl_w, name=f"lp_rm_raw_{rows}")
+        m.d.comb += raw.eq(((desc.r - 1)[:rl_w] & (rows - 1)) if ltr else 0)
+        one = Signal(name=f"lp_rt_one_{rows}")
+        m.d.comb += one.eq(desc.r <= rows)
+        bal = Signal(name=f"lp_rbal_{rows}")
+        m.d.comb += bal.eq(~one & (raw < rows // 2 - 1) if rows >= 4 else 0)
+        rm_r = Signal(rl_w, name=f"lp_rm_{rows}")
+        m.d.comb += rm_r.eq(raw + Mux(bal, rows >> 1, 0))
+        pen = Signal(name=f"lp_rpen0_{rows}")
+        m.d.comb += pen.eq(bal & (desc.r <= 2 * rows))
+        rt_one_c.append(one), rbal_c.append(bal), rm_c.append(rm_r), rpen0_c.append(pen)
     rt_one = Signal(name="lp_rt_one")
-    m.d.comb += rt_one.eq(Array(desc.r <= rows for rows in rows_of)[rs])
     rbal = Signal(name="lp_rbal")
-    m.d.comb += rbal.eq(~rt_one & Array((rm_raw < rows // 2 - 1) if rows >= 4 else Const(0)
-                                        for rows in rows_of)[rs])
+    m.d.comb += [rt_one.eq(Array(rt_one_c)[rs]), rbal.eq(Array(rbal_c)[rs])]
     m.d.comb += [
         lp.lbp.eq(desc.log2_bp),
         lp.lk.eq(desc.log2_k),
@@ -113,10 +143,10 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
         lp.trm1.eq(trows - 1),
         lp.rt_one.eq(rt_one),
         lp.rbal.eq(rbal),
-        lp.rpen0.eq(rbal & Array(desc.r <= 2 * rows for rows in rows_of)[rs]),
+        lp.rpen0.eq(Array(rpen0_c)[rs]),
         lp.ct_one.eq(ct_one),
         lp.ch_one.eq(ch_one),
-        lp.rm.eq(rm_raw + Mux(rbal, trows >> 1, 0)),
+        lp.rm.eq(Array(rm_c)[rs]),
         lp.cmod.eq((desc.c - 1)[:len(lp.cmod)] & cmask),
         lp.pm.eq((desc.p - 1)[:dim] & pmask),
         lp.stride.eq(((pbytes + cfg.mem_bytes - 1) >> lm) << lm),
@@ -144,11 +174,11 @@ class StepIter(Elaboratable):
         self.r0 = Signal(dim + 1)
         self.c0 = Signal(dim + 1)
         self.p0 = Signal(dim + 1)
-        self.rows = Signal(range(cfg.tr + 1))      # rows of this row tile
+        self.rows = Signal(range(cfg.tr_max + 1))  # rows of this row tile
         self.ncols = Signal(range(cfg.tc + 1))     # columns of this column tile
         self.len = Signal(dim + 1)                 # reduction elements of this chunk
         self.n_s = Signal(dim + 1)                 # cycles per group
-        self.n_g = Signal(range(cfg.tr + 1))       # groups
+        self.n_g = Signal(range(cfg.tr_max + 1))   # groups
         self.row_off = Signal(aw)                  # r0 * stride
         self.col_off = Signal(aw)                  # c0 * stride
         self.p_off = Signal(aw)                    # p0 * elem_bytes
@@ -164,12 +194,12 @@ class StepIter(Elaboratable):
         self.w_last_use = Signal()
         # Sizes for counters that end on a register compare (valid like the outputs above;
         # the ``_m2`` values from the second cycle after ``restart``).
-        self.rows_m1 = Signal(range(cfg.tr))        # rows - 1
+        self.rows_m1 = Signal(range(cfg.tr_max))    # rows - 1
         self.ncols_m1 = Signal(range(cfg.tc))       # ncols - 1
         self.ns_one = Signal()                      # n_s == 1
         self.ns_m2 = Signal(dim + 1)                # n_s - 2 (when n_s >= 2)
         self.ng_one = Signal()                      # n_g == 1
-        self.ng_m2 = Signal(range(cfg.tr + 1))      # n_g - 2 (when n_g >= 2)
+        self.ng_m2 = Signal(range(cfg.tr_max + 1))  # n_g - 2 (when n_g >= 2)
         self.nr_last = Signal(range(cfg.tp + 1))    # rows of the last group
         self.nb_m1 = Signal(dim + 1)                # memory beats per row of the chunk - 1
         self.nv_last = Signal(range(cfg.elems_per_beat + 1))  # elements of a row's last beat
@@ -178,7 +208,7 @@ class StepIter(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         cfg, d, lp = self.cfg, self.desc, self.lp
-        dim, ltr = cfg.dim_width, log2(cfg.tr)
+        dim, ltr = cfg.dim_width, log2(cfg.tr_max)
         eb, E = cfg.elem_bytes, cfg.elems_per_beat
         lE = log2(E)
 
@@ -194,14 +224,14 @@ class StepIter(Elaboratable):
         cm = reg("cm", range(cmr), cm_c)                                   # chunk_max
         f = lp.f                                                           # F
         len_last = reg("len_last", dim + 1, lp.pm + 1)
-        rows_last = reg("rows_last", range(cfg.tr + 1), lp.rm + 1)
+        rows_last = reg("rows_last", range(cfg.tr_max + 1), lp.rm + 1)
         ncols_last = reg("ncols_last", range(cfg.tc + 1), lp.cmod + 1)
         nsf = reg("nsf", dim + 1, cm_c >> lp.ls)
         nsl = reg("nsl", dim + 1, (lp.pm >> lp.ls) + 1)
         nsf_one = reg("nsf_one", 1, lp.lcm == lp.ls)
         nsl_one = reg("nsl_one", 1, (lp.pm >> lp.ls) == 0)
-        ngf_m1 = reg("ngf_m1", range(cfg.tr), lp.trm1 >> lp.lbp)
-        ngl_m1 = reg("ngl_m1", range(cfg.tr), lp.rm >> lp.lbp)
+        ngf_m1 = reg("ngf_m1", range(cfg.tr_max), lp.trm1 >> lp.lbp)
+        ngl_m1 = reg("ngl_m1", range(cfg.tr_max), lp.rm >> lp.lbp)
         nrf = reg("nrf", range(cfg.tp + 1), (lp.trm1 & lp.bpmask) + 1)
         nrl = reg("nrl", range(cfg.tp + 1), (lp.rm & lp.bpmask) + 1)
         nbf_m1 = reg("nbf_m1", dim + 1, (cm_c >> lE) - 1)
@@ -212,22 +242,22 @@ class StepIter(Elaboratable):
         n_ch_m1 = reg("n_ch_m1", dim, (d.p - 1)[:dim] >> lp.lcm)
         stride_f = reg("stride_f", cfg.addr_width, lp.stride << lp.lf)
         stride_r = reg("stride_r", cfg.addr_width, lp.stride << lp.ltr)     # bytes per row tile
-        trows = reg("trows", range(cfg.tr + 1), lp.trm1 + 1)
+        trows = reg("trows", range(cfg.tr_max + 1), lp.trm1 + 1)
         # the first of two balanced last row tiles (``pen``): half a tile
-        trm1_h = reg("trm1_h", range(cfg.tr), lp.trm1 >> 1)
+        trm1_h = reg("trm1_h", range(cfg.tr_max), lp.trm1 >> 1)
         stride_rh = reg("stride_rh", cfg.addr_width, (lp.stride << lp.ltr) >> 1)
-        trows_h = reg("trows_h", range(cfg.tr + 1), (lp.trm1 >> 1) + 1)
-        ngh_m1 = reg("ngh_m1", range(cfg.tr), (lp.trm1 >> 1) >> lp.lbp)
+        trows_h = reg("trows_h", range(cfg.tr_max + 1), (lp.trm1 >> 1) + 1)
+        ngh_m1 = reg("ngh_m1", range(cfg.tr_max), (lp.trm1 >> 1) >> lp.lbp)
         nrh = reg("nrh", range(cfg.tp + 1), ((lp.trm1 >> 1) & lp.bpmask) + 1)
         p_step = reg("p_step", cfg.addr_width, cm_c * eb)
         # second stage (valid two cycles after restart, before the first advance)
         nsf_m2 = reg("nsf_m2", dim + 1, nsf - 2)
         nsl_m2 = reg("nsl_m2", dim + 1, nsl - 2)
-        ngf_m2 = reg("ngf_m2", range(cfg.tr + 1), ngf_m1 - 1)
-        ngl_m2 = reg("ngl_m2", range(cfg.tr + 1), ngl_m1 - 1)
+        ngf_m2 = reg("ngf_m2", range(cfg.tr_max + 1), ngf_m1 - 1)
+        ngl_m2 = reg("ngl_m2", range(cfg.tr_max + 1), ngl_m1 - 1)
         n_rt_m2 = reg("n_rt_m2", dim, n_rt_m1 - 1)
         n_rt_m3 = reg("n_rt_m3", dim, n_rt_m1 - 2)
-        ngh_m2 = reg("ngh_m2", range(cfg.tr + 1), ngh_m1 - 1)
+        ngh_m2 = reg("ngh_m2", range(cfg.tr_max + 1), ngh_m1 - 1)
         n_ct_m2 = reg("n_ct_m2", dim, n_ct_m1 - 1)
         n_ch_m2 = reg("n_ch_m2", dim, n_ch_m1 - 1)
 

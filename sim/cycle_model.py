@@ -28,9 +28,9 @@ __all__ = ["LayerTiming", "layer_cycles", "layer_timing", "CycleModelError",
            "START_CYCLES", "pipe_latency", "DRAIN_LATENCY"]
 
 # ---- constants taken from the RTL (see docs/cycle_model.md) --------------------------
-#: accept (IDLE) -> PREP -> START -> first SETUP: the first SETUP is 3 cycles after the
-#: accept cycle (``NPUCore.START_CYCLES = 2`` counts PREP and START)
-START_CYCLES = 3
+#: accept (IDLE) -> PREP -> PREP2 -> START -> first SETUP: the first SETUP is 4 cycles after
+#: the accept cycle (``NPUCore.START_CYCLES = 3`` counts PREP, PREP2 and START)
+START_CYCLES = 4
 
 
 def pipe_latency(cfg: HwConfig) -> int:
@@ -47,8 +47,8 @@ def pipe_latency(cfg: HwConfig) -> int:
 STAGE_DELAY = 1
 #: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
 DRAIN_LATENCY = 9
-#: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 4
-DONE_DELAY = 4
+#: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 5
+DONE_DELAY = 5
 #: free pulse in f -> the loader's in-flight load count (``ld_x_out``) takes it in f + 1
 FREE_DELAY = 1
 #: last write transferred in n -> ack in n + Lw -> ``wr_pending`` 0 in n + Lw + 1 ->

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from fluidnpu.hw.buffers import OperandBuffers, net_stages
+from fluidnpu.hw.buffers import OperandBuffers, net_stages, w_stages
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.reference import gemm_reference
 
@@ -75,6 +75,9 @@ def test_invariant_check_can_fail():
 def test_latency_follows_the_network():
     assert [net_stages(HwConfig(tc=tc, tp=4, mem_bytes=4)) for tc in (4, 8, 16, 32)] == [1, 2, 2, 3]
     assert OperandBuffers.latency_for(HwConfig(tc=8, tp=8, mem_bytes=8)) == 5
+    # the W replication network: log2(tp) levels, two per stage, within the X network's stages
+    assert [w_stages(HwConfig(tc=tc, tp=tp, mem_bytes=4)) for tc, tp in
+            ((4, 4), (8, 4), (8, 8), (4, 8), (4, 16), (16, 16), (16, 4))] == [1, 1, 2, 1, 1, 2, 1]
 
 
 _SMALL = dict(tr=8, x_buf_elems=2048, w_buf_elems=1024)

@@ -125,6 +125,27 @@ def test_tile_rows():
     assert HwConfig(tc=16, tp=16, mem_bytes=16).tr_min == 32
 
 
+def test_tile_rows_short_rows():
+    """Short rows (a row's reduction one cycle of the stacked lanes, P <= k*tp) take
+    tr_max = 2*tr rows, when the X buffer holds 2*tr rows of tc*tp elements."""
+    cfg = HwConfig()                                    # 8 x 4, tr 32, X 131072
+    assert cfg.tr_max == 64
+    assert cfg.tile_rows(32, 8) == 64 and cfg.tile_rows(33, 8) == 32
+    assert cfg.tile_rows(4, 1) == 64 and cfg.tile_rows(5, 1) == 32
+    assert cfg.tile_rows(16, 4) == 64 and cfg.tile_rows(17, 4) == 32
+    assert cfg.tile_rows(1, 2) == 64
+    # X of exactly tr rows of lanes: no taller tiles
+    tight = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=128, w_buf_elems=512)
+    assert tight.tr_max == 8 and tight.tile_rows(1, 1) == 8 and tight.tile_rows(16, 4) == 8
+    # the chunk the buffers hold at tr_max rows covers every short row
+    for c in (cfg, HwConfig(tc=8, tp=8, mem_bytes=8), HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024,
+                                                                   w_buf_elems=512)):
+        for lk in range(c.tc.bit_length()):
+            k = 1 << lk
+            assert c.tile_rows(k * c.tp, k) == c.tr_max
+            assert c.chunk_max(k, c.tr_max) >= k * c.tp
+
+
 def test_row_tile_sizes():
     """Full tiles, then the last two balanced when the remainder is under half a tile."""
     rts = HwConfig.row_tile_sizes
