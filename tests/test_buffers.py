@@ -90,6 +90,9 @@ _SMALL = dict(tr=8, x_buf_elems=2048, w_buf_elems=1024)
     (16, 4, 4, (5, 70, 37), 2, ((1, 1), (4, 4), (2, 16))),
     # wide words (8 elements), two chunks at k = 1
     (4, 8, 4, (9, 200, 6), 3, ((1, 1), (8, 4), (2, 2))),
+    # the W network in two stages (tp = 8: levels 0-1, then 2), B_P > 1 over many steps, so
+    # the segment block (wgrp) changes from one request to the next
+    (8, 8, 8, (6, 150, 17), 4, ((2, 1), (4, 2), (8, 1))),
 ])
 def test_core_policies_on_other_shapes(tc, tp, mem_bytes, shape, seed, policies):
     """The whole core on the Amaranth simulator (the cycle model's equality with the RTL on
