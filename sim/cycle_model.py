@@ -68,7 +68,7 @@ class LayerTiming:
     """Cycles of one layer and where they go.
 
     ``cycles = startup + setup_cycles + issue_cycles + load_stall + credit_stall + tail``:
-    ``startup`` the 3 cycles before the first step setup; ``setup_cycles`` one SETUP cycle
+    ``startup`` the 4 cycles before the first step setup; ``setup_cycles`` one SETUP cycle
     per step; ``issue_cycles`` cycles in which the compute issues a PE-array cycle
     (``sum groups x n_s``); ``load_stall`` cycles the compute waits in SETUP for a load
     (X, W or bias) to complete; ``credit_stall`` cycles it waits for a stage credit
