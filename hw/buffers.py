@@ -69,6 +69,11 @@ class OperandBuffers(wiring.Component):
     or the replication select and lane mask (W, read correspondingly later).
     """
 
+    #: registers from the loader's write beat to the memories' write ports (w0, w1, w2 of
+    #: ``_write_side``): a beat leaving the loader in cycle t is in the memories at the end
+    #: of cycle t + WRITE_STAGES (the loader counts the load done one cycle later)
+    WRITE_STAGES = 3
+
     @staticmethod
     def latency_for(cfg: HwConfig) -> int:
         # request register, memory read, output register, the copy network's stages

@@ -10,7 +10,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from .buffers import elem_write_layout
+from .buffers import OperandBuffers, elem_write_layout
 from .config import HwConfig
 from .interface import layer_desc_layout, log2
 from .steps import StepIter, layer_params_layout
@@ -385,16 +385,15 @@ class Loader(wiring.Component):
                         m.d.sync += self.bias[slot][u].eq(word)
 
         # Load completion counts, visible the cycle after the last beat is written into the
-        # banks (``wr`` reaches them three cycles after it leaves here, OperandBuffers).
-        done2_x = Signal(name="r2_done_x")
-        done2_w = Signal(name="r2_done_w")
-        m.d.sync += [done2_x.eq(r1.valid & t.last & is_x), done2_w.eq(r1.valid & t.last & ~is_x)]
-        done3_x = Signal(name="r3_done_x")
-        done3_w = Signal(name="r3_done_w")
-        m.d.sync += [done3_x.eq(done2_x), done3_w.eq(done2_w)]
-        done_x = Signal(name="r4_done_x")
-        done_w = Signal(name="r4_done_w")
-        m.d.sync += [done_x.eq(done3_x), done_w.eq(done3_w)]
+        # banks (``wr`` reaches them ``OperandBuffers.WRITE_STAGES`` cycles after it leaves
+        # here): the completion pulse follows ``wr`` through as many registers.
+        done_x = Signal(name="r2_done_x")
+        done_w = Signal(name="r2_done_w")
+        m.d.sync += [done_x.eq(r1.valid & t.last & is_x), done_w.eq(r1.valid & t.last & ~is_x)]
+        for i in range(OperandBuffers.WRITE_STAGES - 1):
+            nx, nw = Signal(name=f"r{3 + i}_done_x"), Signal(name=f"r{3 + i}_done_w")
+            m.d.sync += [nx.eq(done_x), nw.eq(done_w)]
+            done_x, done_w = nx, nw
         m.d.comb += [self.x_inc.eq(done_x), self.w_inc.eq(done_w)]
         with m.If(self.start):
             m.d.sync += [self.x_done.eq(0), self.w_done.eq(0)]

@@ -202,6 +202,8 @@ def test_constants_match_rtl():
         assert cm.pipe_latency(cfg) == OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
         assert PEArray.latency_for(cfg) == 5 + (cfg.tc.bit_length() - 1)
         assert cm.DRAIN_LATENCY == Drain.LATENCY
+        # response -> r1 -> the write beat leaves the loader -> the buffers' write stages
+        assert cm.DONE_DELAY == 2 + OperandBuffers.WRITE_STAGES
         for mode in (OUT_RAW, OUT_REQUANT):
             for nrows in (1, cfg.tp):
                 for ncols in (1, cfg.tc - 1, cfg.tc):
