@@ -75,6 +75,12 @@ class OperandBuffers(wiring.Component):
     WRITE_STAGES = 3
 
     @staticmethod
+    def wr_copies(cfg: HwConfig) -> int:
+        """Copies of the loader's write beat (``wr``, ``wr_x``): one per four memories
+        (memory ``g`` takes copy ``g * copies // tc``)."""
+        return max(1, cfg.tc // 4)
+
+    @staticmethod
     def latency_for(cfg: HwConfig) -> int:
         # request register, memory read, output register, the copy network's stages
         return 3 + net_stages(cfg)
@@ -93,8 +99,10 @@ class OperandBuffers(wiring.Component):
             "lk": In(range(log2(cfg.tc) + 1)),
             "lseg": In(range(log2(cfg.tp) + 1)),
             # write side (loader)
-            "wr_x": In(1),                      # the beat goes to X (else W)
-            "wr": In(data.ArrayLayout(elem_write_layout(cfg), e)),
+            # the beat goes to X (else W); the beat; equal copies (``wr_copies``)
+            "wr_x": In(self.wr_copies(cfg)),
+            "wr": In(data.ArrayLayout(data.ArrayLayout(elem_write_layout(cfg), e),
+                                      self.wr_copies(cfg))),
             # read side (compute)
             "rd_valid": In(1),
             "rd_tag": In(tag_width),
@@ -159,9 +167,10 @@ class OperandBuffers(wiring.Component):
         word = data.ArrayLayout(unsigned(dw), tp)
         xmem, wmem = [], []
         for g in range(tc):
-            wr0 = Signal.like(self.wr, name=f"w0_wr_rep{g}")
+            wr0 = Signal(data.ArrayLayout(elem_write_layout(cfg), e), name=f"w0_wr_rep{g}")
             wx0 = Signal(name=f"w0_x_rep{g}")
-            m.d.sync += [wr0.eq(self.wr), wx0.eq(self.wr_x)]
+            c = g * self.wr_copies(cfg) // tc
+            m.d.sync += [wr0.eq(self.wr[c]), wx0.eq(self.wr_x[c])]
             d_rep = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w1_data_rep{g}")
             hit = Signal(tp * e, name=f"w1_hit_rep{g}")        # [j*e + i]: element i -> position j
             line = Signal(addr_shape, name=f"w1_line_rep{g}")

@@ -7,7 +7,7 @@ writing results. See docs/architecture.md.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, flipped
 
@@ -93,7 +93,8 @@ class NPUCore(wiring.Component):
         m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size,
                                        valid_copies=n_sl)
         m.submodules.stage = stage = StageFIFO(width=stl.size, depth=cfg.stage_entries,
-                                               slices=n_sl, rdy_copies=n_sl)
+                                               slices=n_sl, rdy_copies=n_sl,
+                                               rep_width=len(Drain.REP_FIELDS))
         m.submodules.drain = drain = Drain(cfg)
         m.submodules.it = it = StepIter(cfg, lay, lp)
 
@@ -133,6 +134,8 @@ class NPUCore(wiring.Component):
             entry.first.eq(otag.first_ch), entry.last.eq(otag.last_ch),
             *[getattr(entry, n).eq(v) for n, v in beats.items()],
             stage.w_data.eq(entry), stage.w_en.eq(pe.out_valid),
+            stage.w_rep.eq(Cat(*(getattr(entry, n) for n in Drain.REP_FIELDS))),
+            drain.stage_rep.eq(stage.r_rep),
             stage.w_en_rep.eq(pe.out_valid_rep),
             loader.x_free.eq(pe.out_valid & otag.x_free),
             loader.w_free.eq(pe.out_valid & otag.w_free),

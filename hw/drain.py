@@ -66,7 +66,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
 from .dsp import Multiplier
-from .interface import OUT_RAW, layer_desc_layout, load_in_slices, log2, wr_req_layout
+from .interface import OUT_RAW, layer_desc_layout, log2, wr_req_layout
 
 __all__ = ["stage_layout", "Drain"]
 
@@ -136,7 +136,19 @@ class Drain(wiring.Component):
             # from the slice's own copies of ``s0_entry_valid`` and ``s0_last``: for the
             # stage FIFO's per-slice pops (hw/stage_fifo.py ``r_en_rep``).
             "stage_ready_rep": Out(self.entry_slices(cfg)),
+            # The entry's flags ``REP_FIELDS`` once per slice, equal to the payload's: the
+            # stage FIFO stores them in each of its slices (``StageFIFO.r_rep``), so each
+            # slice of the entry register takes them from its own FIFO slice; read from one
+            # FIFO slice into every slice they were the 8 x 4's worst path (5 Dec 2026,
+            # 7.54 ns of wire).
+            "stage_rep": In(data.ArrayLayout(len(self.REP_FIELDS), self.entry_slices(cfg))),
         })
+
+    #: the stage entry's flags stored once per stage-FIFO slice (``stage_rep``)
+    REP_FIELDS = ("row1", "last1", "row2", "last2")
+
+    #: entry-register slices per register copy of the next beat's flags (``s0_f1_rep``)
+    SLICES_PER_GROUP = 6
 
     @staticmethod
     def entry_slices(cfg: HwConfig) -> int:
@@ -181,27 +193,48 @@ class Drain(wiring.Component):
         return nrows * -(-ncols // dw)
 
     @staticmethod
-    def _load_rows(m, rows, new, take, shift) -> None:
-        """The row shift register: row ``j`` loads row ``j`` of an accepted entry
-        (``take``), else moves down to ``j - 1`` when the held entry's row ends (``shift``).
+    def _load_entry(m, rows, e, new, take, shift) -> None:
+        """The entry register (the row shift register ``rows``, then the other fields ``e``:
+        the stage entry's layout) loads an accepted entry (``take``); row ``j`` moves down
+        to ``j - 1`` when the held entry's row ends (``shift``).
 
-        With at least as many enables as rows, row ``j`` is cut into ``len(take) //
-        len(rows)`` parts, each under enables of its own (slice ``j * per + p``); else row
-        ``j`` uses slice ``j * len(take) // len(rows)``."""
-        n, k = len(rows), len(take)
-        vals = data.ArrayLayout(rows.shape().elem_shape, n)(new.vals.as_value())
-        per = max(1, k // n)
-        for j in range(n):
-            cur, src = rows[j].as_value(), vals[j].as_value()
-            w = len(cur)
-            for p in range(per):
-                lo, hi = w * p // per, w * (p + 1) // per
-                i = j * per + p if k >= n else j * k // n
+        Its bits are cut into ``len(take)`` slices exactly as the stage FIFO cuts the entry
+        (``width * i // n``), and slice ``i`` is loaded under ``take[i]`` / ``shift[i]``: each
+        slice takes its bits from its own FIFO slice (cut otherwise, row by row, the
+        drain's slice 10 sat 30 columns from the FIFO slice it read, 5 Dec 2026)."""
+        n = len(take)
+        nrows = len(rows)
+        rw = len(rows[0].as_value())
+        flat_new = Value.cast(new)
+        n_rows_bits = nrows * rw
+        width = n_rows_bits + len(Value.cast(e))
+        cut = [width * i // n for i in range(n + 1)]
+        for i in range(n):
+            lo, hi = cut[i], cut[i + 1]
+            for j in range(nrows):
+                a, b = max(lo, j * rw), min(hi, (j + 1) * rw)
+                if a >= b:
+                    continue
+                cur = rows[j].as_value()[a - j * rw:b - j * rw]
                 with m.If(take[i]):
-                    m.d.sync += cur[lo:hi].eq(src[lo:hi])
-                if j + 1 < n:
+                    m.d.sync += cur.eq(flat_new[a:b])
+                if j + 1 < nrows:
                     with m.Elif(shift[i]):
-                        m.d.sync += cur[lo:hi].eq(rows[j + 1].as_value()[lo:hi])
+                        m.d.sync += cur.eq(rows[j + 1].as_value()[a - j * rw:b - j * rw])
+            a, b = max(lo, n_rows_bits), hi
+            if a < b:
+                with m.If(take[i]):
+                    m.d.sync += Value.cast(e)[a - n_rows_bits:b - n_rows_bits].eq(flat_new[a:b])
+
+    @staticmethod
+    def _beats_ahead(rb, rl, nb_m1, e1, row_end) -> tuple:
+        """The beat counters' next values as a beat is issued, ``(e1', f1', rb', rl')``: the
+        beat after the next ends its row (``e1'``) and is the last if it also ends the last
+        row (the rows left after it: ``rl - row_end - e1 == 0``); ``rb`` counts the row's
+        beats down from ``nb_m1``, ``rl`` the entry's rows."""
+        e1_nxt = Mux(rb == 0, nb_m1 <= 1, Mux(rb == 1, nb_m1 == 0, rb == 2))
+        return (e1_nxt, e1_nxt & (rl == row_end + e1), Mux(rb == 0, nb_m1, rb - 1),
+                rl - row_end)
 
     def elaborate(self, platform):
         m = Module()
@@ -279,17 +312,20 @@ class Drain(wiring.Component):
         ltr, nline = log2(cfg.tr), log2(cfg.tc // E)
         paddr_rep = [Signal(nline + ltr, name=f"s0_paddr_rep{l}") for l in range(E)]
 
+        # The line within the tile row for the value and the bias selects, a register copy
+        # each (``_rep``): the central ``s0_u0``'s bits equal the copies above, so synthesis
+        # merged them into one lane's copy, which then drove the selects from beside that
+        # lane's LUT RAM (the 8 x 4's worst path, 9.59 ns of wire, 5 Dec 2026).
+        sel_rep = [Signal(max(nline, 1), name=f"s0_line_{w}_rep") for w in ("v", "b")]
+
         def paddr_to(u0, trow):
-            return [r.eq(Cat(u0[lE:lE + nline], trow[:ltr])) for r in paddr_rep]
+            return ([r.eq(Cat(u0[lE:lE + nline], trow[:ltr])) for r in paddr_rep]
+                    + [r.eq(u0[lE:lE + nline]) for r in sel_rep])
 
         with m.If(e_valid & go):
-            # two beats ahead: the beat after the next ends its row (e1'), and is the last if
-            # it also ends the last row (the rows left after it: rl - row_end - e1 == 0)
-            e1_nxt = Mux(s0_rb == 0, e.nb_m1 <= 1, Mux(s0_rb == 1, e.nb_m1 == 0, s0_rb == 2))
-            m.d.sync += [s0_row_end.eq(s0_e1), s0_last.eq(s0_f1), s0_e1.eq(e1_nxt),
-                         s0_f1.eq(e1_nxt & (s0_rl == s0_row_end + s0_e1)),
-                         s0_rb.eq(Mux(s0_rb == 0, e.nb_m1, s0_rb - 1)),
-                         s0_rl.eq(s0_rl - s0_row_end)]
+            e1n, f1n, rbn, rln = self._beats_ahead(s0_rb, s0_rl, e.nb_m1, s0_e1, s0_row_end)
+            m.d.sync += [s0_row_end.eq(s0_e1), s0_last.eq(s0_f1), s0_e1.eq(e1n), s0_f1.eq(f1n),
+                         s0_rb.eq(rbn), s0_rl.eq(rln)]
             with m.If(s0_row_end):
                 m.d.sync += [s0_u0.eq(0), s0_rem.eq(e.ncols), s0_col.eq(e.c0),
                              s0_row.eq(s0_row + 1), s0_trow.eq(s0_trow + 1)]
@@ -326,23 +362,44 @@ class Drain(wiring.Component):
         # Each slice's copies follow e_valid, s0_last and s0_row_end under the slice's own
         # ``take`` (equal to stage.valid & stage.ready): one shared accept decision fanned
         # out to the copies was the 8 x 4's worst path (5 ns of routing to a far slice).
+        # The next beat's flags reach the slices through a register copy per group of
+        # ``SLICES_PER_GROUP`` slices (``s0_e1_rep``, ``s0_f1_rep``, loaded like ``s0_e1`` and
+        # ``s0_f1``): one register into all 37 slices was the 8 x 8's worst path on 085289d
+        # (``s0_f1``, 14.85 ns of wire); copies of the whole counter per slice put the
+        # entry's beat fields, read from one stage-FIFO slice, into every slice (the 8 x 4's
+        # worst path, 11.03 ns of wire, 5 Dec 2026).
+        accept = self.stage.valid & self.stage.ready
+        e1_nxt, f1_nxt = self._beats_ahead(s0_rb, s0_rl, e.nb_m1, s0_e1, s0_row_end)[:2]
+        n_grp = -(-n_take // self.SLICES_PER_GROUP)
+        grp = []
+        flags = [data.StructLayout({n: 1 for n in self.REP_FIELDS})(self.stage_rep[i])
+                 for i in range(n_take)]
+        for g in range(n_grp):
+            e1 = Signal(name=f"s0_e1_rep{g}")
+            f1 = Signal(name=f"s0_f1_rep{g}")
+            fl = flags[g * self.SLICES_PER_GROUP]
+            with m.If(accept):
+                m.d.sync += [e1.eq(fl.row2), f1.eq(fl.last2)]
+            with m.Elif(e_valid & go):
+                m.d.sync += [e1.eq(e1_nxt), f1.eq(f1_nxt)]
+            grp.append((e1, f1))
         for i in range(n_take):
+            e1, f1 = grp[i // self.SLICES_PER_GROUP]
             with m.If(take[i]):
-                m.d.sync += [e_valid_rep[i].eq(1), s0_last_rep[i].eq(new.last1),
-                             s0_row_end_rep[i].eq(new.row1)]
+                m.d.sync += [e_valid_rep[i].eq(1), s0_last_rep[i].eq(flags[i].last1),
+                             s0_row_end_rep[i].eq(flags[i].row1)]
             with m.Elif(e_valid_rep[i] & go):
-                m.d.sync += [s0_last_rep[i].eq(s0_f1), s0_row_end_rep[i].eq(s0_e1)]
+                m.d.sync += [s0_last_rep[i].eq(f1), s0_row_end_rep[i].eq(e1)]
                 with m.If(s0_last_rep[i]):
                     m.d.sync += e_valid_rep[i].eq(0)
-        self._load_rows(m, s0_rows, new, take,
-                        [v & go & end for v, end in zip(e_valid_rep, s0_row_end_rep)])
-        load_in_slices(m, e, Cat(*(Value.cast(getattr(new, n)) for n, _ in rest)), take)
+        self._load_entry(m, s0_rows, e, new, take,
+                         [v & go & end for v, end in zip(e_valid_rep, s0_row_end_rep)])
 
         s0_line = s0_u0[lE:lE + log2(lpr)]                 # line within the tile row
         vlines = data.ArrayLayout(line, lpr)(s0_rows[0].as_value())
         blines = data.ArrayLayout(data.ArrayLayout(signed(32), E), lpr)(e.bias.as_value())
-        s0_v = vlines[s0_line] if lpr > 1 else vlines[0]
-        s0_b = blines[s0_line]
+        s0_v = vlines[sel_rep[0][:nline]] if lpr > 1 else vlines[0]
+        s0_b = blines[sel_rep[1][:nline]] if lpr > 1 else blines[0]
         s0_colbyte = Mux(e_raw, s0_col << 2, s0_col << leb)
 
         # Partial sums: read in s0 into a register (zero on a first chunk), written back

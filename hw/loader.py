@@ -57,6 +57,11 @@ class Loader(wiring.Component):
     """Load engine; ``x_done``/``w_done`` count completed loads, ``x_free``/``w_free``
     pulses (from the compute) return slots."""
 
+    #: registers from a read response to the write beat leaving on ``wr`` (r1: the tag and
+    #: the elements' steps and lanes; r2: the flat index; ``wr``: bank and line). A
+    #: response in cycle m is counted done in m + DECODE_STAGES + WRITE_STAGES.
+    DECODE_STAGES = 3
+
     def __init__(self, cfg: HwConfig):
         self.cfg = cfg
         e = cfg.elems_per_beat
@@ -77,8 +82,11 @@ class Loader(wiring.Component):
             "resp_data": In(8 * cfg.mem_bytes),
             "resp_valid": In(1),
             "resp_ready": Out(1),
-            "wr_x": Out(1),
-            "wr": Out(data.ArrayLayout(elem_write_layout(cfg), e)),
+            # the write beat in ``OperandBuffers.wr_copies`` equal copies, each from
+            # registers of its own, for the buffers' memories in its share
+            "wr_x": Out(OperandBuffers.wr_copies(cfg)),
+            "wr": Out(data.ArrayLayout(data.ArrayLayout(elem_write_layout(cfg), e),
+                                       OperandBuffers.wr_copies(cfg))),
             "bias": Out(data.ArrayLayout(data.ArrayLayout(signed(32), cfg.tc), 2)),
             "g_idx": Out(dim),
             "g_addr": In(cfg.addr_width),
@@ -343,55 +351,82 @@ class Loader(wiring.Component):
         # from the registered tag and registered, so that each enable is one flip-flop that
         # can sit beside the 32 it drives. (Decoded in r1 and used there, the 8 x 4's worst
         # path ran 26 rows to the bias registers; decoded in r0, from the tag FIFO's read.)
-        # The bias is read only once the load's done count moves (r4, below).
+        # The beat is registered once per unit (``_rep``), beside the unit's two bias
+        # registers: one register per bit into every unit's was the 8 x 8's worst path on
+        # 5 Dec 2026 (14.52 ns of wire). The bias is read only once the load's done count
+        # moves (r5, below).
         r2_bwe = Signal(data.ArrayLayout(data.ArrayLayout(cfg.tc, M // 4), 2), name="r2_bwe")
-        r2_bword = Signal(8 * M, name="r2_bword")
+        r2_bword = [Signal(8 * M, name=f"r2_bword_rep{u}") for u in range(cfg.tc)]
         is_b1 = r1.valid & (r1.tag.kind == KIND_B)
-        m.d.sync += r2_bword.eq(r1.beat)
+        m.d.sync += [r.eq(r1.beat) for r in r2_bword]
         for slot in range(2):
             for wd in range(M // 4):
                 m.d.sync += r2_bwe[slot][wd].eq(Cat(is_b1 & (r1.tag.slot == slot)
                                                     & (r1.tag.bcol0 == u - wd)
                                                     for u in range(cfg.tc)))
 
-        # Stage r1: bank and line of every element.
-        t = r1.tag
+        # Stage r1: every element's flat X index ``a = abase + s``, registered (r2) with the
+        # element's step, lanes and data and the tag. (Added and shifted in one stage, the
+        # 8 x 8's loader ended up to 11.9 ns after the clock on 711060c: carry chain, the
+        # layer's shifts and the bank select behind one another.)
+        r2 = Signal(data.StructLayout({"valid": 1, "tag": tagl}), name="r2")
+        m.d.sync += [r2.valid.eq(r1.valid), r2.tag.eq(r1.tag)]
+        r2_a, r2_s, r2_j, r2_lo, r2_d = [], [], [], [], []
+        for e in range(E):
+            a = Signal(tagl["abase"].shape.width + 1, name=f"r2_a{e}")
+            s_, j_, lo_ = (Signal.like(v, name=f"r2_{n}{e}") for v, n in
+                           ((r1_s[e], "s"), (r1_j[e], "j"), (r1_lo[e], "l")))
+            dd = Signal(signed(cfg.data_width), name=f"r2_d{e}")
+            raw = r1.beat[8 * eb * e: 8 * eb * (e + 1)]
+            m.d.sync += [a.eq(r1.tag.abase + r1_s[e]), s_.eq(r1_s[e]), j_.eq(r1_j[e]),
+                         lo_.eq(r1_lo[e]), dd.eq(raw[:cfg.data_width].as_signed())]
+            r2_a.append(a), r2_s.append(s_), r2_j.append(j_), r2_lo.append(lo_), r2_d.append(dd)
+
+        # Stage r2: bank and line of every element, registered on ``wr``.
+        t = r2.tag
         is_x = t.kind == KIND_X
         is_w = t.kind == KIND_W
+        # ``wr`` in copies (``_rep``): one register per bit into the buffers' copy for
+        # every memory was the 8 x 4's worst path on 5 Dec 2026 (9.51 ns of wire across
+        # 37 columns to one memory's copy).
+        n_wr = OperandBuffers.wr_copies(cfg)
+        wr_rep = [Signal(data.ArrayLayout(elem_write_layout(cfg), E), name=f"r3_wr_rep{c}")
+                  for c in range(n_wr)]
+        wx_rep = [Signal(name=f"r3_wr_x_rep{c}") for c in range(n_wr)]
+        m.d.comb += [self.wr[c].eq(r) for c, r in enumerate(wr_rep)]
+        m.d.comb += self.wr_x.eq(Cat(*wx_rep))
         for e in range(E):
-            s, j, lo = r1_s[e], r1_j[e], r1_lo[e]
-            a = Signal(tagl["abase"].shape.width + 1, name=f"r1_a{e}")
-            m.d.comb += a.eq(t.abase + s)
+            a, s, j, lo = r2_a[e], r2_s[e], r2_j[e], r2_lo[e]
             xbank = (((a & fmask) << (rs_lp.lk + ltp)) | (j << ltp)
                      | ((t.idx & bpmask) << rs_lp.lseg) | lo)
             xaddr = (t.slot << log2(cfg.x_depth)) | (a >> rs_lp.lf)
             wbank = (((t.idx << rs_lp.lk) | j) << ltp) | ((s & bpmask) << rs_lp.lseg) | lo
             waddr = (t.slot << log2(cfg.w_depth)) | (s >> rs_lp.lbp)
-            el = self.wr[e]
-            raw = r1.beat[8 * eb * e: 8 * eb * (e + 1)]
-            m.d.sync += [
-                el.en.eq(r1.valid & (is_x | is_w) & (e < t.nvalid)),
-                el.bank.eq(Mux(is_x, xbank, wbank)),
-                el.addr.eq(Mux(is_x, xaddr, waddr)),
-                el.data.eq(raw[:cfg.data_width].as_signed()),
-            ]
-        m.d.sync += self.wr_x.eq(is_x)
+            for r in wr_rep:
+                el = r[e]
+                m.d.sync += [
+                    el.en.eq(r2.valid & (is_x | is_w) & (e < t.nvalid)),
+                    el.bank.eq(Mux(is_x, xbank, wbank)),
+                    el.addr.eq(Mux(is_x, xaddr, waddr)),
+                    el.data.eq(r2_d[e]),
+                ]
+        m.d.sync += [r.eq(is_x) for r in wx_rep]
 
         for wd in range(M // 4):
-            word = r2_bword[32 * wd: 32 * (wd + 1)].as_signed()
             for slot in range(2):
                 for u in range(cfg.tc):
+                    word = r2_bword[u][32 * wd: 32 * (wd + 1)].as_signed()
                     with m.If(r2_bwe[slot][wd][u]):
                         m.d.sync += self.bias[slot][u].eq(word)
 
         # Load completion counts, visible the cycle after the last beat is written into the
         # banks (``wr`` reaches them ``OperandBuffers.WRITE_STAGES`` cycles after it leaves
         # here): the completion pulse follows ``wr`` through as many registers.
-        done_x = Signal(name="r2_done_x")
-        done_w = Signal(name="r2_done_w")
-        m.d.sync += [done_x.eq(r1.valid & t.last & is_x), done_w.eq(r1.valid & t.last & ~is_x)]
+        done_x = Signal(name="r3_done_x")
+        done_w = Signal(name="r3_done_w")
+        m.d.sync += [done_x.eq(r2.valid & t.last & is_x), done_w.eq(r2.valid & t.last & ~is_x)]
         for i in range(OperandBuffers.WRITE_STAGES - 1):
-            nx, nw = Signal(name=f"r{3 + i}_done_x"), Signal(name=f"r{3 + i}_done_w")
+            nx, nw = Signal(name=f"r{4 + i}_done_x"), Signal(name=f"r{4 + i}_done_w")
             m.d.sync += [nx.eq(done_x), nw.eq(done_w)]
             done_x, done_w = nx, nw
         m.d.comb += [self.x_inc.eq(done_x), self.w_inc.eq(done_w)]

@@ -24,7 +24,9 @@ class PEArray(wiring.Component):
     """Pipelined PE array; see the module docstring.
 
     ``x``/``w`` are indexed ``pe*tp + lane``. ``lbp``/``lk`` (log2 of B_P and k) must be
-    stable while a layer runs, from the cycle before its first ``valid``. ``tag`` travels with ``valid`` and comes out with ``out_vals``.
+    stable while a layer runs, from the cycle before its first ``valid`` until its last
+    group's ``out_valid``. ``tag`` travels with ``valid`` and comes out with ``out_vals``
+    (registers). Only ``out_vals[i*tc + u]`` with ``i < B_P`` and ``u < tc/k`` are defined.
     """
 
     def __init__(self, cfg: HwConfig, *, tag_width: int = 1, valid_copies: int = 1):
@@ -83,7 +85,7 @@ class PEArray(wiring.Component):
         # The policy and the accumulate stage's controls drive a multiplexer or an adder in
         # every lane: one register copy per PE (``_rep``, kept apart by the synthesis flow)
         # keeps each of those nets local. The policy copies lag ``lbp``/``lk`` by a cycle
-        # (so do the compacting select's, below).
+        # (so do the stacking levels' copies of ``lk``, below).
         lbp_rep = [Signal.like(self.lbp, name=f"s0_lbp_rep{pe}") for pe in range(tc)]
         m.d.sync += [r.eq(self.lbp) for r in lbp_rep]
 
@@ -140,68 +142,50 @@ class PEArray(wiring.Component):
                         m.d.sync += seg[pe][i].eq(0)
         ctl_before, ctl = ctl, ctl_stage(ctl, "s4_ctl")
 
-        # Stacking tree across PEs, one level per stage, in place: at level ``lvl`` a PE at a
-        # multiple of 2**lvl adds the sum of the PE 2**(lvl-1) above it while ``lk >= lvl``
-        # (the AND folds into the adder), every other value is carried on. After the
-        # ``ltc`` levels PE ``u << lk`` holds unit ``u``'s sums whatever ``lk`` is, so the
-        # compacting select (unit u = head PE u*k, segment i -> index i*tc + u) needs no
-        # level of its own; it sits at the start of the accumulate stage, which has one
-        # adder. The level adders take ``lk`` from a register copy per PE.
+        # Stacking tree across PEs, one level per stage, compacting as it adds: at level
+        # ``lvl`` position ``u < tc >> lvl`` takes the sum of positions ``2u`` and ``2u + 1``
+        # while ``lk >= lvl``, else keeps its own value (every other position keeps its
+        # own). After the ``ltc`` levels position ``u`` holds unit ``u``'s sums (PEs
+        # ``u*k .. u*k + k - 1``) whatever ``lk`` is, so no compacting select follows (until
+        # 5 Dec 2026 the tree added in place and a select by ``k`` brought PE ``u*k`` to
+        # ``u``: in front of the accumulator, the 8 x 8's largest group of late endpoints;
+        # after the output register, a second long wire in the FIFO's write path).
+        # The level multiplexers take ``lk`` from a register copy per position.
         cur = seg
         for lvl in range(1, ltc + 1):
-            step = 1 << (lvl - 1)
             nxt = []
-            for pe in range(tc):
-                head = pe % (1 << lvl) == 0
-                if head:
-                    lk_lvl = Signal.like(self.lk, name=f"s{4 + lvl}_lk_rep{pe}")
-                    m.d.sync += lk_lvl.eq(self.lk)
+            for u in range(tc):
                 row = []
+                if u < tc >> lvl:
+                    lk_lvl = Signal.like(self.lk, name=f"s{4 + lvl}_lk_rep{u}")
+                    m.d.sync += lk_lvl.eq(self.lk)
                 for i in range(tp):
-                    r = Signal(signed(segw + lvl), name=f"s{4 + lvl}_stack_{pe}_{i}")
-                    if head:
-                        add = Mux(lk_lvl >= lvl, cur[pe + step][i], 0)
-                        m.d.sync += r.eq(cur[pe][i] + add)
+                    r = Signal(signed(segw + lvl), name=f"s{4 + lvl}_stack_{u}_{i}")
+                    if u < tc >> lvl:
+                        m.d.sync += r.eq(Mux(lk_lvl >= lvl, cur[2 * u][i] + cur[2 * u + 1][i],
+                                             cur[u][i]))
                     else:
-                        m.d.sync += r.eq(cur[pe][i])
+                        m.d.sync += r.eq(cur[u][i])
                     row.append(r)
                 nxt.append(row)
             cur = nxt
             ctl_before, ctl = ctl, ctl_stage(ctl, f"s{4 + lvl}_ctl")
-        # The accumulate stage's controls, one register copy per unit, beside ``cur``.
+        # The accumulate stage's controls, one register copy per position, beside ``cur``.
         first_rep = [Signal(name=f"s{self.latency - 1}_first_rep{u}") for u in range(tc)]
         valid_rep = [Signal(name=f"s{self.latency - 1}_valid_rep{u}") for u in range(tc)]
         m.d.sync += [r.eq(ctl_before.first) for r in first_rep]
         m.d.sync += [r.eq(ctl_before.valid) for r in valid_rep]
 
-        # The compacting select: unit u takes PE ``u << lk``. Its select is a registered
-        # one-hot of the legal ``lk`` values, one copy per (unit, lane) (``_rep``): a decode
-        # of one ``lk`` copy per unit fanned out to the unit's tp * acc_width mux bits was
-        # the 4 x 4's worst path after 54bed03 (seed 1: decode LUT, 3.95 ns of wire, the
-        # select, the accumulator's carry chain). Unit 0 always takes PE 0.
-        comp = [Signal(signed(aw), name=f"s{self.latency}_unit_{idx}") for idx in range(tc * tp)]
+        # Accumulate over the cycles of a group, position ``u`` unit ``u``'s sums (a
+        # position past the policy's units accumulates sums nobody reads); emit on the
+        # group's last cycle, segment ``i`` of unit ``u`` at index ``i*tc + u``.
         for u in range(tc):
-            legal = [lk for lk in range(ltc + 1) if (u << lk) < tc]
             for i in range(tp):
-                sig = comp[i * tc + u]
-                if u == 0:
-                    m.d.comb += sig.eq(cur[0][i])
-                    continue
-                sel = Signal(len(legal), name=f"s0_csel_u{u}_rep{i}")
-                m.d.sync += sel.eq(Cat(self.lk == lk for lk in legal))
-                terms = [Mux(sel[j], cur[u << lk][i], 0) for j, lk in enumerate(legal)]
-                value = terms[0]
-                for t in terms[1:]:
-                    value = value | t
-                m.d.comb += sig.eq(value)
-
-        # Accumulate over the cycles of a group; emit on the group's last cycle.
-        acc = [Signal(signed(aw), name=f"acc_{idx}") for idx in range(tc * tp)]
-        for idx, (a, v) in enumerate(zip(acc, comp)):
-            u = idx % tc
-            with m.If(valid_rep[u]):
-                m.d.sync += a.eq(Mux(first_rep[u], v, a + v))
-            m.d.sync += self.out_vals[idx].eq(Mux(first_rep[u], v, a + v))
+                a = Signal(signed(aw), name=f"acc_{u}_{i}")
+                v = cur[u][i]
+                with m.If(valid_rep[u]):
+                    m.d.sync += a.eq(Mux(first_rep[u], v, a + v))
+                m.d.sync += self.out_vals[i * tc + u].eq(Mux(first_rep[u], v, a + v))
         m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
         register_copies(m, self.out_valid_rep, ctl.valid & ctl.last, name="out_valid_rep")
         return m

@@ -8,19 +8,20 @@ its own pointers, so no net spans the FIFO. There is no ``w_rdy``: the writer mu
 push into a full FIFO (the core's compute issue keeps at most ``depth`` groups in flight).
 
 Timing is that of ``amaranth.lib.fifo.SyncFIFO`` without back-pressure: an entry pushed in
-cycle t can be read (``r_rdy``, ``r_data``) from cycle t + 1 on; ``r_en`` while ``r_rdy``
-pops it. ``r_rdy_rep`` are register copies of ``r_rdy``, one per reader slice, for
+cycle t can be read (``r_rdy``, ``r_data``, ``r_rep``) from cycle t + 1 on; ``r_en`` while
+``r_rdy`` pops it. ``r_rdy_rep`` are register copies of ``r_rdy``, one per reader slice, for
 readers that enable wide registers with them.
 
-Each copy of ``r_rdy`` (the slices' own and the reader's) computes its next value itself,
-from the push and pop copies of its slice (``w_en_rep``, ``r_en_rep``: the reader's copies
-of ``r_en``) and two level flags: one next-level decision fanned out to 42 copies was the
-8 x 4's worst path (4 Dec 2026, docs/synthesis.md).
+Each copy of ``r_rdy`` (the slices' own and the reader's) keeps a level counter of its own,
+following the push and pop copies of its slice (``w_en_rep``, ``r_en_rep``: the reader's
+copies of ``r_en``): one next-level decision fanned out to 42 copies was the 8 x 4's worst
+path (4 Dec 2026), then two shared level flags into 74 copies the 8 x 8's
+(docs/synthesis.md).
 """
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
-from amaranth.lib import memory, wiring
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 
@@ -31,17 +32,23 @@ class StageFIFO(wiring.Component):
     """``depth`` entries of ``width`` bits in ``slices`` slices; ``rdy_copies`` copies of
     ``r_rdy`` from registers."""
 
-    def __init__(self, *, width: int, depth: int, slices: int, rdy_copies: int = 1):
+    def __init__(self, *, width: int, depth: int, slices: int, rdy_copies: int = 1,
+                 rep_width: int = 0):
         self._MustUse__silence = True       # a refused FIFO is not an unused elaboratable
         for name, v, lo in (("width", width, 1), ("depth", depth, 2), ("slices", slices, 1),
-                            ("rdy_copies", rdy_copies, 1)):
+                            ("rdy_copies", rdy_copies, 1), ("rep_width", rep_width, 0)):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"StageFIFO: {name} = {v!r}: must be an integer >= {lo}")
         if slices > width:
             raise ValueError(f"StageFIFO: slices = {slices}: must be at most width = {width}")
         self._MustUse__silence = False
-        self.width, self.depth, self.slices = width, depth, slices
+        self.width, self.depth, self.slices, self.rep_width = width, depth, slices, rep_width
         super().__init__({
+            # ``rep_width`` bits stored in every slice beside its part of the entry, read per
+            # slice: small fields each reader slice needs, so none is read from one slice
+            # and carried to all of them
+            "w_rep": In(max(rep_width, 1)),
+            "r_rep": Out(data.ArrayLayout(max(rep_width, 1), slices)),
             "w_data": In(width),
             "w_en": In(1),                  # the push (for the level)
             "w_en_rep": In(slices),         # copies of the push, one per slice (registers)
@@ -63,15 +70,22 @@ class StageFIFO(wiring.Component):
         nxt = Signal(range(depth + 2), name="level_next")
         m.d.comb += [nxt.eq(self.level + self.w_en - pop), self.r_rdy.eq(self.level != 0)]
         m.d.sync += self.level.eq(nxt)
-        # level == 0 and level == 1, registered: with a copy's own push and pop they give
-        # its next value (nxt != 0 = push | level > 1 | level == 1 & ~pop)
-        zero = Signal(name="level_zero", init=1)
-        one = Signal(name="level_one")
-        m.d.sync += [zero.eq(nxt == 0), one.eq(nxt == 1)]
-
+        # Every copy of ``r_rdy`` (per slice and per reader slice) keeps a level counter of
+        # its own, following its slice's push and pop copies: no register of the FIFO is
+        # shared by the copies (a shared ``level == 1`` flag into 74 copies was the 8 x 8's
+        # worst path on 711060c, 14.57 ns of wire). ``r`` equals ``level != 0``; ``one`` is
+        # ``level == 1`` registered. The counts with and without a pop are computed from
+        # registers and the pop (the reader's, combinational) only selects between them:
+        # an adder behind it was the 8 x 4's worst path (5 Dec 2026).
         def copy_of_rdy(name, i):
             r = Signal(name=name)
-            m.d.sync += r.eq(self.w_en_rep[i] | (~zero & ~(self.r_en_rep[i] & r & one)))
+            lv = Signal(range(depth + 1), name=f"{name}_level")
+            one = Signal(name=f"{name}_one")
+            up = Signal(range(depth + 2), name=f"{name}_up")
+            m.d.comb += up.eq(lv + self.w_en_rep[i])
+            pop_i = self.r_en_rep[i] & r
+            m.d.sync += [lv.eq(Mux(pop_i, up - 1, up)), one.eq(Mux(pop_i, up == 2, up == 1)),
+                         r.eq(self.w_en_rep[i] | (r & ~(pop_i & one)))]
             return r
 
         # per slice, a copy of ``r_rdy`` (equal to it in every cycle) gates the pop
@@ -82,18 +96,21 @@ class StageFIFO(wiring.Component):
         outs = []
         for i in range(n):
             lo, hi = cut[i], cut[i + 1]
-            mem = memory.Memory(shape=unsigned(hi - lo), depth=depth, init=[])
+            rw = self.rep_width
+            mem = memory.Memory(shape=unsigned(hi - lo + rw), depth=depth, init=[])
             m.submodules[f"slice{i}"] = mem
             wp = mem.write_port()
             rp = mem.read_port(domain="comb")
             w_ptr = Signal(range(depth), name=f"w_ptr{i}")
             r_ptr = Signal(range(depth), name=f"r_ptr{i}")
             m.d.comb += [wp.en.eq(self.w_en_rep[i]), wp.addr.eq(w_ptr),
-                         wp.data.eq(self.w_data[lo:hi]), rp.addr.eq(r_ptr)]
+                         wp.data.eq(Cat(self.w_data[lo:hi], self.w_rep[:rw])), rp.addr.eq(r_ptr)]
             with m.If(self.w_en_rep[i]):
                 m.d.sync += w_ptr.eq(self._inc(w_ptr))
             with m.If(self.r_en_rep[i] & s_rdy[i]):
                 m.d.sync += r_ptr.eq(self._inc(r_ptr))
-            outs.append(rp.data)
+            outs.append(rp.data[:hi - lo])
+            if rw:
+                m.d.comb += self.r_rep[i].eq(rp.data[hi - lo:])
         m.d.comb += self.r_data.eq(Cat(*outs))
         return m

@@ -47,8 +47,9 @@ def pipe_latency(cfg: HwConfig) -> int:
 STAGE_DELAY = 1
 #: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
 DRAIN_LATENCY = 9
-#: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 5
-DONE_DELAY = 5
+#: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 6
+#: (``Loader.DECODE_STAGES + OperandBuffers.WRITE_STAGES``)
+DONE_DELAY = 6
 #: free pulse in f -> the loader's in-flight load count (``ld_x_out``) takes it in f + 1
 FREE_DELAY = 1
 #: last write transferred in n -> ack in n + Lw -> ``wr_pending`` 0 in n + Lw + 1 ->

@@ -194,6 +194,7 @@ def test_constants_match_rtl():
     from fluidnpu.hw.buffers import OperandBuffers
     from fluidnpu.hw.core import NPUCore
     from fluidnpu.hw.drain import Drain
+    from fluidnpu.hw.loader import Loader
     from fluidnpu.hw.pe_array import PEArray
     from fluidnpu.sim import cycle_model as cm
     for cfg in [*CFGS.values(), HwConfig(), HwConfig(tc=16, tp=4, mem_bytes=4), HwConfig(tc=4, tp=16, mem_bytes=4)]:
@@ -202,8 +203,9 @@ def test_constants_match_rtl():
         assert cm.pipe_latency(cfg) == OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
         assert PEArray.latency_for(cfg) == 5 + (cfg.tc.bit_length() - 1)
         assert cm.DRAIN_LATENCY == Drain.LATENCY
-        # response -> r1 -> the write beat leaves the loader -> the buffers' write stages
-        assert cm.DONE_DELAY == 2 + OperandBuffers.WRITE_STAGES
+        # response -> r1 -> r2 -> the write beat leaves the loader -> the buffers' write stages
+        assert Loader.DECODE_STAGES == 3
+        assert cm.DONE_DELAY == Loader.DECODE_STAGES + OperandBuffers.WRITE_STAGES
         for mode in (OUT_RAW, OUT_REQUANT):
             for nrows in (1, cfg.tp):
                 for ncols in (1, cfg.tc - 1, cfg.tc):
@@ -212,9 +214,10 @@ def test_constants_match_rtl():
 
 
 def test_worked_example():
-    # docs/cycle_model.md, "Worked example" (the RTL measures 72: test below)
+    # docs/cycle_model.md, "Worked example" (the RTL measures 73: test below; 72 before
+    # the loader's index stage, DONE_DELAY 5 -> 6)
     assert layer_cycles(SMALL, 3, 5, 2, bp=1, k=1, bias=False, out_mode=OUT_RAW,
-                        mem=MemTiming(latency=5)) == 72
+                        mem=MemTiming(latency=5)) == 73
 
 
 @pytest.mark.rtl
@@ -222,7 +225,7 @@ def test_worked_example_on_rtl(tmp_path):
     spec = dict(seed=0, R=3, P=5, C=2, bias=False, out_mode=OUT_RAW, bp=1, k=1,
                 mem=MemTiming(latency=5), kind="worked")
     (run,) = _rtl_cycles(SMALL, [spec], tmp_path)
-    assert run.error is None and run.cycles == 72
+    assert run.error is None and run.cycles == 73
 
 
 def _random_layers(seed, n, big=False):

@@ -297,6 +297,10 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
                 beats = Drain.entry_beats_ints(cfg, layer.desc["out_mode"], entry["nrows"],
                                                entry["ncols"])
                 ctx.set(dut.stage.payload.as_value(), pack(st_layout, {**entry, **beats}))
+                # the flags once per slice, as the stage FIFO stores them (``stage_rep``)
+                fl = sum(beats[n] << b for b, n in enumerate(Drain.REP_FIELDS))
+                ctx.set(dut.stage_rep.as_value(),
+                        sum(fl << (len(Drain.REP_FIELDS) * i) for i in range(Drain.entry_slices(cfg))))
                 offering = True
             ctx.set(dut.stage.valid, offering)
             ctx.set(dut.stage_valid_rep, -int(offering) & ((1 << Drain.entry_slices(cfg)) - 1))
@@ -365,7 +369,7 @@ def test_interface():
     assert lay["vals"].shape == data.ArrayLayout(Shape(32, True), 64)
     assert lay["bias"].shape == data.ArrayLayout(Shape(32, True), 8)
     assert set(dut.signature.members) == {"layer", "stage", "wr_req", "idle", "stage_valid_rep",
-                                             "stage_ready_rep"}
+                                             "stage_ready_rep", "stage_rep"}
     assert Drain.entry_slices(cfg) == -(-lay.size // 64) == len(dut.stage_valid_rep)
     assert Drain.beats(cfg, OUT_RAW, 3, 5) == 3 * 3       # DW = 8 // 4 = 2
     assert Drain.beats(cfg, OUT_REQUANT, 3, 5) == 3       # DW = 8
