@@ -316,7 +316,7 @@ class Drain(wiring.Component):
         # each (``_rep``): the central ``s0_u0``'s bits equal the copies above, so synthesis
         # merged them into one lane's copy, which then drove the selects from beside that
         # lane's LUT RAM (the 8 x 4's worst path, 9.59 ns of wire, 5 Dec 2026).
-        sel_rep = [Signal(max(nline, 1), name=f"s0_line_{w}_rep") for w in ("v", "b")]
+        sel_rep = [Signal(nline, name=f"s0_line_{w}_rep") for w in ("v", "b")] if nline else []
 
         def paddr_to(u0, trow):
             return ([r.eq(Cat(u0[lE:lE + nline], trow[:ltr])) for r in paddr_rep]
@@ -342,7 +342,8 @@ class Drain(wiring.Component):
         lay, new = self.layer, self.stage.payload
         raw = lay.out_mode == OUT_RAW
         ob_bytes = Mux(raw, lay.c << 2, lay.c << leb)
-        with m.If(self.stage.valid & self.stage.ready):
+        accept = self.stage.valid & self.stage.ready
+        with m.If(accept):
             m.d.sync += [
                 e_valid.eq(1),
                 s0_u0.eq(0), s0_rem.eq(new.ncols), s0_col.eq(new.c0),
@@ -368,7 +369,6 @@ class Drain(wiring.Component):
         # (``s0_f1``, 14.85 ns of wire); copies of the whole counter per slice put the
         # entry's beat fields, read from one stage-FIFO slice, into every slice (the 8 x 4's
         # worst path, 11.03 ns of wire, 5 Dec 2026).
-        accept = self.stage.valid & self.stage.ready
         e1_nxt, f1_nxt = self._beats_ahead(s0_rb, s0_rl, e.nb_m1, s0_e1, s0_row_end)[:2]
         n_grp = -(-n_take // self.SLICES_PER_GROUP)
         grp = []
@@ -398,8 +398,8 @@ class Drain(wiring.Component):
         s0_line = s0_u0[lE:lE + log2(lpr)]                 # line within the tile row
         vlines = data.ArrayLayout(line, lpr)(s0_rows[0].as_value())
         blines = data.ArrayLayout(data.ArrayLayout(signed(32), E), lpr)(e.bias.as_value())
-        s0_v = vlines[sel_rep[0][:nline]] if lpr > 1 else vlines[0]
-        s0_b = blines[sel_rep[1][:nline]] if lpr > 1 else blines[0]
+        s0_v = vlines[sel_rep[0]] if sel_rep else vlines[0]
+        s0_b = blines[sel_rep[1]] if sel_rep else blines[0]
         s0_colbyte = Mux(e_raw, s0_col << 2, s0_col << leb)
 
         # Partial sums: read in s0 into a register (zero on a first chunk), written back
