@@ -165,10 +165,15 @@ class NPUCore(wiring.Component):
         inflight = Signal(range(cfg.stage_entries + 2), name="ci_inflight")
         pop = stage.r_en & stage.r_rdy
         start_g = Signal(name="ci_start_g")
-        inflight_d = Signal.like(inflight, name="ci_inflight_d")
+        # The credit's next value only selects, by the new group and the drain's pop,
+        # between compares of the count register (``inflight <= D`` always holds): an adder
+        # and a compare behind the pop, then behind the new group, were the 8 x 4's worst
+        # paths with the loader's paths gone (5 Dec 2026, seeds 1 and 2).
+        D = cfg.stage_entries
         credit = Signal(name="ci_credit", init=1)
-        m.d.comb += inflight_d.eq(inflight + start_g - pop)
-        m.d.sync += [inflight.eq(inflight_d), credit.eq(inflight_d < cfg.stage_entries)]
+        m.d.sync += [inflight.eq(inflight + start_g - pop),
+                     credit.eq(Mux(start_g, Mux(pop, inflight < D, inflight < D - 1),
+                                   Mux(pop, 1, inflight < D)))]
 
         x_cnt = Signal.like(loader.x_done, name="ci_x_cnt")
         w_cnt = Signal.like(loader.w_done, name="ci_w_cnt")

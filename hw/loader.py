@@ -159,9 +159,23 @@ class Loader(wiring.Component):
             return [tag.s0.eq(pl0_s0), tag.j0.eq(pl0_j0), tag.lo0.eq(pl0_lo0)]
 
         m.d.comb += self.rd_addr.eq(addr)
+        # The request's valid from two registers: ``iss`` (the walk is in an issue state,
+        # set with the FSM's next state by ``goto``) and ``room`` (the tag FIFO's ``w_rdy``,
+        # computed a cycle early from its level). Decoded from the FSM's state and the FIFO's
+        # level, the transfer ``fire`` shared LUTs with the walk's sync resets and ran from
+        # the state across the loader to every request register's enable: the 8 x 4's worst
+        # path on 0ef84ad, seed 1 (4 LUTs, 9.62 ns of wire).
+        iss = Signal(name="rq_iss")
+        room = Signal(init=1, name="rq_room")
         fire = Signal(name="rq_fire")
-        m.d.comb += fire.eq(self.rd_valid & self.rd_ready)
-        m.d.comb += tags.w_en.eq(fire)
+        pop = tags.r_en & tags.r_rdy
+        m.d.comb += [self.rd_valid.eq(iss & room), fire.eq(self.rd_valid & self.rd_ready),
+                     tags.w_en.eq(fire)]
+        m.d.sync += room.eq(tags.level + fire - pop != tags.depth)
+
+        def goto(state):
+            m.next = state
+            m.d.sync += iss.eq(state in ("XISS", "WISS", "BISS"))
         # ``beat == it.nb_m1`` kept in a register (``it.nb_m1`` is a select on ``it.last_ch``,
         # and the compare fed the enables of the walk's counters: the 4 x 4's worst path on
         # d553c2c seed 1). Its inputs, registered from the step's sizes, are current from
@@ -227,14 +241,14 @@ class Loader(wiring.Component):
                 m.d.comb += it.restart.eq(self.start)
                 with m.If(self.start):
                     m.d.sync += [x_issued.eq(0), w_issued.eq(0), n_j.eq(0), n_rr.eq(0), n_off.eq(0)]
-                    m.next = "STEP"
+                    goto("STEP")
             with m.State("STEP"):
                 with m.If(it.x_new):
-                    m.next = "XWAIT"
+                    goto("XWAIT")
                 with m.Elif(it.w_new):
-                    m.next = "WWAIT"
+                    goto("WWAIT")
                 with m.Else():
-                    m.next = "NEXT"
+                    goto("NEXT")
             with m.State("XWAIT"):
                 m.d.comb += self.g_idx.eq(s_j)
                 start_addr = Mux(gather, self.g_addr + gp_off, x_base)
@@ -244,11 +258,10 @@ class Loader(wiring.Component):
                              g_j.eq(s_j), g_rr.eq(s_rr), g_off.eq(s_off), g_wrap.eq(s_rr == rs_m1),
                              t_j.eq(s_j), t_rr.eq(s_rr), t_off.eq(s_off)]
                 with m.If(~x_out[1]):
-                    m.next = "XISS"
+                    goto("XISS")
             with m.State("XISS"):
                 last_row = last_item
-                m.d.comb += [self.rd_valid.eq(tags.w_rdy),
-                             tag.kind.eq(KIND_X), tag.slot.eq(x_issued[0]),
+                m.d.comb += [tag.kind.eq(KIND_X), tag.slot.eq(x_issued[0]),
                              tag.last.eq(last_beat & last_row), tag.idx.eq(idx),
                              *issue_pl0(), tag.nvalid.eq(nvalid), tag.abase.eq(abase)]
 
@@ -272,9 +285,9 @@ class Loader(wiring.Component):
                     m.d.comb += x_iss.eq(1)
                     m.d.sync += [x_issued.eq(x_issued + 1), n_j.eq(nx_j), n_rr.eq(nx_rr), n_off.eq(nx_off)]
                     with m.If(it.w_new):
-                        m.next = "WWAIT"
+                        goto("WWAIT")
                     with m.Else():
-                        m.next = "NEXT"
+                        goto("NEXT")
                 advance(last_beat, last_row, x_row_end, x_last)
             with m.State("WWAIT"):
                 start_addr = w_base
@@ -282,11 +295,10 @@ class Loader(wiring.Component):
                              addr.eq(start_addr), row_addr.eq(start_addr),
                              last_item.eq(it.ncols_m1 == 0)]
                 with m.If(~w_out[1]):
-                    m.next = "WISS"
+                    goto("WISS")
             with m.State("WISS"):
                 last_col = last_item
-                m.d.comb += [self.rd_valid.eq(tags.w_rdy),
-                             tag.kind.eq(KIND_W), tag.slot.eq(w_issued[0]),
+                m.d.comb += [tag.kind.eq(KIND_W), tag.slot.eq(w_issued[0]),
                              tag.last.eq(last_beat & last_col & ~need_bias), tag.idx.eq(idx),
                              *issue_pl0(), tag.nvalid.eq(nvalid)]
 
@@ -294,31 +306,30 @@ class Loader(wiring.Component):
                     with m.If(need_bias):
                         m.d.sync += [beat.eq(0), addr.eq(d.b_addr + (((it.c0 << 2) >> lm) << lm)),
                                      last_item.eq(nbb_m1 == 0)]
-                        m.next = "BISS"
+                        goto("BISS")
                     with m.Else():
                         m.d.comb += w_iss.eq(1)
                         m.d.sync += w_issued.eq(w_issued + 1)
-                        m.next = "NEXT"
+                        goto("NEXT")
                 def w_col_end():
                     m.d.sync += last_item.eq(idx == ncols_m2)
                 advance(last_beat, last_col, w_col_end, w_last)
             with m.State("BISS"):
                 last_bbeat = last_item
-                m.d.comb += [self.rd_valid.eq(tags.w_rdy),
-                             tag.kind.eq(KIND_B), tag.slot.eq(w_issued[0]), tag.last.eq(last_bbeat),
+                m.d.comb += [tag.kind.eq(KIND_B), tag.slot.eq(w_issued[0]), tag.last.eq(last_bbeat),
                              tag.bcol0.eq(_signed(beat << (lm - 2)) - _signed(boff >> 2))]
                 with m.If(fire):
                     m.d.sync += [beat.eq(beat + 1), addr.eq(addr + M), last_item.eq(beat == nbb_m2)]
                     with m.If(last_bbeat):
                         m.d.comb += w_iss.eq(1)
                         m.d.sync += w_issued.eq(w_issued + 1)
-                        m.next = "NEXT"
+                        goto("NEXT")
             with m.State("NEXT"):
                 with m.If(it.last_step):
-                    m.next = "IDLE"
+                    goto("IDLE")
                 with m.Else():
                     m.d.comb += it.advance.eq(1)
-                    m.next = "STEP"
+                    goto("STEP")
 
         # ---- response decode ---------------------------------------------------------
         m.d.comb += self.resp_ready.eq(1)
@@ -365,52 +376,22 @@ class Loader(wiring.Component):
                                                     & (r1.tag.bcol0 == u - wd)
                                                     for u in range(cfg.tc)))
 
-        # Stage r1: every element's flat X index ``a = abase + s``, registered (r2) with the
-        # element's step, lanes and data and the tag. (Added and shifted in one stage, the
-        # 8 x 8's loader ended up to 11.9 ns after the clock on 711060c: carry chain, the
-        # layer's shifts and the bank select behind one another.)
+        # Stage r1 -> r2 -> wr: every element's flat X index ``a = abase + s`` is registered
+        # (r2) with the element's step, lanes and data, then decoded to its bank and line on
+        # ``wr``. (Added and shifted in one stage, the 8 x 8's loader ended up to 11.9 ns
+        # after the clock on 711060c: carry chain, the layer's shifts and the bank select
+        # behind one another.) The write beat leaves in ``OperandBuffers.wr_copies`` copies
+        # (``_rep``; one register per bit into every memory's copy was the 8 x 4's worst path
+        # on 5 Dec 2026, 9.51 ns of wire across 37 columns), and each copy has r2 registers
+        # and a decode of its own: from one r2 through one shared decode into two copies was
+        # the 8 x 4's worst path with seed 2 on 0ef84ad (10.39 ns, 5.30 ns of it one wire).
         r2 = Signal(data.StructLayout({"valid": 1, "tag": tagl}), name="r2")
         m.d.sync += [r2.valid.eq(r1.valid), r2.tag.eq(r1.tag)]
-        r2_a, r2_s, r2_j, r2_lo, r2_d = [], [], [], [], []
-        for e in range(E):
-            a = Signal(tagl["abase"].shape.width + 1, name=f"r2_a{e}")
-            s_, j_, lo_ = (Signal.like(v, name=f"r2_{n}{e}") for v, n in
-                           ((r1_s[e], "s"), (r1_j[e], "j"), (r1_lo[e], "l")))
-            dd = Signal(signed(cfg.data_width), name=f"r2_d{e}")
-            raw = r1.beat[8 * eb * e: 8 * eb * (e + 1)]
-            m.d.sync += [a.eq(r1.tag.abase + r1_s[e]), s_.eq(r1_s[e]), j_.eq(r1_j[e]),
-                         lo_.eq(r1_lo[e]), dd.eq(raw[:cfg.data_width].as_signed())]
-            r2_a.append(a), r2_s.append(s_), r2_j.append(j_), r2_lo.append(lo_), r2_d.append(dd)
-
-        # Stage r2: bank and line of every element, registered on ``wr``.
+        n_wr = OperandBuffers.wr_copies(cfg)
+        for c in range(n_wr):
+            self._write_copy(m, c, r1, r1_s, r1_j, r1_lo)
         t = r2.tag
         is_x = t.kind == KIND_X
-        is_w = t.kind == KIND_W
-        # ``wr`` in copies (``_rep``): one register per bit into the buffers' copy for
-        # every memory was the 8 x 4's worst path on 5 Dec 2026 (9.51 ns of wire across
-        # 37 columns to one memory's copy).
-        n_wr = OperandBuffers.wr_copies(cfg)
-        wr_rep = [Signal(data.ArrayLayout(elem_write_layout(cfg), E), name=f"r3_wr_rep{c}")
-                  for c in range(n_wr)]
-        wx_rep = [Signal(name=f"r3_wr_x_rep{c}") for c in range(n_wr)]
-        m.d.comb += [self.wr[c].eq(r) for c, r in enumerate(wr_rep)]
-        m.d.comb += self.wr_x.eq(Cat(*wx_rep))
-        for e in range(E):
-            a, s, j, lo = r2_a[e], r2_s[e], r2_j[e], r2_lo[e]
-            xbank = (((a & fmask) << (rs_lp.lk + ltp)) | (j << ltp)
-                     | ((t.idx & bpmask) << rs_lp.lseg) | lo)
-            xaddr = (t.slot << log2(cfg.x_depth)) | (a >> rs_lp.lf)
-            wbank = (((t.idx << rs_lp.lk) | j) << ltp) | ((s & bpmask) << rs_lp.lseg) | lo
-            waddr = (t.slot << log2(cfg.w_depth)) | (s >> rs_lp.lbp)
-            for r in wr_rep:
-                el = r[e]
-                m.d.sync += [
-                    el.en.eq(r2.valid & (is_x | is_w) & (e < t.nvalid)),
-                    el.bank.eq(Mux(is_x, xbank, wbank)),
-                    el.addr.eq(Mux(is_x, xaddr, waddr)),
-                    el.data.eq(r2_d[e]),
-                ]
-        m.d.sync += [r.eq(is_x) for r in wx_rep]
 
         for wd in range(M // 4):
             for slot in range(2):
@@ -435,6 +416,44 @@ class Loader(wiring.Component):
         with m.Else():
             m.d.sync += [self.x_done.eq(self.x_done + done_x), self.w_done.eq(self.w_done + done_w)]
         return m
+
+    def _write_copy(self, m, c: int, r1, r1_s, r1_j, r1_lo):
+        """Write-beat copy ``c``: its own r2 registers (tag, layer parameters, every
+        element's flat index, step, lanes and data) and its own bank/line decode into
+        ``wr[c]`` / ``wr_x[c]``, so no register or LUT is shared between the copies."""
+        cfg = self.cfg
+        E, eb, ltp = cfg.elems_per_beat, cfg.elem_bytes, log2(cfg.tp)
+        tagl = _tag_layout(cfg)
+        r2 = Signal(data.StructLayout({"valid": 1, "tag": tagl}), name=f"r2_rep{c}")
+        lp = Signal.like(self.lp, name=f"r2_lp_rep{c}")
+        m.d.sync += [r2.valid.eq(r1.valid), r2.tag.eq(r1.tag), lp.eq(self.lp)]
+        t = r2.tag
+        is_x, is_w = t.kind == KIND_X, t.kind == KIND_W
+        out = self.wr[c]
+        for e in range(E):
+            a = Signal(tagl["abase"].shape.width + 1, name=f"r2_a{e}_rep{c}")
+            s, j, lo = (Signal.like(v, name=f"r2_{n}{e}_rep{c}") for v, n in
+                        ((r1_s[e], "s"), (r1_j[e], "j"), (r1_lo[e], "l")))
+            d = Signal(signed(cfg.data_width), name=f"r2_d{e}_rep{c}")
+            raw = r1.beat[8 * eb * e: 8 * eb * (e + 1)]
+            m.d.sync += [a.eq(r1.tag.abase + r1_s[e]), s.eq(r1_s[e]), j.eq(r1_j[e]),
+                         lo.eq(r1_lo[e]), d.eq(raw[:cfg.data_width].as_signed())]
+            xbank = (((a & lp.fmask) << (lp.lk + ltp)) | (j << ltp)
+                     | ((t.idx & lp.bpmask) << lp.lseg) | lo)
+            xaddr = (t.slot << log2(cfg.x_depth)) | (a >> lp.lf)
+            wbank = (((t.idx << lp.lk) | j) << ltp) | ((s & lp.bpmask) << lp.lseg) | lo
+            waddr = (t.slot << log2(cfg.w_depth)) | (s >> lp.lbp)
+            el = Signal(elem_write_layout(cfg), name=f"r3_wr{e}_rep{c}")
+            m.d.sync += [
+                el.en.eq(r2.valid & (is_x | is_w) & (e < t.nvalid)),
+                el.bank.eq(Mux(is_x, xbank, wbank)),
+                el.addr.eq(Mux(is_x, xaddr, waddr)),
+                el.data.eq(d),
+            ]
+            m.d.comb += out[e].eq(el)
+        wx = Signal(name=f"r3_wr_x_rep{c}")
+        m.d.sync += wx.eq(is_x)
+        m.d.comb += self.wr_x[c].eq(wx)
 
     def _elem_lane(self, m, lp, e: int):
         """Element ``e`` of a beat's own part of its reduction step and unit lane: functions

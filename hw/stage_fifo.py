@@ -68,7 +68,7 @@ class StageFIFO(wiring.Component):
         depth, n = self.depth, self.slices
         pop = self.r_en & self.r_rdy
         nxt = Signal(range(depth + 2), name="level_next")
-        m.d.comb += [nxt.eq(self.level + self.w_en - pop), self.r_rdy.eq(self.level != 0)]
+        m.d.comb += nxt.eq(self.level + self.w_en - pop)
         m.d.sync += self.level.eq(nxt)
         # Every copy of ``r_rdy`` (per slice and per reader slice) keeps a level counter of
         # its own, following its slice's push and pop copies: no register of the FIFO is
@@ -77,21 +77,27 @@ class StageFIFO(wiring.Component):
         # ``level == 1`` registered. The counts with and without a pop are computed from
         # registers and the pop (the reader's, combinational) only selects between them:
         # an adder behind it was the 8 x 4's worst path (5 Dec 2026).
-        def copy_of_rdy(name, i):
+        def copy_of_rdy(name, w_en, r_en):
             r = Signal(name=name)
             lv = Signal(range(depth + 1), name=f"{name}_level")
             one = Signal(name=f"{name}_one")
             up = Signal(range(depth + 2), name=f"{name}_up")
-            m.d.comb += up.eq(lv + self.w_en_rep[i])
-            pop_i = self.r_en_rep[i] & r
+            m.d.comb += up.eq(lv + w_en)
+            pop_i = r_en & r
             m.d.sync += [lv.eq(Mux(pop_i, up - 1, up)), one.eq(Mux(pop_i, up == 2, up == 1)),
-                         r.eq(self.w_en_rep[i] | (r & ~(pop_i & one)))]
+                         r.eq(w_en | (r & ~(pop_i & one)))]
             return r
 
+        # ``r_rdy`` itself is such a register too: as ``level != 0`` it put the level's
+        # compare in front of the reader's accept and of the compute issue's credit (the
+        # 8 x 4's worst paths on seed 1 once the loader's were gone, 5 Dec 2026)
+        m.d.comb += self.r_rdy.eq(copy_of_rdy("r_rdy_main", self.w_en, self.r_en))
         # per slice, a copy of ``r_rdy`` (equal to it in every cycle) gates the pop
-        s_rdy = [copy_of_rdy(f"rdy_rep{i}", i) for i in range(n)]
-        m.d.comb += self.r_rdy_rep.eq(Cat(copy_of_rdy(f"r_rdy_rep{j}", j * n // len(self.r_rdy_rep))
-                                          for j in range(len(self.r_rdy_rep))))
+        s_rdy = [copy_of_rdy(f"rdy_rep{i}", self.w_en_rep[i], self.r_en_rep[i]) for i in range(n)]
+        m.d.comb += self.r_rdy_rep.eq(Cat(
+            copy_of_rdy(f"r_rdy_rep{j}", *((x[j * n // len(self.r_rdy_rep)]
+                                            for x in (self.w_en_rep, self.r_en_rep))))
+            for j in range(len(self.r_rdy_rep))))
         cut = [self.width * i // n for i in range(n + 1)]
         outs = []
         for i in range(n):
