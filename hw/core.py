@@ -7,7 +7,7 @@ writing results. See docs/architecture.md.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, flipped
 
@@ -25,11 +25,16 @@ __all__ = ["NPUCore"]
 
 
 def _group_tag_layout(cfg: HwConfig) -> data.StructLayout:
+    # The stage entry's beat fields (``Drain.REP_FIELDS``, the rows among them) come first:
+    # decided at issue, they travel in registers, and the PE array copies these low bits
+    # once per group of stage-FIFO slices (``out_tag_rep``). Computed from the PE array's
+    # output tag and fanned out to every slice, they were 26 of the 8 x 8's late endpoints
+    # on 9c963df (3 LUT levels, up to 10.73 ns).
     return data.StructLayout({
+        **{n: f.shape for n, f in Drain.rep_layout(cfg)},
         "first": 1, "last": 1,                 # first / last cycle of the group
         "row0": unsigned(cfg.dim_width),
         "trow0": unsigned(log2(cfg.tr_max) + 1),
-        "nrows": unsigned(log2(cfg.tp) + 1),
         "c0": unsigned(cfg.dim_width),
         "ncols": unsigned(log2(cfg.tc) + 1),
         "first_ch": 1, "last_ch": 1,
@@ -90,11 +95,14 @@ class NPUCore(wiring.Component):
         m.submodules.bufs = bufs = OperandBuffers(cfg, tag_width=_group_tag_layout(cfg).size)
         stl = stage_layout(cfg)
         n_sl = Drain.entry_slices(cfg)
+        n_rep = Drain.rep_layout(cfg).size
+        spg = Drain.SLICES_PER_GROUP
         m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size,
-                                       valid_copies=n_sl)
+                                       valid_copies=n_sl, tag_copies=-(-n_sl // spg),
+                                       tag_copy_bits=n_rep)
         m.submodules.stage = stage = StageFIFO(width=stl.size, depth=cfg.stage_entries,
                                                slices=n_sl, rdy_copies=n_sl,
-                                               rep_width=len(Drain.REP_FIELDS))
+                                               flag_width=n_rep)
         m.submodules.drain = drain = Drain(cfg)
         m.submodules.it = it = StepIter(cfg, lay, lp)
 
@@ -124,18 +132,17 @@ class NPUCore(wiring.Component):
         # PE array -> stage FIFO -> drain.
         otag = Signal(_group_tag_layout(cfg), name="acc_tag")
         entry = Signal(stl, name="acc_entry")
-        beats = Drain.entry_beats(cfg, lay, otag.nrows, otag.ncols)
         m.d.comb += [
             otag.eq(pe.out_tag),
             entry.vals.eq(pe.out_vals),
             entry.bias.eq(loader.bias[otag.wslot]),
-            entry.row0.eq(otag.row0), entry.trow0.eq(otag.trow0), entry.nrows.eq(otag.nrows),
+            entry.row0.eq(otag.row0), entry.trow0.eq(otag.trow0),
             entry.c0.eq(otag.c0), entry.ncols.eq(otag.ncols),
             entry.first.eq(otag.first_ch), entry.last.eq(otag.last_ch),
-            *[getattr(entry, n).eq(v) for n, v in beats.items()],
+            *[getattr(entry, n).eq(getattr(otag, n)) for n in Drain.REP_FIELDS],
             stage.w_data.eq(entry), stage.w_en.eq(pe.out_valid),
-            stage.w_rep.eq(Cat(*(getattr(entry, n) for n in Drain.REP_FIELDS))),
-            drain.stage_rep.eq(stage.r_rep),
+            *[stage.w_flags[i].eq(pe.out_tag_rep[i // spg]) for i in range(n_sl)],
+            drain.stage_rep.eq(stage.r_flags),
             stage.w_en_rep.eq(pe.out_valid_rep),
             loader.x_free.eq(pe.out_valid & otag.x_free),
             loader.w_free.eq(pe.out_valid & otag.w_free),
@@ -221,6 +228,8 @@ class NPUCore(wiring.Component):
             tag.first.eq(s_zero), tag.last.eq(last_s),
             tag.row0.eq(it.r0 + trow0), tag.trow0.eq(trow0),
             tag.nrows.eq(Mux(last_g, it.nr_last, bp)),
+            *[getattr(tag, n).eq(v)
+              for n, v in Drain.entry_beats(cfg, lay, tag.nrows, tag.ncols).items()],
             tag.c0.eq(it.c0), tag.ncols.eq(it.ncols),
             tag.first_ch.eq(it.first_ch), tag.last_ch.eq(it.last_ch),
             tag.wslot.eq(wslot),

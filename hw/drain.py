@@ -137,15 +137,21 @@ class Drain(wiring.Component):
             # stage FIFO's per-slice pops (hw/stage_fifo.py ``r_en_rep``).
             "stage_ready_rep": Out(self.entry_slices(cfg)),
             # The entry's flags ``REP_FIELDS`` once per slice, equal to the payload's: the
-            # stage FIFO stores them in each of its slices (``StageFIFO.r_rep``), so each
+            # stage FIFO stores them in each of its slices (``StageFIFO.r_flags``), so each
             # slice of the entry register takes them from its own FIFO slice; read from one
             # FIFO slice into every slice they were the 8 x 4's worst path (5 Dec 2026,
             # 7.54 ns of wire).
-            "stage_rep": In(data.ArrayLayout(len(self.REP_FIELDS), self.entry_slices(cfg))),
+            "stage_rep": In(data.ArrayLayout(self.rep_layout(cfg), self.entry_slices(cfg))),
         })
 
-    #: the stage entry's flags stored once per stage-FIFO slice (``stage_rep``)
-    REP_FIELDS = ("row1", "last1", "row2", "last2")
+    #: the stage entry's beat fields stored once per stage-FIFO slice (``stage_rep``)
+    REP_FIELDS = ("row1", "last1", "row2", "last2", "nb_m1", "nrows")
+
+    @classmethod
+    def rep_layout(cls, cfg: HwConfig) -> data.StructLayout:
+        """The ``REP_FIELDS`` of a stage entry, in that order (as ``Cat`` packs them)."""
+        st = stage_layout(cfg)
+        return data.StructLayout({n: st[n].shape for n in cls.REP_FIELDS})
 
     #: entry-register slices per register copy of the next beat's flags (``s0_f1_rep``)
     SLICES_PER_GROUP = 6
@@ -364,24 +370,29 @@ class Drain(wiring.Component):
         # ``take`` (equal to stage.valid & stage.ready): one shared accept decision fanned
         # out to the copies was the 8 x 4's worst path (5 ns of routing to a far slice).
         # The next beat's flags reach the slices through a register copy per group of
-        # ``SLICES_PER_GROUP`` slices (``s0_e1_rep``, ``s0_f1_rep``, loaded like ``s0_e1`` and
-        # ``s0_f1``): one register into all 37 slices was the 8 x 8's worst path on 085289d
-        # (``s0_f1``, 14.85 ns of wire); copies of the whole counter per slice put the
-        # entry's beat fields, read from one stage-FIFO slice, into every slice (the 8 x 4's
-        # worst path, 11.03 ns of wire, 5 Dec 2026).
-        e1_nxt, f1_nxt = self._beats_ahead(s0_rb, s0_rl, e.nb_m1, s0_e1, s0_row_end)[:2]
+        # ``SLICES_PER_GROUP`` slices (``s0_e1_rep``, ``s0_f1_rep``): one register into all
+        # 37 slices was the 8 x 8's worst path on 085289d (``s0_f1``, 14.85 ns of wire). Each
+        # group keeps the beat counters of its own (``s0_rb_rep``, ``s0_rl_rep``, from the
+        # entry's fields in its first slice's FIFO slice) and follows its first slice's
+        # ``take`` and entry flag: the central counters' next flags into every group were the
+        # 8 x 8's worst path on 9c963df (11.50 ns, 8.65 of it wire across 90 columns).
         n_grp = -(-n_take // self.SLICES_PER_GROUP)
         grp = []
-        flags = [data.StructLayout({n: 1 for n in self.REP_FIELDS})(self.stage_rep[i])
-                 for i in range(n_take)]
+        flags = [self.stage_rep[i] for i in range(n_take)]
         for g in range(n_grp):
+            i0 = g * self.SLICES_PER_GROUP
             e1 = Signal(name=f"s0_e1_rep{g}")
             f1 = Signal(name=f"s0_f1_rep{g}")
-            fl = flags[g * self.SLICES_PER_GROUP]
-            with m.If(accept):
-                m.d.sync += [e1.eq(fl.row2), f1.eq(fl.last2)]
-            with m.Elif(e_valid & go):
-                m.d.sync += [e1.eq(e1_nxt), f1.eq(f1_nxt)]
+            rb = Signal.like(s0_rb, name=f"s0_rb_rep{g}")
+            rl = Signal.like(s0_rl, name=f"s0_rl_rep{g}")
+            nb = Signal.like(e.nb_m1, name=f"s0_nb_m1_rep{g}")
+            fl = flags[i0]
+            with m.If(take[i0]):
+                m.d.sync += [e1.eq(fl.row2), f1.eq(fl.last2), rb.eq(fl.nb_m1),
+                             rl.eq(fl.nrows - 1), nb.eq(fl.nb_m1)]
+            with m.Elif(e_valid_rep[i0] & go):
+                e1n, f1n, rbn, rln = self._beats_ahead(rb, rl, nb, e1, s0_row_end_rep[i0])
+                m.d.sync += [e1.eq(e1n), f1.eq(f1n), rb.eq(rbn), rl.eq(rln)]
             grp.append((e1, f1))
         for i in range(n_take):
             e1, f1 = grp[i // self.SLICES_PER_GROUP]

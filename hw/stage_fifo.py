@@ -8,7 +8,7 @@ its own pointers, so no net spans the FIFO. There is no ``w_rdy``: the writer mu
 push into a full FIFO (the core's compute issue keeps at most ``depth`` groups in flight).
 
 Timing is that of ``amaranth.lib.fifo.SyncFIFO`` without back-pressure: an entry pushed in
-cycle t can be read (``r_rdy``, ``r_data``, ``r_rep``) from cycle t + 1 on; ``r_en`` while
+cycle t can be read (``r_rdy``, ``r_data``, ``r_flags``) from cycle t + 1 on; ``r_en`` while
 ``r_rdy`` pops it. ``r_rdy_rep`` are register copies of ``r_rdy``, one per reader slice, for
 readers that enable wide registers with them.
 
@@ -33,22 +33,22 @@ class StageFIFO(wiring.Component):
     ``r_rdy`` from registers."""
 
     def __init__(self, *, width: int, depth: int, slices: int, rdy_copies: int = 1,
-                 rep_width: int = 0):
+                 flag_width: int = 0):
         self._MustUse__silence = True       # a refused FIFO is not an unused elaboratable
         for name, v, lo in (("width", width, 1), ("depth", depth, 2), ("slices", slices, 1),
-                            ("rdy_copies", rdy_copies, 1), ("rep_width", rep_width, 0)):
+                            ("rdy_copies", rdy_copies, 1), ("flag_width", flag_width, 0)):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"StageFIFO: {name} = {v!r}: must be an integer >= {lo}")
         if slices > width:
             raise ValueError(f"StageFIFO: slices = {slices}: must be at most width = {width}")
         self._MustUse__silence = False
-        self.width, self.depth, self.slices, self.rep_width = width, depth, slices, rep_width
+        self.width, self.depth, self.slices, self.flag_width = width, depth, slices, flag_width
         super().__init__({
-            # ``rep_width`` bits stored in every slice beside its part of the entry, read per
-            # slice: small fields each reader slice needs, so none is read from one slice
-            # and carried to all of them
-            "w_rep": In(max(rep_width, 1)),
-            "r_rep": Out(data.ArrayLayout(max(rep_width, 1), slices)),
+            # ``flag_width`` bits stored in every slice beside its part of the entry, written
+            # and read per slice: small fields each reader slice needs, so none is read from
+            # one slice and carried to all of them (the writer gives each slice its copy)
+            "w_flags": In(data.ArrayLayout(max(flag_width, 1), slices)),
+            "r_flags": Out(data.ArrayLayout(max(flag_width, 1), slices)),
             "w_data": In(width),
             "w_en": In(1),                  # the push (for the level)
             "w_en_rep": In(slices),         # copies of the push, one per slice (registers)
@@ -81,10 +81,13 @@ class StageFIFO(wiring.Component):
             r = Signal(name=name)
             lv = Signal(range(depth + 1), name=f"{name}_level")
             one = Signal(name=f"{name}_one")
-            up = Signal(range(depth + 2), name=f"{name}_up")
-            m.d.comb += up.eq(lv + w_en)
             pop_i = r_en & r
-            m.d.sync += [lv.eq(Mux(pop_i, up - 1, up)), one.eq(Mux(pop_i, up == 2, up == 1)),
+            # the push and the pop select between values computed from the registers: a
+            # push copy's wire into one slice, then two adders behind it, was the 8 x 4's
+            # worst path with seed 3 on 9c963df
+            m.d.sync += [lv.eq(Mux(w_en, Mux(pop_i, lv, lv + 1), Mux(pop_i, lv - 1, lv))),
+                         one.eq(Mux(w_en, Mux(pop_i, lv == 1, lv == 0),
+                                    Mux(pop_i, lv == 2, lv == 1))),
                          r.eq(w_en | (r & ~(pop_i & one)))]
             return r
 
@@ -102,7 +105,7 @@ class StageFIFO(wiring.Component):
         outs = []
         for i in range(n):
             lo, hi = cut[i], cut[i + 1]
-            rw = self.rep_width
+            rw = self.flag_width
             mem = memory.Memory(shape=unsigned(hi - lo + rw), depth=depth, init=[])
             m.submodules[f"slice{i}"] = mem
             wp = mem.write_port()
@@ -110,13 +113,13 @@ class StageFIFO(wiring.Component):
             w_ptr = Signal(range(depth), name=f"w_ptr{i}")
             r_ptr = Signal(range(depth), name=f"r_ptr{i}")
             m.d.comb += [wp.en.eq(self.w_en_rep[i]), wp.addr.eq(w_ptr),
-                         wp.data.eq(Cat(self.w_data[lo:hi], self.w_rep[:rw])), rp.addr.eq(r_ptr)]
+                         wp.data.eq(Cat(self.w_data[lo:hi], self.w_flags[i][:rw])), rp.addr.eq(r_ptr)]
             with m.If(self.w_en_rep[i]):
                 m.d.sync += w_ptr.eq(self._inc(w_ptr))
             with m.If(self.r_en_rep[i] & s_rdy[i]):
                 m.d.sync += r_ptr.eq(self._inc(r_ptr))
             outs.append(rp.data[:hi - lo])
             if rw:
-                m.d.comb += self.r_rep[i].eq(rp.data[hi - lo:])
+                m.d.comb += self.r_flags[i].eq(rp.data[hi - lo:])
         m.d.comb += self.r_data.eq(Cat(*outs))
         return m

@@ -298,9 +298,10 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
                                                entry["ncols"])
                 ctx.set(dut.stage.payload.as_value(), pack(st_layout, {**entry, **beats}))
                 # the flags once per slice, as the stage FIFO stores them (``stage_rep``)
-                fl = sum(beats[n] << b for b, n in enumerate(Drain.REP_FIELDS))
+                rl = Drain.rep_layout(cfg)
+                fl = pack(rl, {n: {**entry, **beats}[n] for n in Drain.REP_FIELDS})
                 ctx.set(dut.stage_rep.as_value(),
-                        sum(fl << (len(Drain.REP_FIELDS) * i) for i in range(Drain.entry_slices(cfg))))
+                        sum(fl << (rl.size * i) for i in range(Drain.entry_slices(cfg))))
                 offering = True
             ctx.set(dut.stage.valid, offering)
             ctx.set(dut.stage_valid_rep, -int(offering) & ((1 << Drain.entry_slices(cfg)) - 1))

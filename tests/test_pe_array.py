@@ -22,7 +22,7 @@ def group_sums(cfg, xs, ws, bp, k):
 
 
 def run_groups(cfg, groups, bp, k):
-    dut = PEArray(cfg, tag_width=8)
+    dut = PEArray(cfg, tag_width=8, tag_copies=2, tag_copy_bits=3)
     got = []
 
     async def tb(ctx):
@@ -43,6 +43,9 @@ def run_groups(cfg, groups, bp, k):
             else:
                 ctx.set(dut.valid, 0)
             await ctx.tick()
+            # the tag's copies (low bits) equal the output tag in every cycle
+            reps = [ctx.get(dut.out_tag_rep[c]) for c in range(2)]
+            assert reps == [ctx.get(dut.out_tag) & 0b111] * 2, (cyc, reps)
             if ctx.get(dut.out_valid):
                 got.append((cyc, ctx.get(dut.out_tag),
                             np.array([ctx.get(dut.out_vals[i]) for i in range(cfg.lanes)])))
@@ -91,3 +94,13 @@ def test_wrong_model_is_caught():
     exp_wrong = group_sums(cfg, [g[0][0]], [g[0][1]], 2, 1)  # a different stacking
     assert got[0][2][0] == exp[0]
     assert got[0][2][0] != exp_wrong[0] or got[0][2][1] != exp_wrong[1]
+
+
+@pytest.mark.parametrize("kw, name", [({"tag_width": 0}, "tag_width = 0"),
+                                      ({"valid_copies": 0}, "valid_copies = 0"),
+                                      ({"tag_copies": -1}, "tag_copies = -1"),
+                                      ({"tag_copies": 2, "tag_copy_bits": 0}, "tag_copy_bits = 0"),
+                                      ({"tag_width": 4, "tag_copy_bits": 5}, "tag_copy_bits = 5")])
+def test_bad_arguments_are_named(kw, name):
+    with pytest.raises(ValueError, match=name):
+        PEArray(HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4), **kw)

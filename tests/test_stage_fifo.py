@@ -1,7 +1,7 @@
 """The sliced stage FIFO (hw/stage_fifo.py) against a Python queue: every cycle the same
 ``r_rdy``, ``level`` and head entry; its ``r_rdy_rep`` copies equal ``r_rdy``; entries come
 out whole and in order across slices, each slice's copy of the replicated field
-(``r_rep``) is the head entry's, for power-of-two and other depths."""
+(``r_flags``) is the head entry's copy for that slice, for power-of-two and other depths."""
 from __future__ import annotations
 
 import random
@@ -15,7 +15,7 @@ from fluidnpu.hw.stage_fifo import StageFIFO
 
 @pytest.mark.parametrize("width, depth, slices", [(64, 8, 4), (37, 5, 3), (9, 2, 9), (130, 3, 1)])
 def test_matches_a_queue(width, depth, slices):
-    dut = StageFIFO(width=width, depth=depth, slices=slices, rdy_copies=3, rep_width=3)
+    dut = StageFIFO(width=width, depth=depth, slices=slices, rdy_copies=3, flag_width=3)
     rng = random.Random(width * 100 + depth)
     q = deque()
     bad = []
@@ -25,12 +25,12 @@ def test_matches_a_queue(width, depth, slices):
             # push only when the writer may (the FIFO has no w_rdy); pop at random
             push = len(q) < depth and rng.random() < (0.7 if cyc < 300 else 0.3)
             data = rng.getrandbits(width)
-            rep = rng.getrandbits(3)
+            rep = [rng.getrandbits(3) for _ in range(slices)]      # each slice its own copy
             pop = rng.random() < (0.4 if cyc < 300 else 0.8)
             ctx.set(dut.w_en, push)
             ctx.set(dut.w_en_rep, (1 << slices) - 1 if push else 0)
             ctx.set(dut.w_data, data)
-            ctx.set(dut.w_rep, rep)
+            ctx.set(dut.w_flags.as_value(), sum(r << (3 * i) for i, r in enumerate(rep)))
             ctx.set(dut.r_en, pop)
             ctx.set(dut.r_en_rep, (1 << slices) - 1 if pop else 0)
             rdy, lvl = ctx.get(dut.r_rdy), ctx.get(dut.level)
@@ -39,9 +39,9 @@ def test_matches_a_queue(width, depth, slices):
                 bad.append((cyc, "rdy/level", rdy, lvl, reps, len(q)))
             if q and ctx.get(dut.r_data) != q[0][0]:
                 bad.append((cyc, "data", ctx.get(dut.r_data), q[0][0]))
-            # every slice's copy of the replicated field is the head entry's
-            if q and [ctx.get(dut.r_rep[i]) for i in range(slices)] != [q[0][1]] * slices:
-                bad.append((cyc, "rep", [ctx.get(dut.r_rep[i]) for i in range(slices)], q[0][1]))
+            # every slice's copy of the replicated field is the one written into that slice
+            if q and [ctx.get(dut.r_flags[i]) for i in range(slices)] != q[0][1]:
+                bad.append((cyc, "rep", [ctx.get(dut.r_flags[i]) for i in range(slices)], q[0][1]))
             popped = pop and q
             if popped:
                 q.popleft()
