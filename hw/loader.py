@@ -98,8 +98,6 @@ class Loader(wiring.Component):
         d, lp = self.desc, self.lp
         E, M = cfg.elems_per_beat, cfg.mem_bytes
         lm = log2(M)
-        eb = cfg.elem_bytes
-        ltp = log2(cfg.tp)
 
         m.submodules.it = it = StepIter(cfg, d, lp)
         tagl = _tag_layout(cfg)
@@ -342,14 +340,14 @@ class Loader(wiring.Component):
         # element, the reduction step ``s`` and the lane within the unit (``j``, ``lo``),
         # registered in r1. The shifts were done at issue (``s0``, ``j0``, ``lo0``); here
         # only element e's own part, a function of the layer's parameters, is ORed in.
-        # The response stages use their own copy of the layer's parameters (``rs_lp``): the
-        # core's ``lp`` fans out over the chip, and ``lp.lk`` -> the bank shift -> ``wr`` was
-        # the 8 x 4's worst path (96.93 MHz, 8.68 ns of wire). The copy lags ``lp`` by a
+        # The response stages use their own copy of the layer's parameters (``rs_lp``; each
+        # write-beat copy has another, ``r2_lp_rep``): the core's ``lp`` fans out over the
+        # chip, and ``lp.lk`` -> the bank shift -> ``wr`` was the 8 x 4's worst path
+        # (96.93 MHz, 8.68 ns of wire). The copies lag ``lp`` by a
         # cycle, long before the first response of a layer (a request leaves after STEP), and
         # every response of a layer arrives before its compute ends (the next ``lp``).
         rs_lp = Signal.like(self.lp, name="rs_lp")
         m.d.sync += rs_lp.eq(self.lp)
-        segmask, bpmask, fmask = rs_lp.segmask, rs_lp.bpmask, rs_lp.fmask
         r1_s, r1_j, r1_lo = [], [], []
         for e in range(E):
             es, ej, elo = self._elem_lane(m, rs_lp, e)
