@@ -224,7 +224,10 @@ class OperandBuffers(wiring.Component):
             cur.append(ram.rd_data)
         # The group the request reads, shifted by k: c = (a mod F) << log2(k), registered
         # with the data (f1, f2); the level selects are decoded a stage ahead of their
-        # multiplexers, per PE (``_rep``), each driving the ``tp`` elements of one word.
+        # multiplexers, per PE and element (``_rep``), each driving one element's ``dw``
+        # multiplexers. (One copy per PE drove the ``tp * dw`` of a word, spread between the
+        # memories it selects among: on the 8 x 8, 11.94 ns of wire into ``f3_x``, seed 1's
+        # worst path on b965ae2.)
         c1 = Signal(range(tc), name="f1_xc")
         lk1 = Signal.like(self.lk, name="f1_lk")
         m.d.sync += [c1.eq(rq["xgrp"] << self.lk), lk1.eq(self.lk)]
@@ -236,19 +239,21 @@ class OperandBuffers(wiring.Component):
             sel = {}
             for pe in range(tc):
                 for b in levels:
-                    s_ = Signal(name=f"f{2 + st}_xsel_rep{pe}_{b}")
-                    m.d.sync += s_.eq((ctl_lk <= b) & (ctl_c[b] != ((pe >> b) & 1)))
-                    sel[pe, b] = s_
+                    for l in range(tp):
+                        s_ = Signal(name=f"f{2 + st}_xsel_rep{pe}_{b}_{l}")
+                        m.d.sync += s_.eq((ctl_lk <= b) & (ctl_c[b] != ((pe >> b) & 1)))
+                        sel[pe, b, l] = s_
             c_n = Signal.like(ctl_c, name=f"f{2 + st}_xc")
             lk_n = Signal.like(ctl_lk, name=f"f{2 + st}_lk")
             m.d.sync += [c_n.eq(ctl_c), lk_n.eq(ctl_lk)]
             ctl_c, ctl_lk = c_n, lk_n
             # the levels, composed combinationally, then one register
-            vals = list(cur)
+            vals = [[cur[pe][l] for l in range(tp)] for pe in range(tc)]
             for b in levels:
-                vals = [Mux(sel[pe, b], vals[pe ^ (1 << b)], vals[pe]) for pe in range(tc)]
+                vals = [[Mux(sel[pe, b, l], vals[pe ^ (1 << b)][l], vals[pe][l])
+                         for l in range(tp)] for pe in range(tc)]
             nxt = [Signal(word, name=f"f{3 + st}_x{pe}") for pe in range(tc)]
-            m.d.sync += [n.eq(v) for n, v in zip(nxt, vals)]
+            m.d.sync += [nxt[pe][l].eq(vals[pe][l]) for pe in range(tc) for l in range(tp)]
             cur = nxt
         for pe in range(tc):
             for l in range(tp):

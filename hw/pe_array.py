@@ -9,7 +9,7 @@ index ``i*tc + u``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -71,10 +71,10 @@ class PEArray(wiring.Component):
     @staticmethod
     def latency_for(cfg: HwConfig) -> int:
         """Cycles from an operand pair at the inputs to its group's sums at the outputs."""
-        # multiply (operand and product registers), adder tree (two stages, the second
-        # with the segment select), one stage per level of the stacking tree, compacting
-        # select + accumulate
-        return 5 + log2(cfg.tc)
+        # multiply (operand and product registers, inside the DSP block on ECP5), the
+        # product in the fabric, adder tree (two stages, the second with the segment
+        # select), one stage per level of the stacking tree, accumulate
+        return 6 + log2(cfg.tc)
 
     @property
     def latency(self) -> int:
@@ -84,65 +84,109 @@ class PEArray(wiring.Component):
         m = Module()
         cfg = self.cfg
         tc, tp = cfg.tc, cfg.tp
-        ltp, ltc = log2(tp), log2(tc)
-        dw, aw = cfg.data_width, cfg.acc_width
 
         # Control tags travel beside the data, one register per stage.
         ctl_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "tag": self.tag_width})
+        stages = []
 
         def ctl_stage(prev, name):
             nxt = Signal(ctl_layout, name=name)
             m.d.sync += nxt.eq(prev)
+            stages.append(nxt)
             return nxt
-
-        # The policy and the accumulate stage's controls drive a multiplexer or an adder in
-        # every lane: one register copy per PE (``_rep``, kept apart by the synthesis flow)
-        # keeps each of those nets local. The policy copies lag ``lbp``/``lk`` by a cycle
-        # (so do the stacking levels' copies of ``lk``, below).
-        lbp_rep = [Signal.like(self.lbp, name=f"s0_lbp_rep{pe}") for pe in range(tc)]
-        m.d.sync += [r.eq(self.lbp) for r in lbp_rep]
 
         ctl = Signal(ctl_layout, name="s0_ctl")
         m.d.comb += [ctl.valid.eq(self.valid), ctl.first.eq(self.first),
                      ctl.last.eq(self.last), ctl.tag.eq(self.tag)]
+        stages.append(ctl)
 
-        # Stages 1 and 2: multiply, the operands registered once more with no logic behind
-        # them and the product registered (on ECP5 both inside the DSP block, see
-        # :class:`~.dsp.Multiplier`), so that the wires to and from the block's fixed row
-        # have cycles of their own.
-        prod = [[None] * tp for _ in range(tc)]
-        for pe in range(tc):
-            for l in range(tp):
+        prod = self._multiply(m)
+        for st in (1, 2, 3):
+            ctl = ctl_stage(ctl, f"s{st}_ctl")
+        seg = self._segments(m, prod)
+        for st in (4, 5):
+            ctl = ctl_stage(ctl, f"s{st}_ctl")
+        cur = self._stack(m, seg)
+        for lvl in range(1, log2(tc) + 1):
+            ctl = ctl_stage(ctl, f"s{5 + lvl}_ctl")
+        self._accumulate(m, cur, stages[-2])
+
+        m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
+        register_copies(m, self.out_valid_rep, ctl.valid & ctl.last, name="out_valid_rep")
+        for c in range(self.tag_copies):
+            r = Signal(self.tag_copy_bits, name=f"out_tag_rep{c}")
+            m.d.sync += r.eq(ctl.tag[:self.tag_copy_bits])
+            m.d.comb += self.out_tag_rep[c].eq(r)
+        return m
+
+    # The policy and the accumulate stage's controls drive a multiplexer or an adder in
+    # every lane: one register copy per PE and lane (``_rep``, kept apart by the synthesis
+    # flow) keeps each of those nets to the ~20 LUTs of one sum. (One copy per PE drove
+    # ~300 LUTs spread over a PE's adders: on the 8 x 8 the segment select and stacking
+    # endpoints were the largest groups of late paths after the pre-adders.) The policy
+    # reaches them through a copy tree, one copy per PE (position), then one per lane, so
+    # the input drives ``tc`` registers, not one per lane across the array: the copies lag
+    # ``lbp``/``lk`` by two cycles, and the first use is at stage 4.
+
+    def _policy_copies(self, m, value, name: str, n: int, tp: int, lane_name):
+        """``n`` x ``tp`` registers holding ``value`` two cycles late: ``n`` first-level
+        copies (``s0_<name>_rep<j>``), each copied once per lane (``lane_name(j, i)``)."""
+        first = [Signal.like(value, name=f"s0_{name}_rep{j}") for j in range(n)]
+        m.d.sync += [r.eq(value) for r in first]
+        lanes = [[Signal.like(value, name=lane_name(j, i)) for i in range(tp)] for j in range(n)]
+        m.d.sync += [r.eq(first[j]) for j in range(n) for r in lanes[j]]
+        return lanes
+
+    def _multiply(self, m):
+        """Stages 1-3: the operands registered once more with no logic behind them and the
+        product registered (on ECP5 both inside the DSP block, see :class:`~.dsp.Multiplier`),
+        then the product in a fabric register (``s3_prod``): the DSP blocks sit in fixed
+        rows, and the wire from a block to the adders beside the other blocks of its PE has
+        a cycle of its own. (Until 5 Dec 2026 (morning) the first adder level and the segment select
+        followed the block's output register directly: on the 8 x 8 the largest group of
+        late endpoints, 80 at up to 12.74 ns, most of it wire out of the DSP row.)"""
+        cfg = self.cfg
+        dw = cfg.data_width
+        prod = [[None] * cfg.tp for _ in range(cfg.tc)]
+        for pe in range(cfg.tc):
+            for l in range(cfg.tp):
                 mul = Multiplier(a_width=dw, b_width=dw)
                 m.submodules[f"mul_{pe}_{l}"] = mul
-                m.d.comb += [mul.a.eq(self.x[pe * tp + l]), mul.b.eq(self.w[pe * tp + l])]
-                prod[pe][l] = mul.p
-        ctl = ctl_stage(ctl_stage(ctl, "s1_ctl"), "s2_ctl")
+                m.d.comb += [mul.a.eq(self.x[pe * cfg.tp + l]), mul.b.eq(self.w[pe * cfg.tp + l])]
+                p = Signal(signed(2 * dw), name=f"s3_prod_{pe}_{l}")
+                m.d.sync += p.eq(mul.p)
+                prod[pe][l] = p
+        return prod
 
-        # Segmented adder tree, over two stages: B_P = 2**lbp segments live at level
-        # ltp - lbp. Stage 3 adds the first level and keeps, per index, what the later
-        # levels need: the products themselves for B_P = tp, else the first level's sums
-        # (0 above them). Stage 4 adds the other levels and selects.
+    def _segments(self, m, prod):
+        """Segmented adder tree, over two stages: B_P = 2**lbp segments live at level
+        ltp - lbp. Stage 4 adds the first level and keeps, per index, what the later levels
+        need: the products themselves for B_P = tp, else the first level's sums (0 above
+        them). Stage 5 adds the other levels and selects."""
+        cfg = self.cfg
+        tc, tp, dw = cfg.tc, cfg.tp, cfg.data_width
+        ltp = log2(tp)
         segw = 2 * dw + ltp
         half = max(tp // 2, 1)
-        pre = [[Signal(signed(2 * dw + min(ltp, 1)), name=f"s3_pre_{pe}_{i}") for i in range(tp)]
+        lbp_rep = self._policy_copies(m, self.lbp, "lbp", tc, tp,
+                                      lambda pe, i: f"s1_lbp_rep{pe}_{i}")
+        pre = [[Signal(signed(2 * dw + min(ltp, 1)), name=f"s4_pre_{pe}_{i}") for i in range(tp)]
                for pe in range(tc)]
         for pe in range(tc):
             p_ = prod[pe]
             lvl1 = [p_[2 * n] + p_[2 * n + 1] for n in range(tp // 2)]
             for i in range(tp):
                 up = lvl1[i] if i < tp // 2 else 0
-                m.d.sync += pre[pe][i].eq(Mux(lbp_rep[pe] == ltp, p_[i], up))
-        ctl = ctl_stage(ctl, "s3_ctl")
+                m.d.sync += pre[pe][i].eq(Mux(lbp_rep[pe][i] == ltp, p_[i], up))
 
-        seg = [[Signal(signed(segw), name=f"s4_seg_{pe}_{i}") for i in range(tp)] for pe in range(tc)]
+        seg = [[Signal(signed(segw), name=f"s5_seg_{pe}_{i}") for i in range(tp)] for pe in range(tc)]
         for pe in range(tc):
             levels = {1: pre[pe][:half]}
             for lvl in range(2, ltp + 1):
                 prev = levels[lvl - 1]
                 levels[lvl] = [prev[2 * n] + prev[2 * n + 1] for n in range(tp >> lvl)]
             for i in range(tp):
-                with m.Switch(lbp_rep[pe]):
+                with m.Switch(lbp_rep[pe][i]):
                     for lbp in range(ltp + 1):
                         with m.Case(lbp):
                             if ltp - lbp <= 1:
@@ -153,28 +197,32 @@ class PEArray(wiring.Component):
                                 m.d.sync += seg[pe][i].eq(0)
                     with m.Default():
                         m.d.sync += seg[pe][i].eq(0)
-        ctl_before, ctl = ctl, ctl_stage(ctl, "s4_ctl")
+        return seg
 
-        # Stacking tree across PEs, one level per stage, compacting as it adds: at level
-        # ``lvl`` position ``u < tc >> lvl`` takes the sum of positions ``2u`` and ``2u + 1``
-        # while ``lk >= lvl``, else keeps its own value (every other position keeps its
-        # own). After the ``ltc`` levels position ``u`` holds unit ``u``'s sums (PEs
-        # ``u*k .. u*k + k - 1``) whatever ``lk`` is, so no compacting select follows (until
-        # 5 Dec 2026 the tree added in place and a select by ``k`` brought PE ``u*k`` to
-        # ``u``: in front of the accumulator, the 8 x 8's largest group of late endpoints;
-        # after the output register, a second long wire in the FIFO's write path).
-        # The level multiplexers take ``lk`` from a register copy per position.
+    def _stack(self, m, seg):
+        """Stacking tree across PEs, one level per stage, compacting as it adds: at level
+        ``lvl`` position ``u < tc >> lvl`` takes the sum of positions ``2u`` and ``2u + 1``
+        while ``lk >= lvl``, else keeps its own value (every other position keeps its own).
+        After the ``ltc`` levels position ``u`` holds unit ``u``'s sums (PEs ``u*k .. u*k +
+        k - 1``) whatever ``lk`` is, so no compacting select follows (until 5 Dec 2026 the
+        tree added in place and a select by ``k`` brought PE ``u*k`` to ``u``: in front of
+        the accumulator, the 8 x 8's largest group of late endpoints; after the output
+        register, a second long wire in the FIFO's write path). The level multiplexers take
+        ``lk`` from a register copy per position and lane (``_policy_copies``)."""
+        cfg = self.cfg
+        tc, tp = cfg.tc, cfg.tp
+        segw = 2 * cfg.data_width + log2(tp)
         cur = seg
-        for lvl in range(1, ltc + 1):
+        for lvl in range(1, log2(tc) + 1):
+            lk_rep = self._policy_copies(m, self.lk, f"lk{lvl}", tc >> lvl, tp,
+                                         lambda u, i: f"s{5 + lvl}_lk_rep{u}_{i}")
             nxt = []
             for u in range(tc):
                 row = []
-                if u < tc >> lvl:
-                    lk_lvl = Signal.like(self.lk, name=f"s{4 + lvl}_lk_rep{u}")
-                    m.d.sync += lk_lvl.eq(self.lk)
                 for i in range(tp):
-                    r = Signal(signed(segw + lvl), name=f"s{4 + lvl}_stack_{u}_{i}")
+                    r = Signal(signed(segw + lvl), name=f"s{5 + lvl}_stack_{u}_{i}")
                     if u < tc >> lvl:
+                        lk_lvl = lk_rep[u][i]
                         m.d.sync += r.eq(Mux(lk_lvl >= lvl, cur[2 * u][i] + cur[2 * u + 1][i],
                                              cur[u][i]))
                     else:
@@ -182,27 +230,23 @@ class PEArray(wiring.Component):
                     row.append(r)
                 nxt.append(row)
             cur = nxt
-            ctl_before, ctl = ctl, ctl_stage(ctl, f"s{4 + lvl}_ctl")
-        # The accumulate stage's controls, one register copy per position, beside ``cur``.
-        first_rep = [Signal(name=f"s{self.latency - 1}_first_rep{u}") for u in range(tc)]
-        valid_rep = [Signal(name=f"s{self.latency - 1}_valid_rep{u}") for u in range(tc)]
-        m.d.sync += [r.eq(ctl_before.first) for r in first_rep]
-        m.d.sync += [r.eq(ctl_before.valid) for r in valid_rep]
+        return cur
 
-        # Accumulate over the cycles of a group, position ``u`` unit ``u``'s sums (a
-        # position past the policy's units accumulates sums nobody reads); emit on the
-        # group's last cycle, segment ``i`` of unit ``u`` at index ``i*tc + u``.
+    def _accumulate(self, m, cur, ctl):
+        """Accumulate over the cycles of a group, position ``u`` unit ``u``'s sums (a
+        position past the policy's units accumulates sums nobody reads); emit on the group's
+        last cycle, segment ``i`` of unit ``u`` at index ``i*tc + u``. ``ctl`` is the control
+        stage beside ``cur``; its first and valid flags are copied per position and lane."""
+        cfg = self.cfg
+        tc, tp = cfg.tc, cfg.tp
+        st = self.latency - 1
         for u in range(tc):
             for i in range(tp):
-                a = Signal(signed(aw), name=f"acc_{u}_{i}")
+                first = Signal(name=f"s{st}_first_rep{u}_{i}")
+                valid = Signal(name=f"s{st}_valid_rep{u}_{i}")
+                m.d.sync += [first.eq(ctl.first), valid.eq(ctl.valid)]
+                a = Signal(signed(cfg.acc_width), name=f"acc_{u}_{i}")
                 v = cur[u][i]
-                with m.If(valid_rep[u]):
-                    m.d.sync += a.eq(Mux(first_rep[u], v, a + v))
-                m.d.sync += self.out_vals[i * tc + u].eq(Mux(first_rep[u], v, a + v))
-        m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
-        register_copies(m, self.out_valid_rep, ctl.valid & ctl.last, name="out_valid_rep")
-        for c in range(self.tag_copies):
-            r = Signal(self.tag_copy_bits, name=f"out_tag_rep{c}")
-            m.d.sync += r.eq(ctl.tag[:self.tag_copy_bits])
-            m.d.comb += self.out_tag_rep[c].eq(r)
-        return m
+                with m.If(valid):
+                    m.d.sync += a.eq(Mux(first, v, a + v))
+                m.d.sync += self.out_vals[i * tc + u].eq(Mux(first, v, a + v))

@@ -37,11 +37,11 @@ def pipe_latency(cfg: HwConfig) -> int:
     """Last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
     ``OperandBuffers.latency`` (request register, memory read, output register, then the X
     copy network's stages, two levels each and at least one: 3 + max(1, ceil(log2(tc) / 2)))
-    + ``PEArray.latency`` (multiply with operand and product registers, adder tree in two
-    stages, one stage per level of the stacking tree, accumulate: 5 + log2(tc)); 11 for the
-    default 4 x 4, 13 for the 8 x 8."""
+    + ``PEArray.latency`` (multiply with operand and product registers, the product in a
+    fabric register, adder tree in two stages, one stage per level of the stacking tree,
+    accumulate: 6 + log2(tc)); 12 for the 4 x 4, 14 for the default 8 x 4 and the 8 x 8."""
     ltc = cfg.tc.bit_length() - 1
-    return 3 + max(1, -(-ltc // 2)) + 5 + ltc
+    return 3 + max(1, -(-ltc // 2)) + 6 + ltc
 
 #: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1

@@ -201,7 +201,7 @@ def test_constants_match_rtl():
         assert cm.START_CYCLES == NPUCore.START_CYCLES + 1
         assert cm.pipe_latency(cfg) == NPUCore.pipe_latency_for(cfg)
         assert cm.pipe_latency(cfg) == OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
-        assert PEArray.latency_for(cfg) == 5 + (cfg.tc.bit_length() - 1)
+        assert PEArray.latency_for(cfg) == 6 + (cfg.tc.bit_length() - 1)
         assert cm.DRAIN_LATENCY == Drain.LATENCY
         # response -> r1 -> r2 -> the write beat leaves the loader -> the buffers' write stages
         assert Loader.DECODE_STAGES == 3
@@ -214,10 +214,10 @@ def test_constants_match_rtl():
 
 
 def test_worked_example():
-    # docs/cycle_model.md, "Worked example" (the RTL measures 73: test below; 72 before
-    # the loader's index stage, DONE_DELAY 5 -> 6)
+    # docs/cycle_model.md, "Worked example" (the RTL measures 75: test below; 73 before
+    # the PE array's product register, 72 before the loader's index stage)
     assert layer_cycles(SMALL, 3, 5, 2, bp=1, k=1, bias=False, out_mode=OUT_RAW,
-                        mem=MemTiming(latency=5)) == 73
+                        mem=MemTiming(latency=5)) == 75
 
 
 @pytest.mark.rtl
@@ -225,7 +225,7 @@ def test_worked_example_on_rtl(tmp_path):
     spec = dict(seed=0, R=3, P=5, C=2, bias=False, out_mode=OUT_RAW, bp=1, k=1,
                 mem=MemTiming(latency=5), kind="worked")
     (run,) = _rtl_cycles(SMALL, [spec], tmp_path)
-    assert run.error is None and run.cycles == 73
+    assert run.error is None and run.cycles == 75
 
 
 def _random_layers(seed, n, big=False):
