@@ -128,12 +128,13 @@ class PEArray(wiring.Component):
     # the input drives ``tc`` registers, not one per lane across the array: the copies lag
     # ``lbp``/``lk`` by two cycles, and the first use is at stage 4.
 
-    def _policy_copies(self, m, value, name: str, n: int, tp: int, lane_name):
+    def _policy_copies(self, m, value, name: str, n: int, lane_name):
         """``n`` x ``tp`` registers holding ``value`` two cycles late: ``n`` first-level
         copies (``s0_<name>_rep<j>``), each copied once per lane (``lane_name(j, i)``)."""
         first = [Signal.like(value, name=f"s0_{name}_rep{j}") for j in range(n)]
         m.d.sync += [r.eq(value) for r in first]
-        lanes = [[Signal.like(value, name=lane_name(j, i)) for i in range(tp)] for j in range(n)]
+        lanes = [[Signal.like(value, name=lane_name(j, i)) for i in range(self.cfg.tp)]
+                 for j in range(n)]
         m.d.sync += [r.eq(first[j]) for j in range(n) for r in lanes[j]]
         return lanes
 
@@ -142,8 +143,8 @@ class PEArray(wiring.Component):
         product registered (on ECP5 both inside the DSP block, see :class:`~.dsp.Multiplier`),
         then the product in a fabric register (``s3_prod``): the DSP blocks sit in fixed
         rows, and the wire from a block to the adders beside the other blocks of its PE has
-        a cycle of its own. (Until 5 Dec 2026 (morning) the first adder level and the segment select
-        followed the block's output register directly: on the 8 x 8 the largest group of
+        a cycle of its own. (Until the morning of 5 Dec 2026 the first adder level and the
+        segment select followed the block's output register directly: on the 8 x 8 the largest group of
         late endpoints, 80 at up to 12.74 ns, most of it wire out of the DSP row.)"""
         cfg = self.cfg
         dw = cfg.data_width
@@ -168,8 +169,7 @@ class PEArray(wiring.Component):
         ltp = log2(tp)
         segw = 2 * dw + ltp
         half = max(tp // 2, 1)
-        lbp_rep = self._policy_copies(m, self.lbp, "lbp", tc, tp,
-                                      lambda pe, i: f"s1_lbp_rep{pe}_{i}")
+        lbp_rep = self._policy_copies(m, self.lbp, "lbp", tc, lambda pe, i: f"s1_lbp_rep{pe}_{i}")
         pre = [[Signal(signed(2 * dw + min(ltp, 1)), name=f"s4_pre_{pe}_{i}") for i in range(tp)]
                for pe in range(tc)]
         for pe in range(tc):
@@ -214,7 +214,7 @@ class PEArray(wiring.Component):
         segw = 2 * cfg.data_width + log2(tp)
         cur = seg
         for lvl in range(1, log2(tc) + 1):
-            lk_rep = self._policy_copies(m, self.lk, f"lk{lvl}", tc >> lvl, tp,
+            lk_rep = self._policy_copies(m, self.lk, f"lk{lvl}", tc >> lvl,
                                          lambda u, i: f"s{5 + lvl}_lk_rep{u}_{i}")
             nxt = []
             for u in range(tc):
