@@ -240,9 +240,12 @@ def regmap(config_path, sets, top, fmt, out_path):
 @click.option("--floorplan", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
               help="auto: each operand memory's block RAMs side by side in one row (ECP5); "
                    "none: nextpnr places them.")
+@click.option("--congestion", is_flag=True,
+              help="Keep router2's overuse by design unit and signal family (congestion.json, "
+                   "the result's congestion): which part of the design does not route. ECP5.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, placer, floorplan,
-          as_json):
+          congestion, as_json):
     """Synthesise the NPU (yosys, nextpnr): LUTs, FFs, DSPs, BRAMs, Fmax, fit."""
     from fluidnpu.synth import TARGETS, SynthError, synthesize
     from fluidnpu.synth.flow import parse_seeds
@@ -266,7 +269,7 @@ def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only,
     try:
         r = synthesize(cfg, target, out_dir, seed=seed, seeds=seeds, jobs=jobs,
                        pack_only=pack_only, progress=progress, placer=placer,
-                       floorplan=floorplan)
+                       floorplan=floorplan, congestion=congestion)
     except SynthError as e:
         fail(e)
     except ValueError as e:

@@ -155,11 +155,16 @@ class OperandBuffers(wiring.Component):
         the synthesis flow) of the beat as it leaves the loader: one flip-flop per bit no
         longer drives the decode of every memory across the block-RAM rows (the 8 x 8's
         worst path on 085289d: 11.66 ns of wire into ``w1_hit_rep*``). w1: per memory the
-        beat's data, which element hits each of its ``tp`` positions and the line of those
-        elements (decoded from its w0 copy). w2: per memory the word (each position an
-        AND-OR select over the beat: at most one element hits a position), an enable per
-        element for X and for W, and the line. A write lands three cycles after the beat;
-        the loader counts a load done one cycle later (docs/cycle_model.md)."""
+        beat's data, per position of its ``tp`` whether an element hits it and which (a
+        binary index: at most one element hits a position) and the line of those elements
+        (decoded from its w0 copy). w2: per memory the word (each position a multiplexer
+        over the beat by its index), an enable per element for X and for W, and the line.
+        (Until 5 Dec 2026 w1 held the one-hot hit matrix, ``tp * E`` bits per memory, and
+        w2 an AND-OR over it: on the 8 x 8 those hit bits and the data into the AND-ORs
+        were 14 % of router2's overuse at its 3rd iteration and a quarter of what was left
+        at its 23rd, docs/synthesis.md.)
+        A write lands three cycles after the beat; the loader counts a load done one cycle
+        later (docs/cycle_model.md)."""
         cfg = self.cfg
         tc, tp, dw, e = cfg.tc, cfg.tp, cfg.data_width, cfg.elems_per_beat
         ltp = log2(tp)
@@ -172,12 +177,18 @@ class OperandBuffers(wiring.Component):
             c = g * self.wr_copies(cfg) // tc
             m.d.sync += [wr0.eq(self.wr[c]), wx0.eq(self.wr_x[c])]
             d_rep = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w1_data_rep{g}")
-            hit = Signal(tp * e, name=f"w1_hit_rep{g}")        # [j*e + i]: element i -> position j
+            # per position: an element hits it (``w1_hit``), and which (``w1_sel``)
+            hit = Signal(tp, name=f"w1_hit_rep{g}")
+            sel = Signal(data.ArrayLayout(range(e), tp), name=f"w1_sel_rep{g}")
             line = Signal(addr_shape, name=f"w1_line_rep{g}")
             wx = Signal(name=f"w1_x_rep{g}")
             m.d.sync += [d_rep[i].eq(el.data.as_unsigned()) for i, el in enumerate(wr0)]
-            m.d.sync += [hit[j * e + i].eq(el.en & (el.bank == g * tp + j))
-                         for j in range(tp) for i, el in enumerate(wr0)]
+            for j in range(tp):
+                hits = [el.en & (el.bank == g * tp + j) for el in wr0]
+                idx = 0
+                for i, h in enumerate(hits):
+                    idx = idx | Mux(h, i, 0)
+                m.d.sync += [hit[j].eq(Cat(*hits).any()), sel[j].eq(idx)]
             line_or = 0
             for el in wr0:
                 line_or = line_or | Mux(el.en & ((el.bank >> ltp) == g), el.addr, 0)
@@ -190,13 +201,8 @@ class OperandBuffers(wiring.Component):
             w2_lines = {which: [Signal(addr_shape, name=f"w2_{which}line{g}_rep{c}")
                                 for c in range(addr_reps(cfg, which))] for which in "xw"}
             for j in range(tp):
-                hits = [hit[j * e + i] for i in range(e)]
-                data_or = 0
-                for i in range(e):
-                    data_or = data_or | Mux(hits[i], d_rep[i], 0)
-                anyhit = Cat(*hits).any()
-                m.d.sync += [w2_data[j].eq(data_or), w2_x[j].eq(anyhit & wx),
-                             w2_w[j].eq(anyhit & ~wx)]
+                m.d.sync += [w2_data[j].eq(d_rep[sel[j]]), w2_x[j].eq(hit[j] & wx),
+                             w2_w[j].eq(hit[j] & ~wx)]
             m.d.sync += [r.eq(line) for reps in w2_lines.values() for r in reps]
 
             for which, depth, en, out in (("x", cfg.x_depth, w2_x, xmem),

@@ -8,8 +8,9 @@ therefore pins the blocks (nextpnr's generic ``BEL`` cell attribute) before plac
 
 * a memory's blocks sit next to each other in one block-RAM row, so the wire from their
   driver spans at most the memory's own width;
-* PE ``g``'s W memory sits beside X memory ``g``, and the memories fill the device's most
-  central rows first (the logic between them stays short);
+* PE ``g``'s W memory sits beside X memory ``g``, the W memories of PEs ``2u`` and
+  ``2u + 1`` side by side between their X memories, and the memories fill the device's
+  most central rows first (the logic between them stays short);
 * every other cell (logic, DSPs, the drain's and harness's RAMs) is placed by nextpnr.
 
 Cell names come from the generator: ``...xmem<g>.bram<i>`` and ``...wmem<g>.bram<i>``
@@ -22,7 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EBR_ROWS", "Floorplan", "FLOORPLANS", "plan_ebr", "apply_floorplan"]
+__all__ = ["EBR_ROWS", "DSP_ROWS", "Floorplan", "FLOORPLANS", "plan_ebr", "plan_dsp",
+           "apply_floorplan"]
 
 #: the flow's floorplan choices (``--floorplan``)
 FLOORPLANS = ("auto", "none")
@@ -35,14 +37,33 @@ def _row(y: int) -> tuple[str, ...]:
     return tuple(f"X{x}/Y{y}/EBR{i % 4}" for i, x in enumerate(cols))
 
 
-#: nextpnr's EBR sites per device (``--85k``), rows ordered from the device's centre out.
+#: nextpnr's EBR sites per device (``--85k``), rows in the order memories fill them: the
+#: central row, then the other one beside the same DSP row (Y22: Y46 and Y22 around DSP
+#: row Y34), then Y70 and Y82 (beside DSP row Y58), so the PEs of neighbouring rows, which
+#: the stacking tree adds and the copy network joins, share a DSP row. (Y46, Y70, Y22, Y82,
+#: centre out, until 5 Dec 2026: the 8 x 8's PE pairs 2-3 and 6-7 then sat 60 rows apart.)
 #: Read from a placed design that fills every block (tests/test_floorplan.py checks it
 #: against nextpnr when the tools are installed).
 EBR_ROWS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "85k": tuple(_row(y) for y in (46, 70, 22, 82)),
+    "85k": tuple(_row(y) for y in (46, 22, 70, 82)),
 }
 
 _MEM = re.compile(r"(?:^|\.)(x|w)mem(\d+)\.bram(\d+)$")
+_MUL = re.compile(r"(?:^|\.)pe\.mul_(\d+)_(\d+)\.mult$")
+
+
+def _dsp_row(y: int) -> tuple[str, ...]:
+    """One row of the LFE5U-85F's 52 MULT18X18D sites, west to east: four per block of
+    9 columns (``MULT18_0``, ``_1``, ``_4``, ``_5`` at columns c, c+1, c+4, c+5)."""
+    cols = (*range(4, 64, 9), *range(69, 121, 9))
+    return tuple(f"X{c + d}/Y{y}/MULT18_{d}" for c in cols for d in (0, 1, 4, 5))
+
+
+#: nextpnr's DSP (MULT18X18D) sites per device by row (tests/test_floorplan.py checks them
+#: against nextpnr when the tools are installed)
+DSP_ROWS: dict[str, dict[str, tuple[str, ...]]] = {
+    "85k": {f"Y{y}": _dsp_row(y) for y in (10, 34, 58)},
+}
 
 
 @dataclass(frozen=True)
@@ -68,9 +89,13 @@ def plan_ebr(cell_names, device: str) -> Floorplan | None:
     if rows is None or not mems:
         return None
     groups = sorted({g for _, g in mems})
-    # W g beside X g, pairs mirrored so that neighbouring PEs' W memories meet: w0 x0 x1 w1 ...
-    order = [k for g in groups for k in ((("w", g), ("x", g)) if g % 2 == 0 else
-                                         (("x", g), ("w", g))) if k in mems]
+    # W g beside X g, pairs mirrored so that neighbouring PEs' W memories meet in the
+    # middle: x0 w0 w1 x1 x2 w2 w3 x3 ... (PEs 2u and 2u + 1, which the stacking tree adds
+    # first, sit between their W memories. Until 5 Dec 2026 the order was w0 x0 x1 w1: with
+    # one pair of PEs per row, as on the 8 x 4 and the 8 x 8, their W memories were at the
+    # row's two ends, 83 columns apart.)
+    order = [k for g in groups for k in ((("x", g), ("w", g)) if g % 2 == 0 else
+                                         (("w", g), ("x", g))) if k in mems]
     sizes = [len(mems[k]) for k in order]
     if max(sizes) > len(rows[0]):
         return None
@@ -103,19 +128,71 @@ def plan_ebr(cell_names, device: str) -> Floorplan | None:
     return Floorplan(bels=bels, rows=used)
 
 
+def _nearest_dsp_row(ebr_row: str, dsp_rows) -> str:
+    """The DSP row nearest an EBR row (ties to the south, the lower row number)."""
+    y = int(ebr_row[1:])
+    return min(dsp_rows, key=lambda r: (abs(int(r[1:]) - y), int(r[1:])))
+
+
+def plan_dsp(cell_names, ebr_rows: dict, device: str) -> Floorplan | None:
+    """Pin the PE array's multipliers (``...pe.mul_<pe>_<lane>.mult``): each PE's lanes on
+    neighbouring sites of the DSP row nearest the block-RAM row of its memories
+    (``ebr_rows``: :attr:`Floorplan.rows` of :func:`plan_ebr`), the PEs of one block-RAM
+    row side by side in PE order, centred on the first row's block. ``None`` when there
+    are no multipliers, no site table or they do not fit.
+
+    The static placer spread each PE's 8 multipliers over 50-70 columns of two DSP rows on
+    the 8 x 8 (5 Dec 2026), so the PE's adder tree and its stacking partner were as far
+    apart; pinned, a PE spans two 9-column blocks."""
+    rows = DSP_ROWS.get(device)
+    lanes: dict[int, list[tuple[int, str]]] = {}
+    for name in cell_names:
+        m = _MUL.search(name)
+        if m:
+            lanes.setdefault(int(m[1]), []).append((int(m[2]), name))
+    if rows is None or not lanes:
+        return None
+    pe_row = {int(mem[1:]): r for r, mems in ebr_rows.items() for mem in mems if mem[0] == "w"}
+    if set(lanes) - set(pe_row):
+        return None
+    blocks: dict[str, list[int]] = {}          # DSP row -> its PEs, in PE order
+    for pe in sorted(lanes):
+        blocks.setdefault(_nearest_dsp_row(pe_row[pe], rows), []).append(pe)
+    bels, used = {}, {}
+    for r, pes in blocks.items():
+        sites = rows[r]
+        total = sum(len(lanes[pe]) for pe in pes)
+        first = sum(len(lanes[pe]) for pe in pes if pe_row[pe] == pe_row[pes[0]])
+        if total > len(sites):
+            return None
+        slot = max(0, min((len(sites) - first) // 2, len(sites) - total))
+        for pe in pes:
+            for _, name in sorted(lanes[pe]):
+                bels[name] = sites[slot]
+                slot += 1
+        used[f"{r} DSP"] = [f"pe{pe}" for pe in pes]
+    return Floorplan(bels=bels, rows=used)
+
+
 def apply_floorplan(netlist: Path, device: str) -> Floorplan | None:
     """Pin the operand memories' blocks of the yosys netlist ``netlist`` (JSON, rewritten in
     place through a temporary file) with ``BEL`` attributes; returns the plan or ``None``."""
     netlist = Path(netlist)
     design = json.loads(netlist.read_text())
-    cells = {}
+    cells, mults = {}, {}
     for mod in design.get("modules", {}).values():
         for name, c in mod.get("cells", {}).items():
             if c.get("type") == "DP16KD":
                 cells[name] = c
+            elif c.get("type") == "MULT18X18D":
+                mults[name] = c
     plan = plan_ebr(cells, device)
     if plan is None:
         return None
+    dsp = plan_dsp(mults, plan.rows, device)
+    if dsp is not None:
+        plan = Floorplan(bels={**plan.bels, **dsp.bels}, rows={**plan.rows, **dsp.rows})
+        cells.update(mults)
     for name, bel in plan.bels.items():
         cells[name].setdefault("attributes", {})["BEL"] = bel
     tmp = netlist.with_suffix(".fp.tmp")

@@ -24,6 +24,8 @@ from typing import Callable, NamedTuple
 
 from fluidnpu.hw.config import HwConfig
 
+from .congestion import HEATMAP_PREFIX
+from .congestion import summarize as summarize_congestion
 from .floorplan import FLOORPLANS, apply_floorplan
 from .parse import overflowing, parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import SynthResult, resources_from
@@ -71,7 +73,7 @@ check
 #: the synth/ modules that shape a result (the design's top, the flow, the targets, the
 #: parsing); the sweep runner, the tool lookup and the CLI do not, so editing them keeps
 #: the cache (tool versions are part of the key anyway)
-FLOW_MODULES = ("__init__.py", "floorplan.py", "flow.py", "parse.py", "result.py", "targets.py",
+FLOW_MODULES = ("__init__.py", "congestion.py", "floorplan.py", "flow.py", "parse.py", "result.py", "targets.py",
                 "top.py")
 
 
@@ -174,6 +176,7 @@ class _PnR(NamedTuple):
     fmax: float | None              #: after routing; None when not routed
     crit: dict | None               #: the critical path
     placed: float | None            #: routing cut by the timeout: the estimate after placement
+    congestion: dict | None = None  #: router2's overuse by net family (``congestion=True``)
 
 
 def _default_out_dir(target: str, key: str) -> Path:
@@ -188,7 +191,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                bitstream: bool = True, pack_only: bool = False,
                ram_bytes: int = DEFAULT_RAM_BYTES,
                timeout: float | None = None, placer: str = "auto",
-               floorplan: str = "auto") -> SynthResult:
+               floorplan: str = "auto", congestion: bool = False) -> SynthResult:
     """Synthesise ``cfg`` for ``target`` and return its resources, Fmax and fit.
 
     * ``out_dir``: folder for the design, logs (``yosys.log``, ``nextpnr.log``),
@@ -215,6 +218,10 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     * ``floorplan``: ``"auto"`` pins each operand memory's block RAMs side by side in one
       row of an ECP5 (:mod:`fluidnpu.synth.floorplan`; what it did is in ``floorplan``
       of the result), ``"none"`` leaves them to nextpnr.
+    * ``congestion``: have router2 write its congestion per net every iteration and keep a
+      summary by design unit and signal family (:mod:`fluidnpu.synth.congestion`) in the
+      result's ``congestion`` and ``congestion.json``: which part of the design the
+      router cannot fit. ECP5 targets (router2) only.
 
     A design that nextpnr cannot place for lack of resources gives ``fits=False`` and
     a ``reason``; a missing tool raises :class:`~fluidnpu.synth.tools.ToolMissing`
@@ -240,6 +247,11 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     placer = resolve_placer(placer, tgt.family)
     if floorplan not in FLOORPLANS:
         raise ValueError(f"floorplan = {floorplan!r}: must be one of {', '.join(FLOORPLANS)}")
+    if congestion and "router2" not in tgt.nextpnr_args:
+        raise ValueError(f"congestion: needs nextpnr's router2 (the ECP5 targets); {target} "
+                         "does not route with it")
+    if congestion and pack_only:
+        raise ValueError("congestion: pack_only stops before routing; give one or the other")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs = {jobs!r}: must be a positive integer")
     seed = seeds[0]
@@ -254,6 +266,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                "pack_only": bool(pack_only) if tgt.is_board else None,
                # (only then a key: cached results of HeAP runs keep their keys)
                **({"placer": placer} if tgt.is_board and placer != "heap" else {}),
+               **({"congestion": True} if congestion else {}),
                "floorplan": floorplan if tgt.ebr_device else None}
     key = cache_key(cfg, target, versions, **options)
     cfile = cache_dir() / f"{key}.json"
@@ -320,11 +333,13 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     if tgt.is_board:
         if len(seeds) > 1:
             seed, pnr, seed_fmax = _seed_sweep(tgt, out, seeds, jobs, target_mhz, timeout, say,
-                                               stage_s, files, versions, placer=placer)
+                                               stage_s, files, versions, placer=placer,
+                                               congestion=congestion)
         else:
             pnr = _place_and_route(tgt, out, seed, target_mhz, timeout, say, stage_s, files,
-                                   versions, pack_only=pack_only, placer=placer)
-        fits, reason, util, fmax, crit, placed = pnr
+                                   versions, pack_only=pack_only, placer=placer,
+                                   congestion=congestion)
+        fits, reason, util, fmax, crit, placed = pnr[:6]
         if fits and fmax is not None and bitstream:      # routed (so not pack_only)
             _pack(tgt, out, timeout, say, stage_s, files)
 
@@ -340,6 +355,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
         util=shares, available={k: v for k, v in available.items() if v},
         resources=util, cells=cells,
         critical_path=crit, floorplan=fplan.rows if fplan else None,
+        congestion=pnr.congestion if tgt.is_board else None,
         config=cfg.to_dict(), cfg_key=cfg.key(), tool_versions=versions,
         seed=seed if tgt.is_board else None, seed_fmax=seed_fmax,
         routed=(fmax is not None) if (tgt.is_board and fits and not pack_only) else None,
@@ -358,7 +374,8 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
 
 def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
                      timeout: float | None, say: Progress, stage_s: dict, files: dict,
-                     versions: dict, *, pack_only: bool = False, placer: str = "heap") -> _PnR:
+                     versions: dict, *, pack_only: bool = False, placer: str = "heap",
+                     congestion: bool = False) -> _PnR:
     """Run nextpnr; returns what it gave (:class:`_PnR`).
 
     A run stopped by ``timeout`` after placement (its log has nextpnr's timing estimate
@@ -374,6 +391,14 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
             "--report", "report.json", "--seed", str(seed), "--timing-allow-fail", "--quiet"]
     if placer != "heap":
         args += ["--placer", placer]
+    if congestion:
+        summary = out / "congestion.json"
+        summary.unlink(missing_ok=True)
+        heat = out / HEATMAP_PREFIX
+        shutil.rmtree(heat.parent, ignore_errors=True)      # a stopped run's files
+        heat.parent.mkdir(parents=True)
+        args += ["--router2-heatmap", HEATMAP_PREFIX]
+        files["congestion"] = summary.name
     if tgt.family == "ecp5":
         args += ["--lpf", "top.lpf"] + ([] if pack_only else ["--textcfg", "top.config"])
     else:
@@ -384,11 +409,14 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
     say("nextpnr", f"{tgt.nextpnr} ({versions[tgt.nextpnr]}) at {target_mhz:g} MHz, seed {seed} "
         f"-> {nlog}")
     t = time.monotonic()
+    cong = None
     try:
         run_tool(tgt.nextpnr, args, cwd=out, log=nlog,
                  outputs=[report] if pack_only else [report, result_file],
                  check_log=check_nextpnr_log, log_is_tool_log=True, timeout=timeout)
     except ToolFailed as e:
+        if congestion:      # what routing did before it stopped is the point of asking
+            cong = _write_congestion(out)
         stage_s["nextpnr"] = round(time.monotonic() - t, 2)
         text = nlog.read_text(errors="replace") if nlog.exists() else ""
         parsed = parse_nextpnr_log(text)
@@ -401,9 +429,11 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
             why = (f"routing did not finish within {e.timeout:g} s; nextpnr's estimate after "
                    f"placement: {placed:.2f} MHz")
             say("nextpnr", why)
-            return _PnR(True, why, parsed["utilization"], None, None, placed)
+            return _PnR(True, why, parsed["utilization"], None, None, placed, cong)
         raise
     stage_s["nextpnr"] = round(time.monotonic() - t, 2)
+    if congestion:
+        cong = _write_congestion(out)
     if pack_only:
         try:
             util = parse_nextpnr_report(json.loads(report.read_text()))["utilization"]
@@ -422,12 +452,24 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
     if not rep["fmax"]:
         raise ToolFailed(f"{tgt.nextpnr}: no Fmax in {report} or the log", nlog)
     fmax = min(v["achieved"] for v in rep["fmax"].values())
-    return _PnR(True, "", rep["utilization"], fmax, rep["critical_path"], None)
+    return _PnR(True, "", rep["utilization"], fmax, rep["critical_path"], None, cong)
+
+
+def _write_congestion(out: Path) -> dict | None:
+    """Summarise router2's heatmaps of the run in ``out`` into ``out/congestion.json``."""
+    c = summarize_congestion(out)
+    if c is not None:
+        p = out / "congestion.json"
+        tmp = p.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(c, indent=1) + "\n")
+        tmp.replace(p)
+    return c
 
 
 def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None,
                 target_mhz: float, timeout, say: Progress, stage_s: dict, files: dict,
-                versions: dict, placer: str = "heap") -> tuple[int, _PnR, dict]:
+                versions: dict, placer: str = "heap",
+                congestion: bool = False) -> tuple[int, _PnR, dict]:
     """Place and route ``out/top.json`` once per seed, ``jobs`` at once; keep the best.
 
     Returns ``(seed, run, seed_fmax)`` of the best run (highest Fmax; the first seed on a
@@ -449,7 +491,8 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
             except OSError:
                 shutil.copy(out / name, dst)
         st, fl = {}, {}
-        r = _place_and_route(tgt, d, s, target_mhz, timeout, say, st, fl, versions, placer=placer)
+        r = _place_and_route(tgt, d, s, target_mhz, timeout, say, st, fl, versions, placer=placer,
+                             congestion=congestion)
         say("nextpnr", f"seed {s}: " + (f"{r.fmax:.2f} MHz" if r.fmax is not None else
                                         r.reason if r.placed is not None else
                                         f"does not fit: {r.reason}"))
@@ -480,10 +523,11 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
         best = next(iter(runs))
     d = out / f"seed-{best}"
     result_file = "top.config" if tgt.family == "ecp5" else "top.asc"
-    for name in ("nextpnr.log", "report.json", result_file):
+    for name in ("nextpnr.log", "report.json", result_file, "congestion.json"):
         if (d / name).exists():
             shutil.copy(d / name, out / name)
-    files.update(nextpnr_log="nextpnr.log", report="report.json")
+    files.update(nextpnr_log="nextpnr.log", report="report.json",
+                 **({"congestion": "congestion.json"} if congestion else {}))
     if routed:
         say("nextpnr", f"best: seed {best}, {runs[best].fmax:.2f} MHz")
     return best, runs[best], seed_fmax

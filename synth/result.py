@@ -29,6 +29,8 @@ class SynthResult:
     cells: dict = field(default_factory=dict)      #: yosys cell counts by type
     critical_path: dict | None = None              #: summary of nextpnr's critical path
     floorplan: dict | None = None   #: ECP5: block-RAM row -> memories pinned there (synth.floorplan)
+    #: router2's overuse by design unit and signal family (``congestion=True``; synth.congestion)
+    congestion: dict | None = None
     config: dict = field(default_factory=dict)
     cfg_key: str = ""
     tool_versions: dict = field(default_factory=dict)
@@ -94,6 +96,9 @@ class SynthResult:
             cp = self.critical_path
             lines.append(f"  critical path {cp['delay_ns']:.2f} ns ({cp['logic_levels']} logic levels, "
                          f"{cp['routing_ns']:.2f} ns routing): {', '.join(cp['sources'][:6])}")
+        if self.congestion:
+            from .congestion import format_congestion
+            lines.extend(format_congestion(self.congestion, n=5))
         lines.append(f"  {self.elapsed_s:.0f} s{' (cached)' if self.cached else ''}; logs in {self.out_dir}")
         return "\n".join(lines)
 

@@ -401,6 +401,16 @@ def test_synth_seed_ranges_capped_before_expansion(monkeypatch, text):
     assert "Invalid value for --seeds: seeds = " in r.output and "at most 64 are allowed" in r.output
 
 
+def test_synth_congestion_refused_where_router2_does_not_route(tmp_path):
+    """--congestion on iCE40 or with --pack-only: a usage error naming the option, before
+    any tool runs (the real synthesize, which checks its arguments first)."""
+    for extra in (["--target", "icebreaker"], ["--pack-only"]):
+        r = run("synth", "--congestion", "--out", tmp_path / "o", *extra)
+        assert r.exit_code == 2, r.output
+        assert "congestion: " in r.output and ("router2" in r.output or "pack_only" in r.output)
+    assert not (tmp_path / "o" / "top.il").exists()
+
+
 def test_sweep_seed_range_capped(tmp_path):
     f = tmp_path / "s.toml"
     f.write_text('[synth]\nseeds = "1-1000000"\n')

@@ -76,6 +76,14 @@ if kind == "nextpnr":
     if os.environ.get("FAKE_NEXTPNR_SLEEP"):       # a run that outlasts the timeout
         import time
         time.sleep(float(os.environ["FAKE_NEXTPNR_SLEEP"]))
+    heat = opt("--router2-heatmap")
+    if heat:                     # five router2 iterations, the write side's overuse falling
+        for i in range(1, 6):
+            Path(heat + f"_congestion_by_net_{{i}}.csv").write_text(
+                f"harness.core.bufs.w1_hit_rep3_TRELLIS_FF_Q_62,{{60 - 11 * i}}\n"
+                f"harness.core.bufs.w1_hit_rep4_LUT4_Z_C[2],{{10}}\n"
+                f"harness.core.pe.s4_pre_1_2[3],{{20}}\n$PACKER_GND_NET,1\n")
+            Path(heat + f"_congestion_by_coordinate_{{i}}.csv").write_text("0,1\n")
     rc = int(os.environ.get("FAKE_NEXTPNR_RC", "0"))
     if seed in os.environ.get("FAKE_NEXTPNR_FAIL_SEEDS", "").split(","):
         Path(opt("--log")).write_text("ERROR: fake failure of seed " + seed + "\n")
@@ -309,7 +317,7 @@ def test_flow_floorplan_option(fake_tools, tmp_path, monkeypatch):
     assert bels.pop("harness.ram.0.0") is None          # not an operand memory: nextpnr's
     assert all(b and b.endswith(tuple(f"EBR{z}" for z in range(4))) for b in bels.values())
     assert len(set(bels.values())) == len(bels) == 10
-    assert r.floorplan == {"Y46": ["w0", "x0", "x1", "w1"]}
+    assert r.floorplan == {"Y46": ["x0", "w0", "w1", "x1"]}
 
     r2 = synthesize(SMALL, "ulx3s-85f", tmp_path / "b", floorplan="none")
     assert not r2.cached and r2.floorplan is None and fake_tools("nextpnr") == 2
@@ -335,6 +343,45 @@ def test_flow_placer_option(fake_tools, tmp_path):
     with pytest.raises(ValueError, match="placer = 'sa'"):
         synthesize(SMALL, "ulx3s-85f", tmp_path / "d", placer="sa")
     assert fake_tools("nextpnr") == 2 and fake_tools("yosys") == 2
+
+
+def test_congestion_families():
+    from fluidnpu.synth.congestion import family
+    assert family("harness.core.bufs.w1_hit_rep3_TRELLIS_FF_Q_62") == (
+        "harness.core.bufs", "harness.core.bufs.w#_hit_rep#")
+    assert family("harness.core.bufs.w2_wen3_TRELLIS_FF_Q_7_DI_LUT4_Z_C[0]")[1] == \
+        "harness.core.bufs.w#_wen#"
+    assert family("harness.core.pe.mul_0_7.p36[3]") == ("harness.core.pe.mul_#_#",
+                                                        "harness.core.pe.mul_#_#.p#")
+    assert family("busy") == ("(top)", "busy")
+    assert family("$PACKER_GND_NET") == ("(top)", "$PACKER_GND_NET")
+
+
+def test_flow_congestion_option(fake_tools, tmp_path):
+    """``congestion=True`` asks router2 for its heatmaps, keeps the early (3rd) and the last
+    iteration's overuse by family in the result and congestion.json, and removes the
+    per-iteration files; it is a run (and cache entry) of its own, and targets without
+    router2 or a pack-only run refuse it before any tool runs."""
+    args = tmp_path / "counts" / "nextpnr.args"
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
+    assert r.congestion is None and "--router2-heatmap" not in args.read_text()
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "b", congestion=True)
+    assert not r.cached and "--router2-heatmap congestion/router2" in args.read_text()
+    c = r.congestion
+    assert (c["iterations"], c["early_iteration"]) == (5, 3)
+    fam = {f: (w, share, n) for f, w, share, n in c["early"]["families"]}
+    assert fam["harness.core.bufs.w#_hit_rep#"] == (37, pytest.approx(37 / 58, abs=1e-4), 2)
+    assert fam["harness.core.pe.s#_pre_#_#"][0] == 20 and c["early"]["overuse"] == 58
+    assert c["last"]["overuse"] == 36 and c["last"]["units"][0][0] == "harness.core.pe"
+    assert json.loads((tmp_path / "b" / "congestion.json").read_text()) == c
+    assert not (tmp_path / "b" / "congestion").exists()
+    assert "router2 overuse at iteration 3: 58 on 4 nets" in r.summary()
+    assert synthesize(SMALL, "ulx3s-85f", tmp_path / "c", congestion=True).cached
+    with pytest.raises(ValueError, match="congestion: needs nextpnr's router2"):
+        synthesize(SMALL, "icebreaker", tmp_path / "d", congestion=True)
+    with pytest.raises(ValueError, match="congestion: pack_only stops before routing"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "e", congestion=True, pack_only=True)
+    assert fake_tools("nextpnr") == 2
 
 
 def test_auto_placer_is_static_on_ecp5_only():

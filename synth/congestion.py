@@ -1,0 +1,117 @@
+"""Router congestion by design unit and signal family, from nextpnr router2's heatmaps.
+
+With ``--router2-heatmap PREFIX`` nextpnr's router2 writes, after each iteration ``i``,
+``PREFIX_congestion_by_net_<i>.csv``: one ``net,overuse`` row per net that uses an overused
+wire. Which nets those are says which part of the design the router cannot fit: the
+measurement behind docs/synthesis.md's congestion figures (until 5 Dec 2026 taken by
+hand). :func:`summarize` folds the per-net rows into families: the unit is the net's
+hierarchy (``harness.core.bufs``), the family its signal's stem with indices and the
+synthesis tools' suffixes removed (``harness.core.bufs.w#_data_rep#``).
+
+Two iterations are kept: :data:`EARLY_ITER` (the overuse the placement left once the
+first negotiation has spread the easy nets: what a design change must cut) and the last
+(what the router could not resolve, or resolved last). The per-iteration files are removed
+once summarised (hundreds of megabytes on a large design).
+"""
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from pathlib import Path
+
+__all__ = ["HEATMAP_PREFIX", "EARLY_ITER", "family", "summarize", "format_congestion"]
+
+#: ``--router2-heatmap`` prefix, relative to the run's folder
+HEATMAP_PREFIX = "congestion/router2"
+#: the early iteration reported beside the last
+EARLY_ITER = 3
+#: families kept per iteration (the rest are summed in ``other``)
+TOP = 25
+
+_SUFFIX = re.compile(r"(_TRELLIS|_LUT4|_PFUMX|_L6MUX|_CCU2C|_DPR16X4|\$|\[).*$")
+_INDEX = re.compile(r"\d+")
+_FILE = re.compile(r"_congestion_by_net_(\d+)\.csv$")
+
+
+def family(net: str) -> tuple[str, str]:
+    """``(unit, family)`` of a net name: the hierarchy above the signal, and the unit with
+    the signal's stem (indices as ``#``; yosys/nextpnr cell suffixes and bit selects
+    dropped). Nets outside a hierarchy (``busy``, ``$PACKER_GND_NET``) are their own unit."""
+    parts = net.split(".")
+    unit = ".".join(parts[:-1]) if len(parts) > 1 else "(top)"
+    unit = _INDEX.sub("#", _SUFFIX.sub("", unit))
+    stem = _SUFFIX.sub("", parts[-1]) or parts[-1]
+    stem = _INDEX.sub("#", stem)
+    return unit, f"{unit}.{stem}" if unit != "(top)" else stem
+
+
+def _read(path: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with open(path, newline="") as f:
+        for row in csv.reader(f):
+            if len(row) >= 2:
+                try:
+                    out[row[0]] = out.get(row[0], 0.0) + float(row[1])
+                except ValueError:
+                    continue        # a header or a torn last line
+    return out
+
+
+def _fold(nets: dict[str, float]) -> dict:
+    total = sum(nets.values())
+    fam, units, count = Counter(), Counter(), Counter()
+    for name, w in nets.items():
+        u, f = family(name)
+        fam[f] += w
+        units[u] += w
+        count[f] += 1
+    top = fam.most_common(TOP)
+    share = (lambda w: round(w / total, 4)) if total else (lambda w: 0.0)
+    return {
+        "overuse": round(total),
+        "nets": len(nets),
+        "units": [[u, round(w), share(w)] for u, w in units.most_common()],
+        "families": [[f, round(w), share(w), count[f]] for f, w in top],
+        "other": round(total - sum(w for _, w in top)),
+    }
+
+
+def summarize(run_dir: str | Path, *, keep_files: bool = False) -> dict | None:
+    """The congestion of the run in ``run_dir`` (its ``HEATMAP_PREFIX`` files), or ``None``
+    when router2 wrote none (routing never started). Removes the per-iteration files unless
+    ``keep_files``."""
+    d = Path(run_dir) / Path(HEATMAP_PREFIX).parent
+    if not d.is_dir():
+        return None
+    by_iter = {}
+    for p in d.iterdir():
+        m = _FILE.search(p.name)
+        if m:
+            by_iter[int(m.group(1))] = p
+    out = None
+    if by_iter:
+        last = max(by_iter)
+        early = min(EARLY_ITER, last)
+        out = {"iterations": last, "early_iteration": early,
+               "early": _fold(_read(by_iter[early])), "last": _fold(_read(by_iter[last]))}
+    if not keep_files:
+        for p in d.iterdir():
+            if p.name.startswith(Path(HEATMAP_PREFIX).name) and p.suffix == ".csv":
+                p.unlink(missing_ok=True)
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    return out
+
+
+def format_congestion(c: dict, n: int = 8) -> list[str]:
+    """A few lines: the largest families at the early and the last iteration."""
+    lines = []
+    for key, it in (("early", c["early_iteration"]), ("last", c["iterations"])):
+        s = c[key]
+        fams = ", ".join(f"{f} {100 * sh:.1f} %" for f, _, sh, _ in s["families"][:n])
+        lines.append(f"  router2 overuse at iteration {it}: {s['overuse']} on {s['nets']} nets; "
+                     f"{fams}")
+    return lines
