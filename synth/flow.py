@@ -431,6 +431,10 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
             say("nextpnr", why)
             return _PnR(True, why, parsed["utilization"], None, None, placed, cong)
         raise
+    except BaseException:
+        if congestion:      # interrupted: no per-iteration heatmaps left behind
+            shutil.rmtree(out / Path(HEATMAP_PREFIX).parent, ignore_errors=True)
+        raise
     stage_s["nextpnr"] = round(time.monotonic() - t, 2)
     if congestion:
         cong = _write_congestion(out)

@@ -384,6 +384,23 @@ def test_flow_congestion_option(fake_tools, tmp_path):
     assert fake_tools("nextpnr") == 2
 
 
+def test_flow_congestion_interrupted_leaves_no_heatmaps(fake_tools, tmp_path, monkeypatch):
+    """Ctrl-C while router2 writes its heatmaps: the per-iteration files go with the run."""
+    import fluidnpu.synth.flow as flow
+    real = flow.run_tool
+
+    def interrupted(tool, args, **kw):
+        if "nextpnr" in tool:
+            (Path(kw["cwd"]) / "congestion" / "router2_congestion_by_net_1.csv").write_text("a,1\n")
+            raise KeyboardInterrupt
+        return real(tool, args, **kw)
+    monkeypatch.setattr(flow, "run_tool", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "a", congestion=True)
+    assert not (tmp_path / "a" / "congestion").exists()
+    assert not (tmp_path / "a" / "congestion.json").exists()
+
+
 def test_auto_placer_is_static_on_ecp5_only():
     from fluidnpu.synth.flow import resolve_placer
     assert resolve_placer("auto", "ecp5") == "static"
