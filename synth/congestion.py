@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
-__all__ = ["HEATMAP_PREFIX", "EARLY_ITER", "family", "summarize", "format_congestion"]
+__all__ = ["HEATMAP_PREFIX", "EARLY_ITER", "family", "clear_heatmaps", "summarize",
+           "format_congestion"]
 
+#: folder of the per-iteration files, in the run's folder (nothing else is written there)
+HEATMAP_DIR = "congestion"
 #: ``--router2-heatmap`` prefix, relative to the run's folder
-HEATMAP_PREFIX = "congestion/router2"
+HEATMAP_PREFIX = f"{HEATMAP_DIR}/router2"
 #: the early iteration reported beside the last
 EARLY_ITER = 3
 #: families kept per iteration (the rest are summed in ``other``)
@@ -77,15 +81,18 @@ def _fold(nets: dict[str, float]) -> dict:
     }
 
 
-def summarize(run_dir: str | Path, *, keep_files: bool = False) -> dict | None:
+def clear_heatmaps(run_dir: str | Path) -> None:
+    """Remove the per-iteration files of the run in ``run_dir`` (a stopped run's, or once
+    summarised)."""
+    shutil.rmtree(Path(run_dir) / HEATMAP_DIR, ignore_errors=True)
+
+
+def summarize(run_dir: str | Path) -> dict | None:
     """The congestion of the run in ``run_dir`` (its ``HEATMAP_PREFIX`` files), or ``None``
-    when router2 wrote none (routing never started). Removes the per-iteration files unless
-    ``keep_files``."""
-    d = Path(run_dir) / Path(HEATMAP_PREFIX).parent
-    if not d.is_dir():
-        return None
+    when router2 wrote none (routing never started). Removes the per-iteration files."""
+    d = Path(run_dir) / HEATMAP_DIR
     by_iter = {}
-    for p in d.iterdir():
+    for p in (d.iterdir() if d.is_dir() else ()):
         m = _FILE.search(p.name)
         if m:
             by_iter[int(m.group(1))] = p
@@ -95,14 +102,7 @@ def summarize(run_dir: str | Path, *, keep_files: bool = False) -> dict | None:
         early = min(EARLY_ITER, last)
         out = {"iterations": last, "early_iteration": early,
                "early": _fold(_read(by_iter[early])), "last": _fold(_read(by_iter[last]))}
-    if not keep_files:
-        for p in d.iterdir():
-            if p.name.startswith(Path(HEATMAP_PREFIX).name) and p.suffix == ".csv":
-                p.unlink(missing_ok=True)
-        try:
-            d.rmdir()
-        except OSError:
-            pass
+    clear_heatmaps(run_dir)
     return out
 
 

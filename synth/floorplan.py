@@ -11,9 +11,13 @@ therefore pins the blocks (nextpnr's generic ``BEL`` cell attribute) before plac
 * PE ``g``'s W memory sits beside X memory ``g``, the W memories of PEs ``2u`` and
   ``2u + 1`` side by side between their X memories, and the memories fill the device's
   most central rows first (the logic between them stays short);
-* every other cell (logic, DSPs, the drain's and harness's RAMs) is placed by nextpnr.
+* each PE's multipliers sit side by side in the DSP row nearest its memories
+  (:func:`plan_dsp`);
+* every other cell (logic, the drain's DSPs and RAMs, the harness's RAM) is placed by
+  nextpnr.
 
-Cell names come from the generator: ``...xmem<g>.bram<i>`` and ``...wmem<g>.bram<i>``
+Cell names come from the generator: ``...xmem<g>.bram<i>``, ``...wmem<g>.bram<i>`` and
+``...pe.mul_<pe>_<lane>.mult``
 (hw/buffers.py, hw/bram.py).
 """
 from __future__ import annotations
@@ -23,6 +27,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fluidnpu.outputs import atomic_write
+
 __all__ = ["EBR_ROWS", "DSP_ROWS", "Floorplan", "FLOORPLANS", "plan_ebr", "plan_dsp",
            "apply_floorplan"]
 
@@ -30,10 +36,15 @@ __all__ = ["EBR_ROWS", "DSP_ROWS", "Floorplan", "FLOORPLANS", "plan_ebr", "plan_
 FLOORPLANS = ("auto", "none")
 
 
+#: the LFE5U-85F's blocks of 9 columns holding 4 EBR or 4 DSP sites each, west to east (from
+#: column 4, the device's centre spine, columns 65-68, between)
+_BLOCKS = (*range(4, 64, 9), *range(69, 121, 9))
+
+
 def _row(y: int) -> tuple[str, ...]:
-    """One row of the LFE5U-85F's 52 EBR sites, west to east: groups of four blocks every
-    9 columns from column 4, with the device's centre spine (columns 65-68) between."""
-    cols = [c + 2 * z for c in (*range(4, 64, 9), *range(69, 121, 9)) for z in range(4)]
+    """One row of the LFE5U-85F's 52 EBR sites, west to east: four per block (columns c,
+    c+2, c+4, c+6)."""
+    cols = [c + 2 * z for c in _BLOCKS for z in range(4)]
     return tuple(f"X{x}/Y{y}/EBR{i % 4}" for i, x in enumerate(cols))
 
 
@@ -53,10 +64,9 @@ _MUL = re.compile(r"(?:^|\.)pe\.mul_(\d+)_(\d+)\.mult$")
 
 
 def _dsp_row(y: int) -> tuple[str, ...]:
-    """One row of the LFE5U-85F's 52 MULT18X18D sites, west to east: four per block of
-    9 columns (``MULT18_0``, ``_1``, ``_4``, ``_5`` at columns c, c+1, c+4, c+5)."""
-    cols = (*range(4, 64, 9), *range(69, 121, 9))
-    return tuple(f"X{c + d}/Y{y}/MULT18_{d}" for c in cols for d in (0, 1, 4, 5))
+    """One row of the LFE5U-85F's 52 MULT18X18D sites, west to east: four per block
+    (``MULT18_0``, ``_1``, ``_4``, ``_5`` at columns c, c+1, c+4, c+5)."""
+    return tuple(f"X{c + d}/Y{y}/MULT18_{d}" for c in _BLOCKS for d in (0, 1, 4, 5))
 
 
 #: nextpnr's DSP (MULT18X18D) sites per device by row (tests/test_floorplan.py checks them
@@ -175,8 +185,10 @@ def plan_dsp(cell_names, ebr_rows: dict, device: str) -> Floorplan | None:
 
 
 def apply_floorplan(netlist: Path, device: str) -> Floorplan | None:
-    """Pin the operand memories' blocks of the yosys netlist ``netlist`` (JSON, rewritten in
-    place through a temporary file) with ``BEL`` attributes; returns the plan or ``None``."""
+    """Pin the operand memories' blocks (:func:`plan_ebr`) and the PE array's multipliers
+    (:func:`plan_dsp`) of the yosys netlist ``netlist`` (JSON, rewritten whole in place by
+    :func:`~fluidnpu.outputs.atomic_write`) with ``BEL`` attributes; returns the plan or
+    ``None``."""
     netlist = Path(netlist)
     design = json.loads(netlist.read_text())
     cells, mults = {}, {}
@@ -195,7 +207,5 @@ def apply_floorplan(netlist: Path, device: str) -> Floorplan | None:
         cells.update(mults)
     for name, bel in plan.bels.items():
         cells[name].setdefault("attributes", {})["BEL"] = bel
-    tmp = netlist.with_suffix(".fp.tmp")
-    tmp.write_text(json.dumps(design))
-    tmp.replace(netlist)
+    atomic_write(netlist, json.dumps(design))
     return plan

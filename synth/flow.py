@@ -24,7 +24,9 @@ from typing import Callable, NamedTuple
 
 from fluidnpu.hw.config import HwConfig
 
-from .congestion import HEATMAP_PREFIX
+from fluidnpu.outputs import atomic_write
+
+from .congestion import HEATMAP_DIR, HEATMAP_PREFIX, clear_heatmaps
 from .congestion import summarize as summarize_congestion
 from .floorplan import FLOORPLANS, apply_floorplan
 from .parse import overflowing, parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
@@ -392,13 +394,11 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
     if placer != "heap":
         args += ["--placer", placer]
     if congestion:
-        summary = out / "congestion.json"
-        summary.unlink(missing_ok=True)
-        heat = out / HEATMAP_PREFIX
-        shutil.rmtree(heat.parent, ignore_errors=True)      # a stopped run's files
-        heat.parent.mkdir(parents=True)
+        (out / "congestion.json").unlink(missing_ok=True)
+        clear_heatmaps(out)                                  # a stopped run's files
+        (out / HEATMAP_DIR).mkdir()
         args += ["--router2-heatmap", HEATMAP_PREFIX]
-        files["congestion"] = summary.name
+        files["congestion"] = "congestion.json"
     if tgt.family == "ecp5":
         args += ["--lpf", "top.lpf"] + ([] if pack_only else ["--textcfg", "top.config"])
     else:
@@ -433,7 +433,7 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
         raise
     except BaseException:
         if congestion:      # interrupted: no per-iteration heatmaps left behind
-            shutil.rmtree(out / Path(HEATMAP_PREFIX).parent, ignore_errors=True)
+            clear_heatmaps(out)
         raise
     stage_s["nextpnr"] = round(time.monotonic() - t, 2)
     if congestion:
@@ -463,10 +463,7 @@ def _write_congestion(out: Path) -> dict | None:
     """Summarise router2's heatmaps of the run in ``out`` into ``out/congestion.json``."""
     c = summarize_congestion(out)
     if c is not None:
-        p = out / "congestion.json"
-        tmp = p.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(c, indent=1) + "\n")
-        tmp.replace(p)
+        atomic_write(out / "congestion.json", json.dumps(c, indent=1) + "\n")
     return c
 
 
