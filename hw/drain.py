@@ -47,7 +47,8 @@ Pipeline (one register between stages, one global enable ``~stall``):
   data range, per group of 8 bits.
 * ``s6``: the lower levels of the shift; the range test over the groups.
 * ``s7``: saturate, ReLU (raw: ``q`` itself, no clamp).
-* ``s8``: place the lanes in the beat and register the write on ``wr_req``.
+* ``s8``: gather the beat's lanes at byte 0.
+* ``s9``: shift them to their bytes in the beat; register the write on ``wr_req``.
 
 The partial-sum buffer is ``E = mem_bytes // elem_bytes`` memories (one per lane) of
 ``tr * tc / E`` accumulators, line ``trow * tc / E + u // E``. A line is read (asynchronously,
@@ -116,7 +117,7 @@ class Drain(wiring.Component):
     """
 
     #: Cycles from the issue of a beat to its write on ``wr_req`` (without stalls).
-    LATENCY = 9
+    LATENCY = 10
 
     def __init__(self, cfg: HwConfig):
         if not isinstance(cfg, HwConfig):
@@ -632,28 +633,34 @@ class Drain(wiring.Component):
         s8 = carry("s8", z=s7_z,
                    **{f: s7[f] for f in ("busy", "valid", "addr", "strb", "boff", "off", "raw")})
 
-        # -- s8: place the lanes in the beat ---------------------------------------------------
-        # Gather the beat's units at byte 0 (raw: lanes off .. off+DWR-1, 4 bytes each;
-        # requant: lanes 0 .. E-1, eb bytes each), then shift them up to byte boff.
+        # -- s8: gather the beat's units at byte 0 ---------------------------------------------
+        # (raw: lanes off .. off+DWR-1, 4 bytes each; requant: lanes 0 .. E-1, eb bytes each)
         raw_lanes = Cat(s8["z"][l] for l in range(E)).word_select(s8["off"] >> log2(DWR),
                                                                   8 * M)
         req_lanes = Cat(s8["z"][l][:8 * eb] for l in range(E))
-        s8_word = Mux(s8["raw"], raw_lanes, req_lanes)
+        s8_word = Signal(8 * M)
+        m.d.comb += s8_word.eq(Mux(s8["raw"], raw_lanes, req_lanes))
+        s9 = carry("s9", word=s8_word, **{f: s8[f] for f in ("busy", "valid", "addr", "strb", "boff")})
+
+        # -- s9: shift the units up to byte boff, register the write on ``wr_req`` ---------------
+        # (one stage for the gather and the shift was the 8 x 8's worst path on 5 Dec 2026:
+        # the lane select fanned out to 64 multiplexers of six levels, 10.2 ns)
+        s9_word = s9["word"]
         for b in range(lM):
-            nxt = Signal(8 * M, name=f"s8_word_{b}")
-            m.d.comb += nxt.eq(Mux(s8["boff"][b], Cat(Const(0, 8 << b), s8_word), s8_word))
-            s8_word = nxt
-        strb_bits = Cat(b.replicate(8) for b in s8["strb"])
+            nxt = Signal(8 * M, name=f"s9_word_{b}")
+            m.d.comb += nxt.eq(Mux(s9["boff"][b], Cat(Const(0, 8 << b), s9_word), s9_word))
+            s9_word = nxt
+        strb_bits = Cat(b.replicate(8) for b in s9["strb"])
         with m.If(go):
             m.d.sync += [
-                self.wr_req.valid.eq(s8["valid"]),
-                self.wr_req.payload.addr.eq(s8["addr"]),
-                self.wr_req.payload.strb.eq(s8["strb"]),
-                self.wr_req.payload.data.eq(s8_word & strb_bits),
+                self.wr_req.valid.eq(s9["valid"]),
+                self.wr_req.payload.addr.eq(s9["addr"]),
+                self.wr_req.payload.strb.eq(s9["strb"]),
+                self.wr_req.payload.data.eq(s9_word & strb_bits),
             ]
 
         # Every beat, written or not, counts as in flight until it leaves the last register.
-        out_busy = carry("out", busy=s8["busy"])["busy"]
+        out_busy = carry("out", busy=s9["busy"])["busy"]
         m.d.comb += self.idle.eq(~(e_valid | s1["valid"] | s2["busy"] | s3["busy"] | s4["busy"] | s5["busy"]
-                                   | s6["busy"] | s7["busy"] | s8["busy"] | out_busy))
+                                   | s6["busy"] | s7["busy"] | s8["busy"] | s9["busy"] | out_busy))
         return m

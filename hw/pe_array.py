@@ -26,7 +26,8 @@ class PEArray(wiring.Component):
     ``x``/``w`` are indexed ``pe*tp + lane``. ``lbp``/``lk`` (log2 of B_P and k) must be
     stable while a layer runs, from the cycle before its first ``valid`` until its last
     group's ``out_valid``. ``tag`` travels with ``valid`` and comes out with ``out_vals``
-    (registers). Only ``out_vals[i*tc + u]`` with ``i < B_P`` and ``u < tc/k`` are defined.
+    (registers). Only ``out_vals[i*tc + u]`` with ``i < B_P`` and ``u < tc/k`` are defined,
+    and only while ``out_valid`` is high (they are the accumulators).
     """
 
     def __init__(self, cfg: HwConfig, *, tag_width: int = 1, valid_copies: int = 1,
@@ -72,9 +73,9 @@ class PEArray(wiring.Component):
     def latency_for(cfg: HwConfig) -> int:
         """Cycles from an operand pair at the inputs to its group's sums at the outputs."""
         # multiply (operand and product registers, inside the DSP block on ECP5), the
-        # product in the fabric, adder tree (two stages, the second with the segment
-        # select), one stage per level of the stacking tree, accumulate
-        return 6 + log2(cfg.tc)
+        # product in the fabric, adder tree (one stage per level), one stage
+        # per level of the stacking tree, accumulate
+        return 4 + PEArray.tree_stages_for(cfg) + log2(cfg.tc)
 
     @property
     def latency(self) -> int:
@@ -104,11 +105,12 @@ class PEArray(wiring.Component):
         for st in (1, 2, 3):
             ctl = ctl_stage(ctl, f"s{st}_ctl")
         seg = self._segments(m, prod)
-        for st in (4, 5):
+        nseg = self.tree_stages_for(cfg)
+        for st in range(4, 4 + nseg):
             ctl = ctl_stage(ctl, f"s{st}_ctl")
         cur = self._stack(m, seg)
         for lvl in range(1, log2(tc) + 1):
-            ctl = ctl_stage(ctl, f"s{5 + lvl}_ctl")
+            ctl = ctl_stage(ctl, f"s{3 + nseg + lvl}_ctl")
         self._accumulate(m, cur, stages[-2])
 
         m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
@@ -159,45 +161,38 @@ class PEArray(wiring.Component):
                 prod[pe][l] = p
         return prod
 
+    @staticmethod
+    def tree_stages_for(cfg: HwConfig) -> int:
+        """Stages of the segmented adder tree: one per level."""
+        return log2(cfg.tp)
+
     def _segments(self, m, prod):
-        """Segmented adder tree, over two stages: B_P = 2**lbp segments live at level
-        ltp - lbp. Stage 4 adds the first level and keeps, per index, what the later levels
-        need: the products themselves for B_P = tp, else the first level's sums (0 above
-        them). Stage 5 adds the other levels and selects."""
+        """Segmented adder tree, one level per stage (stages 4 ..): B_P = 2**lbp segments
+        live at level ``L = ltp - lbp``. At level ``lvl`` index ``i`` takes the sum of
+        indices ``2i`` and ``2i + 1`` of the stage before while ``L >= lvl`` (0 past
+        ``tp >> lvl``), else keeps its own value: after the last level index ``i < B_P``
+        holds segment ``i`` and every other index 0.
+        (Until 5 Dec 2026 the second stage added levels 2 and 3 of the 8-lane tree in one
+        cycle: two carry chains in a row, the 8 x 8's worst path on every routed seed.)"""
         cfg = self.cfg
         tc, tp, dw = cfg.tc, cfg.tp, cfg.data_width
         ltp = log2(tp)
-        segw = 2 * dw + ltp
-        half = max(tp // 2, 1)
         lbp_rep = self._policy_copies(m, self.lbp, "lbp", tc, lambda pe, i: f"s1_lbp_rep{pe}_{i}")
-        pre = [[Signal(signed(2 * dw + min(ltp, 1)), name=f"s4_pre_{pe}_{i}") for i in range(tp)]
-               for pe in range(tc)]
-        for pe in range(tc):
-            p_ = prod[pe]
-            lvl1 = [p_[2 * n] + p_[2 * n + 1] for n in range(tp // 2)]
-            for i in range(tp):
-                up = lvl1[i] if i < tp // 2 else 0
-                m.d.sync += pre[pe][i].eq(Mux(lbp_rep[pe][i] == ltp, p_[i], up))
-
-        seg = [[Signal(signed(segw), name=f"s5_seg_{pe}_{i}") for i in range(tp)] for pe in range(tc)]
-        for pe in range(tc):
-            levels = {1: pre[pe][:half]}
-            for lvl in range(2, ltp + 1):
-                prev = levels[lvl - 1]
-                levels[lvl] = [prev[2 * n] + prev[2 * n + 1] for n in range(tp >> lvl)]
-            for i in range(tp):
-                with m.Switch(lbp_rep[pe][i]):
-                    for lbp in range(ltp + 1):
-                        with m.Case(lbp):
-                            if ltp - lbp <= 1:
-                                m.d.sync += seg[pe][i].eq(pre[pe][i])
-                            elif i < (1 << lbp):
-                                m.d.sync += seg[pe][i].eq(levels[ltp - lbp][i])
-                            else:
-                                m.d.sync += seg[pe][i].eq(0)
-                    with m.Default():
-                        m.d.sync += seg[pe][i].eq(0)
-        return seg
+        cur = prod
+        for lvl in range(1, self.tree_stages_for(cfg) + 1):
+            st = 3 + lvl
+            name = "pre" if lvl == 1 else "seg" if lvl == self.tree_stages_for(cfg) else "tree"
+            width = 2 * dw + lvl
+            nxt = [[Signal(signed(width), name=f"s{st}_{name}_{pe}_{i}") for i in range(tp)]
+                   for pe in range(tc)]
+            for pe in range(tc):
+                for i in range(tp):
+                    add = cur[pe][2 * i] + cur[pe][2 * i + 1] if i < tp >> lvl else 0
+                    # the segments' level is below lvl: keep; else add (or 0)
+                    done = lbp_rep[pe][i] > ltp - lvl
+                    m.d.sync += nxt[pe][i].eq(Mux(done, cur[pe][i], add))
+            cur = nxt
+        return cur
 
     def _stack(self, m, seg):
         """Stacking tree across PEs, one level per stage, compacting as it adds: at level
@@ -212,15 +207,16 @@ class PEArray(wiring.Component):
         cfg = self.cfg
         tc, tp = cfg.tc, cfg.tp
         segw = 2 * cfg.data_width + log2(tp)
+        st0 = 3 + self.tree_stages_for(cfg)
         cur = seg
         for lvl in range(1, log2(tc) + 1):
             lk_rep = self._policy_copies(m, self.lk, f"lk{lvl}", tc >> lvl,
-                                         lambda u, i: f"s{5 + lvl}_lk_rep{u}_{i}")
+                                         lambda u, i: f"s{st0 + lvl}_lk_rep{u}_{i}")
             nxt = []
             for u in range(tc):
                 row = []
                 for i in range(tp):
-                    r = Signal(signed(segw + lvl), name=f"s{5 + lvl}_stack_{u}_{i}")
+                    r = Signal(signed(segw + lvl), name=f"s{st0 + lvl}_stack_{u}_{i}")
                     if u < tc >> lvl:
                         lk_lvl = lk_rep[u][i]
                         m.d.sync += r.eq(Mux(lk_lvl >= lvl, cur[2 * u][i] + cur[2 * u + 1][i],
@@ -234,8 +230,11 @@ class PEArray(wiring.Component):
 
     def _accumulate(self, m, cur, ctl):
         """Accumulate over the cycles of a group, position ``u`` unit ``u``'s sums (a
-        position past the policy's units accumulates sums nobody reads); emit on the group's
-        last cycle, segment ``i`` of unit ``u`` at index ``i*tc + u``. ``ctl`` is the control
+        position past the policy's units accumulates sums nobody reads); the accumulators
+        are the outputs, segment ``i`` of unit ``u`` at index ``i*tc + u``: on ``out_valid``
+        they hold the group's sums, as the last cycle's valid updated them. (Until 5 Dec
+        2026 a second register per lane, updated every cycle, held the same sum: 2,048
+        flip-flops and a second fan-out of every adder on the 8 x 8.) ``ctl`` is the control
         stage beside ``cur``; its first and valid flags are copied per position and lane."""
         cfg = self.cfg
         tc, tp = cfg.tc, cfg.tp
@@ -249,4 +248,4 @@ class PEArray(wiring.Component):
                 v = cur[u][i]
                 with m.If(valid):
                     m.d.sync += a.eq(Mux(first, v, a + v))
-                m.d.sync += self.out_vals[i * tc + u].eq(Mux(first, v, a + v))
+                m.d.comb += self.out_vals[i * tc + u].eq(a)

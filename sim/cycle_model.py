@@ -38,15 +38,17 @@ def pipe_latency(cfg: HwConfig) -> int:
     ``OperandBuffers.latency`` (request register, memory read, output register, then the X
     copy network's stages, two levels each and at least one: 3 + max(1, ceil(log2(tc) / 2)))
     + ``PEArray.latency`` (multiply with operand and product registers, the product in a
-    fabric register, adder tree in two stages, one stage per level of the stacking tree,
-    accumulate: 6 + log2(tc)); 12 for the 4 x 4, 14 for the default 8 x 4 and the 8 x 8."""
+    fabric register, adder tree one stage per level, one stage per level of the stacking
+    tree, accumulate: 4 + log2(tp) + log2(tc)); 12 for the 4 x 4,
+    14 for the default 8 x 4, 15 for the 8 x 8."""
     ltc = cfg.tc.bit_length() - 1
-    return 3 + max(1, -(-ltc // 2)) + 6 + ltc
+    ltp = cfg.tp.bit_length() - 1
+    return 3 + max(1, -(-ltc // 2)) + 4 + ltp + ltc
 
 #: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1
 #: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
-DRAIN_LATENCY = 9
+DRAIN_LATENCY = 10
 #: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 6
 #: (``Loader.DECODE_STAGES + OperandBuffers.WRITE_STAGES``)
 DONE_DELAY = 6

@@ -362,7 +362,7 @@ def test_interface():
     cfg = CFG_8X8
     dut = Drain(cfg)
     Fragment.get(dut, None)     # elaborates
-    assert Drain.LATENCY == dut.latency == 9
+    assert Drain.LATENCY == dut.latency == 10
     lay = stage_layout(cfg)
     assert [name for name, _ in lay] == ["vals", "bias", "row0", "trow0", "nrows", "c0", "ncols",
                                           "first", "last", "nb_m1", "row1", "row2",

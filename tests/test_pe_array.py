@@ -59,8 +59,12 @@ def run_groups(cfg, groups, bp, k):
 
 @pytest.mark.parametrize("cfg", [HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4),
                                  HwConfig(tc=4, tp=8, tr=4, x_buf_elems=256, w_buf_elems=256, mem_bytes=4),
-                                 HwConfig(tc=8, tp=4, tr=4, x_buf_elems=256, w_buf_elems=256, mem_bytes=4)],
-                         ids=["4x4", "4x8", "8x4"])
+                                 HwConfig(tc=8, tp=4, tr=4, x_buf_elems=256, w_buf_elems=256, mem_bytes=4),
+                                 # adder trees of 4 levels (4 stages) and of 1 (16-bit operands)
+                                 HwConfig(tc=4, tp=16, tr=4, x_buf_elems=256, w_buf_elems=256, mem_bytes=4),
+                                 HwConfig(tc=4, tp=2, tr=4, x_buf_elems=256, w_buf_elems=256, mem_bytes=4,
+                                          data_width=16)],
+                         ids=["4x4", "4x8", "8x4", "4x16", "4x2-16bit"])
 def test_every_policy_matches_numpy(cfg):
     rng = np.random.default_rng(1)
     for bp, k in cfg.policies:
