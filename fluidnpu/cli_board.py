@@ -51,6 +51,12 @@ def build_cmd(board_name, config_path, sets, sys_clk_mhz, baud, seed, out, as_js
     need_extra("board", "fluidnpu board build")
     need_extra("synth", "fluidnpu board build")
     cfg = load_config(config_path, sets)
+    if cfg.mem_bytes != 4 and cfg.mem_bytes_derived:
+        # the SoC's bus is 32 bits: a port width the configuration did not fix is 4 bytes
+        cfg = cfg.replace(mem_bytes=4)
+        if not as_json:
+            click.echo("[config] mem_bytes = 4: the SoC's bus is 32 bits (the configuration "
+                       "leaves the memory port's width to the target)", err=True)
     if cfg.mem_bytes != 4:
         raise click.BadParameter(f"the configuration's mem_bytes = {cfg.mem_bytes}: the SoC's bus is 32 bits, "
                                  f"so the NPU's memory port must be 4 bytes", param_hint="--config/--set")

@@ -31,14 +31,17 @@ class HwConfig:
     Buffer sizes are in elements per slot (each buffer is double-buffered).
     """
 
-    tc: int = 8                 #: processing elements (T_C); 8 x 4 the default since 4 Dec 2026
-    tp: int = 4                 #: lanes per PE (T_P)
+    tc: int = 8                 #: processing elements (T_C); 8 x 8 the default since 5 Dec 2026 (8 x 4 before)
+    tp: int = 8                 #: lanes per PE (T_P)
     tr: int = 32                #: rows per input tile (T_R)
     data_width: int = 8         #: signed operand width, bits
     acc_width: int = 32         #: accumulator width, bits (wraps modulo 2**acc_width)
     x_buf_elems: int = 131072   #: input buffer, elements per slot (16-row tiles hold P = 8192)
     w_buf_elems: int = 32768    #: weight buffer, elements per slot (4096 per PE: P = 2304 at k = 1 in one chunk)
-    mem_bytes: int = 4          #: memory port width, bytes per beat
+    #: memory port width, bytes per beat; None (the default): the widest beat the buffers'
+    #: banking takes (min(tc, tp) elements), at most 8 bytes and at least 4 (8 on the 8 x 8
+    #: default, 4 on a 4 x 4 or 8 x 4)
+    mem_bytes: int | None = None
     rd_outstanding: int = 32    #: read requests in flight at most
     stage_entries: int = 16     #: PE-array groups between issue and drain at most (stage FIFO)
     mult_width: int = 16        #: signed requantisation multiplier width, bits
@@ -53,6 +56,18 @@ class HwConfig:
     def __post_init__(self):
         def bad(name, rule):
             raise ConfigError(f"hardware config: {name} = {getattr(self, name)!r}: {rule}")
+
+        # mem_bytes None: derived from the array (see the field); remembered so that a
+        # variant (``replace``, ``--set``) of another size derives it again
+        auto = self.mem_bytes is None
+        object.__setattr__(self, "_mem_auto", auto)
+        if auto:
+            ok = all(isinstance(getattr(self, n), int) and not isinstance(getattr(self, n), bool)
+                     and getattr(self, n) > 0 for n in ("tc", "tp", "data_width"))
+            eb = 1 if ok and self.data_width <= 8 else 2
+            # (4 when tc, tp or data_width is bad: their own checks below name them)
+            object.__setattr__(self, "mem_bytes",
+                               max(4, min(8, min(self.tc, self.tp) * eb)) if ok else 4)
 
         for f in fields(self):
             v = getattr(self, f.name)
@@ -219,7 +234,16 @@ class HwConfig:
         vals = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name != "clock_mhz"]
         return ",".join(vals)
 
+    @property
+    def mem_bytes_derived(self) -> bool:
+        """``mem_bytes`` was derived from the array (not given): a consumer with a fixed bus
+        width may choose it (``fluidnpu board build`` takes 4 bytes)."""
+        return self._mem_auto
+
     def replace(self, **changes) -> "HwConfig":
+        """A variant; a derived ``mem_bytes`` is derived again unless ``changes`` set it."""
+        if self._mem_auto and "mem_bytes" not in changes:
+            changes = {**changes, "mem_bytes": None}
         return dataclasses.replace(self, **changes)
 
     def with_overrides(self, items: list[str]) -> "HwConfig":
@@ -237,7 +261,7 @@ class HwConfig:
                 changes[name] = float(text) if name == "clock_mhz" else int(text, 0)
             except ValueError:
                 raise ConfigError(f"--set {name}={text!r}: not a number") from None
-        return dataclasses.replace(self, **changes)
+        return self.replace(**changes)
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "HwConfig":

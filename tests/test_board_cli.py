@@ -35,6 +35,8 @@ def no_build(monkeypatch):
     (["--sys-clk-mhz", "300"], "'--sys-clk-mhz': 300.0 is not in the range 25<=x<=100"),
     (["--baud", "100"], "'--baud': 100"),
     (["--set", "mem_bytes=2"], "mem_bytes = 2"),
+    # a port width the user fixed is not overridden: the SoC's bus is 32 bits
+    (["--set", "mem_bytes=8"], "mem_bytes = 8: the SoC's bus is 32 bits"),
     (["--config", "/nonexistent/cfg.toml"], "/nonexistent/cfg.toml"),
 ])
 def test_build_refuses_bad_options_before_work(args, where, no_build, tmp_path):
@@ -65,9 +67,13 @@ def _info(**kw):
 
 def test_build_reports_and_fails_on_timing(monkeypatch, tmp_path):
     from fluidnpu.synth import board_build
-    monkeypatch.setattr(board_build, "build_board", lambda cfg, out, **k: _info())
+    built = []
+    monkeypatch.setattr(board_build, "build_board", lambda cfg, out, **k: built.append(cfg) or _info())
     res = run("board", "build", "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
+    # the default 8 x 8 leaves its port width to the target: the SoC's 32-bit bus
+    assert [(c.tc, c.tp, c.mem_bytes) for c in built] == [(8, 8, 4)]
+    assert "mem_bytes = 4: the SoC's bus is 32 bits" in res.output
     assert "Fmax 55.0 MHz (SoC clock 50 MHz: met)" in res.output and "openFPGALoader -b ulx3s" in res.output
 
     def late(cfg, out, **k):

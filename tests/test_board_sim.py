@@ -86,7 +86,7 @@ def test_host_driver_catch_up_and_merge_bit_exact():
 
 #: the small NPU the `fluidnpu network` tests run digits on (tests/test_network_cli.py)
 DIGITS_CFG = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=4096, w_buf_elems=2048, b_max=8, net_entries=8,
-                      max_classes=16)
+                      max_classes=16, mem_bytes=4)
 
 
 @pytest.mark.rtl

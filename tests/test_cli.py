@@ -50,8 +50,8 @@ def test_config_json_default():
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["hw"] == HwConfig().to_dict()
-    assert d["derived"]["policies"] == 12                 # the 8 x 4: B_P in 1, 2, 4; k in 1 .. 8
-    assert d["derived"]["lanes"] == 32
+    assert d["derived"]["policies"] == 16                 # the 8 x 8: B_P and k in 1 .. 8
+    assert d["derived"]["lanes"] == 64 and d["hw"]["mem_bytes"] == 8
     assert HwConfig.from_dict(d) == HwConfig()
 
 
@@ -73,7 +73,7 @@ def test_config_table():
         if len(cells) == 2:
             rows[cells[0]] = cells[1]
     assert rows["tr"] == "32" and rows["tc"] == "8"
-    assert rows["policies"] == "12" and rows["x_depth"] == "4096"
+    assert rows["policies"] == "16" and rows["x_depth"] == "2048"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -416,8 +416,8 @@ def fake_core(monkeypatch):
 @pytest.mark.parametrize("corrupt", [False, True])
 def test_demo_flow_with_stand_ins(tmp_path, monkeypatch, corrupt):
     fake_core(monkeypatch)
-    # the demo GEMM's roofline on the default 8 x 4 core is 7 979 cycles (compute bound)
-    calls = fake_runner(monkeypatch, cycles=15958, corrupt=corrupt)
+    # the demo GEMM's roofline on the default 8 x 8 core is 3 990 cycles (compute bound)
+    calls = fake_runner(monkeypatch, cycles=7980, corrupt=corrupt)
     r = run("demo", "--out-dir", tmp_path / "out")
     assert "module fluidnpu_core" in (tmp_path / "out" / "npu.v").read_text()
     (c,) = calls
@@ -427,7 +427,7 @@ def test_demo_flow_with_stand_ins(tmp_path, monkeypatch, corrupt):
     else:
         assert r.exit_code == 0, r.output
         assert "PASS bit-exact" in r.output
-        assert "cycles 15958" in r.output and "roofline efficiency 50.0%" in r.output
+        assert "cycles 7980" in r.output and "roofline efficiency 50.0%" in r.output
 
 
 def test_generate_with_stand_in_core(tmp_path, monkeypatch):

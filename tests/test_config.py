@@ -64,9 +64,25 @@ def test_config_error_is_a_value_error():
 
 def test_defaults_are_valid_and_as_documented():
     cfg = HwConfig()
-    assert (cfg.tc, cfg.tp, cfg.tr) == (8, 4, 32)           # the 4 x 4 until 4 Dec 2026
+    # the 8 x 8 since 5 Dec 2026 (the 8 x 4 from 4 Dec, the 4 x 4 before)
+    assert (cfg.tc, cfg.tp, cfg.tr) == (8, 8, 32)
     assert (cfg.x_buf_elems, cfg.w_buf_elems) == (131072, 32768)
-    assert (cfg.data_width, cfg.acc_width, cfg.mem_bytes) == (8, 32, 4)
+    assert (cfg.data_width, cfg.acc_width, cfg.mem_bytes) == (8, 32, 8)
+
+
+def test_mem_bytes_derived_from_the_array_unless_given():
+    """mem_bytes unset: the widest beat the banking takes (min(tc, tp) elements), 4 to 8
+    bytes; a variant of another size derives it again, a given width is kept."""
+    assert [HwConfig(**kw).mem_bytes for kw in ({}, {"tp": 4}, {"tc": 4, "tp": 4}, {"tc": 16, "tp": 16},
+                                                {"data_width": 12, "acc_width": 24})] == [8, 4, 4, 8, 8]
+    assert HwConfig().mem_bytes_derived and not HwConfig(mem_bytes=8).mem_bytes_derived
+    assert HwConfig() == HwConfig(mem_bytes=8)
+    assert HwConfig().replace(tc=4).mem_bytes == 4
+    assert HwConfig().with_overrides(["tp=4"]) == HwConfig(tp=4, mem_bytes=4)
+    assert HwConfig(tp=4).replace(tp=8).mem_bytes == 8
+    with pytest.raises(ConfigError, match=r"mem_bytes = 8: holds 8 elements per beat.*min\(tc, tp\) = 4"):
+        HwConfig(mem_bytes=8).replace(tc=4)
+    assert not HwConfig.from_dict(HwConfig().to_dict()).mem_bytes_derived
 
 
 @pytest.mark.parametrize("changes", [
@@ -91,12 +107,12 @@ def test_frozen():
 
 def test_derived_values_of_default():
     cfg = HwConfig()
-    assert cfg.lanes == 32
+    assert cfg.lanes == 64
     assert cfg.elem_bytes == 1
-    assert cfg.elems_per_beat == 4                          # min(tc, tp, mem_bytes)
-    assert cfg.x_depth == 4096 and cfg.w_depth == 1024
-    assert cfg.bp_choices == (1, 2, 4) and cfg.k_choices == (1, 2, 4, 8)
-    assert len(cfg.policies) == 12 and len(set(cfg.policies)) == 12
+    assert cfg.elems_per_beat == 8                          # min(tc, tp, mem_bytes)
+    assert cfg.x_depth == 2048 and cfg.w_depth == 512
+    assert cfg.bp_choices == (1, 2, 4, 8) and cfg.k_choices == (1, 2, 4, 8)
+    assert len(cfg.policies) == 16 and len(set(cfg.policies)) == 16
     assert (cfg.data_min, cfg.data_max) == (-128, 127)
     # X holds 131072 / 32 rows; W 32768 / 8 PEs * k
     assert cfg.chunk_max(1) == 4096 and cfg.chunk_max(8) == 4096
@@ -108,7 +124,7 @@ def test_tile_rows():
     """Tall row tiles, worked by hand on the 4 x 4 (the default until 4 Dec 2026: X 65536,
     W 16384 elements per slot, tr 32, tr_min = 2 * 16 lanes / 4 elements per beat = 8):
     fewer rows only when they let both buffers hold all of P."""
-    cfg = HwConfig(tc=4, x_buf_elems=65536, w_buf_elems=16384)
+    cfg = HwConfig(tc=4, tp=4, mem_bytes=4, x_buf_elems=65536, w_buf_elems=16384)
     assert cfg.tr_min == 8
     # X holds 65536 / rows elements of P; W holds 16384 / 4 * k
     assert cfg.tile_rows(2048, 1) == 32 and cfg.chunk_max(1, 32) == 2048
@@ -121,21 +137,21 @@ def test_tile_rows():
     assert cfg.tile_rows(8193, 4) == 32          # X holds 8192 at tr_min rows: chunks
     # tr_min never above tr; the 8 x 8 (64 lanes, 8 per beat) stops at 16
     assert HwConfig(tc=8, tp=8, mem_bytes=8).tr_min == 16
-    assert HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512).tr_min == 8
+    assert HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4).tr_min == 8
     assert HwConfig(tc=16, tp=16, mem_bytes=16).tr_min == 32
 
 
 def test_tile_rows_short_rows():
     """Short rows (a row's reduction one cycle of the stacked lanes, P <= k*tp) take
     tr_max = 2*tr rows, when the X buffer holds 2*tr rows of tc*tp elements."""
-    cfg = HwConfig()                                    # 8 x 4, tr 32, X 131072
+    cfg = HwConfig(tp=4)                                # 8 x 4, tr 32, X 131072
     assert cfg.tr_max == 64
     assert cfg.tile_rows(32, 8) == 64 and cfg.tile_rows(33, 8) == 32
     assert cfg.tile_rows(4, 1) == 64 and cfg.tile_rows(5, 1) == 32
     assert cfg.tile_rows(16, 4) == 64 and cfg.tile_rows(17, 4) == 32
     assert cfg.tile_rows(1, 2) == 64
     # X of exactly tr rows of lanes: no taller tiles
-    tight = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=128, w_buf_elems=512)
+    tight = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=128, w_buf_elems=512, mem_bytes=4)
     assert tight.tr_max == 8 and tight.tile_rows(1, 1) == 8 and tight.tile_rows(16, 4) == 8
     # the chunk the buffers hold at tr_max rows covers every short row
     for c in (cfg, HwConfig(tc=8, tp=8, mem_bytes=8), HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024,

@@ -21,7 +21,7 @@ from fluidnpu.sim.cycle_model import (CycleModelError, LayerTiming, layer_cycles
                                       layer_timing)
 from fluidnpu.sim.traffic import tiled_traffic
 
-BIG = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core (examples/hw_8x8.toml)
+BIG = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core, the default since 5 Dec 2026
 # the shallowest stage FIFO (2, the default until 3 Dec 2026): the most credit stalls, so the RTL
 # tests below keep the credit-limited regime covered beside the default's 8 entries
 SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4, stage_entries=2)
@@ -31,8 +31,9 @@ SMALL_S5 = SMALL.replace(stage_entries=5)
 WIDE16 = HwConfig(tc=16, tp=4, tr=8, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=4)
 #: small buffers with tr = 32 > tr_min = 8: tall row tiles of 16 and 8 rows for P in (64, 256]
 TALL = HwConfig(tc=4, tp=4, tr=32, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=4)
-CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5, "16x4": WIDE16, "tall": TALL,
-        "default": HwConfig()}
+#: the 8 x 4, the default from 4 to 5 Dec 2026
+MID = HwConfig(tc=8, tp=4, mem_bytes=4)
+CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5, "16x4": WIDE16, "tall": TALL, "8x4": MID}
 
 BASIC_MEMS = (MemTiming(latency=1), MemTiming(latency=20), MemTiming(latency=50),
               MemTiming(latency=1, interval=2), MemTiming(latency=20, interval=2))
@@ -168,12 +169,12 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
     ("tall", 10, BASIC_MEMS, ("tall", "tall", "chunks", "ragged"), 90_000, 40, 6_000),
     ("tall", 11, ODD_MEMS, ("tall",), 40_000, 15, 6_000),
     ("8x8", 12, BASIC_MEMS[:3], ("tall",), 60_000, 6, 25_000),
-    ("default", 13, BASIC_MEMS, ("tall",), 160_000, 8, 40_000),
+    ("8x4", 13, BASIC_MEMS, ("tall",), 160_000, 8, 40_000),
     ("small", 14, BASIC_MEMS + ODD_MEMS, ("tail",), 40_000, 20, 4_000),
     ("tall", 15, BASIC_MEMS, ("tail", "tall"), 40_000, 12, 6_000),
     ("8x8", 16, BASIC_MEMS[:3], ("tail",), 40_000, 8, 8_000),
 ], ids=["small-basic", "small-odd", "small-many", "small-s5", "8x8-basic", "8x8-odd",
-        "8x8-many", "16x4-basic", "tall-basic", "tall-odd", "8x8-tall", "default",
+        "8x8-many", "16x4-basic", "tall-basic", "tall-odd", "8x8-tall", "8x4-tall",
         "small-tail", "tall-tail", "8x8-tail"])
 def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
     cfg = CFGS[cfg_name]
@@ -198,8 +199,9 @@ def test_constants_match_rtl():
     from fluidnpu.hw.pe_array import PEArray
     from fluidnpu.sim import cycle_model as cm
     # the 8-lane adder tree takes three stages, the 4-lane two
-    assert [cm.pipe_latency(HwConfig(tc=4, tp=4, mem_bytes=4)), cm.pipe_latency(HwConfig()),
-            cm.pipe_latency(HwConfig(tc=8, tp=8, mem_bytes=8))] == [12, 14, 15]
+    assert BIG == HwConfig()                # the 8 x 8 runs below are the default's
+    assert [cm.pipe_latency(HwConfig(tc=4, tp=4, mem_bytes=4)), cm.pipe_latency(MID),
+            cm.pipe_latency(BIG)] == [12, 14, 15]
     for cfg in [*CFGS.values(), HwConfig(), HwConfig(tc=16, tp=4, mem_bytes=4), HwConfig(tc=4, tp=16, mem_bytes=4)]:
         assert cm.START_CYCLES == NPUCore.START_CYCLES + 1
         assert cm.pipe_latency(cfg) == NPUCore.pipe_latency_for(cfg)

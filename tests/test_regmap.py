@@ -18,7 +18,7 @@ from fluidnpu.hw.regmap_render import REGISTERS_INTRO, to_c, to_markdown, to_pyt
 
 CFGS = {"default": HwConfig(),
         # 40-bit addresses split fields across registers; a tiny FBE
-        "wide": HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, addr_width=40,
+        "wide": HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, addr_width=40, mem_bytes=4,
                          b_max=3, net_entries=4, dim_width=20)}
 
 

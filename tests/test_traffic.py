@@ -11,7 +11,7 @@ from fluidnpu.sim.cycle_model import CycleModelError
 from fluidnpu.sim.traffic import tiled_traffic
 
 #: the 4 x 4 (the default until 4 Dec 2026), mem_bytes 4, tr 32, chunk_max(1) = 2048 at 32 rows
-CFG = HwConfig(tc=4, x_buf_elems=65536, w_buf_elems=16384)
+CFG = HwConfig(tc=4, tp=4, mem_bytes=4, x_buf_elems=65536, w_buf_elems=16384)
 
 
 def test_single_step_moves_the_compulsory_bytes():

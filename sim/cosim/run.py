@@ -36,7 +36,7 @@ __all__ = ["COSIM_CONFIG", "DEFAULT_SCENARIO", "CosimSetup", "prepare", "make_ho
 #: the hardware the co-simulation runs by default: the digits network's configuration
 #: (docs/models.md) with 8 batch slots
 COSIM_CONFIG = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=4096, w_buf_elems=2048, b_max=8, net_entries=8,
-                        max_classes=16)
+                        max_classes=16, mem_bytes=4)
 DEFAULT_SCENARIO = Path(__file__).with_name("digits_scenario.toml")
 
 
