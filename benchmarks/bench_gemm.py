@@ -51,6 +51,14 @@ def lane_bound(cfg: HwConfig, P: int, bp: int, k: int) -> float:
     return P / (math.ceil(P / S) * S)
 
 
+def row_bound(cfg: HwConfig, R: int, P: int, bp: int, k: int) -> float:
+    """The most of the roofline a policy can reach on R rows: each row tile's rows go to
+    the array in groups of B_P, so a tile of r rows takes ceil(r / B_P) groups (the last
+    padded; R = 49 at B_P = 8: 49 of 56 row slots)."""
+    rows = cfg.row_tile_sizes(R, cfg.tile_rows(P, k))
+    return R / sum(math.ceil(r / bp) * bp for r in rows)
+
+
 def roofline_cycles(cfg: HwConfig, R: int, P: int, C: int, bias: bool, out_mode: int) -> int:
     return roofline(cfg, R, P, C, bias=bias, requant=out_mode == OUT_REQUANT).cycles
 
@@ -100,7 +108,7 @@ def main():
 
     rng = np.random.default_rng(1)
     rows = []
-    below = []      # (layer, B_P, k, roofline efficiency, lane bound) of compute-bound layers
+    below = []      # (layer, B_P, k, roofline efficiency, lane bound, row bound) of compute-bound layers
     full_rtl = []
     for name, R_full, P, C, bq in SHAPES:
         if args.only and args.only not in name:
@@ -121,7 +129,10 @@ def main():
         if compute_bound:
             for (b, kk), e in effs.items():
                 if e < 0.9:
-                    below.append((name, b, kk, e, lane_bound(cfg, P, b, kk)))
+                    # the policy's own tiling: the bytes it really moves, at mem_bytes a cycle
+                    tb = roof / max(roof, tiled_traffic(cfg, R_full, P, C, bp=b, k=kk, bias=bq,
+                                                        out_mode=out_mode).cycles)
+                    below.append((name, b, kk, e, lane_bound(cfg, P, b, kk), row_bound(cfg, R_full, P, b, kk), tb))
         # RTL: every policy on a crop of the layer, bit-exact and cycle-equal to the model.
         if args.model_only:
             rows.append((name, R_full, P, C, bp, k, best_cyc, macs / (best_cyc * cfg.lanes), roof / best_cyc,
@@ -180,9 +191,16 @@ def main():
     for name, b, kk, cyc, eff in full_rtl:
         print(f"whole layer on the RTL: {name} ({b}, {kk}): {cyc} cycles, roofline eff. {eff:.3f}")
     print(f"\ncompute-bound layers: {len(below)} (layer, policy) pairs below 0.9 of the roofline"
-          + (" (lane bound: the most the policy's lanes allow on this P)" if below else ""))
-    for name, b, kk, e, lb in below:
-        print(f"  {name} (B_P, k) = ({b}, {kk}): {e:.3f}, lane bound {lb:.3f}")
+          + (" (lane bound: the most the policy's lanes allow on this P; row bound: ... its row "
+             "groups on this R; tiled-traffic bound: the roofline over the cycles the bytes "
+             "its tiling moves take)" if below else ""))
+    for name, b, kk, e, lb, rb, tb in below:
+        print(f"  {name} (B_P, k) = ({b}, {kk}): {e:.3f}, lane bound {lb:.3f}, row bound {rb:.3f}, "
+              f"tiled-traffic bound {tb:.3f}"
+              + (" (the policy cannot reach 0.9 here)" if min(lb * rb, tb) < 0.9 else ""))
+    n_can = sum(min(lb * rb, tb) >= 0.9 for *_, lb, rb, tb in below)
+    print(f"of which {n_can} under bounds of 0.9 or more (the rest cannot reach 0.9 with that "
+          f"policy's lanes, row groups or the bytes its tiling moves)")
 
     if args.markdown:
         print("\n| layer | R | P | C | best (B_P, k) | cycles | utilisation | roofline eff. | tiled roofline eff. | worst policy | bound | RTL crop RxPxC | RTL cycles | RTL roofline eff. |")
