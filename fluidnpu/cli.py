@@ -52,6 +52,8 @@ def _derived(cfg: HwConfig) -> dict:
         "bp_choices": list(cfg.bp_choices),
         "k_choices": list(cfg.k_choices),
         "policies": len(cfg.policies),
+        # mem_bytes was left to the array (hw.mem_bytes then shows the width it took)
+        "mem_bytes_derived": cfg.mem_bytes_derived,
     }
 
 

@@ -1,6 +1,8 @@
 """Hardware generator configuration: one frozen dataclass, validated in one place.
 
-Variants are made with ``dataclasses.replace``; derived values are properties.
+Variants are made with :meth:`HwConfig.replace` (or ``--set``, :meth:`HwConfig.with_overrides`),
+which derive ``mem_bytes`` again when it was left to the array; ``dataclasses.replace``
+keeps the width as it is. Derived values are properties.
 """
 from __future__ import annotations
 
@@ -86,6 +88,11 @@ class HwConfig:
         if not _is_pow2(self.mem_bytes) or not 4 <= self.mem_bytes <= 64:
             bad("mem_bytes", "must be a power of two from 4 to 64")
         if self.elems_per_beat > min(self.tc, self.tp):
+            if auto:
+                raise ConfigError(
+                    f"hardware config: tc = {self.tc}, tp = {self.tp}: the memory port is at "
+                    f"least 4 bytes, {self.elems_per_beat} elements of {self.data_width} bits, and "
+                    f"the buffer banking needs min(tc, tp) >= {self.elems_per_beat}")
             bad("mem_bytes", f"holds {self.elems_per_beat} elements per beat; the buffer banking "
                 f"needs at most min(tc, tp) = {min(self.tc, self.tp)}")
         for name in ("x_buf_elems", "w_buf_elems"):

@@ -40,7 +40,7 @@ def pipe_latency(cfg: HwConfig) -> int:
     + ``PEArray.latency`` (multiply with operand and product registers, the product in a
     fabric register, adder tree one stage per level, one stage per level of the stacking
     tree, accumulate: 4 + log2(tp) + log2(tc)); 12 for the 4 x 4,
-    14 for the default 8 x 4, 15 for the 8 x 8."""
+    14 for the 8 x 4, 15 for the default 8 x 8."""
     ltc = cfg.tc.bit_length() - 1
     ltp = cfg.tp.bit_length() - 1
     return 3 + max(1, -(-ltc // 2)) + 4 + ltp + ltc

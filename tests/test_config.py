@@ -83,6 +83,9 @@ def test_mem_bytes_derived_from_the_array_unless_given():
     with pytest.raises(ConfigError, match=r"mem_bytes = 8: holds 8 elements per beat.*min\(tc, tp\) = 4"):
         HwConfig(mem_bytes=8).replace(tc=4)
     assert not HwConfig.from_dict(HwConfig().to_dict()).mem_bytes_derived
+    # too few lanes for the narrowest port: the message names tc and tp, not the derived width
+    with pytest.raises(ConfigError, match=r"tc = 8, tp = 2: the memory port is at least 4 bytes"):
+        HwConfig(tp=2)
 
 
 @pytest.mark.parametrize("changes", [

@@ -17,7 +17,7 @@ from fluidnpu.sim.workloads.weights import load_network
 
 ZOO = Path(__file__).parents[1] / "sim" / "workloads" / "zoo"
 
-SMALL_NET = ["--set", "tc=4", "--set", "tr=8", "--set", "x_buf_elems=4096", "--set", "w_buf_elems=2048",
+SMALL_NET = ["--set", "tc=4", "--set", "tp=4", "--set", "tr=8", "--set", "x_buf_elems=4096", "--set", "w_buf_elems=2048",
              "--set", "b_max=8", "--set", "net_entries=8", "--set", "max_classes=16"]
 
 

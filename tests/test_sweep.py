@@ -89,7 +89,9 @@ BAD = [
     ("colour = 1\n[perf]\n", "unknown field(s) colour in the sweep file; allowed:"),
     ("[grid]\ntcc = [4]\nmodel='tiny'\n[perf]\n", "unknown field(s) tcc in [grid]; allowed:"),
     ("[grid]\ntc = [4, 3]\ntp = 4\nmem_bytes = 4\nmodel='tiny'\n[perf]\n", "hardware point tc=3,tp=4,mem_bytes=4: hardware config: tc = 3: must be a power of two"),
-    ("[grid]\ntc = [2]\nmodel='tiny'\n[perf]\n", "mem_bytes = 4: holds 4 elements per beat"),
+    # mem_bytes left to the array: the message names tc and tp, the fields the point set
+    ("[grid]\ntc = [2]\nmodel='tiny'\n[perf]\n", "hardware point tc=2: hardware config: tc = 2, tp = 8: the memory port is at least 4 bytes"),
+    ("[grid]\ntc = [2]\nmem_bytes = 4\nmodel='tiny'\n[perf]\n", "mem_bytes = 4: holds 4 elements per beat"),
     ("[grid]\ntc = []\n[perf]\n", "grid.tc = []: give at least one value"),
     ("[grid]\nmodel = 'no-such-net'\n[perf]\n", "grid.model = 'no-such-net'"),
     ("[grid]\nmodel = 'tiny'\nmapping = 'wide'\n[perf]\n", "grid.mapping = 'wide': must be one of rbatch, stack, fluid"),
