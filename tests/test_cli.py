@@ -459,7 +459,7 @@ def test_gemm_on_icarus(tmp_path, repo_root):
 def test_demo(tmp_path):
     r = run("demo", "--out-dir", tmp_path)
     assert r.exit_code == 0, r.output
-    assert "PASS bit-exact" in r.output
+    assert "PASS bit-exact" in r.output and "on verilator" in r.output     # the default simulator
     assert (tmp_path / "npu.v").stat().st_size > 0
 
 
