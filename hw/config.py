@@ -66,10 +66,9 @@ class HwConfig:
         if auto:
             ok = all(isinstance(getattr(self, n), int) and not isinstance(getattr(self, n), bool)
                      and getattr(self, n) > 0 for n in ("tc", "tp", "data_width"))
-            eb = 1 if ok and self.data_width <= 8 else 2
             # (4 when tc, tp or data_width is bad: their own checks below name them)
             object.__setattr__(self, "mem_bytes",
-                               max(4, min(8, min(self.tc, self.tp) * eb)) if ok else 4)
+                               max(4, min(8, min(self.tc, self.tp) * self.elem_bytes)) if ok else 4)
 
         for f in fields(self):
             v = getattr(self, f.name)

@@ -178,10 +178,11 @@ class PEArray(wiring.Component):
         tc, tp, dw = cfg.tc, cfg.tp, cfg.data_width
         ltp = log2(tp)
         lbp_rep = self._policy_copies(m, self.lbp, "lbp", tc, lambda pe, i: f"s1_lbp_rep{pe}_{i}")
+        n = self.tree_stages_for(cfg)
         cur = prod
-        for lvl in range(1, self.tree_stages_for(cfg) + 1):
+        for lvl in range(1, n + 1):
             st = 3 + lvl
-            name = "pre" if lvl == 1 else "seg" if lvl == self.tree_stages_for(cfg) else "tree"
+            name = "pre" if lvl == 1 else "seg" if lvl == n else "tree"
             width = 2 * dw + lvl
             nxt = [[Signal(signed(width), name=f"s{st}_{name}_{pe}_{i}") for i in range(tp)]
                    for pe in range(tc)]
