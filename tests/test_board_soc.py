@@ -175,3 +175,42 @@ def test_build_interrupted_leaves_nothing(tmp_path, monkeypatch):
         board_build.build_board(SMALL, tmp_path / "out")
     assert ran == ["yosys"]
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_build_places_with_the_flows_placer_and_floorplan(tmp_path, monkeypatch):
+    """The SoC's NPU is elaborated for the board (block RAMs with output registers, as
+    ``fluidnpu synth`` builds it), and nextpnr runs with the synthesis flow's static placer
+    and router2 on a netlist whose operand memories are pinned (``BEL`` attributes; the SoC's own memories
+    are not). The tools are stand-ins: a fake yosys writes a netlist with the NPU's block-RAM
+    names as flatten gives them, and a fake nextpnr records what it was given and fails."""
+    from fluidnpu.synth import board_build
+    from fluidnpu.synth.tools import ToolFailed
+    monkeypatch.setattr(board_build, "find_tool", lambda key: [key])
+    monkeypatch.setattr(board_build, "tool_version", lambda key: "test")
+    monkeypatch.setattr(board_build, "parse_yosys_stat", lambda text, top: {"by_type": {}})
+    seen = {}
+    npu = "fluidnpu_npu_wb.npu.core.bufs"
+    names = [f"{npu}.{k}mem{g}.bram{i}" for k in "xw" for g in range(4) for i in range(2)] + ["sram.mem0"]
+
+    def tool(key, args, cwd=None, **kw):
+        if key == "yosys":
+            # the NPU is elaborated for the board: its memories are the ECP5's blocks
+            seen["npu_il"] = (cwd.parent.parent / "npu_wb.il").read_text()
+            cells = {n: {"type": "DP16KD", "attributes": {}} for n in names}
+            (cwd / "soc.json").write_text(json.dumps({"modules": {"soc": {"cells": cells}}}))
+            (cwd / "yosys.log").write_text("")
+            return 0.0
+        seen["args"] = args
+        seen["cells"] = json.loads((cwd / "soc.json").read_text())["modules"]["soc"]["cells"]
+        raise ToolFailed("nextpnr-ecp5: stopped by the test", cwd / "nextpnr.log")
+    monkeypatch.setattr(board_build, "run_tool", tool)
+    with pytest.raises(ToolFailed, match="stopped by the test"):
+        board_build.build_board(SMALL, tmp_path / "out")
+    assert "DP16KD" in seen["npu_il"] and 'REGMODE_B' in seen["npu_il"]
+    args = seen["args"]
+    assert args[args.index("--placer") + 1] == "static" and args[args.index("--router") + 1] == "router2"
+    pinned = {n for n, c in seen["cells"].items() if "BEL" in c["attributes"]}
+    assert pinned == set(names) - {"sram.mem0"}
+    bels = [seen["cells"][n]["attributes"]["BEL"] for n in sorted(pinned)]
+    assert len(set(bels)) == len(bels) and all(b.endswith(("EBR0", "EBR1", "EBR2", "EBR3")) for b in bels)
+    assert not (tmp_path / "out").exists()
