@@ -144,8 +144,16 @@ class NPUCore(wiring.Component):
             *[stage.w_flags[i].eq(pe.out_tag_rep[i // spg]) for i in range(n_sl)],
             drain.stage_rep.eq(stage.r_flags),
             stage.w_en_rep.eq(pe.out_valid_rep),
-            loader.x_free.eq(pe.out_valid & otag.x_free),
-            loader.w_free.eq(pe.out_valid & otag.w_free),
+            # A slot's memory is free once the step's last operands are read from it (the
+            # buffers' output, ``op_valid`` of the last cycle of the last group); the W
+            # slot's bias registers once that group's sums leave the array (the stage
+            # entry takes its bias then). Both memories were freed with the sums until
+            # 5 Dec 2026: with the pipeline's 10 more cycles a step of the first layer's
+            # P = 27 at (B_P, k) = (4, 2) on the 8 x 8 (56 cycles) was shorter than a W
+            # load's free-to-done time, and the compute waited 27 cycles per row tile.
+            loader.x_free.eq(bufs.op_valid & optag.last & optag.x_free),
+            loader.w_free.eq(bufs.op_valid & optag.last & optag.w_free),
+            loader.b_free.eq(pe.out_valid & otag.w_free),
             drain.layer.eq(lay),
             drain.stage.payload.eq(stage.r_data),
             drain.stage.valid.eq(stage.r_rdy),

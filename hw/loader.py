@@ -1,6 +1,17 @@
 """The loader: walks the layer's steps ahead of the compute, reads X, W and bias beats
 from memory into the free buffer slots, and maps every element to its bank and line.
 
+When X is loaded once per row tile and W once per step (one chunk, several column
+tiles), the next row tile's X is loaded in parts of ``xq`` rows, one part after each W
+load of the current row tile but its first (``XPWAIT``/``XPISS``), so it is in its slot
+when the compute reaches it. Loaded whole at the next row tile's first step, as before,
+its beats blocked the W loads behind them and the compute waited (the first layer's
+P = 27 at (B_P, k) = (4, 2) on the 8 x 8: 99 cycles of load stall per row tile of 448
+compute cycles). ``xq = max(1, rows >> floor(log2(column tiles - 1)))``, so the parts end
+within the row tile's steps. The first step has none: the part would wait for its slot
+(the previous row tile's X, freed with that row tile's last step) and hold up the second
+step's W load behind it.
+
 Requests and responses are decoupled by a tag FIFO (``rd_outstanding`` deep) that
 records where each beat goes, so up to ``rd_outstanding`` reads are in flight.
 """
@@ -55,7 +66,8 @@ def _lane_decode(lp, v):
 
 class Loader(wiring.Component):
     """Load engine; ``x_done``/``w_done`` count completed loads, ``x_free``/``w_free``
-    pulses (from the compute) return slots."""
+    pulses (from the compute) return slots' memories, ``b_free`` (later) a W slot's bias
+    registers: a load's bias beats (``BISS``) wait for it."""
 
     #: registers from a read response to the write beat leaving on ``wr`` (r1: the tag and
     #: the elements' steps and lanes; r2: the flat index; ``wr``: bank and line). A
@@ -72,6 +84,7 @@ class Loader(wiring.Component):
             "start": In(1),
             "x_free": In(1),
             "w_free": In(1),
+            "b_free": In(1),
             "x_done": Out(dim + log2(cfg.tr_max) + 2),
             "w_done": Out(2 * dim + 2),
             "x_inc": Out(1),            # x_done counts up at the next edge
@@ -109,13 +122,39 @@ class Loader(wiring.Component):
         # load is issued, down a cycle after its slot is freed) so that the slot test is one bit.
         x_out = Signal(2, name="ld_x_out")
         w_out = Signal(2, name="ld_w_out")
+        b_out = Signal(2, name="ld_b_out")     # W loads issued whose bias is still in use
         x_iss = Signal(name="ld_x_iss")        # x_issued counts up at the next edge
         w_iss = Signal(name="ld_w_iss")
         with m.If(self.start):
-            m.d.sync += [x_out.eq(0), w_out.eq(0)]
+            m.d.sync += [x_out.eq(0), w_out.eq(0), b_out.eq(0)]
         with m.Else():
             m.d.sync += [x_out.eq(x_out + x_iss - self.x_free),
-                         w_out.eq(w_out + w_iss - self.w_free)]
+                         w_out.eq(w_out + w_iss - self.w_free),
+                         b_out.eq(b_out + w_iss - self.b_free)]
+
+        # ---- X parts (see the module's docstring) ------------------------------------
+        # ``ilv``: the layer loads X in parts (one chunk, several column tiles, several row
+        # tiles); ``px_more``: rows of the next row tile's X are still to be issued (set at
+        # each row tile's first step); ``px_idx`` / ``px_row_addr``: its next row and that
+        # row's address; ``px_cnt``: rows of this part left - 1; ``xq_m1``: rows per part - 1.
+        ilv = Signal(name="px_ilv")
+        m.d.sync += ilv.eq(lp.ch_one & ~lp.ct_one & ~lp.rt_one)
+        px_more = Signal(name="px_more")
+        px_idx = Signal(range(cfg.tr_max), name="px_idx")
+        px_row_addr = Signal(cfg.addr_width, name="px_row_addr")
+        px_cnt = Signal(range(cfg.tr_max), name="px_cnt")
+        xq_m1 = Signal(range(cfg.tr_max), name="px_xq_m1")
+        m.d.sync += xq_m1.eq(lp.trm1 >> it.lnct)
+        nx_rows_m1 = Signal(range(cfg.tr_max), name="px_nx_rows_m1")
+        xn_base = Signal(cfg.addr_width, name="px_xn_base")
+        nx_rows_m2 = Signal(range(cfg.tr_max), name="px_nx_rows_m2")
+        m.d.sync += [nx_rows_m1.eq(it.nx_rows_m1), nx_rows_m2.eq(nx_rows_m1 - 1),
+                     xn_base.eq(d.x_addr + it.nx_row_off)]
+        # the step's W load is followed by a part, and the step loads X whole (not in parts)
+        part = Signal(name="px_part")
+        m.d.comb += part.eq(ilv & ~it.last_rt & ~it.first_ct & px_more)
+        x_whole = Signal(name="px_x_whole")
+        m.d.comb += x_whole.eq(it.x_new & (~ilv | it.first_rt))
 
         # ---- request generator -------------------------------------------------------
         idx = Signal(range(max(cfg.tr_max, cfg.tc) + 1), name="rq_idx")
@@ -163,17 +202,20 @@ class Loader(wiring.Component):
         # level, the transfer ``fire`` shared LUTs with the walk's sync resets and ran from
         # the state across the loader to every request register's enable: the 8 x 4's worst
         # path on 0ef84ad, seed 1 (4 LUTs, 9.62 ns of wire).
+        # In BISS a request also waits for the slot's bias registers (``b_out``: fewer than
+        # two W loads issued whose bias is in use); ``in_b`` is set with the state.
         iss = Signal(name="rq_iss")
+        in_b = Signal(name="rq_in_b")
         room = Signal(init=1, name="rq_room")
         fire = Signal(name="rq_fire")
         pop = tags.r_en & tags.r_rdy
-        m.d.comb += [self.rd_valid.eq(iss & room), fire.eq(self.rd_valid & self.rd_ready),
-                     tags.w_en.eq(fire)]
+        m.d.comb += [self.rd_valid.eq(iss & room & ~(in_b & b_out[1])),
+                     fire.eq(self.rd_valid & self.rd_ready), tags.w_en.eq(fire)]
         m.d.sync += room.eq(tags.level + fire - pop != tags.depth)
 
         def goto(state):
             m.next = state
-            m.d.sync += iss.eq(state in ("XISS", "WISS", "BISS"))
+            m.d.sync += [iss.eq(state in ("XISS", "WISS", "BISS", "XPISS")), in_b.eq(state == "BISS")]
         # ``beat == it.nb_m1`` kept in a register (``it.nb_m1`` is a select on ``it.last_ch``,
         # and the compare fed the enables of the walk's counters: the 4 x 4's worst path on
         # d553c2c seed 1). Its inputs, registered from the step's sizes, are current from
@@ -234,6 +276,35 @@ class Loader(wiring.Component):
         m.d.sync += [x_base.eq(d.x_addr + it.row_off + it.p_off), gp_off.eq(s_off + it.p_off),
                      w_base.eq(d.w_addr + it.col_off + it.p_off)]
 
+        # the X walk's next row (a row of a whole X load or of a part)
+        nx_j = Mux(g_wrap, g_j + 1, g_j)
+        nx_rr = Mux(g_wrap, 0, g_rr + 1)
+        nx_off = Mux(g_wrap, 0, g_off + lp.stride)
+
+        def x_row_end(rows_m2):
+            """An X row ends (``rows_m2``: the load's rows - 2, for its last row)."""
+            # the row ends its group of B_P rows: ``(idx + 1) % B_P == 0`` without the
+            # adder (``lp.lbp`` -> adder -> compare was the 4 x 4's worst path)
+            with m.If((idx & lp.bpmask) == lp.bpmask):
+                m.d.sync += abase.eq(abase + it.n_s)
+            m.d.sync += [g_j.eq(nx_j), g_rr.eq(nx_rr), g_off.eq(nx_off),
+                         g_wrap.eq(Mux(g_wrap, rs_is1, g_rr == rs_m2)),
+                         last_item.eq(idx == rows_m2)]
+            with m.If(gather & g_wrap):
+                m.d.sync += [addr.eq(self.g_addr + it.p_off), row_addr.eq(self.g_addr + it.p_off)]
+
+        def x_done_issue():
+            """An X load's last request: count it, and record where the next one starts."""
+            m.d.comb += x_iss.eq(1)
+            m.d.sync += [x_issued.eq(x_issued + 1), n_j.eq(nx_j), n_rr.eq(nx_rr), n_off.eq(nx_off)]
+
+        def after_w():
+            """A W load's last request: the next row tile's X part, if any, else NEXT."""
+            with m.If(part):
+                goto("XPWAIT")
+            with m.Else():
+                goto("NEXT")
+
         with m.FSM(name="rq_fsm"):
             with m.State("IDLE"):
                 m.d.comb += it.restart.eq(self.start)
@@ -241,7 +312,9 @@ class Loader(wiring.Component):
                     m.d.sync += [x_issued.eq(0), w_issued.eq(0), n_j.eq(0), n_rr.eq(0), n_off.eq(0)]
                     goto("STEP")
             with m.State("STEP"):
-                with m.If(it.x_new):
+                with m.If(it.first_ct):
+                    m.d.sync += [px_more.eq(1), px_idx.eq(0)]
+                with m.If(x_whole):
                     goto("XWAIT")
                 with m.Elif(it.w_new):
                     goto("WWAIT")
@@ -264,29 +337,47 @@ class Loader(wiring.Component):
                              *issue_pl0(), tag.nvalid.eq(nvalid), tag.abase.eq(abase)]
 
                 m.d.comb += self.g_idx.eq(g_j + 1)
-                nx_j = Mux(g_wrap, g_j + 1, g_j)
-                nx_rr = Mux(g_wrap, 0, g_rr + 1)
-                nx_off = Mux(g_wrap, 0, g_off + lp.stride)
-
-                def x_row_end():
-                    # the row ends its group of B_P rows: ``(idx + 1) % B_P == 0`` without the
-                    # adder (``lp.lbp`` -> adder -> compare was the 4 x 4's worst path)
-                    with m.If((idx & lp.bpmask) == lp.bpmask):
-                        m.d.sync += abase.eq(abase + it.n_s)
-                    m.d.sync += [g_j.eq(nx_j), g_rr.eq(nx_rr), g_off.eq(nx_off),
-                                 g_wrap.eq(Mux(g_wrap, rs_is1, g_rr == rs_m2)),
-                                 last_item.eq(idx == rows_m2)]
-                    with m.If(gather & g_wrap):
-                        m.d.sync += [addr.eq(self.g_addr + it.p_off), row_addr.eq(self.g_addr + it.p_off)]
 
                 def x_last():
-                    m.d.comb += x_iss.eq(1)
-                    m.d.sync += [x_issued.eq(x_issued + 1), n_j.eq(nx_j), n_rr.eq(nx_rr), n_off.eq(nx_off)]
+                    x_done_issue()
                     with m.If(it.w_new):
                         goto("WWAIT")
                     with m.Else():
                         goto("NEXT")
-                advance(last_beat, last_row, x_row_end, x_last)
+                advance(last_beat, last_row, lambda: x_row_end(rows_m2), x_last)
+            with m.State("XPWAIT"):
+                # a part of the next row tile's X: the first starts where the current row
+                # tile's X ended (``n_*``), later ones resume at ``px_*``
+                first = px_idx == 0
+                m.d.comb += self.g_idx.eq(n_j)
+                start_addr = Mux(first, Mux(gather, self.g_addr + n_off, xn_base), px_row_addr)
+                m.d.sync += [idx.eq(px_idx), beat.eq(0), last_beat.eq(nb_zero), *set_pl0(0),
+                             addr.eq(start_addr), row_addr.eq(start_addr), px_cnt.eq(xq_m1),
+                             last_item.eq(px_idx == nx_rows_m1)]
+                with m.If(first):
+                    m.d.sync += [abase.eq(0), g_j.eq(n_j), g_rr.eq(n_rr), g_off.eq(n_off),
+                                 g_wrap.eq(n_rr == rs_m1)]
+                with m.If(~x_out[1]):
+                    goto("XPISS")
+            with m.State("XPISS"):
+                m.d.comb += [tag.kind.eq(KIND_X), tag.slot.eq(x_issued[0]),
+                             tag.last.eq(last_beat & last_item), tag.idx.eq(idx),
+                             *issue_pl0(), tag.nvalid.eq(nvalid), tag.abase.eq(abase)]
+                m.d.comb += self.g_idx.eq(g_j + 1)
+
+                def xp_row_end():
+                    x_row_end(nx_rows_m2)
+                    m.d.sync += [px_idx.eq(idx + 1), px_cnt.eq(px_cnt - 1),
+                                 px_row_addr.eq(Mux(gather & g_wrap, self.g_addr + it.p_off,
+                                                    row_addr + lp.stride))]
+                    with m.If(px_cnt == 0):
+                        goto("NEXT")
+
+                def xp_last():
+                    x_done_issue()
+                    m.d.sync += px_more.eq(0)
+                    goto("NEXT")
+                advance(last_beat, last_item, xp_row_end, xp_last)
             with m.State("WWAIT"):
                 start_addr = w_base
                 m.d.sync += [idx.eq(0), beat.eq(0), last_beat.eq(nb_zero), *set_pl0(0),
@@ -308,7 +399,7 @@ class Loader(wiring.Component):
                     with m.Else():
                         m.d.comb += w_iss.eq(1)
                         m.d.sync += w_issued.eq(w_issued + 1)
-                        goto("NEXT")
+                        after_w()
                 def w_col_end():
                     m.d.sync += last_item.eq(idx == ncols_m2)
                 advance(last_beat, last_col, w_col_end, w_last)
@@ -321,7 +412,7 @@ class Loader(wiring.Component):
                     with m.If(last_bbeat):
                         m.d.comb += w_iss.eq(1)
                         m.d.sync += w_issued.eq(w_issued + 1)
-                        goto("NEXT")
+                        after_w()
             with m.State("NEXT"):
                 with m.If(it.last_step):
                     goto("IDLE")

@@ -12,7 +12,7 @@ two cycles after it), so no per-step size is more than a multiplexer away from a
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Elaboratable, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import data
 
 from .config import HwConfig
@@ -204,6 +204,14 @@ class StepIter(Elaboratable):
         self.nb_m1 = Signal(dim + 1)                # memory beats per row of the chunk - 1
         self.nv_last = Signal(range(cfg.elems_per_beat + 1))  # elements of a row's last beat
         self.step_s = Signal(range(cfg.lanes + 1))  # S, reduction elements per cycle
+        self.first_rt = Signal()
+        # The next row tile, for the loader's X parts (registers following the row tile
+        # counter: valid from the second cycle after ``restart`` or an advance of the row
+        # tile, the third for ``nx_rows_m1``): its rows - 1 and its row offset; and
+        # ``lnct``, floor(log2(column tiles - 1)), from the third cycle after ``restart``.
+        self.nx_rows_m1 = Signal(range(cfg.tr_max))
+        self.nx_row_off = Signal(aw)
+        self.lnct = Signal(range(dim))
 
     def elaborate(self, platform):
         m = Module()
@@ -303,6 +311,17 @@ class StepIter(Elaboratable):
                                  first_rt.eq(0), self.last_rt.eq(self.rt == n_rt_m2),
                                  x_new.eq(1), w_new.eq(~single)]
 
+        # the next row tile (``nx_*``; what ``last_rt`` and ``pen`` become at the advance)
+        nx_last = reg("nx_last", 1, self.rt == n_rt_m2)
+        nx_pen = reg("nx_pen", 1, lp.rbal & (self.rt == n_rt_m3))
+        m.d.sync += [self.nx_rows_m1.eq(Mux(nx_last, lp.rm, Mux(nx_pen, trm1_h, lp.trm1))),
+                     self.nx_row_off.eq(self.row_off + Mux(pen, stride_rh, stride_r))]
+        # floor(log2(n_ct - 1)): the highest set bit of n_ct - 1 (one-hot, then encoded;
+        # shallow; 0 for n_ct - 1 = 0)
+        top = [n_ct_m1[b] & (n_ct_m1[b + 1:] == 0) for b in range(dim)]
+        m.d.sync += self.lnct.eq(Cat(*(Cat(*(top[b] for b in range(dim) if b >> i & 1)).any()
+                                       for i in range(len(self.lnct)))))
+
         lr, lc, lh = self.last_rt, self.last_ct, self.last_ch
         m.d.comb += [
             self.rows.eq(Mux(lr, rows_last, Mux(pen, trows_h, trows))),
@@ -320,6 +339,7 @@ class StepIter(Elaboratable):
             self.nb_m1.eq(Mux(lh, nbl_m1, nbf_m1)),
             self.nv_last.eq(Mux(lh, nvl, E)),
             self.step_s.eq(lp.s),
+            self.first_rt.eq(first_rt),
             self.last_step.eq(lr & lc & lh),
             self.x_new.eq(x_new),
             self.w_new.eq(w_new),

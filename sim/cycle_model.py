@@ -25,7 +25,7 @@ from fluidnpu.hw.interface import OUT_RAW
 from fluidnpu.hw.runner import MemTiming
 
 __all__ = ["LayerTiming", "layer_cycles", "layer_timing", "CycleModelError",
-           "START_CYCLES", "pipe_latency", "DRAIN_LATENCY"]
+           "START_CYCLES", "pipe_latency", "buf_latency", "DRAIN_LATENCY"]
 
 # ---- constants taken from the RTL (see docs/cycle_model.md) --------------------------
 #: accept (IDLE) -> PREP -> PREP2 -> START -> first SETUP: the first SETUP is 4 cycles after
@@ -43,7 +43,14 @@ def pipe_latency(cfg: HwConfig) -> int:
     14 for the 8 x 4, 15 for the default 8 x 8."""
     ltc = cfg.tc.bit_length() - 1
     ltp = cfg.tp.bit_length() - 1
-    return 3 + max(1, -(-ltc // 2)) + 4 + ltp + ltc
+    return buf_latency(cfg) + 4 + ltp + ltc
+
+
+def buf_latency(cfg: HwConfig) -> int:
+    """Issue cycle -> the operands out of the buffers (``op_valid``): ``OperandBuffers.latency``
+    (request register, memory read, output register, the X copy network's stages); a
+    slot's memory is freed then (section 2); 5 on the 8 x 8."""
+    return 3 + max(1, -(-(cfg.tc.bit_length() - 1) // 2))
 
 #: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1
@@ -321,6 +328,11 @@ class _Layer:
         self.rt_len = self.n_ct * self.n_ch
         self.n_steps = self.n_rt * self.rt_len
         self.single = self.n_ct == 1 and self.n_ch == 1
+        # X of row tile rt + 1 is loaded in parts of ``xq`` rows, one part after each W
+        # load of row tile rt but the first (hw/loader.py)
+        self.ilv = self.n_ch == 1 and self.n_ct > 1 and self.n_rt > 1
+        self.xq = max(1, tr >> ((self.n_ct - 1).bit_length() - 1)) if self.ilv else 0
+        self.xparts = _ceil(tr, self.xq) if self.ilv else 0
         dw = M // 4 if out_mode == OUT_RAW else cfg.elems_per_beat
         self.bias = bool(bias)
         self.tr, self.M, self.eb, self.dw = tr, M, eb, dw
@@ -343,6 +355,8 @@ class _Layer:
             boff = (c0 * 4) & (M - 1)
             nbb = (boff + ncols * 4 + M - 1) // M
         key = (rt == 0, last_rt, rt == self.pen, ct == 0, last_ct, last_ch, nbb)
+        if self.ilv:
+            key += (None if last_rt else self.rows[rt + 1], min(ct, self.xparts + 1))
         v = self._cache.get(key)
         if v is None:
             v = self._cache[key] = self._make(rt, ct, ch, nbb)
@@ -357,7 +371,15 @@ class _Layer:
         n_g = _ceil(rows, bp)
         nb = _ceil(ln * eb, M)
         x_new = self.n_ch > 1 or ct == 0
+        x_wait = self.ilv and rt > 0 and ct == 0        # X loaded in parts in row tile rt - 1
+        x_whole = x_new and not x_wait
         w_new = not self.single or rt == 0
+        xpb, xp_last = 0, False                         # this step's part of the next X
+        if self.ilv and rt < self.n_rt - 1 and ct > 0:
+            nxt, r0 = self.rows[rt + 1], (ct - 1) * self.xq
+            if r0 < nxt:
+                xpb = min(self.xq, nxt - r0) * nb
+                xp_last = r0 + self.xq >= nxt
         x_last = self.n_ch > 1 or ct == self.n_ct - 1
         w_last = not self.single or rt == self.n_rt - 1
         last_ch = ch == self.n_ch - 1
@@ -365,8 +387,8 @@ class _Layer:
         fb = bp * cb                                   # drain beats of a full group
         lb = (rows - (n_g - 1) * bp) * cb              # ... of the last group
         return (n_s, n_g, fb, lb, last_ch,
-                rows * nb if x_new else 0, ncols * nb + nbb if w_new else 0,
-                x_last, w_last)
+                rows * nb if x_whole else 0, ncols * nb if w_new else 0, nbb if w_new else 0,
+                x_last, w_last, x_wait, xpb, xp_last)
 
     def periodic_end(self, j: int, d: int) -> int:
         """The largest ``e`` such that steps ``m`` and ``m - d`` behave the same (same step
@@ -381,6 +403,26 @@ class _Layer:
         half tile before the last when the last two are balanced (``pen``).
         """
         n_ch, n_ct, n_rt = self.n_ch, self.n_ct, self.n_rt
+        if self.ilv:
+            # X in parts: a step's class depends on its column tile (its part of the next
+            # X) and on whether its row tile is the first (X loaded whole) or one of the
+            # last three (the next X shorter, the pen tile, the last). Periods inside one
+            # row tile: among the steps with a part that is not the last (column tiles
+            # 1 .. np - 1) or among those with none (np + 1 .. n_ct - 2); else whole row
+            # tiles between the first and the last three.
+            rt, ct = divmod(j, self.rt_len)
+            if d < self.rt_len:
+                np_ = _ceil(self.rows[rt + 1], self.xq) if rt < n_rt - 1 else 0
+                for a, b in ((1, np_ - 1), (np_ + 1, n_ct - 2)):
+                    if a <= ct - d and ct <= b:
+                        return max(j, min(rt * self.rt_len + b + 1, self.n_steps - 1))
+                return j
+            if d % self.rt_len or rt - d // self.rt_len < 1:
+                return j
+            tail = (self.pen if self.pen >= 0 else n_rt - 1) - 1
+            if rt >= tail:
+                return j
+            return max(j, min(tail * self.rt_len, self.n_steps - 1))
         rt, rem = divmod(j, self.rt_len)
         ct, ch = divmod(rem, n_ch)
         if d <= ch <= n_ch - 2:                       # inside one tile, full chunks
@@ -419,12 +461,17 @@ class _Layer:
 
 
 
-def _load(rd, t, free, beats, done_lat):
+def _load(rd, t, free, beats, done_lat, bias=0, bfree=None):
     """One X or W load: its WAIT state waits for the slot freed two loads ago, then the
-    request state issues ``beats`` reads. Returns the state after it, the cycle the load
-    counts as done for the compute, and the slot history shifted by one load."""
+    request state issues ``beats`` reads, then (W) ``bias`` bias beats once that load's
+    bias is free (``bfree``: the bias history, as ``free``). Returns the state after it,
+    the cycle the load counts as done for the compute, and the slot history shifted by
+    one load."""
     c = t if free[0] is None or free[0] <= t else free[0]
     z = rd.run(c + 1, beats)
+    if bias:
+        b = z + 1 if bfree[0] is None or bfree[0] <= z + 1 else bfree[0]
+        z = rd.run(b, bias)
     return z + 1, z + done_lat, [free[1], None]
 
 def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
@@ -439,13 +486,17 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
     H = max(L, Lw) + 2 * I + 16          # a time older than ref - H cannot matter
     done_lat = L + DONE_DELAY
     pipe = pipe_latency(cfg)
-    fdel = pipe + FREE_DELAY              # last issue -> free visible to the loader
+    fdel = buf_latency(cfg) + FREE_DELAY  # last issue -> a slot's memory free for the loader
+    bdel = pipe + FREE_DELAY              # ... -> a W slot's bias free for the loader
     avl = pipe + STAGE_DELAY              # last issue -> entry readable by the drain
 
     sigma = START_CYCLES                  # compute: first SETUP cycle of the next step
     ld = START_CYCLES                     # loader: cycle it is in STEP for the next step
     xf = [None, None]                     # free-visible times of X loads q-2, q-1
+    xpend = 0                             # X loads issued whose free time is not known yet
+    xready = _NEG                         # the last X load done (loaded in parts)
     wf = [None, None]
+    bf = [None, None]                     # bias free-visible times of W loads q-2, q-1
     D = cfg.stage_entries
     pq = deque([_NEG] * D, maxlen=D)      # drain accept times of groups i-D .. i-1
     n_groups = 0
@@ -457,8 +508,10 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
     while j < n_steps:
         if extrapolate:
             low = min(sigma, ld) - H
-            key = (ld - sigma, _rel(xf[0], sigma, low), _rel(xf[1], sigma, low),
+            key = (ld - sigma, xpend, _rel(xready, sigma, low),
+                   _rel(xf[0], sigma, low), _rel(xf[1], sigma, low),
                    _rel(wf[0], sigma, low), _rel(wf[1], sigma, low),
+                   _rel(bf[0], sigma, low), _rel(bf[1], sigma, low),
                    *(_rel(p, sigma, low) for p in pq)) + \
                 rd.snap(sigma, low) + drain.snap(sigma, low)
             cur = (j, sigma, n_groups, load_stall, credit_stall)
@@ -480,7 +533,9 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
                     sigma += dt
                     ld += dt
                     xf = [None if v is None else v + dt for v in xf]
+                    xready += dt
                     wf = [None if v is None else v + dt for v in wf]
+                    bf = [None if v is None else v + dt for v in bf]
                     pq = deque((p + dt for p in pq), maxlen=D)
                     rd.shift(dt)
                     drain.shift(dt)
@@ -492,18 +547,31 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
                 if len(hits) > 32:
                     del hits[0]
         simulated += 1
-        (n_s, n_g, fb, lb, last_ch, xb, wb, x_last, w_last) = lay.step(j)
-        # -- loader: STEP (ld) -> [XWAIT -> XISS] -> [WWAIT -> WISS (-> BISS)] -> NEXT
+        (n_s, n_g, fb, lb, last_ch, xb, wb, nbb, x_last, w_last, x_wait, xpb, xp_last) = lay.step(j)
+        # -- loader: STEP (ld) -> [XWAIT -> XISS] -> [WWAIT -> WISS (-> BISS)]
+        #    -> [XPWAIT -> XPISS] -> NEXT
         t = ld + 1                       # entry of the state after STEP
         ready = sigma
         if xb:
             t, done, xf = _load(rd, t, xf, xb, done_lat)
+            xpend += 1
             if done > ready:
                 ready = done
+        if x_wait and xready > ready:
+            ready = xready
         if wb:
-            t, done, wf = _load(rd, t, wf, wb, done_lat)
+            t, done, wf = _load(rd, t, wf, wb, done_lat, nbb, bf)
+            bf = [bf[1], None]
             if done > ready:
                 ready = done
+        if xpb:
+            # a part of the next row tile's X: its WAIT state waits for the slot (only
+            # the first part can wait: the slot test cannot change until the last)
+            if xp_last:
+                t, xready, xf = _load(rd, t, xf, xpb, done_lat)
+                xpend += 1
+            else:
+                t, _, _ = _load(rd, t, xf, xpb, done_lat)
         ld = t + 1                       # NEXT in t, STEP of the next step in t + 1
         # -- compute: SETUP (until loads done and a credit) -> RUN, groups of n_s cycles
         cred = pq[0] + 1
@@ -525,9 +593,11 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
         n_groups += n_g
         sigma = tstart
         if x_last:
-            xf[1] = e + fdel
+            xf[2 - xpend] = e + fdel     # the oldest X load in use (q-1, or q-2 in parts)
+            xpend -= 1
         if w_last:
             wf[1] = e + fdel
+            bf[1] = e + bdel
         j += 1
     last_w = drain.finish()
     end = last_w + Lw + END_DELAY

@@ -206,6 +206,7 @@ def test_constants_match_rtl():
         assert cm.START_CYCLES == NPUCore.START_CYCLES + 1
         assert cm.pipe_latency(cfg) == NPUCore.pipe_latency_for(cfg)
         assert cm.pipe_latency(cfg) == OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
+        assert cm.buf_latency(cfg) == OperandBuffers.latency_for(cfg)
         assert PEArray.latency_for(cfg) == (4 + cfg.tp.bit_length() - 1
                                             + cfg.tc.bit_length() - 1)
         assert cm.DRAIN_LATENCY == Drain.LATENCY
@@ -266,6 +267,8 @@ def test_extrapolation_equals_full_simulation():
     (16 * 200 + 5, 147, 64, 1, 1),      # many row tiles, several column tiles
     (16 * 90, 64, 8, 2, 1),             # one column tile: W loaded once
     (16 * 40 + 3, 2500, 24, 1, 8),      # chunks x column tiles x row tiles
+    (32 * 40 + 9, 27, 600, 4, 2),       # 150 column tiles: X in parts, periods inside a row tile
+    (12544, 27, 32, 8, 2),              # the first layer of bench_gemm at (8, 2): X in parts
 ])
 def test_extrapolation_on_long_layers(R, P, C, bp, k):
     for mem in (MemTiming(), MemTiming(latency=1), MemTiming(latency=20, interval=2),
