@@ -557,8 +557,8 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
             xpend += 1
             if done > ready:
                 ready = done
-        if x_wait and xready > ready:
-            ready = xready
+        if x_wait and xready > ready:     # (never binds: the step's W load is issued after
+            ready = xready                #  the last part, so it is done later)
         if wb:
             t, done, wf = _load(rd, t, wf, wb, done_lat, nbb, bf)
             bf = [bf[1], None]

@@ -76,8 +76,9 @@ def test_core_in_amaranth_simulator(shape, bp, k, bias, requant):
     (1, 11, 20, 2, 1),     # one row per sample (dense layers)
     (8, 2, 9, 1, 2),       # a sample is exactly a row tile
     (5, 4, 300, 1, 4),     # several reduction chunks: every X load re-walks its tile
-    (3, 7, 13, 1, 4),      # six column tiles: the next row tile's X in parts of 2 rows,
+    (3, 7, 13, 1, 4),      # six column tiles: the next row tile's X in parts of 4 rows,
                            # samples straddling the parts (hw/loader.py)
+    (2, 9, 20, 1, 4),      # parts of 2 rows, three of them ending on a sample's last row
 ])
 def test_core_x_row_gather(rs, n, P, bp, k):
     """With ``rs > 0`` sample j's rows come from the gather table's address j: scatter the
