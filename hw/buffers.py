@@ -25,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 from .bram import WordRAM, ecp5_tiling
 from .config import HwConfig
 from .interface import log2
+from .widemux import WideMux
 
 __all__ = ["OperandBuffers", "elem_write_layout", "net_stages", "w_stages"]
 
@@ -183,15 +184,19 @@ class OperandBuffers(wiring.Component):
             line = Signal(addr_shape, name=f"w1_line_rep{g}")
             wx = Signal(name=f"w1_x_rep{g}")
             m.d.sync += [d_rep[i].eq(el.data.as_unsigned()) for i, el in enumerate(wr0)]
+            # element i is for this memory (``mine[i]``: its bank's upper bits, compared once
+            # per element) and for position j (its lower bits): one full compare per element
+            # and position was 3 LUTs each, 3,072 on the 16 x 8
+            mine = [el.en & (el.bank[ltp:] == g) for el in wr0]
             for j in range(tp):
-                hits = [el.en & (el.bank == g * tp + j) for el in wr0]
+                hits = [mn & (el.bank[:ltp] == j) for mn, el in zip(mine, wr0)]
                 idx = 0
                 for i, h in enumerate(hits):
                     idx = idx | Mux(h, i, 0)
                 m.d.sync += [hit[j].eq(Cat(*hits).any()), sel[j].eq(idx)]
             line_or = 0
-            for el in wr0:
-                line_or = line_or | Mux(el.en & ((el.bank >> ltp) == g), el.addr, 0)
+            for mn, el in zip(mine, wr0):
+                line_or = line_or | Mux(mn, el.addr, 0)
             m.d.sync += [line.eq(line_or), wx.eq(wx0)]
 
             w2_data = Signal(word, name=f"w2_data{g}")
@@ -201,8 +206,15 @@ class OperandBuffers(wiring.Component):
             w2_lines = {which: [Signal(addr_shape, name=f"w2_{which}line{g}_rep{c}")
                                 for c in range(addr_reps(cfg, which))] for which in "xw"}
             for j in range(tp):
-                m.d.sync += [w2_data[j].eq(d_rep[sel[j]]), w2_x[j].eq(hit[j] & wx),
-                             w2_w[j].eq(hit[j] & ~wx)]
+                # the position's element: an e-way select (WideMux: the slices' own muxes)
+                dsel = WideMux(n=e, width=dw) if e in (2, 4, 8) else None
+                if dsel is None:
+                    m.d.sync += w2_data[j].eq(d_rep[sel[j]])
+                else:
+                    m.submodules[f"w2_dsel{g}_{j}"] = dsel
+                    m.d.comb += [dsel.sel.eq(sel[j]), dsel.i.eq(d_rep)]
+                    m.d.sync += w2_data[j].eq(dsel.o)
+                m.d.sync += [w2_x[j].eq(hit[j] & wx), w2_w[j].eq(hit[j] & ~wx)]
             m.d.sync += [r.eq(line) for reps in w2_lines.values() for r in reps]
 
             for which, depth, en, out in (("x", cfg.x_depth, w2_x, xmem),
@@ -309,20 +321,29 @@ class OperandBuffers(wiring.Component):
             m.d.sync += f_n.eq(f)
             f = f_n
         # Per-layer constants (stable while a layer runs).
-        kmask = Signal(range(tc), name="f0_kmask")
         segmask = Signal(range(tp), name="f0_segmask")
-        m.d.sync += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
+        m.d.sync += segmask.eq((1 << self.lseg) - 1)
         # Stage f1 -> f2: per PE (``_rep``) the lane mask and, per level, the two selects
         # (lanes whose bit b is 0 take from above, lanes whose bit is 1 from below), decoded
         # from per-PE copies of the request and registered; a later stage's selects are
         # delayed to its data, so every stage is only multiplexers.
+        # Lane mask: lane l of PE pe holds element q = base + lo of the step's slice, base =
+        # (pe & (k - 1)) << lseg (per PE) and lo = l & segmask (per lane index); it is valid
+        # while q < rem, i.e. lo < rem - base (``f1_rpe``, one subtraction per PE): each
+        # lane then takes one bit of its PE's thermometer of that difference. (A compare of
+        # every lane's q with rem was a 17-bit carry chain per lane, 1,024 CCU2C on the
+        # 16 x 8.)
         lmask = Signal(n, name="f2_lmask")
         sel = {}
+        rw = len(r.rem) + 1
         for pe in range(tc):
             wgrp = Signal.like(r.wgrp, name=f"f1_wgrp_rep{pe}")
-            rem = Signal.like(r.rem, name=f"f1_rem_rep{pe}")
             lseg = Signal.like(self.lseg, name=f"f0_lseg_rep{pe}")
-            m.d.sync += [wgrp.eq(r.wgrp), rem.eq(r.rem), lseg.eq(self.lseg)]
+            base = Signal(range(n), name=f"f0_base{pe}")
+            rpe = Signal(signed(rw), name=f"f1_rpe_rep{pe}")
+            m.d.sync += [wgrp.eq(r.wgrp), lseg.eq(self.lseg),
+                         base.eq((pe & ((1 << self.lk) - 1)) << self.lseg),
+                         rpe.eq(r.rem.as_signed() - base)]
             blk = Signal(range(tp), name=f"f1_wblk{pe}")          # wgrp << lseg
             m.d.comb += blk.eq(wgrp << lseg)
             for b in range(ltp):
@@ -330,10 +351,19 @@ class OperandBuffers(wiring.Component):
                     s_ = Signal(name=f"f2_wsel_rep{pe}_{b}_{side}")
                     m.d.sync += s_.eq((lseg <= b) & (blk[b] != side))
                     sel[pe, b, side] = s_
+            # thermometer: th[j] = j < rpe for j < tp (rpe >= tp: all; rpe <= 0: none)
+            neg, big = rpe[-1], rpe[ltp:-1].any()
+            th = Signal(tp, name=f"f1_th{pe}")
+            if ltp:
+                with m.Switch(rpe[:ltp]):
+                    for v in range(tp):
+                        with m.Case(v):
+                            m.d.comb += th.eq(Mux(neg, 0, Mux(big, (1 << tp) - 1, (1 << v) - 1)))
+            else:
+                m.d.comb += th.eq(~neg & big)
             for l in range(tp):
-                q = Signal(range(n), name=f"f0_q_{pe}_{l}")    # lane's element within S
-                m.d.sync += q.eq(((pe & kmask) << lseg) | (l & segmask))
-                m.d.sync += lmask[pe * tp + l].eq(q < rem)
+                # lo = l & segmask: one of the ltp + 1 values l mod 2**lseg
+                m.d.sync += lmask[pe * tp + l].eq(th.bit_select(l & segmask, 1))
         per = -(-ltp // n_st) if ltp else 0
         for st in range(n_st):
             levels = [b for b in range(st * per, (st + 1) * per) if b < ltp]

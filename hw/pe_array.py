@@ -15,6 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
 from .dsp import Multiplier
+from .gated_add import GatedAdder
 from .interface import log2, register_copies
 
 __all__ = ["PEArray"]
@@ -162,6 +163,16 @@ class PEArray(wiring.Component):
         return prod
 
     @staticmethod
+    def _gated_add(m, name: str, width: int, own, other, keep):
+        """``keep ? own : own + other`` (``width`` bits, signed): the select inside the carry
+        chain (:class:`~.gated_add.GatedAdder`), where a multiplexer behind the adder took a
+        LUT per bit. Only where the kept value is one of the addends (index 0 of a level)."""
+        add = GatedAdder(width=width)
+        m.submodules[name] = add
+        m.d.comb += [add.a.eq(other), add.b.eq(own), add.gate.eq(keep)]
+        return add.y.as_signed()
+
+    @staticmethod
     def tree_stages_for(cfg: HwConfig) -> int:
         """Stages of the segmented adder tree: one per level."""
         return log2(cfg.tp)
@@ -188,9 +199,14 @@ class PEArray(wiring.Component):
                    for pe in range(tc)]
             for pe in range(tc):
                 for i in range(tp):
-                    add = cur[pe][2 * i] + cur[pe][2 * i + 1] if i < tp >> lvl else 0
                     # the segments' level is below lvl: keep; else add (or 0)
                     done = lbp_rep[pe][i] > ltp - lvl
+                    if i == 0:
+                        # index 0 keeps its own value or adds index 1's: a gated adder
+                        m.d.sync += nxt[pe][i].eq(self._gated_add(
+                            m, f"s{st}_add_{pe}", width, cur[pe][0], cur[pe][1], done))
+                        continue
+                    add = cur[pe][2 * i] + cur[pe][2 * i + 1] if i < tp >> lvl else 0
                     m.d.sync += nxt[pe][i].eq(Mux(done, cur[pe][i], add))
             cur = nxt
         return cur
@@ -218,7 +234,12 @@ class PEArray(wiring.Component):
                 row = []
                 for i in range(tp):
                     r = Signal(signed(segw + lvl), name=f"s{st0 + lvl}_stack_{u}_{i}")
-                    if u < tc >> lvl:
+                    if u == 0:
+                        # position 0 keeps its own value or adds position 1's: a gated adder
+                        m.d.sync += r.eq(self._gated_add(m, f"s{st0 + lvl}_add_{i}", segw + lvl,
+                                                         cur[0][i], cur[1][i],
+                                                         lk_rep[0][i] < lvl))
+                    elif u < tc >> lvl:
                         lk_lvl = lk_rep[u][i]
                         m.d.sync += r.eq(Mux(lk_lvl >= lvl, cur[2 * u][i] + cur[2 * u + 1][i],
                                              cur[u][i]))
@@ -240,7 +261,10 @@ class PEArray(wiring.Component):
         position (``s<st-1>_*_rep<u>``, the stage beside ``cur``) and then once per lane of
         the position: from one register straight to the 64 lane copies, spread over the
         device's four block-RAM rows, the wire to the farthest was the 8 x 8's worst path
-        on 5 Dec 2026, evening (9.46 and 11.13 ns, 100.14 and 85.82 MHz)."""
+        on 5 Dec 2026, evening (9.46 and 11.13 ns, 100.14 and 85.82 MHz). The restart on
+        ``first`` is inside each accumulator's carry chain (:class:`~.gated_add.GatedAdder`):
+        as a multiplexer behind the adder it was one LUT per accumulator bit, 4,096 on the
+        16 x 8."""
         cfg = self.cfg
         tc, tp = cfg.tc, cfg.tp
         st = self.latency - 1
@@ -253,7 +277,10 @@ class PEArray(wiring.Component):
                 valid = Signal(name=f"s{st}_valid_rep{u}_{i}")
                 m.d.sync += [first.eq(first_u), valid.eq(valid_u)]
                 a = Signal(signed(cfg.acc_width), name=f"acc_{u}_{i}")
-                v = cur[u][i]
+                # first ? v : a + v, the select inside the carry chain (GatedAdder)
+                add = GatedAdder(width=cfg.acc_width)
+                m.submodules[f"acc_add_{u}_{i}"] = add
+                m.d.comb += [add.a.eq(a), add.b.eq(cur[u][i]), add.gate.eq(first)]
                 with m.If(valid):
-                    m.d.sync += a.eq(Mux(first, v, a + v))
+                    m.d.sync += a.eq(add.y)
                 m.d.comb += self.out_vals[i * tc + u].eq(a)

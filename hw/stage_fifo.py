@@ -97,10 +97,16 @@ class StageFIFO(wiring.Component):
         m.d.comb += self.r_rdy.eq(copy_of_rdy("r_rdy_main", self.w_en, self.r_en))
         # per slice, a copy of ``r_rdy`` (equal to it in every cycle) gates the pop
         s_rdy = [copy_of_rdy(f"rdy_rep{i}", self.w_en_rep[i], self.r_en_rep[i]) for i in range(n)]
-        m.d.comb += self.r_rdy_rep.eq(Cat(
-            copy_of_rdy(f"r_rdy_rep{j}", *((x[j * n // len(self.r_rdy_rep)]
-                                            for x in (self.w_en_rep, self.r_en_rep))))
-            for j in range(len(self.r_rdy_rep))))
+        # The reader's copies: with one per slice, the slice's own (the same push and pop
+        # copies drive both, so they are equal in every cycle; as separate counters, kept
+        # apart by the synthesis flow, they were 73 more on the 16 x 8)
+        if len(self.r_rdy_rep) == n:
+            m.d.comb += self.r_rdy_rep.eq(Cat(s_rdy))
+        else:
+            m.d.comb += self.r_rdy_rep.eq(Cat(
+                copy_of_rdy(f"r_rdy_rep{j}", *((x[j * n // len(self.r_rdy_rep)]
+                                                for x in (self.w_en_rep, self.r_en_rep))))
+                for j in range(len(self.r_rdy_rep))))
         cut = [self.width * i // n for i in range(n + 1)]
         outs = []
         for i in range(n):
