@@ -321,29 +321,28 @@ class OperandBuffers(wiring.Component):
             m.d.sync += f_n.eq(f)
             f = f_n
         # Per-layer constants (stable while a layer runs).
+        kmask = Signal(range(tc), name="f0_kmask")
         segmask = Signal(range(tp), name="f0_segmask")
-        m.d.sync += segmask.eq((1 << self.lseg) - 1)
+        m.d.sync += [kmask.eq((1 << self.lk) - 1), segmask.eq((1 << self.lseg) - 1)]
         # Stage f1 -> f2: per PE (``_rep``) the lane mask and, per level, the two selects
         # (lanes whose bit b is 0 take from above, lanes whose bit is 1 from below), decoded
         # from per-PE copies of the request and registered; a later stage's selects are
         # delayed to its data, so every stage is only multiplexers.
-        # Lane mask: lane l of PE pe holds element q = base + lo of the step's slice, base =
-        # (pe & (k - 1)) << lseg (per PE) and lo = l & segmask (per lane index); it is valid
-        # while q < rem, i.e. lo < rem - base (``f1_rpe``, one subtraction per PE): each
-        # lane then takes one bit of its PE's thermometer of that difference. (A compare of
-        # every lane's q with rem was a 17-bit carry chain per lane, 1,024 CCU2C on the
-        # 16 x 8.)
+        # Lane mask: lane l of PE pe holds element q < tc*tp of the step's slice and is valid
+        # while q < rem: rem >= tc*tp (``big``, per PE) or q < rem's low bits, a compare of
+        # log2(tc*tp) bits per lane instead of rem's 17. (A thermometer of rem - base per PE
+        # with one bit per lane saved more LUTs but put three LUT levels and two long wires
+        # between registers: the 8 x 8's worst path on 3e8c036, 80.11 MHz.)
+        ln = log2(n)
         lmask = Signal(n, name="f2_lmask")
         sel = {}
-        rw = len(r.rem) + 1
         for pe in range(tc):
             wgrp = Signal.like(r.wgrp, name=f"f1_wgrp_rep{pe}")
+            rem = Signal(ln, name=f"f1_rem_rep{pe}")
+            big = Signal(name=f"f1_big_rep{pe}")
             lseg = Signal.like(self.lseg, name=f"f0_lseg_rep{pe}")
-            base = Signal(range(n), name=f"f0_base{pe}")
-            rpe = Signal(signed(rw), name=f"f1_rpe_rep{pe}")
-            m.d.sync += [wgrp.eq(r.wgrp), lseg.eq(self.lseg),
-                         base.eq((pe & ((1 << self.lk) - 1)) << self.lseg),
-                         rpe.eq(r.rem.as_signed() - base)]
+            m.d.sync += [wgrp.eq(r.wgrp), rem.eq(r.rem[:ln]), big.eq(r.rem[ln:].any()),
+                         lseg.eq(self.lseg)]
             blk = Signal(range(tp), name=f"f1_wblk{pe}")          # wgrp << lseg
             m.d.comb += blk.eq(wgrp << lseg)
             for b in range(ltp):
@@ -351,19 +350,10 @@ class OperandBuffers(wiring.Component):
                     s_ = Signal(name=f"f2_wsel_rep{pe}_{b}_{side}")
                     m.d.sync += s_.eq((lseg <= b) & (blk[b] != side))
                     sel[pe, b, side] = s_
-            # thermometer: th[j] = j < rpe for j < tp (rpe >= tp: all; rpe <= 0: none)
-            neg, big = rpe[-1], rpe[ltp:-1].any()
-            th = Signal(tp, name=f"f1_th{pe}")
-            if ltp:
-                with m.Switch(rpe[:ltp]):
-                    for v in range(tp):
-                        with m.Case(v):
-                            m.d.comb += th.eq(Mux(neg, 0, Mux(big, (1 << tp) - 1, (1 << v) - 1)))
-            else:
-                m.d.comb += th.eq(~neg & big)
             for l in range(tp):
-                # lo = l & segmask: one of the ltp + 1 values l mod 2**lseg
-                m.d.sync += lmask[pe * tp + l].eq(th.bit_select(l & segmask, 1))
+                q = Signal(range(n), name=f"f0_q_{pe}_{l}")    # lane's element within S
+                m.d.sync += q.eq(((pe & kmask) << lseg) | (l & segmask))
+                m.d.sync += lmask[pe * tp + l].eq(big | (q < rem))
         per = -(-ltp // n_st) if ltp else 0
         for st in range(n_st):
             levels = [b for b in range(st * per, (st + 1) * per) if b < ltp]
