@@ -158,7 +158,10 @@ class OperandBuffers(wiring.Component):
         worst path on 085289d: 11.66 ns of wire into ``w1_hit_rep*``). w1: per memory the
         beat's data, per position of its ``tp`` whether an element hits it and which (a
         binary index: at most one element hits a position) and the line of those elements
-        (decoded from its w0 copy). w2: per memory the word (each position a multiplexer
+        (decoded from its w0 copy; each hit a compare of the whole bank straight from the
+        w0 register: with the memory's part of the compare shared by the positions (538
+        LUT4s fewer on the 16 x 8) that LUT's output was a long wire, the 8 x 8's worst
+        path on 9b0eb31, 95.87 MHz). w2: per memory the word (each position a multiplexer
         over the beat by its index), an enable per element for X and for W, and the line.
         (Until 5 Dec 2026 w1 held the one-hot hit matrix, ``tp * E`` bits per memory, and
         w2 an AND-OR over it: on the 8 x 8 those hit bits and the data into the AND-ORs
@@ -184,19 +187,15 @@ class OperandBuffers(wiring.Component):
             line = Signal(addr_shape, name=f"w1_line_rep{g}")
             wx = Signal(name=f"w1_x_rep{g}")
             m.d.sync += [d_rep[i].eq(el.data.as_unsigned()) for i, el in enumerate(wr0)]
-            # element i is for this memory (``mine[i]``: its bank's upper bits, compared once
-            # per element) and for position j (its lower bits): one full compare per element
-            # and position was 3 LUTs each, 3,072 on the 16 x 8
-            mine = [el.en & (el.bank[ltp:] == g) for el in wr0]
             for j in range(tp):
-                hits = [mn & (el.bank[:ltp] == j) for mn, el in zip(mine, wr0)]
+                hits = [el.en & (el.bank == g * tp + j) for el in wr0]
                 idx = 0
                 for i, h in enumerate(hits):
                     idx = idx | Mux(h, i, 0)
                 m.d.sync += [hit[j].eq(Cat(*hits).any()), sel[j].eq(idx)]
             line_or = 0
-            for mn, el in zip(mine, wr0):
-                line_or = line_or | Mux(mn, el.addr, 0)
+            for el in wr0:
+                line_or = line_or | Mux(el.en & ((el.bank >> ltp) == g), el.addr, 0)
             m.d.sync += [line.eq(line_or), wx.eq(wx0)]
 
             w2_data = Signal(word, name=f"w2_data{g}")
