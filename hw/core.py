@@ -229,6 +229,12 @@ class NPUCore(wiring.Component):
         s_zero = Signal(name="ci_s_zero")
         last_s = Signal(name="ci_last_s")
         last_g = Signal(name="ci_last_g")
+        # In RUN, ``~last_s & (wgrp == B_P - 1)``: the step, once issued, moves the W line on.
+        # A register, so the line's enable is ``go & wadv``, one LUT from registers: from the
+        # group and mask compare it was three, and s_zero -> go -> ``ci_wline`` the 8 x 8's
+        # worst path on f489f6e (98.89 MHz, 8.64 of 10.11 ns wire).
+        wadv = Signal(name="ci_wadv")
+        wadv_first = ~it.ns_one & (lp.bpmask == 0)      # its value at a group's first step
 
         tag = Signal(_group_tag_layout(cfg), name="ci_tag")
         bp = lp.bp
@@ -298,7 +304,8 @@ class NPUCore(wiring.Component):
                              wslot.eq(w_use[0]),
                              g.eq(0), s.eq(0), xgrp.eq(0), wline.eq(0), wgrp.eq(0),
                              rem.eq(it.len), trow0.eq(0),
-                             s_zero.eq(1), last_s.eq(it.ns_one), last_g.eq(it.ng_one)]
+                             s_zero.eq(1), last_s.eq(it.ns_one), last_g.eq(it.ng_one),
+                             wadv.eq(wadv_first)]
                 with m.If(x_ok & w_ok & credit):
                     m.d.comb += [x_take.eq(it.x_new), w_take.eq(it.w_new)]
                     m.d.sync += [x_cnt.eq(x_cnt + it.x_new), w_cnt.eq(w_cnt + it.w_new)]
@@ -314,6 +321,10 @@ class NPUCore(wiring.Component):
                 # 78ddc47 (96.73 MHz, 8.44 of 10.34 ns wire).
                 with m.If(last_s):
                     m.d.sync += [s.eq(0), wline.eq(0), wgrp.eq(0)]
+                with m.If(go & wadv):
+                    m.d.sync += [wgrp.eq(0), wline.eq(wline + 1)]
+                with m.Elif(go & ~last_s):
+                    m.d.sync += wgrp.eq(wgrp + 1)
                 with m.If(go):
                     with m.If(xgrp == lp.fmask):
                         m.d.sync += [xgrp.eq(0), xline.eq(xline + 1)]
@@ -322,7 +333,7 @@ class NPUCore(wiring.Component):
                     with m.If(last_s):
                         m.d.sync += [rem.eq(it.len), g.eq(g + 1), trow0.eq(trow0 + bp),
                                      s_zero.eq(1), last_s.eq(it.ns_one),
-                                     last_g.eq(g == it.ng_m2)]
+                                     last_g.eq(g == it.ng_m2), wadv.eq(wadv_first)]
                         with m.If(last_g):
                             with m.If(it.last_step):
                                 m.next = "FINISH"
@@ -331,12 +342,13 @@ class NPUCore(wiring.Component):
                                 m.d.sync += xline.eq(0)
                                 m.next = "SETUP"
                     with m.Else():
-                        with m.If(wgrp == lp.bpmask):
-                            m.d.sync += [wgrp.eq(0), wline.eq(wline + 1)]
-                        with m.Else():
-                            m.d.sync += wgrp.eq(wgrp + 1)
+                        # the next step's wadv: not the last, and the group after wgrp's is
+                        # B_P - 1 (0 after a wrap, wgrp + 1 otherwise)
                         m.d.sync += [s.eq(s + 1), rem.eq(rem - it.step_s),
-                                     s_zero.eq(0), last_s.eq(s == it.ns_m2)]
+                                     s_zero.eq(0), last_s.eq(s == it.ns_m2),
+                                     wadv.eq((s != it.ns_m2)
+                                             & Mux(wadv, lp.bpmask == 0,
+                                                   (wgrp + 1)[:len(wgrp)] == lp.bpmask))]
             with m.State("FINISH"):
                 with m.If((inflight == 0) & ~stage.r_rdy & drain.idle & (wr_pending == 0)
                           & ~pe.out_valid):
