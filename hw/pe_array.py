@@ -166,7 +166,8 @@ class PEArray(wiring.Component):
     def _gated_add(m, name: str, width: int, own, other, keep):
         """``keep ? own : own + other`` (``width`` bits, signed): the select inside the carry
         chain (:class:`~.gated_add.GatedAdder`), where a multiplexer behind the adder took a
-        LUT per bit. Only where the kept value is one of the addends (index 0 of a level)."""
+        LUT per bit. Only where the kept value is one of the addends: the accumulators
+        (``first ? v : v + acc``) and index 0 of every tree level."""
         add = GatedAdder(width=width)
         m.submodules[name] = add
         m.d.comb += [add.a.eq(other), add.b.eq(own), add.gate.eq(keep)]
@@ -277,10 +278,8 @@ class PEArray(wiring.Component):
                 valid = Signal(name=f"s{st}_valid_rep{u}_{i}")
                 m.d.sync += [first.eq(first_u), valid.eq(valid_u)]
                 a = Signal(signed(cfg.acc_width), name=f"acc_{u}_{i}")
-                # first ? v : a + v, the select inside the carry chain (GatedAdder)
-                add = GatedAdder(width=cfg.acc_width)
-                m.submodules[f"acc_add_{u}_{i}"] = add
-                m.d.comb += [add.a.eq(a), add.b.eq(cur[u][i]), add.gate.eq(first)]
+                # first ? v : v + a, the select inside the carry chain
+                acc = self._gated_add(m, f"acc_add_{u}_{i}", cfg.acc_width, cur[u][i], a, first)
                 with m.If(valid):
-                    m.d.sync += a.eq(add.y)
+                    m.d.sync += a.eq(acc)
                 m.d.comb += self.out_vals[i * tc + u].eq(a)
