@@ -70,10 +70,10 @@ class OperandBuffers(wiring.Component):
     or the replication select and lane mask (W, read correspondingly later).
     """
 
-    #: registers from the loader's write beat to the memories' write ports (w0, w1, w2 of
+    #: registers from the loader's write beat to the memories' write ports (w0 to w3 of
     #: ``_write_side``): a beat leaving the loader in cycle t is in the memories at the end
     #: of cycle t + WRITE_STAGES (the loader counts the load done one cycle later)
-    WRITE_STAGES = 3
+    WRITE_STAGES = 4
 
     @staticmethod
     def wr_copies(cfg: HwConfig) -> int:
@@ -151,23 +151,26 @@ class OperandBuffers(wiring.Component):
 
     # ---- write side -------------------------------------------------------------------
     def _write_side(self, m):
-        """Three registers between the loader and the memories, so each long wire has a
-        cycle of its own. w0: per memory index ``g`` a plain copy (``_rep``, kept apart by
-        the synthesis flow) of the beat as it leaves the loader: one flip-flop per bit no
-        longer drives the decode of every memory across the block-RAM rows (the 8 x 8's
-        worst path on 085289d: 11.66 ns of wire into ``w1_hit_rep*``). w1: per memory the
-        beat's data, per position of its ``tp`` whether an element hits it and which (a
-        binary index: at most one element hits a position) and the line of those elements
-        (decoded from its w0 copy; each hit a compare of the whole bank straight from the
-        w0 register: with the memory's part of the compare shared by the positions (538
-        LUT4s fewer on the 16 x 8) that LUT's output was a long wire, the 8 x 8's worst
-        path on 9b0eb31, 95.87 MHz). w2: per memory the word (each position a multiplexer
-        over the beat by its index), an enable per element for X and for W, and the line.
-        (Until 5 Dec 2026 w1 held the one-hot hit matrix, ``tp * E`` bits per memory, and
-        w2 an AND-OR over it: on the 8 x 8 those hit bits and the data into the AND-ORs
-        were 14 % of router2's overuse at its 3rd iteration and a quarter of what was left
-        at its 23rd, docs/synthesis.md.)
-        A write lands three cycles after the beat; the loader counts a load done one cycle
+        """Four registers between the loader and the memories, so each long wire has a
+        cycle of its own and no stage is more than two LUTs deep. w0: per memory index
+        ``g`` a plain copy (``_rep``, kept apart by the synthesis flow) of the beat as it
+        leaves the loader: one flip-flop per bit no longer drives the decode of every
+        memory across the block-RAM rows (the 8 x 8's worst path on 085289d: 11.66 ns of
+        wire into ``w1_hit_rep*``). w1: per memory and element, whether the element lands
+        in this memory (``w1_mhit``: its enable and the bank's memory part, one LUT), its
+        position in the word, line and data. w2: per position of the word whether an
+        element hits it and which (a binary index: at most one element hits a position),
+        and the line of the elements that land here (an AND-OR over the w1 hits). (Decoded
+        from w0 in one stage, the compare, the OR over the beat and the index encode were
+        four LUTs behind the copy, placed between the loader and the memory: the 8 x 8's
+        worst path with seed 1 on 9b0eb31 and on 8c73028, 95.87 and 96.35 MHz.) w3: per
+        memory the word (each position a multiplexer over the beat by its index), an
+        enable per element for X and for W, and the line. (Until 5 Dec 2026 a stage held
+        the one-hot hit matrix, ``tp * E`` bits per memory, and the next an AND-OR over it
+        and the data: on the 8 x 8 those hit bits and the data into the AND-ORs were 14 %
+        of router2's overuse at its 3rd iteration and a quarter of what was left at its
+        23rd, docs/synthesis.md.)
+        A write lands four cycles after the beat; the loader counts a load done one cycle
         later (docs/cycle_model.md)."""
         cfg = self.cfg
         tc, tp, dw, e = cfg.tc, cfg.tp, cfg.data_width, cfg.elems_per_beat
@@ -180,50 +183,61 @@ class OperandBuffers(wiring.Component):
             wx0 = Signal(name=f"w0_x_rep{g}")
             c = g * self.wr_copies(cfg) // tc
             m.d.sync += [wr0.eq(self.wr[c]), wx0.eq(self.wr_x[c])]
-            d_rep = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w1_data_rep{g}")
-            # per position: an element hits it (``w1_hit``), and which (``w1_sel``)
-            hit = Signal(tp, name=f"w1_hit_rep{g}")
-            sel = Signal(data.ArrayLayout(range(e), tp), name=f"w1_sel_rep{g}")
-            line = Signal(addr_shape, name=f"w1_line_rep{g}")
-            wx = Signal(name=f"w1_x_rep{g}")
-            m.d.sync += [d_rep[i].eq(el.data.as_unsigned()) for i, el in enumerate(wr0)]
+            # w1: per element, this memory is hit (``mhit``) and where (position, line)
+            mhit = Signal(e, name=f"w1_mhit_rep{g}")
+            pos = Signal(data.ArrayLayout(unsigned(ltp), e), name=f"w1_pos_rep{g}")
+            addr1 = Signal(data.ArrayLayout(addr_shape, e), name=f"w1_addr_rep{g}")
+            d1 = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w1_data_rep{g}")
+            wx1 = Signal(name=f"w1_x_rep{g}")
+            for i, el in enumerate(wr0):
+                m.d.sync += [mhit[i].eq(el.en & ((el.bank >> ltp) == g)),
+                             pos[i].eq(el.bank[:ltp]), addr1[i].eq(el.addr),
+                             d1[i].eq(el.data.as_unsigned())]
+            m.d.sync += wx1.eq(wx0)
+            # w2: per position, an element hits it (``w2_hit``), and which (``w2_sel``)
+            d_rep = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w2_data_rep{g}")
+            hit = Signal(tp, name=f"w2_hit_rep{g}")
+            sel = Signal(data.ArrayLayout(range(e), tp), name=f"w2_sel_rep{g}")
+            line = Signal(addr_shape, name=f"w2_line_rep{g}")
+            wx = Signal(name=f"w2_x_rep{g}")
+            m.d.sync += [d_rep.eq(d1), wx.eq(wx1)]
             for j in range(tp):
-                hits = [el.en & (el.bank == g * tp + j) for el in wr0]
+                hits = [mhit[i] & (pos[i] == j) for i in range(e)]
                 idx = 0
                 for i, h in enumerate(hits):
                     idx = idx | Mux(h, i, 0)
                 m.d.sync += [hit[j].eq(Cat(*hits).any()), sel[j].eq(idx)]
             line_or = 0
-            for el in wr0:
-                line_or = line_or | Mux(el.en & ((el.bank >> ltp) == g), el.addr, 0)
-            m.d.sync += [line.eq(line_or), wx.eq(wx0)]
+            for i in range(e):
+                line_or = line_or | Mux(mhit[i], addr1[i], 0)
+            m.d.sync += line.eq(line_or)
 
-            w2_data = Signal(word, name=f"w2_data{g}")
-            w2_x = Signal(tp, name=f"w2_xen{g}")
-            w2_w = Signal(tp, name=f"w2_wen{g}")
+            w3_data = Signal(word, name=f"w3_data{g}")
+            w3_x = Signal(tp, name=f"w3_xen{g}")
+            w3_w = Signal(tp, name=f"w3_wen{g}")
             # the line per memory, in copies for the memories' block groups (``addr_reps``)
-            w2_lines = {which: [Signal(addr_shape, name=f"w2_{which}line{g}_rep{c}")
+            w3_lines = {which: [Signal(addr_shape, name=f"w3_{which}line{g}_rep{c}")
                                 for c in range(addr_reps(cfg, which))] for which in "xw"}
             for j in range(tp):
                 # the position's element: an e-way select (WideMux: the slices' own muxes)
                 dsel = WideMux(n=e, width=dw) if e in (2, 4, 8) else None
                 if dsel is None:
-                    m.d.sync += w2_data[j].eq(d_rep[sel[j]])
+                    m.d.sync += w3_data[j].eq(d_rep[sel[j]])
                 else:
-                    m.submodules[f"w2_dsel{g}_{j}"] = dsel
+                    m.submodules[f"w3_dsel{g}_{j}"] = dsel
                     m.d.comb += [dsel.sel.eq(sel[j]), dsel.i.eq(d_rep)]
-                    m.d.sync += w2_data[j].eq(dsel.o)
-                m.d.sync += [w2_x[j].eq(hit[j] & wx), w2_w[j].eq(hit[j] & ~wx)]
-            m.d.sync += [r.eq(line) for reps in w2_lines.values() for r in reps]
+                    m.d.sync += w3_data[j].eq(dsel.o)
+                m.d.sync += [w3_x[j].eq(hit[j] & wx), w3_w[j].eq(hit[j] & ~wx)]
+            m.d.sync += [r.eq(line) for reps in w3_lines.values() for r in reps]
 
-            for which, depth, en, out in (("x", cfg.x_depth, w2_x, xmem),
-                                          ("w", cfg.w_depth, w2_w, wmem)):
+            for which, depth, en, out in (("x", cfg.x_depth, w3_x, xmem),
+                                          ("w", cfg.w_depth, w3_w, wmem)):
                 # The loader never writes a slot the compute reads (double buffering), so
                 # the ports never collide (``WordRAM``'s contract).
-                reps = w2_lines[which]
+                reps = w3_lines[which]
                 ram = WordRAM(depth=2 * depth, elems=tp, width=dw, addr_copies=len(reps))
                 m.submodules[f"{which}mem{g}"] = ram
-                m.d.comb += [ram.wr_en.eq(en), ram.wr_addr.eq(reps[0]), ram.wr_data.eq(w2_data),
+                m.d.comb += [ram.wr_en.eq(en), ram.wr_addr.eq(reps[0]), ram.wr_data.eq(w3_data),
                              *(ram.wr_addr_rep[c].eq(r) for c, r in enumerate(reps))]
                 out.append(ram)
         return xmem, wmem

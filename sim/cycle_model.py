@@ -56,9 +56,9 @@ def buf_latency(cfg: HwConfig) -> int:
 STAGE_DELAY = 1
 #: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
 DRAIN_LATENCY = 10
-#: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 6
+#: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 7
 #: (``Loader.DECODE_STAGES + OperandBuffers.WRITE_STAGES``)
-DONE_DELAY = 6
+DONE_DELAY = 7
 #: free pulse in f -> the loader's in-flight load count (``ld_x_out``) takes it in f + 1
 FREE_DELAY = 1
 #: last write transferred in n -> ack in n + Lw -> ``wr_pending`` 0 in n + Lw + 1 ->

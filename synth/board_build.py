@@ -24,7 +24,7 @@ from typing import Callable
 from .floorplan import apply_floorplan
 from .parse import parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import resources_from
-from .targets import get_target
+from .targets import ECP5_ROUTER_ARGS, get_target
 from .tools import SynthError, ToolFailed, check_nextpnr_log, check_yosys_log, find_tool, run_tool, tool_version
 
 __all__ = ["BoardBuildError", "TimingFailed", "build_board", "BOARD_TOOLS", "BUILD_NAME"]
@@ -125,10 +125,10 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         fplan = apply_floorplan(gw / f"{BUILD_NAME}.json", tgt.ebr_device) if tgt.ebr_device else None
         say("floorplan", fplan.summary() if fplan else "no operand memories to pin")
         # LiteX's options (device, package, speed, seed, --timing-allow-fail) and the flow's
-        # static placer and router2: router1 takes hours on the NPU, HeAP leaves the 8 x 8
-        # congested (synth/flow.py)
+        # static placer and router2 with timing-driven rip-up (``targets.ECP5_ROUTER_ARGS``): HeAP
+        # leaves the 8 x 8 congested (synth/flow.py)
         args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg", f"{BUILD_NAME}.config",
-                *tc.pnr_opts.split(), "--placer", "static", "--router", "router2", "--report", "report.json",
+                *tc.pnr_opts.split(), "--placer", "static", *ECP5_ROUTER_ARGS, "--report", "report.json",
                 "--log", "nextpnr.log", "--quiet"]
         say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), static placer, seed {seed} "
             f"-> {gw / 'nextpnr.log'}")

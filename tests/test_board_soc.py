@@ -209,6 +209,7 @@ def test_build_places_with_the_flows_placer_and_floorplan(tmp_path, monkeypatch)
     assert "DP16KD" in seen["npu_il"] and 'REGMODE_B' in seen["npu_il"]
     args = seen["args"]
     assert args[args.index("--placer") + 1] == "static" and args[args.index("--router") + 1] == "router2"
+    assert "--tmg-ripup" in args        # router2's timing-driven rip-up, as fluidnpu synth
     pinned = {n for n, c in seen["cells"].items() if "BEL" in c["attributes"]}
     assert pinned == set(names) - {"sram.mem0"}
     bels = [seen["cells"][n]["attributes"]["BEL"] for n in sorted(pinned)]

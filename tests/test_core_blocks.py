@@ -15,7 +15,7 @@ from fluidnpu.hw.runner import MemTiming
 from fluidnpu.sim.cycle_model import layer_cycles
 
 sys.path.insert(0, str(Path(__file__).parent))
-from core_amaranth_sim import run_core  # noqa: E402
+from core_amaranth_sim import run_core, run_core_layers  # noqa: E402
 
 
 def test_load_counter_compare_survives_wraparound():
@@ -69,6 +69,33 @@ def test_core_in_amaranth_simulator(shape, bp, k, bias, requant):
     assert np.array_equal(out, ref)
     assert img.untouched_violations(mem) == []
     assert cycles >= -(-R * P * C // SMALL.lanes)
+
+
+def _nonzero(rng, shape):
+    v = rng.integers(1, 128, shape)
+    return np.where(rng.random(shape) < 0.5, -v, v)
+
+
+@pytest.mark.parametrize("P2, bp, k", [(5, 1, 1), (3, 2, 1), (6, 1, 2), (2, 4, 1), (1, 1, 4)])
+def test_masked_lanes_after_a_layer_that_fills_the_buffers(P2, bp, k):
+    """A layer whose reduction leaves lanes empty, run after one that wrote non-zero X and
+    W into every lane of both slots: the empty lanes hold the first layer's operands, so
+    only the lane mask keeps them out of the sums. (Alone in a fresh simulation those
+    lanes read zeroed memory and a mask bug does not show.)"""
+    rng = np.random.default_rng(P2 * 10 + bp + k)
+    n = SMALL.lanes
+    x1, w1 = _nonzero(rng, (8, 4 * n)), _nonzero(rng, (4 * n, 8))       # two chunks per slot
+    x2, w2 = _nonzero(rng, (7, P2)), _nonzero(rng, (P2, 6))
+    runs, mem = run_core_layers(SMALL, [dict(x=x1, w=w1), dict(x=x2, w=w2, bp=bp, k=k)])
+    (o1, _, img1), (o2, c2, img2) = runs
+    assert np.array_equal(o1, gemm_reference(SMALL, x1, w1))
+    assert np.array_equal(o2, gemm_reference(SMALL, x2, w2))
+    # neither layer wrote outside its own output
+    b2 = len(img1.mem)
+    assert img1.untouched_violations(mem[:b2]) == []
+    assert img2.untouched_violations(np.concatenate([img2.mem[:b2], mem[b2:]])) == []
+    # the second layer takes what it takes alone (the cycle model's count, from idle)
+    assert c2 == run_core(SMALL, x2, w2, bp=bp, k=k)[1]
 
 
 @pytest.mark.parametrize("rs, n, P, bp, k", [

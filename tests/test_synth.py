@@ -365,6 +365,8 @@ def test_flow_congestion_option(fake_tools, tmp_path):
     args = tmp_path / "counts" / "nextpnr.args"
     r = synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
     assert r.congestion is None and "--router2-heatmap" not in args.read_text()
+    # router2 with its timing-driven rip-up on the ECP5 (targets.ECP5_ROUTER_ARGS)
+    assert "--router router2" in args.read_text() and "--tmg-ripup" in args.read_text()
     r = synthesize(SMALL, "ulx3s-85f", tmp_path / "b", congestion=True)
     assert not r.cached and "--router2-heatmap congestion/router2" in args.read_text()
     c = r.congestion
