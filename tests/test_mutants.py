@@ -49,7 +49,7 @@ def test_the_list_covers_every_part():
         by_file.setdefault(m.file, []).append(m.id)
     count = lambda *files: sum(len(by_file.get(f, [])) for f in files)  # noqa: E731
     assert count("hw/pe_array.py") >= 2 and count("hw/drain.py") >= 2
-    assert count("hw/buffers.py") >= 2 and count("hw/loader.py") >= 2
+    assert count("hw/buffers.py") >= 2 and count("hw/loader.py") >= 2 and count("hw/loader_write.py") >= 2
     assert count("hw/fbe.py", "hw/exit_unit.py") >= 2
     # compare's statistics are sim/serving/stats.py's
     for f in ("sim/cycle_model.py", "sched/fluid.py", "sched/preemptive.py", "sim/serving/simulator.py",
