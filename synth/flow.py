@@ -33,7 +33,7 @@ from .parse import overflowing, parse_nextpnr_log, parse_nextpnr_report, parse_y
 from .result import SynthResult, resources_from
 from .targets import TARGETS, Target, get_target
 from .tools import (SynthError, ToolFailed, ToolTimeout, check_nextpnr_log, check_yosys_log,
-                    find_tool, run_tool, tool_version)
+                    find_tool, run_tool, stop_running_tools, tool_version)
 from .top import DEFAULT_RAM_BYTES, BoardTop
 
 __all__ = ["synthesize", "SynthResult", "SynthError", "TARGETS", "cache_dir", "cache_key",
@@ -501,7 +501,8 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
 
     t = time.monotonic()
     runs, errors = {}, {}
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         futures = {s: pool.submit(one, s) for s in seeds}
         for s, f in futures.items():
             try:
@@ -509,6 +510,14 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
             except ToolFailed as e:
                 errors[s] = e
                 say("nextpnr", f"seed {s} failed: {e}")
+    except BaseException:
+        # Ctrl-C or SIGTERM (the main thread's): no further seed starts, and the running
+        # ones' nextpnr processes are killed, not left behind the interpreter's exit
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_running_tools()
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
     stage_s["nextpnr"] = round(time.monotonic() - t, 2)
     if not runs:
         raise errors[seeds[0]]

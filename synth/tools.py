@@ -17,12 +17,14 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 __all__ = ["SynthError", "ToolMissing", "ToolFailed", "ToolTimeout", "Tool", "TOOLS", "find_tool",
+           "stop_running_tools",
            "tool_version", "run_tool", "check_yosys_log", "check_nextpnr_log", "log_tail",
            "tools_report"]
 
@@ -173,6 +175,20 @@ def check_nextpnr_log(text: str) -> str | None:
     return None
 
 
+#: tools started by :func:`run_tool` and still running, in any thread (a seed sweep runs
+#: several from worker threads, which an interrupt of the main thread does not reach)
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def stop_running_tools() -> None:
+    """Kill every tool :func:`run_tool` is running (their ``run_tool`` calls then fail)."""
+    with _RUNNING_LOCK:
+        procs = list(_RUNNING)
+    for p in procs:
+        p.kill()
+
+
 def run_tool(key: str, args: Sequence[str], *, cwd: Path, log: Path,
              outputs: Sequence[Path] = (), check_log: Callable[[str], str | None] | None = None,
              log_is_tool_log: bool = False, timeout: float | None = None) -> float:
@@ -191,13 +207,24 @@ def run_tool(key: str, args: Sequence[str], *, cwd: Path, log: Path,
     with open(out_log, "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        try:
-            p = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, timeout=timeout)
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            raise ToolTimeout(f"{key}: no result after {timeout:.0f} s; log: {log}", log,
-                              timeout) from None
+        with subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL) as p:
+            with _RUNNING_LOCK:
+                _RUNNING.add(p)
+            try:
+                rc = p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                raise ToolTimeout(f"{key}: no result after {timeout:.0f} s; log: {log}", log,
+                                  timeout) from None
+            except BaseException:       # Ctrl-C / SIGTERM in this thread: the tool goes too
+                p.kill()
+                p.wait()
+                raise
+            finally:
+                with _RUNNING_LOCK:
+                    _RUNNING.discard(p)
     dt = time.monotonic() - t0
     text = Path(log).read_text(errors="replace") if Path(log).exists() else ""
     why = check_log(text) if check_log else None

@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,9 @@ if kind == "nextpnr":
     seed = opt("--seed")
     if os.environ.get("FAKE_NEXTPNR_SLEEP"):       # a run that outlasts the timeout
         import time
+        if os.environ.get("FAKE_NEXTPNR_PIDS"):
+            with open(os.environ["FAKE_NEXTPNR_PIDS"], "a") as f:
+                f.write(f"{{os.getpid()}}\n")
         time.sleep(float(os.environ["FAKE_NEXTPNR_SLEEP"]))
     heat = opt("--router2-heatmap")
     if heat:                     # five router2 iterations, the write side's overuse falling
@@ -355,6 +359,35 @@ def test_congestion_families():
                                                         "harness.core.pe.mul_#_#.p#")
     assert family("busy") == ("(top)", "busy")
     assert family("$PACKER_GND_NET") == ("(top)", "$PACKER_GND_NET")
+
+
+def test_interrupted_seed_sweep_leaves_no_process(fake_tools, tmp_path, monkeypatch):
+    """Ctrl-C (or the CLI's SIGTERM) during a seed sweep: the seeds not started never start
+    and the running seeds' nextpnr processes are killed, not orphaned (their threads cannot
+    be interrupted; on 5 Dec 2026 a sweep's last seed kept running after the flow exited)."""
+    import signal
+    import threading
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_NEXTPNR_SLEEP", "60")
+    monkeypatch.setenv("FAKE_NEXTPNR_PIDS", str(pids))
+
+    def interrupt_when_both_run():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if pids.exists() and len(pids.read_text().split()) == 2:
+                os.kill(os.getpid(), signal.SIGINT)      # as Ctrl-C: to the main thread
+                return
+            time.sleep(0.05)
+    threading.Thread(target=interrupt_when_both_run, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "a", seeds=(1, 2, 3), jobs=2)
+    assert time.monotonic() - t0 < 50          # not after the fakes' 60 s
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 2 and not (tmp_path / "a" / "seed-3").exists()
+    for pid in started:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_flow_congestion_option(fake_tools, tmp_path):
