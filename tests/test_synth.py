@@ -378,10 +378,16 @@ def test_interrupted_seed_sweep_leaves_no_process(fake_tools, tmp_path, monkeypa
                 os.kill(os.getpid(), signal.SIGINT)      # as Ctrl-C: to the main thread
                 return
             time.sleep(0.05)
-    threading.Thread(target=interrupt_when_both_run, daemon=True).start()
-    t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        synthesize(SMALL, "ulx3s-85f", tmp_path / "a", seeds=(1, 2, 3), jobs=2)
+    # Python's own SIGINT handler (a background job, as under nohup or some CI runners,
+    # starts with SIGINT ignored, and the signal would then do nothing)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_when_both_run, daemon=True).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            synthesize(SMALL, "ulx3s-85f", tmp_path / "a", seeds=(1, 2, 3), jobs=2)
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert time.monotonic() - t0 < 50          # not after the fakes' 60 s
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 2 and not (tmp_path / "a" / "seed-3").exists()
