@@ -178,6 +178,7 @@ def _write_copy(ldr, m, c: int, r1, r1_s, r1_j, r1_lo):
     m.d.sync += wx.eq(is_x)
     m.d.comb += ldr.wr_x[c].eq(wx)
 
+
 def _elem_lane(ldr, m, lp, e: int):
     """Element ``e`` of a beat's own part of its reduction step and unit lane: functions
     of ``e`` and the layer's parameters only (``lp`` is registered for the layer)."""
