@@ -53,14 +53,19 @@ def _edit_script(ys: Path, npu_v: Path, npu_il: Path) -> None:
     design as ``npu_v``; yosys 0.23's Verilog front end takes minutes per buffer bank on
     Amaranth's memories), and the flow's replica-keeping step
     (:data:`fluidnpu.synth.flow.KEEP_REPLICAS`) runs before ``synth_ecp5``: the NPU's
-    per-PE copies of control registers must not be merged back (docs/synthesis.md)."""
-    from .flow import KEEP_REPLICAS
-    text = ys.read_text()
+    per-PE copies of control registers must not be merged back (docs/synthesis.md); and
+    ``synth_ecp5`` runs in the flow's two parts (:func:`fluidnpu.synth.flow.ecp5_two_part`)."""
+    from .flow import KEEP_REPLICAS, ecp5_two_part
+    lines = ys.read_text().splitlines()
     read_v = f"read_verilog {npu_v}"
-    if "synth_ecp5" not in text or read_v not in text.splitlines():
-        raise BoardBuildError(f"{ys}: LiteX's yosys script lacks '{read_v}' or synth_ecp5")
-    text = text.replace(read_v, f"read_rtlil {npu_il}", 1)
-    ys.write_text(text.replace("synth_ecp5", f"hierarchy -top {BUILD_NAME}\nproc\n{KEEP_REPLICAS}\nsynth_ecp5", 1))
+    synth = [i for i, line in enumerate(lines) if line.strip().startswith("synth_ecp5")]
+    if len(synth) != 1 or read_v not in lines:
+        raise BoardBuildError(f"{ys}: LiteX's yosys script lacks '{read_v}' or one synth_ecp5")
+    lines[lines.index(read_v)] = f"read_rtlil {npu_il}"
+    i = synth[0]
+    lines[i] = (f"hierarchy -top {BUILD_NAME}\nproc\n{KEEP_REPLICAS}\n"
+                + ecp5_two_part(lines[i].strip()))
+    ys.write_text("\n".join(lines) + "\n")
 
 
 def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 40.0,

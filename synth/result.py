@@ -29,6 +29,9 @@ class SynthResult:
     cells: dict = field(default_factory=dict)      #: yosys cell counts by type
     critical_path: dict | None = None              #: summary of nextpnr's critical path
     floorplan: dict | None = None   #: ECP5: block-RAM row -> memories pinned there (synth.floorplan)
+    #: ECP5 boards: the flip-flops' control sets and the logic tiles they need at least
+    #: (synth.ctrlsets: ffs, lsr_nets, ce_nets, private_lsr_ffs, min_tiles, tiles)
+    ff_control_sets: dict | None = None
     #: router2's overuse by design unit and signal family (``congestion=True``; synth.congestion)
     congestion: dict | None = None
     config: dict = field(default_factory=dict)

@@ -48,9 +48,15 @@ def data(name: str) -> str:
 
 # -- fake tools ---------------------------------------------------------------------------
 
+#: the fake yosys' netlist: three flip-flops, two of them on one LSR net
+FAKE_NETLIST = json.dumps({"modules": {"top": {"attributes": {"top": "1"}, "cells": {
+    f"ff{i}": {"type": "TRELLIS_FF", "connections": {"CLK": [2], "LSR": [lsr], "CE": ["1"]}}
+    for i, lsr in enumerate((7, 7, "0"))}}}})
+
 FAKE = r'''#!{python}
 """A fake {name}: replays canned outputs named by environment variables."""
 import os, shutil, sys
+FAKE_NETLIST = {netlist!r}
 from pathlib import Path
 args = sys.argv[1:]
 count = Path(os.environ["FAKE_COUNT_DIR"]) / "{name}"
@@ -65,7 +71,7 @@ kind = "{name}"
 if kind == "yosys":
     shutil.copy(os.environ["FAKE_YOSYS_LOG"], opt("-l"))
     net = os.environ.get("FAKE_YOSYS_NETLIST")
-    Path("top.json").write_text(Path(net).read_text() if net else "{{}}")
+    Path("top.json").write_text(Path(net).read_text() if net else FAKE_NETLIST)
     sys.exit(int(os.environ.get("FAKE_YOSYS_RC", "0")))
 if kind == "nextpnr":
     import json
@@ -118,7 +124,7 @@ def fake_tools(tmp_path, monkeypatch):
     for env, name in (("YOSYS", "yosys"), ("NEXTPNR_ECP5", "nextpnr"), ("NEXTPNR_ICE40", "nextpnr"),
                       ("ECPPACK", "pack"), ("ICEPACK", "pack")):
         exe = bindir / f"fake-{env.lower()}"
-        exe.write_text(FAKE.format(python=sys.executable, name=name))
+        exe.write_text(FAKE.format(python=sys.executable, name=name, netlist=FAKE_NETLIST))
         exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
         monkeypatch.setenv(env, str(exe))
     monkeypatch.setenv("FAKE_COUNT_DIR", str(counts))
@@ -288,6 +294,10 @@ def test_flow_board_with_fake_tools(fake_tools, tmp_path):
     assert {"elaborate", "yosys", "nextpnr", "pack", "done"} <= set(seen)
     assert (tmp_path / "a" / "top.lpf").read_text().count("FREQUENCY PORT") == 1
     assert "100000000.0 HZ" in (tmp_path / "a" / "top.lpf").read_text()
+    # the fake netlist's control sets: the LSR pair in a tile, the third flip-flop in another
+    assert r.ff_control_sets == {"ffs": 3, "lsr_nets": 1, "ce_nets": 0, "private_lsr_ffs": 2,
+                                 "min_tiles": 2, "tiles": 10455}
+    assert "control sets" in seen
 
     # cache hit: same answer at once, no tool run again, result.json also in the new folder
     assert fake_tools("yosys") == 1 and fake_tools("nextpnr") == 1
@@ -300,6 +310,25 @@ def test_flow_board_with_fake_tools(fake_tools, tmp_path):
     assert fake_tools("nextpnr") == 2
     synthesize(SMALL, "ulx3s-85f", tmp_path / "d", use_cache=False)
     assert fake_tools("nextpnr") == 3
+
+
+def test_flow_warns_when_control_sets_fill_the_tiles(fake_tools, tmp_path, monkeypatch):
+    """9,500 flip-flops, each on an LSR net of its own, need 9,500 of the 10,455 tiles: the
+    progress line says placement may not legalise (before nextpnr runs); 9,400 do not."""
+    msgs = []
+    for n, warned in ((9500, True), (9400, False)):
+        cells = {f"ff{i}": {"type": "TRELLIS_FF", "connections": {"CLK": [2], "LSR": [100 + i]}}
+                 for i in range(n)}
+        net = tmp_path / f"netlist{n}.json"
+        net.write_text(json.dumps({"modules": {"top": {"attributes": {"top": "1"}, "cells": cells}}}))
+        monkeypatch.setenv("FAKE_YOSYS_NETLIST", str(net))
+        msgs.clear()
+        r = synthesize(SMALL, "ulx3s-85f", tmp_path / str(n), use_cache=False,
+                       progress=lambda s, m: msgs.append((s, m)))
+        assert r.ff_control_sets["min_tiles"] == n and r.ff_control_sets["private_lsr_ffs"] == n
+        said = [m for s, m in msgs if s == "control sets"]
+        assert len(said) == 1 and ("may not legalise" in said[0]) is warned, said
+        assert [s for s, _ in msgs].index("control sets") < [s for s, _ in msgs].index("nextpnr")
 
 
 def test_flow_floorplan_option(fake_tools, tmp_path, monkeypatch):
@@ -672,15 +701,21 @@ def test_register_replicas_survive_synthesis(tmp_path):
     copy drives a local net) is still its own flip-flop after ``synth_ecp5`` with the flow's
     keep step. A multi-bit replica register was merged into one flip-flop before 3 Dec 2026
     (the PE array's ``out_valid_rep``, the stage FIFO's ``r_rdy_rep``): 11 copies, one net,
-    the 4 x 4's worst path."""
+    the 4 x 4's worst path.
+
+    The same run checks the flow's two-part ``synth_ecp5``: no flip-flop is left on an LSR
+    net (sync resets are logic; a private LSR net per bit kept the 16 x 8 from placing)."""
     from amaranth.back import rtlil
 
     from fluidnpu.hw.core import NPUCore
-    from fluidnpu.synth.flow import KEEP_REPLICAS
+    from fluidnpu.synth.ctrlsets import ff_control_sets
+    from fluidnpu.synth.flow import KEEP_REPLICAS, ecp5_two_part
     (tmp_path / "top.il").write_text(rtlil.convert(NPUCore(TINY), name="top"))
-    subprocess.run(["yosys", "-q", "-p", f"read_rtlil top.il; {KEEP_REPLICAS}; "
-                    "synth_ecp5 -top top -json top.json"],
-                   cwd=tmp_path, check=True, capture_output=True)
+    script = "; ".join([f"read_rtlil top.il; {KEEP_REPLICAS}",
+                        *ecp5_two_part("synth_ecp5 -top top -json top.json").splitlines()])
+    subprocess.run(["yosys", "-q", "-p", script], cwd=tmp_path, check=True, capture_output=True)
+    cs = ff_control_sets(tmp_path / "top.json")
+    assert cs["ffs"] > 500 and cs["lsr_nets"] == 0, cs
     nets = json.loads((tmp_path / "top.json").read_text())["modules"]["top"]["netnames"]
     reps = {n: [b for b in v["bits"] if isinstance(b, int)] for n, v in nets.items()
             if re.search(r"_rep\d*$", n)}
