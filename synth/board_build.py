@@ -54,8 +54,9 @@ def _edit_script(ys: Path, npu_v: Path, npu_il: Path) -> None:
     Amaranth's memories), and the flow's replica-keeping step
     (:data:`fluidnpu.synth.flow.KEEP_REPLICAS`) runs before ``synth_ecp5``: the NPU's
     per-PE copies of control registers must not be merged back (docs/synthesis.md); and
-    ``synth_ecp5`` runs in the flow's two parts (:func:`fluidnpu.synth.flow.ecp5_two_part`)."""
-    from .flow import KEEP_REPLICAS, ecp5_two_part
+    ``synth_ecp5`` runs in the flow's two parts (:func:`fluidnpu.synth.targets.ecp5_two_part`)."""
+    from .flow import KEEP_REPLICAS
+    from .targets import ecp5_two_part
     lines = ys.read_text().splitlines()
     read_v = f"read_verilog {npu_v}"
     synth = [i for i, line in enumerate(lines) if line.strip().startswith("synth_ecp5")]

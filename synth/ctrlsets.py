@@ -14,10 +14,14 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-__all__ = ["FFS_PER_TILE", "ff_control_sets"]
+__all__ = ["FFS_PER_TILE", "WARN_SHARE", "ff_control_sets", "describe_control_sets"]
 
 FFS_PER_TILE = 8        #: flip-flops of an ECP5 logic tile (four slices of two)
 _FFS_PER_SLICE = 2
+#: the share of the device's tiles above which the control sets alone make placement
+#: unlikely to legalise: the 16 x 8 that neither placer finished needed 95 %; the 8 x 8
+#: that placed in minutes 52 % (both with the resets on LSR)
+WARN_SHARE = 0.9
 
 
 def ff_control_sets(netlist: str | Path | dict) -> dict:
@@ -56,6 +60,16 @@ def ff_control_sets(netlist: str | Path | dict) -> dict:
                 for ces in groups.values())
     return {"ffs": n, "lsr_nets": len(lsr_ffs), "ce_nets": len(ce_nets),
             "private_lsr_ffs": sum(k for k in lsr_ffs.values() if k <= 2), "min_tiles": tiles}
+
+
+def describe_control_sets(cs: dict) -> str:
+    """One line for :func:`ff_control_sets`' result with ``tiles`` (the device's) added; it
+    warns above :data:`WARN_SHARE`."""
+    share = cs["min_tiles"] / cs["tiles"]
+    return (f"{cs['ffs']} flip-flops on {cs['lsr_nets']} LSR and {cs['ce_nets']} CE nets need at "
+            f"least {cs['min_tiles']} of {cs['tiles']} logic tiles ({100 * share:.0f}%)"
+            + (f": above {100 * WARN_SHARE:.0f}%, placement may not legalise (one LSR net per "
+               f"tile; docs/synthesis.md)" if share > WARN_SHARE else ""))
 
 
 def _is_top(module: dict) -> bool:

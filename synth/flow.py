@@ -28,11 +28,11 @@ from fluidnpu.outputs import atomic_write
 
 from .congestion import HEATMAP_DIR, HEATMAP_PREFIX, clear_heatmaps
 from .congestion import summarize as summarize_congestion
-from .ctrlsets import FFS_PER_TILE, ff_control_sets
+from .ctrlsets import FFS_PER_TILE, describe_control_sets, ff_control_sets
 from .floorplan import FLOORPLANS, apply_floorplan
 from .parse import overflowing, parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import SynthResult, resources_from
-from .targets import TARGETS, Target, get_target
+from .targets import ECP5_SYNTH_FIRST, TARGETS, Target, ecp5_two_part, get_target
 from .tools import (SynthError, ToolFailed, ToolTimeout, check_nextpnr_log, check_yosys_log,
                     find_tool, run_tool, stop_running_tools, tool_version)
 from .top import DEFAULT_RAM_BYTES, BoardTop
@@ -54,25 +54,6 @@ _HW_DIR = Path(__import__("fluidnpu.hw", fromlist=["config"]).__file__).resolve(
 #: only an alias, which ``%ci1`` alone does not follow (the copies were merged until 4 Dec
 #: 2026).
 KEEP_REPLICAS = "setattr -set keep 1 w:*_rep* %a %ci1 t:$dff %i"
-
-#: ECP5: ``synth_ecp5`` runs in two parts, and between them ``dffunmap -srst-only`` turns
-#: every synchronous reset into logic in front of the flip-flop's D input. nextpnr-ecp5
-#: puts the eight flip-flops of a logic tile on one LSR net (ecp5/arch_place.cc,
-#: ``slices_compatible``), and yosys had made a private LSR net for thousands of single
-#: bits (a reset condition it found per bit): on the 16 x 8 (d64e533) 2,938 LSR nets fed
-#: at most two flip-flops each, each net holding a tile of eight, and the flip-flops' control
-#: sets alone needed at least 9,943 of the 10,455 tiles; neither placer legalised it. With
-#: the resets as logic: 7,251 tiles, for 1,317 more LUT4 (docs/synthesis.md).
-ECP5_SYNTH_FIRST = "-run begin:map_ffs"
-ECP5_SYNTH_REST = "-run map_ffs:"
-ECP5_BETWEEN = "dffunmap -srst-only"
-
-
-def ecp5_two_part(synth_cmd: str) -> str:
-    """A ``synth_ecp5 ...`` command as the flow runs it: up to ``map_ffs``, the sync resets
-    to logic (:data:`ECP5_BETWEEN`), then the rest."""
-    return f"{synth_cmd} {ECP5_SYNTH_FIRST}\n{ECP5_BETWEEN}\n{synth_cmd} {ECP5_SYNTH_REST}"
-
 
 #: the generic target's yosys script: ``synth -flatten -lut 4`` without ``memory_map``
 #: (the buffers would become hundreds of thousands of flip-flops); memories stay cells.
@@ -341,7 +322,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     cells = stat["by_type"]
     csets = None
     if tgt.family == "ecp5" and tgt.is_board:
-        csets = _control_sets(out / "top.json", tgt, say)
+        csets = _control_sets(out / "top.json", tgt, say, ylog)
     fplan = None
     if floorplan == "auto" and tgt.ebr_device:
         fplan = apply_floorplan(out / "top.json", tgt.ebr_device)
@@ -396,28 +377,21 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     return res
 
 
-#: the share of an ECP5's logic tiles above which the flip-flops' control sets alone
-#: (:func:`~fluidnpu.synth.ctrlsets.ff_control_sets`) make placement unlikely to legalise:
-#: the 16 x 8 that neither placer finished needed 95 %; the 8 x 8 that places needs 52 %
-CONTROL_SET_WARN = 0.9
-
-
-def _control_sets(netlist: Path, tgt: Target, say: Progress) -> dict:
-    """The flip-flops' control sets and the logic tiles they need at least, said and returned
-    (with ``tiles``, the device's)."""
-    cs = ff_control_sets(netlist)
+def _control_sets(netlist: Path, tgt: Target, say: Progress, ylog: Path) -> dict:
+    """The flip-flops' control sets and the logic tiles they need at least (with ``tiles``,
+    the device's), said and returned."""
+    try:
+        cs = ff_control_sets(netlist)
+    except (ValueError, OSError) as e:
+        raise ToolFailed(f"yosys: {netlist}: {e}", ylog) from None
     cs["tiles"] = tgt.capacity["TRELLIS_FF"] // FFS_PER_TILE
-    share = cs["min_tiles"] / cs["tiles"]
-    say("control sets", f"{cs['ffs']} flip-flops on {cs['lsr_nets']} LSR and {cs['ce_nets']} CE "
-        f"nets need at least {cs['min_tiles']} of {cs['tiles']} logic tiles ({100 * share:.0f}%)"
-        + (f": above {100 * CONTROL_SET_WARN:.0f}%, placement may not legalise (one LSR net per "
-           f"tile; docs/synthesis.md)" if share > CONTROL_SET_WARN else ""))
+    say("control sets", describe_control_sets(cs))
     return cs
 
 
 def _synth_overrides(tgt: Target, top: str) -> dict:
     """Amaranth's yosys-script overrides for ``tgt``: its ``synth_opts``; on ECP5 the
-    two-part synthesis of :data:`ECP5_SYNTH_FIRST`."""
+    two-part synthesis (:func:`~fluidnpu.synth.targets.ecp5_two_part`)."""
     if tgt.family != "ecp5":
         return {"synth_opts": tgt.synth_opts} if tgt.synth_opts else {}
     cmd = f"synth_ecp5 {tgt.synth_opts + ' ' if tgt.synth_opts else ''}-top {top}"

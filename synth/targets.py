@@ -10,7 +10,26 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-__all__ = ["Target", "TARGETS", "get_target"]
+__all__ = ["Target", "TARGETS", "get_target", "ecp5_two_part"]
+
+
+#: ECP5: ``synth_ecp5`` runs in two parts, and between them ``dffunmap -srst-only`` turns
+#: every synchronous reset into logic in front of the flip-flop's D input. nextpnr-ecp5
+#: puts the eight flip-flops of a logic tile on one LSR net (ecp5/arch_place.cc,
+#: ``slices_compatible``), and yosys had made a private LSR net for thousands of single
+#: bits (a reset condition it found per bit): on the 16 x 8 (d64e533) 2,938 LSR nets fed
+#: at most two flip-flops each, each net holding a tile of eight, and the flip-flops' control
+#: sets alone needed at least 9,943 of the 10,455 tiles; neither placer legalised it. With
+#: the resets as logic: 7,251 tiles, for 1,317 more LUT4 (docs/synthesis.md).
+ECP5_SYNTH_FIRST = "-run begin:map_ffs"
+ECP5_SYNTH_REST = "-run map_ffs:"
+ECP5_BETWEEN = "dffunmap -srst-only"
+
+
+def ecp5_two_part(synth_cmd: str) -> str:
+    """A ``synth_ecp5 ...`` command as the flow runs it: up to ``map_ffs``, the sync resets
+    to logic (:data:`ECP5_BETWEEN`), then the rest."""
+    return f"{synth_cmd} {ECP5_SYNTH_FIRST}\n{ECP5_BETWEEN}\n{synth_cmd} {ECP5_SYNTH_REST}"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from fluidnpu.synth.ctrlsets import ff_control_sets
+from fluidnpu.synth.ctrlsets import describe_control_sets, ff_control_sets
 
 
 def _ff(clk=2, lsr="0", ce="1"):
@@ -58,3 +58,11 @@ def test_reads_a_file_and_needs_one_top(tmp_path):
     two["modules"]["top"]["attributes"] = two["modules"]["other"]["attributes"] = {}
     with pytest.raises(ValueError, match="0 top modules among 2"):
         ff_control_sets(two)
+
+
+@pytest.mark.parametrize("min_tiles, warned", [(9409, False), (9410, True)])
+def test_the_line_warns_above_nine_tenths_of_the_tiles(min_tiles, warned):
+    cs = {"ffs": 1, "lsr_nets": 2, "ce_nets": 3, "private_lsr_ffs": 0, "min_tiles": min_tiles, "tiles": 10455}
+    line = describe_control_sets(cs)
+    assert line.startswith(f"1 flip-flops on 2 LSR and 3 CE nets need at least {min_tiles} of 10455")
+    assert ("placement may not legalise" in line) is warned
