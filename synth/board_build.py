@@ -58,7 +58,7 @@ def _edit_script(ys: Path, npu_v: Path, npu_il: Path) -> None:
     ``synth_ecp5`` stays one command: the flow's two parts with the sync resets as logic
     (:func:`fluidnpu.synth.targets.ecp5_two_part`) would unmap LiteX's system reset too,
     which every flip-flop of the SoC and of the NPU (its ``rst`` port) takes: 70,818
-    logic cells (84 %) instead of 49,190 on 6 Dec 2026 (docs/board.md)."""
+    logic cells (84 %) instead of 44,834 (53 %) on 6 Dec 2026 (docs/board.md)."""
     from .flow import KEEP_REPLICAS
     lines = ys.read_text().splitlines()
     read_v = f"read_verilog {npu_v}"
