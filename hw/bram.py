@@ -63,8 +63,10 @@ class WordRAM(wiring.Component):
 
     Write: ``wr_en`` (one bit per element), ``wr_addr``, ``wr_data``, taking effect at the
     clock edge. Read: ``rd_data`` is the word at ``rd_addr`` two cycles after ``rd_addr``
-    (read register, output register). A read of a word written in the same or the previous
-    cycle is undefined: the caller never reads what it is writing (``no_rw_check``).
+    (read register, output register); while ``rd_en`` (high unless driven) is low both
+    registers hold, so the word comes out after two cycles with ``rd_en`` high. A read whose
+    address comes in the cycle of the word's write is undefined (``no_rw_check``); from the
+    next cycle on it gives the new word.
     """
 
     LATENCY = 2
@@ -87,6 +89,7 @@ class WordRAM(wiring.Component):
             "wr_addr_rep": In(data.ArrayLayout(range(depth), addr_copies)),
             "wr_data": In(word),
             "rd_addr": In(range(depth)),
+            "rd_en": In(1, init=1),
             "rd_data": Out(word),
         })
 
@@ -110,7 +113,8 @@ class WordRAM(wiring.Component):
         m.d.comb += [wp.en.eq(self.wr_en), wp.addr.eq(self.wr_addr), wp.data.eq(self.wr_data),
                      rp.addr.eq(self.rd_addr)]
         rd = Signal.like(self.rd_data, name="rd_reg")
-        m.d.sync += [rd.eq(rp.data), self.rd_data.eq(rd)]
+        with m.If(self.rd_en):
+            m.d.sync += [rd.eq(rp.data), self.rd_data.eq(rd)]
 
     def _ecp5(self, m, t: Tiling):
         mode = t.mode
@@ -148,8 +152,10 @@ class WordRAM(wiring.Component):
                     blocks.append((di, do, self.wr_en[e]))
         for i, (di, do, en) in enumerate(blocks):
             wa = was[i * self.addr_copies // len(blocks)]
-            ports = {"i_CLKA": clk, "i_CLKB": clk, "i_CEA": one, "i_CEB": one,
-                     "i_OCEA": one, "i_OCEB": one, "i_RSTA": zero, "i_RSTB": zero}
+            # the read port's address and output registers follow ``rd_en`` (CEB, OCEB;
+            # OCEA for the low half's output register in the 36-bit mode); CEA is the write's
+            ports = {"i_CLKA": clk, "i_CLKB": clk, "i_CEA": one, "i_CEB": self.rd_en,
+                     "i_OCEA": self.rd_en, "i_OCEB": self.rd_en, "i_RSTA": zero, "i_RSTB": zero}
             ports.update({f"i_CS{p}{c}": zero for p in "AB" for c in range(3)})
             ada = [wa[a] for a in range(14)]
             adb = [ra[a] for a in range(14)]

@@ -1,0 +1,139 @@
+"""The row stage between the PE array and the drain: a group's sums in block RAM, one row
+per cycle.
+
+Until 6 Dec 2026 the stage was a LUT-RAM FIFO whose entry was the whole group (4,666 bits
+on the 16 x 8): 1,563 ``DPR16X4`` cells, about a ninth of the device's logic cells, and
+the drain held the popped entry in a 4,096-bit row shift register. A block RAM cannot take
+a whole group in one cycle (36 bits a block), so this unit serialises: when the PE array's
+sums come out (``w_en``), a shadow register takes all ``tp`` rows and then writes one row a
+cycle into ``rows``, a :class:`~.bram.WordRAM` of ``tc`` sums a word, ``(stage_entries +
+1) * tp`` words; the group's bias goes into ``bias``, a word per slot, in the cycle of
+``w_en``. The small fields of the entry (``w_head``, with the slot) go into a LUT-RAM FIFO
+(:class:`~.stage_fifo.StageFIFO`) that the drain pops as before.
+
+Contract:
+
+* ``w_en`` pushes an entry of ``w_nrows`` rows. The next push must come at least
+  ``w_nrows`` cycles later (the shadow writes its rows first): the core's compute issue
+  spaces its groups' last steps so (hw/core.py, ``ci_hold``). At most ``stage_entries``
+  entries may be in the head FIFO (as for the old FIFO: the compute issue's credit).
+* The head of an entry pushed in cycle ``t`` is readable (``r_rdy``, ``r_data``) from cycle
+  ``t + 1``; ``r_en`` while ``r_rdy`` pops it. Its row ``r`` is in ``rows`` from cycle ``t +
+  2 + r`` on (written in cycle ``t + 1 + r``), its bias in ``bias`` from ``t + 1``; the drain
+  reads its first row no earlier than the cycle after it pops the head, and its row ``r`` at
+  least ``r`` cycles later, so no read comes before its write.
+* A slot stays unwritten until ``stage_entries`` later entries have been pushed: there are
+  ``stage_entries + 1`` slots, and the head FIFO holds at most ``stage_entries``, so the
+  entry the drain is still reading after popping its head is never overwritten.
+* Reads: ``rd_addr`` (``slot * tp + row``) and ``bias_addr`` (``slot``) give ``rd_data`` and
+  ``bias_data`` two cycles later; ``rd_en`` low holds both read pipelines (the drain's
+  stall).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .bram import WordRAM
+from .config import HwConfig
+from .interface import log2
+from .stage_fifo import StageFIFO
+
+__all__ = ["RowStage"]
+
+
+class RowStage(wiring.Component):
+    """The PE array's group sums into block RAM a row a cycle; see the module docstring.
+
+    ``head`` is the layout of the entry's small fields (the drain's ``head_layout``); the
+    unit adds the slot to it on the way out (``r_data.head``, ``r_data.slot``)."""
+
+    LATENCY = WordRAM.LATENCY
+
+    def __init__(self, cfg: HwConfig, *, head: data.StructLayout):
+        self._MustUse__silence = True       # a refused stage is not an unused elaboratable
+        if not isinstance(cfg, HwConfig):
+            raise TypeError(f"cfg = {cfg!r}: must be a HwConfig")
+        if not isinstance(head, data.StructLayout):
+            raise TypeError(f"head = {head!r}: must be a data.StructLayout")
+        self._MustUse__silence = False
+        self.cfg, self.head = cfg, head
+        lane = signed(cfg.acc_width)
+        super().__init__({
+            "w_en": In(1),
+            "w_vals": In(data.ArrayLayout(lane, cfg.tp * cfg.tc)),    # row i, unit u: i*tc + u
+            "w_nrows": In(range(cfg.tp + 1)),
+            "w_bias": In(data.ArrayLayout(signed(32), cfg.tc)),
+            "w_head": In(head),
+            "r_rdy": Out(1),
+            "r_en": In(1),
+            "r_data": Out(self.out_layout(cfg, head)),
+            "rd_en": In(1, init=1),
+            "rd_addr": In(range(self.slots(cfg) * cfg.tp)),
+            "rd_data": Out(data.ArrayLayout(lane, cfg.tc)),
+            "bias_addr": In(range(self.slots(cfg))),
+            "bias_data": Out(data.ArrayLayout(signed(32), cfg.tc)),
+        })
+
+    @staticmethod
+    def slots(cfg: HwConfig) -> int:
+        """Slots of the row and bias memories: one more than the head FIFO's entries."""
+        return cfg.stage_entries + 1
+
+    @classmethod
+    def out_layout(cls, cfg: HwConfig, head: data.StructLayout) -> data.StructLayout:
+        return data.StructLayout({"head": head, "slot": range(cls.slots(cfg))})
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        tc, tp, ltp = cfg.tc, cfg.tp, log2(cfg.tp)
+        n_slots = self.slots(cfg)
+        lane = signed(cfg.acc_width)
+        row = data.ArrayLayout(lane, tc)
+
+        # -- slot of the next push -------------------------------------------------------
+        w_slot = Signal(range(n_slots), name="w_slot")
+        with m.If(self.w_en):
+            m.d.sync += w_slot.eq(Mux(w_slot == n_slots - 1, 0, w_slot + 1))
+
+        # -- head FIFO: the small fields and the slot ----------------------------------
+        out = self.out_layout(cfg, self.head)
+        m.submodules.head = head = StageFIFO(width=out.size, depth=cfg.stage_entries, slices=1)
+        w_head = Signal(out, name="w_head_slot")
+        m.d.comb += [w_head.head.eq(self.w_head), w_head.slot.eq(w_slot),
+                     head.w_data.eq(w_head), head.w_en.eq(self.w_en), head.w_en_rep.eq(self.w_en),
+                     head.r_en.eq(self.r_en), head.r_en_rep.eq(self.r_en),
+                     self.r_rdy.eq(head.r_rdy), self.r_data.eq(head.r_data)]
+
+        # -- bias: one word per slot, written with the push ----------------------------
+        m.submodules.bias = bias = WordRAM(depth=n_slots, elems=tc, width=32)
+        m.d.comb += [bias.wr_en.eq(Mux(self.w_en, (1 << tc) - 1, 0)), bias.wr_addr.eq(w_slot),
+                     bias.wr_addr_rep[0].eq(w_slot), bias.wr_data.eq(self.w_bias),
+                     bias.rd_addr.eq(self.bias_addr), bias.rd_en.eq(self.rd_en)]
+        m.d.comb += [self.bias_data[u].eq(bias.rd_data[u].as_signed()) for u in range(tc)]
+
+        # -- shadow: all rows on the push, then one row a cycle into ``rows`` -----------
+        # Row 0 of the shadow is the next row to write; the rows move down one each cycle.
+        sh = Signal(data.ArrayLayout(row, tp), name="sh_rows")
+        left = Signal(range(tp + 1), name="sh_left")          # rows still to write
+        r_idx = Signal(range(tp), name="sh_row")              # row index of sh_rows[0]
+        sh_slot = Signal(range(n_slots), name="sh_slot")
+        with m.If(self.w_en):
+            m.d.sync += [sh.as_value().eq(self.w_vals.as_value()), left.eq(self.w_nrows),
+                         r_idx.eq(0), sh_slot.eq(w_slot)]
+        with m.Else():
+            m.d.sync += [sh[j].eq(sh[j + 1]) for j in range(tp - 1)]
+            with m.If(left != 0):
+                m.d.sync += [left.eq(left - 1), r_idx.eq(r_idx + 1)]
+
+        m.submodules.rows = rows = WordRAM(depth=n_slots * tp, elems=tc,
+                                           width=cfg.acc_width)
+        wa = Signal(range(n_slots * tp), name="sh_addr")
+        m.d.comb += [wa.eq(Cat(r_idx, sh_slot) if ltp else sh_slot),
+                     rows.wr_en.eq(Mux(left != 0, (1 << tc) - 1, 0)), rows.wr_addr.eq(wa),
+                     rows.wr_addr_rep[0].eq(wa), rows.wr_data.eq(sh[0].as_value()),
+                     rows.rd_addr.eq(self.rd_addr), rows.rd_en.eq(self.rd_en)]
+        m.d.comb += [self.rd_data[u].eq(rows.rd_data[u].as_signed()) for u in range(tc)]
+        return m
