@@ -2,7 +2,7 @@
 
 Blocks: a :class:`~.loader.Loader` running ahead of the compute into double-buffered
 :class:`~.buffers.OperandBuffers`; the compute issue below walking groups and steps;
-the :class:`~.pe_array.PEArray`; a stage FIFO (``stage_entries`` deep); the :class:`~.drain.Drain`
+the :class:`~.pe_array.PEArray`; the :class:`~.row_stage.RowStage` (``stage_entries`` groups); the :class:`~.drain.Drain`
 writing results. See docs/architecture.md.
 """
 from __future__ import annotations
@@ -13,25 +13,24 @@ from amaranth.lib.wiring import In, Out, flipped
 
 from .buffers import OperandBuffers
 from .config import HwConfig
-from .drain import Drain, stage_layout
+from .drain import Drain, head_layout
 from .interface import (gather_signature, layer_desc_layout, load_in_slices, log2,
                         mem_port_signature)
 from .loader import Loader
 from .pe_array import PEArray
-from .stage_fifo import StageFIFO
+from .row_stage import RowStage
 from .steps import StepIter, derive_layer_params, layer_params_layout
 
 __all__ = ["NPUCore"]
 
 
 def _group_tag_layout(cfg: HwConfig) -> data.StructLayout:
-    # The stage entry's beat fields (``Drain.REP_FIELDS``, the rows among them) come first:
-    # decided at issue, they travel in registers, and the PE array copies these low bits
-    # once per group of stage-FIFO slices (``out_tag_rep``). Computed from the PE array's
-    # output tag and fanned out to every slice, they were 26 of the 8 x 8's late endpoints
-    # on 9c963df (3 LUT levels, up to 10.73 ns).
+    # The stage entry's beat fields (``nb_m1`` .. ``last2``) are decided at issue and travel
+    # in registers: computed from the PE array's output tag they were 26 of the 8 x 8's late
+    # endpoints on 9c963df (3 LUT levels, up to 10.73 ns).
+    hl = head_layout(cfg)
     return data.StructLayout({
-        **{n: f.shape for n, f in Drain.rep_layout(cfg)},
+        **{n: hl[n].shape for n in ("row1", "last1", "row2", "last2", "nb_m1", "nrows")},
         "first": 1, "last": 1,                 # first / last cycle of the group
         "row0": unsigned(cfg.dim_width),
         "trow0": unsigned(log2(cfg.tr_max) + 1),
@@ -74,7 +73,7 @@ class NPUCore(wiring.Component):
 
     @staticmethod
     def pipe_latency_for(cfg: HwConfig) -> int:
-        """Cycles from issuing a group's last cycle to its entry in the stage FIFO."""
+        """Cycles from issuing a group's last cycle to its entry in the row stage (head FIFO)."""
         return OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
 
     @property
@@ -93,16 +92,9 @@ class NPUCore(wiring.Component):
 
         m.submodules.loader = loader = Loader(cfg)
         m.submodules.bufs = bufs = OperandBuffers(cfg, tag_width=_group_tag_layout(cfg).size)
-        stl = stage_layout(cfg)
-        n_sl = Drain.entry_slices(cfg)
-        n_rep = Drain.rep_layout(cfg).size
-        spg = Drain.SLICES_PER_GROUP
-        m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size,
-                                       valid_copies=n_sl, tag_copies=-(-n_sl // spg),
-                                       tag_copy_bits=n_rep)
-        m.submodules.stage = stage = StageFIFO(width=stl.size, depth=cfg.stage_entries,
-                                               slices=n_sl, rdy_copies=n_sl,
-                                               flag_width=n_rep)
+        hl = head_layout(cfg)
+        m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size)
+        m.submodules.stage = stage = RowStage(cfg, head=hl)
         m.submodules.drain = drain = Drain(cfg)
         m.submodules.it = it = StepIter(cfg, lay, lp)
 
@@ -129,25 +121,23 @@ class NPUCore(wiring.Component):
             pe.tag.eq(bufs.op_tag), pe.x.eq(bufs.x), pe.w.eq(bufs.w),
         ]
 
-        # PE array -> stage FIFO -> drain.
+        # PE array -> row stage -> drain.
         otag = Signal(_group_tag_layout(cfg), name="acc_tag")
-        entry = Signal(stl, name="acc_entry")
+        head = Signal(hl, name="acc_head")
         m.d.comb += [
             otag.eq(pe.out_tag),
-            entry.vals.eq(pe.out_vals),
-            entry.bias.eq(loader.bias[otag.wslot]),
-            entry.row0.eq(otag.row0), entry.trow0.eq(otag.trow0),
-            entry.c0.eq(otag.c0), entry.ncols.eq(otag.ncols),
-            entry.first.eq(otag.first_ch), entry.last.eq(otag.last_ch),
-            *[getattr(entry, n).eq(getattr(otag, n)) for n in Drain.REP_FIELDS],
-            stage.w_data.eq(entry), stage.w_en.eq(pe.out_valid),
-            *[stage.w_flags[i].eq(pe.out_tag_rep[i // spg]) for i in range(n_sl)],
-            drain.stage_rep.eq(stage.r_flags),
-            stage.w_en_rep.eq(pe.out_valid_rep),
+            head.row0.eq(otag.row0), head.trow0.eq(otag.trow0),
+            head.c0.eq(otag.c0), head.ncols.eq(otag.ncols),
+            head.first.eq(otag.first_ch), head.last.eq(otag.last_ch),
+            *[getattr(head, n).eq(getattr(otag, n))
+              for n in ("row1", "last1", "row2", "last2", "nb_m1", "nrows")],
+            stage.w_en.eq(pe.out_valid), stage.w_vals.eq(pe.out_vals),
+            stage.w_nrows.eq(otag.nrows), stage.w_bias.eq(loader.bias[otag.wslot]),
+            stage.w_head.eq(head),
             # A slot's memory is free once the step's last operands are read from it (the
             # buffers' output, ``op_valid`` of the last cycle of the last group); the W
-            # slot's bias registers once that group's sums leave the array (the stage
-            # entry takes its bias then). Both memories were freed with the sums until
+            # slot's bias registers once that group's sums leave the array (the row stage
+            # writes its bias then). Both memories were freed with the sums until
             # 5 Dec 2026: with the pipeline's 10 more cycles a step of the first layer's
             # P = 27 at (B_P, k) = (4, 2) on the 8 x 8 (56 cycles) was shorter than a W
             # load's free-to-done time, and the compute waited 27 cycles per row tile.
@@ -157,14 +147,12 @@ class NPUCore(wiring.Component):
             drain.layer.eq(lay),
             drain.stage.payload.eq(stage.r_data),
             drain.stage.valid.eq(stage.r_rdy),
-            stage.r_en.eq(drain.stage.ready), stage.r_en_rep.eq(drain.stage_ready_rep),
+            stage.r_en.eq(drain.stage.ready),
+            stage.rd_en.eq(drain.rd_en), stage.rd_addr.eq(drain.rd_addr),
+            stage.bias_addr.eq(drain.bias_addr),
+            drain.rd_data.eq(stage.rd_data), drain.bias_data.eq(stage.bias_data),
         ]
         wiring.connect(m, drain.wr_req, flipped(self.mem.wr_req))
-        # The drain's copies of ``stage.valid``: the FIFO's register copies of ``r_rdy``.
-        # A push is ``pe.out_valid`` alone: the compute issue's credit (below) keeps the
-        # groups in flight within ``stage_entries``, so the FIFO is never full when one
-        # arrives (it has no ``w_rdy``, hw/stage_fifo.py).
-        m.d.comb += drain.stage_valid_rep.eq(stage.r_rdy_rep)
 
         # Writes outstanding.
         wr_pending = Signal(range(1 << 16), name="wr_pending")
@@ -174,7 +162,7 @@ class NPUCore(wiring.Component):
         m.d.sync += wr_pending.eq(wr_pending + wr_fire - wr_ack)
 
         # ---- compute issue -------------------------------------------------------------
-        # Groups between issue and the drain (at most ``stage_entries``, the stage FIFO's
+        # Groups between issue and the drain (at most ``stage_entries``, the row stage head FIFO's
         # depth): a new group may start while fewer are in flight. The test is a register,
         # computed from the count's next value.
         inflight = Signal(range(cfg.stage_entries + 2), name="ci_inflight")
@@ -256,6 +244,23 @@ class NPUCore(wiring.Component):
             bufs.rd_rem.eq(rem),
         ]
 
+        # Group ends at least ``nrows`` cycles apart: the row stage writes a group's rows one
+        # a cycle from its shadow register (hw/row_stage.py), so the next group's sums may
+        # leave the array only then. A group's sums leave ``pipe_latency`` cycles after its
+        # last step and its steps issue back to back, so the test is at its first step, like
+        # the credit's, and a register: ``ci_hold`` counts the cycles until the next group's
+        # last step may issue, ``ci_hold_ok`` is ``ci_hold < n_s`` (``n_s`` is fixed within a
+        # step, and SETUP, at least a cycle, recomputes it for the next).
+        hold = Signal(range(cfg.tp), name="ci_hold")
+        hold_ok = Signal(init=1, name="ci_hold_ok")
+        end_g = Signal(name="ci_end_g")                   # a group's last step issues
+        with m.If(end_g):
+            m.d.sync += [hold.eq(tag.nrows - 1), hold_ok.eq(tag.nrows <= it.n_s)]
+        with m.Elif(hold != 0):
+            m.d.sync += [hold.eq(hold - 1), hold_ok.eq(hold <= it.n_s)]
+        with m.Else():
+            m.d.sync += hold_ok.eq(1)
+
         # While idle, ``lay`` follows the command payload every cycle (so it holds the
         # accepted one from the cycle after the accept on). Its enable is a register, high
         # exactly in IDLE, in a few copies (``_rep``) that each enable a slice of ``lay``:
@@ -289,6 +294,7 @@ class NPUCore(wiring.Component):
                 m.next = "START"
             with m.State("START"):
                 m.d.sync += [x_cnt.eq(0), w_cnt.eq(0), inflight.eq(0), credit.eq(1),
+                             hold.eq(0), hold_ok.eq(1),
                              x_diff.eq(0), w_diff.eq(0), xline.eq(0)]
                 m.next = "SETUP"
             with m.State("SETUP"):
@@ -311,10 +317,11 @@ class NPUCore(wiring.Component):
                     m.d.sync += [x_cnt.eq(x_cnt + it.x_new), w_cnt.eq(w_cnt + it.w_new)]
                     m.next = "RUN"
             with m.State("RUN"):
-                go = ~s_zero | credit
-                m.d.comb += [bufs.rd_valid.eq(go), start_g.eq(go & s_zero)]
+                go = ~s_zero | (credit & hold_ok)
+                m.d.comb += [bufs.rd_valid.eq(go), start_g.eq(go & s_zero),
+                             end_g.eq(go & last_s)]
                 # The step counters restart at a group's last step whether or not it issues
-                # this cycle: only a group's first step waits for a credit (``go``), so a
+                # this cycle: only a group's first step waits (credit, hold: ``go``), so a
                 # waiting last step is also a first (n_s = 1), where s, wline and wgrp are 0
                 # already. Without ``go`` their reset is RUN & last_s, one LUT: with it, the
                 # FSM state -> go -> reset of ``ci_wline`` was the 8 x 8's worst path on

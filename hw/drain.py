@@ -67,16 +67,15 @@ from amaranth.lib.wiring import In, Out
 
 from .config import HwConfig
 from .dsp import Multiplier
+from .row_stage import RowStage
 from .interface import OUT_RAW, layer_desc_layout, log2, wr_req_layout
 
 __all__ = ["stage_layout", "Drain"]
 
 
-def stage_layout(cfg: HwConfig) -> data.StructLayout:
-    """One finished PE-array group: ``vals[i*tc + u]`` is the sum of row ``i``, unit ``u``."""
+def head_layout(cfg: HwConfig) -> data.StructLayout:
+    """A stage entry's small fields (its sums and bias are in the row stage's memories)."""
     return data.StructLayout({
-        "vals": data.ArrayLayout(signed(cfg.acc_width), cfg.tp * cfg.tc),
-        "bias": data.ArrayLayout(signed(32), cfg.tc),    # read on last entries (bias_en) only
         "row0": unsigned(cfg.dim_width),       # absolute row of segment 0
         "trow0": unsigned(log2(cfg.tr_max) + 1),   # row within the row tile of segment 0
         "nrows": unsigned(log2(cfg.tp) + 1),   # 1 .. B_P rows present
@@ -91,6 +90,16 @@ def stage_layout(cfg: HwConfig) -> data.StructLayout:
         "row2": unsigned(1),                   # a row is at most two beats
         "last1": unsigned(1),                  # the entry is one beat
         "last2": unsigned(1),                  # the entry is two beats
+    })
+
+
+def stage_layout(cfg: HwConfig) -> data.StructLayout:
+    """One finished PE-array group as the row stage takes it: ``vals[i*tc + u]`` is the sum
+    of row ``i``, unit ``u``; the bias is read on last entries (bias_en) only."""
+    return data.StructLayout({
+        "vals": data.ArrayLayout(signed(cfg.acc_width), cfg.tp * cfg.tc),
+        "bias": data.ArrayLayout(signed(32), cfg.tc),
+        **{n: f.shape for n, f in head_layout(cfg)},
     })
 
 
@@ -116,54 +125,30 @@ class Drain(wiring.Component):
     accepted, while its writes are still in flight.
     """
 
-    #: Cycles from the issue of a beat to its write on ``wr_req`` (without stalls).
-    LATENCY = 10
+    #: Cycles from the issue of a beat to its write on ``wr_req`` (without stalls): the
+    #: row stage's two read cycles (``r1``, ``r2``), then ``s1`` .. ``s9`` and the output.
+    LATENCY = 10 + RowStage.LATENCY
 
     def __init__(self, cfg: HwConfig):
         if not isinstance(cfg, HwConfig):
             raise TypeError(f"cfg = {cfg!r}: must be a HwConfig")
         self.cfg = cfg
+        lane = signed(cfg.acc_width)
+        slots = RowStage.slots(cfg)
         super().__init__({
             "layer": In(layer_desc_layout(cfg)),
-            "stage": In(stream.Signature(stage_layout(cfg))),
+            # the entry's small fields and its slot in the row stage (RowStage.r_*)
+            "stage": In(stream.Signature(RowStage.out_layout(cfg, head_layout(cfg)))),
+            # the row stage's read ports: the beat's row (``slot * tp + row``) and the slot's
+            # bias, read two enabled cycles ahead of their use (``rd_en`` is ``~stall``)
+            "rd_en": Out(1),
+            "rd_addr": Out(range(slots * cfg.tp)),
+            "rd_data": In(data.ArrayLayout(lane, cfg.tc)),
+            "bias_addr": Out(range(slots)),
+            "bias_data": In(data.ArrayLayout(signed(32), cfg.tc)),
             "wr_req": Out(stream.Signature(wr_req_layout(cfg))),
             "idle": Out(1),
-            # Copies of ``stage.valid``, equal to it in every cycle, from registers of their
-            # own (the stage FIFO's next "not empty", computed by its owner): each enables
-            # one slice of the wide entry register, so no single net from the FIFO's level
-            # reaches thousands of enables (the 8 x 8's worst path, docs/synthesis.md).
-            "stage_valid_rep": In(self.entry_slices(cfg)),
-            # Copies of ``stage.ready``, equal to it in every cycle, one per slice, each
-            # from the slice's own copies of ``s0_entry_valid`` and ``s0_last``: for the
-            # stage FIFO's per-slice pops (hw/stage_fifo.py ``r_en_rep``).
-            "stage_ready_rep": Out(self.entry_slices(cfg)),
-            # The entry's flags ``REP_FIELDS`` once per slice, equal to the payload's: the
-            # stage FIFO stores them in each of its slices (``StageFIFO.r_flags``), so each
-            # slice of the entry register takes them from its own FIFO slice; read from one
-            # FIFO slice into every slice they were the 8 x 4's worst path (5 Dec 2026,
-            # 7.54 ns of wire).
-            "stage_rep": In(data.ArrayLayout(self.rep_layout(cfg), self.entry_slices(cfg))),
         })
-
-    #: the stage entry's beat fields stored once per stage-FIFO slice (``stage_rep``)
-    REP_FIELDS = ("row1", "last1", "row2", "last2", "nb_m1", "nrows")
-
-    @classmethod
-    def rep_layout(cls, cfg: HwConfig) -> data.StructLayout:
-        """The ``REP_FIELDS`` of a stage entry, in that order (as ``Cat`` packs them)."""
-        st = stage_layout(cfg)
-        return data.StructLayout({n: st[n].shape for n in cls.REP_FIELDS})
-
-    #: entry-register slices per register copy of the next beat's flags (``s0_f1_rep``)
-    SLICES_PER_GROUP = 6
-
-    @staticmethod
-    def entry_slices(cfg: HwConfig) -> int:
-        """Slices of the entry register, each loaded under an enable of its own: about 64
-        flip-flops each, so an enable's LUT can sit beside the flip-flops it drives (with
-        256 per enable the net spanned 13-19 rows of the 4 x 4: its worst path once the
-        block RAMs were floorplanned, docs/synthesis.md)."""
-        return max(1, -(-stage_layout(cfg).size // 64))
 
     @property
     def latency(self) -> int:
@@ -172,9 +157,8 @@ class Drain(wiring.Component):
     @staticmethod
     def entry_beats(cfg: HwConfig, layer, nrows, ncols) -> dict:
         """The beat fields of a stage entry (``nb_m1`` ... ``last2``), as values for its
-        writer to store with it. The drain's accept and its 21 slice copies (8 x 4) read
-        them as stored bits: derived from the FIFO's output and ``layer`` at the accept,
-        they were the 8 x 4's worst path. Compares only (no product of rows and beats:
+        writer to store with it. The drain's accept reads them as stored bits: derived from
+        the FIFO's output and ``layer`` at the accept, they were the 8 x 4's worst path. Compares only (no product of rows and beats:
         its adders were the next worst path, into the stage FIFO's write data)."""
         raw = layer.out_mode == OUT_RAW
         dwr, dwe = cfg.mem_bytes // 4, cfg.elems_per_beat
@@ -198,40 +182,6 @@ class Drain(wiring.Component):
         """Issue cycles an entry of ``nrows x ncols`` takes (for cycle models and tests)."""
         dw = cfg.mem_bytes // (4 if out_mode == OUT_RAW else cfg.elem_bytes)
         return nrows * -(-ncols // dw)
-
-    @staticmethod
-    def _load_entry(m, rows, e, new, take, shift) -> None:
-        """The entry register (the row shift register ``rows``, then the other fields ``e``:
-        the stage entry's layout) loads an accepted entry (``take``); row ``j`` moves down
-        to ``j - 1`` when the held entry's row ends (``shift``).
-
-        Its bits are cut into ``len(take)`` slices exactly as the stage FIFO cuts the entry
-        (``width * i // n``), and slice ``i`` is loaded under ``take[i]`` / ``shift[i]``: each
-        slice takes its bits from its own FIFO slice (cut otherwise, row by row, the
-        drain's slice 10 sat 30 columns from the FIFO slice it read, 5 Dec 2026)."""
-        n = len(take)
-        nrows = len(rows)
-        rw = len(rows[0].as_value())
-        flat_new = Value.cast(new)
-        n_rows_bits = nrows * rw
-        width = n_rows_bits + len(Value.cast(e))
-        cut = [width * i // n for i in range(n + 1)]
-        for i in range(n):
-            lo, hi = cut[i], cut[i + 1]
-            for j in range(nrows):
-                a, b = max(lo, j * rw), min(hi, (j + 1) * rw)
-                if a >= b:
-                    continue
-                cur = rows[j].as_value()[a - j * rw:b - j * rw]
-                with m.If(take[i]):
-                    m.d.sync += cur.eq(flat_new[a:b])
-                if j + 1 < nrows:
-                    with m.Elif(shift[i]):
-                        m.d.sync += cur.eq(rows[j + 1].as_value()[a - j * rw:b - j * rw])
-            a, b = max(lo, n_rows_bits), hi
-            if a < b:
-                with m.If(take[i]):
-                    m.d.sync += Value.cast(e)[a - n_rows_bits:b - n_rows_bits].eq(flat_new[a:b])
 
     @staticmethod
     def _beats_ahead(rb, rl, nb_m1, e1, row_end) -> tuple:
@@ -270,157 +220,128 @@ class Drain(wiring.Component):
                 out[name] = reg
             return out
 
-        # -- entry register and beat counters (s0) ---------------------------------------------
-        # The entry's sums live in a row shift register (``s0_rows``; row 0 is the row being
-        # drained): a beat reads row 0 only, so no wide select spans the entry; its other
-        # fields in ``e``.
-        rest = data.StructLayout({n: f.shape for n, f in stage_layout(cfg) if n != "vals"})
-        e = Signal(rest, name="s0_entry")
-        rows_lay = data.ArrayLayout(data.ArrayLayout(lane, cfg.tc), cfg.tp)
-        s0_rows = Signal(rows_lay, name="s0_rows")
+        # -- s0: the entry's fields and the beat counters --------------------------------------
+        # The entry's sums and bias stay in the row stage's block RAMs (hw/row_stage.py). A
+        # beat presents its row's address there in s0; the row comes out two cycles later,
+        # in r2, where the line select and the partial-sum read happen. (Until 6 Dec 2026
+        # the drain held the whole entry in a row shift register loaded from a LUT-RAM FIFO:
+        # 4,096 flip-flops and their multiplexers on the 16 x 8, beside 1,563 LUT RAMs.)
+        e = Signal(head_layout(cfg), name="s0_entry")
+        e_slot = Signal(range(RowStage.slots(cfg)), name="s0_slot")
         e_valid = Signal(name="s0_entry_valid")
         e_raw = Signal(name="s0_raw")
         e_relu = Signal(name="s0_relu")
+        e_addb = Signal(name="s0_add_bias")              # last & bias_en
         e_mult = Signal(signed(mw), name="s0_mult")
         e_shift = Signal(range(W + 1), name="s0_shift")
         e_os = Signal(cfg.dim_width + 3, name="s0_os")
         e_oaddr = Signal(cfg.addr_width, name="s0_oaddr")
-        s0_u0 = Signal(range(cfg.tc + 1))         # first unit of the beat
-        s0_rem = Signal(range(cfg.tc + 1))        # units of the row from u0 on
-        s0_col = Signal(cfg.dim_width)            # c0 + u0
-        s0_row = Signal(cfg.dim_width)            # row0 + i
-        s0_trow = Signal(log2(cfg.tr_max) + 1)        # trow0 + i
-        s0_row_end = Signal()                     # the beat ends its row (rem <= DW)
-        s0_last = Signal()                        # the beat is the entry's last
+        s0_u0 = Signal(range(cfg.tc + 1), name="s0_u0")      # first unit of the beat
+        s0_rem = Signal(range(cfg.tc + 1), name="s0_rem")    # units of the row from u0 on
+        s0_col = Signal(cfg.dim_width, name="s0_col")        # c0 + u0
+        s0_row = Signal(cfg.dim_width, name="s0_row")        # row0 + i
+        s0_trow = Signal(log2(cfg.tr_max) + 1, name="s0_trow")   # trow0 + i
+        s0_ri = Signal(max(1, log2(cfg.tp)), name="s0_ri")   # i, the row within the entry
+        s0_row_end = Signal(name="s0_row_end")    # the beat ends its row (rem <= DW)
+        s0_last = Signal(name="s0_last")          # the beat is the entry's last
         s0_rb = Signal.like(e.nb_m1, name="s0_rb")           # beats of the row after this one
         s0_rl = Signal.like(e.nrows, name="s0_rl")           # rows of the entry after this one
         s0_e1 = Signal(name="s0_e1")              # s0_row_end after the next beat
         s0_f1 = Signal(name="s0_f1")              # s0_last after the next beat
 
-        # -- s0: issue one beat per cycle ------------------------------------------------------
         # Whether the beat ends its row and whether it is the last are registers, and so are
         # their values for the next beat (``s0_e1``, ``s0_f1``, from the beat counters two
-        # beats ahead): stage.ready and the slice enables are shallow, and the slices' copies
-        # load a register, not a sum (the 8 x 4's worst path was such a sum, 5 ns away).
+        # beats ahead), so stage.ready is shallow.
         s0_dw = Mux(e_raw, DWR, E)
         m.d.comb += self.stage.ready.eq(go & (~e_valid | s0_last))
-        # The entry register is wide (every sum of a group): its load enable is computed
-        # once per slice of it from register copies of ``e_valid`` and ``s0_last``
-        # (``_rep``), so that no single net enables thousands of flip-flops.
-        n_take = self.entry_slices(cfg)
-        e_valid_rep = [Signal(name=f"s0_entry_valid_rep{i}") for i in range(n_take)]
-        s0_last_rep = [Signal(name=f"s0_last_rep{i}") for i in range(n_take)]
-        s0_row_end_rep = [Signal(name=f"s0_row_end_rep{i}") for i in range(n_take)]
-        # The partial-sum line address (``Cat(line, trow)``) as a register copy per lane
-        # (``_rep``: each drives only its lane's LUT RAM), following s0_u0 and s0_trow.
-        # Partial sums are kept for row tiles of up to ``tr`` rows: the taller tiles of short
-        # rows (HwConfig.tile_rows, up to tr_max) are one chunk, so every read of theirs is a
-        # first chunk's (zero, no forwarding) and their wrapped lines are never read back.
-        ltr, nline = log2(cfg.tr), log2(cfg.tc // E)
-        paddr_rep = [Signal(nline + ltr, name=f"s0_paddr_rep{l}") for l in range(E)]
-
-        # The line within the tile row for the value and the bias selects, a register copy
-        # each (``_rep``): the central ``s0_u0``'s bits equal the copies above, so synthesis
-        # merged them into one lane's copy, which then drove the selects from beside that
-        # lane's LUT RAM (the 8 x 4's worst path, 9.59 ns of wire, 5 Dec 2026).
-        sel_rep = [Signal(nline, name=f"s0_line_{w}_rep") for w in ("v", "b")] if nline else []
-
-        def paddr_to(u0, trow):
-            return ([r.eq(Cat(u0[lE:lE + nline], trow[:ltr])) for r in paddr_rep]
-                    + [r.eq(u0[lE:lE + nline]) for r in sel_rep])
-
         with m.If(e_valid & go):
             e1n, f1n, rbn, rln = self._beats_ahead(s0_rb, s0_rl, e.nb_m1, s0_e1, s0_row_end)
             m.d.sync += [s0_row_end.eq(s0_e1), s0_last.eq(s0_f1), s0_e1.eq(e1n), s0_f1.eq(f1n),
                          s0_rb.eq(rbn), s0_rl.eq(rln)]
             with m.If(s0_row_end):
                 m.d.sync += [s0_u0.eq(0), s0_rem.eq(e.ncols), s0_col.eq(e.c0),
-                             s0_row.eq(s0_row + 1), s0_trow.eq(s0_trow + 1)]
-                m.d.sync += paddr_to(Const(0, len(s0_u0)), s0_trow + 1)
+                             s0_row.eq(s0_row + 1), s0_trow.eq(s0_trow + 1),
+                             s0_ri.eq(s0_ri + 1)]
             with m.Else():
                 m.d.sync += [s0_u0.eq(s0_u0 + s0_dw), s0_rem.eq(s0_rem - s0_dw),
                              s0_col.eq(s0_col + s0_dw)]
-                m.d.sync += paddr_to((s0_u0 + s0_dw)[:len(s0_u0)], s0_trow)
             with m.If(s0_last):
                 m.d.sync += e_valid.eq(0)
 
         # Accepting an entry (possibly in the cycle of the previous entry's last beat) resets
         # the beat counters and captures the layer fields the entry needs.
-        lay, new = self.layer, self.stage.payload
+        lay, new = self.layer, self.stage.payload.head
         raw = lay.out_mode == OUT_RAW
         ob_bytes = Mux(raw, lay.c << 2, lay.c << leb)
-        accept = self.stage.valid & self.stage.ready
-        with m.If(accept):
+        with m.If(self.stage.valid & self.stage.ready):
             m.d.sync += [
-                e_valid.eq(1),
+                e.eq(new), e_slot.eq(self.stage.payload.slot), e_valid.eq(1),
                 s0_u0.eq(0), s0_rem.eq(new.ncols), s0_col.eq(new.c0),
-                s0_row.eq(new.row0), s0_trow.eq(new.trow0),
+                s0_row.eq(new.row0), s0_trow.eq(new.trow0), s0_ri.eq(0),
                 s0_row_end.eq(new.row1), s0_last.eq(new.last1), s0_e1.eq(new.row2),
                 s0_f1.eq(new.last2), s0_rb.eq(new.nb_m1), s0_rl.eq(new.nrows - 1),
-                e_raw.eq(raw), e_relu.eq(lay.relu),
+                e_raw.eq(raw), e_relu.eq(lay.relu), e_addb.eq(new.last & lay.bias_en),
                 e_mult.eq(Mux(raw, 1, lay.mult)),
                 e_shift.eq(Mux(raw, 0, Mux(lay.shift > W, W, lay.shift))),
                 e_os.eq((ob_bytes + (M - 1)) & ~Const(M - 1, cfg.dim_width + 3)),
                 e_oaddr.eq(lay.o_addr),
             ]
-            m.d.sync += paddr_to(Const(0, len(s0_u0)), new.trow0)
-        m.d.comb += self.stage_ready_rep.eq(Cat(go & (~v | last)
-                                                for v, last in zip(e_valid_rep, s0_last_rep)))
-        take = [self.stage_valid_rep[i] & self.stage_ready_rep[i] for i in range(n_take)]
-        # Each slice's copies follow e_valid, s0_last and s0_row_end under the slice's own
-        # ``take`` (equal to stage.valid & stage.ready): one shared accept decision fanned
-        # out to the copies was the 8 x 4's worst path (5 ns of routing to a far slice).
-        # The next beat's flags reach the slices through a register copy per group of
-        # ``SLICES_PER_GROUP`` slices (``s0_e1_rep``, ``s0_f1_rep``): one register into all
-        # 37 slices was the 8 x 8's worst path on 085289d (``s0_f1``, 14.85 ns of wire). Each
-        # group keeps the beat counters of its own (``s0_rb_rep``, ``s0_rl_rep``, from the
-        # entry's fields in its first slice's FIFO slice) and follows its first slice's
-        # ``take`` and entry flag: the central counters' next flags into every group were the
-        # 8 x 8's worst path on 9c963df (11.50 ns, 8.65 of it wire across 90 columns).
-        n_grp = -(-n_take // self.SLICES_PER_GROUP)
-        grp = []
-        flags = [self.stage_rep[i] for i in range(n_take)]
-        for g in range(n_grp):
-            i0 = g * self.SLICES_PER_GROUP
-            e1 = Signal(name=f"s0_e1_rep{g}")
-            f1 = Signal(name=f"s0_f1_rep{g}")
-            rb = Signal.like(s0_rb, name=f"s0_rb_rep{g}")
-            rl = Signal.like(s0_rl, name=f"s0_rl_rep{g}")
-            nb = Signal.like(e.nb_m1, name=f"s0_nb_m1_rep{g}")
-            fl = flags[i0]
-            with m.If(take[i0]):
-                m.d.sync += [e1.eq(fl.row2), f1.eq(fl.last2), rb.eq(fl.nb_m1),
-                             rl.eq(fl.nrows - 1), nb.eq(fl.nb_m1)]
-            with m.Elif(e_valid_rep[i0] & go):
-                e1n, f1n, rbn, rln = self._beats_ahead(rb, rl, nb, e1, s0_row_end_rep[i0])
-                m.d.sync += [e1.eq(e1n), f1.eq(f1n), rb.eq(rbn), rl.eq(rln)]
-            grp.append((e1, f1))
-        for i in range(n_take):
-            e1, f1 = grp[i // self.SLICES_PER_GROUP]
-            with m.If(take[i]):
-                m.d.sync += [e_valid_rep[i].eq(1), s0_last_rep[i].eq(flags[i].last1),
-                             s0_row_end_rep[i].eq(flags[i].row1)]
-            with m.Elif(e_valid_rep[i] & go):
-                m.d.sync += [s0_last_rep[i].eq(f1), s0_row_end_rep[i].eq(e1)]
-                with m.If(s0_last_rep[i]):
-                    m.d.sync += e_valid_rep[i].eq(0)
-        self._load_entry(m, s0_rows, e, new, take,
-                         [v & go & end for v, end in zip(e_valid_rep, s0_row_end_rep)])
 
-        s0_line = s0_u0[lE:lE + log2(lpr)]                 # line within the tile row
-        vlines = data.ArrayLayout(line, lpr)(s0_rows[0].as_value())
-        blines = data.ArrayLayout(data.ArrayLayout(signed(32), E), lpr)(e.bias.as_value())
-        s0_v = vlines[sel_rep[0]] if sel_rep else vlines[0]
-        s0_b = blines[sel_rep[1]] if sel_rep else blines[0]
-        s0_colbyte = Mux(e_raw, s0_col << 2, s0_col << leb)
+        # The beat's row and bias in the row stage, read while the beat passes r1 and r2.
+        m.d.comb += [self.rd_addr.eq(Cat(s0_ri[:log2(cfg.tp)], e_slot) if cfg.tp > 1 else e_slot),
+                     self.bias_addr.eq(e_slot), self.rd_en.eq(go)]
 
-        # Partial sums: read in s0 into a register (zero on a first chunk), written back
+        # -- r1, r2: the beat waits for its row ---------------------------------------------
+        r1 = carry("r1", valid=e_valid, last=e.last, first=e.first, addb=e_addb, u0=s0_u0,
+                   rem=s0_rem, col=s0_col, row=s0_row, trow=s0_trow, row_end=s0_row_end,
+                   raw=e_raw, relu=e_relu, mult=e_mult, shift=e_shift, os=e_os, oaddr=e_oaddr)
+        r2 = carry("r2", **r1)
+        # Per lane, register copies (``_rep``) loaded from r1: the partial-sum line address
+        # (``Cat(line, trow)``: each drives only its lane's LUT RAM), ``first`` (the
+        # synchronous reset of the lane's read register: one flip-flop resetting all lanes'
+        # was the 8 x 4's worst path on 54bed03 seed 1, 11.8 ns, one net) and ``last &
+        # bias_en`` (the reset of the lane's bias: one LUT driving all lanes' was the 8 x 4's
+        # worst path, 8 ns of wire). The line for the value and the bias selects, a copy
+        # each: one register merged with a lane's copy drove the selects from beside that
+        # lane's LUT RAM (the 8 x 4's worst path, 9.59 ns of wire, 5 Dec 2026).
+        # Partial sums are kept for row tiles of up to ``tr`` rows: the taller tiles of short
+        # rows (HwConfig.tile_rows, up to tr_max) are one chunk, so every read of theirs is a
+        # first chunk's (zero, no forwarding) and their wrapped lines are never read back.
+        ltr, nline = log2(cfg.tr), log2(cfg.tc // E)
+        r1_line = r1["u0"][lE:lE + nline]
+        paddr_rep = []
+        first_rep, addb_rep = [], []
+        for l in range(E):
+            pa = Signal(nline + ltr, name=f"r2_paddr_rep{l}")
+            fi = Signal(name=f"r2_first_rep{l}")
+            ab = Signal(name=f"r2_add_bias_rep{l}")
+            with m.If(go):
+                m.d.sync += [pa.eq(Cat(r1_line, r1["trow"][:ltr])), fi.eq(r1["first"]),
+                             ab.eq(r1["addb"])]
+            paddr_rep.append(pa)
+            first_rep.append(fi)
+            addb_rep.append(ab)
+        sel_rep = []
+        if nline:
+            for w in ("v", "b"):
+                r = Signal(nline, name=f"r2_line_{w}_rep")
+                with m.If(go):
+                    m.d.sync += r.eq(r1_line)
+                sel_rep.append(r)
+
+        vlines = data.ArrayLayout(line, lpr)(self.rd_data.as_value())
+        blines = data.ArrayLayout(data.ArrayLayout(signed(32), E), lpr)(self.bias_data.as_value())
+        r2_v = vlines[sel_rep[0]] if sel_rep else vlines[0]
+        r2_b = blines[sel_rep[1]] if sel_rep else blines[0]
+        r2_colbyte = Mux(r2["raw"], r2["col"] << 2, r2["col"] << leb)
+
+        # Partial sums: read in r2 into a register (zero on a first chunk), written back
         # from s2's registers. One memory per lane, read asynchronously from the lane's copy
         # of the line address. The two beats right behind a write read before it lands:
         # they take the written value from s2 (distance 1) or s3 (distance 2) instead
-        # (``s1_fwd1``/``s1_fwd2``, decided in s0); every later beat reads it from the
+        # (``s1_fwd1``/``s1_fwd2``, decided in r2); every later beat reads it from the
         # memory. So no path runs from a LUT RAM into the adder.
-        s0_paddr = Cat(s0_line, s0_trow[:ltr])
+        r2_paddr = Cat(r2["u0"][lE:lE + nline], r2["trow"][:ltr])
         p_rd, p_wp = Signal(line, name="s1_prd"), []
         for l in range(E):
             # LUT RAM, whatever the depth: yosys would otherwise fold the register behind
@@ -431,40 +352,28 @@ class Drain(wiring.Component):
             p_wp.append(mem.write_port())
             rp = mem.read_port(domain="comb")
             m.d.comb += rp.addr.eq(paddr_rep[l])
-            # the entry's ``first`` as a copy per lane (``_rep``): it is the synchronous
-            # reset of the lane's read register, and one flip-flop resetting all lanes' was
-            # the 8 x 4's worst path on 54bed03 seed 1 (11.8 ns, one net).
-            first_l = Signal(name=f"s0_first_rep{l}")
-            with m.If(take[l % n_take]):
-                m.d.sync += first_l.eq(new.first)
             with m.If(go):
-                m.d.sync += p_rd[l].eq(Mux(first_l, 0, rp.data))
+                m.d.sync += p_rd[l].eq(Mux(first_rep[l], 0, rp.data))
 
-        s0_n = Mux(s0_row_end, s0_rem, s0_dw)             # units in the beat
-        s0_off = s0_u0[:lE]                               # first lane of the beat in its line
-        s0_bias = Signal(line)                             # the bias on the last chunk, or 0
+        r2_n = Mux(r2["row_end"], r2["rem"], Mux(r2["raw"], DWR, E))   # units in the beat
+        r2_off = r2["u0"][:lE]                            # first lane of the beat in its line
+        r2_bias = Signal(line)                            # the bias on the last chunk, or 0
         for l in range(E):
-            # ``last & bias_en`` as a register copy per lane (``_rep``), loaded with the
-            # entry: it is the synchronous reset of the lane's 32 bias flip-flops in s1, and
-            # one LUT driving all lanes' was the 8 x 4's worst path (8 ns of wire, seed 1).
-            add_b = Signal(name=f"s0_add_bias_rep{l}")
-            with m.If(take[l % n_take]):
-                m.d.sync += add_b.eq(new.last & lay.bias_en)
-            m.d.comb += s0_bias[l].eq(Mux(add_b, s0_b[l], 0))
+            m.d.comb += r2_bias[l].eq(Mux(addb_rep[l], r2_b[l], 0))
 
-        s1 = carry("s1", valid=e_valid, last=e.last, v=s0_v, bias=s0_bias,
-                   waddr=s0_paddr, n=s0_n, off=s0_off,
-                   mask=Cat((s0_off <= l) & (l < s0_off + s0_n) for l in range(E)),
-                   boff=s0_colbyte[:lM],                   # first byte of the beat in its word
-                   colword=s0_colbyte & ~Const(M - 1, cfg.dim_width + 2), oaddr=e_oaddr,
-                   raw=e_raw, relu=e_relu, mult=e_mult, shift=e_shift)
+        s1 = carry("s1", valid=r2["valid"], last=r2["last"], v=r2_v, bias=r2_bias,
+                   waddr=r2_paddr, n=r2_n, off=r2_off,
+                   mask=Cat((r2_off <= l) & (l < r2_off + r2_n) for l in range(E)),
+                   boff=r2_colbyte[:lM],                   # first byte of the beat in its word
+                   colword=r2_colbyte & ~Const(M - 1, cfg.dim_width + 2), oaddr=r2["oaddr"],
+                   raw=r2["raw"], relu=r2["relu"], mult=r2["mult"], shift=r2["shift"])
 
         # ``row * os`` in a multiplier of its own whose registers are s1 (operands) and s2
         # (product): the output stride is a multiple of M, so the product of the beat's row
         # and ``os / M`` fits one DSP block for dim_width 16.
         rowmul = Multiplier(a_width=cfg.dim_width + 1, b_width=len(e_os) - lM + 1)
         m.submodules.rowmul = rowmul
-        m.d.comb += [rowmul.a.eq(s0_row), rowmul.b.eq(e_os >> lM), rowmul.en.eq(go)]
+        m.d.comb += [rowmul.a.eq(r2["row"]), rowmul.b.eq(r2["os"] >> lM), rowmul.en.eq(go)]
 
         s1_wr = s1["valid"] & ~s1["last"]
         s1_fwd1 = Signal(E, name="s1_fwd1")
@@ -504,9 +413,9 @@ class Drain(wiring.Component):
         m.d.comb += [wp.en.eq(s2["wr"] & go & s2["mask"][l]) for l, wp in enumerate(p_wp)]
 
         # Lanes the beats in s1 and s2 write back (non-last entries) at the line the beat
-        # in s0 reads: that beat takes them from s2 or s3 (see above); the nearer wins.
-        line1 = ~e.first & (s0_paddr == s1["waddr"])
-        line2 = ~e.first & (s0_paddr == s2["waddr"])
+        # in r2 reads: that beat takes them from s2 or s3 (see above); the nearer wins.
+        line1 = ~r2["first"] & (r2_paddr == s1["waddr"])
+        line2 = ~r2["first"] & (r2_paddr == s2["waddr"])
         with m.If(go):
             m.d.sync += [s1_fwd1.eq(Cat(s1_wr & s1["mask"][l] & line1 for l in range(E))),
                          s1_fwd2.eq(Cat(s2["wr"] & s2["mask"][l] & line2 for l in range(E)))]
@@ -676,6 +585,6 @@ class Drain(wiring.Component):
 
         # Every beat, written or not, counts as in flight until it leaves the last register.
         out_busy = carry("out", busy=s9["busy"])["busy"]
-        m.d.comb += self.idle.eq(~(e_valid | s1["valid"] | s2["busy"] | s3["busy"] | s4["busy"] | s5["busy"]
+        m.d.comb += self.idle.eq(~(e_valid | r1["valid"] | r2["valid"] | s1["valid"] | s2["busy"] | s3["busy"] | s4["busy"] | s5["busy"]
                                    | s6["busy"] | s7["busy"] | s8["busy"] | s9["busy"] | out_busy))
         return m

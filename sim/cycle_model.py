@@ -52,10 +52,11 @@ def buf_latency(cfg: HwConfig) -> int:
     slot's memory is freed then (section 2); 5 on the 8 x 8."""
     return 3 + max(1, -(-(cfg.tc.bit_length() - 1) // 2))
 
-#: ``pe.out_valid`` -> entry readable in the stage FIFO (``r_rdy`` one cycle later)
+#: ``pe.out_valid`` -> entry readable in the row stage's head FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1
-#: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``)
-DRAIN_LATENCY = 10
+#: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``: the row stage's
+#: two read cycles, then the drain's ten)
+DRAIN_LATENCY = 12
 #: read response transferred in m -> ``x_done``/``w_done`` counts it in m + 7
 #: (``Loader.DECODE_STAGES + OperandBuffers.WRITE_STAGES``)
 DONE_DELAY = 7
@@ -81,8 +82,9 @@ class LayerTiming:
     ``startup`` the 4 cycles before the first step setup; ``setup_cycles`` one SETUP cycle
     per step; ``issue_cycles`` cycles in which the compute issues a PE-array cycle
     (``sum groups x n_s``); ``load_stall`` cycles the compute waits in SETUP for a load
-    (X, W or bias) to complete; ``credit_stall`` cycles it waits for a stage credit
-    (groups issued - popped by the drain < 2); ``tail`` from the end of the last issue to
+    (X, W or bias) to complete; ``credit_stall`` cycles it waits for the stage: a credit
+    (groups issued - popped by the drain < ``stage_entries``) or the row stage's spacing
+    (a group's last step at least its ``nrows`` cycles after the previous group's); ``tail`` from the end of the last issue to
     ``busy`` falling (pipeline, drain, last write acknowledgement).
     """
     cycles: int
@@ -388,7 +390,7 @@ class _Layer:
         lb = (rows - (n_g - 1) * bp) * cb              # ... of the last group
         return (n_s, n_g, fb, lb, last_ch,
                 rows * nb if x_whole else 0, ncols * nb if w_new else 0, nbb if w_new else 0,
-                x_last, w_last, x_wait, xpb, xp_last)
+                x_last, w_last, x_wait, xpb, xp_last, rows - (n_g - 1) * bp)
 
     def periodic_end(self, j: int, d: int) -> int:
         """The largest ``e`` such that steps ``m`` and ``m - d`` behave the same (same step
@@ -499,6 +501,7 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
     bf = [None, None]                     # bias free-visible times of W loads q-2, q-1
     D = cfg.stage_entries
     pq = deque([_NEG] * D, maxlen=D)      # drain accept times of groups i-D .. i-1
+    hold = _NEG                           # earliest cycle of the next group's last step
     n_groups = 0
     load_stall = credit_stall = 0
     seen: dict = {}
@@ -512,7 +515,7 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
                    _rel(xf[0], sigma, low), _rel(xf[1], sigma, low),
                    _rel(wf[0], sigma, low), _rel(wf[1], sigma, low),
                    _rel(bf[0], sigma, low), _rel(bf[1], sigma, low),
-                   *(_rel(p, sigma, low) for p in pq)) + \
+                   _rel(hold, sigma, low), *(_rel(p, sigma, low) for p in pq)) + \
                 rd.snap(sigma, low) + drain.snap(sigma, low)
             cur = (j, sigma, n_groups, load_stall, credit_stall)
             hits = seen.get(key)
@@ -537,6 +540,7 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
                     wf = [None if v is None else v + dt for v in wf]
                     bf = [None if v is None else v + dt for v in bf]
                     pq = deque((p + dt for p in pq), maxlen=D)
+                    hold += dt
                     rd.shift(dt)
                     drain.shift(dt)
                     n_groups += N * (n_groups - old[2])
@@ -547,7 +551,8 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
                 if len(hits) > 32:
                     del hits[0]
         simulated += 1
-        (n_s, n_g, fb, lb, last_ch, xb, wb, nbb, x_last, w_last, x_wait, xpb, xp_last) = lay.step(j)
+        (n_s, n_g, fb, lb, last_ch, xb, wb, nbb, x_last, w_last, x_wait, xpb, xp_last,
+         nr_last) = lay.step(j)
         # -- loader: STEP (ld) -> [XWAIT -> XISS] -> [WWAIT -> WISS (-> BISS)]
         #    -> [XPWAIT -> XPISS] -> NEXT
         t = ld + 1                       # entry of the state after STEP
@@ -581,14 +586,22 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
         tstart = c + 1
         accept = drain.accept
         last_g = n_g - 1
+        bp = lay.bp
         for g in range(n_g):
             if g:
                 cred = pq[0] + 1
                 if cred > tstart:
                     credit_stall += cred - tstart
                     tstart = cred
+            # group ends at least nrows apart (the row stage writes a row a cycle), tested
+            # at the first step: a group's steps issue back to back
+            h = hold - n_s + 1
+            if h > tstart:
+                credit_stall += h - tstart
+                tstart = h
             e = tstart + n_s - 1
             pq.append(accept(e + avl, fb if g < last_g else lb, last_ch))
+            hold = e + (bp if g < last_g else nr_last)
             tstart = e + 1
         n_groups += n_g
         sigma = tstart

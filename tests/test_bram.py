@@ -46,18 +46,45 @@ def _trace(depth, elems, width, n, seed):
     return steps, want
 
 
+def _read_enables(n, hold, seed):
+    """``rd_en`` per step: always high, or low in about a third of the steps (``hold``)."""
+    rng = np.random.default_rng(seed)
+    return [1 if not hold else int(rng.random() >= 0.35) for _ in range(n)]
+
+
+def _expected_out(want, re):
+    """``rd_data`` after each step's edge: the read register takes ``want[t]`` and the output
+    register the read register's word at the edges of enabled steps (``_UNSET`` before the
+    first two, ``None`` where the word read was undefined)."""
+    rd = out = _UNSET
+    res = []
+    for w, e in zip(want, re):
+        if e:
+            out, rd = rd, w
+        res.append(out)
+    return res
+
+
+_UNSET = object()
+
+
+@pytest.mark.parametrize("hold", [False, True])
 @pytest.mark.parametrize("depth, elems, width", [(4096, 4, 8), (256, 8, 8), (64, 3, 16)])
-def test_generic_reads_two_cycles_later(depth, elems, width):
+def test_generic_reads_two_cycles_later(depth, elems, width, hold):
+    """The word two enabled cycles after its address; with ``rd_en`` low both registers
+    hold (the drain's stall)."""
     dut = WordRAM(depth=depth, elems=elems, width=width)
     steps, want = _trace(depth, elems, width, 300, depth + elems)
+    re = _read_enables(len(steps), hold, depth)
     got = []
 
     async def tb(ctx):
-        for en, wa, wd, ra in steps:
+        for (en, wa, wd, ra), r in zip(steps, re):
             ctx.set(dut.wr_en, en)
             ctx.set(dut.wr_addr, wa)
             ctx.set(dut.wr_data, wd)
             ctx.set(dut.rd_addr, ra)
+            ctx.set(dut.rd_en, r)
             await ctx.tick()
             got.append([int(v) for v in ctx.get(dut.rd_data)])
 
@@ -65,13 +92,13 @@ def test_generic_reads_two_cycles_later(depth, elems, width):
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
-    # got[t] is after t+1 edges: the read presented at t - 1
+    # got[t] is after t+1 edges
     checked = 0
-    for t in range(1, len(steps)):
-        if want[t - 1] is not None:
-            assert got[t] == want[t - 1], t
+    for t, exp in enumerate(_expected_out(want, re)):
+        if exp is not None and exp is not _UNSET:
+            assert got[t] == exp, t
             checked += 1
-    assert checked > 200
+    assert checked > (120 if hold else 200)
 
 
 def test_tiling_uses_the_fewest_blocks():
@@ -103,19 +130,20 @@ def test_ecp5_blocks_with_output_registers(depth, elems, width):
 
 @pytest.mark.rtl
 @pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus Verilog")
-@pytest.mark.parametrize("depth, elems, width", [
-    (1024, 8, 8),      # 18-bit blocks, two elements each, byte enables
-    (256, 8, 8),       # 36-bit pseudo dual port, four elements each
-    (2048, 3, 8),      # 9-bit blocks, one element each
-    (4096, 4, 8),      # nibble slices, two blocks per element
-    (512, 3, 16),      # 36-bit blocks, 18-bit elements (two enables each)
+@pytest.mark.parametrize("depth, elems, width, hold", [
+    (1024, 8, 8, False),     # 18-bit blocks, two elements each, byte enables
+    (256, 8, 8, True),       # 36-bit pseudo dual port, four elements each; rd_en low at times
+    (2048, 3, 8, False),     # 9-bit blocks, one element each
+    (4096, 4, 8, True),      # nibble slices, two blocks per element
+    (512, 3, 16, False),     # 36-bit blocks, 18-bit elements (two enables each)
 ])
-def test_ecp5_blocks_behave_on_icarus(tmp_path, depth, elems, width):
+def test_ecp5_blocks_behave_on_icarus(tmp_path, depth, elems, width, hold):
     # two copies of the write address, the only ones the blocks read on ECP5 (``wr_addr``
     # is held at 0 here, so a block wired to it, or to no copy, fails)
     dut = WordRAM(depth=depth, elems=elems, width=width, addr_copies=2)
     (tmp_path / "dut.v").write_text(verilog.convert(dut, name="dut", platform=_ECP5()))
     steps, want = _trace(depth, elems, width, 200, 7 * depth + elems)
+    re = _read_enables(len(steps), hold, depth + 1)
     pack = lambda vals: sum(v << (width * i) for i, v in enumerate(vals))
     W = elems * width
     lines = [
@@ -123,13 +151,13 @@ def test_ecp5_blocks_behave_on_icarus(tmp_path, depth, elems, width):
         "module tb;",
         "reg clk = 0, rst = 0;",
         f"reg [{elems - 1}:0] en; reg [{W - 1}:0] wd; wire [{W - 1}:0] rd;",
-        f"reg [{(depth - 1).bit_length() - 1}:0] wa, ra;",
+        f"reg [{(depth - 1).bit_length() - 1}:0] wa, ra; reg re;",
         "dut d(.clk(clk), .rst(rst), .wr_en(en), .wr_addr(0), .wr_addr_rep({2{wa}}), .wr_data(wd),"
-        " .rd_addr(ra), .rd_data(rd));",
+        " .rd_addr(ra), .rd_en(re), .rd_data(rd));",
         "initial begin",
     ]
-    for en, wa, wd, ra in steps:
-        lines.append(f"en = {elems}'d{en}; wa = {wa}; wd = {W}'d{pack(wd)}; ra = {ra};"
+    for (en, wa, wd, ra), r in zip(steps, re):
+        lines.append(f"en = {elems}'d{en}; wa = {wa}; wd = {W}'d{pack(wd)}; ra = {ra}; re = {r};"
                      f" #1 clk = 1; #1 clk = 0; $display(\"%0d\", rd);")
     lines += ["$finish;", "end", "endmodule"]
     (tmp_path / "tb.v").write_text("\n".join(lines))
@@ -140,8 +168,8 @@ def test_ecp5_blocks_behave_on_icarus(tmp_path, depth, elems, width):
     got = [int(v) if v.isdigit() else None for v in out]     # x before the first read lands
     assert len(got) == len(steps)
     checked = 0
-    for t in range(1, len(steps)):
-        if want[t - 1] is not None:
-            assert got[t] == pack(want[t - 1]), (t, steps[t - 1])
+    for t, exp in enumerate(_expected_out(want, re)):
+        if exp is not None and exp is not _UNSET:
+            assert got[t] == pack(exp), (t, steps[t])
             checked += 1
-    assert checked > 100
+    assert checked > (60 if hold else 100)

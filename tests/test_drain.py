@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment, Shape
+from amaranth.hdl import Elaboratable, Fragment, Module, Shape
 from amaranth.lib import data
 from amaranth.sim import Simulator
 
 from fluidnpu.hw.config import HwConfig
-from fluidnpu.hw.drain import Drain, stage_layout
+from fluidnpu.hw.drain import Drain, head_layout, stage_layout
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT, layer_desc_layout
 from fluidnpu.hw.reference import gemm_reference, wrap
+from fluidnpu.hw.row_stage import RowStage
 
 CFG_8X8 = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core (examples/hw_8x8.toml)
 CFG_SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
@@ -254,7 +255,25 @@ class ContractModel:
             self.held = list(accepted_beats)
 
 
-# -- running the drain -----------------------------------------------------------------------
+# -- running the drain ----------------------------------------------------------------------
+
+class DrainTop(Elaboratable):
+    """The drain behind the row stage, wired as in the core (hw/core.py): entries are pushed
+    into ``stage`` (``w_*``) and leave as writes on ``drain.wr_req``."""
+
+    def __init__(self, cfg):
+        self.stage = RowStage(cfg, head=head_layout(cfg))
+        self.drain = Drain(cfg)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.stage, m.submodules.drain = st, dr = self.stage, self.drain
+        m.d.comb += [dr.stage.payload.eq(st.r_data), dr.stage.valid.eq(st.r_rdy),
+                     st.r_en.eq(dr.stage.ready), st.rd_en.eq(dr.rd_en),
+                     st.rd_addr.eq(dr.rd_addr), st.bias_addr.eq(dr.bias_addr),
+                     dr.rd_data.eq(st.rd_data), dr.bias_data.eq(st.bias_data)]
+        return m
+
 
 @dataclass
 class Trace:
@@ -267,15 +286,19 @@ class Trace:
 
 def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=None,
               tail=Drain.LATENCY + 4, model_latency=Drain.LATENCY):
-    """Feed the layers' entries to a Drain, apply its writes to a byte memory.
+    """Push the layers' entries into a row stage in front of a Drain (:class:`DrainTop`),
+    apply the drain's writes to a byte memory.
 
     The timing is compared cycle by cycle against :class:`ContractModel`; every byte write
     is counted (each O element byte must be written exactly once, nothing else ever).
     """
-    dut = Drain(cfg)
+    top = DrainTop(cfg)
+    dut, st = top.drain, top.stage
     rnd = random.Random(seed)
     ly_layout = layer_desc_layout(cfg)
-    st_layout = stage_layout(cfg)
+    hd_layout = head_layout(cfg)
+    vals_layout = data.ArrayLayout(Shape(cfg.acc_width, True), cfg.tc * cfg.tp)
+    bias_layout = data.ArrayLayout(Shape(32, True), cfg.tc)
     work = [(layer, e) for layer in layers for e in layer.entries]
     if mem_size is None:
         last = layers[-1]
@@ -287,30 +310,34 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
     M = cfg.mem_bytes
 
     async def tb(ctx):
-        pos, offering, cur_layer, quiet, cycle, stalled = 0, False, None, 0, 0, None
+        # pushes into the row stage as the core makes them: at most stage_entries heads
+        # waiting, an entry of n rows at least n cycles after the one before
+        pos, acc, next_push, quiet, cycle, stalled = 0, 0, 0, 0, 0, None
+        readable = []             # cycle from which each pushed entry's head is readable
         while quiet < tail:
-            if not offering and pos < len(work) and rnd.random() < valid_prob:
+            push = (pos < len(work) and cycle >= next_push
+                    and pos - acc < cfg.stage_entries and rnd.random() < valid_prob)
+            if push:
                 layer, entry = work[pos]
-                if layer is not cur_layer:
-                    ctx.set(dut.layer.as_value(), pack(ly_layout, layer.desc))
-                    cur_layer = layer
                 beats = Drain.entry_beats_ints(cfg, layer.desc["out_mode"], entry["nrows"],
                                                entry["ncols"])
-                ctx.set(dut.stage.payload.as_value(), pack(st_layout, {**entry, **beats}))
-                # the flags once per slice, as the stage FIFO stores them (``stage_rep``)
-                rl = Drain.rep_layout(cfg)
-                fl = pack(rl, {n: {**entry, **beats}[n] for n in Drain.REP_FIELDS})
-                ctx.set(dut.stage_rep.as_value(),
-                        sum(fl << (rl.size * i) for i in range(Drain.entry_slices(cfg))))
-                offering = True
-            ctx.set(dut.stage.valid, offering)
-            ctx.set(dut.stage_valid_rep, -int(offering) & ((1 << Drain.entry_slices(cfg)) - 1))
+                ctx.set(st.w_vals.as_value(), pack(vals_layout, entry["vals"]))
+                ctx.set(st.w_bias.as_value(), pack(bias_layout, entry["bias"]))
+                ctx.set(st.w_nrows, entry["nrows"])
+                ctx.set(st.w_head.as_value(), pack(hd_layout, {**entry, **beats}))
+                next_push = cycle + entry["nrows"]
+                readable.append(cycle + 1)
+                pos += 1
+            ctx.set(st.w_en, push)
+            # the layer of the next entry to be accepted (valid whenever one is accepted)
+            if acc < len(work):
+                ctx.set(dut.layer.as_value(), pack(ly_layout, work[acc][0].desc))
             wr_ready = rnd.random() < ready_prob
             ctx.set(dut.wr_req.ready, wr_ready)
+            s_valid = ctx.get(dut.stage.valid)
+            assert s_valid == (acc < len(readable) and readable[acc] <= cycle), (
+                f"cycle {cycle}: the row stage's head valid is {s_valid}")
             s_ready = ctx.get(dut.stage.ready)
-            n_sl = Drain.entry_slices(cfg)
-            assert ctx.get(dut.stage_ready_rep) == -int(s_ready) & ((1 << n_sl) - 1), (
-                f"cycle {cycle}: the copies of stage.ready differ from it")
             w_valid = ctx.get(dut.wr_req.valid)
             idle = ctx.get(dut.idle)
             trace.idle.append(idle)
@@ -320,11 +347,10 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
                 f"cycle {cycle}: (stage.ready, wr_req.valid, idle) = {got}, "
                 f"contract {(m_ready, m_valid, m_idle)}")
             accepted = None
-            if offering and s_ready:
+            if s_valid and s_ready:
                 trace.accepts.append(cycle)
-                accepted = ContractModel.beats_of(cfg, *work[pos])
-                pos += 1
-                offering = False
+                accepted = ContractModel.beats_of(cfg, *work[acc])
+                acc += 1
             if w_valid:
                 payload = ctx.get(dut.wr_req.payload.as_value())
                 assert stalled in (None, payload), f"cycle {cycle}: wr_req changed while stalled"
@@ -341,12 +367,12 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
                         count[addr + b] += 1
                 trace.writes.append(cycle)
             model.step(wr_ready, accepted)
-            quiet = quiet + 1 if (pos == len(work) and idle) else 0
+            quiet = quiet + 1 if (acc == len(work) and idle) else 0
             await ctx.tick()
             cycle += 1
         trace.cycles = cycle
 
-    sim = Simulator(dut)
+    sim = Simulator(top)
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
@@ -362,16 +388,18 @@ def test_interface():
     cfg = CFG_8X8
     dut = Drain(cfg)
     Fragment.get(dut, None)     # elaborates
-    assert Drain.LATENCY == dut.latency == 10
+    assert Drain.LATENCY == dut.latency == 12
     lay = stage_layout(cfg)
     assert [name for name, _ in lay] == ["vals", "bias", "row0", "trow0", "nrows", "c0", "ncols",
                                           "first", "last", "nb_m1", "row1", "row2",
                                           "last1", "last2"]
+    assert [name for name, _ in head_layout(cfg)] == [n for n, _ in lay][2:]
     assert lay["vals"].shape == data.ArrayLayout(Shape(32, True), 64)
     assert lay["bias"].shape == data.ArrayLayout(Shape(32, True), 8)
-    assert set(dut.signature.members) == {"layer", "stage", "wr_req", "idle", "stage_valid_rep",
-                                             "stage_ready_rep", "stage_rep"}
-    assert Drain.entry_slices(cfg) == -(-lay.size // 64) == len(dut.stage_valid_rep)
+    assert set(dut.signature.members) == {"layer", "stage", "wr_req", "idle", "rd_en", "rd_addr",
+                                          "rd_data", "bias_addr", "bias_data"}
+    # rows of (stage_entries + 1) slots of tp rows; the slot travels with the head
+    assert dut.rd_addr.shape().width == (17 * 8 - 1).bit_length()
     assert Drain.beats(cfg, OUT_RAW, 3, 5) == 3 * 3       # DW = 8 // 4 = 2
     assert Drain.beats(cfg, OUT_REQUANT, 3, 5) == 3       # DW = 8
     assert Drain.beats(CFG_16, OUT_REQUANT, 2, 8) == 4    # DW = 4
@@ -383,21 +411,23 @@ def test_interface():
 
 
 def test_latency_single_beat():
-    """One single-beat entry into an empty drain: accepted at once, written LATENCY after issue."""
+    """One single-beat entry into an empty drain: accepted the cycle after its push (the
+    row stage's head), written LATENCY after its issue."""
     cfg = CFG_8X8
     rng = np.random.default_rng(1)
     [layer] = place(cfg, [make_layer(cfg, rng, 0, bp=1, k=1, R=1, C=3, n_ch=1,
                                    out_mode=OUT_REQUANT)])
     mem, tr = run_drain(cfg, [layer])
-    assert tr.accepts == [0]
-    assert tr.writes == [0 + 1 + Drain.LATENCY]
-    first_idle = next(c for c in range(1, tr.cycles) if tr.idle[c])
-    assert tr.idle[0] == 1 and first_idle == tr.writes[-1] + 1
+    assert tr.accepts == [1]
+    assert tr.writes == [1 + 1 + Drain.LATENCY]
+    # idle until the accept (the entry waits in the row stage), then busy until the write
+    first_idle = next(c for c in range(2, tr.cycles) if tr.idle[c])
+    assert tr.idle[0] == tr.idle[1] == 1 and first_idle == tr.writes[-1] + 1
     compare_memory(cfg, [layer], mem)
 
 
 def test_back_to_back_entries():
-    """Entries offered continuously: accepted every `beats` cycles, writes with no gaps."""
+    """Entries pushed as soon as allowed: accepted every `beats` cycles, writes with no gaps."""
     cfg = CFG_8X8
     rng = np.random.default_rng(2)
     # raw, R=5 rows, bp=2 -> groups of 2, 2, 1 rows; C=5 (k=1, F=8): 3 beats per row
@@ -405,8 +435,8 @@ def test_back_to_back_entries():
     mem, tr = run_drain(cfg, [layer])
     beats = [Drain.beats(cfg, OUT_RAW, e["nrows"], e["ncols"]) for e in layer.entries]
     assert beats == [6, 6, 3]
-    assert tr.accepts == [0, 6, 12]
-    assert tr.writes == list(range(1 + Drain.LATENCY, 1 + Drain.LATENCY + 15))
+    assert tr.accepts == [1, 7, 13]
+    assert tr.writes == list(range(2 + Drain.LATENCY, 2 + Drain.LATENCY + 15))
     compare_memory(cfg, [layer], mem)
 
 
@@ -418,8 +448,8 @@ def test_partial_beats_take_cycles():
     [layer] = place(cfg, [make_layer(cfg, rng, 0, bp=1, k=4, R=1, C=1, n_ch=4, out_mode=OUT_RAW,
                                    style="full")])
     mem, tr = run_drain(cfg, [layer])
-    assert tr.accepts == [0, 1, 2, 3]
-    assert tr.writes == [4 + Drain.LATENCY]
+    assert tr.accepts == [1, 2, 3, 4]
+    assert tr.writes == [5 + Drain.LATENCY]
     compare_memory(cfg, [layer], mem)
 
 
@@ -439,10 +469,11 @@ def test_random_layers(name, pressure):
     mem, tr = run_drain(cfg, layers, seed=seed, **PRESSURE[pressure])
     compare_memory(cfg, layers, mem)
     if pressure == "free":
-        # With no stalls and entries always offered: accepts are back to back.
+        # With no stalls and entries pushed as soon as allowed: accepts are back to back
+        # from the cycle after the first push (an entry's beats outlast its push spacing).
         work = [(ly, e) for ly in layers for e in ly.entries]
         nbeats = [Drain.beats(cfg, ly.desc["out_mode"], e["nrows"], e["ncols"]) for ly, e in work]
-        assert tr.accepts == list(np.cumsum([0] + nbeats[:-1]))
+        assert tr.accepts == list(1 + np.cumsum([0] + nbeats[:-1]))
         assert tr.cycles >= sum(nbeats) + Drain.LATENCY
 
 
