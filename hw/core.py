@@ -2,8 +2,8 @@
 
 Blocks: a :class:`~.loader.Loader` running ahead of the compute into double-buffered
 :class:`~.buffers.OperandBuffers`; the compute issue below walking groups and steps;
-the :class:`~.pe_array.PEArray`; the :class:`~.row_stage.RowStage` (``stage_entries`` groups); the :class:`~.drain.Drain`
-writing results. See docs/architecture.md.
+the :class:`~.pe_array.PEArray`; the :class:`~.row_stage.RowStage` (``stage_entries``
+groups); the :class:`~.drain.Drain` writing results. See docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -162,9 +162,9 @@ class NPUCore(wiring.Component):
         m.d.sync += wr_pending.eq(wr_pending + wr_fire - wr_ack)
 
         # ---- compute issue -------------------------------------------------------------
-        # Groups between issue and the drain (at most ``stage_entries``, the row stage head FIFO's
-        # depth): a new group may start while fewer are in flight. The test is a register,
-        # computed from the count's next value.
+        # Groups between issue and the drain (at most ``stage_entries``, the depth of the row
+        # stage's head FIFO): a new group may start while fewer are in flight. The test is a
+        # register, computed from the count's next value.
         inflight = Signal(range(cfg.stage_entries + 2), name="ci_inflight")
         pop = stage.r_en & stage.r_rdy
         start_g = Signal(name="ci_start_g")

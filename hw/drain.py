@@ -1,7 +1,10 @@
 """The drain: partial-sum accumulation, bias, requantisation and output writes.
 
 The core hands every finished PE-array group (up to ``B_P`` rows x ``F`` columns of sums)
-to the drain as one *stage entry* (:func:`stage_layout`). The drain walks the entry in
+to the drain as one *stage entry* (:func:`stage_layout`) through the row stage
+(:class:`~.row_stage.RowStage`): the drain pops the entry's small fields
+(:func:`head_layout`) and its slot from the row stage's head FIFO (``stage``) and reads its
+rows and bias from the row stage's block RAMs (``rd_*``, ``bias_*``). It walks the entry in
 **beats**, in the order ``for i in range(nrows): for u0 in range(0, ncols, DW)``, where a
 beat covers units ``u0 .. min(u0 + DW, ncols) - 1`` of row ``i`` and ``DW = M // ob``
 (``ob = 4`` bytes for ``out_mode`` raw, ``elem_bytes`` for requant). A beat of a non-``last``
@@ -15,7 +18,9 @@ Timing contract (the cycle model reproduces it):
 * ``stall = wr_req.valid & ~wr_req.ready``. While stalled nothing advances: no beat is
   issued, no pipeline register moves, no entry is accepted.
 * ``stage.ready = ~stall & (no entry held | the held entry's last beat is issued this
-  cycle)``. An entry accepted in cycle ``a`` is held in a register and its beats are issued
+  cycle)``. An entry accepted in cycle ``a`` is held (its fields in a register, its sums
+  in the row stage, which keeps the slot until ``stage_entries`` more entries came) and
+  its beats are issued
   in cycles ``a+1 .. a+n`` (later by the stall cycles), one per cycle, where
   ``n = nrows * ceil(ncols / DW)`` (:meth:`Drain.beats`); beats of non-``last`` entries
   write nothing but take their cycle too. Entries offered back to back are accepted every
@@ -32,9 +37,11 @@ multiple of ``F`` (so no beat straddles two memory words), rows and columns insi
 
 Pipeline (one register between stages, one global enable ``~stall``):
 
-* ``s0``: beat counters over the held entry (its sums in a row shift register: a beat
-  reads row 0, which moves on at the end of each row); select the value and bias lines;
-  read the partial-sum line; lane mask; whether the beats ahead write the line it reads.
+* ``s0``: beat counters over the held entry; the beat's row address in the row stage
+  (``slot * tp + i``; ``rd_en = ~stall``).
+* ``r1``, ``r2``: the row stage reads the row and the bias (read and output registers);
+  in ``r2`` select the value and bias lines; read the partial-sum line; lane mask;
+  whether the beats ahead write the line it reads.
 * ``s1``: ``y = v + partial (unless first) + bias (if last)`` (carry-save, one carry
   chain); byte strobes.
 * ``s1``/``s2`` also hold ``row`` and ``os / M`` in a multiplier's input registers and
@@ -52,7 +59,7 @@ Pipeline (one register between stages, one global enable ``~stall``):
 
 The partial-sum buffer is ``E = mem_bytes // elem_bytes`` memories (one per lane) of
 ``tr * tc / E`` accumulators, line ``trow * tc / E + u // E``. A line is read (asynchronously,
-from the beat counters' registers) in ``s0``, registered, and written back from ``s2``; the
+from per-lane registers of the beat's line) in ``r2``, registered, and written back from ``s2``; the
 two beats right behind a write read before it lands and take the written lanes from
 ``s2``'s (distance 1) or ``s3``'s (distance 2) copy of ``y`` instead, every later beat reads
 them from the memory, which covers the read-after-write distances of the
@@ -158,8 +165,9 @@ class Drain(wiring.Component):
     def entry_beats(cfg: HwConfig, layer, nrows, ncols) -> dict:
         """The beat fields of a stage entry (``nb_m1`` ... ``last2``), as values for its
         writer to store with it. The drain's accept reads them as stored bits: derived from
-        the FIFO's output and ``layer`` at the accept, they were the 8 x 4's worst path. Compares only (no product of rows and beats:
-        its adders were the next worst path, into the stage FIFO's write data)."""
+        the FIFO's output and ``layer`` at the accept, they were the 8 x 4's worst path.
+        Compares only (no product of rows and beats: its adders were the next worst path,
+        into the stage FIFO's write data)."""
         raw = layer.out_mode == OUT_RAW
         dwr, dwe = cfg.mem_bytes // 4, cfg.elems_per_beat
         n1 = ncols - 1
