@@ -24,13 +24,17 @@ from .steps import StepIter, derive_layer_params, layer_params_layout
 __all__ = ["NPUCore"]
 
 
+#: the stage entry's fields that travel in the group tag as they are (the beat counts, rows)
+_TAG_HEAD_FIELDS = ("row1", "last1", "row2", "last2", "nb_m1", "nrows")
+
+
 def _group_tag_layout(cfg: HwConfig) -> data.StructLayout:
     # The stage entry's beat fields (``nb_m1`` .. ``last2``) are decided at issue and travel
     # in registers: computed from the PE array's output tag they were 26 of the 8 x 8's late
     # endpoints on 9c963df (3 LUT levels, up to 10.73 ns).
     hl = head_layout(cfg)
     return data.StructLayout({
-        **{n: hl[n].shape for n in ("row1", "last1", "row2", "last2", "nb_m1", "nrows")},
+        **{n: hl[n].shape for n in _TAG_HEAD_FIELDS},
         "first": 1, "last": 1,                 # first / last cycle of the group
         "row0": unsigned(cfg.dim_width),
         "trow0": unsigned(log2(cfg.tr_max) + 1),
@@ -129,8 +133,7 @@ class NPUCore(wiring.Component):
             head.row0.eq(otag.row0), head.trow0.eq(otag.trow0),
             head.c0.eq(otag.c0), head.ncols.eq(otag.ncols),
             head.first.eq(otag.first_ch), head.last.eq(otag.last_ch),
-            *[getattr(head, n).eq(getattr(otag, n))
-              for n in ("row1", "last1", "row2", "last2", "nb_m1", "nrows")],
+            *[getattr(head, n).eq(getattr(otag, n)) for n in _TAG_HEAD_FIELDS],
             stage.w_en.eq(pe.out_valid), stage.w_vals.eq(pe.out_vals),
             stage.w_nrows.eq(otag.nrows), stage.w_bias.eq(loader.bias[otag.wslot]),
             stage.w_head.eq(head),
