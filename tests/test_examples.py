@@ -33,23 +33,26 @@ def test_model_file_and_its_cycles():
     # 110,041 before the next row tile's X was loaded in parts and slots freed once read,
     # that evening: conv1 7,639 -> 7,489 cycles, conv2-4 at other policies now; one cycle more
     # per load since the write side's memory-hit stage, 5 Dec, night: 26,922 / 86,407 / 109,282 and
-    # 7,489 / 19,233 / 19,808 / 39,456 / 19,872 / 3,029 before)
-    assert [p["cycles"] for p in d["exit_paths"]] == [26_940, 86_428, 109_305]
-    assert [l["cycles"] for l in d["layers"]] == [7_505, 19_234, 19_809, 39_457, 19_873, 3_030]
+    # 7,489 / 19,233 / 19,808 / 39,456 / 19,872 / 3,029 before; two more per command since
+    # the row stage's two read cycles in front of the drain, 6 Dec 2026: 26,940 / 86,428 /
+    # 109,305 and 7,505 ... 3,030 before)
+    assert [p["cycles"] for p in d["exit_paths"]] == [26_946, 86_440, 109_321]
+    assert [l["cycles"] for l in d["layers"]] == [7_507, 19_236, 19_811, 39_459, 19_875, 3_032]
     # the 8 x 4 (the default from 4 Dec 2026; one cycle more per load since the loader's index
     # stage, 5 Dec: 52,953 / 172,720 / 218,096 before; one more per group since the PE array's
     # product register, that morning: 52,956 / 172,726 / 218,104 before; one more per layer
     # since the drain's placement took two stages, at noon: 52,959 / 172,732 / 218,112 before;
     # X in parts and slots freed once read, that evening: 52,962 / 172,738 / 218,120 before;
-    # the memory-hit stage, 5 Dec, night: 52,834 / 171,306 / 216,688 and conv1 14,269 ... fc 5,886 before)
+    # the memory-hit stage, 5 Dec, night: 52,834 / 171,306 / 216,688 and conv1 14,269 ... fc 5,886 before;
+    # the row stage, 6 Dec: 52,837 / 171,312 / 216,696 and 14,270 ... 5,887 before)
     d84 = json.loads(cli("perf", "--model", EX / "tinycnn.toml", "--set", "tp=4", "--json").stdout)
-    assert [p["cycles"] for p in d84["exit_paths"]] == [52_837, 171_312, 216_696]
-    assert [l["cycles"] for l in d84["layers"]] == [14_270, 38_305, 39_456, 78_696, 39_528, 5_887]
+    assert [p["cycles"] for p in d84["exit_paths"]] == [52_843, 171_324, 216_712]
+    assert [l["cycles"] for l in d84["layers"]] == [14_272, 38_307, 39_458, 78_698, 39_530, 5_889]
     d4 = json.loads(cli("perf", "--model", EX / "tinycnn.toml", "--set", "tc=4", "--set", "tp=4",
                         "--set", "x_buf_elems=65536",
                         "--set", "w_buf_elems=16384",
                         "--json").stdout)
-    assert [p["cycles"] for p in d4["exit_paths"]] == [103_551, 332_618, 414_926]   # 103,548 / 332,612 / 414,918 before the memory-hit stage (5 Dec, night), 103,563 / 333,091 / 415,397 before the X parts
+    assert [p["cycles"] for p in d4["exit_paths"]] == [103_557, 332_630, 414_942]   # 103,551 / 332,618 / 414,926 before the row stage (6 Dec), 103,548 / 332,612 / 414,918 before the memory-hit stage (5 Dec, night), 103,563 / 333,091 / 415,397 before the X parts
 
 
 def test_a_broken_topology_names_line_and_field(tmp_path):
