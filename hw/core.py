@@ -97,8 +97,10 @@ class NPUCore(wiring.Component):
         m.submodules.loader = loader = Loader(cfg)
         m.submodules.bufs = bufs = OperandBuffers(cfg, tag_width=_group_tag_layout(cfg).size)
         hl = head_layout(cfg)
-        m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size)
-        m.submodules.stage = stage = RowStage(cfg, head=hl)
+        # the PE array's copies of ``out_valid``: one per PE column of the row stage's shadow
+        m.submodules.pe = pe = PEArray(cfg, tag_width=_group_tag_layout(cfg).size,
+                                       valid_copies=cfg.tc)
+        m.submodules.stage = stage = RowStage(cfg, head=hl, load_copies=cfg.tc)
         m.submodules.drain = drain = Drain(cfg)
         m.submodules.it = it = StepIter(cfg, lay, lp)
 
@@ -134,7 +136,8 @@ class NPUCore(wiring.Component):
             head.c0.eq(otag.c0), head.ncols.eq(otag.ncols),
             head.first.eq(otag.first_ch), head.last.eq(otag.last_ch),
             *[getattr(head, n).eq(getattr(otag, n)) for n in _TAG_HEAD_FIELDS],
-            stage.w_en.eq(pe.out_valid), stage.w_vals.eq(pe.out_vals),
+            stage.w_en.eq(pe.out_valid), stage.w_en_rep.eq(pe.out_valid_rep),
+            stage.w_vals.eq(pe.out_vals),
             stage.w_nrows.eq(otag.nrows), stage.w_bias.eq(loader.bias[otag.wslot]),
             stage.w_head.eq(head),
             # A slot's memory is free once the step's last operands are read from it (the

@@ -31,11 +31,11 @@ Contract:
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .bram import WordRAM
+from .bram import WordRAM, ecp5_tiling
 from .config import HwConfig
 from .interface import log2
 from .stage_fifo import StageFIFO
@@ -51,17 +51,26 @@ class RowStage(wiring.Component):
 
     LATENCY = WordRAM.LATENCY
 
-    def __init__(self, cfg: HwConfig, *, head: data.StructLayout):
+    def __init__(self, cfg: HwConfig, *, head: data.StructLayout, load_copies: int = 1):
         self._MustUse__silence = True       # a refused stage is not an unused elaboratable
         if not isinstance(cfg, HwConfig):
             raise TypeError(f"cfg = {cfg!r}: must be a HwConfig")
         if not isinstance(head, data.StructLayout):
             raise TypeError(f"head = {head!r}: must be a data.StructLayout")
+        if (not isinstance(load_copies, int) or isinstance(load_copies, bool)
+                or not 1 <= load_copies <= cfg.tc):
+            raise ValueError(f"load_copies = {load_copies!r}: must be an integer from 1 to "
+                             f"tc = {cfg.tc}")
         self._MustUse__silence = False
-        self.cfg, self.head = cfg, head
+        self.cfg, self.head, self.load_copies = cfg, head, load_copies
         lane = signed(cfg.acc_width)
         super().__init__({
             "w_en": In(1),
+            # copies of ``w_en``, equal to it in every cycle, each from a register of its own
+            # (the PE array's ``out_valid_rep``): copy ``c`` loads the shadow's columns ``u``
+            # with ``u * load_copies // tc == c``, so no one net enables every shadow bit
+            # (``out_valid`` into the 4,096 of the 16 x 8 was one net across the device)
+            "w_en_rep": In(load_copies),
             "w_vals": In(data.ArrayLayout(lane, cfg.tp * cfg.tc)),    # row i, unit u: i*tc + u
             "w_nrows": In(range(cfg.tp + 1)),
             "w_bias": In(data.ArrayLayout(signed(32), cfg.tc)),
@@ -116,24 +125,35 @@ class RowStage(wiring.Component):
 
         # -- shadow: all rows on the push, then one row a cycle into ``rows`` -----------
         # Row 0 of the shadow is the next row to write; the rows move down one each cycle.
+        # Column ``u`` loads under its copy of the push.
         sh = Signal(data.ArrayLayout(row, tp), name="sh_rows")
-        left = Signal(range(tp + 1), name="sh_left")          # rows still to write
-        r_idx = Signal(range(tp), name="sh_row")              # row index of sh_rows[0]
-        sh_slot = Signal(range(n_slots), name="sh_slot")
+        for u in range(tc):
+            with m.If(self.w_en_rep[u * self.load_copies // tc]):
+                m.d.sync += [sh[j][u].eq(self.w_vals[j * tc + u]) for j in range(tp)]
+            with m.Else():
+                m.d.sync += [sh[j][u].eq(sh[j + 1][u]) for j in range(tp - 1)]
+        # Rows still to write (``sh_left``), and whether one is written this cycle
+        # (``sh_wen``, a register: ``sh_left != 0``). The write line is a register copy per
+        # four blocks of the memory (``sh_addr_rep``; ``slot * tp + row``, counted up).
+        left = Signal(range(tp + 1), name="sh_left")
+        wen = Signal(name="sh_wen")
         with m.If(self.w_en):
-            m.d.sync += [sh.as_value().eq(self.w_vals.as_value()), left.eq(self.w_nrows),
-                         r_idx.eq(0), sh_slot.eq(w_slot)]
-        with m.Else():
-            m.d.sync += [sh[j].eq(sh[j + 1]) for j in range(tp - 1)]
-            with m.If(left != 0):
-                m.d.sync += [left.eq(left - 1), r_idx.eq(r_idx + 1)]
-
+            m.d.sync += [left.eq(self.w_nrows), wen.eq(self.w_nrows != 0)]
+        with m.Elif(left != 0):
+            m.d.sync += [left.eq(left - 1), wen.eq(left != 1)]
+        t = ecp5_tiling(n_slots * tp, tc, cfg.acc_width)
+        n_addr = 1 if t is None else max(1, -(-t.tiles // 4))
         m.submodules.rows = rows = WordRAM(depth=n_slots * tp, elems=tc,
-                                           width=cfg.acc_width)
-        wa = Signal(range(n_slots * tp), name="sh_addr")
-        m.d.comb += [wa.eq(Cat(r_idx, sh_slot) if ltp else sh_slot),
-                     rows.wr_en.eq(Mux(left != 0, (1 << tc) - 1, 0)), rows.wr_addr.eq(wa),
-                     rows.wr_addr_rep[0].eq(wa), rows.wr_data.eq(sh[0].as_value()),
+                                           width=cfg.acc_width, addr_copies=n_addr)
+        wa = [Signal(range(n_slots * tp), name=f"sh_addr_rep{c}") for c in range(n_addr)]
+        for a in wa:
+            with m.If(self.w_en):
+                m.d.sync += a.eq(w_slot << ltp)
+            with m.Elif(wen):
+                m.d.sync += a.eq(a + 1)
+        m.d.comb += [rows.wr_en.eq(Mux(wen, (1 << tc) - 1, 0)), rows.wr_addr.eq(wa[0]),
+                     *(rows.wr_addr_rep[c].eq(a) for c, a in enumerate(wa)),
+                     rows.wr_data.eq(sh[0].as_value()),
                      rows.rd_addr.eq(self.rd_addr), rows.rd_en.eq(self.rd_en)]
         m.d.comb += [self.rd_data[u].eq(rows.rd_data[u].as_signed()) for u in range(tc)]
         return m

@@ -329,6 +329,7 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
                 readable.append(cycle + 1)
                 pos += 1
             ctx.set(st.w_en, push)
+            ctx.set(st.w_en_rep, push)
             # the layer of the next entry to be accepted (valid whenever one is accepted)
             if acc < len(work):
                 ctx.set(dut.layer.as_value(), pack(ly_layout, work[acc][0].desc))

@@ -25,9 +25,9 @@ CFGS = {
 }
 
 
-def _run(cfg, seed, stall, cycles=900, early=False):
+def _run(cfg, seed, stall, cycles=900, early=False, copies=1, dead_copy=None):
     """The mismatches against the contract's model (empty if none)."""
-    dut = RowStage(cfg, head=HEAD)
+    dut = RowStage(cfg, head=HEAD, load_copies=copies)
     rng = random.Random(seed)
     tc, tp, D = cfg.tc, cfg.tp, cfg.stage_entries
     lo, hi = -(1 << (cfg.acc_width - 1)), (1 << (cfg.acc_width - 1)) - 1
@@ -57,6 +57,10 @@ def _run(cfg, seed, stall, cycles=900, early=False):
                 ctx.set(dut.w_nrows, nrows)
                 ctx.set(dut.w_head, ent["head"])
             ctx.set(dut.w_en, push)
+            rep = (1 << copies) - 1 if push else 0
+            if dead_copy is not None:
+                rep &= ~(1 << dead_copy)
+            ctx.set(dut.w_en_rep, rep)
             # -- head ---------------------------------------------------------------------
             rdy = ctx.get(dut.r_rdy)
             if rdy != bool(q):
@@ -114,11 +118,20 @@ def _run(cfg, seed, stall, cycles=900, early=False):
     return bad
 
 
-@pytest.mark.parametrize("name", sorted(CFGS))
+@pytest.mark.parametrize("name, copies", [("4x4", 1), ("4x4", 4), ("8x4", 3)])
 @pytest.mark.parametrize("stall", [0.0, 0.4])
-def test_rows_and_heads_match_the_contract(name, stall):
-    bad = _run(CFGS[name], seed=len(name) * 100 + int(stall * 10), stall=stall)
+def test_rows_and_heads_match_the_contract(name, copies, stall):
+    bad = _run(CFGS[name], seed=len(name) * 100 + int(stall * 10) + copies, stall=stall,
+               copies=copies)
     assert not bad, bad[:5]
+
+
+@pytest.mark.parametrize("dead", [0, 2])
+def test_each_load_copy_loads_its_columns(dead):
+    """The shadow's columns load under their own copy of the push: with one copy held low
+    the rows read back are stale (a stage that loaded on ``w_en`` alone would pass)."""
+    bad = _run(CFGS["8x4"], seed=3, stall=0.0, copies=3, dead_copy=dead)
+    assert bad and all(b[1] == "row" for b in bad)
 
 
 def test_a_read_one_cycle_early_is_caught():
@@ -133,3 +146,5 @@ def test_bad_arguments_are_named():
         RowStage(3, head=HEAD)
     with pytest.raises(TypeError, match="head = 7"):
         RowStage(CFGS["4x4"], head=7)
+    with pytest.raises(ValueError, match="load_copies = 5: must be an integer from 1 to tc = 4"):
+        RowStage(CFGS["4x4"], head=HEAD, load_copies=5)

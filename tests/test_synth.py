@@ -720,9 +720,10 @@ def test_register_replicas_survive_synthesis(tmp_path):
     nets = json.loads((tmp_path / "top.json").read_text())["modules"]["top"]["netnames"]
     reps = {n: [b for b in v["bits"] if isinstance(b, int)] for n, v in nets.items()
             if re.search(r"_rep\d*$", n)}
-    # (the two multi-bit copy registers this was written for, the PE array's ``out_valid_rep``
-    # and the stage FIFO's ``r_rdy_rep``, went with the sliced stage on 6 Dec 2026; the
-    # copies below are separate registers, checked the same way)
+    # the PE array's copies of ``out_valid`` (one per column of the row stage's shadow; the
+    # stage FIFO's ``r_rdy_rep``, the other port this was written for, went with the sliced
+    # stage on 6 Dec 2026)
+    assert len(set(reps["pe.out_valid_rep"])) == TINY.tc, sorted(reps)
     merged = {n: len(b) - len(set(b)) for n, b in reps.items() if len(set(b)) < len(b)}
     assert not merged, merged
     # The copies of one register (``<name>_rep0``, ``<name>_rep1``, ...) are apart too: the
