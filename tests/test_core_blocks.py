@@ -52,6 +52,10 @@ SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=
     # three column tiles of one row tile: the next tile's bias lands while this tile's
     # groups still leave the array (a bias written into both weight slots shows)
     ((16, 20, 12), 2, 1, True, True),
+    # groups of three cycles with four rows each (P = 3, one element per segment and
+    # cycle): the compute issue spaces the group ends by four cycles so that the row
+    # stage's shadow has written a group's rows before the next one's sums come
+    ((12, 3, 7), 4, 1, True, True),
 ])
 def test_core_in_amaranth_simulator(shape, bp, k, bias, requant):
     """The whole core on the Python simulator: a fast check independent of cocotb."""
