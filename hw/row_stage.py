@@ -31,7 +31,7 @@ Contract:
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -117,9 +117,21 @@ class RowStage(wiring.Component):
                      self.r_rdy.eq(head.r_rdy), self.r_data.eq(head.r_data)]
 
         # -- bias: one word per slot, written with the push ----------------------------
-        m.submodules.bias = bias = WordRAM(depth=n_slots, elems=tc, width=32)
-        m.d.comb += [bias.wr_en.eq(Mux(self.w_en, (1 << tc) - 1, 0)), bias.wr_addr.eq(w_slot),
-                     bias.wr_addr_rep[0].eq(w_slot), bias.wr_data.eq(self.w_bias),
+        # Each column's block takes its enable from its copy of the push and its line from a
+        # copy of the slot counter per four blocks (``bias_slot_rep``), like the rows below.
+        tb = ecp5_tiling(n_slots, tc, 32)
+        n_baddr = 1 if tb is None else max(1, -(-tb.tiles // 4))
+        m.submodules.bias = bias = WordRAM(depth=n_slots, elems=tc, width=32,
+                                           addr_copies=n_baddr)
+        bslot = [Signal(range(n_slots), name=f"bias_slot_rep{c}") for c in range(n_baddr)]
+        for b in bslot:
+            with m.If(self.w_en):
+                m.d.sync += b.eq(Mux(b == n_slots - 1, 0, b + 1))
+        m.d.comb += [bias.wr_en.eq(Cat(self.w_en_rep[u * self.load_copies // tc]
+                                       for u in range(tc))),
+                     bias.wr_addr.eq(bslot[0]),
+                     *(bias.wr_addr_rep[c].eq(b) for c, b in enumerate(bslot)),
+                     bias.wr_data.eq(self.w_bias),
                      bias.rd_addr.eq(self.bias_addr), bias.rd_en.eq(self.rd_en)]
         m.d.comb += [self.bias_data[u].eq(bias.rd_data[u].as_signed()) for u in range(tc)]
 
@@ -132,15 +144,19 @@ class RowStage(wiring.Component):
                 m.d.sync += [sh[j][u].eq(self.w_vals[j * tc + u]) for j in range(tp)]
             with m.Else():
                 m.d.sync += [sh[j][u].eq(sh[j + 1][u]) for j in range(tp - 1)]
-        # Rows still to write (``sh_left``), and whether one is written this cycle
-        # (``sh_wen``, a register: ``sh_left != 0``). The write line is a register copy per
-        # four blocks of the memory (``sh_addr_rep``; ``slot * tp + row``, counted up).
+        # Rows still to write (``sh_left``), and whether one is written this cycle: a
+        # register per column (``sh_wen_rep``, ``sh_left != 0``), each the write enable of
+        # its column's block RAM (one register into the eight blocks' enables was the
+        # 8 x 8's worst path on 83b5e64: 9.08 ns of wire across the device). The write line
+        # is a register copy per four blocks (``sh_addr_rep``; ``slot * tp + row``, counted
+        # up).
         left = Signal(range(tp + 1), name="sh_left")
-        wen = Signal(name="sh_wen")
+        wen_rep = [Signal(name=f"sh_wen_rep{u}") for u in range(tc)]
         with m.If(self.w_en):
-            m.d.sync += [left.eq(self.w_nrows), wen.eq(self.w_nrows != 0)]
+            m.d.sync += [left.eq(self.w_nrows), *(w.eq(self.w_nrows != 0) for w in wen_rep)]
         with m.Elif(left != 0):
-            m.d.sync += [left.eq(left - 1), wen.eq(left != 1)]
+            m.d.sync += [left.eq(left - 1), *(w.eq(left != 1) for w in wen_rep)]
+        wen = wen_rep[0]
         t = ecp5_tiling(n_slots * tp, tc, cfg.acc_width)
         n_addr = 1 if t is None else max(1, -(-t.tiles // 4))
         m.submodules.rows = rows = WordRAM(depth=n_slots * tp, elems=tc,
@@ -151,7 +167,7 @@ class RowStage(wiring.Component):
                 m.d.sync += a.eq(w_slot << ltp)
             with m.Elif(wen):
                 m.d.sync += a.eq(a + 1)
-        m.d.comb += [rows.wr_en.eq(Mux(wen, (1 << tc) - 1, 0)), rows.wr_addr.eq(wa[0]),
+        m.d.comb += [rows.wr_en.eq(Cat(wen_rep)), rows.wr_addr.eq(wa[0]),
                      *(rows.wr_addr_rep[c].eq(a) for c, a in enumerate(wa)),
                      rows.wr_data.eq(sh[0].as_value()),
                      rows.rd_addr.eq(self.rd_addr), rows.rd_en.eq(self.rd_en)]
