@@ -18,7 +18,7 @@ from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["WordRAM", "ecp5_tiling"]
+__all__ = ["WordRAM", "addr_copies_for", "ecp5_tiling"]
 
 #: DP16KD data widths and their depths; 36 is the pseudo-dual-port mode (write A, read B)
 _MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
@@ -56,6 +56,13 @@ def ecp5_tiling(depth: int, elems: int, width: int) -> Tiling | None:
         if best is None or t.tiles < best.tiles:
             best = t
     return best
+
+
+def addr_copies_for(depth: int, elems: int, width: int) -> int:
+    """Register copies of a ``WordRAM``'s write line that keep each near its blocks: one per
+    four DP16KD blocks it takes on ECP5 (one where it is not block RAM)."""
+    t = ecp5_tiling(depth, elems, width)
+    return 1 if t is None else max(1, -(-t.tiles // 4))
 
 
 class WordRAM(wiring.Component):

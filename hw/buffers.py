@@ -22,7 +22,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .bram import WordRAM, ecp5_tiling
+from .bram import WordRAM, addr_copies_for
 from .config import HwConfig
 from .interface import log2
 from .widemux import WideMux
@@ -46,8 +46,7 @@ def elem_write_layout(cfg: HwConfig) -> data.StructLayout:
 def addr_reps(cfg: HwConfig, which: str) -> int:
     """Register copies of a memory's write line: one per 4 block RAMs it takes on ECP5."""
     depth = 2 * (cfg.x_depth if which == "x" else cfg.w_depth)
-    t = ecp5_tiling(depth, cfg.tp, cfg.data_width)
-    return 1 if t is None else max(1, -(-t.tiles // 4))
+    return addr_copies_for(depth, cfg.tp, cfg.data_width)
 
 
 def net_stages(cfg: HwConfig) -> int:

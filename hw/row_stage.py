@@ -35,7 +35,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .bram import WordRAM, ecp5_tiling
+from .bram import WordRAM, addr_copies_for
 from .config import HwConfig
 from .interface import log2
 from .stage_fifo import StageFIFO
@@ -96,80 +96,88 @@ class RowStage(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg = self.cfg
-        tc, tp, ltp = cfg.tc, cfg.tp, log2(cfg.tp)
-        n_slots = self.slots(cfg)
-        lane = signed(cfg.acc_width)
-        row = data.ArrayLayout(lane, tc)
-
-        # -- slot of the next push -------------------------------------------------------
+        n_slots = self.slots(self.cfg)
+        # the slot of the next push
         w_slot = Signal(range(n_slots), name="w_slot")
         with m.If(self.w_en):
             m.d.sync += w_slot.eq(Mux(w_slot == n_slots - 1, 0, w_slot + 1))
+        self._head(m, w_slot)
+        self._bias(m)
+        self._rows(m, w_slot)
+        return m
 
-        # -- head FIFO: the small fields and the slot ----------------------------------
-        out = self.out_layout(cfg, self.head)
-        m.submodules.head = head = StageFIFO(width=out.size, depth=cfg.stage_entries, slices=1)
+    def _push_copy(self, u: int):
+        """The copy of the push that column ``u`` uses."""
+        return self.w_en_rep[u * self.load_copies // self.cfg.tc]
+
+    def _head(self, m, w_slot):
+        """The head FIFO: the entry's small fields and its slot."""
+        out = self.out_layout(self.cfg, self.head)
+        m.submodules.head = head = StageFIFO(width=out.size, depth=self.cfg.stage_entries,
+                                             slices=1)
         w_head = Signal(out, name="w_head_slot")
         m.d.comb += [w_head.head.eq(self.w_head), w_head.slot.eq(w_slot),
                      head.w_data.eq(w_head), head.w_en.eq(self.w_en), head.w_en_rep.eq(self.w_en),
                      head.r_en.eq(self.r_en), head.r_en_rep.eq(self.r_en),
                      self.r_rdy.eq(head.r_rdy), self.r_data.eq(head.r_data)]
 
-        # -- bias: one word per slot, written with the push ----------------------------
-        # Each column's block takes its enable from its copy of the push and its line from a
-        # copy of the slot counter per four blocks (``bias_slot_rep``), like the rows below.
-        tb = ecp5_tiling(n_slots, tc, 32)
-        n_baddr = 1 if tb is None else max(1, -(-tb.tiles // 4))
+    def _bias(self, m):
+        """The bias: one word per slot, written with the push. Each column's block takes its
+        enable from its copy of the push and its line from a copy of the slot counter per
+        four blocks (``bias_slot_rep``), like the rows."""
+        cfg = self.cfg
+        tc, n_slots = cfg.tc, self.slots(cfg)
+        n_addr = addr_copies_for(n_slots, tc, 32)
         m.submodules.bias = bias = WordRAM(depth=n_slots, elems=tc, width=32,
-                                           addr_copies=n_baddr)
-        bslot = [Signal(range(n_slots), name=f"bias_slot_rep{c}") for c in range(n_baddr)]
+                                           addr_copies=n_addr)
+        bslot = [Signal(range(n_slots), name=f"bias_slot_rep{c}") for c in range(n_addr)]
         for b in bslot:
             with m.If(self.w_en):
                 m.d.sync += b.eq(Mux(b == n_slots - 1, 0, b + 1))
-        m.d.comb += [bias.wr_en.eq(Cat(self.w_en_rep[u * self.load_copies // tc]
-                                       for u in range(tc))),
+        m.d.comb += [bias.wr_en.eq(Cat(self._push_copy(u) for u in range(tc))),
                      bias.wr_addr.eq(bslot[0]),
                      *(bias.wr_addr_rep[c].eq(b) for c, b in enumerate(bslot)),
                      bias.wr_data.eq(self.w_bias),
                      bias.rd_addr.eq(self.bias_addr), bias.rd_en.eq(self.rd_en)]
         m.d.comb += [self.bias_data[u].eq(bias.rd_data[u].as_signed()) for u in range(tc)]
 
-        # -- shadow: all rows on the push, then one row a cycle into ``rows`` -----------
-        # Row 0 of the shadow is the next row to write; the rows move down one each cycle.
-        # Column ``u`` loads under its copy of the push.
+    def _rows(self, m, w_slot):
+        """The shadow: all rows on the push (column ``u`` under its copy of the push), then
+        one row a cycle into ``rows``; row 0 of the shadow is the next row to write, the
+        rows move down one each cycle.
+
+        Rows still to write: ``sh_left``; whether one is written this cycle: a register per
+        column (``sh_wen_rep``, ``sh_left != 0``), each the write enable of its column's
+        block RAM (one register into the eight blocks' enables was the 8 x 8's worst path
+        on 83b5e64: 9.08 ns of wire across the device). The write line is a register copy
+        per four blocks (``sh_addr_rep``; ``slot * tp + row``, counted up)."""
+        cfg = self.cfg
+        tc, tp, ltp = cfg.tc, cfg.tp, log2(cfg.tp)
+        n_words = self.slots(cfg) * tp
+        row = data.ArrayLayout(signed(cfg.acc_width), tc)
         sh = Signal(data.ArrayLayout(row, tp), name="sh_rows")
         for u in range(tc):
-            with m.If(self.w_en_rep[u * self.load_copies // tc]):
+            with m.If(self._push_copy(u)):
                 m.d.sync += [sh[j][u].eq(self.w_vals[j * tc + u]) for j in range(tp)]
             with m.Else():
                 m.d.sync += [sh[j][u].eq(sh[j + 1][u]) for j in range(tp - 1)]
-        # Rows still to write (``sh_left``), and whether one is written this cycle: a
-        # register per column (``sh_wen_rep``, ``sh_left != 0``), each the write enable of
-        # its column's block RAM (one register into the eight blocks' enables was the
-        # 8 x 8's worst path on 83b5e64: 9.08 ns of wire across the device). The write line
-        # is a register copy per four blocks (``sh_addr_rep``; ``slot * tp + row``, counted
-        # up).
         left = Signal(range(tp + 1), name="sh_left")
         wen_rep = [Signal(name=f"sh_wen_rep{u}") for u in range(tc)]
         with m.If(self.w_en):
             m.d.sync += [left.eq(self.w_nrows), *(w.eq(self.w_nrows != 0) for w in wen_rep)]
         with m.Elif(left != 0):
             m.d.sync += [left.eq(left - 1), *(w.eq(left != 1) for w in wen_rep)]
-        wen = wen_rep[0]
-        t = ecp5_tiling(n_slots * tp, tc, cfg.acc_width)
-        n_addr = 1 if t is None else max(1, -(-t.tiles // 4))
-        m.submodules.rows = rows = WordRAM(depth=n_slots * tp, elems=tc,
-                                           width=cfg.acc_width, addr_copies=n_addr)
-        wa = [Signal(range(n_slots * tp), name=f"sh_addr_rep{c}") for c in range(n_addr)]
+        n_addr = addr_copies_for(n_words, tc, cfg.acc_width)
+        m.submodules.rows = rows = WordRAM(depth=n_words, elems=tc, width=cfg.acc_width,
+                                           addr_copies=n_addr)
+        wa = [Signal(range(n_words), name=f"sh_addr_rep{c}") for c in range(n_addr)]
         for a in wa:
             with m.If(self.w_en):
                 m.d.sync += a.eq(w_slot << ltp)
-            with m.Elif(wen):
+            with m.Elif(wen_rep[0]):
                 m.d.sync += a.eq(a + 1)
         m.d.comb += [rows.wr_en.eq(Cat(wen_rep)), rows.wr_addr.eq(wa[0]),
                      *(rows.wr_addr_rep[c].eq(a) for c, a in enumerate(wa)),
                      rows.wr_data.eq(sh[0].as_value()),
                      rows.rd_addr.eq(self.rd_addr), rows.rd_en.eq(self.rd_en)]
         m.d.comb += [self.rd_data[u].eq(rows.rd_data[u].as_signed()) for u in range(tc)]
-        return m
