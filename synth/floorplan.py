@@ -184,13 +184,15 @@ def plan_dsp(cell_names, ebr_rows: dict, device: str) -> Floorplan | None:
     return Floorplan(bels=bels, rows=used)
 
 
-def apply_floorplan(netlist: Path, device: str) -> Floorplan | None:
+def apply_floorplan(netlist: Path, device: str, *, design: dict | None = None) -> Floorplan | None:
     """Pin the operand memories' blocks (:func:`plan_ebr`) and the PE array's multipliers
     (:func:`plan_dsp`) of the yosys netlist ``netlist`` (JSON, rewritten whole in place by
     :func:`~fluidnpu.outputs.atomic_write`) with ``BEL`` attributes; returns the plan or
-    ``None``."""
+    ``None``. ``design``: ``netlist`` already parsed (the flow reads it once for this and
+    the control sets; it gets the attributes too)."""
     netlist = Path(netlist)
-    design = json.loads(netlist.read_text())
+    if design is None:
+        design = json.loads(netlist.read_text())
     cells, mults = {}, {}
     for mod in design.get("modules", {}).values():
         for name, c in mod.get("cells", {}).items():

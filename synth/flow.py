@@ -32,7 +32,7 @@ from .ctrlsets import FFS_PER_TILE, describe_control_sets, ff_control_sets
 from .floorplan import FLOORPLANS, apply_floorplan
 from .parse import overflowing, parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import SynthResult, resources_from
-from .targets import ECP5_SYNTH_FIRST, TARGETS, Target, ecp5_two_part, get_target
+from .targets import ECP5_SYNTH_FIRST, TARGETS, Target, ecp5_rest, get_target
 from .tools import (SynthError, ToolFailed, ToolTimeout, check_nextpnr_log, check_yosys_log,
                     find_tool, run_tool, stop_running_tools, tool_version)
 from .top import DEFAULT_RAM_BYTES, BoardTop
@@ -320,12 +320,15 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     except ValueError as e:
         raise ToolFailed(f"yosys: {e} (log: {ylog})", ylog) from None
     cells = stat["by_type"]
-    csets = None
-    if tgt.family == "ecp5" and tgt.is_board:
-        csets = _control_sets(out / "top.json", tgt, say, ylog)
-    fplan = None
-    if floorplan == "auto" and tgt.ebr_device:
-        fplan = apply_floorplan(out / "top.json", tgt.ebr_device)
+    csets = fplan = None
+    want_csets = tgt.family == "ecp5" and tgt.is_board
+    want_fplan = floorplan == "auto" and bool(tgt.ebr_device)
+    # the netlist parsed once for both (it was parsed twice until 6 Dec 2026)
+    design = _read_netlist(out / "top.json", ylog) if want_csets or want_fplan else None
+    if want_csets:
+        csets = _control_sets(design, tgt, say, out / "top.json", ylog)
+    if want_fplan:
+        fplan = apply_floorplan(out / "top.json", tgt.ebr_device, design=design)
         say("floorplan", fplan.summary() if fplan else "no operand memories to pin")
 
     fits: bool | None = None
@@ -377,12 +380,20 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
     return res
 
 
-def _control_sets(netlist: Path, tgt: Target, say: Progress, ylog: Path) -> dict:
-    """The flip-flops' control sets and the logic tiles they need at least (with ``tiles``,
-    the device's), said and returned."""
+def _read_netlist(netlist: Path, ylog: Path) -> dict:
+    """yosys' JSON netlist, parsed; a missing or broken one is yosys' failure."""
     try:
-        cs = ff_control_sets(netlist)
+        return json.loads(netlist.read_text())
     except (ValueError, OSError) as e:
+        raise ToolFailed(f"yosys: {netlist}: {e}", ylog) from None
+
+
+def _control_sets(design: dict, tgt: Target, say: Progress, netlist: Path, ylog: Path) -> dict:
+    """The flip-flops' control sets of ``design`` (``netlist`` parsed) and the logic tiles
+    they need at least (with ``tiles``, the device's), said and returned."""
+    try:
+        cs = ff_control_sets(design)
+    except ValueError as e:
         raise ToolFailed(f"yosys: {netlist}: {e}", ylog) from None
     cs["tiles"] = tgt.capacity["TRELLIS_FF"] // FFS_PER_TILE
     say("control sets", describe_control_sets(cs))
@@ -391,12 +402,13 @@ def _control_sets(netlist: Path, tgt: Target, say: Progress, ylog: Path) -> dict
 
 def _synth_overrides(tgt: Target, top: str) -> dict:
     """Amaranth's yosys-script overrides for ``tgt``: its ``synth_opts``; on ECP5 the
-    two-part synthesis (:func:`~fluidnpu.synth.targets.ecp5_two_part`)."""
+    two-part synthesis (:func:`~fluidnpu.synth.targets.ecp5_two_part`): Amaranth runs
+    ``synth_ecp5`` with its options, then ``script_after_synth``."""
     if tgt.family != "ecp5":
         return {"synth_opts": tgt.synth_opts} if tgt.synth_opts else {}
     cmd = f"synth_ecp5 {tgt.synth_opts + ' ' if tgt.synth_opts else ''}-top {top}"
     return {"synth_opts": f"{tgt.synth_opts} {ECP5_SYNTH_FIRST}".strip(),
-            "script_after_synth": ecp5_two_part(cmd).split("\n", 1)[1]}
+            "script_after_synth": ecp5_rest(cmd)}
 
 
 def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-__all__ = ["Target", "TARGETS", "get_target", "ecp5_two_part"]
+__all__ = ["Target", "TARGETS", "get_target", "ecp5_rest", "ecp5_two_part"]
 
 
 #: ECP5: ``synth_ecp5`` runs in two parts, and between them ``dffunmap -srst-only`` turns
@@ -26,10 +26,16 @@ ECP5_SYNTH_REST = "-run map_ffs:"
 ECP5_BETWEEN = "dffunmap -srst-only"
 
 
+def ecp5_rest(synth_cmd: str) -> str:
+    """What follows ``synth_cmd`` run with :data:`ECP5_SYNTH_FIRST`: the sync resets to logic
+    (:data:`ECP5_BETWEEN`), then the rest of ``synth_ecp5``."""
+    return f"{ECP5_BETWEEN}\n{synth_cmd} {ECP5_SYNTH_REST}"
+
+
 def ecp5_two_part(synth_cmd: str) -> str:
     """A ``synth_ecp5 ...`` command as the flow runs it: up to ``map_ffs``, the sync resets
-    to logic (:data:`ECP5_BETWEEN`), then the rest."""
-    return f"{synth_cmd} {ECP5_SYNTH_FIRST}\n{ECP5_BETWEEN}\n{synth_cmd} {ECP5_SYNTH_REST}"
+    to logic, then the rest (:func:`ecp5_rest`)."""
+    return f"{synth_cmd} {ECP5_SYNTH_FIRST}\n{ecp5_rest(synth_cmd)}"
 
 
 @dataclass(frozen=True)
