@@ -31,23 +31,15 @@ class PEArray(wiring.Component):
     and only while ``out_valid`` is high (they are the accumulators).
     """
 
-    def __init__(self, cfg: HwConfig, *, tag_width: int = 1, valid_copies: int = 1,
-                 tag_copies: int = 0, tag_copy_bits: int = 0):
+    def __init__(self, cfg: HwConfig, *, tag_width: int = 1, valid_copies: int = 1):
         self._MustUse__silence = True       # a refused array is not an unused elaboratable
         if not isinstance(tag_width, int) or tag_width < 1:
             raise ValueError(f"tag_width = {tag_width!r}: must be a positive integer")
         if not isinstance(valid_copies, int) or isinstance(valid_copies, bool) or valid_copies < 1:
             raise ValueError(f"valid_copies = {valid_copies!r}: must be a positive integer")
-        if not isinstance(tag_copies, int) or isinstance(tag_copies, bool) or tag_copies < 0:
-            raise ValueError(f"tag_copies = {tag_copies!r}: must be an integer >= 0")
-        if (not isinstance(tag_copy_bits, int) or isinstance(tag_copy_bits, bool)
-                or not 0 <= tag_copy_bits <= tag_width or (tag_copies and not tag_copy_bits)):
-            raise ValueError(f"tag_copy_bits = {tag_copy_bits!r}: must be an integer from "
-                             f"{1 if tag_copies else 0} to tag_width = {tag_width}")
         self._MustUse__silence = False
         self.cfg = cfg
         self.tag_width = tag_width
-        self.tag_copies, self.tag_copy_bits = tag_copies, tag_copy_bits
         n = cfg.lanes
         op = data.ArrayLayout(signed(cfg.data_width), n)
         super().__init__({
@@ -60,13 +52,10 @@ class PEArray(wiring.Component):
             "x": In(op),
             "w": In(op),
             "out_valid": Out(1),
-            # copies of ``out_valid`` from registers of their own (each enables one slice
-            # of a wide consumer, e.g. the stage FIFO's)
+            # copies of ``out_valid`` from registers of their own (each enables a part of
+            # a wide consumer, e.g. a column of the row stage's shadow register)
             "out_valid_rep": Out(valid_copies),
             "out_tag": Out(tag_width),
-            # copies of ``out_tag[:tag_copy_bits]`` from registers of their own (each for
-            # the slices of a wide consumer that store those bits, e.g. the stage FIFO's)
-            "out_tag_rep": Out(data.ArrayLayout(max(tag_copy_bits, 1), tag_copies)),
             "out_vals": Out(data.ArrayLayout(signed(cfg.acc_width), n)),
         })
 
@@ -116,10 +105,6 @@ class PEArray(wiring.Component):
 
         m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
         register_copies(m, self.out_valid_rep, ctl.valid & ctl.last, name="out_valid_rep")
-        for c in range(self.tag_copies):
-            r = Signal(self.tag_copy_bits, name=f"out_tag_rep{c}")
-            m.d.sync += r.eq(ctl.tag[:self.tag_copy_bits])
-            m.d.comb += self.out_tag_rep[c].eq(r)
         return m
 
     # The policy and the accumulate stage's controls drive a multiplexer or an adder in

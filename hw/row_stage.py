@@ -113,12 +113,10 @@ class RowStage(wiring.Component):
     def _head(self, m, w_slot):
         """The head FIFO: the entry's small fields and its slot."""
         out = self.out_layout(self.cfg, self.head)
-        m.submodules.head = head = StageFIFO(width=out.size, depth=self.cfg.stage_entries,
-                                             slices=1)
+        m.submodules.head = head = StageFIFO(width=out.size, depth=self.cfg.stage_entries)
         w_head = Signal(out, name="w_head_slot")
         m.d.comb += [w_head.head.eq(self.w_head), w_head.slot.eq(w_slot),
-                     head.w_data.eq(w_head), head.w_en.eq(self.w_en), head.w_en_rep.eq(self.w_en),
-                     head.r_en.eq(self.r_en), head.r_en_rep.eq(self.r_en),
+                     head.w_data.eq(w_head), head.w_en.eq(self.w_en), head.r_en.eq(self.r_en),
                      self.r_rdy.eq(head.r_rdy), self.r_data.eq(head.r_data)]
 
     def _bias(self, m):

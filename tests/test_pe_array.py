@@ -22,7 +22,7 @@ def group_sums(cfg, xs, ws, bp, k):
 
 
 def run_groups(cfg, groups, bp, k):
-    dut = PEArray(cfg, tag_width=8, tag_copies=2, tag_copy_bits=3)
+    dut = PEArray(cfg, tag_width=8, valid_copies=3)
     got = []
 
     async def tb(ctx):
@@ -43,9 +43,9 @@ def run_groups(cfg, groups, bp, k):
             else:
                 ctx.set(dut.valid, 0)
             await ctx.tick()
-            # the tag's copies (low bits) equal the output tag in every cycle
-            reps = [ctx.get(dut.out_tag_rep[c]) for c in range(2)]
-            assert reps == [ctx.get(dut.out_tag) & 0b111] * 2, (cyc, reps)
+            # the valid's copies equal out_valid in every cycle
+            reps = ctx.get(dut.out_valid_rep)
+            assert reps == (0b111 if ctx.get(dut.out_valid) else 0), (cyc, reps)
             if ctx.get(dut.out_valid):
                 got.append((cyc, ctx.get(dut.out_tag),
                             np.array([ctx.get(dut.out_vals[i]) for i in range(cfg.lanes)])))
@@ -102,9 +102,7 @@ def test_wrong_model_is_caught():
 
 @pytest.mark.parametrize("kw, name", [({"tag_width": 0}, "tag_width = 0"),
                                       ({"valid_copies": 0}, "valid_copies = 0"),
-                                      ({"tag_copies": -1}, "tag_copies = -1"),
-                                      ({"tag_copies": 2, "tag_copy_bits": 0}, "tag_copy_bits = 0"),
-                                      ({"tag_width": 4, "tag_copy_bits": 5}, "tag_copy_bits = 5")])
+                                      ({"valid_copies": True}, "valid_copies = True")])
 def test_bad_arguments_are_named(kw, name):
     with pytest.raises(ValueError, match=name):
         PEArray(HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4), **kw)

@@ -1,7 +1,6 @@
-"""The sliced stage FIFO (hw/stage_fifo.py) against a Python queue: every cycle the same
-``r_rdy``, ``level`` and head entry; its ``r_rdy_rep`` copies equal ``r_rdy``; entries come
-out whole and in order across slices, each slice's copy of the replicated field
-(``r_flags``) is the head entry's copy for that slice, for power-of-two and other depths."""
+"""The row stage's head FIFO (hw/stage_fifo.py) against a Python queue: every cycle the
+same ``r_rdy`` (a register with a counter of its own), ``level`` and head entry, entries
+in order, for power-of-two and other depths, under dense and sparse pushes and pops."""
 from __future__ import annotations
 
 import random
@@ -13,9 +12,9 @@ from amaranth.sim import Simulator
 from fluidnpu.hw.stage_fifo import StageFIFO
 
 
-@pytest.mark.parametrize("width, depth, slices", [(64, 8, 4), (37, 5, 3), (9, 2, 9), (130, 3, 1)])
-def test_matches_a_queue(width, depth, slices):
-    dut = StageFIFO(width=width, depth=depth, slices=slices, rdy_copies=3, flag_width=3)
+@pytest.mark.parametrize("width, depth", [(64, 8), (37, 5), (9, 2), (130, 3)])
+def test_matches_a_queue(width, depth):
+    dut = StageFIFO(width=width, depth=depth)
     rng = random.Random(width * 100 + depth)
     q = deque()
     bad = []
@@ -25,28 +24,20 @@ def test_matches_a_queue(width, depth, slices):
             # push only when the writer may (the FIFO has no w_rdy); pop at random
             push = len(q) < depth and rng.random() < (0.7 if cyc < 300 else 0.3)
             data = rng.getrandbits(width)
-            rep = [rng.getrandbits(3) for _ in range(slices)]      # each slice its own copy
             pop = rng.random() < (0.4 if cyc < 300 else 0.8)
             ctx.set(dut.w_en, push)
-            ctx.set(dut.w_en_rep, (1 << slices) - 1 if push else 0)
             ctx.set(dut.w_data, data)
-            ctx.set(dut.w_flags.as_value(), sum(r << (3 * i) for i, r in enumerate(rep)))
             ctx.set(dut.r_en, pop)
-            ctx.set(dut.r_en_rep, (1 << slices) - 1 if pop else 0)
             rdy, lvl = ctx.get(dut.r_rdy), ctx.get(dut.level)
-            reps = ctx.get(dut.r_rdy_rep)
-            if rdy != bool(q) or lvl != len(q) or reps != (0b111 if q else 0):
-                bad.append((cyc, "rdy/level", rdy, lvl, reps, len(q)))
-            if q and ctx.get(dut.r_data) != q[0][0]:
-                bad.append((cyc, "data", ctx.get(dut.r_data), q[0][0]))
-            # every slice's copy of the replicated field is the one written into that slice
-            if q and [ctx.get(dut.r_flags[i]) for i in range(slices)] != q[0][1]:
-                bad.append((cyc, "rep", [ctx.get(dut.r_flags[i]) for i in range(slices)], q[0][1]))
+            if rdy != bool(q) or lvl != len(q):
+                bad.append((cyc, "rdy/level", rdy, lvl, len(q)))
+            if q and ctx.get(dut.r_data) != q[0]:
+                bad.append((cyc, "data", ctx.get(dut.r_data), q[0]))
             popped = pop and q
             if popped:
                 q.popleft()
             if push:
-                q.append((data, rep))
+                q.append(data)
             await ctx.tick()
 
     sim = Simulator(dut)
@@ -58,6 +49,6 @@ def test_matches_a_queue(width, depth, slices):
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="depth = 1"):
-        StageFIFO(width=8, depth=1, slices=1)
-    with pytest.raises(ValueError, match="slices = 9: must be at most width = 8"):
-        StageFIFO(width=8, depth=4, slices=9)
+        StageFIFO(width=8, depth=1)
+    with pytest.raises(ValueError, match="width = 0"):
+        StageFIFO(width=0, depth=4)
