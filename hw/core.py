@@ -15,7 +15,7 @@ from .buffers import OperandBuffers
 from .config import HwConfig
 from .drain import Drain, head_layout
 from .interface import (gather_signature, layer_desc_layout, load_in_slices, log2,
-                        mem_port_signature)
+                        mem_port_signature, register_copies)
 from .loader import Loader
 from .pe_array import PEArray
 from .row_stage import RowStage
@@ -77,8 +77,10 @@ class NPUCore(wiring.Component):
 
     @staticmethod
     def pipe_latency_for(cfg: HwConfig) -> int:
-        """Cycles from issuing a group's last cycle to its entry in the row stage (head FIFO)."""
-        return OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
+        """Cycles from issuing a group's last cycle to its push into the row stage (its sums
+        leave the PE array, then the row stage's stacking tree takes its first row)."""
+        return (OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
+                + RowStage.stack_stages(cfg))
 
     @property
     def pipe_latency(self) -> int:
@@ -116,7 +118,7 @@ class NPUCore(wiring.Component):
             self.gather.idx.eq(loader.g_idx), loader.g_addr.eq(self.gather.addr),
             bufs.wr_x.eq(loader.wr_x), bufs.wr.eq(loader.wr),
             bufs.lbp.eq(lp.lbp), bufs.lk.eq(lp.lk), bufs.lseg.eq(lp.lseg),
-            pe.lbp.eq(lp.lbp), pe.lk.eq(lp.lk),
+            pe.lbp.eq(lp.lbp), stage.lk.eq(lp.lk),
         ]
 
         # Buffers -> PE array.
@@ -127,17 +129,30 @@ class NPUCore(wiring.Component):
             pe.tag.eq(bufs.op_tag), pe.x.eq(bufs.x), pe.w.eq(bufs.w),
         ]
 
-        # PE array -> row stage -> drain.
+        # PE array -> row stage -> drain. The sums load the row stage's shadow as they leave
+        # the array; the entry is pushed as its first row leaves the stacking tree, so the
+        # group's valid and tag pass ``stack_stages`` registers (``stk<i>_*``) first, the
+        # valid's last one in copies for the bias blocks' enables.
+        push, push_rep, ptag = pe.out_valid, pe.out_valid_rep, pe.out_tag
+        n_stk = RowStage.stack_stages(cfg)
+        for i in range(n_stk):
+            v = Signal(name=f"stk{i}_valid")
+            t = Signal.like(ptag, name=f"stk{i}_tag")
+            m.d.sync += [v.eq(push), t.eq(ptag)]
+            if i == n_stk - 1:
+                push_rep = Signal(cfg.tc, name="stk_valid_rep")
+                register_copies(m, push_rep, push, name=f"stk{i}_valid_rep")
+            push, ptag = v, t
         otag = Signal(_group_tag_layout(cfg), name="acc_tag")
         head = Signal(hl, name="acc_head")
         m.d.comb += [
-            otag.eq(pe.out_tag),
+            otag.eq(ptag),
             head.row0.eq(otag.row0), head.trow0.eq(otag.trow0),
             head.c0.eq(otag.c0), head.ncols.eq(otag.ncols),
             head.first.eq(otag.first_ch), head.last.eq(otag.last_ch),
             *[getattr(head, n).eq(getattr(otag, n)) for n in _TAG_HEAD_FIELDS],
-            stage.w_en.eq(pe.out_valid), stage.w_en_rep.eq(pe.out_valid_rep),
-            stage.w_vals.eq(pe.out_vals),
+            stage.ld_rep.eq(pe.out_valid_rep), stage.w_vals.eq(pe.out_vals),
+            stage.w_en.eq(push), stage.w_en_rep.eq(push_rep),
             stage.w_nrows.eq(otag.nrows), stage.w_bias.eq(loader.bias[otag.wslot]),
             stage.w_head.eq(head),
             # A slot's memory is free once the step's last operands are read from it (the
@@ -149,7 +164,7 @@ class NPUCore(wiring.Component):
             # load's free-to-done time, and the compute waited 27 cycles per row tile.
             loader.x_free.eq(bufs.op_valid & optag.last & optag.x_free),
             loader.w_free.eq(bufs.op_valid & optag.last & optag.w_free),
-            loader.b_free.eq(pe.out_valid & otag.w_free),
+            loader.b_free.eq(push & otag.w_free),
             drain.layer.eq(lay),
             drain.stage.payload.eq(stage.r_data),
             drain.stage.valid.eq(stage.r_rdy),
@@ -369,7 +384,7 @@ class NPUCore(wiring.Component):
                                                    (wgrp + 1)[:len(wgrp)] == lp.bpmask))]
             with m.State("FINISH"):
                 with m.If((inflight == 0) & ~stage.r_rdy & drain.idle & (wr_pending == 0)
-                          & ~pe.out_valid):
+                          & ~push):
                     m.d.sync += [en.eq(1) for en in idle_rep]
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~self.cmd.ready)

@@ -1,11 +1,12 @@
-"""The stackable PE array: multipliers, segmented adder trees, stacking tree, accumulators.
+"""The PE array: multipliers, segmented adder trees, accumulators.
 
 Every cycle the array takes one operand pair per lane (``tc`` PEs of ``tp`` lanes) and,
-for the run-time policy ``(B_P, k)``, produces ``B_P x F`` partial dot products
-(``F = tc/k`` units of ``k`` stacked PEs, ``B_P`` segments per adder tree). Partial
-sums accumulate over the cycles of a group (``first`` .. ``last``); on ``last`` the
-group's sums leave the array, compacted so that segment ``i`` of unit ``u`` is at
-index ``i*tc + u``.
+for the run-time split ``B_P``, produces ``B_P`` partial dot products per PE (``B_P``
+segments per adder tree). Partial sums accumulate over the cycles of a group (``first`` ..
+``last``); on ``last`` the group's sums leave the array, segment ``i`` of PE ``pe`` at index
+``i*tc + pe``. Stacking ``k`` PEs into a unit adds their sums: the row stage does that a
+row at a time as it writes the group out (:class:`~.stack_tree.StackTree`; until 6 Dec 2026
+a stacking tree here added the PEs' sums every cycle, in front of the accumulators).
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ __all__ = ["PEArray"]
 class PEArray(wiring.Component):
     """Pipelined PE array; see the module docstring.
 
-    ``x``/``w`` are indexed ``pe*tp + lane``. ``lbp``/``lk`` (log2 of B_P and k) must be
-    stable while a layer runs, from the cycle before its first ``valid`` until its last
-    group's ``out_valid``. ``tag`` travels with ``valid`` and comes out with ``out_vals``
-    (registers). Only ``out_vals[i*tc + u]`` with ``i < B_P`` and ``u < tc/k`` are defined,
-    and only while ``out_valid`` is high (they are the accumulators).
+    ``x``/``w`` are indexed ``pe*tp + lane``. ``lbp`` (log2 B_P) must be stable while a
+    layer runs, from the cycle before its first ``valid`` until its last group's
+    ``out_valid``. ``tag`` travels with ``valid`` and comes out with ``out_vals``
+    (registers). Only ``out_vals[i*tc + pe]`` with ``i < B_P`` are defined, and only while
+    ``out_valid`` is high (they are the accumulators).
     """
 
     def __init__(self, cfg: HwConfig, *, tag_width: int = 1, valid_copies: int = 1):
@@ -44,7 +45,6 @@ class PEArray(wiring.Component):
         op = data.ArrayLayout(signed(cfg.data_width), n)
         super().__init__({
             "lbp": In(range(log2(cfg.tp) + 1)),
-            "lk": In(range(log2(cfg.tc) + 1)),
             "valid": In(1),
             "first": In(1),
             "last": In(1),
@@ -63,9 +63,8 @@ class PEArray(wiring.Component):
     def latency_for(cfg: HwConfig) -> int:
         """Cycles from an operand pair at the inputs to its group's sums at the outputs."""
         # multiply (operand and product registers, inside the DSP block on ECP5), the
-        # product in the fabric, adder tree (one stage per level), one stage
-        # per level of the stacking tree, accumulate
-        return 4 + PEArray.tree_stages_for(cfg) + log2(cfg.tc)
+        # product in the fabric, adder tree (one stage per level), accumulate
+        return 4 + PEArray.tree_stages_for(cfg)
 
     @property
     def latency(self) -> int:
@@ -74,7 +73,6 @@ class PEArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        tc, tp = cfg.tc, cfg.tp
 
         # Control tags travel beside the data, one register per stage.
         ctl_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "tag": self.tag_width})
@@ -98,10 +96,7 @@ class PEArray(wiring.Component):
         nseg = self.tree_stages_for(cfg)
         for st in range(4, 4 + nseg):
             ctl = ctl_stage(ctl, f"s{st}_ctl")
-        cur = self._stack(m, seg)
-        for lvl in range(1, log2(tc) + 1):
-            ctl = ctl_stage(ctl, f"s{3 + nseg + lvl}_ctl")
-        self._accumulate(m, cur, stages[-3])
+        self._accumulate(m, seg, stages[-3])
 
         m.d.sync += [self.out_valid.eq(ctl.valid & ctl.last), self.out_tag.eq(ctl.tag)]
         register_copies(m, self.out_valid_rep, ctl.valid & ctl.last, name="out_valid_rep")
@@ -114,7 +109,7 @@ class PEArray(wiring.Component):
     # endpoints were the largest groups of late paths after the pre-adders.) The policy
     # reaches them through a copy tree, one copy per PE (position), then one per lane, so
     # the input drives ``tc`` registers, not one per lane across the array: the copies lag
-    # ``lbp``/``lk`` by two cycles, and the first use is at stage 4.
+    # ``lbp`` by two cycles, and the first use is at stage 4.
 
     def _policy_copies(self, m, value, name: str, n: int, lane_name):
         """``n`` x ``tp`` registers holding ``value`` two cycles late: ``n`` first-level
@@ -197,49 +192,10 @@ class PEArray(wiring.Component):
             cur = nxt
         return cur
 
-    def _stack(self, m, seg):
-        """Stacking tree across PEs, one level per stage, compacting as it adds: at level
-        ``lvl`` position ``u < tc >> lvl`` takes the sum of positions ``2u`` and ``2u + 1``
-        while ``lk >= lvl``, else keeps its own value (every other position keeps its own).
-        After the ``ltc`` levels position ``u`` holds unit ``u``'s sums (PEs ``u*k .. u*k +
-        k - 1``) whatever ``lk`` is, so no compacting select follows (until 5 Dec 2026 the
-        tree added in place and a select by ``k`` brought PE ``u*k`` to ``u``: in front of
-        the accumulator, the 8 x 8's largest group of late endpoints; after the output
-        register, a second long wire in the FIFO's write path). The level multiplexers take
-        ``lk`` from a register copy per position and lane (``_policy_copies``)."""
-        cfg = self.cfg
-        tc, tp = cfg.tc, cfg.tp
-        segw = 2 * cfg.data_width + log2(tp)
-        st0 = 3 + self.tree_stages_for(cfg)
-        cur = seg
-        for lvl in range(1, log2(tc) + 1):
-            lk_rep = self._policy_copies(m, self.lk, f"lk{lvl}", tc >> lvl,
-                                         lambda u, i: f"s{st0 + lvl}_lk_rep{u}_{i}")
-            nxt = []
-            for u in range(tc):
-                row = []
-                for i in range(tp):
-                    r = Signal(signed(segw + lvl), name=f"s{st0 + lvl}_stack_{u}_{i}")
-                    if u == 0:
-                        # position 0 keeps its own value or adds position 1's: a gated adder
-                        m.d.sync += r.eq(self._gated_add(m, f"s{st0 + lvl}_add_{i}", segw + lvl,
-                                                         cur[0][i], cur[1][i],
-                                                         lk_rep[0][i] < lvl))
-                    elif u < tc >> lvl:
-                        lk_lvl = lk_rep[u][i]
-                        m.d.sync += r.eq(Mux(lk_lvl >= lvl, cur[2 * u][i] + cur[2 * u + 1][i],
-                                             cur[u][i]))
-                    else:
-                        m.d.sync += r.eq(cur[u][i])
-                    row.append(r)
-                nxt.append(row)
-            cur = nxt
-        return cur
-
     def _accumulate(self, m, cur, ctl):
-        """Accumulate over the cycles of a group, position ``u`` unit ``u``'s sums (a
-        position past the policy's units accumulates sums nobody reads); the accumulators
-        are the outputs, segment ``i`` of unit ``u`` at index ``i*tc + u``: on ``out_valid``
+        """Accumulate over the cycles of a group, each PE's segment sums on their own (the
+        row stage adds those of stacked PEs); the accumulators are the outputs, segment
+        ``i`` of PE ``u`` at index ``i*tc + u``: on ``out_valid``
         they hold the group's sums, as the last cycle's valid updated them. (Until 5 Dec
         2026 a second register per lane, updated every cycle, held the same sum: 2,048
         flip-flops and a second fan-out of every adder on the 8 x 8.) ``ctl`` is the control

@@ -34,13 +34,14 @@ START_CYCLES = 4
 
 
 def pipe_latency(cfg: HwConfig) -> int:
-    """Last issue cycle of a group -> ``pe.out_valid``: ``NPUCore.pipe_latency`` =
-    ``OperandBuffers.latency`` (request register, memory read, output register, then the X
-    copy network's stages, two levels each and at least one: 3 + max(1, ceil(log2(tc) / 2)))
-    + ``PEArray.latency`` (multiply with operand and product registers, the product in a
-    fabric register, adder tree one stage per level, one stage per level of the stacking
-    tree, accumulate: 4 + log2(tp) + log2(tc)); 12 for the 4 x 4,
-    14 for the 8 x 4, 15 for the default 8 x 8."""
+    """Last issue cycle of a group -> its push into the row stage: ``NPUCore.pipe_latency``
+    = ``OperandBuffers.latency`` (request register, memory read, output register, then the
+    X copy network's stages, two levels each and at least one: 3 + max(1, ceil(log2(tc) /
+    2))) + ``PEArray.latency`` (multiply with operand and product registers, the product in
+    a fabric register, adder tree one stage per level, accumulate: 4 + log2(tp)) +
+    ``RowStage.stack_stages`` (the first row through the stacking tree, one stage per
+    level: log2(tc)); 12 for the 4 x 4, 14 for the 8 x 4, 15 for the default 8 x 8. (Until
+    6 Dec 2026 the stacking tree's stages were in the PE array, with the same total.)"""
     ltc = cfg.tc.bit_length() - 1
     ltp = cfg.tp.bit_length() - 1
     return buf_latency(cfg) + 4 + ltp + ltc
@@ -52,7 +53,7 @@ def buf_latency(cfg: HwConfig) -> int:
     slot's memory is freed then (section 2); 5 on the 8 x 8."""
     return 3 + max(1, -(-(cfg.tc.bit_length() - 1) // 2))
 
-#: ``pe.out_valid`` -> entry readable in the row stage's head FIFO (``r_rdy`` one cycle later)
+#: the row stage's push -> entry readable in its head FIFO (``r_rdy`` one cycle later)
 STAGE_DELAY = 1
 #: beat issued by the drain's s0 -> write on ``wr_req`` (``Drain.LATENCY``: the row stage's
 #: two read cycles, then the drain's ten)

@@ -197,6 +197,7 @@ def test_constants_match_rtl():
     from fluidnpu.hw.drain import Drain
     from fluidnpu.hw.loader import Loader
     from fluidnpu.hw.pe_array import PEArray
+    from fluidnpu.hw.row_stage import RowStage
     from fluidnpu.sim import cycle_model as cm
     # the 8-lane adder tree takes three stages, the 4-lane two
     assert BIG == HwConfig()                # the 8 x 8 runs below are the default's
@@ -205,10 +206,11 @@ def test_constants_match_rtl():
     for cfg in [*CFGS.values(), HwConfig(), HwConfig(tc=16, tp=4, mem_bytes=4), HwConfig(tc=4, tp=16, mem_bytes=4)]:
         assert cm.START_CYCLES == NPUCore.START_CYCLES + 1
         assert cm.pipe_latency(cfg) == NPUCore.pipe_latency_for(cfg)
-        assert cm.pipe_latency(cfg) == OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
+        assert cm.pipe_latency(cfg) == (OperandBuffers.latency_for(cfg) + PEArray.latency_for(cfg)
+                                        + RowStage.stack_stages(cfg))
         assert cm.buf_latency(cfg) == OperandBuffers.latency_for(cfg)
-        assert PEArray.latency_for(cfg) == (4 + cfg.tp.bit_length() - 1
-                                            + cfg.tc.bit_length() - 1)
+        assert PEArray.latency_for(cfg) == 4 + cfg.tp.bit_length() - 1
+        assert RowStage.stack_stages(cfg) == cfg.tc.bit_length() - 1
         assert cm.DRAIN_LATENCY == Drain.LATENCY
         # response -> r1 -> r2 -> the write beat leaves the loader -> the buffers' write stages
         assert Loader.DECODE_STAGES == 3

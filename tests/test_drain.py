@@ -5,6 +5,7 @@ import gc
 import random
 import warnings
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -310,24 +311,34 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
     M = cfg.mem_bytes
 
     async def tb(ctx):
-        # pushes into the row stage as the core makes them: at most stage_entries heads
-        # waiting, an entry of n rows at least n cycles after the one before
-        pos, acc, next_push, quiet, cycle, stalled = 0, 0, 0, 0, 0, None
+        # loads and pushes into the row stage as the core makes them: at most stage_entries
+        # entries between load and accept, an entry of n rows loaded at least n cycles after
+        # the one before, pushed stack_stages cycles after its load (k = 1 here: the row
+        # stage's stacking tree passes the rows unchanged; test_row_stage.py stacks).
+        # Cycle 0 is the first cycle a push can come (the first load is stack_stages before)
+        lat = RowStage.stack_stages(cfg)
+        pos, acc, next_push, quiet, cycle, stalled = 0, 0, -lat, 0, -lat, None
         readable = []             # cycle from which each pushed entry's head is readable
+        tree = deque()            # loaded, not yet pushed: (push cycle, layer, entry)
         while quiet < tail:
-            push = (pos < len(work) and cycle >= next_push
+            load = (pos < len(work) and cycle >= next_push
                     and pos - acc < cfg.stage_entries and rnd.random() < valid_prob)
-            if push:
+            if load:
                 layer, entry = work[pos]
+                ctx.set(st.w_vals.as_value(), pack(vals_layout, entry["vals"]))
+                next_push = cycle + entry["nrows"]
+                tree.append((cycle + lat, layer, entry))
+                readable.append(cycle + lat + 1)
+                pos += 1
+            ctx.set(st.ld_rep, load)
+            push = bool(tree) and tree[0][0] == cycle
+            if push:
+                _, layer, entry = tree.popleft()
                 beats = Drain.entry_beats_ints(cfg, layer.desc["out_mode"], entry["nrows"],
                                                entry["ncols"])
-                ctx.set(st.w_vals.as_value(), pack(vals_layout, entry["vals"]))
                 ctx.set(st.w_bias.as_value(), pack(bias_layout, entry["bias"]))
                 ctx.set(st.w_nrows, entry["nrows"])
                 ctx.set(st.w_head.as_value(), pack(hd_layout, {**entry, **beats}))
-                next_push = cycle + entry["nrows"]
-                readable.append(cycle + 1)
-                pos += 1
             ctx.set(st.w_en, push)
             ctx.set(st.w_en_rep, push)
             # the layer of the next entry to be accepted (valid whenever one is accepted)
@@ -341,7 +352,8 @@ def run_drain(cfg, layers, *, ready_prob=1.0, valid_prob=1.0, seed=0, mem_size=N
             s_ready = ctx.get(dut.stage.ready)
             w_valid = ctx.get(dut.wr_req.valid)
             idle = ctx.get(dut.idle)
-            trace.idle.append(idle)
+            if cycle >= 0:
+                trace.idle.append(idle)
             m_ready, m_valid, m_addr, m_idle = model.outputs(wr_ready)
             got = (s_ready, w_valid, idle)
             assert got == (m_ready, m_valid, m_idle), (

@@ -12,6 +12,7 @@ from fluidnpu.hw import gated_add
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.gated_add import GatedAdder
 from fluidnpu.hw.pe_array import PEArray
+from fluidnpu.hw.stack_tree import StackTree
 
 from ecp5_cells import needs_cells, run_vectors
 
@@ -88,16 +89,17 @@ def test_ecp5_netlist_is_a_carry_chain_without_luts():
 
 
 def test_pe_array_uses_the_chain():
-    """The accumulators and index 0 of every adder-tree and stacking level are gated adders:
-    one CCU2C per two bits of each."""
+    """The accumulators and index 0 of every adder-tree level are gated adders: one CCU2C per
+    two bits of each; so is position 0 of every level of the stacking tree."""
     cfg = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4)
     il = rtlil.convert(PEArray(cfg), platform=_ECP5())
     half = lambda w: -(-w // 2)
-    dw2, ltp, ltc = 2 * cfg.data_width, 2, 2
+    dw2, ltp = 2 * cfg.data_width, 2
     want = (cfg.lanes * half(cfg.acc_width)
-            + cfg.tc * sum(half(dw2 + lvl) for lvl in range(1, ltp + 1))
-            + cfg.tp * sum(half(dw2 + ltp + lvl) for lvl in range(1, ltc + 1)))
+            + cfg.tc * sum(half(dw2 + lvl) for lvl in range(1, ltp + 1)))
     assert len(re.findall(r"cell \\CCU2C ", il)) == want
+    tree = rtlil.convert(StackTree(n=8, width=20), platform=_ECP5())
+    assert len(re.findall(r"cell \\CCU2C ", tree)) == 3 * half(20)
 
 
 def test_bad_width_is_rejected():

@@ -1,9 +1,10 @@
-"""The row stage (hw/row_stage.py) against a Python model of its contract: entries pushed as
-whole groups come out as a head (in order, with its slot) and as rows read back from the
-row memory two read-enabled cycles after their address, read as early as the contract
-allows, with the read pipeline stalled at random; bias likewise; pushes as dense as the
-spacing and the head FIFO's depth allow, so a slot is reused while the drain could still
-be reading the previous entry in it."""
+"""The row stage (hw/row_stage.py) against a Python model of its contract: groups loaded
+as whole (per-PE sums) and pushed ``stack_stages`` cycles later come out as a head (in
+order, with its slot) and as rows, stacked by ``k`` (numpy), read back from the row memory
+two read-enabled cycles after their address, read as early as the contract allows, with
+the read pipeline stalled at random; bias likewise; loads as dense as the spacing and the
+head FIFO's depth allow, so a slot is reused while the drain could still be reading the
+previous entry in it."""
 from __future__ import annotations
 
 import random
@@ -16,6 +17,8 @@ from amaranth.sim import Simulator
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.row_stage import RowStage
 
+from test_stack_tree import stacked
+
 HEAD = data.StructLayout({"a": 7, "b": 3})
 CFGS = {
     "4x4": HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4,
@@ -25,42 +28,52 @@ CFGS = {
 }
 
 
-def _run(cfg, seed, stall, cycles=900, early=False, copies=1, dead_copy=None):
+def _run(cfg, seed, stall, cycles=900, early=False, copies=1, dead_copy=None, k=2):
     """The mismatches against the contract's model (empty if none)."""
     dut = RowStage(cfg, head=HEAD, load_copies=copies)
     rng = random.Random(seed)
     tc, tp, D = cfg.tc, cfg.tp, cfg.stage_entries
+    lat = RowStage.stack_stages(cfg)
     lo, hi = -(1 << (cfg.acc_width - 1)), (1 << (cfg.acc_width - 1)) - 1
     slots = RowStage.slots(cfg)
     q = deque()                   # pushed, not popped: (entry, slot)
     bad = []
 
     async def tb(ctx):
+        ctx.set(dut.lk, k.bit_length() - 1)
         next_push = 0
         n_push = 0
+        tree = deque()            # loaded, not yet pushed: (push cycle, entry)
         reading = None            # (entry, slot, next row, earliest cycle of the next read)
         pipe = [None, None]       # expected (rows, bias) of the read register, the output
         for cyc in range(cycles):
-            # -- push (spaced by the previous push's rows; at most D in the head FIFO) ------
-            push = cyc >= next_push and len(q) < D and rng.random() < 0.8
-            ent = None
-            if push:
+            # -- load (spaced by the previous load's rows; at most D in the head FIFO and
+            # the tree together) and the push stack_stages cycles after it -------------------
+            load = cyc >= next_push and len(q) + len(tree) < D and rng.random() < 0.8
+            if load:
                 nrows = rng.randint(1, tp)
-                ent = {"vals": [[rng.randint(lo, hi) for _ in range(tc)] for _ in range(tp)],
+                vals = [[rng.randint(lo, hi) for _ in range(tc)] for _ in range(tp)]
+                ent = {"vals": [list(stacked(r, k, cfg.acc_width)) for r in vals],
                        "bias": [rng.randint(-(1 << 31), (1 << 31) - 1) for _ in range(tc)],
                        "nrows": nrows, "head": {"a": rng.getrandbits(7), "b": rng.getrandbits(3)}}
                 for i in range(tp):
                     for u in range(tc):
-                        ctx.set(dut.w_vals[i * tc + u], ent["vals"][i][u])
-                for u in range(tc):
-                    ctx.set(dut.w_bias[u], ent["bias"][u])
-                ctx.set(dut.w_nrows, nrows)
-                ctx.set(dut.w_head, ent["head"])
-            ctx.set(dut.w_en, push)
-            rep = (1 << copies) - 1 if push else 0
+                        ctx.set(dut.w_vals[i * tc + u], vals[i][u])
+                tree.append((cyc + lat, ent))
+                next_push = cyc + nrows
+            rep = (1 << copies) - 1 if load else 0
             if dead_copy is not None:
                 rep &= ~(1 << dead_copy)
-            ctx.set(dut.w_en_rep, rep)
+            ctx.set(dut.ld_rep, rep)
+            push = bool(tree) and tree[0][0] == cyc
+            ent = tree.popleft()[1] if push else None
+            if push:
+                for u in range(tc):
+                    ctx.set(dut.w_bias[u], ent["bias"][u])
+                ctx.set(dut.w_nrows, ent["nrows"])
+                ctx.set(dut.w_head, ent["head"])
+            ctx.set(dut.w_en, push)
+            ctx.set(dut.w_en_rep, (1 << copies) - 1 if push else 0)
             # -- head ---------------------------------------------------------------------
             rdy = ctx.get(dut.r_rdy)
             if rdy != bool(q):
@@ -82,14 +95,14 @@ def _run(cfg, seed, stall, cycles=900, early=False, copies=1, dead_copy=None):
                 ctx.set(dut.rd_addr, slot * tp + r)
                 ctx.set(dut.bias_addr, slot)
                 if en:
-                    exp = (e["vals"][r], e["bias"])
+                    exp = (e["vals"][r][:tc // k], e["bias"])
                     reading = None if r + 1 == e["nrows"] else (e, slot, r + 1,
                                                                 cyc + 1 + rng.randint(0, 2))
             else:
                 ctx.set(dut.rd_addr, rng.randrange(slots * tp))
                 ctx.set(dut.bias_addr, rng.randrange(slots))
             if pipe[1] is not None:
-                rows = [ctx.get(dut.rd_data[u]) for u in range(tc)]
+                rows = [ctx.get(dut.rd_data[u]) for u in range(tc // k)]
                 bias = [ctx.get(dut.bias_data[u]) for u in range(tc)]
                 if (rows, bias) != pipe[1]:
                     bad.append((cyc, "row", rows, pipe[1][0]))
@@ -101,13 +114,12 @@ def _run(cfg, seed, stall, cycles=900, early=False, copies=1, dead_copy=None):
                 if early and en:          # the first row's read in the pop's cycle
                     ctx.set(dut.rd_addr, slot * tp)
                     ctx.set(dut.bias_addr, slot)
-                    exp = (e["vals"][0], e["bias"])
+                    exp = (e["vals"][0][:tc // k], e["bias"])
                     reading = None if e["nrows"] == 1 else (e, slot, 1, cyc + 1)
                     pipe[0] = exp
             if push:
                 q.append((ent, n_push % slots))
                 n_push += 1
-                next_push = cyc + ent["nrows"]
             await ctx.tick()
         assert n_push > cycles // 8
 
@@ -118,11 +130,12 @@ def _run(cfg, seed, stall, cycles=900, early=False, copies=1, dead_copy=None):
     return bad
 
 
-@pytest.mark.parametrize("name, copies", [("4x4", 1), ("4x4", 4), ("8x4", 3)])
+@pytest.mark.parametrize("name, copies, k", [("4x4", 1, 1), ("4x4", 4, 4), ("8x4", 3, 2),
+                                             ("8x4", 1, 8)])
 @pytest.mark.parametrize("stall", [0.0, 0.4])
-def test_rows_and_heads_match_the_contract(name, copies, stall):
+def test_rows_and_heads_match_the_contract(name, copies, k, stall):
     bad = _run(CFGS[name], seed=len(name) * 100 + int(stall * 10) + copies, stall=stall,
-               copies=copies)
+               copies=copies, k=k)
     assert not bad, bad[:5]
 
 
