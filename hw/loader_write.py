@@ -81,18 +81,24 @@ def response_side(ldr, m, tags):
         rlo = Signal(range(cfg.tp), name=f"r1_l{e}")
         m.d.sync += [rs_.eq(rtag.s0 | es), rj.eq(rtag.j0 | ej), rlo.eq(rtag.lo0 | elo)]
         r1_s.append(rs_), r1_j.append(rj), r1_lo.append(rlo)
-    # bias: written from r2, the write enable of each (slot, word, unit) decoded in r1
-    # from the registered tag and registered, so that each enable is one flip-flop that
-    # can sit beside the 32 it drives. (Decoded in r1 and used there, the 8 x 4's worst
-    # path ran 26 rows to the bias registers; decoded in r0, from the tag FIFO's read.)
-    # The beat is registered once per unit (``_rep``), beside the unit's two bias
-    # registers: one register per bit into every unit's was the 8 x 8's worst path on
-    # 5 Dec 2026 (14.52 ns of wire). The bias is read only once the load's done count
-    # moves (r5, below).
+    # bias: written from r3, the write enable of each (slot, word, unit) decoded in r1
+    # from the registered tag and registered twice, so that each enable is one flip-flop
+    # that can sit beside the 32 it drives. (Decoded in r1 and used there, the 8 x 4's
+    # worst path ran 26 rows to the bias registers; decoded in r0, from the tag FIFO's
+    # read.) The beat is registered once per four units (``r2_bgrp_rep``), then once per
+    # unit (``r3_bword_rep``), beside the unit's two bias registers: one register per bit
+    # into every unit's was the 8 x 8's worst path on 5 Dec 2026 (14.52 ns of wire), and
+    # ``r1`` straight into a copy per unit its worst path on 5421adc (8.65 ns of wire, 108.97
+    # MHz). The bias is read only once the load's done count moves (r6, below).
+    n_grp = max(1, cfg.tc // 4)
     r2_bwe = Signal(data.ArrayLayout(data.ArrayLayout(cfg.tc, M // 4), 2), name="r2_bwe")
-    r2_bword = [Signal(8 * M, name=f"r2_bword_rep{u}") for u in range(cfg.tc)]
+    r3_bwe = Signal.like(r2_bwe, name="r3_bwe")
+    r2_bgrp = [Signal(8 * M, name=f"r2_bgrp_rep{c}") for c in range(n_grp)]
+    r3_bword = [Signal(8 * M, name=f"r3_bword_rep{u}") for u in range(cfg.tc)]
     is_b1 = r1.valid & (r1.tag.kind == KIND_B)
-    m.d.sync += [r.eq(r1.beat) for r in r2_bword]
+    m.d.sync += [r.eq(r1.beat) for r in r2_bgrp]
+    m.d.sync += [r.eq(r2_bgrp[u * n_grp // cfg.tc]) for u, r in enumerate(r3_bword)]
+    m.d.sync += r3_bwe.eq(r2_bwe)
     for slot in range(2):
         for wd in range(M // 4):
             m.d.sync += r2_bwe[slot][wd].eq(Cat(is_b1 & (r1.tag.slot == slot)
@@ -119,8 +125,8 @@ def response_side(ldr, m, tags):
     for wd in range(M // 4):
         for slot in range(2):
             for u in range(cfg.tc):
-                word = r2_bword[u][32 * wd: 32 * (wd + 1)].as_signed()
-                with m.If(r2_bwe[slot][wd][u]):
+                word = r3_bword[u][32 * wd: 32 * (wd + 1)].as_signed()
+                with m.If(r3_bwe[slot][wd][u]):
                     m.d.sync += ldr.bias[slot][u].eq(word)
 
     # Load completion counts, visible the cycle after the last beat is written into the
