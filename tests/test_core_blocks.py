@@ -110,6 +110,8 @@ def test_masked_lanes_after_a_layer_that_fills_the_buffers(P2, bp, k):
     (3, 7, 13, 1, 4),      # six column tiles: the next row tile's X in parts of 4 rows,
                            # samples straddling the parts (hw/loader.py)
     (2, 9, 20, 1, 4),      # parts of 2 rows, three of them ending on a sample's last row
+    (1, 9, 3, 1, 1),       # one-beat rows, a sample each: the gather index moves every
+                           # request (the loader's registered ``rq_g_idx`` set one ahead)
 ])
 def test_core_x_row_gather(rs, n, P, bp, k):
     """With ``rs > 0`` sample j's rows come from the gather table's address j: scatter the
