@@ -157,7 +157,7 @@ class NPUCore(wiring.Component):
             stage.w_head.eq(head),
             # A slot's memory is free once the step's last operands are read from it (the
             # buffers' output, ``op_valid`` of the last cycle of the last group); the W
-            # slot's bias registers once that group's sums leave the array (the row stage
+            # slot's bias registers once that group is pushed into the row stage (which
             # writes its bias then). Both memories were freed with the sums until
             # 5 Dec 2026: with the pipeline's 10 more cycles a step of the first layer's
             # P = 27 at (B_P, k) = (4, 2) on the 8 x 8 (56 cycles) was shorter than a W
