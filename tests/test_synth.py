@@ -708,6 +708,8 @@ def test_register_replicas_survive_synthesis(tmp_path):
     from amaranth.back import rtlil
 
     from fluidnpu.hw.core import NPUCore
+    from fluidnpu.hw.pe_array import PEArray
+    from fluidnpu.hw.row_stage import RowStage
     from fluidnpu.synth.ctrlsets import ff_control_sets
     from fluidnpu.synth.flow import KEEP_REPLICAS
     from fluidnpu.synth.targets import ecp5_two_part
@@ -734,7 +736,12 @@ def test_register_replicas_survive_synthesis(tmp_path):
         if re.search(r"_rep\d+$", n):           # a copy, not a port gathering the copies
             groups.setdefault(re.sub(r"\d+$", "", n), []).append(b)
     assert "drain.r2_paddr_rep" in groups and len(groups["drain.r2_paddr_rep"]) == 2, sorted(groups)
-    assert len(groups["ci_idle_rep"]) == 4 and len(groups["pe.s4_valid_rep"]) == 2, sorted(groups)
+    # the accumulate stage's valid, one copy per PE, in the stage before the accumulators
+    acc_valid = f"pe.s{PEArray.latency_for(TINY) - 2}_valid_rep"
+    assert len(groups["ci_idle_rep"]) == 4 and len(groups[acc_valid]) == 2, sorted(groups)
+    # the push into the row stage (the group's valid after the stacking tree's stages),
+    # one copy per column for the bias blocks' enables
+    assert len(groups[f"stk{RowStage.stack_stages(TINY) - 1}_valid_rep"]) == TINY.tc, sorted(groups)
     shared = {g: sum(map(len, c)) - len(set().union(*c)) for g, c in groups.items()
               if len(set().union(*c)) < sum(map(len, c))}
     assert not shared, shared
