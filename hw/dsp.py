@@ -7,6 +7,7 @@ registers enabled: yosys 0.23 maps ``$mul`` to the block without them, so the fa
 registers around it sit a long wire away from the block's fixed row and each path is
 register -> wire -> multiplier -> wire -> register. With the block's registers, the
 multiply is register to register inside the block and each wire has a cycle of its own.
+The operands sit in the top bits of the block's inputs, the bits below tied to 0.
 Elsewhere (simulation, other devices, operands wider than the block's 18 bits) it is the
 same two registers around a ``*``, for yosys to map.
 """
@@ -47,12 +48,19 @@ class Multiplier(wiring.Component):
         m = Module()
         if (getattr(platform, "family", None) == "ecp5"
                 and max(self.a_width, self.b_width) <= ECP5_WIDTH):
-            a18 = Signal(signed(ECP5_WIDTH))
-            b18 = Signal(signed(ECP5_WIDTH))
+            # The operands sit in the top bits of the block's 18-bit inputs, the low bits
+            # tied to 0 (in the bitstream, no wire): a*2**sa times b*2**sb, so the product
+            # is the top a_width + b_width bits of P. Sign-extended into the low bits
+            # instead, each operand's sign bit drove 18 - width more pins: on the 16 x 8,
+            # 20 of the 36 input wires into every block, where router2 found the DSP rows
+            # congested.
+            sa, sb = ECP5_WIDTH - self.a_width, ECP5_WIDTH - self.b_width
             p36 = Signal(signed(2 * ECP5_WIDTH))
-            m.d.comb += [a18.eq(self.a), b18.eq(self.b), self.p.eq(p36)]
-            ports = {f"i_A{i}": a18[i] for i in range(ECP5_WIDTH)}
-            ports.update({f"i_B{i}": b18[i] for i in range(ECP5_WIDTH)})
+            m.d.comb += self.p.eq(p36[sa + sb:])
+            ports = {f"i_A{i}": Const(0, 1) if i < sa else self.a[i - sa]
+                     for i in range(ECP5_WIDTH)}
+            ports.update({f"i_B{i}": Const(0, 1) if i < sb else self.b[i - sb]
+                          for i in range(ECP5_WIDTH)})
             ports.update({f"i_C{i}": Const(0, 1) for i in range(ECP5_WIDTH)})
             ports.update({f"o_P{i}": p36[i] for i in range(2 * ECP5_WIDTH)})
             ports.update(i_CLK0=ClockSignal("sync"), i_CE0=self.en, i_RST0=Const(0, 1))
