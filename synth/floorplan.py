@@ -87,9 +87,14 @@ class Floorplan:
         return "; ".join(f"{y}: {' '.join(ms)}" for y, ms in self.rows.items())
 
 
-def plan_ebr(cell_names, device: str) -> Floorplan | None:
+def plan_ebr(cell_names, device: str, *, fill: bool = False) -> Floorplan | None:
     """The floorplan of the operand memories among ``cell_names`` (``DP16KD`` cells), or
-    ``None`` when there are none or they do not fit the rows (nextpnr then places them)."""
+    ``None`` when there are none or they do not fit the rows (nextpnr then places them).
+
+    The memories take the fewest central rows that hold them, balanced between those
+    rows; with ``fill`` each row is filled with as many whole PEs (X and W memory) as it
+    holds before the next: fewer PEs in the last row, so the PEs' multipliers fit the DSP
+    rows nearest their memories (:func:`apply_floorplan`)."""
     rows = EBR_ROWS.get(device)
     mems: dict[tuple[str, int], list[tuple[int, str]]] = {}
     for name in cell_names:
@@ -109,8 +114,24 @@ def plan_ebr(cell_names, device: str) -> Floorplan | None:
     sizes = [len(mems[k]) for k in order]
     if max(sizes) > len(rows[0]):
         return None
-    # the fewest central rows that hold the memories, each memory whole in one row,
-    # filled in order and balanced (a greedy cut at an equal share per row)
+    cut = _fill_cut(mems, groups, rows) if fill else _balanced_cut(order, sizes, rows)
+    if cut is None:
+        return None
+    bels, used = {}, {}
+    for r, ks in zip(rows, cut):
+        n = sum(len(mems[k]) for k in ks)
+        slot = (len(r) - n) // 2           # centred in the row
+        for k in ks:
+            for _, name in sorted(mems[k]):
+                bels[name] = r[slot]
+                slot += 1
+        used[r[0].split("/")[1]] = [f"{w}{g}" for w, g in ks]
+    return Floorplan(bels=bels, rows=used)
+
+
+def _balanced_cut(order, sizes, rows):
+    """The fewest central rows that hold the memories, each memory whole in one row,
+    filled in order and balanced (a greedy cut at an equal share per row)."""
     for nrows in range(1, len(rows) + 1):
         share = -(-sum(sizes) // nrows)
         cut, cur, row = [[]], 0, 0
@@ -123,19 +144,26 @@ def plan_ebr(cell_names, device: str) -> Floorplan | None:
             cut[-1].append(k)
             cur += s
         else:
-            break
-    else:
-        return None
-    bels, used = {}, {}
-    for r, ks in zip(rows, cut):
-        n = sum(len(mems[k]) for k in ks)
-        slot = (len(r) - n) // 2           # centred in the row
-        for k in ks:
-            for _, name in sorted(mems[k]):
-                bels[name] = r[slot]
-                slot += 1
-        used[r[0].split("/")[1]] = [f"{w}{g}" for w, g in ks]
-    return Floorplan(bels=bels, rows=used)
+            return cut
+    return None
+
+
+def _fill_cut(mems, groups, rows):
+    """Rows filled in order with whole PEs (X ``g`` and W ``g``, mirrored in pairs as in
+    :func:`plan_ebr`), each row as full as it can be before the next."""
+    cut, cur, row = [[]], 0, 0
+    for g in groups:
+        pe = [k for k in ((("x", g), ("w", g)) if g % 2 == 0 else (("w", g), ("x", g)))
+              if k in mems]
+        n = sum(len(mems[k]) for k in pe)
+        if cur + n > len(rows[row]):
+            row, cur = row + 1, 0
+            if row == len(rows) or n > len(rows[row]):
+                return None
+            cut.append([])
+        cut[-1].extend(pe)
+        cur += n
+    return cut
 
 
 def _nearest_dsp_row(ebr_row: str, dsp_rows) -> str:
@@ -204,6 +232,16 @@ def apply_floorplan(netlist: Path, device: str, *, design: dict | None = None) -
     if plan is None:
         return None
     dsp = plan_dsp(mults, plan.rows, device)
+    if dsp is None and mults:
+        # the balanced rows put more PEs near one DSP row than it has sites (the 16 x 8:
+        # four PEs in each of the four block-RAM rows, eight of them nearest Y58): rows
+        # filled whole instead (five, five, five and one), so every PE's multipliers sit
+        # in the DSP row nearest its memories. (Until 6 Dec 2026 the 16 x 8's multipliers
+        # were left to nextpnr.)
+        filled = plan_ebr(cells, device, fill=True)
+        dsp = plan_dsp(mults, filled.rows, device) if filled is not None else None
+        if dsp is not None:
+            plan = filled
     if dsp is not None:
         plan = Floorplan(bels={**plan.bels, **dsp.bels}, rows={**plan.rows, **dsp.rows})
         cells.update(mults)
