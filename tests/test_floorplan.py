@@ -123,6 +123,60 @@ def test_dsp_plan_on_the_8x8_rows():
     assert first == {0: 18, 2: 18, 4: 18, 6: 34}
 
 
+def _pe_rows(bels: dict, cfg: HwConfig):
+    """Per PE: (block-RAM row of its memories, DSP row of its multipliers, their indices)."""
+    rows = DSP_ROWS["85k"]
+    out = {}
+    for pe in range(cfg.tc):
+        (ey,) = {bels[n].split("/")[1] for n in names_for(cfg) if re.search(rf"mem{pe}\.", n)}
+        mul = [bels[f"harness.core.pe.mul_{pe}_{l}.mult"] for l in range(cfg.tp)]
+        (dy,) = {b.split("/")[1] for b in mul}
+        out[pe] = (int(ey[1:]), dy, [rows[dy].index(b) for b in mul])
+    return out
+
+
+def test_16x8_fills_the_rows_so_every_pe_is_pinned(tmp_path):
+    """The 16 x 8's balanced rows (four PEs in each block-RAM row) put eight PEs nearest DSP
+    row Y58, which has 52 sites: the flow fills the rows whole instead (five, five, five,
+    one) and pins every PE's multipliers in the DSP row nearest its memories."""
+    cfg = CONFIGS["16x8"]
+    mults = mult_names(cfg)
+    balanced = plan_ebr(names_for(cfg), "85k")
+    assert [len(v) for v in balanced.rows.values()] == [8, 8, 8, 8]
+    assert plan_dsp(mults, balanced.rows, "85k") is None        # Y58 would take 64 lanes
+    design = {"modules": {"top": {"cells": {
+        **{n: {"type": "DP16KD", "attributes": {}} for n in names_for(cfg)},
+        **{n: {"type": "MULT18X18D", "attributes": {}} for n in mults}}}}}
+    path = tmp_path / "top.json"
+    path.write_text(json.dumps(design))
+    plan = apply_floorplan(path, "85k")
+    assert plan.rows["Y46"][:2] == ["x0", "w0"] and len(plan.rows["Y82"]) == 2
+    assert plan.rows["Y34 DSP"] == [f"pe{i}" for i in range(5)]
+    assert plan.rows["Y58 DSP"] == [f"pe{i}" for i in range(10, 16)]
+    cells = json.loads(path.read_text())["modules"]["top"]["cells"]
+    bels = {n: c["attributes"]["BEL"] for n, c in cells.items() if "BEL" in c["attributes"]}
+    assert set(bels) == set(names_for(cfg)) | set(mults[:cfg.lanes])   # the drain's: nextpnr's
+    assert len(set(bels.values())) == len(bels)
+    for pe, (ey, dy, idx) in _pe_rows(bels, cfg).items():
+        assert idx == list(range(idx[0], idx[0] + cfg.tp)), f"pe{pe} not contiguous: {idx}"
+        dist = abs(int(dy[1:]) - ey)
+        assert all(abs(int(r[1:]) - ey) >= dist for r in DSP_ROWS["85k"]), (pe, ey, dy)
+
+
+def test_fill_keeps_a_pe_in_one_row():
+    """Filled rows cut between PEs only: X g and W g share a row, in PE order."""
+    cfg = CONFIGS["16x8"]
+    plan = plan_ebr(names_for(cfg), "85k", fill=True)
+    assert list(plan.rows) == ["Y46", "Y22", "Y70", "Y82"]
+    seen = []
+    for mems in plan.rows.values():
+        pes = [int(m[1:]) for m in mems]
+        assert all(pes.count(g) == 2 for g in set(pes))
+        seen += sorted(set(pes))
+    assert seen == list(range(cfg.tc))
+    assert plan_ebr([f"a.xmem{g}.bram{i}" for g in range(2) for i in range(40)], "85k",
+                    fill=True).rows == {"Y46": ["x0"], "Y22": ["x1"]}
+
 def test_nothing_to_pin():
     assert plan_dsp(["harness.core.drain.rowmul.mult"], {"Y46": ["x0", "w0"]}, "85k") is None
     assert plan_dsp(mult_names(HwConfig()), {"Y46": ["x0", "w0"]}, "85k") is None  # PEs without memories
