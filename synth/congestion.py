@@ -10,7 +10,10 @@ synthesis tools' suffixes removed (``harness.core.bufs.w#_data_rep#``).
 
 Two iterations are kept: :data:`EARLY_ITER` (the overuse the placement left once the
 first negotiation has spread the easy nets: what a design change must cut) and the last
-(what the router could not resolve, or resolved last). The per-iteration files are removed
+(what the router could not resolve, or resolved last). Each also says where on the device
+the overuse is (``PREFIX_congestion_by_coordinate_<i>.csv``, :func:`spread`): a hot spot
+that a floorplan could relieve, or demand spread over the whole device that only fewer or
+shorter wires can. The per-iteration files are removed
 once summarised (hundreds of megabytes on a large design).
 """
 from __future__ import annotations
@@ -36,6 +39,9 @@ TOP = 25
 _SUFFIX = re.compile(r"(_TRELLIS|_LUT4|_PFUMX|_L6MUX|_CCU2C|_DPR16X4|\$|\[).*$")
 _INDEX = re.compile(r"\d+")
 _FILE = re.compile(r"_congestion_by_net_(\d+)\.csv$")
+_COORD = "_congestion_by_coordinate_{}.csv"
+#: the coarse map's bins across (west to east) and down (north to south)
+MAP_BINS = (8, 6)
 
 
 def family(net: str) -> tuple[str, str]:
@@ -81,6 +87,50 @@ def _fold(nets: dict[str, float]) -> dict:
     }
 
 
+def _read_grid(path: Path) -> list[list[float]]:
+    """router2's overuse per tile: one line per column ``x``, one value per row ``y``."""
+    grid = []
+    with open(path) as f:
+        for line in f:
+            vals = []
+            for v in line.strip().split(","):
+                try:
+                    vals.append(float(v))
+                except ValueError:
+                    continue        # the trailing comma, or a torn last line
+            if vals:
+                grid.append(vals)
+    return grid
+
+
+def spread(grid: list[list[float]]) -> dict:
+    """Where the overuse of one iteration is (``grid[x][y]``, :func:`_read_grid`): the
+    share of it in the busiest 1 % and 5 % of the device's tiles (near 0.01 and 0.05 when
+    it is even over the device, near 1 on a hot spot), the tiles with any, the centre of
+    mass, and a coarse map (:data:`MAP_BINS`: ``map[row][col]``, north to south, west to
+    east; ``bin``: the tiles a bin spans in x and y)."""
+    w = len(grid)
+    h = max((len(c) for c in grid), default=0)
+    vals = sorted((v for col in grid for v in col), reverse=True)
+    total = sum(vals)
+    tiles = w * h
+    out = {"tiles": tiles, "tiles_overused": sum(1 for v in vals if v > 0)}
+    if not total:
+        return {**out, "top1": 0.0, "top5": 0.0, "centre": None, "bin": None, "map": []}
+    share = lambda n: round(sum(vals[:max(1, n)]) / total, 4)
+    bx, by = -(-w // MAP_BINS[0]), -(-h // MAP_BINS[1])
+    cmap = [[0] * -(-w // bx) for _ in range(-(-h // by))]
+    cx = cy = 0.0
+    for x, col in enumerate(grid):
+        for y, v in enumerate(col):
+            cmap[y // by][x // bx] += v
+            cx += x * v
+            cy += y * v
+    return {**out, "top1": share(tiles // 100), "top5": share(tiles // 20),
+            "centre": [round(cx / total), round(cy / total)], "bin": [bx, by],
+            "map": [[round(v) for v in row] for row in cmap]}
+
+
 def clear_heatmaps(run_dir: str | Path) -> None:
     """Remove the per-iteration files of the run in ``run_dir`` (a stopped run's, or once
     summarised)."""
@@ -102,6 +152,11 @@ def summarize(run_dir: str | Path) -> dict | None:
         early = min(EARLY_ITER, last)
         out = {"iterations": last, "early_iteration": early,
                "early": _fold(_read(by_iter[early])), "last": _fold(_read(by_iter[last]))}
+        for key, it in (("early", early), ("last", last)):
+            coord = by_iter[it].with_name(by_iter[it].name.replace(
+                f"_congestion_by_net_{it}.csv", _COORD.format(it)))
+            if coord.is_file():
+                out[key]["spread"] = spread(_read_grid(coord))
     clear_heatmaps(run_dir)
     return out
 
@@ -114,4 +169,10 @@ def format_congestion(c: dict, n: int = 8) -> list[str]:
         fams = ", ".join(f"{f} {100 * sh:.1f} %" for f, _, sh, _ in s["families"][:n])
         lines.append(f"  router2 overuse at iteration {it}: {s['overuse']} on {s['nets']} nets; "
                      f"{fams}")
+        sp = s.get("spread")
+        if sp and sp["centre"] is not None:
+            lines.append(f"    where: {100 * sp['top5']:.0f} % of it in the busiest 5 % of the "
+                         f"tiles ({100 * sp['top1']:.0f} % in 1 %), {sp['tiles_overused']} of "
+                         f"{sp['tiles']} tiles overused, centre of mass x {sp['centre'][0]} "
+                         f"y {sp['centre'][1]}")
     return lines

@@ -424,6 +424,32 @@ def test_interrupted_seed_sweep_leaves_no_process(fake_tools, tmp_path, monkeypa
             os.kill(pid, 0)
 
 
+def test_congestion_spread_tells_a_hot_spot_from_even_demand():
+    """The share in the busiest tiles is near 1 on a hot spot and near the tiles' share on
+    overuse spread evenly; the coarse map and the centre of mass say where."""
+    from fluidnpu.synth.congestion import MAP_BINS, spread
+    w, h = 128, 96
+    even = spread([[1.0] * h for _ in range(w)])
+    assert even["top5"] == pytest.approx(0.05, abs=0.001) and even["tiles_overused"] == w * h
+    assert even["centre"] == [64, 48] or even["centre"] == [round(63.5), round(47.5)]
+    assert len(even["map"]) == MAP_BINS[1] and len(even["map"][0]) == MAP_BINS[0]
+    assert sum(map(sum, even["map"])) == w * h
+    hot = [[0.1] * h for _ in range(w)]           # a little everywhere, 80 tiles at 50
+    for x in range(80, 88):
+        for y in range(40, 50):
+            hot[x][y] = 50.0
+    total = 80 * 50 + (w * h - 80) * 0.1
+    sp = spread(hot)
+    assert sp["top1"] == pytest.approx((4000 + 42 * 0.1) / total, abs=1e-3)   # 122 tiles
+    assert sp["top1"] > 0.6 > 0.05 > even["top1"] - 0.001
+    assert sp["tiles_overused"] == w * h and sp["bin"] == [16, 16]
+    # bins of 16 x 16 tiles: x 80-87 in column 5; y 40-47 in row 2, y 48-49 in row 3
+    assert sp["map"][2][5] == round(64 * 50 + 192 * 0.1)
+    assert sp["map"][3][5] == round(16 * 50 + 240 * 0.1)
+    assert sp["map"][0][0] == round(256 * 0.1) and sp["centre"][0] > 64
+    assert spread([[0.0, 0.0]]) == {"tiles": 2, "tiles_overused": 0, "top1": 0.0, "top5": 0.0,
+                                    "centre": None, "bin": None, "map": []}
+
 def test_flow_congestion_option(fake_tools, tmp_path):
     """``congestion=True`` asks router2 for its heatmaps, keeps the early (3rd) and the last
     iteration's overuse by family in the result and congestion.json, and removes the
@@ -444,6 +470,9 @@ def test_flow_congestion_option(fake_tools, tmp_path):
     assert c["last"]["overuse"] == 36 and c["last"]["units"][0][0] == "harness.core.pe"
     assert json.loads((tmp_path / "b" / "congestion.json").read_text()) == c
     assert not (tmp_path / "b" / "congestion").exists()
+    # where: the fake's one column of two tiles, the overuse all in the second
+    assert c["early"]["spread"]["tiles"] == 2 and c["last"]["spread"]["centre"] == [0, 1]
+    assert "where: 100 % of it in the busiest 5 % of the tiles" in r.summary()
     assert "router2 overuse at iteration 3: 58 on 4 nets" in r.summary()
     assert synthesize(SMALL, "ulx3s-85f", tmp_path / "c", congestion=True).cached
     with pytest.raises(ValueError, match="congestion: needs nextpnr's router2"):
