@@ -187,8 +187,14 @@ class FluidNPU(wiring.Component):
 
         # ---- the exit unit's operands ------------------------------------------------------
         jslot = pslot[cur][j]
+        # The result address through two registers (the sample's slot, then its tag): the
+        # exit unit takes it only once the sample is found to exit, at least three cycles
+        # after its start, and j, the slot table and the tags hold from EXIT until EXP.
+        ex_slot = Signal.like(jslot, name="ex_slot")
+        ex_tag = Signal.like(tag[0], name="ex_tag")
+        m.d.sync += [ex_slot.eq(jslot), ex_tag.eq(tag[ex_slot])]
         m.d.comb += [eu.addr.eq(otab[j]), eu.c.eq(e.c), eu.crit.eq(e.crit), eu.thr.eq(e.thr),
-                     eu.final.eq(e.final), eu.res_addr.eq(self.res_addr + (tag[jslot] << self.res_shift))]
+                     eu.final.eq(e.final), eu.res_addr.eq(self.res_addr + (ex_tag << self.res_shift))]
 
         rq = self.preempt.payload
         m.d.comb += d_rd.addr.eq(lyr)     # the current entry, valid from the cycle after BOUND

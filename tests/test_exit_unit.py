@@ -28,9 +28,11 @@ def expected(logits, crit, thr, final):
     return {"cls": logits.index(top1), "top1": top1, "top2": top2, "exited": bool(final or passes)}
 
 
-def run_unit(cfg, cases, latency=3):
+def run_unit(cfg, cases, latency=3, res_late=0):
     """Run ``cases`` ((logits, crit, thr, final, padding)) through one ExitUnit, one after
-    the other; return per case the outputs and the words written to the result area."""
+    the other; return per case the outputs and the words written to the result area.
+    ``res_late``: ``res_addr`` is another address at ``start`` and becomes the result area
+    that many cycles later (the FBE's comes from registers that settle after ``start``)."""
     dut = ExitUnit(cfg)
     M = cfg.mem_bytes
     got = []
@@ -46,12 +48,14 @@ def run_unit(cfg, cases, latency=3):
             ctx.set(dut.crit, crit)
             ctx.set(dut.thr, thr)
             ctx.set(dut.final, final)
-            ctx.set(dut.res_addr, RESULT)
+            ctx.set(dut.res_addr, RESULT ^ 0x2000 if res_late else RESULT)
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
             reads, writes, acks = [], {}, []
-            for _ in range(400):
+            for cyc in range(400):
+                if res_late and cyc + 1 == res_late:
+                    ctx.set(dut.res_addr, RESULT)
                 ctx.set(dut.mem.rd_req.ready, 1)
                 ctx.set(dut.mem.wr_req.ready, 1)
                 # responses and acknowledgements ``latency`` cycles after their request
@@ -127,3 +131,17 @@ def test_exit_unit_top2_threshold_and_copy(name):
         assert copied == (logits + copied[len(logits):] if want["exited"] else []), (logits, copied)
         assert len(copied) == (n if want["exited"] else 0)
         assert all(RESULT <= a < RESULT + 4 * n for a in writes)
+
+
+@pytest.mark.parametrize("latency", [1, 2])
+def test_result_address_is_taken_when_the_sample_exits(latency):
+    """``res_addr`` may settle after ``start`` (the FBE's is two registers from the sample
+    index): with responses as early as the cycle after their request, an address that
+    becomes the result area two cycles after ``start`` is where the logits go (three is
+    the most the unit allows; taken at ``start``, they would go to the first address)."""
+    cfg = CFGS["m8"]
+    cases = [([4, 9, 1], CRIT_MARGIN, 0, False, 0), ([2, 2], CRIT_MAX, 5, True, 0)]
+    got = run_unit(cfg, cases, latency=latency, res_late=2)
+    for (logits, *_), (out, writes) in zip(cases, got):
+        assert out["exited"] and sorted(writes) == [RESULT + 4 * i for i in range(len(writes))]
+        assert [writes[a] for a in sorted(writes)][:len(logits)] == logits
