@@ -39,7 +39,6 @@ TOP = 25
 _SUFFIX = re.compile(r"(_TRELLIS|_LUT4|_PFUMX|_L6MUX|_CCU2C|_DPR16X4|\$|\[).*$")
 _INDEX = re.compile(r"\d+")
 _FILE = re.compile(r"_congestion_by_net_(\d+)\.csv$")
-_COORD = "_congestion_by_coordinate_{}.csv"
 #: the coarse map's bins across (west to east) and down (north to south)
 MAP_BINS = (8, 6)
 
@@ -153,8 +152,7 @@ def summarize(run_dir: str | Path) -> dict | None:
         out = {"iterations": last, "early_iteration": early,
                "early": _fold(_read(by_iter[early])), "last": _fold(_read(by_iter[last]))}
         for key, it in (("early", early), ("last", last)):
-            coord = by_iter[it].with_name(by_iter[it].name.replace(
-                f"_congestion_by_net_{it}.csv", _COORD.format(it)))
+            coord = by_iter[it].with_name(by_iter[it].name.replace("_by_net_", "_by_coordinate_"))
             if coord.is_file():
                 out[key]["spread"] = spread(_read_grid(coord))
     clear_heatmaps(run_dir)

@@ -114,7 +114,7 @@ def plan_ebr(cell_names, device: str, *, fill: bool = False) -> Floorplan | None
     sizes = [len(mems[k]) for k in order]
     if max(sizes) > len(rows[0]):
         return None
-    cut = _fill_cut(mems, groups, rows) if fill else _balanced_cut(order, sizes, rows)
+    cut = _fill_cut(order, sizes, rows) if fill else _balanced_cut(order, sizes, rows)
     if cut is None:
         return None
     bels, used = {}, {}
@@ -148,23 +148,23 @@ def _balanced_cut(order, sizes, rows):
     return None
 
 
-def _fill_cut(mems, groups, rows):
-    """Rows filled in order with whole PEs (X ``g`` and W ``g``, mirrored in pairs as in
-    :func:`plan_ebr`), each row as full as it can be before the next."""
+def _fill_cut(order, sizes, rows):
+    """Rows filled in ``order`` with whole PEs (the memories of one group ``g``, adjacent
+    in ``order``), each row as full as it can be before the next."""
+    pes: dict[int, list] = {}
+    for k, n in zip(order, sizes):
+        pes.setdefault(k[1], []).append((k, n))
     cut, cur, row = [[]], 0, 0
-    for g in groups:
-        pe = [k for k in ((("x", g), ("w", g)) if g % 2 == 0 else (("w", g), ("x", g)))
-              if k in mems]
-        n = sum(len(mems[k]) for k in pe)
+    for pe in pes.values():
+        n = sum(s for _, s in pe)
         if cur + n > len(rows[row]):
             row, cur = row + 1, 0
             if row == len(rows) or n > len(rows[row]):
                 return None
             cut.append([])
-        cut[-1].extend(pe)
+        cut[-1].extend(k for k, _ in pe)
         cur += n
     return cut
-
 
 def _nearest_dsp_row(ebr_row: str, dsp_rows) -> str:
     """The DSP row nearest an EBR row (ties to the south, the lower row number)."""
