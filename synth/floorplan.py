@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fluidnpu.outputs import atomic_write
@@ -82,9 +82,15 @@ class Floorplan:
 
     bels: dict              #: cell name -> BEL
     rows: dict              #: "Y<row>" -> memories in it, west to east ("w0", "x0", ...)
+    #: the PE array's multipliers no DSP row plan took (left to nextpnr's placer)
+    mults_left: int = 0
 
     def summary(self) -> str:
-        return "; ".join(f"{y}: {' '.join(ms)}" for y, ms in self.rows.items())
+        s = "; ".join(f"{y}: {' '.join(ms)}" for y, ms in self.rows.items())
+        if self.mults_left:
+            s += (f"; {self.mults_left} PE multipliers left to nextpnr (the DSP rows nearest "
+                  f"their memories have too few sites)")
+        return s
 
 
 def plan_ebr(cell_names, device: str, *, fill: bool = False) -> Floorplan | None:
@@ -245,6 +251,9 @@ def apply_floorplan(netlist: Path, device: str, *, design: dict | None = None) -
     if dsp is not None:
         plan = Floorplan(bels={**plan.bels, **dsp.bels}, rows={**plan.rows, **dsp.rows})
         cells.update(mults)
+    else:
+        # said in the flow's floorplan line: the 16 x 8's went unnoticed until 6 Dec 2026
+        plan = replace(plan, mults_left=sum(1 for n in mults if _MUL.search(n)))
     for name, bel in plan.bels.items():
         cells[name].setdefault("attributes", {})["BEL"] = bel
     atomic_write(netlist, json.dumps(design))

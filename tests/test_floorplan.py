@@ -161,6 +161,24 @@ def test_16x8_fills_the_rows_so_every_pe_is_pinned(tmp_path):
         assert idx == list(range(idx[0], idx[0] + cfg.tp)), f"pe{pe} not contiguous: {idx}"
         dist = abs(int(dy[1:]) - ey)
         assert all(abs(int(r[1:]) - ey) >= dist for r in DSP_ROWS["85k"]), (pe, ey, dy)
+    assert plan.mults_left == 0 and "left to nextpnr" not in plan.summary()
+
+
+def test_the_flow_says_when_multipliers_are_left_to_nextpnr(tmp_path):
+    """A PE wider than a DSP row (53 lanes, 52 sites): no plan pins its multipliers, and the
+    floorplan line says how many PE multipliers nextpnr places (not the drain's)."""
+    design = {"modules": {"top": {"cells": {
+        **{f"a.{k}mem0.bram0": {"type": "DP16KD", "attributes": {}} for k in "xw"},
+        **{f"a.pe.mul_0_{l}.mult": {"type": "MULT18X18D", "attributes": {}} for l in range(53)},
+        "a.drain.rowmul.mult": {"type": "MULT18X18D", "attributes": {}}}}}}
+    path = tmp_path / "top.json"
+    path.write_text(json.dumps(design))
+    plan = apply_floorplan(path, "85k")
+    assert plan.mults_left == 53
+    assert plan.summary() == ("Y46: x0 w0; 53 PE multipliers left to nextpnr (the DSP rows "
+                              "nearest their memories have too few sites)")
+    cells = json.loads(path.read_text())["modules"]["top"]["cells"]
+    assert not any("BEL" in c["attributes"] for n, c in cells.items() if "mul" in n)
 
 
 def test_fill_keeps_a_pe_in_one_row():
