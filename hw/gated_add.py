@@ -35,8 +35,10 @@ class GatedAdder(wiring.Component):
     """
 
     def __init__(self, *, width: int):
+        self._MustUse__silence = True       # a refused one is not an unused elaboratable
         if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 64:
             raise ValueError(f"GatedAdder: width = {width!r}: must be an integer from 1 to 64")
+        self._MustUse__silence = False
         self.width = width
         super().__init__({
             "a": In(unsigned(width)),

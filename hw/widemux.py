@@ -24,10 +24,12 @@ class WideMux(wiring.Component):
     """``o = i[sel]`` for ``n`` (2, 4 or 8) inputs of ``width`` bits (combinational)."""
 
     def __init__(self, *, n: int, width: int):
+        self._MustUse__silence = True       # a refused one is not an unused elaboratable
         if n not in (2, 4, 8):
             raise ValueError(f"WideMux: n = {n!r}: must be 2, 4 or 8")
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise ValueError(f"WideMux: width = {width!r}: must be a positive integer")
+        self._MustUse__silence = False
         self.n, self.width = n, width
         super().__init__({
             "sel": In(range(n)),
