@@ -187,12 +187,15 @@ class FluidNPU(wiring.Component):
 
         # ---- the exit unit's operands ------------------------------------------------------
         jslot = pslot[cur][j]
-        # The result address through two registers (the sample's slot, then its tag): the
-        # exit unit takes it only once the sample is found to exit, at least three cycles
-        # after its start, and j, the slot table and the tags hold from EXIT until EXP.
+        # The sample's slot, its tag and its backbone block through registers: j, the slot
+        # table, the tags and the backbone table hold from EXIT until EXP (EXW lasts at least
+        # a cycle), so EXP and the exit unit (which takes the result address only once the
+        # sample is found to exit, at least three cycles after its start) read the registers,
+        # not ``fb_j`` -> slot table -> tag (the board SoC's worst path on 3994593, 24.14 ns).
         ex_slot = Signal.like(jslot, name="ex_slot")
         ex_tag = Signal.like(tag[0], name="ex_tag")
-        m.d.sync += [ex_slot.eq(jslot), ex_tag.eq(tag[ex_slot])]
+        ex_bb = Signal(aw, name="ex_bb")
+        m.d.sync += [ex_slot.eq(jslot), ex_tag.eq(tag[ex_slot]), ex_bb.eq(bb[cur][j])]
         m.d.comb += [eu.addr.eq(otab[j]), eu.c.eq(e.c), eu.crit.eq(e.crit), eu.thr.eq(e.thr),
                      eu.final.eq(e.final), eu.res_addr.eq(self.res_addr + (ex_tag << self.res_shift))]
 
@@ -202,6 +205,19 @@ class FluidNPU(wiring.Component):
 
         decide = Signal(name="fb_decide")
         m.d.comb += st.decide.eq(decide)
+        # GATH's gather-table write, a cycle after its lookup: the source address (the
+        # sample's slot -> its input address, or its backbone or output block) is registered
+        # with its index, and written from there. The board SoC's worst path on 33b95b7 was
+        # that lookup straight into the table, ``fb_j`` -> slot table -> input address ->
+        # ``gt_x5`` (24.95 ns at 40 MHz, 21.48 of it wire). The last write lands at the end of
+        # the first CMD cycle; the core reads the table (``gather``) only once its loader
+        # walks the layer, cycles after it takes the command.
+        gt_wen = Signal(name="gt_wen")
+        gt_wj = Signal.like(j, name="gt_wj")
+        gt_wdata = Signal(aw, name="gt_wdata")
+        m.d.sync += gt_wen.eq(0)
+        with m.If(gt_wen):
+            m.d.sync += gtab[gt_wj].eq(gt_wdata)
         with m.FSM(name="fb_fsm"):
             with m.State("IDLE"):
                 m.d.comb += decide.eq(1)
@@ -243,7 +259,8 @@ class FluidNPU(wiring.Component):
             with m.State("GATH"):
                 src_addr = Mux(e.src == SRC_INPUT, xin[pslot[cur][j]],
                                Mux(e.src == SRC_BACKBONE, bb[cur][j], otab[j]))
-                m.d.sync += [gtab[j].eq(src_addr), otab[j].eq(oacc), oacc.eq(oacc + e.blk),
+                m.d.sync += [gt_wen.eq(1), gt_wj.eq(j), gt_wdata.eq(src_addr),
+                             otab[j].eq(oacc), oacc.eq(oacc + e.blk),
                              j.eq(j + 1)]
                 with m.If(j + 1 == b):
                     m.d.sync += j0.eq(0)
@@ -281,17 +298,17 @@ class FluidNPU(wiring.Component):
                     m.next = "EXP"
             with m.State("EXP"):
                 res = Signal(rl, name="ex_res")
-                m.d.comb += [res.tag.eq(tag[jslot]), res.slot.eq(jslot), res.exit_id.eq(e.exit_id),
+                m.d.comb += [res.tag.eq(ex_tag), res.slot.eq(ex_slot), res.exit_id.eq(e.exit_id),
                              res.cls.eq(eu.cls), res.top1.eq(eu.top1), res.top2.eq(eu.top2),
                              res.cycle.eq(self.cycle), resq.w_data.eq(res)]
                 with m.If(eu.exited):
                     m.d.comb += resq.w_en.eq(1)
                     with m.If(resq.w_rdy):
-                        m.d.sync += [free.bit_select(jslot, 1).eq(1), n_free.eq(n_free + 1),
-                                     mask.bit_select(jslot, 1).eq(1), j.eq(j + 1)]
+                        m.d.sync += [free.bit_select(ex_slot, 1).eq(1), n_free.eq(n_free + 1),
+                                     mask.bit_select(ex_slot, 1).eq(1), j.eq(j + 1)]
                         m.next = "EXNEXT"
                 with m.Else():
-                    m.d.sync += [pslot[cur][n].eq(jslot), bb[cur][n].eq(bb[cur][j]),
+                    m.d.sync += [pslot[cur][n].eq(ex_slot), bb[cur][n].eq(ex_bb),
                                  n.eq(n + 1), j.eq(j + 1)]
                     m.next = "EXNEXT"
             with m.State("EXNEXT"):
