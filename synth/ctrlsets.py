@@ -14,7 +14,7 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-__all__ = ["FFS_PER_TILE", "WARN_SHARE", "ff_control_sets", "describe_control_sets"]
+__all__ = ["FFS_PER_TILE", "WARN_SHARE", "ff_control_sets", "describe_control_sets", "top_module"]
 
 FFS_PER_TILE = 8        #: flip-flops of an ECP5 logic tile (four slices of two)
 _FFS_PER_SLICE = 2
@@ -33,16 +33,12 @@ def ff_control_sets(netlist: str | Path | dict) -> dict:
     slices four to a tile, summed. A lower bound: it ignores the LUTs, carry chains and
     LUT RAMs the tiles also hold."""
     d = netlist if isinstance(netlist, dict) else json.loads(Path(netlist).read_text())
-    mods = d.get("modules", {})
-    tops = [m for m in mods.values() if _is_top(m)] or (list(mods.values()) if len(mods) == 1 else [])
-    if len(tops) != 1:
-        raise ValueError(f"netlist: {len(tops)} top modules among {len(mods)}; expected one "
-                         f"(a flattened design)")
+    top = top_module(d)
     groups: dict = defaultdict(Counter)
     lsr_ffs: Counter = Counter()
     ce_nets = set()
     n = 0
-    for cell in tops[0].get("cells", {}).values():
+    for cell in top.get("cells", {}).values():
         if cell.get("type") != "TRELLIS_FF":
             continue
         n += 1
@@ -70,6 +66,17 @@ def describe_control_sets(cs: dict) -> str:
             f"least {cs['min_tiles']} of {cs['tiles']} logic tiles ({100 * share:.0f}%)"
             + (f": above {100 * WARN_SHARE:.0f}%, placement may not legalise (one LSR net per "
                f"tile; docs/synthesis.md)" if share > WARN_SHARE else ""))
+
+
+def top_module(design: dict) -> dict:
+    """The top module of a yosys or nextpnr JSON design (the one module if it has no ``top``
+    attribute); ``ValueError`` unless there is exactly one."""
+    mods = design.get("modules", {})
+    tops = [m for m in mods.values() if _is_top(m)] or (list(mods.values()) if len(mods) == 1 else [])
+    if len(tops) != 1:
+        raise ValueError(f"netlist: {len(tops)} top modules among {len(mods)}; expected one "
+                         f"(a flattened design)")
+    return tops[0]
 
 
 def _is_top(module: dict) -> bool:

@@ -172,6 +172,7 @@ def _fill_cut(order, sizes, rows):
         cur += n
     return cut
 
+
 def _nearest_dsp_row(ebr_row: str, dsp_rows) -> str:
     """The DSP row nearest an EBR row (ties to the south, the lower row number)."""
     y = int(ebr_row[1:])

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from fluidnpu.synth.congestion import family
+from fluidnpu.synth.ctrlsets import top_module
 
 _BEL = re.compile(r"X(\d+)/Y(\d+)/")
 
@@ -29,11 +30,7 @@ def wirelength(design: dict, *, by: str = "family") -> dict[str, dict]:
     (constants, unplaced ends) count nothing."""
     if by not in ("family", "unit"):
         raise ValueError(f"by = {by!r}: must be 'family' or 'unit'")
-    mods = design.get("modules", {})
-    mod = mods.get("top") or next((m for m in mods.values()
-                                   if m.get("attributes", {}).get("top")), None)
-    if mod is None:
-        raise ValueError("no top module in the design")
+    mod = top_module(design)
     tiles: dict[int, list[tuple[int, int]]] = {}
     for c in mod.get("cells", {}).values():
         m = _BEL.match(c.get("attributes", {}).get("NEXTPNR_BEL", ""))
