@@ -7,7 +7,9 @@ bank ``b`` of docs/architecture.md ("Buffers") is element ``b % tp`` of the word
 ``b // tp``. The loader maps every element of a beat to its bank and line; all elements of
 a beat that land in one memory land on the same line (checked for every policy in
 tests/test_buffers.py), so each memory takes a beat as one word write with an enable per
-element: no per-bank crossbar.
+element: no per-bank crossbar. A beat's elements land on at most two consecutive lines,
+so the beat carries one line and each element the low bit of its own
+(:func:`write_beat_layout`).
 
 Fetch: every memory is read at one address per cycle. W stays beside its PE (a network
 of ``log2(tp)`` levels inside the word replicates the weights over the ``B_P`` segments;
@@ -27,19 +29,35 @@ from .config import HwConfig
 from .interface import log2
 from .widemux import WideMux
 
-__all__ = ["OperandBuffers", "elem_write_layout", "net_stages", "w_stages"]
+__all__ = ["OperandBuffers", "elem_write_layout", "write_beat_layout", "net_stages",
+           "w_stages"]
 
 #: copy-network levels resolved per register stage
 LEVELS_PER_STAGE = 2
 
 
 def elem_write_layout(cfg: HwConfig) -> data.StructLayout:
-    depth = 2 * max(cfg.x_depth, cfg.w_depth)
+    """One element of a write beat: enable, logical bank, the low bit of its line, data."""
     return data.StructLayout({
         "en": 1,
         "bank": range(cfg.lanes),
-        "addr": range(depth),        # slot * depth + line
+        "lsb": 1,                    # bit 0 of the element's line (slot * depth + line)
         "data": signed(cfg.data_width),
+    })
+
+
+def write_beat_layout(cfg: HwConfig) -> data.StructLayout:
+    """The loader's write beat: the line of element 0 and the beat's elements.
+
+    The elements of a beat land on at most two lines, ``line`` and ``line + 1`` (X: ``E/S
+    <= F`` consecutive virtual lines, ``F`` to a memory line; W: one line), so each element
+    carries only its line's low bit: it is on ``line + 1`` when that bit differs from
+    ``line``'s. (Until 7 Dec 2026 every element carried its whole line, 11 bits each on
+    the 8 x 8 and 16 x 8: 88 of the beat's 216 bits, in every memory's copy.)"""
+    depth = 2 * max(cfg.x_depth, cfg.w_depth)
+    return data.StructLayout({
+        "line": range(depth),        # slot * depth + line of element 0
+        "el": data.ArrayLayout(elem_write_layout(cfg), cfg.elems_per_beat),
     })
 
 
@@ -91,7 +109,6 @@ class OperandBuffers(wiring.Component):
 
     def __init__(self, cfg: HwConfig, *, tag_width: int = 1):
         self.cfg = cfg
-        e = cfg.elems_per_beat
         op = data.ArrayLayout(signed(cfg.data_width), cfg.lanes)
         super().__init__({
             # layer policy, stable while a layer runs
@@ -101,8 +118,7 @@ class OperandBuffers(wiring.Component):
             # write side (loader)
             # the beat goes to X (else W); the beat; equal copies (``wr_copies``)
             "wr_x": In(self.wr_copies(cfg)),
-            "wr": In(data.ArrayLayout(data.ArrayLayout(elem_write_layout(cfg), e),
-                                      self.wr_copies(cfg))),
+            "wr": In(data.ArrayLayout(write_beat_layout(cfg), self.wr_copies(cfg))),
             # read side (compute)
             "rd_valid": In(1),
             "rd_tag": In(tag_width),
@@ -157,9 +173,10 @@ class OperandBuffers(wiring.Component):
         memory across the block-RAM rows (the 8 x 8's worst path on 085289d: 11.66 ns of
         wire into ``w1_hit_rep*``). w1: per memory and element, whether the element lands
         in this memory (``w1_mhit``: its enable and the bank's memory part, one LUT), its
-        position in the word, line and data. w2: per position of the word whether an
-        element hits it and which (a binary index: at most one element hits a position),
-        and the line of the elements that land here (an AND-OR over the w1 hits). (Decoded
+        position in the word, whether it is on the beat's second line (``w1_inc``), and
+        its data; the beat's two lines. w2: per position of the word whether an element
+        hits it and which (a binary index: at most one element hits a position), and the
+        line of the elements that land here (the second if one of them is on it). (Decoded
         from w0 in one stage, the compare, the OR over the beat and the index encode were
         four LUTs behind the copy, placed between the loader and the memory: the 8 x 8's
         worst path with seed 1 on 9b0eb31 and on 8c73028, 95.87 and 96.35 MHz.) w3: per
@@ -174,26 +191,30 @@ class OperandBuffers(wiring.Component):
         cfg = self.cfg
         tc, tp, dw, e = cfg.tc, cfg.tp, cfg.data_width, cfg.elems_per_beat
         ltp = log2(tp)
-        addr_shape = elem_write_layout(cfg)["addr"].shape
+        addr_shape = write_beat_layout(cfg)["line"].shape
         word = data.ArrayLayout(unsigned(dw), tp)
         xmem, wmem = [], []
         for g in range(tc):
-            wr0 = Signal(data.ArrayLayout(elem_write_layout(cfg), e), name=f"w0_wr_rep{g}")
+            wr0 = Signal(write_beat_layout(cfg), name=f"w0_wr_rep{g}")
             wx0 = Signal(name=f"w0_x_rep{g}")
             c = g * self.wr_copies(cfg) // tc
             m.d.sync += [wr0.eq(self.wr[c]), wx0.eq(self.wr_x[c])]
-            # w1: per element, this memory is hit (``mhit``) and where (position, line)
+            # w1: per element, this memory is hit (``mhit``), where (position) and on the
+            # beat's second line (``inc``); the beat's two lines
             mhit = Signal(e, name=f"w1_mhit_rep{g}")
+            inc = Signal(e, name=f"w1_inc_rep{g}")
             pos = Signal(data.ArrayLayout(unsigned(ltp), e), name=f"w1_pos_rep{g}")
-            addr1 = Signal(data.ArrayLayout(addr_shape, e), name=f"w1_addr_rep{g}")
+            line0 = Signal(addr_shape, name=f"w1_line0_rep{g}")
+            line1 = Signal(addr_shape, name=f"w1_line1_rep{g}")
             d1 = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w1_data_rep{g}")
             wx1 = Signal(name=f"w1_x_rep{g}")
-            for i, el in enumerate(wr0):
+            for i, el in enumerate(wr0.el):
                 m.d.sync += [mhit[i].eq(el.en & ((el.bank >> ltp) == g)),
-                             pos[i].eq(el.bank[:ltp]), addr1[i].eq(el.addr),
-                             d1[i].eq(el.data.as_unsigned())]
-            m.d.sync += wx1.eq(wx0)
-            # w2: per position, an element hits it (``w2_hit``), and which (``w2_sel``)
+                             inc[i].eq(el.lsb ^ wr0.line[0]),
+                             pos[i].eq(el.bank[:ltp]), d1[i].eq(el.data.as_unsigned())]
+            m.d.sync += [wx1.eq(wx0), line0.eq(wr0.line), line1.eq(wr0.line + 1)]
+            # w2: per position, an element hits it (``w2_hit``), and which (``w2_sel``);
+            # the memory's line (every element that lands here is on the same one)
             d_rep = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w2_data_rep{g}")
             hit = Signal(tp, name=f"w2_hit_rep{g}")
             sel = Signal(data.ArrayLayout(range(e), tp), name=f"w2_sel_rep{g}")
@@ -206,10 +227,7 @@ class OperandBuffers(wiring.Component):
                 for i, h in enumerate(hits):
                     idx = idx | Mux(h, i, 0)
                 m.d.sync += [hit[j].eq(Cat(*hits).any()), sel[j].eq(idx)]
-            line_or = 0
-            for i in range(e):
-                line_or = line_or | Mux(mhit[i], addr1[i], 0)
-            m.d.sync += line.eq(line_or)
+            m.d.sync += line.eq(Mux((mhit & inc).any(), line1, line0))
 
             w3_data = Signal(word, name=f"w3_data{g}")
             w3_x = Signal(tp, name=f"w3_xen{g}")

@@ -21,7 +21,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from .buffers import OperandBuffers, elem_write_layout
+from .buffers import OperandBuffers, write_beat_layout
 from .config import HwConfig
 from .interface import layer_desc_layout, log2
 from .loader_write import KIND_B, KIND_W, KIND_X, lane_decode, response_side, tag_layout
@@ -47,7 +47,6 @@ class Loader(wiring.Component):
 
     def __init__(self, cfg: HwConfig):
         self.cfg = cfg
-        e = cfg.elems_per_beat
         dim = cfg.dim_width
         super().__init__({
             "desc": In(layer_desc_layout(cfg)),
@@ -69,8 +68,7 @@ class Loader(wiring.Component):
             # the write beat in ``OperandBuffers.wr_copies`` equal copies, each from
             # registers of its own, for the buffers' memories in its share
             "wr_x": Out(OperandBuffers.wr_copies(cfg)),
-            "wr": Out(data.ArrayLayout(data.ArrayLayout(elem_write_layout(cfg), e),
-                                       OperandBuffers.wr_copies(cfg))),
+            "wr": Out(data.ArrayLayout(write_beat_layout(cfg), OperandBuffers.wr_copies(cfg))),
             "bias": Out(data.ArrayLayout(data.ArrayLayout(signed(32), cfg.tc), 2)),
             "g_idx": Out(dim),
             "g_addr": In(cfg.addr_width),

@@ -1,5 +1,6 @@
 """The loader's response side: each read response, with the tag its request left in the
-tag FIFO, decoded into the operand buffers' write beat (every element's bank and line, in
+tag FIFO, decoded into the operand buffers' write beat (every element's bank, the beat's
+line and each element's line bit: ``buffers.write_beat_layout``; in
 ``OperandBuffers.wr_copies`` copies) or the bias registers, and the load completion counts
 (``x_done``/``w_done``) that move once a load's last beat is in the memories.
 
@@ -173,13 +174,19 @@ def _write_copy(ldr, m, c: int, r1, r1_s, r1_j, r1_lo):
         wbank = (((t.idx << lp.lk) | j) << ltp) | ((s & lp.bpmask) << lp.lseg) | lo
         waddr = (t.slot << log2(cfg.w_depth)) | (s >> lp.lbp)
         el = Signal(elem_write_layout(cfg), name=f"r3_wr{e}_rep{c}")
+        line = Mux(is_x, xaddr, waddr)
         m.d.sync += [
             el.en.eq(r2.valid & (is_x | is_w) & (e < t.nvalid)),
             el.bank.eq(Mux(is_x, xbank, wbank)),
-            el.addr.eq(Mux(is_x, xaddr, waddr)),
+            el.lsb.eq(line[0]),
             el.data.eq(d),
         ]
-        m.d.comb += out[e].eq(el)
+        m.d.comb += out.el[e].eq(el)
+        if e == 0:
+            # the beat's line (write_beat_layout): element 0's; the others only its low bit
+            line0 = Signal.like(out.line, name=f"r3_wr_line_rep{c}")
+            m.d.sync += line0.eq(line)
+            m.d.comb += out.line.eq(line0)
     wx = Signal(name=f"r3_wr_x_rep{c}")
     m.d.sync += wx.eq(is_x)
     m.d.comb += ldr.wr_x[c].eq(wx)
