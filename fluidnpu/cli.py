@@ -239,6 +239,11 @@ def regmap(config_path, sets, top, fmt, out_path):
 @click.option("--placer", type=click.Choice(["auto", "heap", "static"]), default="auto", show_default=True,
               help="nextpnr's placer; auto is static on ECP5 (it spreads large, dense designs "
                    "better: docs/synthesis.md) and HeAP on iCE40.")
+@click.option("--router", type=click.Choice(["auto", "router1", "router2"]), default="auto",
+              show_default=True,
+              help="nextpnr's router; auto is router2 with timing-driven rip-up on ECP5 and "
+                   "router1 on iCE40. router1 is slower but routes dense designs whose router2 "
+                   "overuse levels off (the 16 x 8: docs/synthesis.md).")
 @click.option("--floorplan", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
               help="auto: each operand memory's block RAMs side by side in one row (ECP5); "
                    "none: nextpnr places them.")
@@ -246,8 +251,8 @@ def regmap(config_path, sets, top, fmt, out_path):
               help="Keep router2's overuse by design unit and signal family (congestion.json, "
                    "the result's congestion): which part of the design does not route. ECP5.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, placer, floorplan,
-          congestion, as_json):
+def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, placer, router,
+          floorplan, congestion, as_json):
     """Synthesise the NPU (yosys, nextpnr): LUTs, FFs, DSPs, BRAMs, Fmax, fit."""
     from fluidnpu.synth import TARGETS, SynthError, synthesize
     from fluidnpu.synth.flow import parse_seeds
@@ -270,7 +275,7 @@ def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only,
             click.echo(f"[{stage}] {message}", err=True)
     try:
         r = synthesize(cfg, target, out_dir, seed=seed, seeds=seeds, jobs=jobs,
-                       pack_only=pack_only, progress=progress, placer=placer,
+                       pack_only=pack_only, progress=progress, placer=placer, router=router,
                        floorplan=floorplan, congestion=congestion)
     except SynthError as e:
         fail(e)

@@ -32,7 +32,7 @@ from .ctrlsets import FFS_PER_TILE, describe_control_sets, ff_control_sets
 from .floorplan import FLOORPLANS, apply_floorplan
 from .parse import overflowing, parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import SynthResult, resources_from
-from .targets import ECP5_SYNTH_FIRST, TARGETS, Target, ecp5_rest, get_target
+from .targets import ECP5_ROUTER_ARGS, ECP5_SYNTH_FIRST, TARGETS, Target, ecp5_rest, get_target
 from .tools import (SynthError, ToolFailed, ToolTimeout, check_nextpnr_log, check_yosys_log,
                     find_tool, run_tool, stop_running_tools, tool_version)
 from .top import DEFAULT_RAM_BYTES, BoardTop
@@ -121,6 +121,32 @@ def resolve_placer(placer: str, family: str) -> str:
         return "static" if family == "ecp5" else "heap"
     return placer
 
+#: nextpnr routers the flow offers (``--router``); ``auto`` is router2 with timing-driven
+#: rip-up on ECP5 (:data:`~.targets.ECP5_ROUTER_ARGS`: hours faster than router1 on the
+#: default core) and nextpnr's own default (router1) elsewhere. router1 routes where
+#: router2's overuse levels off: the 16 x 8 (7 Dec 2026, docs/synthesis.md), whose
+#: overuse router2 took down to about 9,500 wires and no further, routed with router1 in
+#: 57 minutes
+ROUTERS = ("auto", "router1", "router2")
+
+
+def resolve_router(router: str, family: str) -> str:
+    """The nextpnr router ``router`` means on a device ``family`` (``auto`` resolved)."""
+    if router not in ROUTERS:
+        raise ValueError(f"router = {router!r}: must be one of {', '.join(ROUTERS)}")
+    if router == "auto":
+        return "router2" if family == "ecp5" else "router1"
+    return router
+
+
+def router_args(router: str, family: str) -> tuple[str, ...]:
+    """nextpnr's options for the resolved ``router`` (router2 with timing-driven rip-up on
+    ECP5; nothing for router1 off ECP5, nextpnr's default there)."""
+    if router == "router2":
+        return ECP5_ROUTER_ARGS if family == "ecp5" else ("--router", "router2")
+    return ("--router", "router1") if family == "ecp5" else ()
+
+
 #: the most nextpnr seeds one run may sweep
 MAX_SEEDS = 64
 
@@ -193,7 +219,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                progress: Progress | None = None, use_cache: bool = True,
                bitstream: bool = True, pack_only: bool = False,
                ram_bytes: int = DEFAULT_RAM_BYTES,
-               timeout: float | None = None, placer: str = "auto",
+               timeout: float | None = None, placer: str = "auto", router: str = "auto",
                floorplan: str = "auto", congestion: bool = False) -> SynthResult:
     """Synthesise ``cfg`` for ``target`` and return its resources, Fmax and fit.
 
@@ -218,6 +244,9 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
       ``"static"`` (electrostatic; on large, dense designs it spreads cells better and
       routing converges where HeAP's placement leaves it congested, docs/synthesis.md)
       or ``"auto"`` (static on ECP5, HeAP on iCE40: :data:`PLACERS`).
+    * ``router``: nextpnr's router, ``"router2"`` (on ECP5 with timing-driven rip-up),
+      ``"router1"`` (slower; routes dense designs whose router2 overuse levels off) or
+      ``"auto"`` (router2 on ECP5, router1 on iCE40: :data:`ROUTERS`).
     * ``floorplan``: ``"auto"`` pins each operand memory's block RAMs side by side in one
       row of an ECP5 (:mod:`fluidnpu.synth.floorplan`; what it did is in ``floorplan``
       of the result), ``"none"`` leaves them to nextpnr.
@@ -248,11 +277,12 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
         raise ValueError(f"seeds = {seeds}: pack_only stops before placement, so every seed "
                          "gives the same result; give one seed")
     placer = resolve_placer(placer, tgt.family)
+    router = resolve_router(router, tgt.family)
     if floorplan not in FLOORPLANS:
         raise ValueError(f"floorplan = {floorplan!r}: must be one of {', '.join(FLOORPLANS)}")
-    if congestion and "router2" not in tgt.nextpnr_args:
-        raise ValueError(f"congestion: needs nextpnr's router2 (the ECP5 targets); {target} "
-                         "does not route with it")
+    if congestion and (tgt.family != "ecp5" or router != "router2"):
+        raise ValueError(f"congestion: needs nextpnr's router2 on an ECP5 target; {target} "
+                         f"routes with {router}")
     if congestion and pack_only:
         raise ValueError("congestion: pack_only stops before routing; give one or the other")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
@@ -269,6 +299,9 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
                "pack_only": bool(pack_only) if tgt.is_board else None,
                # (only then a key: cached results of HeAP runs keep their keys)
                **({"placer": placer} if tgt.is_board and placer != "heap" else {}),
+               # (only then a key: results routed with the family's default keep theirs)
+               **({"router": router} if tgt.is_board
+                  and router != resolve_router("auto", tgt.family) else {}),
                **({"congestion": True} if congestion else {}),
                "floorplan": floorplan if tgt.ebr_device else None}
     key = cache_key(cfg, target, versions, **options)
@@ -342,10 +375,11 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
         if len(seeds) > 1:
             seed, pnr, seed_fmax = _seed_sweep(tgt, out, seeds, jobs, target_mhz, timeout, say,
                                                stage_s, files, versions, placer=placer,
+                                               router=router,
                                                congestion=congestion)
         else:
             pnr = _place_and_route(tgt, out, seed, target_mhz, timeout, say, stage_s, files,
-                                   versions, pack_only=pack_only, placer=placer,
+                                   versions, pack_only=pack_only, placer=placer, router=router,
                                    congestion=congestion)
         fits, reason, util, fmax, crit, placed = pnr[:6]
         if fits and fmax is not None and bitstream:      # routed (so not pack_only)
@@ -414,7 +448,7 @@ def _synth_overrides(tgt: Target, top: str) -> dict:
 def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
                      timeout: float | None, say: Progress, stage_s: dict, files: dict,
                      versions: dict, *, pack_only: bool = False, placer: str = "heap",
-                     congestion: bool = False) -> _PnR:
+                     router: str = "router2", congestion: bool = False) -> _PnR:
     """Run nextpnr; returns what it gave (:class:`_PnR`).
 
     A run stopped by ``timeout`` after placement (its log has nextpnr's timing estimate
@@ -430,6 +464,7 @@ def _place_and_route(tgt: Target, out: Path, seed: int, target_mhz: float,
             "--report", "report.json", "--seed", str(seed), "--timing-allow-fail", "--quiet"]
     if placer != "heap":
         args += ["--placer", placer]
+    args += router_args(router, tgt.family)
     if congestion:
         (out / "congestion.json").unlink(missing_ok=True)
         clear_heatmaps(out)                                  # a stopped run's files
@@ -506,7 +541,7 @@ def _write_congestion(out: Path) -> dict | None:
 
 def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None,
                 target_mhz: float, timeout, say: Progress, stage_s: dict, files: dict,
-                versions: dict, placer: str = "heap",
+                versions: dict, placer: str = "heap", router: str = "router2",
                 congestion: bool = False) -> tuple[int, _PnR, dict]:
     """Place and route ``out/top.json`` once per seed, ``jobs`` at once; keep the best.
 
@@ -530,7 +565,7 @@ def _seed_sweep(tgt: Target, out: Path, seeds: tuple[int, ...], jobs: int | None
                 shutil.copy(out / name, dst)
         st, fl = {}, {}
         r = _place_and_route(tgt, d, s, target_mhz, timeout, say, st, fl, versions, placer=placer,
-                             congestion=congestion)
+                             router=router, congestion=congestion)
         say("nextpnr", f"seed {s}: " + (f"{r.fmax:.2f} MHz" if r.fmax is not None else
                                         r.reason if r.placed is not None else
                                         f"does not fit: {r.reason}"))

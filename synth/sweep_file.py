@@ -28,7 +28,22 @@ class SweepError(ValueError):
 AXES = ("model", "scenario", "scheduler", "mapping", "seed")
 _TOP = {"name", "base", "grid", "hw", "synth", "perf", "serve", "scenario", "plot", "seed", "description"}
 _SYNTH_KEYS = {"target", "pack_only", "seed", "seeds", "target_mhz", "timeout_s", "max_parallel",
-               "bitstream", "placer", "floorplan"}
+               "bitstream", "placer", "router", "floorplan"}
+
+
+def _placers():
+    from .flow import PLACERS
+    return PLACERS
+
+
+def _routers():
+    from .flow import ROUTERS
+    return ROUTERS
+
+
+#: synth settings an [[hw]] row may give for its own synthesis (over [synth]'s): nextpnr's
+#: placer and router (a large configuration may need router1, docs/synthesis.md)
+_ROW_SYNTH = {"placer": _placers, "router": _routers}
 _PERF_KEYS = {"batches"}
 _SERVE_KEYS = {"b_max", "slo_reference"}
 _PLOT_KEYS = {"x", "y"}
@@ -243,20 +258,22 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
     hw_list = []
     for i, e in enumerate(hw_entries):
         w = f"{where}: hw[{i}]"
-        _check_keys(w, e, set(hwf) | {"label", "placer"}, "[[hw]]")
+        _check_keys(w, e, set(hwf) | {"label", *_ROW_SYNTH}, "[[hw]]")
         clash = sorted(set(e) & set(axes))
         if clash:
             raise SweepError(f"{w}: {', '.join(clash)} is set both here and in [grid]: give it in one place")
         label = e.get("label")
         if label is not None and (not isinstance(label, str) or not label):
             raise SweepError(f"{w}: label = {label!r}: must be a non-empty string")
-        placer = e.get("placer")         # this row's nextpnr placer, over synth.placer
-        if placer is not None:
-            from .flow import PLACERS
-            _one_of(w, "placer", placer, PLACERS)
-            if "synth" not in d:
-                raise SweepError(f"{w}: placer = {placer!r}: a row's placer needs a [synth] section")
-        hw_list.append((label, placer, {k: v for k, v in e.items() if k not in ("label", "placer")}))
+        row_synth = {}                   # this row's nextpnr placer / router, over synth.*
+        for k, choices in _ROW_SYNTH.items():
+            if k in e:
+                _one_of(w, k, e[k], choices())
+                if "synth" not in d:
+                    raise SweepError(f"{w}: {k} = {e[k]!r}: a row's {k} needs a [synth] section")
+                row_synth[k] = e[k]
+        hw_list.append((label, row_synth,
+                        {k: v for k, v in e.items() if k != "label" and k not in _ROW_SYNTH}))
 
     # sections
     synth = None
@@ -283,10 +300,10 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
                 raise SweepError(f"{where}: synth.seeds = {raw!r}: pack_only stops before "
                                  "placement; a seed sweep needs place and route")
             synth["seeds"], synth["seed"] = list(seeds), seeds[0]
-        if "placer" in s:       # (only then a key, as for seeds)
-            from .flow import PLACERS
-            _one_of(where, "synth.placer", s["placer"], PLACERS)
-            synth["placer"] = s["placer"]
+        for k, choices in _ROW_SYNTH.items():
+            if k in s:          # (only then a key, as for seeds)
+                _one_of(where, f"synth.{k}", s[k], choices())
+                synth[k] = s[k]
         if "floorplan" in s:    # (only then a key)
             from .floorplan import FLOORPLANS
             _one_of(where, "synth.floorplan", s["floorplan"], FLOORPLANS)
@@ -384,7 +401,7 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
     cfgs: dict[str, Any] = {}
     checked_scen: set = set()
     opts = {"synth": synth, "perf": perf, "serve": serve}
-    for (label, placer, hw_fixed), hw_vals in itertools.product(hw_list, itertools.product(*(axes[k] for k in hw_axes))):
+    for (label, row_own, hw_fixed), hw_vals in itertools.product(hw_list, itertools.product(*(axes[k] for k in hw_axes))):
         hw_over = dict(hw_fixed)
         hw_over.update(zip(hw_axes, hw_vals))
         try:
@@ -398,8 +415,8 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
         hw_label = (f"{label} {axis_part}" if axis_part else label) if label else (_fmt_over(hw_over) or "base")
         sid = None
         if synth is not None:
-            # a row's own placer (only then a key, as for synth.placer)
-            row_synth = synth if placer is None else {**synth, "placer": placer}
+            # a row's own placer / router (only then a key, as for synth.placer)
+            row_synth = {**synth, **row_own} if row_own else synth
             sjob = {"kind": "synth", "hw": hw, "synth": row_synth, "label": hw_label}
             sid = "s" + _digest({"cfg": cfg.key(), "synth": row_synth})
             sjob["id"] = sid

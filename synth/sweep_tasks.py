@@ -30,7 +30,8 @@ def evaluate_synth(job: dict, out_root: str | None = None) -> dict:
         r = synthesize(cfg, s["target"], out_dir, seed=s["seed"], seeds=s.get("seeds"),
                        target_mhz=s["target_mhz"],
                        pack_only=s["pack_only"], bitstream=s["bitstream"], timeout=s["timeout_s"],
-                       placer=s.get("placer", "auto"), floorplan=s.get("floorplan", "auto"))
+                       placer=s.get("placer", "auto"), router=s.get("router", "auto"),
+                       floorplan=s.get("floorplan", "auto"))
         rec["metrics"] = {
             "target": r.target, "luts": r.luts, "ffs": r.ffs, "dsps": r.dsps, "brams": r.brams,
             "lut_util": r.util.get("luts"), "ff_util": r.util.get("ffs"), "dsp_util": r.util.get("dsps"),

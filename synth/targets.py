@@ -83,7 +83,8 @@ class Target:
         return type(f"{cls_name}_at_{clock_mhz:g}MHz", (cls,), {"resources": res})
 
 
-#: nextpnr-ecp5's router and its options, for ``fluidnpu synth`` and the board build:
+#: nextpnr-ecp5's router and its options, for ``fluidnpu synth`` (its ``router = "auto"``,
+#: :data:`~.flow.ROUTERS`) and the board build:
 #: router1 needs hours for the default core; router2's timing-driven rip-up re-routes the
 #: nets of failing paths (on one placement of the default 8 x 8 with seed 1, 8c73028
 #: with the memories' write decode of 5 Dec 2026, 96.35 MHz without and 103.08 with it)
@@ -93,8 +94,7 @@ ECP5_ROUTER_ARGS = ("--router", "router2", "--tmg-ripup")
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("ulx3s-85f", "ecp5", "LFE5U-85F-6BG381C",
            platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
-           nextpnr="nextpnr-ecp5", nextpnr_args=("--85k", "--package", "CABGA381", "--speed", "6",
-                                                  *ECP5_ROUTER_ARGS),
+           nextpnr="nextpnr-ecp5", nextpnr_args=("--85k", "--package", "CABGA381", "--speed", "6"),
            pack="ecppack", ebr_device="85k",
            capacity={"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156,
                      "DP16KD": 208}),

@@ -119,6 +119,9 @@ BAD = [
     ("[synth]\nplacer = 'sa'\n", "synth.placer = 'sa': must be one of auto, heap, static"),
     ("[[hw]]\nplacer = 'sa'\n[synth]\n", "hw[0]: placer = 'sa': must be one of auto, heap, static"),
     ("[[hw]]\nplacer = 'static'\n[grid]\nmodel = 'tiny'\n[perf]\n", "a row's placer needs a [synth] section"),
+    ("[synth]\nrouter = 'maze'\n", "synth.router = 'maze': must be one of auto, router1, router2"),
+    ("[[hw]]\nrouter = 'maze'\n[synth]\n", "hw[0]: router = 'maze': must be one of auto, router1, router2"),
+    ("[[hw]]\nrouter = 'router1'\n[grid]\nmodel = 'tiny'\n[perf]\n", "a row's router needs a [synth] section"),
     ("[synth]\nseeds = [1, 2]\npack_only = true\n", "pack_only stops before placement"),
 ]
 
@@ -379,3 +382,33 @@ def test_a_row_may_set_its_own_placer(tmp_path):
     ids = {j["label"]: sid for sid, j in plain.synth_jobs.items()}
     mids = {j["label"]: sid for sid, j in mixed.synth_jobs.items()}
     assert mids["a"] == ids["a"] and mids["b"] != ids["b"]
+
+
+def test_a_row_may_set_its_own_router(tmp_path, monkeypatch):
+    """``router`` in an [[hw]] row overrides synth.router for that row's synthesis only (the
+    16 x 8 routes with router1, the others with the default router2) and reaches
+    synthesize; a row without it keeps its job id; synth.router applies to every row."""
+    base = "[[hw]]\nlabel = 'a'\n[[hw]]\nlabel = 'b'\ntc = 4\n{extra}[synth]\ntarget = 'ulx3s-85f'\n{glob}"
+    plain = load_sweep(write(tmp_path, base.format(extra="", glob=""), "plain.toml"))
+    mixed = load_sweep(write(tmp_path, base.format(extra="router = 'router1'\nplacer = 'heap'\n",
+                                                   glob=""), "mixed.toml"))
+    got = {j["label"]: (j["synth"].get("router"), j["synth"].get("placer"))
+           for j in mixed.synth_jobs.values()}
+    assert got == {"a": (None, None), "b": ("router1", "heap")}
+    ids = {j["label"]: sid for sid, j in plain.synth_jobs.items()}
+    mids = {j["label"]: sid for sid, j in mixed.synth_jobs.items()}
+    assert mids["a"] == ids["a"] and mids["b"] != ids["b"]
+    glob = load_sweep(write(tmp_path, base.format(extra="", glob="router = 'router1'\n"), "g.toml"))
+    assert {j["synth"].get("router") for j in glob.synth_jobs.values()} == {"router1"}
+    # the task hands the row's router and placer to the flow
+    import fluidnpu.synth.flow as flow
+    from fluidnpu.synth.sweep_tasks import evaluate_synth
+    seen = []
+
+    def fake(cfg, target, out_dir, **kw):
+        seen.append(kw)
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(flow, "synthesize", fake)
+    for j in mixed.synth_jobs.values():
+        assert evaluate_synth(j)["ok"] is False
+    assert sorted((kw["router"], kw["placer"]) for kw in seen) == [("auto", "auto"), ("router1", "heap")]

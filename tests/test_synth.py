@@ -377,6 +377,58 @@ def test_flow_placer_option(fake_tools, tmp_path):
     assert fake_tools("nextpnr") == 2 and fake_tools("yosys") == 2
 
 
+def test_flow_router_option(fake_tools, tmp_path):
+    """The default (auto) on ECP5 is router2 with timing-driven rip-up, the same run (and
+    cache entry) as --router router2; router1 passes ``--router router1`` without the
+    rip-up and is a run of its own; a router nextpnr lacks, or congestion (router2's
+    heatmaps) with router1, is refused before any tool runs."""
+    args = tmp_path / "counts" / "nextpnr.args"
+    synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
+    last = args.read_text().splitlines()[-1]
+    assert "--router router2" in last and "--tmg-ripup" in last
+    assert synthesize(SMALL, "ulx3s-85f", tmp_path / "b", router="router2").cached
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "c", router="router1")
+    assert not r.cached and fake_tools("nextpnr") == 2
+    last = args.read_text().splitlines()[-1]
+    assert last.count("--router router1") == 1 and "router2" not in last and "--tmg-ripup" not in last
+    assert synthesize(SMALL, "ulx3s-85f", tmp_path / "c2", router="router1").cached
+    with pytest.raises(ValueError, match="router = 'router3': must be one of auto, router1, router2"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "d", router="router3")
+    with pytest.raises(ValueError, match="congestion: needs nextpnr's router2 .* routes with router1"):
+        synthesize(SMALL, "ulx3s-85f", tmp_path / "e", router="router1", congestion=True)
+    assert fake_tools("nextpnr") == 2 and fake_tools("yosys") == 2
+
+
+def test_cli_router_option(fake_tools, tmp_path):
+    """``fluidnpu synth --router router1`` reaches nextpnr; a router it lacks is a usage
+    error naming the option before any tool runs."""
+    from click.testing import CliRunner
+
+    from fluidnpu.cli import main
+    sets = [a for k, v in (("tc", 4), ("tp", 4), ("tr", 4), ("x_buf_elems", 64),
+                           ("w_buf_elems", 16), ("mem_bytes", 4), ("addr_width", 16),
+                           ("dim_width", 8)) for a in ("--set", f"{k}={v}")]
+    res = CliRunner().invoke(main, ["synth", *sets, "--router", "router1", "--out",
+                                    str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "--router router1" in (tmp_path / "counts" / "nextpnr.args").read_text().splitlines()[-1]
+    bad = CliRunner().invoke(main, ["synth", *sets, "--router", "maze"])
+    assert bad.exit_code == 2 and "--router" in bad.output and "maze" in bad.output
+    assert fake_tools("nextpnr") == 1
+
+
+def test_auto_router_is_router2_on_ecp5_only():
+    from fluidnpu.synth.flow import resolve_router, router_args
+    assert resolve_router("auto", "ecp5") == "router2"
+    assert resolve_router("auto", "ice40") == "router1"
+    assert resolve_router("router1", "ecp5") == "router1"
+    assert router_args("router2", "ecp5") == ("--router", "router2", "--tmg-ripup")
+    assert router_args("router1", "ecp5") == ("--router", "router1")
+    assert router_args("router1", "ice40") == ()         # nextpnr-ice40's default
+    with pytest.raises(ValueError, match="router = 'sa': must be one of auto, router1, router2"):
+        resolve_router("sa", "ecp5")
+
+
 def test_congestion_families():
     from fluidnpu.synth.congestion import family
     assert family("harness.core.bufs.w1_hit_rep3_TRELLIS_FF_Q_62") == (
