@@ -52,7 +52,7 @@ def write_beat_layout(cfg: HwConfig) -> data.StructLayout:
     The elements of a beat land on at most two lines, ``line`` and ``line + 1`` (X: ``E/S
     <= F`` consecutive virtual lines, ``F`` to a memory line; W: one line), so each element
     carries only its line's low bit: it is on ``line + 1`` when that bit differs from
-    ``line``'s. (Until 7 Dec 2026 every element carried its whole line, 11 bits each on
+    ``line``'s. (Until 6 Dec 2026, evening, every element carried its whole line, 11 bits each on
     the 8 x 8 and 16 x 8: 88 of the beat's 216 bits, in every memory's copy.)"""
     depth = 2 * max(cfg.x_depth, cfg.w_depth)
     return data.StructLayout({

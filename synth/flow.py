@@ -124,7 +124,7 @@ def resolve_placer(placer: str, family: str) -> str:
 #: nextpnr routers the flow offers (``--router``); ``auto`` is router2 with timing-driven
 #: rip-up on ECP5 (:data:`~.targets.ECP5_ROUTER_ARGS`: hours faster than router1 on the
 #: default core) and nextpnr's own default (router1) elsewhere. router1 routes where
-#: router2's overuse levels off: the 16 x 8 (7 Dec 2026, docs/synthesis.md), whose
+#: router2's overuse levels off: the 16 x 8 (6 Dec 2026, evening, docs/synthesis.md), whose
 #: overuse router2 took down to about 9,500 wires and no further, routed with router1 in
 #: 57 minutes
 ROUTERS = ("auto", "router1", "router2")
