@@ -113,13 +113,17 @@ def cache_key(cfg: HwConfig, target: str, versions: dict, **options) -> str:
 PLACERS = ("auto", "heap", "static")
 
 
+def _resolve(option: str, value: str, choices: tuple[str, ...], auto: str) -> str:
+    """``value`` of a tool ``option`` checked against ``choices``; ``auto`` resolved."""
+    if value not in choices:
+        raise ValueError(f"{option} = {value!r}: must be one of {', '.join(choices)}")
+    return auto if value == "auto" else value
+
+
 def resolve_placer(placer: str, family: str) -> str:
     """The nextpnr placer ``placer`` means on a device ``family`` (``auto`` resolved)."""
-    if placer not in PLACERS:
-        raise ValueError(f"placer = {placer!r}: must be one of {', '.join(PLACERS)}")
-    if placer == "auto":
-        return "static" if family == "ecp5" else "heap"
-    return placer
+    return _resolve("placer", placer, PLACERS, "static" if family == "ecp5" else "heap")
+
 
 #: nextpnr routers the flow offers (``--router``); ``auto`` is router2 with timing-driven
 #: rip-up on ECP5 (:data:`~.targets.ECP5_ROUTER_ARGS`: hours faster than router1 on the
@@ -132,11 +136,7 @@ ROUTERS = ("auto", "router1", "router2")
 
 def resolve_router(router: str, family: str) -> str:
     """The nextpnr router ``router`` means on a device ``family`` (``auto`` resolved)."""
-    if router not in ROUTERS:
-        raise ValueError(f"router = {router!r}: must be one of {', '.join(ROUTERS)}")
-    if router == "auto":
-        return "router2" if family == "ecp5" else "router1"
-    return router
+    return _resolve("router", router, ROUTERS, "router2" if family == "ecp5" else "router1")
 
 
 def router_args(router: str, family: str) -> tuple[str, ...]:
