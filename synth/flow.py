@@ -400,6 +400,7 @@ def synthesize(cfg: HwConfig, target: str = "ulx3s-85f", out_dir: str | Path | N
         congestion=pnr.congestion if tgt.is_board else None,
         config=cfg.to_dict(), cfg_key=cfg.key(), tool_versions=versions,
         seed=seed if tgt.is_board else None, seed_fmax=seed_fmax,
+        placer=placer if tgt.is_board else None, router=router if tgt.is_board else None,
         routed=(fmax is not None) if (tgt.is_board and fits and not pack_only) else None,
         fmax_placed_mhz=round(placed, 2) if placed is not None else None,
         elapsed_s=round(time.monotonic() - t0, 1),

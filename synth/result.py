@@ -38,6 +38,8 @@ class SynthResult:
     cfg_key: str = ""
     tool_versions: dict = field(default_factory=dict)
     seed: int | None = None         #: nextpnr seed of the result (the best of a seed sweep)
+    placer: str | None = None       #: board targets: nextpnr's placer (``auto`` resolved)
+    router: str | None = None       #: board targets: nextpnr's router (``auto`` resolved)
     #: seed sweep: Fmax per seed ("seed": MHz, or None: the run failed or did not route)
     seed_fmax: dict = field(default_factory=dict)
     routed: bool | None = None      #: board targets: routing finished (False: stopped by the timeout)

@@ -38,6 +38,7 @@ def evaluate_synth(job: dict, out_root: str | None = None) -> dict:
             "bram_util": r.util.get("brams"), "fmax_mhz": r.fmax_mhz, "target_mhz": r.target_mhz,
             "timing_met": r.timing_met, "fits": r.fits, "fit_reason": r.reason,
             "synth_seed": r.seed, "routed": r.routed, "fmax_placed_mhz": r.fmax_placed_mhz,
+            "router": r.router,
             "seed_fmax": "; ".join(f"{k}: {v}" for k, v in r.seed_fmax.items()),
             "synth_s": r.elapsed_s, "synth_cached": r.cached, "synth_dir": r.out_dir,
             "tools": "; ".join(f"{k} {v}" for k, v in r.tool_versions.items()),

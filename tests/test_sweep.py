@@ -310,6 +310,7 @@ target = "ulx3s-85f"
     assert [(r["label"], r["scheduler"], r["luts"], r["dsps"], r["fits"]) for r in rows] == \
         [("small", "fcfs", "13404", "25", "True"), ("small", "fluid", "13404", "25", "True")]
     assert float(rows[0]["fmax_mhz"]) == pytest.approx(41.95, abs=0.01)
+    assert rows[0]["router"] == "router2"      # how the row was routed, in the table
     assert {p.name for p in res.plots} == {"pareto_p99_ms_vs_luts.png", "pareto_p99_ms_vs_dsps.png",
                                           "pareto_slo_attainment_vs_luts.png", "pareto_slo_attainment_vs_dsps.png"}
 

@@ -383,12 +383,13 @@ def test_flow_router_option(fake_tools, tmp_path):
     rip-up and is a run of its own; a router nextpnr lacks, or congestion (router2's
     heatmaps) with router1, is refused before any tool runs."""
     args = tmp_path / "counts" / "nextpnr.args"
-    synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
+    r = synthesize(SMALL, "ulx3s-85f", tmp_path / "a")
+    assert (r.router, r.placer) == ("router2", "static")      # what ran, in the result
     last = args.read_text().splitlines()[-1]
     assert "--router router2" in last and "--tmg-ripup" in last
     assert synthesize(SMALL, "ulx3s-85f", tmp_path / "b", router="router2").cached
     r = synthesize(SMALL, "ulx3s-85f", tmp_path / "c", router="router1")
-    assert not r.cached and fake_tools("nextpnr") == 2
+    assert not r.cached and fake_tools("nextpnr") == 2 and r.router == "router1"
     last = args.read_text().splitlines()[-1]
     assert last.count("--router router1") == 1 and "router2" not in last and "--tmg-ripup" not in last
     assert synthesize(SMALL, "ulx3s-85f", tmp_path / "c2", router="router1").cached
