@@ -61,6 +61,8 @@ EBR_ROWS: dict[str, tuple[tuple[str, ...], ...]] = {
 
 _MEM = re.compile(r"(?:^|\.)(x|w)mem(\d+)\.bram(\d+)$")
 _MUL = re.compile(r"(?:^|\.)pe\.mul_(\d+)_(\d+)\.mult$")
+#: the drain's multipliers: each beat lane's low and high product, the row offset's
+_DRAIN = re.compile(r"(?:^|\.)drain\.(?:mul_(lo|hi)(\d+)|rowmul)\.mult$")
 
 
 def _dsp_row(y: int) -> tuple[str, ...]:
@@ -184,7 +186,10 @@ def plan_dsp(cell_names, ebr_rows: dict, device: str) -> Floorplan | None:
     neighbouring sites of the DSP row nearest the block-RAM row of its memories
     (``ebr_rows``: :attr:`Floorplan.rows` of :func:`plan_ebr`), the PEs of one block-RAM
     row side by side in PE order, centred on the first row's block. ``None`` when there
-    are no multipliers, no site table or they do not fit.
+    are no multipliers, no site table or they do not fit. When that leaves no run of free
+    sites long enough for the drain's multipliers (``...drain.mul_lo<l>``, ``mul_hi<l>``,
+    ``rowmul``), the PEs of each row are packed from its west end and the drain's pinned
+    east of them (:func:`_pin_drain`); otherwise nextpnr places the drain's.
 
     The static placer spread each PE's 8 multipliers over 50-70 columns of two DSP rows on
     the 8 x 8 (5 Dec 2026), so the PE's adder tree and its stacking partner were as far
@@ -203,20 +208,68 @@ def plan_dsp(cell_names, ebr_rows: dict, device: str) -> Floorplan | None:
     blocks: dict[str, list[int]] = {}          # DSP row -> its PEs, in PE order
     for pe in sorted(lanes):
         blocks.setdefault(_nearest_dsp_row(pe_row[pe], rows), []).append(pe)
-    bels, used = {}, {}
+    start, total = {}, {}
+    for r, pes in blocks.items():
+        total[r] = sum(len(lanes[pe]) for pe in pes)
+        first = sum(len(lanes[pe]) for pe in pes if pe_row[pe] == pe_row[pes[0]])
+        if total[r] > len(rows[r]):
+            return None
+        start[r] = max(0, min((len(rows[r]) - first) // 2, len(rows[r]) - total[r]))
+    # Centred, a row's PEs leave its free sites at its two ends. When neither end of any
+    # row holds all the drain's multipliers (the 16 x 8: 6 sites at each end of two rows
+    # for 17), the PEs are packed west and the drain's pinned in the east ends instead.
+    drain = _drain_cells(cell_names)
+    pack = bool(drain) and max(max(start[r], len(rows[r]) - start[r] - total[r])
+                               for r in blocks) < sum(map(len, drain))
+    bels, used, ends = {}, {}, {}
     for r, pes in blocks.items():
         sites = rows[r]
-        total = sum(len(lanes[pe]) for pe in pes)
-        first = sum(len(lanes[pe]) for pe in pes if pe_row[pe] == pe_row[pes[0]])
-        if total > len(sites):
-            return None
-        slot = max(0, min((len(sites) - first) // 2, len(sites) - total))
+        slot = 0 if pack else start[r]
         for pe in pes:
             for _, name in sorted(lanes[pe]):
                 bels[name] = sites[slot]
                 slot += 1
         used[f"{r} DSP"] = [f"pe{pe}" for pe in pes]
+        ends[r] = slot
+    if pack:
+        _pin_drain(drain, rows, ends, bels, used)
     return Floorplan(bels=bels, rows=used)
+
+
+def _drain_cells(cell_names) -> list[list[str]]:
+    """The drain's multipliers in groups to keep side by side: each beat lane's low and
+    high product, then the row offset's."""
+    lanes: dict[int, list[tuple[str, str]]] = {}
+    rest = []
+    for name in cell_names:
+        m = _DRAIN.search(name)
+        if m and m[1]:
+            lanes.setdefault(int(m[2]), []).append((m[1], name))
+        elif m:
+            rest.append(name)
+    return [[n for _, n in sorted(v, key=lambda t: t[0] != "lo")] for _, v in sorted(lanes.items())] \
+        + [[n] for n in sorted(rest)]
+
+
+def _pin_drain(groups, rows, ends, bels, used) -> None:
+    """Pin the drain's multiplier groups in the free sites east of the PEs (``ends``: the
+    first free site per DSP row), the roomiest row first, a group never split across rows.
+    Left to nextpnr, they filled the sites the PEs left at both ends of the rows: on the
+    16 x 8 (990282f) lane 2's at X9 and the rest at X109-119, and the routed design's worst
+    path ran from one across the device (docs/synthesis.md, 6 Dec 2026, evening).
+    Groups that fit nowhere are left to nextpnr."""
+    order = sorted(ends, key=lambda r: ends[r] - len(rows[r]))
+    free = dict(ends)
+    for g in groups:
+        r = next((r for r in order if len(rows[r]) - free[r] >= len(g)), None)
+        if r is None:
+            continue
+        for name in g:
+            bels[name] = rows[r][free[r]]
+            free[r] += 1
+    for r in order:
+        if free[r] > ends[r]:
+            used[f"{r} DSP"].append(f"drain({free[r] - ends[r]})")
 
 
 def apply_floorplan(netlist: Path, device: str, *, design: dict | None = None) -> Floorplan | None:

@@ -78,7 +78,8 @@ def test_memories_are_whole_contiguous_and_paired(name):
 def mult_names(cfg: HwConfig, prefix="harness.core."):
     """The PE array's and the drain's MULT18X18D cells for ``cfg`` (hw/pe_array.py, drain.py)."""
     return ([f"{prefix}pe.mul_{pe}_{l}.mult" for pe in range(cfg.tc) for l in range(cfg.tp)]
-            + [f"{prefix}drain.mul_lo{i}.mult" for i in range(cfg.elems_per_beat)]
+            + [f"{prefix}drain.mul_{h}{i}.mult" for i in range(cfg.elems_per_beat)
+               for h in ("lo", "hi")]
             + [f"{prefix}drain.rowmul.mult"])
 
 
@@ -151,12 +152,23 @@ def test_16x8_fills_the_rows_so_every_pe_is_pinned(tmp_path):
     path.write_text(json.dumps(design))
     plan = apply_floorplan(path, "85k")
     assert plan.rows["Y46"][:2] == ["x0", "w0"] and len(plan.rows["Y82"]) == 2
-    assert plan.rows["Y34 DSP"] == [f"pe{i}" for i in range(5)]
+    # the drain's 17 multipliers fit neither end of any row with the PEs centred (6 sites
+    # at each end of Y34 and Y10): PEs packed west, the drain's east of them, each lane's
+    # two side by side, the roomiest row first
+    assert plan.rows["Y34 DSP"] == [f"pe{i}" for i in range(5)] + ["drain(12)"]
+    assert plan.rows["Y10 DSP"] == [f"pe{i}" for i in range(5, 10)] + ["drain(5)"]
     assert plan.rows["Y58 DSP"] == [f"pe{i}" for i in range(10, 16)]
     cells = json.loads(path.read_text())["modules"]["top"]["cells"]
     bels = {n: c["attributes"]["BEL"] for n, c in cells.items() if "BEL" in c["attributes"]}
-    assert set(bels) == set(names_for(cfg)) | set(mults[:cfg.lanes])   # the drain's: nextpnr's
+    assert set(bels) == set(names_for(cfg)) | set(mults)
     assert len(set(bels.values())) == len(bels)
+    dsp = DSP_ROWS["85k"]
+    at = {n: (b.split("/")[1], dsp[b.split("/")[1]].index(b)) for n, b in bels.items() if "MULT" in b}
+    assert at["harness.core.pe.mul_0_0.mult"] == ("Y34", 0) and at["harness.core.pe.mul_5_0.mult"] == ("Y10", 0)
+    for l in range(8):
+        (ylo, ilo), (yhi, ihi) = (at[f"harness.core.drain.mul_{h}{l}.mult"] for h in ("lo", "hi"))
+        assert ylo == yhi == ("Y34" if l < 6 else "Y10") and ihi == ilo + 1 and ilo >= 40
+    assert at["harness.core.drain.rowmul.mult"] == ("Y10", 44)
     for pe, (ey, dy, idx) in _pe_rows(bels, cfg).items():
         assert idx == list(range(idx[0], idx[0] + cfg.tp)), f"pe{pe} not contiguous: {idx}"
         dist = abs(int(dy[1:]) - ey)
