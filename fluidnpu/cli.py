@@ -12,6 +12,8 @@ from fluidnpu.cli_common import atomic_write, config_options, fail, load_config,
 from fluidnpu.hw.config import ConfigError, HwConfig
 from fluidnpu.metrics import gemm_metrics
 from fluidnpu.outputs import out_dir as _out_dir, out_file as _out_file, sigterm_as_interrupt
+from fluidnpu.synth.choices import FLOORPLANS, PLACERS, ROUTERS
+from fluidnpu.synth.targets import TARGETS
 
 __all__ = ["main"]
 
@@ -224,7 +226,7 @@ def regmap(config_path, sets, top, fmt, out_path):
 
 @main.command()
 @config_options
-@click.option("--target", type=click.Choice(["ulx3s-85f", "icebreaker", "generic"]), default="ulx3s-85f",
+@click.option("--target", type=click.Choice(list(TARGETS)), default="ulx3s-85f",
               show_default=True, help="Board (device flow to a bitstream) or a technology-independent count.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               callback=_out_dir, help="Folder for logs and results (default: a cache folder).")
@@ -236,15 +238,15 @@ def regmap(config_path, sets, top, fmt, out_path):
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Seed sweep: place-and-route runs at once (default: one per CPU).")
 @click.option("--pack-only", is_flag=True, help="Stop nextpnr after packing: resources and fit, no Fmax.")
-@click.option("--placer", type=click.Choice(["auto", "heap", "static"]), default="auto", show_default=True,
+@click.option("--placer", type=click.Choice(PLACERS), default="auto", show_default=True,
               help="nextpnr's placer; auto is static on ECP5 (it spreads large, dense designs "
                    "better: docs/synthesis.md) and HeAP on iCE40.")
-@click.option("--router", type=click.Choice(["auto", "router1", "router2"]), default="auto",
+@click.option("--router", type=click.Choice(ROUTERS), default="auto",
               show_default=True,
               help="nextpnr's router; auto is router2 with timing-driven rip-up on ECP5 and "
                    "router1 on iCE40. router1 is slower but routes dense designs whose router2 "
                    "overuse levels off (the 16 x 8: docs/synthesis.md).")
-@click.option("--floorplan", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
+@click.option("--floorplan", type=click.Choice(FLOORPLANS), default="auto", show_default=True,
               help="auto: each operand memory's block RAMs side by side in one row (ECP5); "
                    "none: nextpnr places them.")
 @click.option("--congestion", is_flag=True,
@@ -254,7 +256,7 @@ def regmap(config_path, sets, top, fmt, out_path):
 def synth(config_path, sets, target, out_dir, seed, seeds_text, jobs, pack_only, placer, router,
           floorplan, congestion, as_json):
     """Synthesise the NPU (yosys, nextpnr): LUTs, FFs, DSPs, BRAMs, Fmax, fit."""
-    from fluidnpu.synth import TARGETS, SynthError, synthesize
+    from fluidnpu.synth import SynthError, synthesize
     from fluidnpu.synth.flow import parse_seeds
 
     if TARGETS[target].is_board:

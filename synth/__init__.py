@@ -2,11 +2,28 @@
 
 ``synthesize(cfg, target, out_dir)`` gives a :class:`SynthResult` (LUTs, flip-flops,
 DSPs, block RAMs, their share of the device, Fmax, fits); see docs/synthesis.md.
+The names below are imported on first use, so ``fluidnpu.synth.choices`` and
+``fluidnpu.synth.targets`` (the command line's option values) load without the flow.
 """
-from .flow import synthesize
-from .result import SynthResult, format_table
-from .targets import TARGETS
-from .tools import SynthError, ToolFailed, ToolMissing
+from __future__ import annotations
+
+import importlib
 
 __all__ = ["synthesize", "SynthResult", "format_table", "TARGETS", "SynthError", "ToolFailed",
            "ToolMissing"]
+
+_WHERE = {"synthesize": ".flow", "SynthResult": ".result", "format_table": ".result",
+          "TARGETS": ".targets", "SynthError": ".tools", "ToolFailed": ".tools",
+          "ToolMissing": ".tools"}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

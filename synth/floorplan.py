@@ -29,11 +29,10 @@ from pathlib import Path
 
 from fluidnpu.outputs import atomic_write
 
+from .choices import FLOORPLANS
+
 __all__ = ["EBR_ROWS", "DSP_ROWS", "Floorplan", "FLOORPLANS", "plan_ebr", "plan_dsp",
            "apply_floorplan"]
-
-#: the flow's floorplan choices (``--floorplan``)
-FLOORPLANS = ("auto", "none")
 
 
 #: the LFE5U-85F's blocks of 9 columns holding 4 EBR or 4 DSP sites each, west to east (from

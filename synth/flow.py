@@ -29,7 +29,8 @@ from fluidnpu.outputs import atomic_write
 from .congestion import HEATMAP_DIR, HEATMAP_PREFIX, clear_heatmaps
 from .congestion import summarize as summarize_congestion
 from .ctrlsets import FFS_PER_TILE, describe_control_sets, ff_control_sets
-from .floorplan import FLOORPLANS, apply_floorplan
+from .choices import FLOORPLANS, PLACERS, ROUTERS
+from .floorplan import apply_floorplan
 from .parse import overflowing, parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import SynthResult, resources_from
 from .targets import ECP5_ROUTER_ARGS, ECP5_SYNTH_FIRST, TARGETS, Target, ecp5_rest, get_target
@@ -76,8 +77,8 @@ check
 #: the synth/ modules that shape a result (the design's top, the flow, the targets, the
 #: parsing); the sweep runner, the tool lookup and the CLI do not, so editing them keeps
 #: the cache (tool versions are part of the key anyway)
-FLOW_MODULES = ("__init__.py", "congestion.py", "ctrlsets.py", "floorplan.py", "flow.py", "parse.py",
-                "result.py", "targets.py", "top.py")
+FLOW_MODULES = ("__init__.py", "choices.py", "congestion.py", "ctrlsets.py", "floorplan.py",
+                "flow.py", "parse.py", "result.py", "targets.py", "top.py")
 
 
 def sources_hash() -> str:
@@ -106,13 +107,6 @@ def cache_key(cfg: HwConfig, target: str, versions: dict, **options) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-#: nextpnr placers the flow offers (``--placer``); ``auto`` is the static placer on ECP5
-#: (measured on 667ba59, 4 Dec 2026, seed 1: the 4 x 4 at 105.45 MHz against HeAP's
-#: 97.90, the 8 x 4 at 108.64 against 87.37; the 8 x 8 routes only with it) and HeAP
-#: elsewhere
-PLACERS = ("auto", "heap", "static")
-
-
 def _resolve(option: str, value: str, choices: tuple[str, ...], auto: str) -> str:
     """``value`` of a tool ``option`` checked against ``choices``; ``auto`` resolved."""
     if value not in choices:
@@ -123,15 +117,6 @@ def _resolve(option: str, value: str, choices: tuple[str, ...], auto: str) -> st
 def resolve_placer(placer: str, family: str) -> str:
     """The nextpnr placer ``placer`` means on a device ``family`` (``auto`` resolved)."""
     return _resolve("placer", placer, PLACERS, "static" if family == "ecp5" else "heap")
-
-
-#: nextpnr routers the flow offers (``--router``); ``auto`` is router2 with timing-driven
-#: rip-up on ECP5 (:data:`~.targets.ECP5_ROUTER_ARGS`: hours faster than router1 on the
-#: default core) and nextpnr's own default (router1) elsewhere. router1 routes where
-#: router2's overuse levels off: the 16 x 8 (6 Dec 2026, evening, docs/synthesis.md), whose
-#: overuse router2 took down to about 9,500 wires and no further, routed with router1 in
-#: 57 minutes
-ROUTERS = ("auto", "router1", "router2")
 
 
 def resolve_router(router: str, family: str) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 
 from fluidnpu.textfiles import TextFileError, read_text
 
+from .choices import FLOORPLANS, PLACERS, ROUTERS
+
 __all__ = ["SweepError", "Sweep", "Point", "load_sweep", "sweep_from_dict", "AXES"]
 
 
@@ -31,19 +33,11 @@ _SYNTH_KEYS = {"target", "pack_only", "seed", "seeds", "target_mhz", "timeout_s"
                "bitstream", "placer", "router", "floorplan"}
 
 
-def _placers():
-    from .flow import PLACERS
-    return PLACERS
-
-
-def _routers():
-    from .flow import ROUTERS
-    return ROUTERS
 
 
 #: synth settings an [[hw]] row may give for its own synthesis (over [synth]'s): nextpnr's
 #: placer and router (a large configuration may need router1, docs/synthesis.md)
-_ROW_SYNTH = {"placer": _placers, "router": _routers}
+_ROW_SYNTH = {"placer": PLACERS, "router": ROUTERS}
 _PERF_KEYS = {"batches"}
 _SERVE_KEYS = {"b_max", "slo_reference"}
 _PLOT_KEYS = {"x", "y"}
@@ -268,7 +262,7 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
         row_synth = {}                   # this row's nextpnr placer / router, over synth.*
         for k, choices in _ROW_SYNTH.items():
             if k in e:
-                _one_of(w, k, e[k], choices())
+                _one_of(w, k, e[k], choices)
                 if "synth" not in d:
                     raise SweepError(f"{w}: {k} = {e[k]!r}: a row's {k} needs a [synth] section")
                 row_synth[k] = e[k]
@@ -302,10 +296,9 @@ def sweep_from_dict(d: dict, *, base_dir: str | Path = ".", where: str = "sweep"
             synth["seeds"], synth["seed"] = list(seeds), seeds[0]
         for k, choices in _ROW_SYNTH.items():
             if k in s:          # (only then a key, as for seeds)
-                _one_of(where, f"synth.{k}", s[k], choices())
+                _one_of(where, f"synth.{k}", s[k], choices)
                 synth[k] = s[k]
         if "floorplan" in s:    # (only then a key)
-            from .floorplan import FLOORPLANS
             _one_of(where, "synth.floorplan", s["floorplan"], FLOORPLANS)
             synth["floorplan"] = s["floorplan"]
         for k in ("target_mhz", "timeout_s"):

@@ -148,6 +148,24 @@ def test_targets():
         get_target("nosuchboard")
 
 
+def test_cli_options_come_from_the_flow_without_loading_it():
+    """The command line offers the flow's own tuples (one source) and importing it loads
+    neither the flow nor the hardware generator (the synth package resolves its names lazily)."""
+    code = ("import sys, fluidnpu.cli as c, fluidnpu.synth.choices as ch, fluidnpu.synth.targets as t\n"
+            "opts = {p.name: p.type.choices for p in c.synth.params if hasattr(p.type, 'choices')}\n"
+            "assert list(opts['placer']) == list(ch.PLACERS), opts\n"
+            "assert list(opts['router']) == list(ch.ROUTERS), opts\n"
+            "assert list(opts['floorplan']) == list(ch.FLOORPLANS), opts\n"
+            "assert list(opts['target']) == list(t.TARGETS), opts\n"
+            "loaded = [m for m in ('fluidnpu.synth.flow', 'fluidnpu.synth.top', 'fluidnpu.hw.core')\n"
+            "          if m in sys.modules]\n"
+            "assert not loaded, loaded\n"
+            "import fluidnpu.synth as s\n"
+            "assert s.synthesize.__module__ == 'fluidnpu.synth.flow'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_missing_tool_names_package(tmp_path, monkeypatch):
     monkeypatch.setattr(tools, "_search_path", lambda: str(tmp_path))
     for env in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK", "NEXTPNR_ICE40", "ICEPACK"):
