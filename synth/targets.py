@@ -84,7 +84,7 @@ class Target:
 
 
 #: nextpnr-ecp5's router and its options, for ``fluidnpu synth`` (its ``router = "auto"``,
-#: :data:`~.flow.ROUTERS`) and the board build:
+#: :data:`~.choices.ROUTERS`) and the board build:
 #: router1 needs hours for the default core; router2's timing-driven rip-up re-routes the
 #: nets of failing paths (on one placement of the default 8 x 8 with seed 1, 8c73028
 #: with the memories' write decode of 5 Dec 2026, 96.35 MHz without and 103.08 with it)

@@ -437,7 +437,7 @@ def test_cli_router_option(fake_tools, tmp_path):
 
 
 def test_auto_router_is_router2_on_ecp5_only():
-    from fluidnpu.synth.flow import resolve_router, router_args
+    from fluidnpu.synth.pnr import resolve_router, router_args
     assert resolve_router("auto", "ecp5") == "router2"
     assert resolve_router("auto", "ice40") == "router1"
     assert resolve_router("router1", "ecp5") == "router1"
@@ -555,15 +555,15 @@ def test_flow_congestion_option(fake_tools, tmp_path):
 
 def test_flow_congestion_interrupted_leaves_no_heatmaps(fake_tools, tmp_path, monkeypatch):
     """Ctrl-C while router2 writes its heatmaps: the per-iteration files go with the run."""
-    import fluidnpu.synth.flow as flow
-    real = flow.run_tool
+    import fluidnpu.synth.pnr as pnr
+    real = pnr.run_tool
 
     def interrupted(tool, args, **kw):
         if "nextpnr" in tool:
             (Path(kw["cwd"]) / "congestion" / "router2_congestion_by_net_1.csv").write_text("a,1\n")
             raise KeyboardInterrupt
         return real(tool, args, **kw)
-    monkeypatch.setattr(flow, "run_tool", interrupted)
+    monkeypatch.setattr(pnr, "run_tool", interrupted)
     with pytest.raises(KeyboardInterrupt):
         synthesize(SMALL, "ulx3s-85f", tmp_path / "a", congestion=True)
     assert not (tmp_path / "a" / "congestion").exists()
@@ -571,7 +571,7 @@ def test_flow_congestion_interrupted_leaves_no_heatmaps(fake_tools, tmp_path, mo
 
 
 def test_auto_placer_is_static_on_ecp5_only():
-    from fluidnpu.synth.flow import resolve_placer
+    from fluidnpu.synth.pnr import resolve_placer
     assert resolve_placer("auto", "ecp5") == "static"
     assert resolve_placer("auto", "ice40") == "heap"
     assert resolve_placer("heap", "ecp5") == "heap" and resolve_placer("static", "ice40") == "static"
