@@ -134,10 +134,14 @@ class Loader(wiring.Component):
         row_addr = Signal(cfg.addr_width, name="rq_row_addr")
         boff = Signal(range(M), name="rq_boff")                # bias byte offset of c0 in its beat
         m.d.comb += boff.eq((it.c0 << 2) & (M - 1))
-        # bias beats - 1, registered: the bias load starts at least three cycles after a step
+        # bias beats - 1, registered: the bias load starts at least three cycles after a step.
+        # ceil((boff + 4*ncols) / M) - 1 = (boff + 4*ncols - 1) >> lm = ((boff | 3) +
+        # 4*(ncols - 1)) >> lm (boff's low two bits are 0): one adder from registers. As
+        # ``ceil(...) - 1`` from ``it.ncols`` (a select) it was three adders in a row, the
+        # 16 x 8's worst path routed with router1 on 69e0aa9 (95.47 MHz, 12 logic levels).
         nbb_m1 = Signal(cfg.dim_width + 1, name="rq_nbb_m1")
         nbb_m2 = Signal(cfg.dim_width + 1, name="rq_nbb_m2")
-        m.d.sync += [nbb_m1.eq(((boff + (it.ncols << 2) + M - 1) >> lm) - 1), nbb_m2.eq(nbb_m1 - 1)]
+        m.d.sync += [nbb_m1.eq(((boff | 3) + (it.ncols_m1 << 2)) >> lm), nbb_m2.eq(nbb_m1 - 1)]
         # the step loads bias, registered: the step's flags change only on the iterator's
         # advance (NEXT) or restart, at least two cycles before the W issue reads this
         # (it.last_ch -> need_bias -> the tag's ``last`` was the 4 x 4's worst path on
