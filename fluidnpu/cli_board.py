@@ -12,6 +12,7 @@ import click
 from fluidnpu.cli_common import config_options, jsonable, load_config, need_extra
 from fluidnpu.outputs import out_dir as _out_dir, staged_output
 from fluidnpu.sched import SCHEDULERS
+from fluidnpu.synth.choices import ROUTERS
 
 __all__ = ["board"]
 
@@ -40,11 +41,14 @@ def _build_errors():
 @click.option("--baud", type=click.IntRange(9600, 3_000_000), default=1_000_000, show_default=True,
               help="The UARTBone's rate, baud (board run uses the same).")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True, help="nextpnr placement seed.")
+@click.option("--router", type=click.Choice(ROUTERS), default="auto", show_default=True,
+              help="nextpnr's router; auto is router2 with timing-driven rip-up. router1 is slower "
+                   "but routes where router2's overuse does not converge (docs/board.md).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True, callback=_out_dir,
               help="Folder for the bitstream (soc.bit), board.json, the NPU's Verilog and registers, logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print board.json's content.")
-def build_cmd(board_name, config_path, sets, sys_clk_mhz, baud, seed, out, as_json):
+def build_cmd(board_name, config_path, sets, sys_clk_mhz, baud, seed, router, out, as_json):
     """Build the SoC (no CPU; SDRAM through LiteDRAM; UARTBone; the NPU) into a bitstream
     with yosys, nextpnr-ecp5 and ecppack; report resources and Fmax. Exit status 1 if the
     Fmax is below the SoC clock (no bitstream is written then)."""
@@ -69,7 +73,7 @@ def build_cmd(board_name, config_path, sets, sys_clk_mhz, baud, seed, out, as_js
             click.echo(f"[{stage}] {message}", err=True)
     try:
         info = build_board(cfg, out, board=board_name, sys_clk_mhz=sys_clk_mhz, baud=baud, seed=seed,
-                           progress=progress)
+                           router=router, progress=progress)
     except ToolMissing as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

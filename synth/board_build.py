@@ -24,7 +24,8 @@ from typing import Callable
 from .floorplan import apply_floorplan
 from .parse import parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import resources_from
-from .targets import ECP5_ROUTER_ARGS, get_target
+from .pnr import resolve_router, router_args
+from .targets import get_target
 from .tools import SynthError, ToolFailed, check_nextpnr_log, check_yosys_log, find_tool, run_tool, tool_version
 
 __all__ = ["BoardBuildError", "TimingFailed", "build_board", "BOARD_TOOLS", "BUILD_NAME"]
@@ -72,14 +73,16 @@ def _edit_script(ys: Path, npu_v: Path, npu_il: Path) -> None:
 
 
 def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 40.0,
-                baud: int = 1_000_000, seed: int = 1, timeout: float | None = None,
-                progress: Callable[[str, str], None] | None = None) -> dict:
+                baud: int = 1_000_000, seed: int = 1, router: str = "auto",
+                timeout: float | None = None, progress: Callable[[str, str], None] | None = None) -> dict:
     """Build the SoC with the NPU of ``cfg`` into ``out_dir``; returns board.json's content.
 
     Raises :class:`~.tools.ToolMissing` before any work when a tool is missing,
     :class:`BoardBuildError` / :class:`~.tools.ToolFailed` when a step fails (nothing is
     published), :class:`TimingFailed` when the Fmax of a clock is below its constraint
-    (the logs and reports are published, the bitstream is not).
+    (the logs and reports are published, the bitstream is not). ``router``: nextpnr's
+    router as in ``fluidnpu synth`` (:data:`~.choices.ROUTERS`; ``auto`` is router2 with
+    timing-driven rip-up); router1 when router2's overuse does not converge.
     """
     from fluidnpu.outputs import staged_output
 
@@ -88,6 +91,7 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
     require_litex()
     if board not in BOARDS:
         raise ValueError(f"board = {board!r}: must be one of {', '.join(BOARDS)}")
+    router = resolve_router(router, "ecp5")
     for key in BOARD_TOOLS:
         find_tool(key)
     versions = {key: tool_version(key) for key in BOARD_TOOLS}
@@ -133,12 +137,12 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         fplan = apply_floorplan(gw / f"{BUILD_NAME}.json", tgt.ebr_device) if tgt.ebr_device else None
         say("floorplan", fplan.summary() if fplan else "no operand memories to pin")
         # LiteX's options (device, package, speed, seed, --timing-allow-fail) and the flow's
-        # static placer and router2 with timing-driven rip-up (``targets.ECP5_ROUTER_ARGS``): HeAP
-        # leaves the 8 x 8 congested (synth/flow.py)
+        # static placer and router (``auto``: router2 with timing-driven rip-up,
+        # ``targets.ECP5_ROUTER_ARGS``): HeAP leaves the 8 x 8 congested (docs/synthesis.md)
         args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg", f"{BUILD_NAME}.config",
-                *tc.pnr_opts.split(), "--placer", "static", *ECP5_ROUTER_ARGS, "--report", "report.json",
-                "--log", "nextpnr.log", "--quiet"]
-        say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), static placer, seed {seed} "
+                *tc.pnr_opts.split(), "--placer", "static", *router_args(router, "ecp5"),
+                "--report", "report.json", "--log", "nextpnr.log", "--quiet"]
+        say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), static placer, {router}, seed {seed} "
             f"-> {gw / 'nextpnr.log'}")
         stage_s["nextpnr"] = round(run_tool("nextpnr-ecp5", args, cwd=gw, log=gw / "nextpnr.log",
                                             outputs=[gw / "report.json", gw / f"{BUILD_NAME}.config"],
@@ -156,7 +160,7 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
                       key=lambda c: fmax[c]["achieved"], default=None)
         info = {
             **soc.fluidnpu, "config": cfg.to_dict(), "config_key": cfg.key(), "seed": seed,
-            "placer": "static", "floorplan": fplan.rows if fplan else None,
+            "placer": "static", "router": router, "floorplan": fplan.rows if fplan else None,
             "csr": _litex_csrs(root / "csr.json"), "sdram_init": sdram_init_sequence(soc),
             "resources": {k: {"used": counts[k], "available": available.get(k),
                               "share": round(counts[k] / available[k], 4) if available.get(k) else None}

@@ -34,6 +34,7 @@ def no_build(monkeypatch):
     (["--board", "ulx3s-12f"], "'--board': 'ulx3s-12f'"),
     (["--sys-clk-mhz", "300"], "'--sys-clk-mhz': 300.0 is not in the range 25<=x<=100"),
     (["--baud", "100"], "'--baud': 100"),
+    (["--router", "router3"], "'--router': 'router3' is not one of 'auto', 'router1', 'router2'"),
     (["--set", "mem_bytes=2"], "mem_bytes = 2"),
     # a port width the user fixed is not overridden: the SoC's bus is 32 bits
     (["--set", "mem_bytes=8"], "mem_bytes = 8: the SoC's bus is 32 bits"),
@@ -75,6 +76,12 @@ def test_build_reports_and_fails_on_timing(monkeypatch, tmp_path):
     assert [(c.tc, c.tp, c.mem_bytes) for c in built] == [(8, 8, 4)]
     assert "mem_bytes = 4: the SoC's bus is 32 bits" in res.output
     assert "Fmax 55.0 MHz (SoC clock 50 MHz: met)" in res.output and "openFPGALoader -b ulx3s" in res.output
+    routers = []
+    monkeypatch.setattr(board_build, "build_board",
+                        lambda cfg, out, **k: routers.append(k["router"]) or _info())
+    assert run("board", "build", "--out", tmp_path / "r", "--router", "router1").exit_code == 0
+    assert run("board", "build", "--out", tmp_path / "s").exit_code == 0
+    assert routers == ["router1", "auto"]
 
     def late(cfg, out, **k):
         info = _info(fmax_mhz=41.0, timing_met=False, clocks={"crg_clkout": {"achieved": 41.0, "constraint": 50.0}})

@@ -163,6 +163,14 @@ def test_soc_refuses_bad_options(kw, match, tmp_path):
         make_soc(SMALL, str(tmp_path / "x.v"), **kw)
 
 
+def test_build_refuses_an_unknown_router_before_work(tmp_path, monkeypatch):
+    from fluidnpu.synth import board_build
+    monkeypatch.setattr(board_build, "find_tool", lambda key: pytest.fail("a tool was looked up"))
+    with pytest.raises(ValueError, match="router = 'router3': must be one of auto, router1, router2"):
+        board_build.build_board(SMALL, tmp_path / "out", router="router3")
+    assert not (tmp_path / "out").exists()
+
+
 def test_build_interrupted_leaves_nothing(tmp_path, monkeypatch):
     """Ctrl-C while a tool runs: the output folder is not created and no staging folder
     is left (the build is staged and published at the end)."""
@@ -181,10 +189,11 @@ def test_build_interrupted_leaves_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
 
 
-def test_build_places_with_the_flows_placer_and_floorplan(tmp_path, monkeypatch):
+@pytest.mark.parametrize("router, expect", [("auto", ("router2", True)), ("router1", ("router1", False))])
+def test_build_places_with_the_flows_placer_and_floorplan(tmp_path, monkeypatch, router, expect):
     """The SoC's NPU is elaborated for the board (block RAMs with output registers, as
     ``fluidnpu synth`` builds it), and nextpnr runs with the synthesis flow's static placer
-    and router2 on a netlist whose operand memories are pinned (``BEL`` attributes; the SoC's own memories
+    and router (``auto``: router2) on a netlist whose operand memories are pinned (``BEL`` attributes; the SoC's own memories
     are not). The tools are stand-ins: a fake yosys writes a netlist with the NPU's block-RAM
     names as flatten gives them, and a fake nextpnr records what it was given and fails."""
     from fluidnpu.synth import board_build
@@ -209,11 +218,13 @@ def test_build_places_with_the_flows_placer_and_floorplan(tmp_path, monkeypatch)
         raise ToolFailed("nextpnr-ecp5: stopped by the test", cwd / "nextpnr.log")
     monkeypatch.setattr(board_build, "run_tool", tool)
     with pytest.raises(ToolFailed, match="stopped by the test"):
-        board_build.build_board(SMALL, tmp_path / "out")
+        board_build.build_board(SMALL, tmp_path / "out", router=router)
     assert "DP16KD" in seen["npu_il"] and 'REGMODE_B' in seen["npu_il"]
     args = seen["args"]
-    assert args[args.index("--placer") + 1] == "static" and args[args.index("--router") + 1] == "router2"
-    assert "--tmg-ripup" in args        # router2's timing-driven rip-up, as fluidnpu synth
+    assert args[args.index("--placer") + 1] == "static" and args[args.index("--router") + 1] == expect[0]
+    assert args.count("--router") == 1
+    # router2's timing-driven rip-up, as fluidnpu synth (router1 has no such option)
+    assert ("--tmg-ripup" in args) == expect[1]
     pinned = {n for n, c in seen["cells"].items() if "BEL" in c["attributes"]}
     assert pinned == set(names) - {"sram.mem0"}
     bels = [seen["cells"][n]["attributes"]["BEL"] for n in sorted(pinned)]
