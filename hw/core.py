@@ -271,14 +271,15 @@ class NPUCore(wiring.Component):
         # last step and its steps issue back to back, so the test is at its first step, like
         # the credit's, and a register: ``ci_hold`` counts the cycles until the next group's
         # last step may issue, ``ci_hold_ok`` is ``ci_hold < n_s`` (``n_s`` is fixed within a
-        # step, and SETUP, at least a cycle, recomputes it for the next).
+        # step, and SETUP, at least a cycle, recomputes it for the next). Both sides are at
+        # most tp, so the compares take ``it.ns_tp``, min(n_s, tp), not n_s's 17 bits.
         hold = Signal(range(cfg.tp), name="ci_hold")
         hold_ok = Signal(init=1, name="ci_hold_ok")
         end_g = Signal(name="ci_end_g")                   # a group's last step issues
         with m.If(end_g):
-            m.d.sync += [hold.eq(tag.nrows - 1), hold_ok.eq(tag.nrows <= it.n_s)]
+            m.d.sync += [hold.eq(tag.nrows - 1), hold_ok.eq(tag.nrows <= it.ns_tp)]
         with m.Elif(hold != 0):
-            m.d.sync += [hold.eq(hold - 1), hold_ok.eq(hold <= it.n_s)]
+            m.d.sync += [hold.eq(hold - 1), hold_ok.eq(hold <= it.ns_tp)]
         with m.Else():
             m.d.sync += hold_ok.eq(1)
 

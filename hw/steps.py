@@ -198,6 +198,7 @@ class StepIter(Elaboratable):
         self.ncols_m1 = Signal(range(cfg.tc))       # ncols - 1
         self.ns_one = Signal()                      # n_s == 1
         self.ns_m2 = Signal(dim + 1)                # n_s - 2 (when n_s >= 2)
+        self.ns_tp = Signal(range(cfg.tp + 1))      # min(n_s, tp), for compares with rows
         self.ng_one = Signal()                      # n_g == 1
         self.ng_m2 = Signal(range(cfg.tr_max + 1))  # n_g - 2 (when n_g >= 2)
         self.nr_last = Signal(range(cfg.tp + 1))    # rows of the last group
@@ -268,6 +269,12 @@ class StepIter(Elaboratable):
         ngh_m2 = reg("ngh_m2", range(cfg.tr_max + 1), ngh_m1 - 1)
         n_ct_m2 = reg("n_ct_m2", dim, n_ct_m1 - 1)
         n_ch_m2 = reg("n_ch_m2", dim, n_ch_m1 - 1)
+        # n_s clamped to tp: a group's rows (at most B_P <= tp) compare with it in a few bits
+        # instead of n_s's dim + 1 (the compute issue's ``ci_hold_ok``: the 16 x 8's worst
+        # path routed with router1 on 81c736a, 97.50 MHz, a 17-bit compare behind the rows'
+        # select)
+        nsf_tp = reg("nsf_tp", range(cfg.tp + 1), Mux(nsf >= cfg.tp, cfg.tp, nsf))
+        nsl_tp = reg("nsl_tp", range(cfg.tp + 1), Mux(nsl >= cfg.tp, cfg.tp, nsl))
 
         # ---- step counters and their flags ----------------------------------------------
         first_rt = Signal(name="it_first_rt")
@@ -333,6 +340,7 @@ class StepIter(Elaboratable):
             self.ncols_m1.eq(Mux(lc, lp.cmod, lp.fmask)),
             self.ns_one.eq(Mux(lh, nsl_one, nsf_one)),
             self.ns_m2.eq(Mux(lh, nsl_m2, nsf_m2)),
+            self.ns_tp.eq(Mux(lh, nsl_tp, nsf_tp)),
             self.ng_one.eq(Mux(lr, ngl_m1 == 0, Mux(pen, ngh_m1 == 0, ngf_m1 == 0))),
             self.ng_m2.eq(Mux(lr, ngl_m2, Mux(pen, ngh_m2, ngf_m2))),
             self.nr_last.eq(Mux(lr, nrl, Mux(pen, nrh, nrf))),
