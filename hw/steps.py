@@ -193,7 +193,7 @@ class StepIter(Elaboratable):
         self.x_last_use = Signal()   # the next step loads X again (or there is none)
         self.w_last_use = Signal()
         # Sizes for counters that end on a register compare (valid like the outputs above;
-        # the ``_m2`` values from the second cycle after ``restart``).
+        # the ``_m2`` values and ``ns_tp`` from the second cycle after ``restart``).
         self.rows_m1 = Signal(range(cfg.tr_max))    # rows - 1
         self.ncols_m1 = Signal(range(cfg.tc))       # ncols - 1
         self.ns_one = Signal()                      # n_s == 1
