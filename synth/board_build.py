@@ -24,7 +24,7 @@ from typing import Callable
 from .floorplan import apply_floorplan
 from .parse import parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import resources_from
-from .pnr import resolve_router, router_args
+from .pnr import resolve_placer, resolve_router, router_args
 from .targets import get_target
 from .tools import SynthError, ToolFailed, check_nextpnr_log, check_yosys_log, find_tool, run_tool, tool_version
 
@@ -91,14 +91,15 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
     require_litex()
     if board not in BOARDS:
         raise ValueError(f"board = {board!r}: must be one of {', '.join(BOARDS)}")
-    router = resolve_router(router, "ecp5")
+    tgt = get_target(board)
+    # the flow's placer and router for the board's device (``auto`` as ``fluidnpu synth``)
+    placer, router = resolve_placer("auto", tgt.family), resolve_router(router, tgt.family)
     for key in BOARD_TOOLS:
         find_tool(key)
     versions = {key: tool_version(key) for key in BOARD_TOOLS}
     say = progress or (lambda stage, msg: None)
     t0 = time.monotonic()
     stage_s: dict[str, float] = {}
-    tgt = get_target(board)
     with staged_output(out_dir, "board-build") as st:
         root = st.path
         say("generate", f"fluidnpu_npu_wb ({cfg.key()}) -> npu_wb.v")
@@ -140,9 +141,9 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         # static placer and router (``auto``: router2 with timing-driven rip-up,
         # ``targets.ECP5_ROUTER_ARGS``): HeAP leaves the 8 x 8 congested (docs/synthesis.md)
         args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg", f"{BUILD_NAME}.config",
-                *tc.pnr_opts.split(), "--placer", "static", *router_args(router, "ecp5"),
+                *tc.pnr_opts.split(), "--placer", placer, *router_args(router, tgt.family),
                 "--report", "report.json", "--log", "nextpnr.log", "--quiet"]
-        say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), static placer, {router}, seed {seed} "
+        say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), {placer} placer, {router}, seed {seed} "
             f"-> {gw / 'nextpnr.log'}")
         stage_s["nextpnr"] = round(run_tool("nextpnr-ecp5", args, cwd=gw, log=gw / "nextpnr.log",
                                             outputs=[gw / "report.json", gw / f"{BUILD_NAME}.config"],
@@ -153,14 +154,14 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
             rep["fmax"] = parse_nextpnr_log((gw / "nextpnr.log").read_text(errors="replace"))["fmax"]
         if not rep["fmax"]:
             raise ToolFailed(f"nextpnr-ecp5: no Fmax in {gw / 'report.json'} or the log", gw / "nextpnr.log")
-        counts, available = resources_from("ecp5", stat["by_type"], rep["utilization"], tgt.capacity)
+        counts, available = resources_from(tgt.family, stat["by_type"], rep["utilization"], tgt.capacity)
         fmax = {clk: v for clk, v in rep["fmax"].items()}
         failed = {clk: v for clk, v in fmax.items() if v["achieved"] < v["constraint"]}
         sys_clk = min((c for c, v in fmax.items() if abs(v["constraint"] - sys_clk_mhz) < 0.5),
                       key=lambda c: fmax[c]["achieved"], default=None)
         info = {
             **soc.fluidnpu, "config": cfg.to_dict(), "config_key": cfg.key(), "seed": seed,
-            "placer": "static", "router": router, "floorplan": fplan.rows if fplan else None,
+            "placer": placer, "router": router, "floorplan": fplan.rows if fplan else None,
             "csr": _litex_csrs(root / "csr.json"), "sdram_init": sdram_init_sequence(soc),
             "resources": {k: {"used": counts[k], "available": available.get(k),
                               "share": round(counts[k] / available[k], 4) if available.get(k) else None}
