@@ -20,7 +20,7 @@ that bit of ``(a mod F) << log2(k)`` takes the word of the PE ``2**b`` away.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -29,19 +29,25 @@ from .config import HwConfig
 from .interface import log2
 from .widemux import WideMux
 
-__all__ = ["OperandBuffers", "elem_write_layout", "write_beat_layout", "net_stages",
-           "w_stages"]
+__all__ = ["OperandBuffers", "elem_write_layout", "line_bits", "write_beat_layout", "net_stages",
+           "w_stages", "w_levels", "mem_shape"]
 
 #: copy-network levels resolved per register stage
 LEVELS_PER_STAGE = 2
 
 
+def line_bits(cfg: HwConfig) -> int:
+    """Low bits of its line each element of a write beat carries: one (X: is it on the
+    beat's second line), or ``log2(w_word_lines)`` (W: its line within the wide word)."""
+    return max(1, log2(cfg.w_word_lines))
+
+
 def elem_write_layout(cfg: HwConfig) -> data.StructLayout:
-    """One element of a write beat: enable, logical bank, the low bit of its line, data."""
+    """One element of a write beat: enable, logical bank, the low bits of its line, data."""
     return data.StructLayout({
         "en": 1,
         "bank": range(cfg.lanes),
-        "lsb": 1,                    # bit 0 of the element's line (slot * depth + line)
+        "lsb": line_bits(cfg),       # low bits of the element's line (slot * depth + line)
         "data": signed(cfg.data_width),
     })
 
@@ -50,9 +56,10 @@ def write_beat_layout(cfg: HwConfig) -> data.StructLayout:
     """The loader's write beat: the line of element 0 and the beat's elements.
 
     The elements of a beat land on at most two lines, ``line`` and ``line + 1`` (X: ``E/S
-    <= F`` consecutive virtual lines, ``F`` to a memory line; W: one line), so each element
-    carries only its line's low bit: it is on ``line + 1`` when that bit differs from
-    ``line``'s. (Until 6 Dec 2026, evening, every element carried its whole line, 11 bits each on
+    <= F`` consecutive virtual lines, ``F`` to a memory line; W: one line, or one word of
+    ``w_word_lines`` lines), so each element carries only its line's low bit: it is on
+    ``line + 1`` when that bit differs from ``line``'s (W with wide words: its line's low
+    ``log2(w_word_lines)`` bits, its place in the word). (Until 6 Dec 2026, evening, every element carried its whole line, 11 bits each on
     the 8 x 8 and 16 x 8: 88 of the beat's 216 bits, in every memory's copy.)"""
     depth = 2 * max(cfg.x_depth, cfg.w_depth)
     return data.StructLayout({
@@ -61,10 +68,20 @@ def write_beat_layout(cfg: HwConfig) -> data.StructLayout:
     })
 
 
+def mem_shape(cfg: HwConfig, which: str) -> tuple[int, int]:
+    """(depth, elements per word) of one X or W memory, both slots: X words are ``tp``
+    elements; W words ``tp * w_word_lines`` (a beat wider than ``tp`` elements lands on
+    that many aligned lines of one PE's memory, written as one word)."""
+    if which == "x":
+        return 2 * cfg.x_depth, cfg.tp
+    wl = cfg.w_word_lines
+    return 2 * cfg.w_depth // wl, cfg.tp * wl
+
+
 def addr_reps(cfg: HwConfig, which: str) -> int:
     """Register copies of a memory's write line: one per 4 block RAMs it takes on ECP5."""
-    depth = 2 * (cfg.x_depth if which == "x" else cfg.w_depth)
-    return addr_copies_for(depth, cfg.tp, cfg.data_width)
+    depth, elems = mem_shape(cfg, which)
+    return addr_copies_for(depth, elems, cfg.data_width)
 
 
 def net_stages(cfg: HwConfig) -> int:
@@ -72,10 +89,16 @@ def net_stages(cfg: HwConfig) -> int:
     return max(1, -(-log2(cfg.tc) // LEVELS_PER_STAGE))
 
 
+def w_levels(cfg: HwConfig) -> int:
+    """Levels of the W fetch network: ``log2(w_word_lines)`` that pick a line out of a wide
+    word, then ``log2(tp)`` that replicate the segment."""
+    return log2(cfg.w_word_lines) + log2(cfg.tp)
+
+
 def w_stages(cfg: HwConfig) -> int:
-    """Register stages of the W replication network: its ``log2(tp)`` levels two per stage,
-    in at most the X network's stages (more levels per stage when ``tp`` is the wider)."""
-    return min(net_stages(cfg), max(1, -(-log2(cfg.tp) // LEVELS_PER_STAGE)))
+    """Register stages of the W fetch network: its levels two per stage, in at most the X
+    network's stages (more levels per stage when the W word is the wider)."""
+    return min(net_stages(cfg), max(1, -(-w_levels(cfg) // LEVELS_PER_STAGE)))
 
 
 class OperandBuffers(wiring.Component):
@@ -190,9 +213,10 @@ class OperandBuffers(wiring.Component):
         later (docs/cycle_model.md)."""
         cfg = self.cfg
         tc, tp, dw, e = cfg.tc, cfg.tp, cfg.data_width, cfg.elems_per_beat
-        ltp = log2(tp)
+        ltp, lwl = log2(tp), log2(cfg.w_word_lines)
+        npos = tp << lwl                    # positions of a (W) word; X words use the first tp
         addr_shape = write_beat_layout(cfg)["line"].shape
-        word = data.ArrayLayout(unsigned(dw), tp)
+        word = data.ArrayLayout(unsigned(dw), npos)
         xmem, wmem = [], []
         for g in range(tc):
             wr0 = Signal(write_beat_layout(cfg), name=f"w0_wr_rep{g}")
@@ -203,25 +227,28 @@ class OperandBuffers(wiring.Component):
             # beat's second line (``inc``); the beat's two lines
             mhit = Signal(e, name=f"w1_mhit_rep{g}")
             inc = Signal(e, name=f"w1_inc_rep{g}")
-            pos = Signal(data.ArrayLayout(unsigned(ltp), e), name=f"w1_pos_rep{g}")
+            pos = Signal(data.ArrayLayout(unsigned(ltp + lwl), e), name=f"w1_pos_rep{g}")
             line0 = Signal(addr_shape, name=f"w1_line0_rep{g}")
             line1 = Signal(addr_shape, name=f"w1_line1_rep{g}")
             d1 = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w1_data_rep{g}")
             wx1 = Signal(name=f"w1_x_rep{g}")
             for i, el in enumerate(wr0.el):
+                inc0 = el.lsb[0] ^ wr0.line[0]
+                # a W element's line within its wide word (the word is the beat's line's)
+                hi = Mux(wx0, 0, el.lsb[:lwl]) if lwl else Const(0, 0)
                 m.d.sync += [mhit[i].eq(el.en & ((el.bank >> ltp) == g)),
-                             inc[i].eq(el.lsb ^ wr0.line[0]),
-                             pos[i].eq(el.bank[:ltp]), d1[i].eq(el.data.as_unsigned())]
+                             inc[i].eq(inc0),
+                             pos[i].eq(Cat(el.bank[:ltp], hi)), d1[i].eq(el.data.as_unsigned())]
             m.d.sync += [wx1.eq(wx0), line0.eq(wr0.line), line1.eq(wr0.line + 1)]
             # w2: per position, an element hits it (``w2_hit``), and which (``w2_sel``);
             # the memory's line (every element that lands here is on the same one)
             d_rep = Signal(data.ArrayLayout(unsigned(dw), e), name=f"w2_data_rep{g}")
-            hit = Signal(tp, name=f"w2_hit_rep{g}")
-            sel = Signal(data.ArrayLayout(range(e), tp), name=f"w2_sel_rep{g}")
+            hit = Signal(npos, name=f"w2_hit_rep{g}")
+            sel = Signal(data.ArrayLayout(range(e), npos), name=f"w2_sel_rep{g}")
             line = Signal(addr_shape, name=f"w2_line_rep{g}")
             wx = Signal(name=f"w2_x_rep{g}")
             m.d.sync += [d_rep.eq(d1), wx.eq(wx1)]
-            for j in range(tp):
+            for j in range(npos):
                 hits = [mhit[i] & (pos[i] == j) for i in range(e)]
                 idx = 0
                 for i, h in enumerate(hits):
@@ -231,33 +258,52 @@ class OperandBuffers(wiring.Component):
 
             w3_data = Signal(word, name=f"w3_data{g}")
             w3_x = Signal(tp, name=f"w3_xen{g}")
-            w3_w = Signal(tp, name=f"w3_wen{g}")
+            w3_w = Signal(npos, name=f"w3_wen{g}")
             # the line per memory, in copies for the memories' block groups (``addr_reps``)
             w3_lines = {which: [Signal(addr_shape, name=f"w3_{which}line{g}_rep{c}")
                                 for c in range(addr_reps(cfg, which))] for which in "xw"}
-            for j in range(tp):
+            for j in range(npos):
                 # the position's element: an e-way select (WideMux: the slices' own muxes)
-                dsel = WideMux(n=e, width=dw) if e in (2, 4, 8) else None
-                if dsel is None:
-                    m.d.sync += w3_data[j].eq(d_rep[sel[j]])
-                else:
-                    m.submodules[f"w3_dsel{g}_{j}"] = dsel
-                    m.d.comb += [dsel.sel.eq(sel[j]), dsel.i.eq(d_rep)]
-                    m.d.sync += w3_data[j].eq(dsel.o)
-                m.d.sync += [w3_x[j].eq(hit[j] & wx), w3_w[j].eq(hit[j] & ~wx)]
-            m.d.sync += [r.eq(line) for reps in w3_lines.values() for r in reps]
+                m.d.sync += w3_data[j].eq(self._wide_select(m, f"w3_dsel{g}_{j}", d_rep, sel[j]))
+                if j < tp:
+                    m.d.sync += w3_x[j].eq(hit[j] & wx)
+                m.d.sync += w3_w[j].eq(hit[j] & ~wx)
+            m.d.sync += [r.eq(line) for r in w3_lines["x"]]
+            m.d.sync += [r.eq(line >> lwl) for r in w3_lines["w"]]
 
-            for which, depth, en, out in (("x", cfg.x_depth, w3_x, xmem),
-                                          ("w", cfg.w_depth, w3_w, wmem)):
+            for which, en, out in (("x", w3_x, xmem), ("w", w3_w, wmem)):
                 # The loader never writes a slot the compute reads (double buffering), so
                 # the ports never collide (``WordRAM``'s contract).
                 reps = w3_lines[which]
-                ram = WordRAM(depth=2 * depth, elems=tp, width=dw, addr_copies=len(reps))
+                depth, elems = mem_shape(cfg, which)
+                ram = WordRAM(depth=depth, elems=elems, width=dw, addr_copies=len(reps))
                 m.submodules[f"{which}mem{g}"] = ram
-                m.d.comb += [ram.wr_en.eq(en), ram.wr_addr.eq(reps[0]), ram.wr_data.eq(w3_data),
+                m.d.comb += [ram.wr_en.eq(en), ram.wr_addr.eq(reps[0]),
+                             ram.wr_data.eq(w3_data.as_value()[:elems * dw]),
                              *(ram.wr_addr_rep[c].eq(r) for c, r in enumerate(reps))]
                 out.append(ram)
         return xmem, wmem
+
+    @staticmethod
+    def _wide_select(m, name, vals, sel):
+        """``vals[sel]`` from WideMux cells: one for 2, 4 or 8 inputs; two eight-way ones
+        and a LUT for 16 (a 16-byte port's beat); the plain select otherwise."""
+        n, width = len(vals), vals.shape().elem_shape.width
+        if n in (2, 4, 8):
+            mx = WideMux(n=n, width=width)
+            m.submodules[name] = mx
+            m.d.comb += [mx.sel.eq(sel), mx.i.eq(vals)]
+            return mx.o
+        if n == 16:
+            halves = []
+            for h in range(2):
+                mx = WideMux(n=8, width=width)
+                m.submodules[f"{name}_{h}"] = mx
+                m.d.comb += [mx.sel.eq(sel[:3]),
+                             mx.i.eq(vals.as_value()[8 * width * h: 8 * width * (h + 1)])]
+                halves.append(mx.o)
+            return Mux(sel[3], halves[1], halves[0])
+        return vals[sel]
 
     # ---- X fetch: read, output register, copy network -----------------------------------
     def _x_fetch(self, m, xmem, rq):
@@ -323,7 +369,7 @@ class OperandBuffers(wiring.Component):
         7.8 % at iteration 2 on 085289d)."""
         cfg = self.cfg
         tc, tp, dw, n = cfg.tc, cfg.tp, cfg.data_width, cfg.lanes
-        ltp = log2(tp)
+        ltp, lwl = log2(tp), log2(cfg.w_word_lines)
         n_st = w_stages(cfg)
         req = data.StructLayout({"valid": 1, "tag": len(self.rd_tag),
                                  "wgrp": len(self.rd_wgrp), "rem": len(self.rd_rem)})
@@ -340,7 +386,8 @@ class OperandBuffers(wiring.Component):
             waddr = wd
         cur = []
         for ram, a in zip(wmem, waddr):
-            m.d.comb += ram.rd_addr.eq(a)
+            # a wide word holds w_word_lines lines: the word, then the line (``_wsub``)
+            m.d.comb += ram.rd_addr.eq(a >> lwl)
             cur.append(ram.rd_data)
 
         # the request's valid and tag, in step with the data
@@ -367,6 +414,13 @@ class OperandBuffers(wiring.Component):
         lmask = Signal(n, name="f2_lmask")
         sel = {}
         for pe in range(tc):
+            if lwl:
+                sub = Signal(lwl, name=f"f1_wsub_rep{pe}")
+                m.d.sync += sub.eq(waddr[pe][:lwl])
+                for b in range(lwl):
+                    s_ = Signal(name=f"f2_wsub_rep{pe}_{b}")
+                    m.d.sync += s_.eq(sub[b])
+                    sel[pe, ("s", b), 0] = s_
             wgrp = Signal.like(r.wgrp, name=f"f1_wgrp_rep{pe}")
             rem = Signal(ln, name=f"f1_rem_rep{pe}")
             big = Signal(name=f"f1_big_rep{pe}")
@@ -379,24 +433,33 @@ class OperandBuffers(wiring.Component):
                 for side in (0, 1):
                     s_ = Signal(name=f"f2_wsel_rep{pe}_{b}_{side}")
                     m.d.sync += s_.eq((lseg <= b) & (blk[b] != side))
-                    sel[pe, b, side] = s_
+                    sel[pe, ("r", b), side] = s_
             for l in range(tp):
                 q = Signal(range(n), name=f"f0_q_{pe}_{l}")    # lane's element within S
                 m.d.sync += q.eq(((pe & kmask) << lseg) | (l & segmask))
                 m.d.sync += lmask[pe * tp + l].eq(big | (q < rem))
-        per = -(-ltp // n_st) if ltp else 0
+        # the levels in order: the wide word's line (top bit first: each halves the word),
+        # then the replication over the segments
+        order = [("s", b) for b in reversed(range(lwl))] + [("r", b) for b in range(ltp)]
+        width = mem_shape(cfg, "w")[1]          # elements of the vector entering a stage
+        per = -(-len(order) // n_st) if order else 0
         for st in range(n_st):
-            levels = [b for b in range(st * per, (st + 1) * per) if b < ltp]
+            levels = order[st * per: (st + 1) * per]
             # this stage's selects, delayed to its data (st cycles after stage 0's)
             for key in [k_ for k_ in sel if k_[1] in levels]:
                 for i in range(st):
-                    d = Signal(name=f"f{3 + i}_wsel_rep{key[0]}_{key[1]}_{key[2]}")
+                    d = Signal(name=f"f{3 + i}_w{key[1][0]}sel_rep{key[0]}_{key[1][1]}_{key[2]}")
                     m.d.sync += d.eq(sel[key])
                     sel[key] = d
-            vals = [[cur[pe][l] for l in range(tp)] for pe in range(tc)]
-            for b in levels:
-                vals = [[Mux(sel[pe, b, (l >> b) & 1], vals[pe][l ^ (1 << b)], vals[pe][l])
-                         for l in range(tp)] for pe in range(tc)]
+            vals = [[cur[pe][l] for l in range(width)] for pe in range(tc)]
+            for kind, b in levels:
+                if kind == "s":
+                    half = tp << b
+                    vals = [[Mux(sel[pe, (kind, b), 0], vals[pe][l + half], vals[pe][l])
+                             for l in range(half)] for pe in range(tc)]
+                else:
+                    vals = [[Mux(sel[pe, (kind, b), (l >> b) & 1], vals[pe][l ^ (1 << b)],
+                                 vals[pe][l]) for l in range(tp)] for pe in range(tc)]
             if st == n_st - 1:
                 # the last stage: the lane mask (a product with a zero weight is zero
                 # whatever the X lane holds) and the operand register
@@ -410,8 +473,9 @@ class OperandBuffers(wiring.Component):
                         m.d.sync += self.w[pe * tp + l].eq(
                             Mux(msk[pe * tp + l], vals[pe][l].as_signed(), 0))
             else:
-                nxt = [Signal(data.ArrayLayout(unsigned(dw), tp), name=f"f{3 + st}_w{pe}")
+                width = len(vals[0])
+                nxt = [Signal(data.ArrayLayout(unsigned(dw), width), name=f"f{3 + st}_w{pe}")
                        for pe in range(tc)]
-                m.d.sync += [nxt[pe][l].eq(vals[pe][l]) for pe in range(tc) for l in range(tp)]
+                m.d.sync += [nxt[pe][l].eq(vals[pe][l]) for pe in range(tc) for l in range(width)]
                 cur = nxt
         m.d.sync += [self.op_valid.eq(f.valid), self.op_tag.eq(f.tag)]

@@ -40,9 +40,10 @@ class HwConfig:
     acc_width: int = 32         #: accumulator width, bits (wraps modulo 2**acc_width)
     x_buf_elems: int = 131072   #: input buffer, elements per slot (16-row tiles hold P = 8192)
     w_buf_elems: int = 32768    #: weight buffer, elements per slot (4096 per PE: P = 2304 at k = 1 in one chunk)
-    #: memory port width, bytes per beat; None (the default): the widest beat the buffers'
-    #: banking takes (min(tc, tp) elements), at most 8 bytes and at least 4 (8 on the 8 x 8
-    #: default, 4 on a 4 x 4 or 8 x 4)
+    #: memory port width, bytes per beat, at most ``tc`` elements (the X banking); None (the
+    #: default): min(tc, tp) elements, at most 8 bytes and at least 4 (8 on the 8 x 8
+    #: default, 4 on a 4 x 4 or 8 x 4). Beats wider than ``tp`` elements widen the W
+    #: memories' words (:attr:`w_word_lines`)
     mem_bytes: int | None = None
     rd_outstanding: int = 32    #: read requests in flight at most
     stage_entries: int = 16     #: PE-array groups between issue and drain at most (stage FIFO)
@@ -86,18 +87,22 @@ class HwConfig:
             bad("acc_width", f"must be from 2*data_width = {2 * self.data_width} to 32 bits")
         if not _is_pow2(self.mem_bytes) or not 4 <= self.mem_bytes <= 64:
             bad("mem_bytes", "must be a power of two from 4 to 64")
-        if self.elems_per_beat > min(self.tc, self.tp):
+        if self.elems_per_beat > self.tc:
             if auto:
                 raise ConfigError(
                     f"hardware config: tc = {self.tc}, tp = {self.tp}: the memory port is at "
                     f"least 4 bytes, {self.elems_per_beat} elements of {self.data_width} bits, and "
-                    f"the buffer banking needs min(tc, tp) >= {self.elems_per_beat}")
+                    f"the buffer banking needs tc >= {self.elems_per_beat}")
             bad("mem_bytes", f"holds {self.elems_per_beat} elements per beat; the buffer banking "
-                f"needs at most min(tc, tp) = {min(self.tc, self.tp)}")
+                f"needs at most tc = {self.tc}")
         for name in ("x_buf_elems", "w_buf_elems"):
             v = getattr(self, name)
             if not _is_pow2(v) or v < self.tc * self.tp:
                 bad(name, f"must be a power of two of at least tc*tp = {self.tc * self.tp}")
+        if self.w_buf_elems < self.lanes * self.w_word_lines:
+            bad("w_buf_elems", f"must hold a W memory word of {self.w_word_lines} lines per PE "
+                f"(a beat of {self.elems_per_beat} elements over tp = {self.tp} lanes): at least "
+                f"tc*tp*{self.w_word_lines} = {self.lanes * self.w_word_lines}")
         if self.x_buf_elems < self.tr * self.lanes:
             bad("x_buf_elems", f"must hold tc*tp elements of every tile row, tr*tc*tp = {self.tr * self.lanes}")
         if not 2 <= self.rd_outstanding <= 256:
@@ -140,7 +145,16 @@ class HwConfig:
 
     @property
     def w_depth(self) -> int:
+        """Lines (``tp`` elements each) per PE's W memory per slot."""
         return self.w_buf_elems // self.lanes
+
+    @property
+    def w_word_lines(self) -> int:
+        """W lines in one word of a PE's W memory: 1, or ``E / tp`` when a beat holds more
+        elements than a PE has lanes (its elements for one PE then span that many lines,
+        aligned, so the memory takes them as one wide word write; docs/architecture.md,
+        "Buffers")."""
+        return max(1, self.elems_per_beat // self.tp)
 
     @property
     def bp_choices(self) -> tuple[int, ...]:
@@ -172,8 +186,8 @@ class HwConfig:
     def tr_min(self) -> int:
         """Fewest rows of a tall row tile (:meth:`tile_rows`): enough that the weights,
         loaded again for every row tile, take at most half the port time of the compute
-        (``tc*tp / (rows * elems_per_beat) <= 1/2``). As a beat holds at most min(tc, tp)
-        elements, that is at least 2 * max(tc, tp) rows: B_P groups stay full."""
+        (``tc*tp / (rows * elems_per_beat) <= 1/2``). As a beat holds at most ``tc`` elements,
+        that is at least ``2 * tp`` rows: B_P groups stay full."""
         return min(self.tr, 2 * self.lanes // self.elems_per_beat)
 
     @property
@@ -231,6 +245,32 @@ class HwConfig:
         row tiles of ``rows`` rows (``tr`` if not given)."""
         rows = self.tr if rows is None else rows
         return min(self.x_buf_elems // rows, (self.w_buf_elems // self.tc) * k)
+
+    def chunk_sizes(self, P: int, k: int, rows: int | None = None) -> tuple[int, ...]:
+        """Reduction elements of each chunk of a layer of reduction length ``P`` at stacking
+        ``k`` with row tiles of ``rows`` rows (``tr`` if not given).
+
+        Every chunk is :meth:`chunk_max` long but the last two: when the remainder
+        ``rl = P - (n-1)*cm`` is under half a chunk, they take ``cm/2`` and ``cm/2 + rl``
+        instead of ``cm`` and ``rl`` (when ``cm/2`` is still a whole number of cycles of
+        the widest unit, ``tp*k`` lanes, and of beats). A short last chunk computes in a few
+        cycles while the next column tile's first chunk loads a whole one: ResNet-18's
+        conv5_x (P = 4608) on the 16 x 8 with a 16-byte port ran chunks of 2048, 2048 and
+        512, and stalled a fifth of its cycles on those loads (0.794 of its roofline). The
+        split keeps the chunk count and the bytes moved (``cm/2`` is a multiple of the
+        beat), and ``cm/2`` is a power of two, so the hardware's chunk offsets stay shifts
+        (``hw/steps.py``)."""
+        cm = self.chunk_max(k, rows)
+        n = -(-P // cm)
+        rl = P - (n - 1) * cm
+        if n >= 2 and rl < cm // 2 and self.chunk_balances(k, rows):
+            return (cm,) * (n - 2) + (cm // 2, cm // 2 + rl)
+        return (cm,) * (n - 1) + (rl,)
+
+    def chunk_balances(self, k: int, rows: int | None = None) -> bool:
+        """Half a chunk is a whole number of cycles of ``tp*k`` lanes and of beats (the
+        condition for :meth:`chunk_sizes` to balance the last two chunks)."""
+        return self.chunk_max(k, rows) >= 2 * max(self.tp * k, self.elems_per_beat)
 
     def ns_per_cycle(self) -> float:
         return 1e3 / self.clock_mhz

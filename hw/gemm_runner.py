@@ -76,8 +76,7 @@ def policy_compute_cycles(cfg: HwConfig, R: int, P: int, C: int, bp: int, k: int
     S = k * seg
     F = cfg.tc // k
     tr = cfg.tile_rows(P, k)
-    cm = cfg.chunk_max(k, tr)
-    chunks = [P] if P <= cm else [min(cm, P - i * cm) for i in range(_ceil(P, cm))]
+    chunks = cfg.chunk_sizes(P, k, tr)
     total = 0
     for rows in cfg.row_tile_sizes(R, tr):
         n_g = _ceil(rows, bp)

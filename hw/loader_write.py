@@ -178,7 +178,7 @@ def _write_copy(ldr, m, c: int, r1, r1_s, r1_j, r1_lo):
         m.d.sync += [
             el.en.eq(r2.valid & (is_x | is_w) & (e < t.nvalid)),
             el.bank.eq(Mux(is_x, xbank, wbank)),
-            el.lsb.eq(line[0]),
+            el.lsb.eq(line[:len(el.lsb)]),
             el.data.eq(d),
         ]
         m.d.comb += out.el[e].eq(el)

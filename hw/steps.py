@@ -47,7 +47,10 @@ def layer_params_layout(cfg: HwConfig) -> data.StructLayout:
         "rpen0": 1,                              # ... and the first row tile is the first of them
         "rm": unsigned(max(1, log2(cfg.tr_max))),  # rows of the last row tile - 1
         "cmod": unsigned(max(1, log2(cfg.tc))),  # (C - 1) mod F
-        "pm": unsigned(dim),                     # (P - 1) mod chunk_max
+        "cbal": 1,                               # balanced last two chunks (chunk_sizes)
+        "cpen0": 1,                              # ... and the first chunk is the first of them
+        # the last chunk's length - 1: (P - 1) mod chunk_max, plus chunk_max / 2 if balanced
+        "pm": unsigned(dim),
         "stride": unsigned(cfg.addr_width),  # bytes per X row and per W row
     })
 
@@ -101,6 +104,25 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
     trows = Signal(range(cfg.tr_max + 1), name="lp_trows")
     m.d.comb += trows.eq(Array(rows_of)[rs])
     cmask = Array((cfg.tc >> lk) - 1 for lk in ks)[desc.log2_k]
+    # The last two chunks are balanced (HwConfig.chunk_sizes) when the remainder is under
+    # half a chunk: chunks only at row tiles of ``tr`` rows, so per stacking factor a test
+    # of P - 1's bits against the constant chunk: (P - 1) mod cm < cm/2 - 1, i.e. bit
+    # log2(cm) - 1 clear and the bits below it not all ones.
+    pm1 = desc.p - 1
+    cbal_k, cpen0_k = [], []
+    for lk in ks:
+        cmv = cfg.chunk_max(1 << lk, cfg.tr)
+        lc = log2(cmv)
+        if not cfg.chunk_balances(1 << lk, cfg.tr) or lc >= dim:
+            cbal_k.append(Const(0)), cpen0_k.append(Const(0))
+            continue
+        b = Signal(name=f"lp_cbal_{lk}")
+        m.d.comb += b.eq(~fits[lk][-1] & ~pm1[lc - 1] & (pm1[:lc - 1] != (cmv >> 1) - 1))
+        p0 = Signal(name=f"lp_cpen0_{lk}")
+        m.d.comb += p0.eq(b & (pm1[lc:dim] == 1))
+        cbal_k.append(b), cpen0_k.append(p0)
+    cbal = Signal(name="lp_cbal_sel")
+    m.d.comb += cbal.eq(Array(cbal_k)[desc.log2_k])
     ls = Signal.like(lp.ls, name="lp_ls")
     lseg = Signal.like(lp.lseg, name="lp_lseg")
     m.d.comb += [ls.eq(desc.log2_k + ltp - desc.log2_bp), lseg.eq(ltp - desc.log2_bp)]
@@ -148,7 +170,9 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
         lp.ch_one.eq(ch_one),
         lp.rm.eq(Array(rm_c)[rs]),
         lp.cmod.eq((desc.c - 1)[:len(lp.cmod)] & cmask),
-        lp.pm.eq((desc.p - 1)[:dim] & pmask),
+        lp.cbal.eq(cbal),
+        lp.cpen0.eq(Array(cpen0_k)[desc.log2_k]),
+        lp.pm.eq(((desc.p - 1)[:dim] & pmask) | Mux(cbal, (pmask >> 1) + 1, 0)),
         lp.stride.eq(((pbytes + cfg.mem_bytes - 1) >> lm) << lm),
     ]
 
@@ -238,6 +262,11 @@ class StepIter(Elaboratable):
         nsf = reg("nsf", dim + 1, cm_c >> lp.ls)
         nsl = reg("nsl", dim + 1, (lp.pm >> lp.ls) + 1)
         nsf_one = reg("nsf_one", 1, lp.lcm == lp.ls)
+        # the first of two balanced last chunks (``cpen``): half a chunk
+        cmh = reg("cmh", range(cmr), cm_c >> 1)
+        nsh = reg("nsh", dim + 1, (cm_c >> 1) >> lp.ls)
+        nsh_one = reg("nsh_one", 1, lp.lcm == lp.ls + 1)
+        nbh_m1 = reg("nbh_m1", dim + 1, (cm_c >> (lE + 1)) - 1)
         nsl_one = reg("nsl_one", 1, (lp.pm >> lp.ls) == 0)
         ngf_m1 = reg("ngf_m1", range(cfg.tr_max), lp.trm1 >> lp.lbp)
         ngl_m1 = reg("ngl_m1", range(cfg.tr_max), lp.rm >> lp.lbp)
@@ -259,6 +288,7 @@ class StepIter(Elaboratable):
         ngh_m1 = reg("ngh_m1", range(cfg.tr_max), (lp.trm1 >> 1) >> lp.lbp)
         nrh = reg("nrh", range(cfg.tp + 1), ((lp.trm1 >> 1) & lp.bpmask) + 1)
         p_step = reg("p_step", cfg.addr_width, cm_c * eb)
+        p_step_h = reg("p_step_h", cfg.addr_width, (cm_c * eb) >> 1)
         # second stage (valid two cycles after restart, before the first advance)
         nsf_m2 = reg("nsf_m2", dim + 1, nsf - 2)
         nsl_m2 = reg("nsl_m2", dim + 1, nsl - 2)
@@ -269,12 +299,15 @@ class StepIter(Elaboratable):
         ngh_m2 = reg("ngh_m2", range(cfg.tr_max + 1), ngh_m1 - 1)
         n_ct_m2 = reg("n_ct_m2", dim, n_ct_m1 - 1)
         n_ch_m2 = reg("n_ch_m2", dim, n_ch_m1 - 1)
+        n_ch_m3 = reg("n_ch_m3", dim, n_ch_m1 - 2)
+        nsh_m2 = reg("nsh_m2", dim + 1, nsh - 2)
         # n_s clamped to tp: a group's rows (at most B_P <= tp) compare with it in a few bits
         # instead of n_s's dim + 1 (the compute issue's ``ci_hold_ok``: the 16 x 8's worst
         # path routed with router1 on 81c736a, 97.50 MHz, a 17-bit compare behind the rows'
         # select)
         nsf_tp = reg("nsf_tp", range(cfg.tp + 1), Mux(nsf >= cfg.tp, cfg.tp, nsf))
         nsl_tp = reg("nsl_tp", range(cfg.tp + 1), Mux(nsl >= cfg.tp, cfg.tp, nsl))
+        nsh_tp = reg("nsh_tp", range(cfg.tp + 1), Mux(nsh >= cfg.tp, cfg.tp, nsh))
 
         # ---- step counters and their flags ----------------------------------------------
         first_rt = Signal(name="it_first_rt")
@@ -286,6 +319,7 @@ class StepIter(Elaboratable):
         x_new = Signal(name="it_x_new")
         w_new = Signal(name="it_w_new")
         pen = Signal(name="it_pen")                # this row tile is the first balanced one
+        cpen = Signal(name="it_cpen")              # this chunk is the first balanced one
 
         with m.If(self.restart):
             m.d.sync += [self.rt.eq(0), self.ct.eq(0), self.ch.eq(0),
@@ -294,15 +328,17 @@ class StepIter(Elaboratable):
                          first_rt.eq(1), self.first_ct.eq(1), self.first_ch.eq(1),
                          self.last_rt.eq(lp.rt_one), self.last_ct.eq(lp.ct_one),
                          self.last_ch.eq(lp.ch_one), x_new.eq(1), w_new.eq(1),
-                         pen.eq(lp.rpen0)]
+                         pen.eq(lp.rpen0), cpen.eq(lp.cpen0)]
         with m.Elif(self.advance):
             with m.If(~self.last_ch):
-                m.d.sync += [self.ch.eq(self.ch + 1), self.p0.eq(self.p0 + cm),
-                             self.p_off.eq(self.p_off + p_step),
-                             self.first_ch.eq(0), self.last_ch.eq(self.ch == n_ch_m2)]
+                m.d.sync += [self.ch.eq(self.ch + 1), self.p0.eq(self.p0 + Mux(cpen, cmh, cm)),
+                             self.p_off.eq(self.p_off + Mux(cpen, p_step_h, p_step)),
+                             self.first_ch.eq(0), self.last_ch.eq(self.ch == n_ch_m2),
+                             cpen.eq(lp.cbal & (self.ch == n_ch_m3))]
             with m.Else():
                 m.d.sync += [self.ch.eq(0), self.p0.eq(0), self.p_off.eq(0),
-                             self.first_ch.eq(1), self.last_ch.eq(lp.ch_one)]
+                             self.first_ch.eq(1), self.last_ch.eq(lp.ch_one),
+                             cpen.eq(lp.cpen0)]
                 with m.If(~self.last_ct):
                     m.d.sync += [self.ct.eq(self.ct + 1), self.c0.eq(self.c0 + f),
                                  self.col_off.eq(self.col_off + stride_f),
@@ -333,18 +369,18 @@ class StepIter(Elaboratable):
         m.d.comb += [
             self.rows.eq(Mux(lr, rows_last, Mux(pen, trows_h, trows))),
             self.ncols.eq(Mux(lc, ncols_last, f)),
-            self.len.eq(Mux(lh, len_last, cm)),
-            self.n_s.eq(Mux(lh, nsl, nsf)),
+            self.len.eq(Mux(lh, len_last, Mux(cpen, cmh, cm))),
+            self.n_s.eq(Mux(lh, nsl, Mux(cpen, nsh, nsf))),
             self.n_g.eq(Mux(lr, ngl_m1, Mux(pen, ngh_m1, ngf_m1)) + 1),
             self.rows_m1.eq(Mux(lr, lp.rm, Mux(pen, trm1_h, lp.trm1))),
             self.ncols_m1.eq(Mux(lc, lp.cmod, lp.fmask)),
-            self.ns_one.eq(Mux(lh, nsl_one, nsf_one)),
-            self.ns_m2.eq(Mux(lh, nsl_m2, nsf_m2)),
-            self.ns_tp.eq(Mux(lh, nsl_tp, nsf_tp)),
+            self.ns_one.eq(Mux(lh, nsl_one, Mux(cpen, nsh_one, nsf_one))),
+            self.ns_m2.eq(Mux(lh, nsl_m2, Mux(cpen, nsh_m2, nsf_m2))),
+            self.ns_tp.eq(Mux(lh, nsl_tp, Mux(cpen, nsh_tp, nsf_tp))),
             self.ng_one.eq(Mux(lr, ngl_m1 == 0, Mux(pen, ngh_m1 == 0, ngf_m1 == 0))),
             self.ng_m2.eq(Mux(lr, ngl_m2, Mux(pen, ngh_m2, ngf_m2))),
             self.nr_last.eq(Mux(lr, nrl, Mux(pen, nrh, nrf))),
-            self.nb_m1.eq(Mux(lh, nbl_m1, nbf_m1)),
+            self.nb_m1.eq(Mux(lh, nbl_m1, Mux(cpen, nbh_m1, nbf_m1))),
             self.nv_last.eq(Mux(lh, nvl, E)),
             self.step_s.eq(lp.s),
             self.first_rt.eq(first_rt),

@@ -327,7 +327,10 @@ class _Layer:
         # the first of two balanced last row tiles, if they are balanced (else -1)
         self.pen = self.n_rt - 2 if self.n_rt >= 2 and self.rows[-2] != tr else -1
         self.n_ct = _ceil(C, F)
-        self.n_ch = _ceil(P, cm)
+        self.chunks = cfg.chunk_sizes(P, k, tr)      # the last two balanced (HwConfig)
+        self.n_ch = len(self.chunks)
+        # the chunk before the last is a half chunk (the last two balanced)
+        self.cbal = self.n_ch >= 2 and self.chunks[-2] != cm
         self.rt_len = self.n_ct * self.n_ch
         self.n_steps = self.n_rt * self.rt_len
         self.single = self.n_ct == 1 and self.n_ch == 1
@@ -357,7 +360,7 @@ class _Layer:
             ncols = min(self.F, self.C - c0)
             boff = (c0 * 4) & (M - 1)
             nbb = (boff + ncols * 4 + M - 1) // M
-        key = (rt == 0, last_rt, rt == self.pen, ct == 0, last_ct, last_ch, nbb)
+        key = (rt == 0, last_rt, rt == self.pen, ct == 0, last_ct, last_ch, self.chunks[ch], nbb)
         if self.ilv:
             key += (None if last_rt else self.rows[rt + 1], min(ct, self.xparts + 1))
         v = self._cache.get(key)
@@ -369,7 +372,7 @@ class _Layer:
         M, eb, bp = self.M, self.eb, self.bp
         rows = self.rows[rt]
         ncols = min(self.F, self.C - ct * self.F)
-        ln = min(self.cm, self.P - ch * self.cm)
+        ln = self.chunks[ch]
         n_s = _ceil(ln, self.S)
         n_g = _ceil(rows, bp)
         nb = _ceil(ln * eb, M)
@@ -398,7 +401,8 @@ class _Layer:
         class) for every ``m`` in ``[j, e)``; ``j`` if there is none. Never past the last
         step but one (the last step ends the layer).
 
-        A step's class depends on its chunk only through "last chunk", on its column tile
+        A step's class depends on its chunk only through its length (a full chunk, the
+        half chunk before a balanced last one, the last: ``HwConfig.chunk_sizes``), on its column tile
         only through "first" (X loaded only when ``n_ch == 1``) and "last" (X freed when
         ``n_ch == 1``, fewer columns when ``F`` does not divide ``C``), and on its row tile
         only through "first" (W loaded once per layer when ``n_ct == n_ch == 1``), "last"
@@ -428,8 +432,9 @@ class _Layer:
             return max(j, min(tail * self.rt_len, self.n_steps - 1))
         rt, rem = divmod(j, self.rt_len)
         ct, ch = divmod(rem, n_ch)
-        if d <= ch <= n_ch - 2:                       # inside one tile, full chunks
-            return j - ch + n_ch - 1
+        nf = n_ch - 1 - self.cbal                     # full chunks: 0 .. nf - 1
+        if d <= ch <= nf - 1:                         # inside one tile, full chunks
+            return j - ch + nf
         if d % n_ch:
             return j
         kk = d // n_ch                                # whole tiles: work on tile indices
@@ -638,8 +643,8 @@ def _layer_timing(cfg, R, P, C, bp, k, bias, out_mode, mem, extrapolate) -> Laye
     lay = _Layer(cfg, R, P, C, bp, k, bias, out_mode)
     end, sigma, n_groups, ls, cs, simulated = _simulate(cfg, lay, mem, extrapolate)
     # sum over steps of n_g * n_s: closed form over the chunks, a sum over the row tiles
-    S, cm = lay.S, lay.cm
-    chunks_ns = (lay.n_ch - 1) * _ceil(cm, S) + _ceil(P - (lay.n_ch - 1) * cm, S)
+    S = lay.S
+    chunks_ns = sum(_ceil(ln, S) for ln in lay.chunks)
     g_total = sum(_ceil(r, bp) for r in lay.rows)
     issue = g_total * lay.n_ct * chunks_ns
     assert n_groups == g_total * lay.n_ct * lay.n_ch, "group count does not add up"

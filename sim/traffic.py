@@ -50,7 +50,7 @@ def tiled_traffic(cfg: HwConfig, R: int, P: int, C: int, *, bp: int, k: int, bia
     _check(cfg, R, P, C, bp, k, out_mode, MemTiming())
     lay = _Layer(cfg, R, P, C, bp, k, bias, out_mode)
     M, eb, F = cfg.mem_bytes, cfg.elem_bytes, lay.F
-    nb = [_ceil(min(lay.cm, P - ch * lay.cm) * eb, M) for ch in range(lay.n_ch)]
+    nb = [_ceil(ln * eb, M) for ln in lay.chunks]
     ncols = [min(F, C - ct * F) for ct in range(lay.n_ct)]
     nbb = [(((ct * F * 4) & (M - 1)) + n * 4 + M - 1) // M if bias else 0
            for ct, n in enumerate(ncols)]

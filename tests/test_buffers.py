@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from fluidnpu.hw.buffers import OperandBuffers, net_stages, w_stages
+from fluidnpu.hw.buffers import OperandBuffers, mem_shape, net_stages, w_stages
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.reference import gemm_reference
 
@@ -17,9 +17,10 @@ def _log2(v):
     return v.bit_length() - 1
 
 
-def _beat_targets(cfg, kind, bp, k, pl0, idx, abase=0):
+def _beat_targets(cfg, kind, bp, k, pl0, idx, abase=0, wide=False):
     """(memory, line, position) of each element of a beat, as the loader maps it
-    (docs/architecture.md, "Buffers"; hw/loader.py, stage r1), slot 0."""
+    (docs/architecture.md, "Buffers"; hw/loader.py, stage r1), slot 0; with ``wide``, W
+    lines and positions are those of the memory's words (``w_word_lines`` lines each)."""
     tc, tp, E = cfg.tc, cfg.tp, cfg.elems_per_beat
     seg = tp // bp
     S, F = k * seg, tc // k
@@ -34,6 +35,10 @@ def _beat_targets(cfg, kind, bp, k, pl0, idx, abase=0):
         else:
             bank = (idx * k + j) * tp + (s % bp) * seg + lo
             line = s // bp
+            if wide:
+                wl = cfg.w_word_lines
+                out.append((bank // tp, line // wl, (line % wl) * tp + bank % tp))
+                continue
         out.append((bank // tp, line, bank % tp))
     return out
 
@@ -41,12 +46,15 @@ def _beat_targets(cfg, kind, bp, k, pl0, idx, abase=0):
 @pytest.mark.parametrize("tc, tp, mem_bytes, dw", [
     (4, 4, 4, 8), (8, 8, 8, 8), (16, 8, 8, 8), (8, 4, 4, 8), (4, 16, 4, 8), (2, 4, 4, 16),
     (16, 16, 16, 8),
+    # beats wider than a PE's lanes: W words of w_word_lines = 2 and 4 lines
+    (4, 2, 4, 8), (16, 8, 16, 8), (8, 4, 8, 8), (8, 2, 8, 8), (4, 2, 8, 16),
 ])
 def test_one_line_per_memory_per_beat(tc, tp, mem_bytes, dw):
-    """Every element of a beat that lands in one memory lands on the same line, at its own
-    position: the property that lets a memory take a beat as one word write; and the
-    beat's elements land on element 0's line or the one after it, so the loader sends one
-    line and a bit per element (``buffers.write_beat_layout``)."""
+    """Every element of a beat that lands in one memory lands on the same line (for W: the
+    same word of ``w_word_lines`` lines), at its own position: the property that lets a
+    memory take a beat as one word write; and the beat's elements land on element 0's line
+    or the one after it, so the loader sends one line and a bit per element
+    (``buffers.write_beat_layout``)."""
     cfg = HwConfig(tc=tc, tp=tp, mem_bytes=mem_bytes, data_width=dw)
     E = cfg.elems_per_beat
     for (bp, k), kind in itertools.product(cfg.policies, ("x", "w")):
@@ -57,12 +65,19 @@ def test_one_line_per_memory_per_beat(tc, tp, mem_bytes, dw):
                     continue
                 for abase in (0, 3, 7):
                     tg = _beat_targets(cfg, kind, bp, k, pl0, idx, abase)
+                    line0, wl = tg[0][1], cfg.w_word_lines
+                    if kind == "x" or wl == 1:      # line0 or the next: a bit per element
+                        assert all(line - line0 in (0, 1) for _, line, _ in tg), (kind, bp, k, pl0, tg)
+                    else:                           # line0's word: the line's low bits
+                        assert all(line // wl == line0 // wl for _, line, _ in tg), (bp, k, pl0, tg)
+                    # the words the memories take: X words are lines; W words w_word_lines lines
+                    tw = _beat_targets(cfg, kind, bp, k, pl0, idx, abase, wide=True)
+                    npos = tp if kind == "x" else mem_shape(cfg, "w")[1]
                     lines, pos = {}, set()
-                    line0 = tg[0][1]
-                    for mem, line, p in tg:
-                        assert line - line0 in (0, 1), (kind, bp, k, pl0, idx, abase, tg)
-                        assert lines.setdefault(mem, line) == line, (kind, bp, k, pl0, idx, tg)
-                        assert (mem, p) not in pos, (kind, bp, k, pl0, idx, tg)
+                    for mem, line, p in tw:
+                        assert 0 <= p < npos, (kind, bp, k, pl0, idx, tw)
+                        assert lines.setdefault(mem, line) == line, (kind, bp, k, pl0, idx, tw)
+                        assert (mem, p) not in pos, (kind, bp, k, pl0, idx, tw)
                         pos.add((mem, p))
 
 
@@ -82,6 +97,10 @@ def test_latency_follows_the_network():
     # the W replication network: log2(tp) levels, two per stage, within the X network's stages
     assert [w_stages(HwConfig(tc=tc, tp=tp, mem_bytes=4)) for tc, tp in
             ((4, 4), (8, 4), (8, 8), (4, 8), (4, 16), (16, 16), (16, 4))] == [1, 1, 2, 1, 1, 2, 1]
+    # a wide W word's line select adds levels: 16 x 8 with 16-byte beats, 3 + 1 levels in its
+    # two stages; 8 x 2 with 8-byte beats, 1 + 2 levels in two stages; 4 x 2, 1 + 1 in one
+    assert [w_stages(HwConfig(tc=tc, tp=tp, mem_bytes=mb)) for tc, tp, mb in
+            ((16, 8, 16), (8, 2, 8), (4, 2, 4))] == [2, 2, 1]
 
 
 _SMALL = dict(tr=8, x_buf_elems=2048, w_buf_elems=1024)
@@ -101,6 +120,10 @@ _SMALL = dict(tr=8, x_buf_elems=2048, w_buf_elems=1024)
     # group 1 of a tile starts at g * n_s = 75, not a multiple of E/S, so some beats' first
     # elements land on one memory line and the rest on the next (write_beat_layout)
     (8, 8, 8, (11, 150, 5), 5, ((4, 1),)),
+    # beats wider than a PE's lanes: W words of two lines (4 x 2) and four lines (8 x 2,
+    # the line select over two stages), a W load's beat on one PE at k = 1
+    (4, 2, 4, (9, 45, 7), 6, ((1, 1), (2, 1), (1, 4), (2, 2))),
+    (8, 2, 8, (7, 70, 11), 7, ((1, 1), (2, 2), (1, 8))),
 ])
 def test_core_policies_on_other_shapes(tc, tp, mem_bytes, shape, seed, policies):
     """The whole core on the Amaranth simulator (the cycle model's equality with the RTL on

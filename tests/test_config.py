@@ -32,7 +32,9 @@ BAD = [
     ({"mem_bytes": 2}, "mem_bytes", 2),
     ({"mem_bytes": 128}, "mem_bytes", 128),
     ({"tc": 4, "mem_bytes": 8}, "mem_bytes", 8),
-    ({"tp": 2, "mem_bytes": 4}, "mem_bytes", 4),
+    ({"tc": 2, "mem_bytes": 4}, "mem_bytes", 4),
+    # a 8-element beat on tp = 2 lanes: W words of 4 lines, more than 32 elements of W hold
+    ({"tp": 2, "mem_bytes": 8, "w_buf_elems": 32}, "w_buf_elems", 32),
     ({"x_buf_elems": 10000}, "x_buf_elems", 10000),
     ({"x_buf_elems": 32}, "x_buf_elems", 32),
     ({"w_buf_elems": 5000}, "w_buf_elems", 5000),
@@ -80,12 +82,16 @@ def test_mem_bytes_derived_from_the_array_unless_given():
     assert HwConfig().replace(tc=4).mem_bytes == 4
     assert HwConfig().with_overrides(["tp=4"]) == HwConfig(tp=4, mem_bytes=4)
     assert HwConfig(tp=4).replace(tp=8).mem_bytes == 8
-    with pytest.raises(ConfigError, match=r"mem_bytes = 8: holds 8 elements per beat.*min\(tc, tp\) = 4"):
+    with pytest.raises(ConfigError, match=r"mem_bytes = 8: holds 8 elements per beat.*at most tc = 4"):
         HwConfig(mem_bytes=8).replace(tc=4)
     assert not HwConfig.from_dict(HwConfig().to_dict()).mem_bytes_derived
     # too few lanes for the narrowest port: the message names tc and tp, not the derived width
-    with pytest.raises(ConfigError, match=r"tc = 8, tp = 2: the memory port is at least 4 bytes"):
-        HwConfig(tp=2)
+    with pytest.raises(ConfigError, match=r"tc = 2, tp = 8: the memory port is at least 4 bytes"):
+        HwConfig(tc=2)
+    # a beat wider than a PE's lanes is taken (the W words widen), as long as tc holds it
+    assert HwConfig(tp=2).mem_bytes == 4 and HwConfig(tp=2).w_word_lines == 2
+    assert HwConfig(tc=16, tp=8, mem_bytes=16).w_word_lines == 2
+    assert HwConfig(tc=8, tp=2, mem_bytes=8).w_word_lines == 4 and HwConfig().w_word_lines == 1
 
 
 @pytest.mark.parametrize("changes", [
@@ -186,6 +192,32 @@ def test_row_tile_sizes():
             if bp <= T:
                 plain = (T,) * (len(sizes) - 1) + (R - (len(sizes) - 1) * T,)
                 assert sum(-(-s // bp) for s in sizes) == sum(-(-s // bp) for s in plain)
+
+
+def test_chunk_sizes():
+    """Full chunks, then the last two balanced when the remainder is under half a chunk."""
+    big = HwConfig(tc=16, tp=8, mem_bytes=16, x_buf_elems=65536, w_buf_elems=65536)
+    assert big.chunk_max(1) == 2048
+    assert big.chunk_sizes(4608, 1) == (2048, 1024, 1536)     # ResNet-18 conv5_x: 2048, 2048, 512
+    assert big.chunk_sizes(4096 + 1024, 1) == (2048, 2048, 1024)   # half a chunk left: as it is
+    assert big.chunk_sizes(2048 + 100, 1) == (1024, 1124)     # two chunks: the half one first
+    assert big.chunk_sizes(2048, 1) == (2048,) and big.chunk_sizes(300, 1) == (300,)
+    # a chunk of one or two cycles of the widest unit is not halved
+    tiny = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=128, w_buf_elems=512, mem_bytes=4)
+    assert tiny.chunk_max(4) == 16 and not tiny.chunk_balances(4)
+    assert tiny.chunk_sizes(40, 4) == (16, 16, 8)
+    for cfg in (big, HwConfig(), tiny):
+        for k in cfg.k_choices:
+            cm = cfg.chunk_max(k)
+            S = cfg.tp * k
+            for P in range(1, 5 * cm, max(1, cm // 16) + 3):
+                sizes = cfg.chunk_sizes(P, k)
+                assert sum(sizes) == P and len(sizes) == -(-P // cm) and max(sizes) <= cm
+                assert all(s == cm for s in sizes[:-2]), (P, k, sizes)
+                if len(sizes) >= 2 and cfg.chunk_balances(k):
+                    assert min(sizes) >= cm // 2, (P, k, sizes)
+                # every chunk but the last starts a whole number of cycles and beats in
+                assert all(s % S == 0 and s % cfg.elems_per_beat == 0 for s in sizes[:-1])
 
 
 def test_derived_values_of_wide_data():

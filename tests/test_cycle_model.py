@@ -33,7 +33,12 @@ WIDE16 = HwConfig(tc=16, tp=4, tr=8, x_buf_elems=2048, w_buf_elems=1024, mem_byt
 TALL = HwConfig(tc=4, tp=4, tr=32, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=4)
 #: the 8 x 4, the default from 4 to 5 Dec 2026
 MID = HwConfig(tc=8, tp=4, mem_bytes=4)
-CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5, "16x4": WIDE16, "tall": TALL, "8x4": MID}
+#: beats wider than a PE's lanes (docs/architecture.md, "Buffers"): W words of two lines
+#: (the 16 x 8 with 16-byte beats takes the same) and of four lines (two line-select levels)
+NARROW2 = HwConfig(tc=4, tp=2, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4, stage_entries=3)
+NARROW4 = HwConfig(tc=8, tp=2, tr=8, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=8)
+CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5, "16x4": WIDE16, "tall": TALL, "8x4": MID,
+        "4x2": NARROW2, "8x2": NARROW4}
 
 BASIC_MEMS = (MemTiming(latency=1), MemTiming(latency=20), MemTiming(latency=50),
               MemTiming(latency=1, interval=2), MemTiming(latency=20, interval=2))
@@ -62,6 +67,10 @@ def _shape(cfg, rng, kind, k):
         return r(1, 3 * tr), r(1, 3 * tp * tc), r(1, 3 * F)
     if kind == "chunks":        # several reduction chunks
         return r(1, tr + 3), r(cm + 1, 2 * cm + tp), r(1, F + 2)
+    if kind == "balanced":      # 2 to 4 chunks, the last two balanced (HwConfig.chunk_sizes)
+        if not cfg.chunk_balances(k):
+            return None
+        return r(1, tr + 3), r(1, 3) * cm + r(1, cm // 2 - 1), r(1, F + 2)
     if kind == "wreuse":        # one column tile, one chunk, several row tiles
         return r(2 * tr + 1, 5 * tr), r(1, min(cm, 3 * tp * k)), r(1, F)
     if kind == "wide":          # many column tiles
@@ -153,7 +162,7 @@ def _compare(cfg, specs, run_dir, sim=None):
     assert not bad, f"{len(bad)} of {len(specs)} cases differ:\n" + "\n".join(bad)
 
 
-ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
+ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide", "balanced")
 
 
 @pytest.mark.rtl
@@ -173,9 +182,11 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide")
     ("small", 14, BASIC_MEMS + ODD_MEMS, ("tail",), 40_000, 20, 4_000),
     ("tall", 15, BASIC_MEMS, ("tail", "tall"), 40_000, 12, 6_000),
     ("8x8", 16, BASIC_MEMS[:3], ("tail",), 40_000, 8, 8_000),
+    ("4x2", 17, BASIC_MEMS + ODD_MEMS, ALL_KINDS, 50_000, 30, 5_000),
+    ("8x2", 18, BASIC_MEMS, ALL_KINDS + ("tall", "tail"), 50_000, 24, 6_000),
 ], ids=["small-basic", "small-odd", "small-many", "small-s5", "8x8-basic", "8x8-odd",
         "8x8-many", "16x4-basic", "tall-basic", "tall-odd", "8x8-tall", "8x4-tall",
-        "small-tail", "tall-tail", "8x8-tail"])
+        "small-tail", "tall-tail", "8x8-tail", "4x2-wide-beat", "8x2-wide-beat"])
 def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
     cfg = CFGS[cfg_name]
     _compare(cfg, _cases(cfg, seed, mems, kinds, budget, n, max_cyc), tmp_path)

@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from fluidnpu.hw.bram import ecp5_tiling
+from fluidnpu.hw.buffers import mem_shape
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.synth.floorplan import DSP_ROWS, EBR_ROWS, apply_floorplan, plan_dsp, plan_ebr
 
@@ -21,8 +22,8 @@ ROWS = EBR_ROWS["85k"]
 def names_for(cfg: HwConfig, prefix="harness.core.bufs."):
     """The DP16KD cells the generator makes for ``cfg``'s operand memories (hw/bram.py)."""
     out = []
-    for w, depth in (("x", cfg.x_depth), ("w", cfg.w_depth)):
-        t = ecp5_tiling(2 * depth, cfg.tp, cfg.data_width)
+    for w in "xw":
+        t = ecp5_tiling(*mem_shape(cfg, w), cfg.data_width)
         out += [f"{prefix}{w}mem{g}.bram{i}" for g in range(cfg.tc) for i in range(t.tiles)]
     return out
 
