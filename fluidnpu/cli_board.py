@@ -18,6 +18,11 @@ __all__ = ["board"]
 
 BOARD_NAMES = ("ulx3s-85f",)
 DEFAULT_OUT = Path("out/ulx3s")
+#: nextpnr seeds ``board build`` tries in turn, and how long each may take: router2 did not
+#: converge with seed 1 on the SoC of 92ebdb6 (its overuse rose from 1,041 to 5,430 wires
+#: after an hour) where seed 2 routed in about 17 minutes (docs/board.md)
+DEFAULT_SEEDS = "1,2,3"
+DEFAULT_PNR_TIMEOUT_MIN = 60.0
 
 
 @click.group()
@@ -40,7 +45,15 @@ def _build_errors():
               help="The SoC's clock (NPU, bus, SDRAM), MHz.")
 @click.option("--baud", type=click.IntRange(9600, 3_000_000), default=1_000_000, show_default=True,
               help="The UARTBone's rate, baud (board run uses the same).")
-@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True, help="nextpnr placement seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="One nextpnr seed (instead of --seeds).")
+@click.option("--seeds", "seeds_text", metavar="LIST", default=DEFAULT_SEEDS, show_default=True,
+              help="nextpnr seeds tried in turn until one meets timing (e.g. 1-4 or 1,3,8); a seed "
+                   "whose router does not finish within --pnr-timeout gives way to the next.")
+@click.option("--pnr-timeout", "pnr_timeout_min", type=click.FloatRange(min=1), default=DEFAULT_PNR_TIMEOUT_MIN,
+              show_default=True, metavar="MINUTES",
+              help="Stop a seed's place and route after this long (router2 can fail to converge on "
+                   "a seed: its overuse grows instead of falling; docs/board.md).")
 @click.option("--router", type=click.Choice(ROUTERS), default="auto", show_default=True,
               help="nextpnr's router; auto is router2 with timing-driven rip-up. router1 is slower "
                    "but routes where router2's overuse does not converge (docs/board.md).")
@@ -48,12 +61,23 @@ def _build_errors():
               show_default=True, callback=_out_dir,
               help="Folder for the bitstream (soc.bit), board.json, the NPU's Verilog and registers, logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print board.json's content.")
-def build_cmd(board_name, config_path, sets, sys_clk_mhz, baud, seed, router, out, as_json):
+def build_cmd(board_name, config_path, sets, sys_clk_mhz, baud, seed, seeds_text, pnr_timeout_min, router,
+              out, as_json):
     """Build the SoC (no CPU; SDRAM through LiteDRAM; UARTBone; the NPU) into a bitstream
     with yosys, nextpnr-ecp5 and ecppack; report resources and Fmax. Exit status 1 if the
     Fmax is below the SoC clock (no bitstream is written then)."""
     need_extra("board", "fluidnpu board build")
     need_extra("synth", "fluidnpu board build")
+    from fluidnpu.synth.flow import parse_seeds
+    if seed is not None:
+        if seeds_text != DEFAULT_SEEDS:
+            raise click.UsageError("give --seed or --seeds, not both")
+        seeds = (seed,)
+    else:
+        try:
+            seeds = parse_seeds(seeds_text)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--seeds") from None
     cfg = load_config(config_path, sets)
     if cfg.mem_bytes != 4 and cfg.mem_bytes_derived:
         # the SoC's bus is 32 bits: a port width the configuration did not fix is 4 bytes
@@ -72,8 +96,8 @@ def build_cmd(board_name, config_path, sets, sys_clk_mhz, baud, seed, router, ou
         if not as_json:
             click.echo(f"[{stage}] {message}", err=True)
     try:
-        info = build_board(cfg, out, board=board_name, sys_clk_mhz=sys_clk_mhz, baud=baud, seed=seed,
-                           router=router, progress=progress)
+        info = build_board(cfg, out, board=board_name, sys_clk_mhz=sys_clk_mhz, baud=baud, seeds=seeds,
+                           router=router, pnr_timeout=60 * pnr_timeout_min, progress=progress)
     except ToolMissing as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -19,14 +19,14 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .floorplan import apply_floorplan
 from .parse import parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 from .result import resources_from
 from .pnr import resolve_placer, resolve_router, router_args
 from .targets import get_target
-from .tools import SynthError, ToolFailed, check_nextpnr_log, check_yosys_log, find_tool, run_tool, tool_version
+from .tools import SynthError, ToolFailed, ToolTimeout, check_nextpnr_log, check_yosys_log, find_tool, run_tool, tool_version
 
 __all__ = ["BoardBuildError", "TimingFailed", "build_board", "BOARD_TOOLS", "BUILD_NAME"]
 
@@ -73,7 +73,8 @@ def _edit_script(ys: Path, npu_v: Path, npu_il: Path) -> None:
 
 
 def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_mhz: float = 40.0,
-                baud: int = 1_000_000, seed: int = 1, router: str = "auto",
+                baud: int = 1_000_000, seed: int = 1, seeds: Sequence[int] | None = None,
+                router: str = "auto", pnr_timeout: float | None = None,
                 timeout: float | None = None, progress: Callable[[str, str], None] | None = None) -> dict:
     """Build the SoC with the NPU of ``cfg`` into ``out_dir``; returns board.json's content.
 
@@ -83,12 +84,23 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
     (the logs and reports are published, the bitstream is not). ``router``: nextpnr's
     router as in ``fluidnpu synth`` (:data:`~.choices.ROUTERS`; ``auto`` is router2 with
     timing-driven rip-up); router1 when router2's overuse does not converge.
+
+    ``seeds`` (instead of ``seed``): nextpnr seeds tried in turn, on the same netlist, until
+    one meets timing; a seed whose run does not finish within ``pnr_timeout`` seconds (its
+    router not converging) or misses timing gives way to the next. board.json records the
+    seed used and every attempt (``seed_attempts``); the last seed's result is final.
     """
     from fluidnpu.outputs import staged_output
 
     from .litex_soc import BOARDS, make_soc, npu_verilog, require_litex, sdram_init_sequence
 
     require_litex()
+    seeds = tuple(seeds) if seeds is not None else (seed,)
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds = {seeds!r}: must be distinct non-negative integers, at least one")
+    if pnr_timeout is not None and not pnr_timeout > 0:
+        raise ValueError(f"pnr_timeout = {pnr_timeout!r}: must be a positive number of seconds")
     if board not in BOARDS:
         raise ValueError(f"board = {board!r}: must be one of {', '.join(BOARDS)}")
     tgt = get_target(board)
@@ -118,7 +130,7 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         from litex.soc.integration.builder import Builder
         builder = Builder(soc, output_dir=str(root / "litex"), compile_software=False, compile_gateware=False,
                           csr_json=str(root / "csr.json"), csr_csv=str(root / "csr.csv"))
-        _quiet(lambda: builder.build(build_name=BUILD_NAME, run=False, seed=seed))
+        _quiet(lambda: builder.build(build_name=BUILD_NAME, run=False, seed=seeds[0]))
         gw = root / "litex" / "gateware"
         tc = soc.platform.toolchain
         _edit_script(gw / f"{BUILD_NAME}.ys", npu_v, npu_il)
@@ -140,27 +152,52 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         # LiteX's options (device, package, speed, seed, --timing-allow-fail) and the flow's
         # static placer and router (``auto``: router2 with timing-driven rip-up,
         # ``targets.ECP5_ROUTER_ARGS``): HeAP leaves the 8 x 8 congested (docs/synthesis.md)
-        args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg", f"{BUILD_NAME}.config",
-                *tc.pnr_opts.split(), "--placer", placer, *router_args(router, tgt.family),
-                "--report", "report.json", "--log", "nextpnr.log", "--quiet"]
-        say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), {placer} placer, {router}, seed {seed} "
-            f"-> {gw / 'nextpnr.log'}")
-        stage_s["nextpnr"] = round(run_tool("nextpnr-ecp5", args, cwd=gw, log=gw / "nextpnr.log",
-                                            outputs=[gw / "report.json", gw / f"{BUILD_NAME}.config"],
-                                            check_log=check_nextpnr_log, log_is_tool_log=True,
-                                            timeout=timeout), 2)
-        rep = parse_nextpnr_report(json.loads((gw / "report.json").read_text()))
-        if not rep["fmax"]:
-            rep["fmax"] = parse_nextpnr_log((gw / "nextpnr.log").read_text(errors="replace"))["fmax"]
-        if not rep["fmax"]:
-            raise ToolFailed(f"nextpnr-ecp5: no Fmax in {gw / 'report.json'} or the log", gw / "nextpnr.log")
+        opts = _without_seed(tc.pnr_opts.split())
+        attempts = []
+        stage_s["nextpnr"] = 0.0
+        for i, s_ in enumerate(seeds):
+            args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg",
+                    f"{BUILD_NAME}.config", *opts, "--seed", str(s_), "--placer", placer,
+                    *router_args(router, tgt.family), "--report", "report.json", "--log", "nextpnr.log",
+                    "--quiet"]
+            say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), {placer} placer, {router}, seed {s_}"
+                + (f" ({i + 1} of {len(seeds)})" if len(seeds) > 1 else "") + f" -> {gw / 'nextpnr.log'}")
+            t = time.monotonic()
+            try:
+                run_tool("nextpnr-ecp5", args, cwd=gw, log=gw / "nextpnr.log",
+                         outputs=[gw / "report.json", gw / f"{BUILD_NAME}.config"],
+                         check_log=check_nextpnr_log, log_is_tool_log=True,
+                         timeout=pnr_timeout if pnr_timeout is not None else timeout)
+            except ToolTimeout as e:
+                stage_s["nextpnr"] = round(stage_s["nextpnr"] + time.monotonic() - t, 2)
+                attempts.append({"seed": s_, "result": f"no result after {e.timeout:.0f} s"})
+                if i + 1 < len(seeds):
+                    say("nextpnr", f"seed {s_}: no result after {e.timeout:.0f} s; next seed")
+                    continue
+                tried = "; ".join(f"seed {a['seed']}: {a['result']}" for a in attempts)
+                raise BoardBuildError(f"nextpnr-ecp5: no seed of {', '.join(map(str, seeds))} "
+                                      f"finished in time ({tried}); log: {gw / 'nextpnr.log'}") from None
+            stage_s["nextpnr"] = round(stage_s["nextpnr"] + time.monotonic() - t, 2)
+            rep = parse_nextpnr_report(json.loads((gw / "report.json").read_text()))
+            if not rep["fmax"]:
+                rep["fmax"] = parse_nextpnr_log((gw / "nextpnr.log").read_text(errors="replace"))["fmax"]
+            if not rep["fmax"]:
+                raise ToolFailed(f"nextpnr-ecp5: no Fmax in {gw / 'report.json'} or the log", gw / "nextpnr.log")
+            fmax = {clk: v for clk, v in rep["fmax"].items()}
+            failed = {clk: v for clk, v in fmax.items() if v["achieved"] < v["constraint"]}
+            attempts.append({"seed": s_, "timing_met": not failed,
+                             "fmax_mhz": {c: v["achieved"] for c, v in fmax.items()}})
+            if not failed or i + 1 == len(seeds):
+                seed = s_
+                break
+            missed = ", ".join(f"{c}: {v['achieved']:.2f} MHz" for c, v in failed.items())
+            say("nextpnr", f"seed {s_}: timing not met ({missed}); next seed")
         counts, available = resources_from(tgt.family, stat["by_type"], rep["utilization"], tgt.capacity)
-        fmax = {clk: v for clk, v in rep["fmax"].items()}
-        failed = {clk: v for clk, v in fmax.items() if v["achieved"] < v["constraint"]}
         sys_clk = min((c for c, v in fmax.items() if abs(v["constraint"] - sys_clk_mhz) < 0.5),
                       key=lambda c: fmax[c]["achieved"], default=None)
         info = {
             **soc.fluidnpu, "config": cfg.to_dict(), "config_key": cfg.key(), "seed": seed,
+            "seed_attempts": attempts,
             "placer": placer, "router": router, "floorplan": fplan.rows if fplan else None,
             "csr": _litex_csrs(root / "csr.json"), "sdram_init": sdram_init_sequence(soc),
             "resources": {k: {"used": counts[k], "available": available.get(k),
@@ -191,6 +228,19 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         worst = ", ".join(f"{c}: {v['achieved']:.2f} MHz for {v['constraint']:g} MHz" for c, v in failed.items())
         raise TimingFailed(f"timing not met ({worst}); no bitstream written; logs and report in {out_dir}", info)
     return info
+
+
+def _without_seed(opts: list[str]) -> list[str]:
+    """LiteX's nextpnr options without its ``--seed N`` (the build sets each seed itself)."""
+    out, skip = [], False
+    for a in opts:
+        if skip:
+            skip = False
+        elif a == "--seed":
+            skip = True
+        elif not a.startswith("--seed="):
+            out.append(a)
+    return out
 
 
 def _write_regs(cfg, root: Path) -> None:

@@ -35,6 +35,10 @@ def no_build(monkeypatch):
     (["--sys-clk-mhz", "300"], "'--sys-clk-mhz': 300.0 is not in the range 25<=x<=100"),
     (["--baud", "100"], "'--baud': 100"),
     (["--router", "router3"], "'--router': 'router3' is not one of 'auto', 'router1', 'router2'"),
+    (["--seeds", "5-2"], "--seeds: seeds = '5-2': the range '5-2' is empty"),
+    (["--seeds", "1,x"], "--seeds: seeds = '1,x': 'x' is not a seed"),
+    (["--seed", "2", "--seeds", "1,2"], "give --seed or --seeds, not both"),
+    (["--pnr-timeout", "0.5"], "'--pnr-timeout': 0.5 is not in the range x>=1"),
     (["--set", "mem_bytes=2"], "mem_bytes = 2"),
     # a port width the user fixed is not overridden: the SoC's bus is 32 bits
     (["--set", "mem_bytes=8"], "mem_bytes = 8: the SoC's bus is 32 bits"),
@@ -82,6 +86,14 @@ def test_build_reports_and_fails_on_timing(monkeypatch, tmp_path):
     assert run("board", "build", "--out", tmp_path / "r", "--router", "router1").exit_code == 0
     assert run("board", "build", "--out", tmp_path / "s").exit_code == 0
     assert routers == ["router1", "auto"]
+    # seeds: three in turn by default, each stopped after an hour; --seed gives one
+    calls = []
+    monkeypatch.setattr(board_build, "build_board", lambda cfg, out, **k: calls.append(k) or _info())
+    assert run("board", "build", "--out", tmp_path / "t").exit_code == 0
+    assert run("board", "build", "--out", tmp_path / "u", "--seed", "4", "--pnr-timeout", "30").exit_code == 0
+    assert run("board", "build", "--out", tmp_path / "v", "--seeds", "2,5-6").exit_code == 0
+    assert [(c["seeds"], c["pnr_timeout"]) for c in calls] == [((1, 2, 3), 3600.0), ((4,), 1800.0),
+                                                               ((2, 5, 6), 3600.0)]
 
     def late(cfg, out, **k):
         info = _info(fmax_mhz=41.0, timing_met=False, clocks={"crg_clkout": {"achieved": 41.0, "constraint": 50.0}})

@@ -230,3 +230,55 @@ def test_build_places_with_the_flows_placer_and_floorplan(tmp_path, monkeypatch,
     bels = [seen["cells"][n]["attributes"]["BEL"] for n in sorted(pinned)]
     assert len(set(bels)) == len(bels) and all(b.endswith(("EBR0", "EBR1", "EBR2", "EBR3")) for b in bels)
     assert not (tmp_path / "out").exists()
+
+
+def test_build_tries_seeds_until_one_meets_timing(tmp_path, monkeypatch):
+    """``seeds``: a seed whose nextpnr run is stopped (router2 not converging) or misses
+    timing gives way to the next, on the same netlist; board.json records the seed used and
+    every attempt, and the bitstream is the last seed's. Stand-in tools: yosys writes an
+    empty netlist, nextpnr times out on seed 1, misses timing on seed 2, meets it on seed 3."""
+    from fluidnpu.synth import board_build
+    from fluidnpu.synth.tools import ToolTimeout
+    monkeypatch.setattr(board_build, "find_tool", lambda key: [key])
+    monkeypatch.setattr(board_build, "tool_version", lambda key: "test")
+    monkeypatch.setattr(board_build, "parse_yosys_stat", lambda text, top: {"by_type": {}})
+    monkeypatch.setattr(board_build, "resources_from",
+                        lambda fam, by_type, util, cap: ({"luts": 1}, {"luts": 10}))
+    ran = []
+
+    def tool(key, args, cwd=None, timeout=None, **kw):
+        if key == "yosys":
+            (cwd / "soc.json").write_text(json.dumps({"modules": {"soc": {"cells": {}}}}))
+            (cwd / "yosys.log").write_text("")
+            return 0.0
+        if key == "ecppack":
+            (cwd / "soc.bit").write_bytes(b"bit")
+            return 0.0
+        seed = int(args[args.index("--seed") + 1])
+        ran.append((seed, timeout, args.count("--seed")))
+        if seed == 1:
+            raise ToolTimeout(f"nextpnr-ecp5: no result after {timeout:.0f} s", cwd / "nextpnr.log", timeout)
+        mhz = 38.0 if seed == 2 else 42.5
+        (cwd / "report.json").write_text(json.dumps({"fmax": {"crg_clk": {"achieved": mhz, "constraint": 40.0}}}))
+        (cwd / "nextpnr.log").write_text("")
+        return 0.0
+    monkeypatch.setattr(board_build, "run_tool", tool)
+    info = board_build.build_board(SMALL, tmp_path / "out", seeds=(1, 2, 3), pnr_timeout=600.0)
+    assert ran == [(1, 600.0, 1), (2, 600.0, 1), (3, 600.0, 1)]
+    assert info["seed"] == 3 and info["timing_met"] and info["fmax_mhz"] == 42.5
+    assert [a["seed"] for a in info["seed_attempts"]] == [1, 2, 3]
+    assert info["seed_attempts"][0]["result"] == "no result after 600 s"
+    assert [a.get("timing_met") for a in info["seed_attempts"]] == [None, False, True]
+    assert (tmp_path / "out" / "soc.bit").read_bytes() == b"bit"
+    assert json.loads((tmp_path / "out" / "board.json").read_text())["seed"] == 3
+    # every seed stopped: an error naming them, nothing published
+    ran.clear()
+    monkeypatch.setattr(board_build, "run_tool", lambda key, args, cwd=None, timeout=None, **kw:
+                        tool(key, args, cwd=cwd, timeout=timeout) if key != "nextpnr-ecp5"
+                        else (_ for _ in ()).throw(ToolTimeout("stopped", cwd / "nextpnr.log", timeout)))
+    with pytest.raises(board_build.BoardBuildError, match=r"no seed of 4, 5 finished in time \(seed 4: no result "
+                       r"after 60 s; seed 5: no result after 60 s\)"):
+        board_build.build_board(SMALL, tmp_path / "out2", seeds=(4, 5), pnr_timeout=60.0)
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(ValueError, match=r"seeds = \(1, 1\): must be distinct"):
+        board_build.build_board(SMALL, tmp_path / "out3", seeds=(1, 1))
