@@ -5,8 +5,9 @@ chunk); see docs/architecture.md. Everything here is shifts, adds and compares: 
 tile sizes and the run-time policy are powers of two.
 
 Timing: every tile but the last of its kind is full, so a step's sizes are one of two
-per-layer values chosen by a ``last_*`` flag (row tiles: three, the one before the last
-may be a half tile, ``pen``; see ``HwConfig.row_tile_sizes``). The flags are registers updated with the
+per-layer values chosen by a ``last_*`` flag (row tiles and chunks: three, the one
+before the last may be a half, ``pen`` / ``cpen``; see ``HwConfig.row_tile_sizes`` and
+``HwConfig.chunk_sizes``). The flags are registers updated with the
 step counters, and the per-layer values are registers recomputed from ``lp`` (one and
 two cycles after it), so no per-step size is more than a multiplexer away from a flop.
 """

@@ -182,8 +182,8 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide", "balanced")
     ("small", 14, BASIC_MEMS + ODD_MEMS, ("tail",), 40_000, 20, 4_000),
     ("tall", 15, BASIC_MEMS, ("tail", "tall"), 40_000, 12, 6_000),
     ("8x8", 16, BASIC_MEMS[:3], ("tail",), 40_000, 8, 8_000),
-    ("4x2", 17, BASIC_MEMS + ODD_MEMS, ALL_KINDS, 50_000, 30, 5_000),
-    ("8x2", 18, BASIC_MEMS, ALL_KINDS + ("tall", "tail"), 50_000, 24, 6_000),
+    ("4x2", 17, BASIC_MEMS + ODD_MEMS, ALL_KINDS, 30_000, 20, 4_000),
+    ("8x2", 18, BASIC_MEMS[:3], ALL_KINDS + ("tall", "tail"), 30_000, 16, 5_000),
 ], ids=["small-basic", "small-odd", "small-many", "small-s5", "8x8-basic", "8x8-odd",
         "8x8-many", "16x4-basic", "tall-basic", "tall-odd", "8x8-tall", "8x4-tall",
         "small-tail", "tall-tail", "8x8-tail", "4x2-wide-beat", "8x2-wide-beat"])
