@@ -152,46 +152,11 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         # LiteX's options (device, package, speed, seed, --timing-allow-fail) and the flow's
         # static placer and router (``auto``: router2 with timing-driven rip-up,
         # ``targets.ECP5_ROUTER_ARGS``): HeAP leaves the 8 x 8 congested (docs/synthesis.md)
-        opts = _without_seed(tc.pnr_opts.split())
-        attempts = []
-        stage_s["nextpnr"] = 0.0
-        for i, s_ in enumerate(seeds):
-            args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg",
-                    f"{BUILD_NAME}.config", *opts, "--seed", str(s_), "--placer", placer,
-                    *router_args(router, tgt.family), "--report", "report.json", "--log", "nextpnr.log",
-                    "--quiet"]
-            say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), {placer} placer, {router}, seed {s_}"
-                + (f" ({i + 1} of {len(seeds)})" if len(seeds) > 1 else "") + f" -> {gw / 'nextpnr.log'}")
-            t = time.monotonic()
-            try:
-                run_tool("nextpnr-ecp5", args, cwd=gw, log=gw / "nextpnr.log",
-                         outputs=[gw / "report.json", gw / f"{BUILD_NAME}.config"],
-                         check_log=check_nextpnr_log, log_is_tool_log=True,
-                         timeout=pnr_timeout if pnr_timeout is not None else timeout)
-            except ToolTimeout as e:
-                stage_s["nextpnr"] = round(stage_s["nextpnr"] + time.monotonic() - t, 2)
-                attempts.append({"seed": s_, "result": f"no result after {e.timeout:.0f} s"})
-                if i + 1 < len(seeds):
-                    say("nextpnr", f"seed {s_}: no result after {e.timeout:.0f} s; next seed")
-                    continue
-                tried = "; ".join(f"seed {a['seed']}: {a['result']}" for a in attempts)
-                raise BoardBuildError(f"nextpnr-ecp5: no seed of {', '.join(map(str, seeds))} "
-                                      f"finished in time ({tried}); log: {gw / 'nextpnr.log'}") from None
-            stage_s["nextpnr"] = round(stage_s["nextpnr"] + time.monotonic() - t, 2)
-            rep = parse_nextpnr_report(json.loads((gw / "report.json").read_text()))
-            if not rep["fmax"]:
-                rep["fmax"] = parse_nextpnr_log((gw / "nextpnr.log").read_text(errors="replace"))["fmax"]
-            if not rep["fmax"]:
-                raise ToolFailed(f"nextpnr-ecp5: no Fmax in {gw / 'report.json'} or the log", gw / "nextpnr.log")
-            fmax = {clk: v for clk, v in rep["fmax"].items()}
-            failed = {clk: v for clk, v in fmax.items() if v["achieved"] < v["constraint"]}
-            attempts.append({"seed": s_, "timing_met": not failed,
-                             "fmax_mhz": {c: v["achieved"] for c, v in fmax.items()}})
-            if not failed or i + 1 == len(seeds):
-                seed = s_
-                break
-            missed = ", ".join(f"{c}: {v['achieved']:.2f} MHz" for c, v in failed.items())
-            say("nextpnr", f"seed {s_}: timing not met ({missed}); next seed")
+        seed, rep, attempts, stage_s["nextpnr"] = _route_seeds(
+            gw, _without_seed(tc.pnr_opts.split()), seeds, placer, router, tgt.family, versions, say,
+            pnr_timeout if pnr_timeout is not None else timeout)
+        fmax = dict(rep["fmax"])
+        failed = {clk: v for clk, v in fmax.items() if v["achieved"] < v["constraint"]}
         counts, available = resources_from(tgt.family, stat["by_type"], rep["utilization"], tgt.capacity)
         sys_clk = min((c for c, v in fmax.items() if abs(v["constraint"] - sys_clk_mhz) < 0.5),
                       key=lambda c: fmax[c]["achieved"], default=None)
@@ -228,6 +193,49 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         worst = ", ".join(f"{c}: {v['achieved']:.2f} MHz for {v['constraint']:g} MHz" for c, v in failed.items())
         raise TimingFailed(f"timing not met ({worst}); no bitstream written; logs and report in {out_dir}", info)
     return info
+
+
+def _route_seeds(gw: Path, opts: list[str], seeds: tuple[int, ...], placer: str, router: str,
+                 family: str, versions: dict, say, timeout: float | None) -> tuple[int, dict, list, float]:
+    """nextpnr on the SoC's netlist in ``gw`` with each seed in turn until one meets timing;
+    a seed stopped after ``timeout`` seconds or missing timing gives way to the next, the
+    last seed's result is final. Returns ``(seed, report, attempts, seconds)``."""
+    attempts, spent = [], 0.0
+    for i, s_ in enumerate(seeds):
+        args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg",
+                f"{BUILD_NAME}.config", *opts, "--seed", str(s_), "--placer", placer,
+                *router_args(router, family), "--report", "report.json", "--log", "nextpnr.log",
+                "--quiet"]
+        say("nextpnr", f"nextpnr-ecp5 ({versions['nextpnr-ecp5']}), {placer} placer, {router}, seed {s_}"
+            + (f" ({i + 1} of {len(seeds)})" if len(seeds) > 1 else "") + f" -> {gw / 'nextpnr.log'}")
+        t = time.monotonic()
+        try:
+            run_tool("nextpnr-ecp5", args, cwd=gw, log=gw / "nextpnr.log",
+                     outputs=[gw / "report.json", gw / f"{BUILD_NAME}.config"],
+                     check_log=check_nextpnr_log, log_is_tool_log=True, timeout=timeout)
+        except ToolTimeout as e:
+            spent += time.monotonic() - t
+            attempts.append({"seed": s_, "result": f"no result after {e.timeout:.0f} s"})
+            if i + 1 < len(seeds):
+                say("nextpnr", f"seed {s_}: no result after {e.timeout:.0f} s; next seed")
+                continue
+            tried = "; ".join(f"seed {a['seed']}: {a['result']}" for a in attempts)
+            raise BoardBuildError(f"nextpnr-ecp5: no seed of {', '.join(map(str, seeds))} "
+                                  f"finished in time ({tried}); log: {gw / 'nextpnr.log'}") from None
+        spent += time.monotonic() - t
+        rep = parse_nextpnr_report(json.loads((gw / "report.json").read_text()))
+        if not rep["fmax"]:
+            rep["fmax"] = parse_nextpnr_log((gw / "nextpnr.log").read_text(errors="replace"))["fmax"]
+        if not rep["fmax"]:
+            raise ToolFailed(f"nextpnr-ecp5: no Fmax in {gw / 'report.json'} or the log", gw / "nextpnr.log")
+        failed = {c: v for c, v in rep["fmax"].items() if v["achieved"] < v["constraint"]}
+        attempts.append({"seed": s_, "timing_met": not failed,
+                         "fmax_mhz": {c: v["achieved"] for c, v in rep["fmax"].items()}})
+        if not failed or i + 1 == len(seeds):
+            return s_, rep, attempts, round(spent, 2)
+        missed = ", ".join(f"{c}: {v['achieved']:.2f} MHz" for c, v in failed.items())
+        say("nextpnr", f"seed {s_}: timing not met ({missed}); next seed")
+    raise AssertionError("unreachable: the last seed returns or raises")
 
 
 def _without_seed(opts: list[str]) -> list[str]:

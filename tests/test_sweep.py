@@ -159,8 +159,12 @@ def test_dask_local_cluster(tmp_path):
     """A small sweep through a Dask LocalCluster: first with a Client, then ``--dask ADDRESS``."""
     distributed = pytest.importorskip("distributed")
     f = write(tmp_path, SMALL_SWEEP.format(duration=0.01))
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
-                                  dashboard_address=None) as cluster:
+    import dask
+    # dask's scratch (its workers' folders and locks) in the test's folder, not a
+    # dask-scratch-space left in /tmp
+    with dask.config.set({"temporary-directory": str(tmp_path / "dask")}), \
+            distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                                     dashboard_address=None) as cluster:
         with distributed.Client(cluster) as client:
             res = run_sweep(load_sweep(f), tmp_path / "a", dask=client, progress=False)
         assert res.complete and res.ran == 16 and res.skipped == 0
