@@ -200,8 +200,10 @@ def run_in_group(cmd: Sequence[str], *, cwd=None, env=None, stdout=None, stderr=
     SIGTERM turned into KeyboardInterrupt, an error) the whole group is killed and
     reaped: the simulator, ``make`` and the compilers it started.
     """
-    p = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=stdout, stderr=stderr, process_group=0)
+    # started and registered under the lock: a stop_simulators() between the two found
+    # nothing to kill and the simulation ran on (seen once under load, 7 Dec 2026)
     with _running_lock:
+        p = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=stdout, stderr=stderr, process_group=0)
         _running.add(p)
     try:
         return p.wait()
