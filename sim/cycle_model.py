@@ -321,7 +321,7 @@ class _Layer:
         seg = tp // bp
         self.S = S = k * seg
         self.F = F = tc // k
-        self.cm = cm = cfg.chunk_max(k, tr)
+        cm = cfg.chunk_max(k, tr)
         self.rows = cfg.row_tile_sizes(R, tr)
         self.n_rt = len(self.rows)
         # the first of two balanced last row tiles, if they are balanced (else -1)

@@ -152,11 +152,10 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
         # LiteX's options (device, package, speed, seed, --timing-allow-fail) and the flow's
         # static placer and router (``auto``: router2 with timing-driven rip-up,
         # ``targets.ECP5_ROUTER_ARGS``): HeAP leaves the 8 x 8 congested (docs/synthesis.md)
-        seed, rep, attempts, stage_s["nextpnr"] = _route_seeds(
+        seed, rep, failed, attempts, stage_s["nextpnr"] = _route_seeds(
             gw, _without_seed(tc.pnr_opts.split()), seeds, placer, router, tgt.family, versions, say,
             pnr_timeout if pnr_timeout is not None else timeout)
         fmax = dict(rep["fmax"])
-        failed = {clk: v for clk, v in fmax.items() if v["achieved"] < v["constraint"]}
         counts, available = resources_from(tgt.family, stat["by_type"], rep["utilization"], tgt.capacity)
         sys_clk = min((c for c, v in fmax.items() if abs(v["constraint"] - sys_clk_mhz) < 0.5),
                       key=lambda c: fmax[c]["achieved"], default=None)
@@ -196,10 +195,11 @@ def build_board(cfg, out_dir: str | Path, *, board: str = "ulx3s-85f", sys_clk_m
 
 
 def _route_seeds(gw: Path, opts: list[str], seeds: tuple[int, ...], placer: str, router: str,
-                 family: str, versions: dict, say, timeout: float | None) -> tuple[int, dict, list, float]:
+                 family: str, versions: dict, say, timeout: float | None) -> tuple[int, dict, dict, list, float]:
     """nextpnr on the SoC's netlist in ``gw`` with each seed in turn until one meets timing;
     a seed stopped after ``timeout`` seconds or missing timing gives way to the next, the
-    last seed's result is final. Returns ``(seed, report, attempts, seconds)``."""
+    last seed's result is final. Returns ``(seed, report, clocks below their constraint,
+    attempts, seconds)``."""
     attempts, spent = [], 0.0
     for i, s_ in enumerate(seeds):
         args = ["--json", f"{BUILD_NAME}.json", "--lpf", f"{BUILD_NAME}.lpf", "--textcfg",
@@ -232,7 +232,7 @@ def _route_seeds(gw: Path, opts: list[str], seeds: tuple[int, ...], placer: str,
         attempts.append({"seed": s_, "timing_met": not failed,
                          "fmax_mhz": {c: v["achieved"] for c, v in rep["fmax"].items()}})
         if not failed or i + 1 == len(seeds):
-            return s_, rep, attempts, round(spent, 2)
+            return s_, rep, failed, attempts, round(spent, 2)
         missed = ", ".join(f"{c}: {v['achieved']:.2f} MHz" for c, v in failed.items())
         say("nextpnr", f"seed {s_}: timing not met ({missed}); next seed")
     raise AssertionError("unreachable: the last seed returns or raises")
