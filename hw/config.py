@@ -200,10 +200,11 @@ class HwConfig:
         """Rows of a row tile for a layer of reduction length ``P`` at stacking ``k``.
 
         ``tr``, or fewer (a power of two down to :attr:`tr_min`) when fewer rows let the X
-        buffer hold all of P: then the layer runs in one chunk and X is loaded once per row
-        tile instead of once per column tile. If the W buffer cannot hold P at this
-        stacking, P is chunked anyway and the tile keeps ``tr`` rows (fewer rows would only
-        load W more often).
+        buffer hold all of P: then X is loaded once per row tile instead of once per column
+        tile. If the W buffer cannot hold P at this stacking, P is chunked for W and X stays
+        resident across the column tiles (:meth:`x_resident`: loaded chunk by chunk at the
+        first column tile); only when no height down to ``tr_min`` lets X hold P is X
+        chunked too, in tiles of ``tr`` rows, and loaded again for every column tile.
 
         Short rows (``P <= k*tp``: a row's reduction is one cycle of the stacked lanes) take
         :attr:`tr_max` rows. A step (one column tile of a row tile) then computes ``2*tr``
@@ -213,9 +214,6 @@ class HwConfig:
         of its roofline)."""
         if P <= k * self.tp and self.tr_max > self.tr:
             return self.tr_max
-        w_lim = (self.w_buf_elems // self.tc) * k
-        if P > w_lim:
-            return self.tr
         rows = self.tr
         while rows > self.tr_min and P > self.x_buf_elems // rows:
             rows //= 2
@@ -245,6 +243,16 @@ class HwConfig:
         row tiles of ``rows`` rows (``tr`` if not given)."""
         rows = self.tr if rows is None else rows
         return min(self.x_buf_elems // rows, (self.w_buf_elems // self.tc) * k)
+
+    def x_resident(self, P: int, k: int) -> bool:
+        """The layer is chunked (the W buffer cannot hold P at stacking ``k``) but X is
+        not: its row tile (:meth:`tile_rows` rows) holds all of P, so X is loaded once per
+        row tile, a chunk at a time at the first column tile's steps, and stays for the
+        other column tiles (docs/architecture.md, "Tiling"). When chunked X was loaded
+        again for every column tile, k times the compute's port time at ``E = tp``:
+        ResNet-18's conv5_x at (1, 1) on the 8 x 8 reached 0.75 of its roofline."""
+        rows = self.tile_rows(P, k)
+        return P > self.chunk_max(k, rows) and P <= self.x_buf_elems // rows
 
     def chunk_sizes(self, P: int, k: int, rows: int | None = None) -> tuple[int, ...]:
         """Reduction elements of each chunk of a layer of reduction length ``P`` at stacking

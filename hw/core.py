@@ -327,10 +327,14 @@ class NPUCore(wiring.Component):
                 # the credit) then drives only the state, the load counts and the takes. It
                 # fanned out to every counter's enable: the 4 x 4's worst path on 9ed6a51
                 # seeds 1 and 2 (4 ns of wire from the decision to the counters).
-                # (The X line was zeroed on the way into SETUP.)
-                m.d.sync += [xslot.eq(x_use[0]),
+                # (The X line was zeroed on the way into SETUP.) A resident X
+                # (``lp.xres``, HwConfig.x_resident) is one slot per row tile, loaded a
+                # chunk per step: its slot is the row tile's parity, and its later chunks
+                # follow the chunk before in the slot (the X line and group go on).
+                m.d.sync += [xslot.eq(Mux(lp.xres, it.rt[0], x_use[0])),
                              wslot.eq(w_use[0]),
-                             g.eq(0), s.eq(0), xgrp.eq(0), wline.eq(0), wgrp.eq(0),
+                             g.eq(0), s.eq(0), wline.eq(0), wgrp.eq(0),
+                             xgrp.eq(Mux(lp.xres & ~it.first_ch, xgrp, 0)),
                              rem.eq(it.len), trow0.eq(0),
                              s_zero.eq(1), last_s.eq(it.ns_one), last_g.eq(it.ng_one),
                              wadv.eq(wadv_first)]
@@ -373,7 +377,8 @@ class NPUCore(wiring.Component):
                                 m.next = "FINISH"
                             with m.Else():
                                 m.d.comb += it.advance.eq(1)
-                                m.d.sync += xline.eq(0)
+                                with m.If(~lp.xres | it.last_ch):
+                                    m.d.sync += xline.eq(0)
                                 m.next = "SETUP"
                     with m.Else():
                         # the next step's wadv: not the last, and the group after wgrp's is

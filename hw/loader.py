@@ -278,8 +278,10 @@ class Loader(wiring.Component):
         def x_row_end(rows_m2):
             """An X row ends (``rows_m2``: the load's rows - 2, for its last row)."""
             # the row ends its group of B_P rows: ``(idx + 1) % B_P == 0`` without the
-            # adder (``lp.lbp`` -> adder -> compare was the 4 x 4's worst path)
-            with m.If((idx & lp.bpmask) == lp.bpmask):
+            # adder (``lp.lbp`` -> adder -> compare was the 4 x 4's worst path), or the
+            # load (a short last group): after a load ``abase`` is its groups x n_s, where
+            # the next chunk of a resident X starts
+            with m.If(((idx & lp.bpmask) == lp.bpmask) | last_item):
                 m.d.sync += abase.eq(abase + it.n_s)
             m.d.sync += [g_j.eq(nx_j), g_idx.eq(nx_j + 1), g_rr.eq(nx_rr), g_off.eq(nx_off),
                          g_wrap.eq(Mux(g_wrap, rs_is1, g_rr == rs_m2)),
@@ -288,7 +290,9 @@ class Loader(wiring.Component):
                 m.d.sync += [addr.eq(self.g_addr + it.p_off), row_addr.eq(self.g_addr + it.p_off)]
 
         def x_done_issue():
-            """An X load's last request: count it, and record where the next one starts."""
+            """An X load's last request: count it, and record where the next one starts.
+            A resident X (``lp.xres``) is one load in the slot count (``x_out``, the slot
+            bit ``x_issued[0]``), its last chunk's; ``x_done`` counts every chunk's."""
             m.d.comb += x_iss.eq(1)
             m.d.sync += [x_issued.eq(x_issued + 1), n_j.eq(nx_j), n_rr.eq(nx_rr), n_off.eq(nx_off)]
 
@@ -318,11 +322,14 @@ class Loader(wiring.Component):
                     goto("NEXT")
             with m.State("XWAIT"):
                 start_addr = Mux(gather, self.g_addr + gp_off, x_base)
-                m.d.sync += [idx.eq(0), beat.eq(0), last_beat.eq(nb_zero), *set_pl0(0), abase.eq(0),
+                m.d.sync += [idx.eq(0), beat.eq(0), last_beat.eq(nb_zero), *set_pl0(0),
                              last_item.eq(it.rows_m1 == 0),
                              addr.eq(start_addr), row_addr.eq(start_addr),
                              g_j.eq(s_j), g_rr.eq(s_rr), g_off.eq(s_off), g_wrap.eq(s_rr == rs_m1),
                              t_j.eq(s_j), t_rr.eq(s_rr), t_off.eq(s_off)]
+                # a resident X's later chunks go on in its slot after the chunk before
+                with m.If(~lp.xres | it.first_ch):
+                    m.d.sync += abase.eq(0)
                 with m.If(~x_out[1]):
                     m.d.sync += g_idx.eq(s_j + 1)
                     goto("XISS")
@@ -333,7 +340,8 @@ class Loader(wiring.Component):
                              *issue_pl0(), tag.nvalid.eq(nvalid), tag.abase.eq(abase)]
 
                 def x_last():
-                    x_done_issue()
+                    with m.If(~lp.xres | it.last_ch):
+                        x_done_issue()
                     with m.If(it.w_new):
                         goto("WWAIT")
                     with m.Else():

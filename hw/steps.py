@@ -44,6 +44,7 @@ def layer_params_layout(cfg: HwConfig) -> data.StructLayout:
         "ltr": range(log2(cfg.tr_max) + 1),      # log2 rows of a row tile (HwConfig.tile_rows)
         "trm1": range(cfg.tr_max),               # rows of a row tile - 1
         "rt_one": 1, "ct_one": 1, "ch_one": 1,   # one row tile / column tile / chunk
+        "xres": 1,                               # chunked, X resident (HwConfig.x_resident)
         "rbal": 1,                               # balanced last two row tiles (row_tile_sizes)
         "rpen0": 1,                              # ... and the first row tile is the first of them
         "rm": unsigned(max(1, log2(cfg.tr_max))),  # rows of the last row tile - 1
@@ -80,12 +81,17 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
         return lim if r >= r_tr else min(lim, cfg.tp << lk)
 
     fits = [[desc.p <= fit_lim(lk, r) for r in range(n_rs)] for lk in ks]
+    # X alone holds P at the height (HwConfig.x_resident, when W does not): the same for
+    # every stacking factor. For heights up to tr, where P fits both buffers exactly when
+    # it fits X and W holds it, the choice is the first height at which X holds P.
+    xfit = [desc.p <= cfg.x_buf_elems // rows_of[r] for r in range(n_rs)]
     rs_k = []
     for lk in ks:
         v = Const(r_tr, range(n_rs + 1))
         for r in reversed(range(n_rs)):
-            v = Mux(fits[lk][r], r, v)
+            v = Mux(xfit[r] if r >= r_tr else fits[lk][r], r, v)
         rs_k.append(v)
+    xres_k = [~fits[lk][-1] & xfit[-1] for lk in ks]
     # The choice is registered (``lp_rs``, following ``desc`` every cycle): the chain P
     # compare -> height -> the values selected by it was the 8 x 4's worst path (10-11 ns
     # from the core's ``lay`` to ``lp``, 4 Dec 2026), so ``lp`` is valid two cycles after
@@ -106,22 +112,27 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
     m.d.comb += trows.eq(Array(rows_of)[rs])
     cmask = Array((cfg.tc >> lk) - 1 for lk in ks)[desc.log2_k]
     # The last two chunks are balanced (HwConfig.chunk_sizes) when the remainder is under
-    # half a chunk: chunks only at row tiles of ``tr`` rows, so per stacking factor a test
-    # of P - 1's bits against the constant chunk: (P - 1) mod cm < cm/2 - 1, i.e. bit
+    # half a chunk. A chunk is, per stacking factor, one of two constants: the W buffer's
+    # limit when X is resident (any height), else the chunk at row tiles of ``tr`` rows;
+    # so a test of P - 1's bits against each: (P - 1) mod cm < cm/2 - 1, i.e. bit
     # log2(cm) - 1 clear and the bits below it not all ones.
     pm1 = desc.p - 1
     cbal_k, cpen0_k = [], []
     for lk in ks:
-        cmv = cfg.chunk_max(1 << lk, cfg.tr)
-        lc = log2(cmv)
-        if not cfg.chunk_balances(1 << lk, cfg.tr) or lc >= dim:
-            cbal_k.append(Const(0)), cpen0_k.append(Const(0))
-            continue
-        b = Signal(name=f"lp_cbal_{lk}")
-        m.d.comb += b.eq(~fits[lk][-1] & ~pm1[lc - 1] & (pm1[:lc - 1] != (cmv >> 1) - 1))
-        p0 = Signal(name=f"lp_cpen0_{lk}")
-        m.d.comb += p0.eq(b & (pm1[lc:dim] == 1))
-        cbal_k.append(b), cpen0_k.append(p0)
+        bs, ps = [], []
+        for res, rows in ((0, cfg.tr), (1, cfg.tr_min)):
+            cmv = cfg.chunk_max(1 << lk, rows)
+            lc = log2(cmv)
+            if not cfg.chunk_balances(1 << lk, rows) or lc >= dim:
+                bs.append(Const(0)), ps.append(Const(0))
+                continue
+            b = Signal(name=f"lp_cbal_{lk}_{res}")
+            m.d.comb += b.eq(~fits[lk][-1] & ~pm1[lc - 1] & (pm1[:lc - 1] != (cmv >> 1) - 1))
+            p0 = Signal(name=f"lp_cpen0_{lk}_{res}")
+            m.d.comb += p0.eq(b & (pm1[lc:dim] == 1))
+            bs.append(b), ps.append(p0)
+        cbal_k.append(Mux(xres_k[lk], bs[1], bs[0]))
+        cpen0_k.append(Mux(xres_k[lk], ps[1], ps[0]))
     cbal = Signal(name="lp_cbal_sel")
     m.d.comb += cbal.eq(Array(cbal_k)[desc.log2_k])
     ls = Signal.like(lp.ls, name="lp_ls")
@@ -169,6 +180,7 @@ def derive_layer_params(m: Module, cfg: HwConfig, desc, lp):
         lp.rpen0.eq(Array(rpen0_c)[rs]),
         lp.ct_one.eq(ct_one),
         lp.ch_one.eq(ch_one),
+        lp.xres.eq(Array(xres_k)[desc.log2_k]),
         lp.rm.eq(Array(rm_c)[rs]),
         lp.cmod.eq((desc.c - 1)[:len(lp.cmod)] & cmask),
         lp.cbal.eq(cbal),
@@ -314,8 +326,12 @@ class StepIter(Elaboratable):
         first_rt = Signal(name="it_first_rt")
         single = Signal(name="it_single")          # one column tile and one chunk
         multi_ch = Signal(name="it_multi_ch")
-        m.d.sync += [single.eq(lp.ct_one & lp.ch_one), multi_ch.eq(~lp.ch_one)]
-        # ``x_new = multi_ch | first_ct`` and ``w_new = ~single | first_rt`` are registers,
+        # X loaded for every step: chunked and not resident (HwConfig.x_resident; resident,
+        # X is loaded a chunk a step at the first column tile and kept for the others)
+        x_each = Signal(name="it_x_each")
+        m.d.sync += [single.eq(lp.ct_one & lp.ch_one), multi_ch.eq(~lp.ch_one),
+                     x_each.eq(~lp.ch_one & ~lp.xres)]
+        # ``x_new = x_each | first_ct`` and ``w_new = ~single | first_rt`` are registers,
         # updated with the flags they follow (the compute issue's SETUP tests them).
         x_new = Signal(name="it_x_new")
         w_new = Signal(name="it_w_new")
@@ -344,7 +360,7 @@ class StepIter(Elaboratable):
                     m.d.sync += [self.ct.eq(self.ct + 1), self.c0.eq(self.c0 + f),
                                  self.col_off.eq(self.col_off + stride_f),
                                  self.first_ct.eq(0), self.last_ct.eq(self.ct == n_ct_m2),
-                                 x_new.eq(multi_ch)]
+                                 x_new.eq(x_each)]
                 with m.Else():
                     m.d.sync += [self.ct.eq(0), self.c0.eq(0), self.col_off.eq(0),
                                  self.first_ct.eq(1), self.last_ct.eq(lp.ct_one),
@@ -388,7 +404,9 @@ class StepIter(Elaboratable):
             self.last_step.eq(lr & lc & lh),
             self.x_new.eq(x_new),
             self.w_new.eq(w_new),
-            self.x_last_use.eq(multi_ch | lc),
+            # X's last use: every step's own (x_each), else the row tile's last column
+            # tile's (its last chunk's, when resident)
+            self.x_last_use.eq(x_each | (lc & lh)),
             self.w_last_use.eq(~single | lr),
         ]
         return m

@@ -334,6 +334,9 @@ class _Layer:
         self.rt_len = self.n_ct * self.n_ch
         self.n_steps = self.n_rt * self.rt_len
         self.single = self.n_ct == 1 and self.n_ch == 1
+        # chunked with X resident: X loaded a chunk a step at each row tile's first column
+        # tile, one slot per row tile (HwConfig.x_resident)
+        self.xres = cfg.x_resident(P, k)
         # X of row tile rt + 1 is loaded in parts of ``xq`` rows, one part after each W
         # load of row tile rt but the first (hw/loader.py)
         self.ilv = self.n_ch == 1 and self.n_ct > 1 and self.n_rt > 1
@@ -360,7 +363,8 @@ class _Layer:
             ncols = min(self.F, self.C - c0)
             boff = (c0 * 4) & (M - 1)
             nbb = (boff + ncols * 4 + M - 1) // M
-        key = (rt == 0, last_rt, rt == self.pen, ct == 0, last_ct, last_ch, self.chunks[ch], nbb)
+        key = (rt == 0, last_rt, rt == self.pen, ct == 0, last_ct, last_ch, self.chunks[ch], nbb,
+               self.xres and ct == 0 and ch > 0)
         if self.ilv:
             key += (None if last_rt else self.rows[rt + 1], min(ct, self.xparts + 1))
         v = self._cache.get(key)
@@ -376,7 +380,9 @@ class _Layer:
         n_s = _ceil(ln, self.S)
         n_g = _ceil(rows, bp)
         nb = _ceil(ln * eb, M)
-        x_new = self.n_ch > 1 or ct == 0
+        x_each = self.n_ch > 1 and not self.xres      # X loaded for every step
+        x_new = x_each or ct == 0
+        x_piece = self.xres and ch > 0                  # a resident X's later chunk
         x_wait = self.ilv and rt > 0 and ct == 0        # X loaded in parts in row tile rt - 1
         x_whole = x_new and not x_wait
         w_new = not self.single or rt == 0
@@ -386,15 +392,15 @@ class _Layer:
             if r0 < nxt:
                 xpb = min(self.xq, nxt - r0) * nb
                 xp_last = r0 + self.xq >= nxt
-        x_last = self.n_ch > 1 or ct == self.n_ct - 1
-        w_last = not self.single or rt == self.n_rt - 1
         last_ch = ch == self.n_ch - 1
+        x_last = x_each or (ct == self.n_ct - 1 and last_ch)
+        w_last = not self.single or rt == self.n_rt - 1
         cb = _ceil(ncols, self.dw)
         fb = bp * cb                                   # drain beats of a full group
         lb = (rows - (n_g - 1) * bp) * cb              # ... of the last group
         return (n_s, n_g, fb, lb, last_ch,
                 rows * nb if x_whole else 0, ncols * nb if w_new else 0, nbb if w_new else 0,
-                x_last, w_last, x_wait, xpb, xp_last, rows - (n_g - 1) * bp)
+                x_last, w_last, x_wait, xpb, xp_last, rows - (n_g - 1) * bp, x_piece)
 
     def periodic_end(self, j: int, d: int) -> int:
         """The largest ``e`` such that steps ``m`` and ``m - d`` behave the same (same step
@@ -402,9 +408,11 @@ class _Layer:
         step but one (the last step ends the layer).
 
         A step's class depends on its chunk only through its length (a full chunk, the
-        half chunk before a balanced last one, the last: ``HwConfig.chunk_sizes``), on its column tile
-        only through "first" (X loaded only when ``n_ch == 1``) and "last" (X freed when
-        ``n_ch == 1``, fewer columns when ``F`` does not divide ``C``), and on its row tile
+        half chunk before a balanced last one, the last: ``HwConfig.chunk_sizes``) and,
+        at the first column tile of a resident X, through "first" (the chunk that waits for
+        the slot); on its column tile only through "first" (X loaded only when ``n_ch ==
+        1`` or resident) and "last" (X freed when ``n_ch == 1`` or resident, fewer columns
+        when ``F`` does not divide ``C``), and on its row tile
         only through "first" (W loaded once per layer when ``n_ct == n_ch == 1``), "last"
         (fewer rows when ``tr`` does not divide ``R``; W freed in the single case) and the
         half tile before the last when the last two are balanced (``pen``).
@@ -433,14 +441,15 @@ class _Layer:
         rt, rem = divmod(j, self.rt_len)
         ct, ch = divmod(rem, n_ch)
         nf = n_ch - 1 - self.cbal                     # full chunks: 0 .. nf - 1
-        if d <= ch <= nf - 1:                         # inside one tile, full chunks
+        # inside one tile, full chunks (not the first of a resident X's first column tile)
+        if d + (self.xres and ct == 0) <= ch <= nf - 1:
             return j - ch + nf
         if d % n_ch:
             return j
         kk = d // n_ch                                # whole tiles: work on tile indices
         u = j // n_ch                                 # tile index rt * n_ct + ct
-        ct0 = n_ct > 1 and n_ch == 1
-        ctl = n_ct > 1 and (n_ch == 1 or self.C % self.F != 0)
+        ct0 = n_ct > 1 and (n_ch == 1 or self.xres)
+        ctl = n_ct > 1 and (n_ch == 1 or self.xres or self.C % self.F != 0)
         rt0 = n_rt > 1 and self.single
         rtl = n_rt > 1 and (self.single or self.R % self.tr != 0)
         if (ct0 or ctl) and kk % n_ct:
@@ -467,6 +476,9 @@ class _Layer:
                 return j
         return max(j, min(vend * n_ch, self.n_steps - 1))
 
+
+
+_NO_WAIT = (None, None)
 
 
 def _load(rd, t, free, beats, done_lat, bias=0, bfree=None):
@@ -558,12 +570,17 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
                     del hits[0]
         simulated += 1
         (n_s, n_g, fb, lb, last_ch, xb, wb, nbb, x_last, w_last, x_wait, xpb, xp_last,
-         nr_last) = lay.step(j)
+         nr_last, x_piece) = lay.step(j)
         # -- loader: STEP (ld) -> [XWAIT -> XISS] -> [WWAIT -> WISS (-> BISS)]
         #    -> [XPWAIT -> XPISS] -> NEXT
         t = ld + 1                       # entry of the state after STEP
         ready = sigma
-        if xb:
+        if xb and x_piece:
+            # a resident X's later chunk: into its row tile's slot, no wait
+            t, done, _ = _load(rd, t, _NO_WAIT, xb, done_lat)
+            if done > ready:
+                ready = done
+        elif xb:
             t, done, xf = _load(rd, t, xf, xb, done_lat)
             xpend += 1
             if done > ready:

@@ -54,8 +54,8 @@ def tiled_traffic(cfg: HwConfig, R: int, P: int, C: int, *, bp: int, k: int, bia
     ncols = [min(F, C - ct * F) for ct in range(lay.n_ct)]
     nbb = [(((ct * F * 4) & (M - 1)) + n * 4 + M - 1) // M if bias else 0
            for ct, n in enumerate(ncols)]
-    # X: every step with several chunks, else once per row tile
-    x = (lay.n_ct * R * sum(nb)) if lay.n_ch > 1 else R * nb[0]
+    # X: every step with several chunks (not resident), else once per row tile
+    x = R * sum(nb) * (lay.n_ct if lay.n_ch > 1 and not lay.xres else 1)
     # W and bias: once per layer for a single step, else every step (bias on the last chunk)
     w = C * sum(nb) + sum(nbb)
     if not lay.single:

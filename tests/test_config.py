@@ -132,7 +132,8 @@ def test_derived_values_of_default():
 def test_tile_rows():
     """Tall row tiles, worked by hand on the 4 x 4 (the default until 4 Dec 2026: X 65536,
     W 16384 elements per slot, tr 32, tr_min = 2 * 16 lanes / 4 elements per beat = 8):
-    fewer rows only when they let both buffers hold all of P."""
+    fewer rows when they let X hold all of P (both buffers: one chunk; X alone: X resident
+    across the column tiles, W chunked)."""
     cfg = HwConfig(tc=4, tp=4, mem_bytes=4, x_buf_elems=65536, w_buf_elems=16384)
     assert cfg.tr_min == 8
     # X holds 65536 / rows elements of P; W holds 16384 / 4 * k
@@ -140,10 +141,19 @@ def test_tile_rows():
     assert cfg.tile_rows(2049, 1) == 16 and cfg.chunk_max(1, 16) == 4096
     assert cfg.tile_rows(2304, 1) == 16          # ResNet-18 layer3: one chunk
     assert cfg.tile_rows(4096, 1) == 16
-    assert cfg.tile_rows(4097, 1) == 32          # W holds 4096 at k = 1: chunks at tr rows
+    assert not cfg.x_resident(4096, 1)
+    # W holds 4096 at k = 1: chunks of W, X resident at the first height that holds P
+    assert cfg.tile_rows(4097, 1) == 8 and cfg.chunk_max(1, 8) == 4096 and cfg.x_resident(4097, 1)
+    assert cfg.tile_rows(8192, 1) == 8 and cfg.x_resident(8192, 1)
+    assert cfg.tile_rows(8193, 1) == 32 and not cfg.x_resident(8193, 1)  # X cannot hold it
     assert cfg.tile_rows(4608, 2) == 8 and cfg.chunk_max(2, 8) == 8192
-    assert cfg.tile_rows(8192, 4) == 8
+    assert cfg.tile_rows(8192, 4) == 8 and not cfg.x_resident(8192, 4)   # one chunk
     assert cfg.tile_rows(8193, 4) == 32          # X holds 8192 at tr_min rows: chunks
+    assert not cfg.x_resident(8193, 4)
+    # the 8 x 8 (X 131072, W 4096 per PE at k = 1): ResNet-18's conv5_x resident at 16 rows
+    big = HwConfig()
+    assert big.tile_rows(4608, 1) == 16 and big.x_resident(4608, 1)
+    assert big.chunk_sizes(4608, 1, 16) == (2048, 2560)
     # tr_min never above tr; the 8 x 8 (64 lanes, 8 per beat) stops at 16
     assert HwConfig(tc=8, tp=8, mem_bytes=8).tr_min == 16
     assert HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4).tr_min == 8

@@ -15,7 +15,8 @@ import pytest
 
 from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_RAW, OUT_REQUANT
-from fluidnpu.hw.gemm_runner import GemmCase, run_gemms
+from fluidnpu.hw.gemm_runner import GemmCase, check_gemm_run, run_gemms
+from fluidnpu.hw.reference import gemm_reference
 from fluidnpu.hw.runner import MemTiming, SimError, build_core
 from fluidnpu.sim.cycle_model import (CycleModelError, LayerTiming, layer_cycles,
                                       layer_timing)
@@ -37,8 +38,11 @@ MID = HwConfig(tc=8, tp=4, mem_bytes=4)
 #: (the 16 x 8 with 16-byte beats takes the same) and of four lines (two line-select levels)
 NARROW2 = HwConfig(tc=4, tp=2, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4, stage_entries=3)
 NARROW4 = HwConfig(tc=8, tp=2, tr=8, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=8)
+#: X resident across the column tiles while W is chunked (HwConfig.x_resident): W holds 64*k
+#: of P, X 128 at 16 rows and 256 at 8, so P from 65 to 256 at k = 1 (129 to 256 at k = 2)
+RESIDENT = HwConfig(tc=4, tp=4, tr=16, x_buf_elems=2048, w_buf_elems=256, mem_bytes=4)
 CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5, "16x4": WIDE16, "tall": TALL, "8x4": MID,
-        "4x2": NARROW2, "8x2": NARROW4}
+        "4x2": NARROW2, "8x2": NARROW4, "resident": RESIDENT}
 
 BASIC_MEMS = (MemTiming(latency=1), MemTiming(latency=20), MemTiming(latency=50),
               MemTiming(latency=1, interval=2), MemTiming(latency=20, interval=2))
@@ -83,6 +87,13 @@ def _shape(cfg, rng, kind, k):
         if T < 4:
             return None
         return r(1, 4) * T + r(1, T // 2 - 1), P, r(1, 2 * F + 1)
+    if kind == "resident":      # chunked W, X resident (HwConfig.x_resident); None if k has none
+        wl = cfg.w_buf_elems // tc * k
+        hi = min(cfg.x_buf_elems // cfg.tr_min, 4 * wl)
+        if hi <= wl:
+            return None
+        P = r(wl + 1, hi)
+        return r(1, 3 * cfg.tile_rows(P, k)), P, r(1, 3 * F)
     if kind == "tall":          # tall row tiles (fewer rows, one chunk); None if k has none
         lo = cfg.x_buf_elems // tr + 1
         hi = min(cfg.x_buf_elems // cfg.tr_min, cfg.w_buf_elems // tc * k)
@@ -130,6 +141,7 @@ def _simulator(cfg: HwConfig) -> str:
 
 
 def _rtl_cycles(cfg, specs, run_dir, sim=None):
+    """The RTL runs of ``specs`` (errors in ``GemmRun.error``) and their cases."""
     cases = []
     for s in specs:
         rng = np.random.default_rng(s["seed"])
@@ -139,15 +151,23 @@ def _rtl_cycles(cfg, specs, run_dir, sim=None):
         cases.append(GemmCase(x=x, w=w, bias=b, out_mode=s["out_mode"], mult=3, shift=2,
                               bp=s["bp"], k=s["k"], mem=s["mem"],
                               name=f"{s['kind']} R,P,C={s['R']},{s['P']},{s['C']}"))
-    return run_gemms(cfg, cases, sim=sim or _simulator(cfg), check=False, run_dir=run_dir)
+    return run_gemms(cfg, cases, sim=sim or _simulator(cfg), check=False, run_dir=run_dir), cases
 
 
 def _compare(cfg, specs, run_dir, sim=None):
     assert specs, "no cases generated"
-    runs = _rtl_cycles(cfg, specs, run_dir, sim)
+    runs, cases = _rtl_cycles(cfg, specs, run_dir, sim)
     bad = []
-    for s, run in zip(specs, runs):
+    for s, run, c in zip(specs, runs, cases):
         want = _model(cfg, s)
+        if run.error is None:
+            # bit-exact too: the same cycles with wrong sums would be no proof
+            try:
+                check_gemm_run(run, gemm_reference(cfg, c.x, c.w, c.bias, out_mode=c.out_mode,
+                                                   mult=c.mult, shift=c.shift))
+            except AssertionError as e:
+                bad.append(f"{s['kind']} R,P,C={s['R']},{s['P']},{s['C']} bp={s['bp']} "
+                           f"k={s['k']}: {str(e)[:300]}")
         tr = tiled_traffic(cfg, s["R"], s["P"], s["C"], bp=s["bp"], k=s["k"], bias=s["bias"],
                            out_mode=s["out_mode"])
         moved = (run.mem_stats.get("reads"), run.mem_stats.get("writes"))
@@ -184,9 +204,13 @@ ALL_KINDS = ("tiny", "r1", "ragged", "chunks", "wreuse", "wide", "balanced")
     ("8x8", 16, BASIC_MEMS[:3], ("tail",), 40_000, 8, 8_000),
     ("4x2", 17, BASIC_MEMS + ODD_MEMS, ALL_KINDS, 30_000, 20, 4_000),
     ("8x2", 18, BASIC_MEMS[:3], ALL_KINDS + ("tall", "tail"), 30_000, 16, 5_000),
+    ("resident", 19, BASIC_MEMS + ODD_MEMS, ("resident", "resident", "chunks", "balanced", "ragged",
+                                             "wide"), 60_000, 30, 6_000),
+    ("8x8", 20, BASIC_MEMS[:3], ("resident",), 60_000, 3, 25_000),
 ], ids=["small-basic", "small-odd", "small-many", "small-s5", "8x8-basic", "8x8-odd",
         "8x8-many", "16x4-basic", "tall-basic", "tall-odd", "8x8-tall", "8x4-tall",
-        "small-tail", "tall-tail", "8x8-tail", "4x2-wide-beat", "8x2-wide-beat"])
+        "small-tail", "tall-tail", "8x8-tail", "4x2-wide-beat", "8x2-wide-beat",
+        "resident", "8x8-resident"])
 def test_model_equals_rtl(cfg_name, seed, mems, kinds, budget, n, max_cyc, tmp_path):
     cfg = CFGS[cfg_name]
     _compare(cfg, _cases(cfg, seed, mems, kinds, budget, n, max_cyc), tmp_path)
@@ -246,7 +270,7 @@ def test_worked_example():
 def test_worked_example_on_rtl(tmp_path):
     spec = dict(seed=0, R=3, P=5, C=2, bias=False, out_mode=OUT_RAW, bp=1, k=1,
                 mem=MemTiming(latency=5), kind="worked")
-    (run,) = _rtl_cycles(SMALL, [spec], tmp_path)
+    (run,), _ = _rtl_cycles(SMALL, [spec], tmp_path)
     assert run.error is None and run.cycles == 79
 
 
@@ -283,6 +307,8 @@ def test_extrapolation_equals_full_simulation():
     (16 * 40 + 3, 2500, 24, 1, 8),      # chunks x column tiles x row tiles
     (32 * 40 + 9, 27, 600, 4, 2),       # 150 column tiles: X in parts, periods inside a row tile
     (12544, 27, 32, 8, 2),              # the first layer of bench_gemm at (8, 2): X in parts
+    (49 * 3, 4608, 512, 1, 1),          # ResNet-18's conv5_x at batch 3: X resident, 2 chunks
+    (16 * 20 + 3, 5000, 40, 2, 1),      # X resident, balanced chunks, a short last column tile
 ])
 def test_extrapolation_on_long_layers(R, P, C, bp, k):
     for mem in (MemTiming(), MemTiming(latency=1), MemTiming(latency=20, interval=2),

@@ -23,9 +23,10 @@ def test_single_step_moves_the_compulsory_bytes():
 
 
 def test_chunks_refetch_x_per_column_tile_and_w_per_row_tile():
-    # P = 4608 at k = 1: W holds 4096, so 32-row tiles and chunks of 2048, 2048, 512
-    R, P, C = 64, 4608, 64             # 2 row tiles, 16 column tiles, 3 chunks
-    assert CFG.tile_rows(P, 1) == 32
+    # P = 9216 at k = 1: X holds 8192 at 8 rows at most, W 4096, so 32-row tiles and
+    # chunks of 2048 (four) and 1024, X chunked too
+    R, P, C = 64, 9216, 64             # 2 row tiles, 16 column tiles, 5 chunks
+    assert CFG.tile_rows(P, 1) == 32 and not CFG.x_resident(P, 1)
     t = tiled_traffic(CFG, R, P, C, bp=1, k=1, bias=False, out_mode=OUT_REQUANT)
     xb = R * P // 4                    # one pass over X, in beats
     wb = C * P // 4
@@ -34,6 +35,16 @@ def test_chunks_refetch_x_per_column_tile_and_w_per_row_tile():
     # one chunk (P within chunk_max at 32 rows): X once, W once per row tile
     t1 = tiled_traffic(CFG, R, 2048, C, bp=1, k=1, bias=False, out_mode=OUT_REQUANT)
     assert t1.read_beats == R * 512 + 2 * C * 512
+
+
+def test_resident_x_loads_once_with_chunked_w():
+    """P = 4608 at k = 1: W holds 4096 (chunks of 2048 and 2560), X holds all of P at 8
+    rows, so X moves once and W once per 8-row tile (8 row tiles of R = 64)."""
+    R, P, C = 64, 4608, 64
+    assert CFG.tile_rows(P, 1) == 8 and CFG.x_resident(P, 1)
+    assert CFG.chunk_sizes(P, 1, 8) == (2048, 2560)
+    t = tiled_traffic(CFG, R, P, C, bp=1, k=1, bias=False, out_mode=OUT_REQUANT)
+    assert t.read_beats == R * P // 4 + 8 * C * P // 4
 
 
 def test_tall_row_tiles_load_x_once():
@@ -58,8 +69,8 @@ def test_narrow_column_tiles_write_whole_beats():
 
 
 def test_metrics_report_both_rooflines():
-    # chunked at k = 1: X read 16 times, 16 * 64 * 4608 / 4 beats > the compute
-    m = gemm_metrics(CFG, 64, 4608, 64, 1_000_000, bias=False, requant=True)
+    # chunked at k = 1, X too: X read 16 times, 16 * 64 * 9216 / 4 beats > the compute
+    m = gemm_metrics(CFG, 64, 9216, 64, 1_000_000, bias=False, requant=True)
     assert m["roofline_cycles_tiled"] > m["roofline_cycles"]
     assert m["bound_tiled"] == "memory"
     m = gemm_metrics(CFG, 64, 256, 64, 1_000_000, bias=False, requant=True)
