@@ -26,8 +26,13 @@ BIG = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core, the default since 
 # the shallowest stage FIFO (2, the default until 3 Dec 2026): the most credit stalls, so the RTL
 # tests below keep the credit-limited regime covered beside the default's 8 entries
 SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4, stage_entries=2)
-# a deeper stage FIFO (more groups in flight), of a depth that is not a power of two
-SMALL_S5 = SMALL.replace(stage_entries=5)
+#: X resident across the column tiles while W is chunked (HwConfig.x_resident): W holds 64*k
+#: of P, X 128 at 16 rows and 256 at 8, so P from 65 to 256 at k = 1 (129 to 256 at k = 2);
+#: and a deeper stage FIFO (more groups in flight) of a depth that is not a power of two.
+#: (One configuration for both: one simulator build fewer in the suite.)
+RESIDENT = HwConfig(tc=4, tp=4, tr=16, x_buf_elems=2048, w_buf_elems=256, mem_bytes=4,
+                    stage_entries=5)
+SMALL_S5 = RESIDENT
 # sixteen PEs: the X copy network's four levels in two stages
 WIDE16 = HwConfig(tc=16, tp=4, tr=8, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=4)
 #: small buffers with tr = 32 > tr_min = 8: tall row tiles of 16 and 8 rows for P in (64, 256]
@@ -38,9 +43,6 @@ MID = HwConfig(tc=8, tp=4, mem_bytes=4)
 #: (the 16 x 8 with 16-byte beats takes the same) and of four lines (two line-select levels)
 NARROW2 = HwConfig(tc=4, tp=2, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4, stage_entries=3)
 NARROW4 = HwConfig(tc=8, tp=2, tr=8, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=8)
-#: X resident across the column tiles while W is chunked (HwConfig.x_resident): W holds 64*k
-#: of P, X 128 at 16 rows and 256 at 8, so P from 65 to 256 at k = 1 (129 to 256 at k = 2)
-RESIDENT = HwConfig(tc=4, tp=4, tr=16, x_buf_elems=2048, w_buf_elems=256, mem_bytes=4)
 CFGS = {"8x8": BIG, "small": SMALL, "small-s5": SMALL_S5, "16x4": WIDE16, "tall": TALL, "8x4": MID,
         "4x2": NARROW2, "8x2": NARROW4, "resident": RESIDENT}
 
