@@ -117,14 +117,30 @@ def test_core_x_row_gather(rs, n, P, bp, k):
     """With ``rs > 0`` sample j's rows come from the gather table's address j: scatter the
     samples in shuffled order, wipe the dense X, and the result must still match, in the
     same number of cycles as the dense layer."""
+    _gather_case(SMALL, rs, n, P, bp, k)
+
+
+#: W holds 64 * k of P, X 128 at 16 rows (tests/test_cycle_model.py's RESIDENT)
+RESIDENT = HwConfig(tc=4, tp=4, tr=16, x_buf_elems=2048, w_buf_elems=256, mem_bytes=4)
+
+
+def test_core_x_row_gather_resident_x():
+    """The gather with X resident (HwConfig.x_resident): P = 100 at k = 1 runs in two
+    chunks of 64 and 36 with X loaded at the first of two column tiles, each chunk's load
+    walking the row tile's samples again; 21 rows in row tiles of 8 and 13."""
+    assert RESIDENT.x_resident(100, 1) and RESIDENT.tile_rows(100, 1) == 16
+    _gather_case(RESIDENT, 3, 7, 100, 1, 1)
+
+
+def _gather_case(cfg, rs, n, P, bp, k):
     import dataclasses
     rng = np.random.default_rng(rs * 100 + n)
     R, C = rs * n, 6
     x = rng.integers(-128, 128, (R, P))
     w = rng.integers(-128, 128, (P, C))
-    img = gemm_image(SMALL, x, w, None)
-    ref = gemm_reference(SMALL, x, w)
-    dense, dense_cycles, _, _ = run_core(SMALL, x, w, bp=bp, k=k, img=img)
+    img = gemm_image(cfg, x, w, None)
+    ref = gemm_reference(cfg, x, w)
+    dense, dense_cycles, _, _ = run_core(cfg, x, w, bp=bp, k=k, img=img)
     assert np.array_equal(dense, ref)
     blk = rs * img.x_stride
     base = -(-img.size // 64) * 64
@@ -137,7 +153,7 @@ def test_core_x_row_gather(rs, n, P, bp, k):
         mem[a:a + blk] = img.mem[src:src + blk]
         table.append(a)
     mem[img.x_addr:img.x_addr + R * img.x_stride] = 0
-    out, cycles, _, _ = run_core(SMALL, x, w, bp=bp, k=k, img=dataclasses.replace(img, mem=mem),
+    out, cycles, _, _ = run_core(cfg, x, w, bp=bp, k=k, img=dataclasses.replace(img, mem=mem),
                                  gather=table, rs=rs)
     assert np.array_equal(out, ref)
     assert cycles == dense_cycles
