@@ -325,12 +325,10 @@ class StepIter(Elaboratable):
         # ---- step counters and their flags ----------------------------------------------
         first_rt = Signal(name="it_first_rt")
         single = Signal(name="it_single")          # one column tile and one chunk
-        multi_ch = Signal(name="it_multi_ch")
         # X loaded for every step: chunked and not resident (HwConfig.x_resident; resident,
         # X is loaded a chunk a step at the first column tile and kept for the others)
         x_each = Signal(name="it_x_each")
-        m.d.sync += [single.eq(lp.ct_one & lp.ch_one), multi_ch.eq(~lp.ch_one),
-                     x_each.eq(~lp.ch_one & ~lp.xres)]
+        m.d.sync += [single.eq(lp.ct_one & lp.ch_one), x_each.eq(~lp.ch_one & ~lp.xres)]
         # ``x_new = x_each | first_ct`` and ``w_new = ~single | first_rt`` are registers,
         # updated with the flags they follow (the compute issue's SETUP tests them).
         x_new = Signal(name="it_x_new")

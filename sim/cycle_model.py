@@ -575,14 +575,13 @@ def _simulate(cfg: HwConfig, lay: _Layer, mem: MemTiming, extrapolate: bool):
         #    -> [XPWAIT -> XPISS] -> NEXT
         t = ld + 1                       # entry of the state after STEP
         ready = sigma
-        if xb and x_piece:
-            # a resident X's later chunk: into its row tile's slot, no wait
-            t, done, _ = _load(rd, t, _NO_WAIT, xb, done_lat)
-            if done > ready:
-                ready = done
-        elif xb:
-            t, done, xf = _load(rd, t, xf, xb, done_lat)
-            xpend += 1
+        if xb:
+            if x_piece:
+                # a resident X's later chunk: into its row tile's slot, no wait
+                t, done, _ = _load(rd, t, _NO_WAIT, xb, done_lat)
+            else:
+                t, done, xf = _load(rd, t, xf, xb, done_lat)
+                xpend += 1
             if done > ready:
                 ready = done
         if x_wait and xready > ready:     # (never binds: the step's W load is issued after
