@@ -16,13 +16,10 @@ from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import OUT_RAW
 from fluidnpu.hw.runner import MemTiming
 
-from .cycle_model import _check, _Layer
+from .cycle_model import _check
+from .cycle_steps import _ceil, _Layer
 
 __all__ = ["Traffic", "tiled_traffic"]
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)

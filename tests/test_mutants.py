@@ -52,7 +52,7 @@ def test_the_list_covers_every_part():
     assert count("hw/buffers.py") >= 2 and count("hw/loader.py") >= 2 and count("hw/loader_write.py") >= 2
     assert count("hw/fbe.py", "hw/exit_unit.py") >= 2
     # compare's statistics are sim/serving/stats.py's
-    for f in ("sim/cycle_model.py", "sched/fluid.py", "sched/preemptive.py", "sim/serving/simulator.py",
+    for f in ("sim/cycle_model.py", "sim/cycle_steps.py", "sim/cycle_engines.py", "sched/fluid.py", "sched/preemptive.py", "sim/serving/simulator.py",
               "sim/serving/stats.py"):
         assert count(f) >= 1, f
 
