@@ -15,6 +15,7 @@ from fluidnpu.hw.runner import MemTiming
 from fluidnpu.sim.cycle_model import layer_cycles
 
 sys.path.insert(0, str(Path(__file__).parent))
+from configs import RESIDENT  # noqa: E402
 from core_amaranth_sim import run_core, run_core_layers  # noqa: E402
 
 
@@ -118,10 +119,6 @@ def test_core_x_row_gather(rs, n, P, bp, k):
     samples in shuffled order, wipe the dense X, and the result must still match, in the
     same number of cycles as the dense layer."""
     _gather_case(SMALL, rs, n, P, bp, k)
-
-
-#: W holds 64 * k of P, X 128 at 16 rows (tests/test_cycle_model.py's RESIDENT)
-RESIDENT = HwConfig(tc=4, tp=4, tr=16, x_buf_elems=2048, w_buf_elems=256, mem_bytes=4)
 
 
 def test_core_x_row_gather_resident_x():

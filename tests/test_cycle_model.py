@@ -8,7 +8,10 @@ runs in a few minutes with warm simulator builds.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,16 +25,17 @@ from fluidnpu.sim.cycle_model import (CycleModelError, LayerTiming, layer_cycles
                                       layer_timing)
 from fluidnpu.sim.traffic import tiled_traffic
 
+sys.path.insert(0, str(Path(__file__).parent))
+import configs  # noqa: E402
+
 BIG = HwConfig(tc=8, tp=8, mem_bytes=8)     # the 8 x 8 core, the default since 5 Dec 2026
 # the shallowest stage FIFO (2, the default until 3 Dec 2026): the most credit stalls, so the RTL
 # tests below keep the credit-limited regime covered beside the default's 8 entries
 SMALL = HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4, stage_entries=2)
-#: X resident across the column tiles while W is chunked (HwConfig.x_resident): W holds 64*k
-#: of P, X 128 at 16 rows and 256 at 8, so P from 65 to 256 at k = 1 (129 to 256 at k = 2);
-#: and a deeper stage FIFO (more groups in flight) of a depth that is not a power of two.
-#: (One configuration for both: one simulator build fewer in the suite.)
-RESIDENT = HwConfig(tc=4, tp=4, tr=16, x_buf_elems=2048, w_buf_elems=256, mem_bytes=4,
-                    stage_entries=5)
+#: X resident across the column tiles while W is chunked (tests/configs.py), with a deeper
+#: stage FIFO (more groups in flight) of a depth that is not a power of two. (One
+#: configuration for both: one simulator build fewer in the suite.)
+RESIDENT = dataclasses.replace(configs.RESIDENT, stage_entries=5)
 SMALL_S5 = RESIDENT
 # sixteen PEs: the X copy network's four levels in two stages
 WIDE16 = HwConfig(tc=16, tp=4, tr=8, x_buf_elems=2048, w_buf_elems=1024, mem_bytes=4)

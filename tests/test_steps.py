@@ -4,6 +4,9 @@ tiles' balance, the chunks (their count, size, balance and last length) and whet
 resident, on random layers of several configurations (Amaranth's simulator; no build)."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module, Signal
@@ -13,13 +16,15 @@ from fluidnpu.hw.config import HwConfig
 from fluidnpu.hw.interface import layer_desc_layout, log2
 from fluidnpu.hw.steps import derive_layer_params, layer_params_layout
 
+sys.path.insert(0, str(Path(__file__).parent))
+from configs import RESIDENT  # noqa: E402
+
 CFGS = {
     "8x8": HwConfig(),
     "16x8": HwConfig(tc=16),
     "4x4": HwConfig(tc=4, tp=4, x_buf_elems=65536, w_buf_elems=16384),
     "small": HwConfig(tc=4, tp=4, tr=8, x_buf_elems=1024, w_buf_elems=512, mem_bytes=4),
-    # X resident from P = 65 (k = 1) to 256, at heights 16 and 8 (tests/test_cycle_model.py)
-    "resident": HwConfig(tc=4, tp=4, tr=16, x_buf_elems=2048, w_buf_elems=256, mem_bytes=4),
+    "resident": RESIDENT,
 }
 
 
