@@ -652,6 +652,35 @@ def test_ctrl_c_during_a_build_leaves_no_compiler_files(tmp_path):
     assert not list((tmp_path / "build").rglob("ctmp-*"))
 
 
+def test_build_cache_keeps_the_builds_a_session_uses(tmp_path):
+    """The build cache keeps the KEEP_BUILDS most recently used builds of a design, and
+    besides them every build used within KEEP_RECENT_S (a test session uses more
+    configurations than KEEP_BUILDS; pruning one it still needs costs a rebuild)."""
+    from fluidnpu.hw import runner
+    now = time.time()
+
+    def make(i, age):
+        d = tmp_path / f"fluidnpu_core-verilator-{i:020x}"
+        d.mkdir()
+        (d / "BUILD_OK").write_text("{}")
+        os.utime(d / "BUILD_OK", (now - age, now - age))
+        return d
+    recent = [make(i, 60 * i) for i in range(runner.KEEP_BUILDS + 3)]
+    old = [make(100 + i, runner.KEEP_RECENT_S + 600 * (i + 1)) for i in range(4)]
+    failed = tmp_path / f"fluidnpu_core-verilator-{999:020x}"
+    failed.mkdir()                                         # no BUILD_OK: a failed build
+    other = tmp_path / f"fluidnpu_fbe-verilator-{1:020x}"   # another design: not counted
+    other.mkdir()
+    runner._prune(tmp_path, recent[0])
+    assert all(d.is_dir() for d in recent), "a build used within the hour was deleted"
+    assert not any(d.exists() for d in old) and not failed.exists() and other.is_dir()
+    # with fewer recent ones, the most recently used old ones fill up to KEEP_BUILDS
+    for d in recent[2:]:
+        os.utime(d / "BUILD_OK", (now - 2 * runner.KEEP_RECENT_S,) * 2)
+    runner._prune(tmp_path, recent[0])
+    assert len([d for d in tmp_path.glob("fluidnpu_core-verilator-*") if d.is_dir()]) == runner.KEEP_BUILDS
+
+
 @pytest.mark.rtl
 def test_ctrl_c_during_gemm_leaves_no_folder_and_no_simulator(tmp_path):
     """The reported case: Ctrl-C at the terminal (SIGINT to the foreground process group)
