@@ -212,4 +212,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from fluidnpu.outputs import sigterm_as_interrupt
+    with sigterm_as_interrupt():    # SIGTERM cleans up as Ctrl-C does: no simulator or run folder left
+        main()

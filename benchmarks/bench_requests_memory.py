@@ -58,4 +58,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from fluidnpu.outputs import sigterm_as_interrupt
+    with sigterm_as_interrupt():    # SIGTERM cleans up as Ctrl-C does: no simulator or run folder left
+        main()

@@ -450,7 +450,12 @@ def _patch_constant_always(vfile: Path, log: Path) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=1)
 def _rtl_sources_hash() -> str:
+    """The hardware sources' hash in the build keys, read once per process: a process
+    builds from the modules it imported, so a source edited while it runs (a benchmark
+    beside an editor) must not give its later builds the edited source's key (on 7 Dec
+    2026 a running benchmark cached its old core under the new key)."""
     h = hashlib.sha256()
     for p in sorted(_HW_DIR.rglob("*.py")):
         rel = p.relative_to(_HW_DIR)
