@@ -652,6 +652,25 @@ def test_ctrl_c_during_a_build_leaves_no_compiler_files(tmp_path):
     assert not list((tmp_path / "build").rglob("ctmp-*"))
 
 
+def test_benchmarks_clean_up_on_sigterm(repo_root):
+    """Every benchmark script runs its main under ``sigterm_as_interrupt``: killed with
+    SIGTERM, a bench_gemm left its simulator running and its run folder in /tmp (7 Dec
+    2026); as an interrupt, the runners' ``finally`` blocks stop and remove them."""
+    import ast
+    scripts = sorted((repo_root / "benchmarks").glob("*.py"))
+    mains = 0
+    for f in scripts:
+        tree = ast.parse(f.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                mains += 1
+                withs = [n for n in ast.walk(node) if isinstance(n, ast.With)]
+                assert any("sigterm_as_interrupt" in ast.unparse(w.items[0].context_expr)
+                           and "main()" in ast.unparse(w) for w in withs), \
+                    f"{f.name}: its main() does not run under sigterm_as_interrupt()"
+    assert mains >= 5, "no benchmark scripts found"
+
+
 def test_build_cache_keeps_the_builds_a_session_uses(tmp_path):
     """The build cache keeps the KEEP_BUILDS most recently used builds of a design, and
     besides them every build used within KEEP_RECENT_S (a test session uses more
