@@ -404,10 +404,11 @@ def _prune(root: Path, keep_dir: Path) -> None:
             return (d / "BUILD_OK").stat().st_mtime
         except OSError:
             return -1.0                           # failed or unfinished: first to go
-    dirs.sort(key=used, reverse=True)
+    last_use = {d: used(d) for d in dirs}
+    dirs.sort(key=last_use.__getitem__, reverse=True)
     recent = time.time() - KEEP_RECENT_S
     for d in dirs[KEEP_BUILDS - 1:]:
-        if used(d) >= recent:
+        if last_use[d] >= recent:
             continue
         lock_path = root / f"{d.name}.lock"
         try:
